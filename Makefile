@@ -1,0 +1,46 @@
+# Scope — developer entry points. `make help` lists them.
+GO        ?= go
+BIN       := ./bin/scope
+PKGS      := ./...
+# CI machines have 2 cores; the race detector makes tests ~5x slower, so the
+# timeout is generous. Long soak/chaos variants run with `make soak`.
+TEST_FLAGS ?= -race -count=1 -timeout 30m
+BENCH     ?= .
+BENCHTIME ?= 1s
+
+.PHONY: help build run test soak bench generate checkgenerate lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build ./bin/scope
+	$(GO) build -o $(BIN) ./cmd/scope
+
+run: build ## start a one-node dev cluster on 127.0.0.1:7070
+	$(BIN) agent -dev
+
+test: ## the whole test suite with -race (what CI runs)
+	$(GO) test $(TEST_FLAGS) $(PKGS)
+
+soak: ## long fault-injection and stress variants
+	SCOPE_SOAK=1 $(GO) test -race -count=1 -timeout 60m $(PKGS)
+
+bench: ## Go benchmarks (BENCH=regexp, BENCHTIME=1s)
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) $(PKGS)
+
+generate: ## regenerate protobuf/Connect code (builds buf from tools/ on first use)
+	cd tools && $(GO) build -o ../bin/buf github.com/bufbuild/buf/cmd/buf
+	$(GO) build -o ./bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o ./bin/protoc-gen-connect-go connectrpc.com/connect/cmd/protoc-gen-connect-go
+	cd rpc && PATH="$(CURDIR)/bin:$$PATH" ../bin/buf generate
+
+checkgenerate: generate ## fail if generated code differs from what is committed
+	@test -z "$$(git status --porcelain -- rpc/)" || \
+		{ echo "generated code is out of date:"; git status --porcelain -- rpc/; exit 1; }
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt:"; echo "$$out"; exit 1; }
+	$(GO) vet $(PKGS)
+
+clean: ## remove build outputs
+	rm -rf ./bin

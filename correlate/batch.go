@@ -1,0 +1,102 @@
+package correlate
+
+// This file holds the correlator's input and output as data: the contract
+// between the correlator (pure, in this package), the store (which persists
+// a Result in one atomic write) and the node (which replicates Batches
+// through Raft and delivers notices between shards).
+
+// Batch is one unit of replicated input to a shard's correlator: the
+// contents of one committed Raft log entry.
+type Batch struct {
+	// Index is the Raft log index of the entry. The correlator does not
+	// interpret it; it is carried so that the store can record the applied
+	// index in the same write as the Result.
+	Index uint64
+	// LogTime is the leader's wall clock (Unix ns) when it proposed the
+	// entry. All expiry inside the correlator is measured against log time,
+	// never against a local clock. The correlator uses
+	// max(LogTime, the largest LogTime it has seen) so that a leader with a
+	// slower clock cannot move time backwards.
+	LogTime int64
+	// Events are new events for processes owned by this shard, in the order
+	// the client sent them.
+	Events []Event
+	// Notices are send/spawn notices delivered from other shards' outboxes
+	// (or from this shard's own outbox) to this shard.
+	Notices []Notice
+	// Acked lists outbox notices (by their event id) that their destination
+	// shard has durably received; the correlator deletes them from its
+	// outbox.
+	Acked []EventID
+	// Retention, when set, asks the store to delete events older than the
+	// rule allows. The correlator passes it through unchanged so that it is
+	// applied at the same point in the log on every replica.
+	Retention *Retention
+}
+
+// NoticeKind says what a notice announces.
+type NoticeKind uint8
+
+const (
+	NoticeUnspecified NoticeKind = iota
+	NoticeSend                   // a SEND to a process owned by the destination shard
+	NoticeSpawn                  // a SPAWN of a process owned by the destination shard
+)
+
+// Notice tells the shard that owns a receiver (or spawned child) that a SEND
+// (or SPAWN) was applied on another shard. It travels through the sender
+// shard's replicated outbox and is idempotent by EventID.
+type Notice struct {
+	Kind        NoticeKind
+	EventID     EventID // the SEND or SPAWN event
+	FromShard   uint32
+	ToShard     uint32
+	Sender      Process // SEND: sender; SPAWN: parent
+	Receiver    Process // SEND: receiver; SPAWN: child
+	MessageHash uint64  // SEND only
+	TimestampNs int64   // the SEND/SPAWN event's timestamp
+}
+
+// Edge is a link stored as its own record: From --Type--> To. Links are kept
+// as edge records so that linking a new event to an already stored one never
+// rewrites the stored event.
+type Edge struct {
+	From EventID
+	Type LinkType
+	To   EventID
+}
+
+// StateRecord is one mutation of the correlator's persisted state: put Key
+// to Value, or delete Key when Value is nil. Keys are opaque to the store,
+// which keeps them in the shard's correlator-state span. Restoring a
+// correlator from the full set of live records reproduces its state exactly.
+type StateRecord struct {
+	Key   []byte
+	Value []byte // nil: delete Key
+}
+
+// Retention is a deterministic deletion rule for one shard, carried in the
+// log so that every replica deletes the same events at the same point.
+type Retention struct {
+	// BeforeNs deletes events with TimestampNs < BeforeNs (0: no age rule).
+	BeforeNs int64
+	// MaxEvents keeps at most this many of the newest events (0: no count rule).
+	MaxEvents uint64
+}
+
+// Result is everything the store must persist for one applied Batch, in one
+// atomic write, together with Batch.Index as the shard's applied index.
+//
+// The store writes an edge record for every link of every event in Events
+// and for every element of Edges. Edges holds only links whose source event
+// is not in Events (for example DELIVERED_TO from a SEND applied on another
+// shard); Events carry their own links in Event.Links.
+type Result struct {
+	Index     uint64
+	Events    []Event       // events to store, in apply order, Scope fields set
+	Edges     []Edge        // links from events not in Events
+	Outbox    []Notice      // notices newly placed in this shard's outbox
+	State     []StateRecord // correlator state mutations, in key order
+	Retention *Retention    // passed through from the Batch
+	Counters  Counters      // what happened while applying the batch
+}

@@ -1,0 +1,44 @@
+package correlate
+
+// Counters count what happened while applying batches: every bound that was
+// hit and every event that could not be paired is counted here, so that it
+// is visible in metrics rather than silent. A Result carries the counts for
+// its own batch; the node adds them up.
+type Counters struct {
+	Events            uint64 // events applied (stored)
+	Duplicates        uint64 // events skipped: id already applied within the dedup window
+	OutOfOrder        uint64 // events whose seq was below their process's previous seq in the batch
+	Orphans           uint64 // RETURN/EXCEPTION with no open frame
+	Unwound           uint64 // frames closed as UNWOUND
+	ExitClosed        uint64 // frames closed by process EXIT
+	Matched           uint64 // RECEIVEs paired with a SEND
+	NoticesApplied    uint64 // notices applied from other shards
+	NoticesExpired    uint64 // send/spawn notices that expired unmatched
+	ReceivesExpired   uint64 // receives that expired waiting for their notice
+	StackOverflows    uint64 // CALLs refused a frame: stack depth bound
+	ProcessEvictions  uint64 // processes evicted: open-process bound
+	PendingEvictions  uint64 // pending notices/receives evicted: pending bound
+	DedupEvictions    uint64 // dedup entries evicted by count before their age
+	PayloadsTruncated uint64 // payloads truncated to the payload bound
+	AttributesDropped uint64 // attributes dropped: attribute bounds
+}
+
+// Add adds o to c.
+func (c *Counters) Add(o Counters) {
+	c.Events += o.Events
+	c.Duplicates += o.Duplicates
+	c.OutOfOrder += o.OutOfOrder
+	c.Orphans += o.Orphans
+	c.Unwound += o.Unwound
+	c.ExitClosed += o.ExitClosed
+	c.Matched += o.Matched
+	c.NoticesApplied += o.NoticesApplied
+	c.NoticesExpired += o.NoticesExpired
+	c.ReceivesExpired += o.ReceivesExpired
+	c.StackOverflows += o.StackOverflows
+	c.ProcessEvictions += o.ProcessEvictions
+	c.PendingEvictions += o.PendingEvictions
+	c.DedupEvictions += o.DedupEvictions
+	c.PayloadsTruncated += o.PayloadsTruncated
+	c.AttributesDropped += o.AttributesDropped
+}
