@@ -1,0 +1,288 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+// Protocol is the first byte of every connection to a node's internal TCP
+// listener. It says which subsystem the connection is for.
+type Protocol byte
+
+const (
+	// ProtoRaft connections carry one shard's hashicorp/raft RPCs; the
+	// protocol byte is followed by the shard id (4 bytes, big-endian).
+	ProtoRaft Protocol = 1
+)
+
+// muxHeaderLen is the protocol byte plus the shard id.
+const muxHeaderLen = 5
+
+var (
+	ErrMuxClosed       = errors.New("cluster: mux closed")
+	ErrShardRegistered = errors.New("cluster: shard already has a raft stream layer")
+)
+
+// MuxConfig configures a Mux.
+type MuxConfig struct {
+	// HandshakeTimeout bounds how long an accepted connection may take to
+	// send its header before it is closed.
+	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds connections accepted but not yet dispatched;
+	// beyond it new connections are closed at once (and counted).
+	MaxHandshakes int
+	// AcceptBacklog bounds connections dispatched to a shard whose raft
+	// transport has not yet accepted them.
+	AcceptBacklog int
+	Logger        *slog.Logger
+}
+
+// DefaultMuxConfig returns defaults sized for a few hundred raft groups.
+func DefaultMuxConfig() MuxConfig {
+	return MuxConfig{HandshakeTimeout: 5 * time.Second, MaxHandshakes: 256, AcceptBacklog: 64,
+		Logger: slog.Default()}
+}
+
+// Validate reports the first invalid field.
+func (c MuxConfig) Validate() error {
+	switch {
+	case c.HandshakeTimeout <= 0:
+		return fmt.Errorf("cluster: mux HandshakeTimeout %v: must be positive", c.HandshakeTimeout)
+	case c.MaxHandshakes <= 0:
+		return fmt.Errorf("cluster: mux MaxHandshakes %d: must be positive", c.MaxHandshakes)
+	case c.AcceptBacklog <= 0:
+		return fmt.Errorf("cluster: mux AcceptBacklog %d: must be positive", c.AcceptBacklog)
+	}
+	return nil
+}
+
+// MuxStats counts what the mux refused.
+type MuxStats struct {
+	Accepted        uint64 // connections dispatched to a shard
+	UnknownShard    uint64 // closed: no raft group for that shard here
+	BadHeader       uint64 // closed: unknown protocol or short/slow header
+	HandshakeRefuse uint64 // closed: too many handshakes in progress
+	BacklogFull     uint64 // closed: the shard's accept backlog was full
+}
+
+// Mux multiplexes one TCP listener between many raft groups (one per
+// hosted shard). Each connection starts with a protocol byte and a shard id;
+// the mux hands the rest of the connection to that shard's StreamLayer,
+// whose NetworkTransport then speaks plain raft on it.
+type Mux struct {
+	cfg  MuxConfig
+	ln   net.Listener
+	addr net.Addr
+
+	mu     sync.Mutex
+	shards map[uint32]*shardStream
+	closed bool
+
+	handshakes chan struct{} // semaphore: MaxHandshakes
+	wg         sync.WaitGroup
+
+	accepted, unknownShard, badHeader, handshakeRefuse, backlogFull atomic.Uint64
+}
+
+// NewMux starts serving ln. Close stops it and closes ln.
+func NewMux(ln net.Listener, cfg MuxConfig) (*Mux, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m := &Mux{cfg: cfg, ln: ln, addr: ln.Addr(), shards: make(map[uint32]*shardStream),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
+	m.wg.Add(1)
+	go m.serve()
+	return m, nil
+}
+
+// Addr is the listener's address.
+func (m *Mux) Addr() net.Addr { return m.addr }
+
+// Stats returns the mux's counters.
+func (m *Mux) Stats() MuxStats {
+	return MuxStats{Accepted: m.accepted.Load(), UnknownShard: m.unknownShard.Load(),
+		BadHeader: m.badHeader.Load(), HandshakeRefuse: m.handshakeRefuse.Load(),
+		BacklogFull: m.backlogFull.Load()}
+}
+
+// Close stops accepting, closes every shard stream layer and waits for the
+// handshake goroutines to finish.
+func (m *Mux) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	streams := make([]*shardStream, 0, len(m.shards))
+	for _, s := range m.shards {
+		streams = append(streams, s)
+	}
+	m.mu.Unlock()
+	err := m.ln.Close()
+	for _, s := range streams {
+		_ = s.Close()
+	}
+	m.wg.Wait()
+	return err
+}
+
+// StreamLayer registers shard and returns the raft StreamLayer for it.
+// Closing the returned layer unregisters the shard (raft's NetworkTransport
+// closes it on shutdown), after which the shard may be registered again.
+func (m *Mux) StreamLayer(shard uint32) (raft.StreamLayer, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrMuxClosed
+	}
+	if _, ok := m.shards[shard]; ok {
+		return nil, fmt.Errorf("%w: shard %d", ErrShardRegistered, shard)
+	}
+	s := &shardStream{mux: m, shard: shard, conns: make(chan net.Conn, m.cfg.AcceptBacklog),
+		done: make(chan struct{})}
+	m.shards[shard] = s
+	return s, nil
+}
+
+func (m *Mux) serve() {
+	defer m.wg.Done()
+	for {
+		conn, err := m.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			m.cfg.Logger.Warn("raft mux accept failed", "err", err)
+			// A transient accept error (e.g. EMFILE): back off briefly
+			// rather than spin.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		select {
+		case m.handshakes <- struct{}{}:
+		default:
+			m.handshakeRefuse.Add(1)
+			_ = conn.Close()
+			continue
+		}
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			defer func() { <-m.handshakes }()
+			m.dispatch(conn)
+		}()
+	}
+}
+
+// dispatch reads conn's header and hands it to its shard.
+func (m *Mux) dispatch(conn net.Conn) {
+	var hdr [muxHeaderLen]byte
+	_ = conn.SetReadDeadline(time.Now().Add(m.cfg.HandshakeTimeout))
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil || Protocol(hdr[0]) != ProtoRaft {
+		m.badHeader.Add(1)
+		_ = conn.Close()
+		return
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	shard := binary.BigEndian.Uint32(hdr[1:])
+
+	m.mu.Lock()
+	s, ok := m.shards[shard]
+	m.mu.Unlock()
+	if !ok {
+		m.unknownShard.Add(1)
+		_ = conn.Close()
+		return
+	}
+	select {
+	case s.conns <- conn:
+		m.accepted.Add(1)
+	case <-s.done:
+		m.unknownShard.Add(1)
+		_ = conn.Close()
+	default:
+		m.backlogFull.Add(1)
+		_ = conn.Close()
+	}
+}
+
+// shardStream is one shard's raft.StreamLayer on the mux.
+type shardStream struct {
+	mux   *Mux
+	shard uint32
+	conns chan net.Conn
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// Accept implements net.Listener for raft's NetworkTransport.
+func (s *shardStream) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.conns:
+		return c, nil
+	case <-s.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close unregisters the shard and closes connections not yet accepted.
+func (s *shardStream) Close() error {
+	s.closeOnce.Do(func() {
+		s.mux.mu.Lock()
+		if s.mux.shards[s.shard] == s {
+			delete(s.mux.shards, s.shard)
+		}
+		close(s.done)
+		s.mux.mu.Unlock()
+		for {
+			select {
+			case c := <-s.conns:
+				_ = c.Close()
+			default:
+				return
+			}
+		}
+	})
+	return nil
+}
+
+// Addr is the mux's listener address: every shard shares it.
+func (s *shardStream) Addr() net.Addr { return s.mux.addr }
+
+// Dial opens a connection to the node at address and selects this shard.
+func (s *shardStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return DialRaft(address, s.shard, timeout)
+}
+
+// DialRaft connects to a node's mux and selects shard's raft group.
+func DialRaft(address raft.ServerAddress, shard uint32, timeout time.Duration) (net.Conn, error) {
+	conn, err := net.DialTimeout("tcp", string(address), timeout)
+	if err != nil {
+		return nil, err
+	}
+	var hdr [muxHeaderLen]byte
+	hdr[0] = byte(ProtoRaft)
+	binary.BigEndian.PutUint32(hdr[1:], shard)
+	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := conn.Write(hdr[:]); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("cluster: raft handshake with %s shard %d: %w", address, shard, err)
+	}
+	_ = conn.SetWriteDeadline(time.Time{})
+	return conn, nil
+}
