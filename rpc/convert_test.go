@@ -3,13 +3,17 @@ package rpc
 import (
 	"errors"
 	"math"
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/oklog/ulid/v2"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"pgregory.net/rapid"
 
 	"github.com/elixirscope/scope/correlate"
@@ -390,4 +394,51 @@ func BenchmarkConvert(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Every request body in docs/API.md (`-d '...'` of curl and grpcurl) must
+// be a valid JSON request for the method it is sent to, so that the guide
+// cannot drift from the proto file.
+func TestAPIDocExamplesAreValidRequests(t *testing.T) {
+	doc, err := os.ReadFile("../docs/API.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A body, then (lazily) the next method path: both curl's URL and
+	// grpcurl's trailing argument end in scope.v1.<Service>/<Method>.
+	re := regexp.MustCompile(`(?s)-d '([^']*)'.*?(scope\.v1\.\w+)/(\w+)`)
+	matches := re.FindAllStringSubmatch(string(doc), -1)
+	if len(matches) < 8 {
+		t.Fatalf("found %d request examples in docs/API.md, expected at least 8", len(matches))
+	}
+	for _, m := range matches {
+		body, service, method := m[1], m[2], m[3]
+		t.Run(service+"/"+method, func(t *testing.T) {
+			d, err := protoregistry.GlobalFiles.FindDescriptorByName(protoreflect.FullName(service))
+			if err != nil {
+				t.Fatalf("unknown service: %v", err)
+			}
+			sd, ok := d.(protoreflect.ServiceDescriptor)
+			if !ok {
+				t.Fatalf("%s is not a service", service)
+			}
+			md := sd.Methods().ByName(protoreflect.Name(method))
+			if md == nil {
+				t.Fatalf("%s has no method %s", service, method)
+			}
+			mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := mt.New().Interface()
+			if err := protojson.Unmarshal([]byte(body), msg); err != nil {
+				t.Fatalf("body is not a valid %s: %v\n%s", md.Input().FullName(), err, body)
+			}
+			if req, ok := msg.(*scopev1.IngestRequest); ok {
+				if _, err := EventsFromProto(req.GetEvents()); err != nil {
+					t.Fatalf("events do not convert: %v", err)
+				}
+			}
+		})
+	}
 }
