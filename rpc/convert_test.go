@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"reflect"
@@ -440,5 +441,83 @@ func TestAPIDocExamplesAreValidRequests(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The architecture contract fixes these names and numbers (external clients
+// rely on them). buf breaking guards changes against git history; this test
+// guards them in every `go test` run, against the contract itself.
+func TestFixedWireContract(t *testing.T) {
+	fixed := map[string]string{
+		"Kind": "KIND_UNSPECIFIED=0 KIND_CALL=1 KIND_RETURN=2 KIND_EXCEPTION=3 KIND_SEND=4 KIND_RECEIVE=5 " +
+			"KIND_SPAWN=6 KIND_EXIT=7 KIND_STATE_CHANGE=8",
+		"Outcome": "OUTCOME_UNSPECIFIED=0 OUTCOME_OK=1 OUTCOME_EXCEPTION=2 OUTCOME_UNWOUND=3 OUTCOME_PROCESS_EXIT=4",
+		"LinkType": "LINK_TYPE_UNSPECIFIED=0 LINK_TYPE_CALLED_FROM=1 LINK_TYPE_COMPLETES=2 LINK_TYPE_RECEIVED_FROM=3 " +
+			"LINK_TYPE_DELIVERED_TO=4 LINK_TYPE_SPAWNED=5 LINK_TYPE_SPAWNED_BY=6",
+		"Durability": "DURABILITY_UNSPECIFIED=0 DURABILITY_COMMITTED=1 DURABILITY_ACCEPTED=2",
+		"Event": "event_id=1 origin=2 pid=3 kind=4 timestamp_ns=5 seq=6 module=7 function=8 arity=9 call_id=10 " +
+			"payload=11 peer_origin=12 peer_pid=13 message_hash=14 reason=15 attributes=16 correlation_id=20 " +
+			"parent_id=21 root_id=22 links=23 duration_ns=24 outcome=25 orphan=26 shard=27 payload_truncated=28 " +
+			"payload_size=29",
+		"Link":           "type=1 target_event_id=2",
+		"IngestRequest":  "events=1 durability=2",
+		"IngestResponse": "event_ids=1 accepted=2 refused=3",
+		"EventsRequest": "origin=1 pid=2 kinds=3 module=4 function=5 arity=6 from_ns=7 to_ns=8 correlation_id=9 " +
+			"root_id=10 descending=11 limit=12 cursor=13 allow_partial=14",
+		"EventsResponse": "events=1 next_cursor=2 missing_shards=3",
+	}
+	file := scopev1.File_scope_v1_scope_proto
+	if file.Package() != "scope.v1" {
+		t.Fatalf("package %s", file.Package())
+	}
+	for name, pairs := range fixed {
+		for _, pair := range strings.Fields(pairs) {
+			field, num, _ := strings.Cut(pair, "=")
+			if e := file.Enums().ByName(protoreflect.Name(name)); e != nil {
+				v := e.Values().ByName(protoreflect.Name(field))
+				if v == nil || fmt.Sprint(v.Number()) != num {
+					t.Errorf("enum %s: %s is %v, contract says %s", name, field, v, num)
+				}
+				continue
+			}
+			m := file.Messages().ByName(protoreflect.Name(name))
+			if m == nil {
+				t.Fatalf("no message or enum %s", name)
+			}
+			f := m.Fields().ByName(protoreflect.Name(field))
+			if f == nil || fmt.Sprint(f.Number()) != num {
+				t.Errorf("message %s: field %s is %v, contract says %s", name, field, f, num)
+			}
+		}
+	}
+	// The few type details the contract fixes beyond names and numbers.
+	ev := file.Messages().ByName("Event").Fields()
+	if !ev.ByName("attributes").IsMap() || ev.ByName("links").Cardinality() != protoreflect.Repeated ||
+		ev.ByName("message_hash").Kind() != protoreflect.Uint64Kind || ev.ByName("timestamp_ns").Kind() != protoreflect.Int64Kind {
+		t.Error("Event field types differ from the contract")
+	}
+	if !file.Messages().ByName("EventsRequest").Fields().ByName("arity").HasPresence() {
+		t.Error("EventsRequest.arity must be optional (explicit presence)")
+	}
+	for svc, methods := range map[string]string{
+		"IngestService":  "Ingest IngestStream",
+		"QueryService":   "GetEvent Events CallTree CallStackAt MessageFlow StateAt Trace Tail Stats",
+		"ClusterService": "Members Shards Join Leave",
+	} {
+		sd := file.Services().ByName(protoreflect.Name(svc))
+		if sd == nil {
+			t.Fatalf("no service %s", svc)
+		}
+		for _, m := range strings.Fields(methods) {
+			if sd.Methods().ByName(protoreflect.Name(m)) == nil {
+				t.Errorf("%s has no method %s", svc, m)
+			}
+		}
+	}
+	if md := file.Services().ByName("IngestService").Methods().ByName("IngestStream"); !md.IsStreamingClient() || md.IsStreamingServer() {
+		t.Error("IngestStream must be client streaming")
+	}
+	if md := file.Services().ByName("QueryService").Methods().ByName("Tail"); md.IsStreamingClient() || !md.IsStreamingServer() {
+		t.Error("Tail must be server streaming")
 	}
 }
