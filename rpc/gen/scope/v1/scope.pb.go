@@ -1103,7 +1103,10 @@ type IngestResponse struct {
 	// the server assigned. IngestStream: empty (a stream is unbounded; clients
 	// that need the ids set event_id themselves).
 	EventIds []string `protobuf:"bytes,1,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
-	// Events accepted: committed under COMMITTED, queued under ACCEPTED.
+	// Events acknowledged at the applied durability: the sum of the shards'
+	// `committed` under COMMITTED, of their `accepted` under ACCEPTED.
+	// accepted + refused is less than the number of events when some outcomes
+	// are unknown (see ShardResult.accepted).
 	Accepted uint32 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	// Events refused (backpressure, no leader, ...). A refused event was not
 	// stored and may be retried.
