@@ -1,0 +1,370 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/elixirscope/scope/correlate"
+)
+
+// Apply persists res for shard in one Pebble batch: every event (primary
+// record and all index entries), an edge record for each link of each event
+// and for each res.Edges, the correlator state mutations, res.Retention (if
+// set) and res.Index as the shard's applied index. Either all of it becomes
+// visible or none of it.
+//
+// If res.Index <= AppliedIndex(shard), Apply does nothing and returns nil:
+// Raft replays entries after a crash and the store has already applied
+// them. Raft indexes start at 1, so Index 0 is always a no-op.
+//
+// Apply is deterministic: replicas applying the same Results in the same
+// order hold byte-identical shard spans. It must be called by one goroutine
+// per shard at a time (the Raft FSM); concurrent calls for one shard are
+// serialized.
+func (s *Store) Apply(shard uint32, res *correlate.Result) error {
+	if err := s.check(shard); err != nil {
+		return err
+	}
+	mu := s.lock(shard)
+	mu.Lock()
+	defer mu.Unlock()
+	applied, err := readApplied(s.db, shard)
+	if err != nil {
+		return err
+	}
+	if res.Index <= applied {
+		return nil
+	}
+	a := &applier{s: s, shard: shard, b: s.db.NewBatch(), dir: map[uint64]dirEntry{}}
+	defer a.b.Close()
+	if err := a.run(res); err != nil {
+		return err
+	}
+	opt := pebble.NoSync
+	if s.opts.Sync {
+		opt = pebble.Sync
+	}
+	if err := a.b.Commit(opt); err != nil {
+		return fmt.Errorf("store: apply shard %d index %d: %w", shard, res.Index, err)
+	}
+	return nil
+}
+
+// pendingEvent is an event of the Result that will be written.
+type pendingEvent struct {
+	e          *correlate.Event
+	bucket     uint64
+	tail       [tailLen]byte
+	start, end int // its value in applier.arena
+	dropped    bool
+}
+
+// applier builds the batch of one Apply.
+type applier struct {
+	s     *Store
+	shard uint32
+	b     *pebble.Batch
+	buf   []byte
+	arena []byte
+
+	events []pendingEvent
+	byID   map[correlate.EventID]int // index in events
+
+	// dir holds the directory entries of the buckets this batch touches,
+	// committed state plus this batch's events.
+	dir map[uint64]dirEntry
+	// committed is the whole committed directory, loaded on first need.
+	committed *bucketDir
+
+	cut    []byte // retention cut (tail): events with tail < cut are deleted; nil: none
+	cutB   uint64 // bucket of cut
+	hasCut bool
+}
+
+func (a *applier) run(res *correlate.Result) error {
+	if err := a.collect(res.Events); err != nil {
+		return err
+	}
+	if r := res.Retention; r != nil {
+		if err := a.retain(r); err != nil {
+			return err
+		}
+	}
+	for i := range a.events {
+		if err := a.writeEvent(&a.events[i]); err != nil {
+			return err
+		}
+	}
+	for _, e := range res.Edges {
+		if err := a.writeEdge(e); err != nil {
+			return err
+		}
+	}
+	touched := make([]uint64, 0, len(a.dir))
+	for b := range a.dir {
+		touched = append(touched, b)
+	}
+	slices.Sort(touched) // a fixed write order: replicas build identical batches
+	for _, b := range touched {
+		d := a.dir[b]
+		var err error
+		if d.count == 0 {
+			err = a.b.Delete(bucketKey(a.shard, b), nil)
+		} else {
+			err = a.b.Set(bucketKey(a.shard, b), d.append(a.buf[:0]), nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, r := range res.State {
+		var err error
+		if r.Value == nil {
+			err = a.b.Delete(stateKey(a.shard, r.Key), nil)
+		} else {
+			err = a.b.Set(stateKey(a.shard, r.Key), r.Value, nil)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return a.b.Set(appliedKey(a.shard), binary.BigEndian.AppendUint64(nil, res.Index), nil)
+}
+
+// collect encodes the Result's events, skipping any whose id is already
+// stored (or repeated in the batch) so that the bucket statistics stay
+// exact, and accounts them in the touched directory entries.
+func (a *applier) collect(events []correlate.Event) error {
+	a.byID = make(map[correlate.EventID]int, len(events))
+	for i := range events {
+		e := &events[i]
+		if e.ID == (correlate.EventID{}) {
+			return fmt.Errorf("%w: Events[%d].ID: an event id is required", ErrInvalidResult, i)
+		}
+		if !e.Kind.Valid() {
+			return fmt.Errorf("%w: Events[%d].Kind %d: must be one of CALL..STATE_CHANGE", ErrInvalidResult, i, e.Kind)
+		}
+		if _, dup := a.byID[e.ID]; dup {
+			a.s.counters.duplicates.Add(1)
+			continue
+		}
+		bucket := bucketOf(e.TimestampNs, a.s.shift)
+		a.buf = idKey(a.buf[:0], a.shard, bucket, e.ID)
+		found, err := has(a.s.db, a.buf)
+		if err != nil {
+			return err
+		}
+		if found {
+			a.s.counters.duplicates.Add(1)
+			continue
+		}
+		p := pendingEvent{e: e, bucket: bucket, start: len(a.arena)}
+		appendTail(p.tail[:0], e.TimestampNs, e.ID)
+		a.arena = encodeEvent(a.arena, e, a.shard)
+		p.end = len(a.arena)
+		d, err := a.dirEntry(bucket)
+		if err != nil {
+			return err
+		}
+		d.add(e.TimestampNs, p.end-p.start)
+		a.dir[bucket] = d
+		a.byID[e.ID] = len(a.events)
+		a.events = append(a.events, p)
+	}
+	return nil
+}
+
+func has(r pebble.Reader, k []byte) (bool, error) {
+	_, closer, err := r.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, closer.Close()
+}
+
+// dirEntry returns the current entry of bucket: this batch's if touched,
+// else the committed one.
+func (a *applier) dirEntry(bucket uint64) (dirEntry, error) {
+	if d, ok := a.dir[bucket]; ok {
+		return d, nil
+	}
+	k := bucketKey(a.shard, bucket)
+	v, closer, err := a.s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return dirEntry{}, nil
+	}
+	if err != nil {
+		return dirEntry{}, err
+	}
+	defer closer.Close()
+	return decodeDirEntry(k, v)
+}
+
+func (a *applier) committedDir() (*bucketDir, error) {
+	if a.committed == nil {
+		d, err := readDir(a.s.db, a.shard, 0, math.MaxUint64)
+		if err != nil {
+			return nil, err
+		}
+		a.committed = &d
+	}
+	return a.committed, nil
+}
+
+func (a *applier) writeEvent(p *pendingEvent) error {
+	if p.dropped {
+		return nil
+	}
+	val := a.arena[p.start:p.end]
+	var err error
+	a.buf = eventKeys(a.buf, a.shard, p.bucket, p.e, func(k, v []byte) {
+		if err != nil {
+			return
+		}
+		if k[shardLen] == secEvent {
+			v = val
+		}
+		err = a.b.Set(k, v, nil)
+	})
+	if err != nil {
+		return err
+	}
+	for i, l := range p.e.Links {
+		if !l.Type.Valid() {
+			return fmt.Errorf("%w: event %s: Links[%d].Type %d: must be a valid link type",
+				ErrInvalidResult, p.e.ID, i, l.Type)
+		}
+		a.buf = edgeKey(a.buf[:0], a.shard, p.bucket, correlate.Edge{From: p.e.ID, Type: l.Type, To: l.Target})
+		if err := a.b.Set(a.buf, nil, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeEdge stores an edge whose source is not among the batch's events.
+// It lives in the bucket of its source if the source is stored on this
+// shard, else (remote source) in the bucket of its target with a
+// back-reference, so that retention deletes it with the event it hangs on.
+// An edge touching no event of this shard has nothing to hang on: it is
+// counted and dropped.
+func (a *applier) writeEdge(e correlate.Edge) error {
+	if !e.Type.Valid() {
+		return fmt.Errorf("%w: edge %s→%s: Type %d: must be a valid link type", ErrInvalidResult, e.From, e.To, e.Type)
+	}
+	if b, ok, err := a.locate(e.From); err != nil || ok {
+		if err != nil {
+			return err
+		}
+		a.buf = edgeKey(a.buf[:0], a.shard, b, e)
+		return a.b.Set(a.buf, nil, nil)
+	}
+	b, ok, err := a.locate(e.To)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		a.s.counters.edgesDropped.Add(1)
+		return nil
+	}
+	a.buf = edgeKey(a.buf[:0], a.shard, b, e)
+	if err := a.b.Set(a.buf, nil, nil); err != nil {
+		return err
+	}
+	a.buf = edgeToKey(a.buf[:0], a.shard, b, e)
+	return a.b.Set(a.buf, nil, nil)
+}
+
+// locate returns the bucket of event id if it is stored on the shard after
+// this batch: written by this batch, or committed and not deleted by this
+// batch's retention.
+func (a *applier) locate(id correlate.EventID) (uint64, bool, error) {
+	if i, ok := a.byID[id]; ok {
+		p := &a.events[i]
+		return p.bucket, !p.dropped, nil
+	}
+	d, err := a.committedDir()
+	if err != nil {
+		return 0, false, err
+	}
+	b, ts, ok, err := probe(a.s.db, a.shard, id, a.s.shift, d.buckets)
+	if err != nil || !ok {
+		return 0, false, err
+	}
+	if a.hasCut {
+		var tail [tailLen]byte
+		appendTail(tail[:0], ts, id)
+		if bytes.Compare(tail[:], a.cut) < 0 {
+			return 0, false, nil
+		}
+	}
+	return b, true, nil
+}
+
+// probe finds event id among the given live buckets: first the bucket of
+// the id's own ULID time (ids are usually assigned near the event's time),
+// then the others newest first. Each probe is a point lookup that bloom
+// filters answer without reading data when the id is absent.
+func probe(r pebble.Reader, shard uint32, id correlate.EventID, shift uint8, buckets []uint64) (uint64, int64, bool, error) {
+	var kb [headLen + idLen]byte
+	try := func(b uint64) (int64, bool, error) {
+		k := idKey(kb[:0], shard, b, id)
+		v, closer, err := r.Get(k)
+		if errors.Is(err, pebble.ErrNotFound) {
+			return 0, false, nil
+		}
+		if err != nil {
+			return 0, false, err
+		}
+		defer closer.Close()
+		if len(v) != tsLen {
+			return 0, false, corruptKey(k, "id record of %d bytes", len(v))
+		}
+		return unflip(binary.BigEndian.Uint64(v)), true, nil
+	}
+	guess := uint64(math.MaxUint64)
+	if ms := id.Time(); ms <= math.MaxInt64/1_000_000 {
+		guess = bucketOf(int64(ms)*1_000_000, shift)
+		if _, live := slices.BinarySearch(buckets, guess); live {
+			ts, ok, err := try(guess)
+			if err != nil || ok {
+				return guess, ts, ok, err
+			}
+		}
+	}
+	for i := len(buckets) - 1; i >= 0; i-- {
+		if buckets[i] == guess {
+			continue
+		}
+		ts, ok, err := try(buckets[i])
+		if err != nil || ok {
+			return buckets[i], ts, ok, err
+		}
+	}
+	return 0, 0, false, nil
+}
+
+// writeFrame stores the frame record of a frame closed without an event of
+// its own (UNWOUND, PROCESS_EXIT) in its CALL's bucket; CallTree and
+// CallStackAt read it. A record whose CALL is not stored (deleted by
+// retention) has nothing to annotate: it is counted and dropped.
+func (a *applier) writeFrame(call correlate.EventID, f frameEnd) error {
+	b, ok, err := a.locate(call)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		a.s.counters.framesLost.Add(1)
+		return nil
+	}
+	a.buf = frameKey(a.buf[:0], a.shard, b, call)
+	return a.b.Set(a.buf, f.append(nil), nil)
+}
