@@ -45,14 +45,35 @@ func (s *Store) Apply(shard uint32, res *correlate.Result) error {
 	if err := a.run(res); err != nil {
 		return err
 	}
+	if err := s.commit(a.b); err != nil {
+		return fmt.Errorf("store: apply shard %d index %d: %w", shard, res.Index, err)
+	}
+	return nil
+}
+
+// commit commits b. Pebble treats a failed WAL write as fatal (it calls
+// Logger.Fatalf, which panics with a fatalError): the batch may or may not
+// be in the WAL. commit turns that into ErrFailed and fails the store
+// (fail-stop), so that no later write builds on an unknown state.
+func (s *Store) commit(b *pebble.Batch) (err error) {
+	if s.failed.Load() {
+		return ErrFailed
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(fatalError)
+			if !ok {
+				panic(r)
+			}
+			s.failed.Store(true)
+			err = fmt.Errorf("%w: %s", ErrFailed, string(f))
+		}
+	}()
 	opt := pebble.NoSync
 	if s.opts.Sync {
 		opt = pebble.Sync
 	}
-	if err := a.b.Commit(opt); err != nil {
-		return fmt.Errorf("store: apply shard %d index %d: %w", shard, res.Index, err)
-	}
-	return nil
+	return b.Commit(opt)
 }
 
 // pendingEvent is an event of the Result that will be written.

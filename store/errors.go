@@ -23,6 +23,11 @@ var (
 	// ErrScanLimit: a call examined Options.MaxScan keys without being able
 	// to answer (CallStackAt of a process with a very long history).
 	ErrScanLimit = errors.New("store: scan limit reached")
+	// ErrFailed: pebble hit an unrecoverable error (a failed WAL write
+	// leaves the database in an unknown state). The store refuses further
+	// writes; the node must close and reopen it, and Raft replays from the
+	// applied index.
+	ErrFailed = errors.New("store: failed")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store: closed")
 )

@@ -120,5 +120,8 @@ func (a slogAdapter) Errorf(format string, args ...any) {
 func (a slogAdapter) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	a.l.Error(msg, "component", "pebble", "fatal", true)
-	panic("store: pebble fatal: " + msg)
+	panic(fatalError(msg))
 }
+
+// fatalError is the panic value of slogAdapter.Fatalf.
+type fatalError string

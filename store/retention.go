@@ -147,14 +147,14 @@ func (a *applier) kthOldest(b uint64, k uint64) ([]byte, error) {
 	}
 	defer it.Close()
 	ok := it.First()
+	next := make([]byte, 0, tailLen)
 	for {
-		var next []byte
 		switch {
 		case ok && (len(fresh) == 0 || bytes.Compare(it.Key()[headLen:], fresh[0]) < 0):
-			next = it.Key()[headLen:]
+			next = append(next[:0], it.Key()[headLen:]...) // the key is only valid until Next
 			ok = it.Next()
 		case len(fresh) > 0:
-			next, fresh = fresh[0], fresh[1:]
+			next, fresh = append(next[:0], fresh[0]...), fresh[1:]
 		default:
 			if err := it.Error(); err != nil {
 				return nil, err

@@ -28,6 +28,7 @@ type Store struct {
 	dir    string
 	shift  uint8
 	closed atomic.Bool
+	failed atomic.Bool // a fatal pebble error: no more writes (see commit)
 
 	// locks serializes writers of one shard (Apply reads the applied index,
 	// the bucket directory and the boundary bucket before it writes). A
@@ -74,6 +75,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		defer c.Unref()
 		po.Cache = c
 	}
+	po.EnsureDefaults() // ImportShard derives its sstable writer options from po
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
