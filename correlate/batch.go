@@ -99,4 +99,20 @@ type Result struct {
 	State     []StateRecord // correlator state mutations, in key order
 	Retention *Retention    // passed through from the Batch
 	Counters  Counters      // what happened while applying the batch
+	// Closed lists frames that ended without an event of their own: frames
+	// skipped by a RETURN/EXCEPTION for a frame further down (UNWOUND) and
+	// frames open when their process exited (PROCESS_EXIT). Nothing is
+	// invented: no event is stored for them; the store keeps each as a
+	// frame-end record keyed by Call so that a query can tell how the frame
+	// ended. Frames closed by their own RETURN/EXCEPTION are not listed: that
+	// event carries Outcome, DurationNs and a COMPLETES link.
+	Closed []ClosedFrame
+}
+
+// ClosedFrame records how a frame without a closing event of its own ended.
+type ClosedFrame struct {
+	Call    EventID // the frame's CALL
+	Outcome Outcome // OutcomeUnwound or OutcomeProcessExit
+	EndNs   int64   // timestamp of the event that closed it
+	By      EventID // the RETURN/EXCEPTION/EXIT that closed it
 }

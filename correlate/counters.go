@@ -21,6 +21,10 @@ type Counters struct {
 	DedupEvictions    uint64 // dedup entries evicted by count before their age
 	PayloadsTruncated uint64 // payloads truncated to the payload bound
 	AttributesDropped uint64 // attributes dropped: attribute bounds
+	Malformed         uint64 // events stored without correlation: kind unknown
+	ProcessesExpired  uint64 // processes dropped after ProcessTTL of log time without events
+	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox bound or OutboxTTL
+	SpawnsLinked      uint64 // spawn notices linked to the child's event
 }
 
 // Add adds o to c.
@@ -41,4 +45,8 @@ func (c *Counters) Add(o Counters) {
 	c.DedupEvictions += o.DedupEvictions
 	c.PayloadsTruncated += o.PayloadsTruncated
 	c.AttributesDropped += o.AttributesDropped
+	c.Malformed += o.Malformed
+	c.ProcessesExpired += o.ProcessesExpired
+	c.OutboxDropped += o.OutboxDropped
+	c.SpawnsLinked += o.SpawnsLinked
 }

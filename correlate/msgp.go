@@ -228,8 +228,10 @@ func (r *reader) count(fix, fixMask, c16, c32 byte, what string, min int) int {
 	return n
 }
 
-func (r *reader) arrayLen(min int) int { return r.count(0x90, 0x0f, mpArray16, mpArray32, "array", min) }
-func (r *reader) mapLen(min int) int   { return r.count(0x80, 0x0f, mpMap16, mpMap32, "map", min) }
+func (r *reader) arrayLen(min int) int {
+	return r.count(0x90, 0x0f, mpArray16, mpArray32, "array", min)
+}
+func (r *reader) mapLen(min int) int { return r.count(0x80, 0x0f, mpMap16, mpMap32, "map", min) }
 
 // arrayOrNil reads an array header, or nil as an empty array (-1).
 func (r *reader) arrayOrNil(min int) int {

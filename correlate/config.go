@@ -1,0 +1,75 @@
+package correlate
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config bounds and tunes one shard's correlator. Every table the
+// correlator keeps has a bound here; hitting it is deterministic (the
+// oldest entry goes first) and counted in Counters. TTLs are measured in
+// log time (Batch.LogTime), never against a local clock.
+type Config struct {
+	Shard  uint32 // the shard this correlator serves
+	Shards uint32 // the cluster's shard count (fixed at bootstrap)
+	Limits Limits // per-event bounds, enforced again as a guard in Apply
+
+	MaxStackDepth int // open frames per process; deeper CALLs are counted, not pushed
+	MaxProcesses  int // processes tracked; the least recently active is evicted
+	MaxPending    int // entries per pending table (send notices, receives, spawn notices)
+	MaxOutbox     int // undelivered outbox notices; the oldest is dropped
+	DedupWindow   int // event/notice ids remembered for duplicate detection
+	MaxInterned   int // distinct module/function names shared between frames
+
+	DedupTTL   time.Duration // how long an applied id is remembered
+	NoticeTTL  time.Duration // how long a notice or receive waits for its partner
+	ProcessTTL time.Duration // how long an idle process (open frames or not) is kept
+	OutboxTTL  time.Duration // how long an unacknowledged notice is kept for delivery
+}
+
+// DefaultConfig returns the defaults for shard shard of shards.
+func DefaultConfig(shard, shards uint32) Config {
+	return Config{
+		Shard:         shard,
+		Shards:        shards,
+		Limits:        DefaultLimits(),
+		MaxStackDepth: 1024,
+		MaxProcesses:  200_000,
+		MaxPending:    65_536,
+		MaxOutbox:     65_536,
+		DedupWindow:   131_072,
+		MaxInterned:   65_536,
+		DedupTTL:      10 * time.Minute,
+		NoticeTTL:     5 * time.Minute,
+		ProcessTTL:    time.Hour,
+		OutboxTTL:     time.Hour,
+	}
+}
+
+// Validate reports the first field that is out of range.
+func (c Config) Validate() error {
+	if c.Shards == 0 {
+		return fmt.Errorf("%w: Shards = 0, must be >= 1", ErrConfig)
+	}
+	if c.Shard >= c.Shards {
+		return fmt.Errorf("%w: Shard = %d, must be < Shards (%d)", ErrConfig, c.Shard, c.Shards)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxStackDepth", int64(c.MaxStackDepth)}, {"MaxProcesses", int64(c.MaxProcesses)},
+		{"MaxPending", int64(c.MaxPending)}, {"MaxOutbox", int64(c.MaxOutbox)},
+		{"DedupWindow", int64(c.DedupWindow)}, {"MaxInterned", int64(c.MaxInterned)},
+		{"DedupTTL", int64(c.DedupTTL)}, {"NoticeTTL", int64(c.NoticeTTL)},
+		{"ProcessTTL", int64(c.ProcessTTL)}, {"OutboxTTL", int64(c.OutboxTTL)},
+	} {
+		if f.v <= 0 {
+			return fmt.Errorf("%w: %s = %d, must be > 0", ErrConfig, f.name, f.v)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,363 @@
+package correlate
+
+import (
+	"slices"
+	"strings"
+)
+
+// Correlator is one shard's correlation state machine (see doc.go). It is
+// not safe for concurrent use: a shard's replica applies its log from one
+// goroutine, and so must call Apply, Snapshot, Restore and Outbox from one
+// goroutine (or under one lock).
+type Correlator struct {
+	cfg Config
+
+	logTime    int64  // max Batch.LogTime seen: the clock of all expiry
+	seq        uint64 // orders pending/outbox entries and process touches
+	nextProcNo uint64 // state-record number of the next new process
+
+	procs  map[Process]*proc
+	lru    dlist[proc, *proc] // least recently touched first
+	sends  pendingTable       // send notices waiting for their RECEIVE
+	recvs  pendingTable       // RECEIVEs waiting for their send notice
+	spawns pendingTable       // spawn notices waiting for the child's next event
+	outbox outbox
+	dedup  dedupWindow
+	totals Counters
+
+	// Not state: shared names, so long-lived frames do not each hold a
+	// copy (or pin the decoded batch buffer the name came from).
+	interned map[string]string
+
+	// Scratch for the batch being applied.
+	epoch     uint64 // incremented per Apply; marks what was born/dirtied in it
+	cur       Counters
+	res       Result
+	batch     []Event // the batch's events; [0, applied) are output
+	linkArena []Link
+	strArena  []byte
+	seqMax    map[Process]uint64
+	dirtyProc []*proc
+	dirtyPend []*pending
+	dirtyOut  []*outEntry
+}
+
+// New returns an empty correlator, or an error if cfg is invalid.
+func New(cfg Config) (*Correlator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Correlator{cfg: cfg}
+	c.reset()
+	return c, nil
+}
+
+func (c *Correlator) reset() {
+	c.logTime, c.seq, c.nextProcNo = 0, 0, 0
+	c.procs = make(map[Process]*proc)
+	c.lru = dlist[proc, *proc]{}
+	c.sends = newPendingTable(tagSend)
+	c.recvs = newPendingTable(tagReceive)
+	c.spawns = newPendingTable(tagSpawn)
+	c.outbox = outbox{byID: make(map[EventID]*outEntry)}
+	c.dedup = dedupWindow{ids: make(map[EventID]struct{})}
+	c.totals = Counters{}
+	c.interned = make(map[string]string)
+	c.seqMax = make(map[Process]uint64)
+	c.epoch = 0
+}
+
+// Config returns the correlator's configuration.
+func (c *Correlator) Config() Config { return c.cfg }
+
+// Totals returns the counters summed over every Apply since New, including
+// those restored with the state.
+func (c *Correlator) Totals() Counters { return c.totals }
+
+// LogTime returns the largest log time applied so far.
+func (c *Correlator) LogTime() int64 { return c.logTime }
+
+// Apply correlates one batch and returns what the store must persist. It
+// never fails: an event it cannot correlate is still stored (marked orphan
+// or counted as malformed). It assumes the ingest path ran ValidateEvents,
+// and re-runs Normalize and the attribute bounds as a guard.
+//
+// Apply takes ownership of b.Events: the events are correlated in place,
+// duplicates are compacted away, and Result.Events shares b.Events' array.
+// The Result's slices are owned by the caller and never touched again by
+// the correlator.
+//
+// Order of work, identical on every replica: expiry at the new log time;
+// Acked removals from the outbox; Notices in their order; Events sorted per
+// process by seq (when set), in that order.
+func (c *Correlator) Apply(b Batch) Result {
+	c.epoch++
+	c.cur = Counters{}
+	c.res = Result{Index: b.Index, Retention: b.Retention}
+	c.logTime = max(c.logTime, b.LogTime)
+	c.expire()
+
+	for _, id := range b.Acked {
+		if e := c.outbox.byID[id]; e != nil {
+			c.removeOutbox(e)
+		}
+	}
+	for i := range b.Notices {
+		n := b.Notices[i]
+		if c.dedup.contains(n.EventID) {
+			c.cur.Duplicates++
+			continue
+		}
+		c.dedupAdd(n.EventID, len(b.Notices)+len(b.Events))
+		c.cur.NoticesApplied++
+		c.deliver(n, -1)
+	}
+
+	evs := b.Events
+	c.orderBySeq(evs)
+	c.batch = evs
+	c.linkArena = make([]Link, 0, len(evs))
+	out := 0
+	for i := range evs {
+		if id := evs[i].ID; id != (EventID{}) && c.dedup.contains(id) {
+			c.cur.Duplicates++
+			continue
+		}
+		if out != i {
+			evs[out] = evs[i]
+		}
+		c.dedupAdd(evs[out].ID, len(evs)-i)
+		c.applyEvent(&evs[out], out)
+		out++
+	}
+	clear(evs[out:]) // drop references held by skipped duplicates' slots
+	c.res.Events = evs[:out]
+
+	c.totals.Add(c.cur) // before stateRecords: the meta record carries the totals
+	c.res.State = c.stateRecords()
+	c.res.Counters = c.cur
+	res := c.res
+	c.res, c.batch, c.linkArena = Result{}, nil, nil
+	c.dirtyProc, c.dirtyPend, c.dirtyOut = c.dirtyProc[:0], c.dirtyPend[:0], c.dirtyOut[:0]
+	return res
+}
+
+func (c *Correlator) applyEvent(e *Event, idx int) {
+	Normalize(e, c.cfg.Limits)
+	if e.PayloadTruncated {
+		c.cur.PayloadsTruncated++
+	}
+	c.boundAttributes(e)
+	e.Shard = c.cfg.Shard
+	c.cur.Events++
+	if !e.Kind.Valid() {
+		c.cur.Malformed++
+		return
+	}
+	p := c.touch(e, idx)
+	switch e.Kind {
+	case KindCall:
+		c.call(p, e)
+	case KindReturn, KindException:
+		c.complete(p, e)
+	case KindExit:
+		c.exit(p, e)
+	case KindSend:
+		c.setParent(p, e)
+		if e.PeerPID != "" { // a SEND to a registered name cannot be paired
+			c.route(Notice{Kind: NoticeSend, EventID: e.ID, Sender: p.key, Receiver: c.peer(e),
+				MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}, idx)
+		}
+	case KindReceive:
+		c.setParent(p, e)
+		c.receive(p, e, idx)
+	case KindSpawn:
+		c.setParent(p, e)
+		c.route(Notice{Kind: NoticeSpawn, EventID: e.ID, Sender: p.key, Receiver: c.peer(e),
+			TimestampNs: e.TimestampNs}, idx)
+	case KindStateChange:
+		c.setParent(p, e)
+	}
+}
+
+// boundAttributes keeps the first MaxAttributes attributes in key order and
+// drops over-long keys/values. Validate rejects such events at ingest; this
+// guard keeps a bad proposal from growing state or storage without bound.
+func (c *Correlator) boundAttributes(e *Event) {
+	lim := c.cfg.Limits
+	over := len(e.Attributes) > lim.MaxAttributes
+	if !over {
+		for k, v := range e.Attributes {
+			if len(k) > lim.MaxAttributeKeyBytes || len(v) > lim.MaxAttributeValueBytes {
+				over = true
+				break
+			}
+		}
+	}
+	if !over {
+		return
+	}
+	keys := make([]string, 0, len(e.Attributes))
+	for k := range e.Attributes {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	kept := make(map[string]string, min(len(keys), lim.MaxAttributes))
+	for _, k := range keys {
+		v := e.Attributes[k]
+		if len(kept) == lim.MaxAttributes || len(k) > lim.MaxAttributeKeyBytes || len(v) > lim.MaxAttributeValueBytes {
+			c.cur.AttributesDropped++
+			continue
+		}
+		kept[k] = v
+	}
+	e.Attributes = kept
+}
+
+// orderBySeq sorts, for each process, the events that carry a seq by seq
+// (stably), leaving them in the batch positions that process's seq-carrying
+// events occupied; events without seq do not move. It counts events whose
+// seq is below the largest seq seen before them for their process.
+func (c *Correlator) orderBySeq(evs []Event) {
+	if len(c.seqMax) > 4096 {
+		c.seqMax = make(map[Process]uint64) // do not keep a huge batch's map
+	} else {
+		clear(c.seqMax)
+	}
+	var disordered []Process
+	for i := range evs {
+		e := &evs[i]
+		if e.Seq == 0 {
+			continue
+		}
+		k := Process{e.Origin, e.PID}
+		last, seen := c.seqMax[k]
+		switch {
+		case !seen || e.Seq >= last:
+			c.seqMax[k] = e.Seq
+		default:
+			c.cur.OutOfOrder++
+			if !slices.Contains(disordered, k) {
+				disordered = append(disordered, k)
+			}
+		}
+	}
+	for _, k := range disordered {
+		var pos []int
+		var sorted []Event
+		for i := range evs {
+			if evs[i].Seq != 0 && evs[i].Origin == k.Origin && evs[i].PID == k.PID {
+				pos = append(pos, i)
+				sorted = append(sorted, evs[i])
+			}
+		}
+		slices.SortStableFunc(sorted, func(a, b Event) int {
+			switch {
+			case a.Seq < b.Seq:
+				return -1
+			case a.Seq > b.Seq:
+				return 1
+			}
+			return 0
+		})
+		for j, i := range pos {
+			evs[i] = sorted[j]
+		}
+	}
+}
+
+// addLink appends l to e.Links, cutting the first link of each event from
+// the batch's arena so that the common one-link event costs no allocation.
+func (c *Correlator) addLink(e *Event, l Link) {
+	if e.Links != nil {
+		e.Links = append(e.Links, l)
+		return
+	}
+	n := len(c.linkArena)
+	if n == cap(c.linkArena) {
+		c.linkArena = make([]Link, 0, max(64, cap(c.linkArena)))
+		n = 0
+	}
+	c.linkArena = append(c.linkArena, l)
+	e.Links = c.linkArena[n : n+1 : n+1]
+}
+
+// link records From --t--> to. When the source event is in this batch
+// (idx >= 0) the link goes on the event itself; otherwise it becomes an
+// edge record, so stored events are never rewritten.
+func (c *Correlator) link(idx int, from EventID, t LinkType, to EventID) {
+	if idx >= 0 {
+		c.addLink(&c.batch[idx], Link{Type: t, Target: to})
+		return
+	}
+	c.res.Edges = append(c.res.Edges, Edge{From: from, Type: t, To: to})
+}
+
+// idText returns id's 26-character text form. The bytes live in an
+// append-only arena that is never overwritten, so the strings stay valid
+// for as long as anyone holds them, without one allocation per id.
+func (c *Correlator) idText(id EventID) string {
+	const n = 26
+	if cap(c.strArena)-len(c.strArena) < n {
+		c.strArena = make([]byte, 0, n*256)
+	}
+	start := len(c.strArena)
+	c.strArena = c.strArena[:start+n]
+	_ = id.MarshalTextTo(c.strArena[start:])
+	return bytesToString(c.strArena[start : start+n])
+}
+
+// intern returns a shared copy of s that does not pin the caller's buffer.
+func (c *Correlator) intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if v, ok := c.interned[s]; ok {
+		return v
+	}
+	v := strings.Clone(s)
+	if len(c.interned) < c.cfg.MaxInterned {
+		c.interned[v] = v
+	}
+	return v
+}
+
+// peer returns e's peer with strings safe to keep in state: a tracked
+// process's own key, or an interned origin and a copied pid.
+func (c *Correlator) peer(e *Event) Process {
+	k := Process{e.PeerOrigin, e.PeerPID}
+	if p := c.procs[k]; p != nil {
+		return p.key
+	}
+	return Process{Origin: c.intern(k.Origin), PID: strings.Clone(k.PID)}
+}
+
+// route sends a notice to the shard that owns its receiver: delivered in
+// place when that is this shard, through the replicated outbox otherwise.
+func (c *Correlator) route(n Notice, idx int) {
+	n.FromShard = c.cfg.Shard
+	n.ToShard = ShardOf(n.Receiver.Origin, n.Receiver.PID, c.cfg.Shards)
+	if n.ToShard == c.cfg.Shard {
+		c.deliver(n, idx)
+		return
+	}
+	c.addOutbox(n)
+}
+
+// expire drops everything whose TTL has passed at the current log time,
+// oldest first. It runs at the start of every Apply.
+func (c *Correlator) expire() {
+	now := c.logTime
+	for p := c.lru.head; p != nil && now-p.lastActive > int64(c.cfg.ProcessTTL); p = c.lru.head {
+		c.dropProc(p)
+		c.cur.ProcessesExpired++
+	}
+	c.cur.NoticesExpired += c.expirePending(&c.sends, now)
+	c.cur.NoticesExpired += c.expirePending(&c.spawns, now)
+	c.cur.ReceivesExpired += c.expirePending(&c.recvs, now)
+	for e := c.outbox.order.head; e != nil && now-e.logTime > int64(c.cfg.OutboxTTL); e = c.outbox.order.head {
+		c.removeOutbox(e)
+		c.cur.OutboxDropped++
+	}
+	c.dedupExpire(now)
+}

@@ -1,0 +1,260 @@
+package correlate
+
+import "strings"
+
+// State-record tags: the first byte of every state key.
+const (
+	tagDedup   = 'D'
+	tagMeta    = 'M'
+	tagOutbox  = 'O'
+	tagProc    = 'P'
+	tagReceive = 'R' // a RECEIVE waiting for its send notice
+	tagSend    = 'S' // a send notice waiting for its RECEIVE
+	tagSpawn   = 'W' // a spawn notice waiting for the child's next event
+)
+
+// msgKey groups pending entries that can pair: the receiver and the
+// message hash (for spawn notices: the child, hash 0). Within a key,
+// entries are kept in arrival order, which makes pairing FIFO.
+type msgKey struct {
+	recv Process
+	hash uint64
+}
+
+// pending is one entry of a pending table. For send and spawn notices, n
+// is the notice; for a waiting RECEIVE, n.EventID is the RECEIVE, n.Sender
+// the sender it names (zero when none) and n.Receiver its own process.
+type pending struct {
+	lk      links[pending]
+	tag     byte
+	seq     uint64 // arrival order; the state-record number
+	logTime int64  // log time of arrival, for NoticeTTL
+	n       Notice
+	idx     int    // index of n.EventID's event in the batch of epoch born, else -1
+	born    uint64 // epoch of arrival (0: restored)
+	dirty   uint64
+	dead    bool
+}
+
+func (p *pending) lnk() *links[pending] { return &p.lk }
+
+// idxIn returns the in-batch index of the entry's event if it was applied
+// in the current epoch, else -1 (the event is already stored).
+func (p *pending) idxIn(epoch uint64) int {
+	if p.born == epoch {
+		return p.idx
+	}
+	return -1
+}
+
+type pendingTable struct {
+	tag   byte
+	byKey map[msgKey][]*pending
+	order dlist[pending, *pending] // oldest first
+}
+
+func newPendingTable(tag byte) pendingTable {
+	return pendingTable{tag: tag, byKey: make(map[msgKey][]*pending)}
+}
+
+// compatible reports whether a claimed sender fits an actual one: an
+// unknown sender (a BEAM receive trace names none) fits any.
+func compatible(a, b Process) bool {
+	return a.PID == "" || b.PID == "" || a == b
+}
+
+// match returns the oldest entry under k whose sender is compatible with
+// sender, or nil.
+func (t *pendingTable) match(k msgKey, sender Process) *pending {
+	for _, p := range t.byKey[k] {
+		if compatible(p.n.Sender, sender) {
+			return p
+		}
+	}
+	return nil
+}
+
+func (c *Correlator) addPending(t *pendingTable, k msgKey, n Notice, idx int) {
+	for t.order.n >= c.cfg.MaxPending {
+		c.removePending(t, t.order.head)
+		c.cur.PendingEvictions++
+	}
+	p := &pending{tag: t.tag, seq: c.seq, logTime: c.logTime, n: n, idx: idx, born: c.epoch}
+	c.seq++
+	t.byKey[k] = append(t.byKey[k], p)
+	t.order.pushBack(p)
+	c.markPending(p)
+}
+
+func keyOf(p *pending) msgKey {
+	if p.tag == tagSpawn {
+		return msgKey{recv: p.n.Receiver}
+	}
+	return msgKey{recv: p.n.Receiver, hash: p.n.MessageHash}
+}
+
+func (c *Correlator) removePending(t *pendingTable, p *pending) {
+	k := keyOf(p)
+	q := t.byKey[k]
+	for i, x := range q {
+		if x == p {
+			copy(q[i:], q[i+1:])
+			q[len(q)-1] = nil
+			q = q[:len(q)-1]
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(t.byKey, k)
+	} else {
+		t.byKey[k] = q
+	}
+	t.order.remove(p)
+	p.dead = true
+	c.markPending(p)
+}
+
+func (c *Correlator) markPending(p *pending) {
+	if p.dirty != c.epoch {
+		p.dirty = c.epoch
+		c.dirtyPend = append(c.dirtyPend, p)
+	}
+}
+
+func (c *Correlator) expirePending(t *pendingTable, now int64) (n uint64) {
+	for p := t.order.head; p != nil && now-p.logTime > int64(c.cfg.NoticeTTL); p = t.order.head {
+		c.removePending(t, p)
+		n++
+	}
+	return n
+}
+
+// deliver applies a send or spawn notice addressed to this shard. idx is
+// the index of the SEND/SPAWN in the current batch when it was applied on
+// this very shard, else -1.
+func (c *Correlator) deliver(n Notice, idx int) {
+	switch n.Kind {
+	case NoticeSend:
+		k := msgKey{recv: n.Receiver, hash: n.MessageHash}
+		if r := c.recvs.match(k, n.Sender); r != nil {
+			c.pair(n.EventID, idx, r.n.EventID, r.idxIn(c.epoch))
+			c.removePending(&c.recvs, r)
+			return
+		}
+		c.addPending(&c.sends, k, c.owned(n), idx)
+	case NoticeSpawn:
+		if p := c.procs[n.Receiver]; p != nil {
+			firstIdx := -1
+			if p.born == c.epoch {
+				firstIdx = p.firstIdx
+			}
+			c.linkSpawn(n, idx, p.first, firstIdx)
+			return
+		}
+		c.addPending(&c.spawns, msgKey{recv: n.Receiver}, c.owned(n), idx)
+	default:
+		c.cur.Malformed++
+	}
+}
+
+// owned returns n with strings the correlator may keep (not pinning the
+// buffer of the batch they were decoded from).
+func (c *Correlator) owned(n Notice) Notice {
+	own := func(p Process) Process {
+		if q := c.procs[p]; q != nil {
+			return q.key
+		}
+		return Process{Origin: c.intern(p.Origin), PID: strings.Clone(p.PID)}
+	}
+	n.Sender, n.Receiver = own(n.Sender), own(n.Receiver)
+	return n
+}
+
+// receive pairs a RECEIVE with the oldest compatible send notice waiting
+// for it, or makes it wait for one.
+func (c *Correlator) receive(p *proc, e *Event, idx int) {
+	k := msgKey{recv: p.key, hash: e.MessageHash}
+	sender := e.Peer()
+	if s := c.sends.match(k, sender); s != nil {
+		c.pair(s.n.EventID, s.idxIn(c.epoch), e.ID, idx)
+		c.removePending(&c.sends, s)
+		return
+	}
+	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
+		Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
+	if sender.PID != "" {
+		n.Sender = c.peer(e)
+	}
+	c.addPending(&c.recvs, k, n, idx)
+}
+
+// pair links a SEND and the RECEIVE that consumed it, both ways.
+func (c *Correlator) pair(send EventID, sendIdx int, recv EventID, recvIdx int) {
+	c.link(recvIdx, recv, LinkReceivedFrom, send)
+	c.link(sendIdx, send, LinkDeliveredTo, recv)
+	c.cur.Matched++
+}
+
+// linkSpawn links a SPAWN and the child's event, both ways.
+func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childIdx int) {
+	c.link(childIdx, child, LinkSpawnedBy, n.EventID)
+	c.link(spawnIdx, n.EventID, LinkSpawned, child)
+	c.cur.SpawnsLinked++
+}
+
+// outbox holds notices for other shards until their delivery is acked.
+type outbox struct {
+	byID  map[EventID]*outEntry
+	order dlist[outEntry, *outEntry] // outbox order: oldest first
+}
+
+type outEntry struct {
+	lk      links[outEntry]
+	seq     uint64
+	logTime int64
+	n       Notice
+	born    uint64
+	dirty   uint64
+	dead    bool
+}
+
+func (e *outEntry) lnk() *links[outEntry] { return &e.lk }
+
+func (c *Correlator) addOutbox(n Notice) {
+	if c.outbox.byID[n.EventID] != nil {
+		return // the same SEND applied twice (beyond the dedup window): one notice
+	}
+	for c.outbox.order.n >= c.cfg.MaxOutbox {
+		c.removeOutbox(c.outbox.order.head)
+		c.cur.OutboxDropped++
+	}
+	e := &outEntry{seq: c.seq, logTime: c.logTime, n: c.owned(n), born: c.epoch}
+	c.seq++
+	c.outbox.byID[n.EventID] = e
+	c.outbox.order.pushBack(e)
+	c.markOutbox(e)
+}
+
+func (c *Correlator) removeOutbox(e *outEntry) {
+	delete(c.outbox.byID, e.n.EventID)
+	c.outbox.order.remove(e)
+	e.dead = true
+	c.markOutbox(e)
+}
+
+func (c *Correlator) markOutbox(e *outEntry) {
+	if e.dirty != c.epoch {
+		e.dirty = c.epoch
+		c.dirtyOut = append(c.dirtyOut, e)
+	}
+}
+
+// Outbox returns the undelivered notices in outbox order, so that a new
+// leader can resume delivery. The slice is the caller's.
+func (c *Correlator) Outbox() []Notice {
+	out := make([]Notice, 0, c.outbox.order.n)
+	for e := c.outbox.order.head; e != nil; e = e.lk.next {
+		out = append(out, e.n)
+	}
+	return out
+}

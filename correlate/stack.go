@@ -1,0 +1,222 @@
+package correlate
+
+import "strings"
+
+// proc is one traced process's correlation state: its open frames and what
+// spawn linking needs (its first event). A process stays tracked after its
+// stack empties (and after EXIT) until ProcessTTL of log time without an
+// event or eviction by the MaxProcesses bound, so that a spawn notice that
+// arrives after a short-lived child has already run still finds the
+// child's first event.
+type proc struct {
+	lk         links[proc]
+	key        Process // strings owned by the correlator
+	no         uint64  // state-record number
+	tick       uint64  // c.seq at the last touch: the LRU order, persisted
+	lastActive int64   // log time of the last touch
+	first      EventID // the first event applied for this process
+	firstIdx   int     // first's index in the batch that created the process
+	overflow   uint32  // CALLs beyond MaxStackDepth not yet closed
+	frames     []frame // open calls, bottom first
+	born       uint64  // epoch that created it (0: restored)
+	dirty      uint64  // epoch that last marked it for a state record
+	dead       bool
+}
+
+func (p *proc) lnk() *links[proc] { return &p.lk }
+
+// frame is one open call. Its correlation id is callID when the client
+// gave one, else the CALL's id in text form; its parent and root are the
+// frames below it, so neither is stored.
+type frame struct {
+	call     EventID
+	callID   string
+	module   string
+	function string
+	arity    uint32
+	startNs  int64
+}
+
+func (c *Correlator) corrOf(f *frame) string {
+	if f.callID != "" {
+		return f.callID
+	}
+	return c.idText(f.call)
+}
+
+// touch returns e's process, creating it when new, and moves it to the
+// most-recently-active end of the LRU.
+func (c *Correlator) touch(e *Event, idx int) *proc {
+	p := c.procs[Process{e.Origin, e.PID}]
+	if p == nil {
+		p = c.newProc(e, idx)
+	}
+	p.tick = c.seq
+	c.seq++
+	p.lastActive = c.logTime
+	c.lru.moveToBack(p)
+	c.markProc(p)
+	return p
+}
+
+func (c *Correlator) newProc(e *Event, idx int) *proc {
+	for len(c.procs) >= c.cfg.MaxProcesses {
+		c.dropProc(c.lru.head)
+		c.cur.ProcessEvictions++
+	}
+	p := &proc{
+		key:      Process{Origin: c.intern(e.Origin), PID: strings.Clone(e.PID)},
+		no:       c.nextProcNo,
+		first:    e.ID,
+		firstIdx: idx,
+		born:     c.epoch,
+	}
+	c.nextProcNo++
+	c.procs[p.key] = p
+	c.lru.pushBack(p)
+	// A spawn notice that arrived before any event of this child links to
+	// this, the child's first event.
+	if c.spawns.order.n > 0 {
+		if w := c.spawns.match(msgKey{recv: p.key}, Process{}); w != nil {
+			c.linkSpawn(w.n, w.idxIn(c.epoch), e.ID, idx)
+			c.removePending(&c.spawns, w)
+		}
+	}
+	return p
+}
+
+func (c *Correlator) dropProc(p *proc) {
+	delete(c.procs, p.key)
+	c.lru.remove(p)
+	p.dead = true
+	p.frames = nil
+	c.markProc(p)
+}
+
+func (c *Correlator) markProc(p *proc) {
+	if p.dirty != c.epoch {
+		p.dirty = c.epoch
+		c.dirtyProc = append(c.dirtyProc, p)
+	}
+}
+
+// setParent gives a non-CALL event its process's current frame as parent
+// and the bottom frame as root. While CALLs are being refused by the depth
+// bound the current frame is unknown, so only the root is set.
+func (c *Correlator) setParent(p *proc, e *Event) {
+	if len(p.frames) == 0 {
+		return
+	}
+	e.RootID = p.frames[0].call
+	if p.overflow == 0 {
+		e.ParentID = p.frames[len(p.frames)-1].call
+	}
+}
+
+// call pushes a frame for a CALL (ARCHITECTURE §4).
+func (c *Correlator) call(p *proc, e *Event) {
+	if e.CallID != "" {
+		e.CorrelationID = e.CallID
+	} else {
+		e.CorrelationID = c.idText(e.ID)
+	}
+	if p.overflow > 0 || len(p.frames) >= c.cfg.MaxStackDepth {
+		// Refused: the caller frame is one of the untracked ones, so no
+		// parent is claimed; the bound is counted.
+		p.overflow++
+		c.cur.StackOverflows++
+		e.RootID = p.frames[0].call
+		return
+	}
+	if n := len(p.frames); n > 0 {
+		e.ParentID = p.frames[n-1].call
+		e.RootID = p.frames[0].call
+		c.addLink(e, Link{Type: LinkCalledFrom, Target: e.ParentID})
+	} else {
+		e.RootID = e.ID
+	}
+	p.frames = append(p.frames, frame{
+		call:     e.ID,
+		callID:   strings.Clone(e.CallID),
+		module:   c.intern(e.Module),
+		function: c.intern(e.Function),
+		arity:    e.Arity,
+		startNs:  e.TimestampNs,
+	})
+}
+
+// complete closes the frame a RETURN or EXCEPTION belongs to: the one with
+// its call_id; else, with module/function(/arity), the nearest matching
+// frame from the top; else the top frame. Frames above the closed one are
+// closed as UNWOUND. A RETURN that matches no frame is an orphan: stored,
+// marked and counted, and the stack is left as it was.
+func (c *Correlator) complete(p *proc, e *Event) {
+	i := -1
+	switch {
+	case e.CallID != "":
+		for j := len(p.frames) - 1; j >= 0; j-- {
+			if p.frames[j].callID == e.CallID {
+				i = j
+				break
+			}
+		}
+		if i >= 0 && p.overflow > 0 { // the refused frames above it unwind too
+			c.cur.Unwound += uint64(p.overflow)
+			p.overflow = 0
+		} else if i < 0 && p.overflow > 0 {
+			p.overflow-- // most likely one of the refused frames
+		}
+	case p.overflow > 0:
+		// The top frame is one of the refused ones: it cannot be matched
+		// without misattributing the return to a tracked frame.
+		p.overflow--
+	case e.Module != "" || e.Function != "":
+		for j := len(p.frames) - 1; j >= 0; j-- {
+			f := &p.frames[j]
+			if (e.Module == "" || f.module == e.Module) && (e.Function == "" || f.function == e.Function) &&
+				(e.Arity == 0 || f.arity == e.Arity) {
+				i = j
+				break
+			}
+		}
+	default:
+		i = len(p.frames) - 1
+	}
+	if i < 0 {
+		e.Orphan = true
+		c.cur.Orphans++
+		return
+	}
+	outcome := OutcomeOK
+	if e.Kind == KindException {
+		outcome = OutcomeException
+	}
+	for j := len(p.frames) - 1; j > i; j-- {
+		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeUnwound,
+			EndNs: e.TimestampNs, By: e.ID})
+		c.cur.Unwound++
+	}
+	f := &p.frames[i]
+	e.CorrelationID = c.corrOf(f)
+	e.RootID = p.frames[0].call
+	if i > 0 {
+		e.ParentID = p.frames[i-1].call
+	}
+	e.DurationNs = e.TimestampNs - f.startNs
+	e.Outcome = outcome
+	c.addLink(e, Link{Type: LinkCompletes, Target: f.call})
+	clear(p.frames[i:])
+	p.frames = p.frames[:i]
+}
+
+// exit closes every open frame of the process as PROCESS_EXIT.
+func (c *Correlator) exit(p *proc, e *Event) {
+	c.setParent(p, e)
+	for j := len(p.frames) - 1; j >= 0; j-- {
+		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeProcessExit,
+			EndNs: e.TimestampNs, By: e.ID})
+		c.cur.ExitClosed++
+	}
+	p.frames = nil
+	p.overflow = 0
+}

@@ -1,0 +1,369 @@
+package correlate
+
+import (
+	"cmp"
+	"encoding/binary"
+	"fmt"
+	"slices"
+)
+
+// State records. Every key is one tag byte followed, except for the single
+// meta record, by a big-endian uint64: a dedup chunk's first id number, a
+// process's record number, or a pending/outbox entry's sequence number. So
+// byte order of keys is (tag, number) order, and Snapshot and Result.State
+// are sorted by key without comparing strings.
+//
+//	M                 meta: [version, logTime, seq, nextProcNo, dedupHead, dedupNext, counters...]
+//	D<start>          dedup chunk: [logTime, ids as one bin of 16-byte ids]
+//	O<seq>            outbox notice: [logTime, notice]
+//	P<no>             process: [origin, pid, tick, lastActive, first, overflow, frames (6 fields each)]
+//	R/S/W<seq>        pending receive / send notice / spawn notice: [logTime, notice]
+//
+// Values are written with the same MessagePack primitives as events. A
+// record's value is a pure function of the entry it describes, so the
+// records put by successive Apply calls equal what Snapshot writes.
+
+const stateVersion = 1
+
+func appendKey(b []byte, tag byte, num uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(b, tag), num)
+}
+
+var metaKey = []byte{tagMeta}
+
+// counterFields lists the counters in their persisted order: append only.
+func counterFields(c *Counters) []*uint64 {
+	return []*uint64{&c.Events, &c.Duplicates, &c.OutOfOrder, &c.Orphans, &c.Unwound, &c.ExitClosed,
+		&c.Matched, &c.NoticesApplied, &c.NoticesExpired, &c.ReceivesExpired, &c.StackOverflows,
+		&c.ProcessEvictions, &c.PendingEvictions, &c.DedupEvictions, &c.PayloadsTruncated,
+		&c.AttributesDropped, &c.Malformed, &c.ProcessesExpired, &c.OutboxDropped, &c.SpawnsLinked}
+}
+
+func (c *Correlator) appendMeta(b []byte) []byte {
+	fields := counterFields(&c.totals)
+	b = appendArrayHeader(b, 6+len(fields))
+	b = appendUint(b, stateVersion)
+	b = appendInt(b, c.logTime)
+	b = appendUint(b, c.seq)
+	b = appendUint(b, c.nextProcNo)
+	b = appendUint(b, c.dedup.head)
+	b = appendUint(b, c.dedup.next)
+	for _, f := range fields {
+		b = appendUint(b, *f)
+	}
+	return b
+}
+
+func appendChunk(b []byte, ch *dedupChunk) []byte {
+	b = appendArrayHeader(b, 2)
+	b = appendInt(b, ch.logTime)
+	n := 16 * len(ch.ids)
+	switch {
+	case n <= 0xff:
+		b = append(b, mpBin8, byte(n))
+	case n <= 0xffff:
+		b = append(b, mpBin16, byte(n>>8), byte(n))
+	default:
+		b = binary.BigEndian.AppendUint32(append(b, mpBin32), uint32(n))
+	}
+	for i := range ch.ids {
+		b = append(b, ch.ids[i][:]...)
+	}
+	return b
+}
+
+func appendEntry(b []byte, logTime int64, n *Notice) []byte {
+	b = appendArrayHeader(b, 2)
+	b = appendInt(b, logTime)
+	return AppendNotice(b, n)
+}
+
+func appendProc(b []byte, p *proc) []byte {
+	b = appendArrayHeader(b, 7)
+	b = appendString(b, p.key.Origin)
+	b = appendString(b, p.key.PID)
+	b = appendUint(b, p.tick)
+	b = appendInt(b, p.lastActive)
+	b = appendID(b, p.first)
+	b = appendUint(b, uint64(p.overflow))
+	b = appendArrayHeader(b, 6*len(p.frames))
+	for i := range p.frames {
+		f := &p.frames[i]
+		b = appendID(b, f.call)
+		b = appendString(b, f.callID)
+		b = appendString(b, f.module)
+		b = appendString(b, f.function)
+		b = appendUint(b, uint64(f.arity))
+		b = appendInt(b, f.startNs)
+	}
+	return b
+}
+
+// recs accumulates state records whose keys and values are cut from one
+// growing buffer (never overwritten, so earlier slices stay valid).
+type recs struct {
+	buf []byte
+	out []StateRecord
+}
+
+func (r *recs) put(tag byte, num uint64, value func([]byte) []byte) {
+	start := len(r.buf)
+	if tag == tagMeta {
+		r.buf = append(r.buf, tagMeta)
+	} else {
+		r.buf = appendKey(r.buf, tag, num)
+	}
+	mid := len(r.buf)
+	r.buf = value(r.buf)
+	r.out = append(r.out, StateRecord{Key: r.buf[start:mid:mid], Value: r.buf[mid:len(r.buf):len(r.buf)]})
+}
+
+func (r *recs) del(tag byte, num uint64) {
+	start := len(r.buf)
+	r.buf = appendKey(r.buf, tag, num)
+	r.out = append(r.out, StateRecord{Key: r.buf[start:len(r.buf):len(r.buf)]})
+}
+
+// stateRecords returns the records created, changed or deleted by the
+// current batch, in key order. An entry created and removed within the
+// batch was never written, so it yields nothing.
+func (c *Correlator) stateRecords() []StateRecord {
+	n := 1 + len(c.dedup.deleted) + len(c.dirtyOut) + len(c.dirtyProc) + len(c.dirtyPend) + 1
+	r := recs{buf: make([]byte, 0, 64*n+16*len(c.batch)), out: make([]StateRecord, 0, n)}
+
+	// D: chunks dropped (written earlier) and chunks born in this batch.
+	var born []*dedupChunk
+	for i := len(c.dedup.chunks) - 1; i >= 0 && c.dedup.chunks[i].born == c.epoch; i-- {
+		born = append(born, c.dedup.chunks[i])
+	}
+	slices.Reverse(born)
+	slices.Sort(c.dedup.deleted)
+	for _, start := range c.dedup.deleted { // all deleted chunks precede live ones
+		r.del(tagDedup, start)
+	}
+	c.dedup.deleted = c.dedup.deleted[:0]
+	for _, ch := range born {
+		r.put(tagDedup, ch.start, func(b []byte) []byte { return appendChunk(b, ch) })
+	}
+
+	r.put(tagMeta, 0, c.appendMeta)
+
+	slices.SortFunc(c.dirtyOut, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
+	for _, e := range c.dirtyOut {
+		switch {
+		case !e.dead:
+			r.put(tagOutbox, e.seq, func(b []byte) []byte { return appendEntry(b, e.logTime, &e.n) })
+		case e.born != c.epoch:
+			r.del(tagOutbox, e.seq)
+		}
+	}
+
+	slices.SortFunc(c.dirtyProc, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
+	for _, p := range c.dirtyProc {
+		switch {
+		case !p.dead:
+			r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
+		case p.born != c.epoch:
+			r.del(tagProc, p.no)
+		}
+	}
+
+	slices.SortFunc(c.dirtyPend, func(a, b *pending) int {
+		return cmp.Or(cmp.Compare(a.tag, b.tag), cmp.Compare(a.seq, b.seq))
+	})
+	for _, p := range c.dirtyPend {
+		switch {
+		case !p.dead:
+			r.put(p.tag, p.seq, func(b []byte) []byte { return appendEntry(b, p.logTime, &p.n) })
+		case p.born != c.epoch:
+			r.del(p.tag, p.seq)
+		}
+	}
+	return r.out
+}
+
+// Snapshot returns every live state record, sorted by key. Restoring them
+// reproduces the correlator exactly, and equals the result of applying all
+// Result.State records ever returned, in order, to an empty key space.
+func (c *Correlator) Snapshot() []StateRecord {
+	var r recs
+	for _, ch := range c.dedup.chunks {
+		r.put(tagDedup, ch.start, func(b []byte) []byte { return appendChunk(b, ch) })
+	}
+	r.put(tagMeta, 0, c.appendMeta)
+	for e := c.outbox.order.head; e != nil; e = e.lk.next {
+		r.put(tagOutbox, e.seq, func(b []byte) []byte { return appendEntry(b, e.logTime, &e.n) })
+	}
+	procs := make([]*proc, 0, len(c.procs))
+	for _, p := range c.procs {
+		procs = append(procs, p)
+	}
+	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
+	for _, p := range procs {
+		r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
+	}
+	for _, t := range []*pendingTable{&c.recvs, &c.sends, &c.spawns} { // R < S < W
+		for p := t.order.head; p != nil; p = p.lk.next {
+			r.put(p.tag, p.seq, func(b []byte) []byte { return appendEntry(b, p.logTime, &p.n) })
+		}
+	}
+	return r.out
+}
+
+// Restore replaces the correlator's state with the one described by
+// records (as returned by Snapshot, or every live record written from
+// Result.State). On error the correlator is left empty.
+func (c *Correlator) Restore(records []StateRecord) error {
+	c.reset()
+	if err := c.restore(records); err != nil {
+		c.reset()
+		return err
+	}
+	return nil
+}
+
+func (c *Correlator) restore(records []StateRecord) error {
+	var procs []*proc
+	var pend []*pending
+	var outs []*outEntry
+	sawMeta := false
+	for _, rec := range records {
+		k := rec.Key
+		if len(k) == 0 || (k[0] != tagMeta && len(k) != 9) || (k[0] == tagMeta && len(k) != 1) {
+			return fmt.Errorf("%w: state key %x", ErrCorrupt, k)
+		}
+		var num uint64
+		if k[0] != tagMeta {
+			num = binary.BigEndian.Uint64(k[1:])
+		}
+		r := newReader(rec.Value, false)
+		switch k[0] {
+		case tagMeta:
+			sawMeta = true
+			c.readMeta(&r)
+		case tagDedup:
+			if n := r.arrayLen(1); r.err == nil && n != 2 {
+				r.fail("dedup chunk has %d fields", n)
+			}
+			ch := &dedupChunk{start: num, logTime: r.int()}
+			raw := r.bin()
+			if r.err == nil && len(raw)%16 != 0 {
+				r.fail("dedup chunk of %d bytes", len(raw))
+			}
+			for i := 0; i+16 <= len(raw); i += 16 {
+				ch.ids = append(ch.ids, EventID(raw[i:i+16]))
+			}
+			c.dedup.chunks = append(c.dedup.chunks, ch)
+		case tagOutbox:
+			e := &outEntry{seq: num}
+			e.logTime = readEntry(&r, &e.n)
+			outs = append(outs, e)
+		case tagProc:
+			procs = append(procs, c.readProc(&r, num))
+		case tagReceive, tagSend, tagSpawn:
+			p := &pending{tag: k[0], seq: num, idx: -1}
+			p.logTime = readEntry(&r, &p.n)
+			pend = append(pend, p)
+		default:
+			return fmt.Errorf("%w: state key %x: unknown tag", ErrCorrupt, k)
+		}
+		r.done()
+		if r.err != nil {
+			return fmt.Errorf("state key %x: %w", k, r.err)
+		}
+	}
+	if !sawMeta && len(records) > 0 {
+		return fmt.Errorf("%w: state has no meta record", ErrCorrupt)
+	}
+
+	d := &c.dedup
+	slices.SortFunc(d.chunks, func(a, b *dedupChunk) int { return cmp.Compare(a.start, b.start) })
+	for _, ch := range d.chunks {
+		for i, id := range ch.ids {
+			if n := ch.start + uint64(i); n >= d.head && n < d.next {
+				d.ids[id] = struct{}{}
+			}
+		}
+	}
+	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.tick, b.tick) })
+	for _, p := range procs {
+		if c.procs[p.key] != nil {
+			return fmt.Errorf("%w: process %s stored twice", ErrCorrupt, p.key)
+		}
+		c.procs[p.key] = p
+		c.lru.pushBack(p)
+	}
+	slices.SortFunc(outs, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
+	for _, e := range outs {
+		c.outbox.byID[e.n.EventID] = e
+		c.outbox.order.pushBack(e)
+	}
+	slices.SortFunc(pend, func(a, b *pending) int { return cmp.Compare(a.seq, b.seq) })
+	for _, p := range pend {
+		t := map[byte]*pendingTable{tagReceive: &c.recvs, tagSend: &c.sends, tagSpawn: &c.spawns}[p.tag]
+		k := keyOf(p)
+		t.byKey[k] = append(t.byKey[k], p)
+		t.order.pushBack(p)
+	}
+	return nil
+}
+
+func (c *Correlator) readMeta(r *reader) {
+	fields := counterFields(&c.totals)
+	if n := r.arrayLen(1); r.err == nil && n != 6+len(fields) {
+		r.fail("meta has %d fields, want %d", n, 6+len(fields))
+	}
+	if v := r.uint(); r.err == nil && v != stateVersion {
+		r.fail("state version %d, want %d", v, stateVersion)
+	}
+	c.logTime = r.int()
+	c.seq = r.uint()
+	c.nextProcNo = r.uint()
+	c.dedup.head = r.uint()
+	c.dedup.next = r.uint()
+	for _, f := range fields {
+		*f = r.uint()
+	}
+	if r.err == nil && c.dedup.head > c.dedup.next {
+		r.fail("dedup head %d beyond next %d", c.dedup.head, c.dedup.next)
+	}
+}
+
+func readEntry(r *reader, n *Notice) (logTime int64) {
+	if c := r.arrayLen(1); r.err == nil && c != 2 {
+		r.fail("entry has %d fields, want 2", c)
+	}
+	logTime = r.int()
+	decodeNotice(r, n)
+	return logTime
+}
+
+func (c *Correlator) readProc(r *reader, no uint64) *proc {
+	if n := r.arrayLen(1); r.err == nil && n != 7 {
+		r.fail("process has %d fields, want 7", n)
+	}
+	p := &proc{no: no, firstIdx: -1}
+	p.key.Origin = c.intern(r.string())
+	p.key.PID = r.string()
+	p.tick = r.uint()
+	p.lastActive = r.int()
+	p.first = r.id()
+	p.overflow = r.uint32()
+	n := r.arrayLen(6)
+	if r.err == nil && n%6 != 0 {
+		r.fail("frames array of %d fields", n)
+	}
+	if n > 0 && r.err == nil {
+		p.frames = make([]frame, n/6)
+		for i := range p.frames {
+			f := &p.frames[i]
+			f.call = r.id()
+			f.callID = r.string()
+			f.module = c.intern(r.string())
+			f.function = c.intern(r.string())
+			f.arity = r.uint32()
+			f.startNs = r.int()
+		}
+	}
+	return p
+}
