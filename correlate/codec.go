@@ -132,7 +132,7 @@ func decodeEvent(r *reader, e *Event, links *[]Link) {
 	e.CorrelationID = r.string()
 	e.ParentID = r.id()
 	e.RootID = r.id()
-	if n := r.arrayLen(2); n > 0 {
+	if n := r.arrayLen(1); n > 0 {
 		if n%2 != 0 {
 			r.fail("links array of odd length %d", n)
 			return

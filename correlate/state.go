@@ -349,7 +349,7 @@ func (c *Correlator) readProc(r *reader, no uint64) *proc {
 	p.lastActive = r.int()
 	p.first = r.id()
 	p.overflow = r.uint32()
-	n := r.arrayLen(6)
+	n := r.arrayLen(1)
 	if r.err == nil && n%6 != 0 {
 		r.fail("frames array of %d fields", n)
 	}
