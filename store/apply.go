@@ -126,6 +126,14 @@ func (a *applier) run(res *correlate.Result) error {
 			return err
 		}
 	}
+	for i, c := range res.Closed {
+		if c.Outcome != correlate.OutcomeUnwound && c.Outcome != correlate.OutcomeProcessExit {
+			return fmt.Errorf("%w: Closed[%d].Outcome %s: must be UNWOUND or PROCESS_EXIT", ErrInvalidResult, i, c.Outcome)
+		}
+		if err := a.writeFrame(c.Call, frameEnd{outcome: c.Outcome, endNs: c.EndNs, by: c.By}); err != nil {
+			return err
+		}
+	}
 	touched := make([]uint64, 0, len(a.dir))
 	for b := range a.dir {
 		touched = append(touched, b)

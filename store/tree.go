@@ -92,9 +92,12 @@ func closes(k correlate.Kind) bool { return k == correlate.KindReturn || k == co
 func (v *view) closeFrame(f *Frame, end *correlate.Event) error {
 	if end != nil {
 		f.End, f.EndNs, f.ClosedBy = end, end.TimestampNs, end.ID
-		f.Outcome = correlate.OutcomeOK
-		if end.Kind == correlate.KindException {
-			f.Outcome = correlate.OutcomeException
+		f.Outcome = end.Outcome
+		if f.Outcome == correlate.OutcomeUnspecified {
+			f.Outcome = correlate.OutcomeOK
+			if end.Kind == correlate.KindException {
+				f.Outcome = correlate.OutcomeException
+			}
 		}
 		f.DurationNs = end.DurationNs
 		if f.DurationNs == 0 {
