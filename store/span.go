@@ -42,19 +42,47 @@ func corruptStream(format string, args ...any) error {
 // ExportShard writes a consistent snapshot of the shard's whole span
 // (events, indexes, edges, correlator state, applied index) to w.
 func (s *Store) ExportShard(shard uint32, w io.Writer) error {
-	if err := s.check(shard); err != nil {
+	snap, err := s.SnapshotShard(shard)
+	if err != nil {
 		return err
 	}
-	snap := s.db.NewSnapshot()
 	defer snap.Close()
-	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: shardPrefix(shard), UpperBound: shardEnd(shard)})
+	return snap.Write(w)
+}
+
+// ShardSnapshot is a point-in-time view of one shard's span, taken at once
+// and written out later: raft's FSM takes it on the apply goroutine (so it
+// is exactly the state at the applied index) and streams it while applies
+// continue.
+type ShardSnapshot struct {
+	shard uint32
+	shift uint8
+	snap  *pebble.Snapshot
+}
+
+// SnapshotShard takes a snapshot of the shard's span. Close releases it.
+func (s *Store) SnapshotShard(shard uint32) (*ShardSnapshot, error) {
+	if err := s.check(shard); err != nil {
+		return nil, err
+	}
+	return &ShardSnapshot{shard: shard, shift: s.shift, snap: s.db.NewSnapshot()}, nil
+}
+
+// Close releases the snapshot.
+func (ss *ShardSnapshot) Close() { _ = ss.snap.Close() }
+
+// Write writes the snapshot as a shard stream (the format ImportShard
+// reads) to w.
+func (ss *ShardSnapshot) Write(w io.Writer) error {
+	shard := ss.shard
+	it, err := ss.snap.NewIter(&pebble.IterOptions{LowerBound: shardPrefix(shard), UpperBound: shardEnd(shard)})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
 	h := xxhash.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, h), 256<<10)
-	hdr := append([]byte(spanMagic), spanVersion, s.shift)
+	hdr := append([]byte(spanMagic), spanVersion, ss.shift)
 	if _, err := bw.Write(appendShard(hdr, shard)); err != nil {
 		return err
 	}
