@@ -60,7 +60,7 @@ func (c *Correlator) reset() {
 	c.recvs = newPendingTable(tagReceive)
 	c.spawns = newPendingTable(tagSpawn)
 	c.outbox = outbox{byID: make(map[EventID]*outEntry)}
-	c.dedup = dedupWindow{ids: make(map[EventID]struct{})}
+	c.dedup = dedupWindow{ids: newIDSet(c.cfg.DedupWindow)}
 	c.totals = Counters{}
 	c.interned = make(map[string]string)
 	c.seqMax = make(map[Process]uint64)

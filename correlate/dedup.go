@@ -8,7 +8,7 @@ package correlate
 // the window, so the window costs one state record per batch, not one per
 // event, and restoring skips ids numbered below head.
 type dedupWindow struct {
-	ids    map[EventID]struct{}
+	ids    idSet
 	chunks []*dedupChunk // oldest first
 	head   uint64        // number of the oldest id still in the window
 	next   uint64        // number of the next id to add
@@ -23,10 +23,7 @@ type dedupChunk struct {
 	born    uint64
 }
 
-func (d *dedupWindow) contains(id EventID) bool {
-	_, ok := d.ids[id]
-	return ok
-}
+func (d *dedupWindow) contains(id EventID) bool { return d.ids.contains(id) }
 
 // dedupAdd adds id (not the zero id, which is never deduplicated). hint is
 // how many more ids the batch may add, to size the batch's chunk once.
@@ -43,9 +40,9 @@ func (c *Correlator) dedupAdd(id EventID, hint int) {
 		d.chunks = append(d.chunks, ch)
 	}
 	ch.ids = append(ch.ids, id)
-	d.ids[id] = struct{}{}
+	d.ids.add(id)
 	d.next++
-	for d.next-d.head > uint64(c.cfg.DedupWindow) {
+	for d.next-d.head > uint64(c.cfg.DedupWindow) || d.ids.n > len(d.ids.slots)/2 {
 		c.dedupEvictOne()
 		c.cur.DedupEvictions++
 	}
@@ -54,7 +51,7 @@ func (c *Correlator) dedupAdd(id EventID, hint int) {
 func (c *Correlator) dedupEvictOne() {
 	d := &c.dedup
 	ch := d.chunks[0]
-	delete(d.ids, ch.ids[d.head-ch.start])
+	d.ids.remove(ch.ids[d.head-ch.start])
 	d.head++
 	if d.head == ch.start+uint64(len(ch.ids)) {
 		c.dedupDropChunk()
@@ -76,7 +73,7 @@ func (c *Correlator) dedupExpire(now int64) {
 	for len(d.chunks) > 0 && now-d.chunks[0].logTime > int64(c.cfg.DedupTTL) {
 		ch := d.chunks[0]
 		for n := ch.start + uint64(len(ch.ids)); d.head < n; d.head++ {
-			delete(d.ids, ch.ids[d.head-ch.start])
+			d.ids.remove(ch.ids[d.head-ch.start])
 		}
 		c.dedupDropChunk()
 	}

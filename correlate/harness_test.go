@@ -409,6 +409,6 @@ func dumpState(c *Correlator) string {
 	for _, n := range c.Outbox() {
 		fmt.Fprintf(&sb, "outbox %s\n", formatNotice(n))
 	}
-	fmt.Fprintf(&sb, "dedup %d ids, log time %d\n", len(c.dedup.ids), c.logTime)
+	fmt.Fprintf(&sb, "dedup %d ids, log time %d\n", c.dedup.ids.n, c.logTime)
 	return sb.String()
 }

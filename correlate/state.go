@@ -277,11 +277,19 @@ func (c *Correlator) restore(records []StateRecord) error {
 	}
 
 	d := &c.dedup
+	if live := d.next - d.head; live > uint64(c.cfg.DedupWindow) {
+		// Written under a larger DedupWindow: size the table for what was
+		// persisted; the count bound trims it as new ids arrive.
+		if live > 1<<31 {
+			return fmt.Errorf("%w: dedup window of %d ids", ErrCorrupt, live)
+		}
+		d.ids = newIDSet(int(live))
+	}
 	slices.SortFunc(d.chunks, func(a, b *dedupChunk) int { return cmp.Compare(a.start, b.start) })
 	for _, ch := range d.chunks {
 		for i, id := range ch.ids {
 			if n := ch.start + uint64(i); n >= d.head && n < d.next {
-				d.ids[id] = struct{}{}
+				d.ids.add(id)
 			}
 		}
 	}
