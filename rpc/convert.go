@@ -16,7 +16,7 @@ package rpc
 // ignored, not refused. EventToProto writes every field.
 
 import (
-	"fmt"
+	"errors"
 	"unicode/utf8"
 
 	"github.com/elixirscope/scope/correlate"
@@ -25,25 +25,15 @@ import (
 
 // maxErrorValue bounds how much of a client's value an error message
 // repeats, so that a megabyte of garbage in one field does not come back as
-// a megabyte of error text.
+// a megabyte of error text. Same bound as correlate's own validation.
 const maxErrorValue = 64
 
-// ConvertError reports a field of a wire event that has no domain form. It
-// is a placeholder for correlate.FieldError (same fields, same meaning),
-// which the RPC edge maps to INVALID_ARGUMENT naming events[Index].Field.
-type ConvertError struct {
-	Index int    // position of the event in its request (EventsFromProto)
-	Field string // proto field name, e.g. "event_id"
-	Value string // the offending value, cut to maxErrorValue bytes
-	Rule  string // what is allowed
-}
-
-func (e *ConvertError) Error() string {
-	return fmt.Sprintf("rpc: events[%d].%s: invalid value %q: must be %s", e.Index, e.Field, e.Value, e.Rule)
-}
-
-func newConvertError(field, value, rule string) *ConvertError {
-	return &ConvertError{Field: field, Value: clip(value), Rule: rule}
+// fieldError is the conversion's refusal of one field, in the form the whole
+// ingest path uses: *correlate.FieldError (errors.Is(err,
+// correlate.ErrInvalid) holds), which the RPC edge maps to INVALID_ARGUMENT
+// naming events[Index].Field. Index is -1 until EventsFromProto sets it.
+func fieldError(field, value, rule string) *correlate.FieldError {
+	return &correlate.FieldError{Index: -1, Field: field, Value: clip(value), Rule: rule}
 }
 
 // clip cuts s to at most maxErrorValue bytes without splitting a rune.
@@ -73,15 +63,15 @@ func EventFromProto(p *scopev1.Event) (correlate.Event, error) {
 	if s := p.GetEventId(); s != "" {
 		parsed, err := correlate.ParseEventID(s)
 		if err != nil {
-			return correlate.Event{}, newConvertError("event_id", s,
-				"a 26-character ULID in Crockford base32 (or empty to have one assigned)")
+			return correlate.Event{}, fieldError("event_id", s,
+				"must be a 26-character ULID in Crockford base32, or empty to have one assigned")
 		}
 		id = parsed
 	}
 	kind, ok := KindFromProto(p.GetKind())
 	if !ok {
-		return correlate.Event{}, newConvertError("kind", p.GetKind().String(),
-			"one of KIND_CALL, KIND_RETURN, KIND_EXCEPTION, KIND_SEND, KIND_RECEIVE, KIND_SPAWN, KIND_EXIT, KIND_STATE_CHANGE")
+		return correlate.Event{}, fieldError("kind", p.GetKind().String(),
+			"must be one of KIND_CALL, KIND_RETURN, KIND_EXCEPTION, KIND_SEND, KIND_RECEIVE, KIND_SPAWN, KIND_EXIT, KIND_STATE_CHANGE")
 	}
 	return correlate.Event{
 		ID:          id,
@@ -110,8 +100,9 @@ func EventsFromProto(ps []*scopev1.Event) ([]correlate.Event, error) {
 	for i, p := range ps {
 		e, err := EventFromProto(p)
 		if err != nil {
-			if ce, ok := err.(*ConvertError); ok {
-				ce.Index = i
+			var fe *correlate.FieldError
+			if errors.As(err, &fe) {
+				fe.Index = i
 			}
 			return nil, err
 		}

@@ -148,7 +148,7 @@ func TestEventFromProto(t *testing.T) {
 		name  string
 		in    *scopev1.Event
 		want  correlate.Event
-		field string // non-empty: expected ConvertError field
+		field string // non-empty: expected FieldError field
 	}{
 		{name: "all client fields", in: clientProto(), want: clientEvent()},
 		{name: "scope fields ignored", in: withScopeFields(clientProto()), want: clientEvent()},
@@ -172,9 +172,9 @@ func TestEventFromProto(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := EventFromProto(c.in)
 			if c.field != "" {
-				var ce *ConvertError
+				var ce *correlate.FieldError
 				if !errors.As(err, &ce) || ce.Field != c.field {
-					t.Fatalf("err = %v, want a ConvertError on %s", err, c.field)
+					t.Fatalf("err = %v, want a FieldError on %s", err, c.field)
 				}
 				if ce.Rule == "" || !strings.Contains(err.Error(), c.field) {
 					t.Fatalf("error %q does not name the field and the rule", err)
@@ -215,11 +215,14 @@ func TestEventsFromProtoNamesTheIndex(t *testing.T) {
 	if _, err := EventsFromProto([]*scopev1.Event{good, good, bad, good}); err == nil {
 		t.Fatal("accepted a bad event")
 	} else {
-		var ce *ConvertError
+		var ce *correlate.FieldError
 		if !errors.As(err, &ce) || ce.Index != 2 || ce.Field != "event_id" || ce.Value != "nope" {
 			t.Fatalf("err = %#v", err)
 		}
-		if want := `events[2].event_id: invalid value "nope"`; !strings.Contains(err.Error(), want) {
+		if !errors.Is(err, correlate.ErrInvalid) {
+			t.Fatalf("err = %v does not wrap correlate.ErrInvalid", err)
+		}
+		if want := `[2].event_id: "nope"`; !strings.Contains(err.Error(), want) {
 			t.Fatalf("err = %q, want it to contain %q", err, want)
 		}
 	}
@@ -229,10 +232,10 @@ func TestEventsFromProtoNamesTheIndex(t *testing.T) {
 	}
 }
 
-func TestConvertErrorClipsValue(t *testing.T) {
+func TestFieldErrorClipsValue(t *testing.T) {
 	long := strings.Repeat("é", 100) // 200 bytes, two per rune
 	_, err := EventFromProto(&scopev1.Event{EventId: long})
-	var ce *ConvertError
+	var ce *correlate.FieldError
 	if !errors.As(err, &ce) {
 		t.Fatalf("err = %v", err)
 	}
