@@ -28,6 +28,7 @@ type Correlator struct {
 	// Not state: shared names, so long-lived frames do not each hold a
 	// copy (or pin the decoded batch buffer the name came from).
 	interned map[string]string
+	funcs    map[[2]string][2]string // (module, function) → interned pair, one lookup per CALL
 
 	// Scratch for the batch being applied.
 	epoch     uint64 // incremented per Apply; marks what was born/dirtied in it
@@ -63,6 +64,7 @@ func (c *Correlator) reset() {
 	c.dedup = dedupWindow{ids: newIDSet(c.cfg.DedupWindow)}
 	c.totals = Counters{}
 	c.interned = make(map[string]string)
+	c.funcs = make(map[[2]string][2]string)
 	c.seqMax = make(map[Process]uint64)
 	c.epoch = 0
 }
@@ -104,11 +106,10 @@ func (c *Correlator) Apply(b Batch) Result {
 	}
 	for i := range b.Notices {
 		n := b.Notices[i]
-		if c.dedup.contains(n.EventID) {
+		if !c.dedupAdd(n.EventID, len(b.Notices)+len(b.Events)) {
 			c.cur.Duplicates++
 			continue
 		}
-		c.dedupAdd(n.EventID, len(b.Notices)+len(b.Events))
 		c.cur.NoticesApplied++
 		c.deliver(n, -1)
 	}
@@ -119,14 +120,13 @@ func (c *Correlator) Apply(b Batch) Result {
 	c.linkArena = make([]Link, 0, len(evs))
 	out := 0
 	for i := range evs {
-		if id := evs[i].ID; id != (EventID{}) && c.dedup.contains(id) {
+		if !c.dedupAdd(evs[i].ID, len(evs)-i) {
 			c.cur.Duplicates++
 			continue
 		}
 		if out != i {
 			evs[out] = evs[i]
 		}
-		c.dedupAdd(evs[out].ID, len(evs)-i)
 		c.applyEvent(&evs[out], out)
 		out++
 	}
@@ -320,6 +320,19 @@ func (c *Correlator) intern(s string) string {
 		c.interned[v] = v
 	}
 	return v
+}
+
+// internFunc interns a (module, function) pair with one map lookup.
+func (c *Correlator) internFunc(module, function string) (string, string) {
+	k := [2]string{module, function}
+	if v, ok := c.funcs[k]; ok {
+		return v[0], v[1]
+	}
+	v := [2]string{c.intern(module), c.intern(function)}
+	if len(c.funcs) < c.cfg.MaxInterned {
+		c.funcs[v] = v
+	}
+	return v[0], v[1]
 }
 
 // peer returns e's peer with strings safe to keep in state: a tracked

@@ -25,13 +25,17 @@ type dedupChunk struct {
 
 func (d *dedupWindow) contains(id EventID) bool { return d.ids.contains(id) }
 
-// dedupAdd adds id (not the zero id, which is never deduplicated). hint is
-// how many more ids the batch may add, to size the batch's chunk once.
-func (c *Correlator) dedupAdd(id EventID, hint int) {
+// dedupAdd adds id to the window and reports whether it was new; the zero
+// id is never deduplicated (always new, never added). hint is how many more
+// ids the batch may add, to size the batch's chunk once.
+func (c *Correlator) dedupAdd(id EventID, hint int) bool {
 	if id == (EventID{}) {
-		return
+		return true
 	}
 	d := &c.dedup
+	if !d.ids.add(id) {
+		return false
+	}
 	var ch *dedupChunk
 	if n := len(d.chunks); n > 0 && d.chunks[n-1].born == c.epoch {
 		ch = d.chunks[n-1]
@@ -40,12 +44,12 @@ func (c *Correlator) dedupAdd(id EventID, hint int) {
 		d.chunks = append(d.chunks, ch)
 	}
 	ch.ids = append(ch.ids, id)
-	d.ids.add(id)
 	d.next++
 	for d.next-d.head > uint64(c.cfg.DedupWindow) || d.ids.n > len(d.ids.slots)/2 {
 		c.dedupEvictOne()
 		c.cur.DedupEvictions++
 	}
+	return true
 }
 
 func (c *Correlator) dedupEvictOne() {

@@ -46,12 +46,15 @@ func (s *idSet) contains(id EventID) bool {
 	return ok
 }
 
-// add inserts id; the caller keeps the count within the sizing bound.
-func (s *idSet) add(id EventID) {
-	if i, ok := s.find(id); !ok {
+// add inserts id and reports whether it was absent, in one probe; the
+// caller keeps the count within the sizing bound.
+func (s *idSet) add(id EventID) bool {
+	i, ok := s.find(id)
+	if !ok {
 		s.slots[i] = id
 		s.n++
 	}
+	return !ok
 }
 
 func (s *idSet) remove(id EventID) {

@@ -135,11 +135,12 @@ func (c *Correlator) call(p *proc, e *Event) {
 	} else {
 		e.RootID = e.ID
 	}
+	module, function := c.internFunc(e.Module, e.Function)
 	p.frames = append(p.frames, frame{
 		call:     e.ID,
 		callID:   strings.Clone(e.CallID),
-		module:   c.intern(e.Module),
-		function: c.intern(e.Function),
+		module:   module,
+		function: function,
 		arity:    e.Arity,
 		startNs:  e.TimestampNs,
 	})

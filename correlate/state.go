@@ -277,12 +277,15 @@ func (c *Correlator) restore(records []StateRecord) error {
 	}
 
 	d := &c.dedup
-	if live := d.next - d.head; live > uint64(c.cfg.DedupWindow) {
+	total := 0
+	for _, ch := range d.chunks {
+		total += len(ch.ids)
+	}
+	if live := d.next - d.head; live > uint64(total) {
+		return fmt.Errorf("%w: dedup window of %d ids, %d stored", ErrCorrupt, live, total)
+	} else if live > uint64(c.cfg.DedupWindow) {
 		// Written under a larger DedupWindow: size the table for what was
 		// persisted; the count bound trims it as new ids arrive.
-		if live > 1<<31 {
-			return fmt.Errorf("%w: dedup window of %d ids", ErrCorrupt, live)
-		}
 		d.ids = newIDSet(int(live))
 	}
 	slices.SortFunc(d.chunks, func(a, b *dedupChunk) int { return cmp.Compare(a.start, b.start) })
