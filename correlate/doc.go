@@ -1,0 +1,59 @@
+// Package correlate holds Scope's event model and the per-shard correlator:
+// the pure, deterministic state machine that turns a stream of trace events
+// into linked events (call ↔ return, caller → callee, send → receive,
+// spawn → child), as ARCHITECTURE §4 specifies.
+//
+// # Model
+//
+// A Correlator serves one shard. Its only input is Apply(Batch): the events,
+// cross-shard notices and outbox acknowledgements of one committed Raft
+// entry, stamped with the leader's log time. Its only output is the Result:
+// the events with their Scope-set fields (correlation, parent and root ids,
+// links, duration, outcome, orphan, shard), edge records for links whose
+// source event is already stored, frames closed without an event of their
+// own (Closed: UNWOUND, PROCESS_EXIT), new outbox notices, counters, and the
+// state mutations as key/value records. There is no clock, randomness that
+// reaches the output, goroutine or I/O inside, so every replica applying the
+// same log produces byte-identical Results; all expiry is measured against
+// log time (the max LogTime seen), evaluated at the start of each Apply.
+//
+// Per process the correlator keeps a stack of open frames. CALL pushes;
+// RETURN/EXCEPTION close the frame named by call_id, else the nearest frame
+// matching module/function(/arity, 0 = any), else the top one; frames above
+// the closed one end as UNWOUND; a RETURN that matches nothing is stored as
+// an orphan and leaves the stack alone. EXIT closes all frames. CALLs beyond
+// MaxStackDepth are counted and not pushed; returns consume those refused
+// frames first (as orphans), so a return is never given the wrong CALL.
+//
+// Messages pair by (receiver, message hash) in FIFO order, with the sender
+// compared when both sides name one (a BEAM receive names no sender and
+// takes the oldest compatible send). A SEND or SPAWN produces a Notice for
+// the shard that owns the receiver/child (ShardOf): delivered in place when
+// that is this shard, otherwise kept in the replicated outbox until a later
+// Batch acks it. On the receiving shard, notices and receives wait for each
+// other in bounded pending tables; the pair is linked RECEIVED_FROM and
+// DELIVERED_TO, both stored on the receiver's shard. A spawn notice links
+// the child's first event (remembered while the child is tracked), or, if
+// the child has no event yet, its next one (SPAWNED_BY on the child's event,
+// SPAWNED from the SPAWN). Notices are deduplicated by event id in the same
+// window as events, so redelivery after a leader change is harmless.
+//
+// Within a batch, events of one process that carry a seq are reordered by
+// seq (stably, in the positions that process's seq-carrying events occupy);
+// events without seq and other processes' events keep their places.
+// Out-of-order arrivals are counted.
+//
+// # Bounds and state
+//
+// Every table has a bound in Config (processes, stack depth, pending
+// entries, outbox, dedup window by count and TTL, interned names) and every
+// hit is counted in Counters. The state is persisted incrementally: each
+// Result.State holds one record per process, pending entry or outbox
+// notice changed by the batch, one dedup chunk per batch and a meta record;
+// Restore of all live records reproduces the correlator exactly, and
+// Snapshot returns the same records. See state.go for the key layout.
+//
+// The msgpack codec (AppendEvent/DecodeEvent, AppendBatch/DecodeBatch) is
+// hand-written positional MessagePack with a format version, canonical
+// (sorted attributes) and safe on untrusted input; see codec.go.
+package correlate
