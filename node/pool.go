@@ -1,0 +1,310 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/ring"
+)
+
+// Errors of the writer pool.
+var (
+	// ErrFull: a shard's ring had no room for a submission (at once, or
+	// before the submitter's deadline). The error names the shard.
+	ErrFull = errors.New("node: ring buffer full")
+	// ErrNotLeader: this node's replica is not the shard's leader. A
+	// proposal failing with it is failed back at once, never retried here.
+	ErrNotLeader = errors.New("node: not the leader")
+	// ErrShardClosed: the shard was removed from the pool; its pending
+	// events are failed back.
+	ErrShardClosed = errors.New("node: shard closed")
+	// ErrPoolClosed: the pool is closing or closed.
+	ErrPoolClosed = errors.New("node: writer pool closed")
+	// ErrUnknownShard: the pool hosts no ring for the shard.
+	ErrUnknownShard = errors.New("node: shard not in writer pool")
+	// ErrShardExists: AddShard of a shard the pool already hosts.
+	ErrShardExists = errors.New("node: shard already in writer pool")
+	// ErrBatchTooLarge: one submission holds more events than a ring.
+	ErrBatchTooLarge = errors.New("node: submission larger than ring capacity")
+	// ErrProposerPanic: proposing a batch panicked on every attempt.
+	ErrProposerPanic = errors.New("node: proposer panicked")
+	// ErrPoolConfig: a PoolConfig field is out of range.
+	ErrPoolConfig = errors.New("node: invalid pool config")
+)
+
+// Pool is the writer pool: one lock-free ring per shard, drained by a fixed
+// set of writer goroutines that batch events into proposals. See doc.go.
+type Pool struct {
+	cfg  PoolConfig
+	prop Proposer
+	m    PoolMetrics
+	log  *slog.Logger
+
+	// shards is an immutable map replaced on every change (copy on write),
+	// so Submit looks a shard up with one atomic load.
+	shards  atomic.Pointer[map[uint32]*poolShard]
+	writers []*poolWriter
+
+	closing  atomic.Bool // no new submissions; writers flush and exit when idle
+	abort    atomic.Bool // Close's deadline passed: fail what is left
+	restarts atomic.Uint64
+
+	mu        sync.Mutex // serialises Start, Close, AddShard, RemoveShard
+	started   bool
+	closed    chan struct{} // closed when writers and completers have exited
+	writersWG sync.WaitGroup
+	complWG   sync.WaitGroup
+
+	// hook, when set (tests only), is called at named points of a writer's
+	// work; it may panic to simulate a writer crash.
+	hook func(point string, shard uint32)
+}
+
+// NewPool validates cfg and creates a pool with a ring for each of
+// cfg.Shards. Writers start with Start. m may be nil (no metrics).
+func NewPool(cfg PoolConfig, p Proposer, m PoolMetrics) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if p == nil {
+		return nil, fmt.Errorf("%w: Proposer is nil", ErrPoolConfig)
+	}
+	if m == nil {
+		m = NopPoolMetrics{}
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	pool := &Pool{cfg: cfg, prop: p, m: m, log: logger.With("component", "writer-pool"),
+		closed: make(chan struct{})}
+	empty := map[uint32]*poolShard{}
+	pool.shards.Store(&empty)
+	for i := range cfg.Writers {
+		pool.writers = append(pool.writers, &poolWriter{id: i, p: pool, wake: make(chan struct{}, 1)})
+	}
+	for _, s := range cfg.Shards {
+		if err := pool.AddShard(s); err != nil {
+			pool.abort.Store(true)
+			_ = pool.Close(context.Background())
+			return nil, err
+		}
+	}
+	return pool, nil
+}
+
+// Start launches the writers. Submissions made before Start wait in the
+// rings. Start is idempotent.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.startLocked()
+}
+
+func (p *Pool) startLocked() {
+	if p.started {
+		return
+	}
+	p.started = true
+	for _, w := range p.writers {
+		p.writersWG.Add(1)
+		go w.run()
+	}
+	go func() {
+		p.writersWG.Wait()
+		p.complWG.Wait()
+		close(p.closed)
+	}()
+}
+
+// Submit hands events for shard to its ring, all or nothing: either every
+// event is in the ring and a Ticket is returned, or none is and the error
+// says why: ErrFull (naming the shard; with wait, also ctx's error),
+// ErrBatchTooLarge, ErrUnknownShard, ErrShardClosed or ErrPoolClosed.
+// Refusals are counted. With wait the call waits for room until ctx is
+// done; without, it refuses at once. The pool copies events; the caller may
+// reuse the slice when Submit returns. Safe for concurrent use.
+func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Event, wait bool) (*Ticket, error) {
+	sh := (*p.shards.Load())[shard]
+	if sh == nil {
+		if p.closing.Load() {
+			return nil, fmt.Errorf("%w: shard %d", ErrPoolClosed, shard)
+		}
+		return nil, fmt.Errorf("%w: shard %d", ErrUnknownShard, shard)
+	}
+	t := newTicket(len(events))
+	if len(events) == 0 {
+		return t, nil
+	}
+	items := make([]poolItem, len(events))
+	for i := range events {
+		items[i] = poolItem{ev: events[i], t: t}
+	}
+	var err error
+	if wait {
+		err = sh.ring.PutAll(ctx, items)
+	} else {
+		err = sh.ring.TryPutAll(items)
+	}
+	if err == nil {
+		p.m.EventsIn(shard, len(events))
+		return t, nil
+	}
+	p.m.EventsRefused(shard, len(events))
+	switch {
+	case errors.Is(err, ring.ErrTooLarge):
+		return nil, fmt.Errorf("%w: shard %d: %d events, ring capacity %d",
+			ErrBatchTooLarge, shard, len(events), sh.ring.Cap())
+	case errors.Is(err, ring.ErrClosed):
+		if p.closing.Load() {
+			return nil, fmt.Errorf("%w: shard %d", ErrPoolClosed, shard)
+		}
+		return nil, fmt.Errorf("%w: shard %d", ErrShardClosed, shard)
+	case errors.Is(err, ring.ErrFull):
+		return nil, fmt.Errorf("%w: shard %d: %d events refused (%d of %d slots in use)",
+			ErrFull, shard, len(events), sh.ring.Len(), sh.ring.Cap())
+	default: // ctx done while waiting
+		return nil, fmt.Errorf("%w: shard %d: %d events refused (%d of %d slots in use): %w",
+			ErrFull, shard, len(events), sh.ring.Len(), sh.ring.Cap(), err)
+	}
+}
+
+// AddShard gives shard a ring, owned by the writer with the fewest shards.
+func (p *Pool) AddShard(shard uint32) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing.Load() {
+		return fmt.Errorf("%w: cannot add shard %d", ErrPoolClosed, shard)
+	}
+	cur := *p.shards.Load()
+	if cur[shard] != nil {
+		return fmt.Errorf("%w: shard %d", ErrShardExists, shard)
+	}
+	if len(cur) >= p.cfg.MaxShards {
+		return fmt.Errorf("%w: MaxShards = %d reached, cannot add shard %d", ErrPoolConfig, p.cfg.MaxShards, shard)
+	}
+	w := p.writers[0]
+	for _, o := range p.writers[1:] {
+		if o.load() < w.load() {
+			w = o
+		}
+	}
+	r, err := ring.NewWithNotify[poolItem](p.cfg.RingCapacity, w.wake)
+	if err != nil {
+		return err
+	}
+	sh := &poolShard{
+		id:       shard,
+		ring:     r,
+		w:        w,
+		items:    make([]poolItem, 0, p.cfg.BatchSize),
+		inflight: make(chan *proposal, p.cfg.MaxInflight),
+		released: make(chan struct{}),
+	}
+	p.complWG.Add(1)
+	go p.complete(sh)
+	w.mu.Lock()
+	w.shards = append(w.shards, sh)
+	w.mu.Unlock()
+	next := make(map[uint32]*poolShard, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	next[shard] = sh
+	p.shards.Store(&next)
+	w.wakeUp()
+	return nil
+}
+
+// RemoveShard closes shard's ring and waits until its writer has released
+// it: events in the ring or taken but not yet proposed are failed with
+// ErrShardClosed, proposals already in flight resolve as their futures do.
+func (p *Pool) RemoveShard(shard uint32) error {
+	p.mu.Lock()
+	cur := *p.shards.Load()
+	sh := cur[shard]
+	if sh == nil {
+		p.mu.Unlock()
+		return fmt.Errorf("%w: shard %d", ErrUnknownShard, shard)
+	}
+	next := make(map[uint32]*poolShard, len(cur))
+	for k, v := range cur {
+		if k != shard {
+			next[k] = v
+		}
+	}
+	p.shards.Store(&next)
+	sh.removing.Store(true)
+	sh.ring.Close()
+	if !p.started {
+		// No writer runs: release inline (p.mu keeps Start out).
+		sh.w.releaseInline(sh, fmt.Errorf("%w: shard %d", ErrShardClosed, shard))
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Unlock()
+	sh.w.wakeUp()
+	<-sh.released
+	return nil
+}
+
+// Close stops accepting submissions, lets the writers propose everything
+// already accepted (ignoring FlushInterval), waits for every proposal to
+// resolve (retries included), then stops the writers. If ctx ends first, the
+// writers fail what they still hold with ErrPoolClosed and exit, and Close
+// returns ctx.Err() without waiting for futures still in flight (their
+// completion goroutines exit when the proposer resolves them).
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	p.closing.Store(true)
+	p.startLocked()
+	for _, sh := range *p.shards.Load() {
+		sh.ring.Close()
+	}
+	p.mu.Unlock()
+	for _, w := range p.writers {
+		w.wakeUp()
+	}
+	select {
+	case <-p.closed:
+		return nil
+	case <-ctx.Done():
+	}
+	p.abort.Store(true)
+	for _, w := range p.writers {
+		w.wakeUp()
+	}
+	p.writersWG.Wait()
+	return ctx.Err()
+}
+
+// PoolShardStats describes one shard's ring and pipeline.
+type PoolShardStats struct {
+	Shard    uint32
+	Ring     ring.Stats
+	Inflight int // proposals made and not yet resolved
+}
+
+// PoolStats is a snapshot of the pool.
+type PoolStats struct {
+	Shards   []PoolShardStats // in shard order
+	Restarts uint64           // writer restarts after panics
+}
+
+// Stats returns a snapshot of every shard's ring and pipeline.
+func (p *Pool) Stats() PoolStats {
+	cur := *p.shards.Load()
+	st := PoolStats{Restarts: p.restarts.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
+	for id, sh := range cur {
+		st.Shards = append(st.Shards, PoolShardStats{Shard: id, Ring: sh.ring.Stats(),
+			Inflight: int(sh.inflightN.Load())})
+	}
+	sort.Slice(st.Shards, func(i, j int) bool { return st.Shards[i].Shard < st.Shards[j].Shard })
+	return st
+}

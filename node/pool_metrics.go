@@ -1,0 +1,48 @@
+package node
+
+import "time"
+
+// PoolMetrics receives the writer pool's measurements. The node backs it
+// with Prometheus. Every method may be called concurrently from submitters,
+// writers and completion goroutines, and must not block.
+type PoolMetrics interface {
+	// EventsIn counts events accepted into a shard's ring.
+	EventsIn(shard uint32, n int)
+	// EventsRefused counts events refused at submission (ring full,
+	// deadline, shard or pool closed, batch too large).
+	EventsRefused(shard uint32, n int)
+	// EventsCommitted counts events whose proposal committed.
+	EventsCommitted(shard uint32, n int)
+	// EventsFailed counts events failed back to their submitters after
+	// they had been accepted.
+	EventsFailed(shard uint32, n int)
+	// Batch observes the size of one proposal (batch-size histogram).
+	Batch(shard uint32, events int)
+	// ApplyLatency observes the time from a proposal to its resolution.
+	ApplyLatency(shard uint32, d time.Duration)
+	// ProposalError counts a proposal that resolved with an error, whether
+	// or not it is retried.
+	ProposalError(shard uint32, err error)
+	// Retry counts a batch scheduled to be proposed again.
+	Retry(shard uint32)
+	// WriterRestart counts a writer restarted after a panic.
+	WriterRestart(writer int)
+	// RingFill reports a shard's ring occupancy after a writer took from it.
+	RingFill(shard uint32, used, capacity int)
+}
+
+// NopPoolMetrics discards every measurement.
+type NopPoolMetrics struct{}
+
+var _ PoolMetrics = NopPoolMetrics{}
+
+func (NopPoolMetrics) EventsIn(uint32, int)               {}
+func (NopPoolMetrics) EventsRefused(uint32, int)          {}
+func (NopPoolMetrics) EventsCommitted(uint32, int)        {}
+func (NopPoolMetrics) EventsFailed(uint32, int)           {}
+func (NopPoolMetrics) Batch(uint32, int)                  {}
+func (NopPoolMetrics) ApplyLatency(uint32, time.Duration) {}
+func (NopPoolMetrics) ProposalError(uint32, error)        {}
+func (NopPoolMetrics) Retry(uint32)                       {}
+func (NopPoolMetrics) WriterRestart(int)                  {}
+func (NopPoolMetrics) RingFill(uint32, int, int)          {}

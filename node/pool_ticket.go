@@ -1,0 +1,112 @@
+package node
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/elixirscope/scope/correlate"
+)
+
+// Ticket is the completion of one Submit call. It resolves when every one of
+// its events is committed or failed; the events may travel in several
+// proposals, and the ticket fails if any part failed (with the first
+// reason).
+type Ticket struct {
+	n         int
+	remaining atomic.Int64
+	done      chan struct{}
+
+	mu  sync.Mutex
+	err error
+}
+
+func newTicket(n int) *Ticket {
+	t := &Ticket{n: n, done: make(chan struct{})}
+	t.remaining.Store(int64(n))
+	if n == 0 {
+		close(t.done)
+	}
+	return t
+}
+
+// Len is the number of events submitted with the ticket.
+func (t *Ticket) Len() int { return t.n }
+
+// Done is closed when every event of the ticket is resolved.
+func (t *Ticket) Done() <-chan struct{} { return t.done }
+
+// Err is nil while the ticket is pending and when all of its events
+// committed; otherwise the first failure's reason.
+func (t *Ticket) Err() error {
+	select {
+	case <-t.done:
+	default:
+		return nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// Wait blocks until the ticket resolves (its Err) or ctx is done (ctx.Err();
+// the events may still commit).
+func (t *Ticket) Wait(ctx context.Context) error {
+	select {
+	case <-t.done:
+		return t.Err()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// resolve settles n of the ticket's events with err (nil: committed).
+func (t *Ticket) resolve(n int, err error) {
+	if err != nil {
+		t.mu.Lock()
+		if t.err == nil {
+			t.err = err
+		}
+		t.mu.Unlock()
+	}
+	left := t.remaining.Add(int64(-n))
+	switch {
+	case left == 0:
+		close(t.done)
+	case left < 0:
+		panic("node: ticket resolved more events than it holds") // a duplicate: a pool bug
+	}
+}
+
+// ticketRun is n consecutive events of one ticket within a batch.
+type ticketRun struct {
+	t *Ticket
+	n int
+}
+
+// poolItem is one ring slot: an event and the ticket it belongs to.
+type poolItem struct {
+	ev correlate.Event
+	t  *Ticket
+}
+
+// runsOf groups consecutive items by ticket. A ticket's items are contiguous
+// in its shard's ring (one all-or-nothing claim), so a batch holds at most
+// one partial run at each end.
+func runsOf(items []poolItem) []ticketRun {
+	var runs []ticketRun
+	for i := range items {
+		if n := len(runs); n > 0 && runs[n-1].t == items[i].t {
+			runs[n-1].n++
+			continue
+		}
+		runs = append(runs, ticketRun{t: items[i].t, n: 1})
+	}
+	return runs
+}
+
+func resolveRuns(runs []ticketRun, err error) {
+	for _, r := range runs {
+		r.t.resolve(r.n, err)
+	}
+}

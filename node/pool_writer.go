@@ -1,0 +1,438 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/ring"
+)
+
+// poolShard is one shard's ring and pipeline. Everything a writer has taken
+// from the ring and not yet handed to the proposer lives here, not on the
+// writer's stack, so that a writer restarted after a panic proposes it again.
+type poolShard struct {
+	id   uint32
+	ring *ring.Ring[poolItem]
+	w    *poolWriter // the owner; fixed for the shard's life in the pool
+
+	// Owned by w: only w's goroutine touches these.
+	items      []poolItem // taken from the ring, not yet proposed; cap BatchSize
+	itemsAt    time.Time  // when the first of items was taken
+	itemsTries int        // proposals of items that panicked
+	proposing  proposingWhat
+
+	inflight  chan *proposal // proposals in log order, to the completer; cap MaxInflight
+	inflightN atomic.Int32   // proposals made and not yet resolved
+
+	removing atomic.Bool
+	released chan struct{} // closed once w has let go of the shard
+
+	mu      sync.Mutex
+	retries []*proposal // failed batches to propose again, oldest first
+	noRetry bool        // released or aborted: fail instead of retrying
+}
+
+// proposingWhat records which batch a writer was proposing when it panicked.
+type proposingWhat uint8
+
+const (
+	proposingNone proposingWhat = iota
+	proposingItems
+	proposingRetry
+)
+
+// proposal is one batch handed to the Proposer.
+type proposal struct {
+	events   []correlate.Event
+	runs     []ticketRun
+	attempts int       // Propose calls made for this batch, panics included
+	at       time.Time // last Propose call
+	due      time.Time // retry not before
+	f        ProposalFuture
+}
+
+// poolWriter drains the rings of the shards it owns. Its wake channel is the
+// rings' notify channel and is also poked by the shards' completers and by
+// the pool (add, remove, close).
+type poolWriter struct {
+	id   int
+	p    *Pool
+	wake chan struct{}
+
+	mu     sync.Mutex
+	shards []*poolShard
+}
+
+func (w *poolWriter) wakeUp() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *poolWriter) load() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.shards)
+}
+
+func (w *poolWriter) owned() []*poolShard {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]*poolShard(nil), w.shards...)
+}
+
+// run is the writer goroutine: it restarts the loop after a panic.
+func (w *poolWriter) run() {
+	defer w.p.writersWG.Done()
+	for !w.runGuarded() {
+		w.p.restarts.Add(1)
+		w.p.m.WriterRestart(w.id)
+	}
+}
+
+func (w *poolWriter) runGuarded() (exited bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.p.log.Error("writer panicked; restarting it", "writer", w.id, "panic", r,
+				"stack", string(debug.Stack()))
+			w.afterPanic(r)
+		}
+	}()
+	w.loop()
+	return true
+}
+
+// afterPanic charges the interrupted proposal an attempt and fails it back
+// once it has used them all, so that a batch that always panics cannot
+// wedge its shard.
+func (w *poolWriter) afterPanic(r any) {
+	max := w.p.cfg.Retry.MaxAttempts
+	for _, sh := range w.owned() {
+		what := sh.proposing
+		sh.proposing = proposingNone
+		switch what {
+		case proposingItems:
+			sh.itemsTries++
+			if sh.itemsTries >= max {
+				w.failItems(sh, fmt.Errorf("%w: shard %d: %d attempts: %v", ErrProposerPanic, sh.id, max, r))
+			}
+		case proposingRetry:
+			sh.mu.Lock()
+			var pr *proposal
+			if len(sh.retries) > 0 && sh.retries[0].attempts >= max {
+				pr, sh.retries = sh.retries[0], sh.retries[1:]
+			}
+			sh.mu.Unlock()
+			if pr != nil {
+				w.failProposal(sh, pr, fmt.Errorf("%w: shard %d: %d attempts: %v", ErrProposerPanic, sh.id, max, r))
+			}
+		}
+	}
+}
+
+type serviceResult struct {
+	busy    bool      // made progress: loop again before sleeping
+	canTake bool      // room in the staged batch: arm the ring before sleeping
+	idle    bool      // (closing) nothing left to do for the shard
+	next    time.Time // a flush or retry is due then
+}
+
+func (w *poolWriter) loop() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		closing := w.p.closing.Load()
+		var next time.Time
+		busy, live := false, 0
+		shards := w.owned()
+		take := shards[:0:0]
+		for _, sh := range shards {
+			res := w.service(sh, now, closing)
+			busy = busy || res.busy
+			if !res.idle {
+				live++
+			}
+			if res.canTake {
+				take = append(take, sh)
+			}
+			if !res.next.IsZero() && (next.IsZero() || res.next.Before(next)) {
+				next = res.next
+			}
+		}
+		if closing && live == 0 {
+			w.finish()
+			return
+		}
+		if busy {
+			continue
+		}
+		ready := false
+		for _, sh := range take {
+			if sh.ring.Arm() && !sh.ring.Drained() {
+				ready = true
+			}
+		}
+		if ready {
+			continue
+		}
+		var due <-chan time.Time
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+			due = timer.C
+		}
+		select {
+		case <-w.wake:
+		case <-due:
+		}
+	}
+}
+
+// service does one step of work on sh.
+func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res serviceResult) {
+	p := w.p
+	if sh.removing.Load() {
+		res.busy = w.release(sh, fmt.Errorf("%w: shard %d", ErrShardClosed, sh.id))
+		res.idle, res.canTake = true, !res.busy
+		return res
+	}
+	if p.abort.Load() {
+		w.failAll(sh, fmt.Errorf("%w: shard %d: close deadline passed before the events were proposed",
+			ErrPoolClosed, sh.id))
+		res.idle = sh.ring.Drained()
+		res.canTake = !res.idle
+		return res
+	}
+
+	if n0 := len(sh.items); n0 < cap(sh.items) {
+		if n := sh.ring.Read(sh.items[n0:cap(sh.items)]); n > 0 {
+			sh.items = sh.items[:n0+n]
+			if n0 == 0 {
+				sh.itemsAt = now
+			}
+			res.busy = true
+			p.m.RingFill(sh.id, sh.ring.Len(), sh.ring.Cap())
+			p.callHook("taken", sh.id)
+		}
+	}
+	windowOpen := int(sh.inflightN.Load()) < p.cfg.MaxInflight
+
+	// An older failed batch goes before anything newer.
+	sh.mu.Lock()
+	var retry *proposal
+	if len(sh.retries) > 0 {
+		retry = sh.retries[0]
+	}
+	sh.mu.Unlock()
+	switch {
+	case retry != nil && now.Before(retry.due):
+		res.next = retry.due
+	case retry != nil:
+		if windowOpen {
+			w.proposeRetry(sh, retry, now)
+			res.busy = true
+		}
+	case len(sh.items) > 0:
+		due := sh.itemsAt.Add(p.cfg.FlushInterval)
+		if len(sh.items) < cap(sh.items) && now.Before(due) && !closing {
+			res.next = due
+		} else if windowOpen {
+			w.proposeItems(sh, now)
+			res.busy = true
+		}
+	}
+	res.canTake = len(sh.items) < cap(sh.items)
+	if closing && len(sh.items) == 0 && sh.ring.Drained() && sh.inflightN.Load() == 0 {
+		// inflightN before retries: a completer queues a retry before it
+		// decrements inflightN, so a zero count means the retry is visible.
+		sh.mu.Lock()
+		res.idle = len(sh.retries) == 0
+		sh.mu.Unlock()
+	}
+	return res
+}
+
+func (w *poolWriter) proposeItems(sh *poolShard, now time.Time) {
+	pr := &proposal{
+		events:   make([]correlate.Event, len(sh.items)),
+		runs:     runsOf(sh.items),
+		attempts: sh.itemsTries + 1,
+		at:       now,
+	}
+	for i := range sh.items {
+		pr.events[i] = sh.items[i].ev
+	}
+	sh.proposing = proposingItems
+	w.p.callHook("propose", sh.id)
+	pr.f = w.p.prop.Propose(sh.id, pr.events)
+	// Proposed: from here on the batch belongs to the pipeline.
+	sh.proposing = proposingNone
+	clear(sh.items)
+	sh.items = sh.items[:0]
+	sh.itemsTries = 0
+	w.enqueue(sh, pr)
+}
+
+func (w *poolWriter) proposeRetry(sh *poolShard, pr *proposal, now time.Time) {
+	pr.attempts++
+	pr.at = now
+	sh.proposing = proposingRetry
+	w.p.callHook("propose", sh.id)
+	pr.f = w.p.prop.Propose(sh.id, pr.events)
+	sh.proposing = proposingNone
+	sh.mu.Lock()
+	sh.retries = sh.retries[1:]
+	sh.mu.Unlock()
+	w.enqueue(sh, pr)
+}
+
+// enqueue hands a proposed batch to the shard's completer. The send never
+// blocks: the writer proposes only while inflightN < MaxInflight, the
+// channel's capacity.
+func (w *poolWriter) enqueue(sh *poolShard, pr *proposal) {
+	w.p.m.Batch(sh.id, len(pr.events))
+	sh.inflightN.Add(1)
+	sh.inflight <- pr
+}
+
+// failItems fails the staged batch.
+func (w *poolWriter) failItems(sh *poolShard, err error) {
+	if len(sh.items) == 0 {
+		return
+	}
+	w.p.m.EventsFailed(sh.id, len(sh.items))
+	resolveRuns(runsOf(sh.items), err)
+	clear(sh.items)
+	sh.items = sh.items[:0]
+	sh.itemsTries = 0
+}
+
+func (w *poolWriter) failProposal(sh *poolShard, pr *proposal, err error) {
+	w.p.m.EventsFailed(sh.id, len(pr.events))
+	resolveRuns(pr.runs, err)
+}
+
+// failAll fails everything sh holds that is not in flight: the staged batch,
+// the ring's contents and the queued retries; later failures of in-flight
+// proposals are failed rather than retried.
+func (w *poolWriter) failAll(sh *poolShard, err error) {
+	w.failItems(sh, err)
+	for {
+		n := sh.ring.Read(sh.items[:cap(sh.items)])
+		if n == 0 {
+			break
+		}
+		sh.items = sh.items[:n]
+		w.failItems(sh, err)
+	}
+	sh.mu.Lock()
+	retries := sh.retries
+	sh.retries, sh.noRetry = nil, true
+	sh.mu.Unlock()
+	for _, pr := range retries {
+		w.failProposal(sh, pr, err)
+	}
+}
+
+// release fails what sh holds and, once its ring is drained, lets go of it.
+// It reports false while a producer that claimed ring slots before the ring
+// closed has not yet published them (its publication wakes the writer).
+func (w *poolWriter) release(sh *poolShard, err error) bool {
+	w.failAll(sh, err)
+	if !sh.ring.Drained() {
+		return false
+	}
+	w.mu.Lock()
+	for i, o := range w.shards {
+		if o == sh {
+			w.shards = append(w.shards[:i], w.shards[i+1:]...)
+			break
+		}
+	}
+	w.mu.Unlock()
+	close(sh.inflight)
+	close(sh.released)
+	return true
+}
+
+// finish runs when the pool is closing and every owned shard is idle.
+func (w *poolWriter) finish() {
+	w.mu.Lock()
+	shards := w.shards
+	w.shards = nil
+	w.mu.Unlock()
+	for _, sh := range shards {
+		close(sh.inflight)
+		close(sh.released)
+	}
+}
+
+// complete resolves sh's proposals in log order, schedules retries and
+// fails back what cannot be retried. One goroutine per shard, so that a
+// slow commit on one shard never delays another's acknowledgements.
+func (p *Pool) complete(sh *poolShard) {
+	defer p.complWG.Done()
+	for pr := range sh.inflight {
+		err := waitFuture(pr.f)
+		p.m.ApplyLatency(sh.id, time.Since(pr.at))
+		n := len(pr.events)
+		switch {
+		case err == nil:
+			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
+			resolveRuns(pr.runs, nil)
+		case !errors.Is(err, ErrNotLeader) && pr.attempts < p.cfg.Retry.MaxAttempts &&
+			sh.scheduleRetry(pr, time.Now().Add(p.cfg.Retry.backoff(pr.attempts))):
+			p.m.ProposalError(sh.id, err)
+			p.m.Retry(sh.id)
+		default:
+			p.m.ProposalError(sh.id, err)
+			p.m.EventsFailed(sh.id, n)
+			resolveRuns(pr.runs, fmt.Errorf("node: shard %d: batch of %d events failed after %d attempt(s): %w",
+				sh.id, n, pr.attempts, err))
+		}
+		sh.inflightN.Add(-1)
+		sh.w.wakeUp()
+	}
+}
+
+func (sh *poolShard) scheduleRetry(pr *proposal, due time.Time) bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.noRetry {
+		return false
+	}
+	pr.due = due
+	pr.f = nil
+	sh.retries = append(sh.retries, pr)
+	return true
+}
+
+// waitFuture waits for f, turning a panic in Wait into an error.
+func waitFuture(f ProposalFuture) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: future's Wait panicked: %v", ErrProposerPanic, r)
+		}
+	}()
+	return f.Wait()
+}
+
+func (p *Pool) callHook(point string, shard uint32) {
+	if p.hook != nil {
+		p.hook(point, shard)
+	}
+}
+
+// releaseInline releases sh when no writer runs (RemoveShard before Start).
+func (w *poolWriter) releaseInline(sh *poolShard, err error) {
+	for !w.release(sh, err) {
+		runtime.Gosched() // a producer is between its claim and its publish
+	}
+}

@@ -1,0 +1,141 @@
+package node
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elixirscope/scope/correlate"
+)
+
+// Proposer is where the writer pool sends each batch: the shard's Raft group
+// on a real node (wrapping raft.Apply), a MemProposer or a FailingProposer in
+// tests.
+type Proposer interface {
+	// Propose starts replicating events as one entry of shard's log and
+	// returns at once, without waiting for the commit, so that a writer can
+	// keep several proposals of a shard in flight. It may block briefly for
+	// backpressure.
+	//
+	// The pool calls Propose for a given shard from one goroutine at a time,
+	// in the order the batches must appear in the log. events belongs to
+	// the proposer until the future resolves; the pool never modifies it,
+	// and passes the same slice again if it retries the batch.
+	//
+	// A panic in Propose means "not proposed": the pool restarts the writer
+	// and proposes the same batch again (counted as an attempt). A
+	// Proposer must therefore not panic after it has accepted a batch.
+	Propose(shard uint32, events []correlate.Event) ProposalFuture
+}
+
+// ProposalFuture is the pending outcome of one Propose call.
+type ProposalFuture interface {
+	// Wait blocks until the proposal is committed (nil) or has failed. An
+	// error wrapping ErrNotLeader is failed back to the submitters at once
+	// (the RPC layer redirects them); any other error is retried per the
+	// pool's RetryPolicy. Wait is called once, from a goroutine other than
+	// the one that called Propose, and must eventually return (a Raft
+	// group fails its pending futures when it shuts down).
+	Wait() error
+}
+
+// ProposerFunc adapts a function to the Proposer interface.
+type ProposerFunc func(shard uint32, events []correlate.Event) ProposalFuture
+
+// Propose calls f.
+func (f ProposerFunc) Propose(shard uint32, events []correlate.Event) ProposalFuture {
+	return f(shard, events)
+}
+
+// ResolvedFuture returns a future that is already resolved with err.
+func ResolvedFuture(err error) ProposalFuture { return resolvedFuture{err} }
+
+type resolvedFuture struct{ err error }
+
+func (f resolvedFuture) Wait() error { return f.err }
+
+// MemProposer commits every proposal, in proposal order, in memory, after an
+// optional latency. It records the committed batches per shard so that tests
+// can check for loss, duplicates and order. Safe for concurrent use.
+type MemProposer struct {
+	latency time.Duration
+
+	proposals atomic.Uint64
+	events    atomic.Uint64
+
+	mu      sync.Mutex
+	batches map[uint32][][]correlate.Event
+	record  bool
+}
+
+// NewMemProposer returns a MemProposer whose futures resolve latency after
+// Propose. With record false it only counts (for benchmarks).
+func NewMemProposer(latency time.Duration, record bool) *MemProposer {
+	return &MemProposer{latency: latency, record: record, batches: make(map[uint32][][]correlate.Event)}
+}
+
+// Propose records events as the next entry of shard's log.
+func (m *MemProposer) Propose(shard uint32, events []correlate.Event) ProposalFuture {
+	m.proposals.Add(1)
+	m.events.Add(uint64(len(events)))
+	if m.record {
+		m.mu.Lock()
+		m.batches[shard] = append(m.batches[shard], events)
+		m.mu.Unlock()
+	}
+	if m.latency <= 0 {
+		return resolvedFuture{}
+	}
+	return memFuture{at: time.Now().Add(m.latency)}
+}
+
+type memFuture struct{ at time.Time }
+
+func (f memFuture) Wait() error {
+	if d := time.Until(f.at); d > 0 {
+		time.Sleep(d) // simulated replication latency
+	}
+	return nil
+}
+
+// Committed returns shard's committed events in log order (a copy).
+func (m *MemProposer) Committed(shard uint32) []correlate.Event {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []correlate.Event
+	for _, b := range m.batches[shard] {
+		out = append(out, b...)
+	}
+	return out
+}
+
+// Batches returns the sizes of shard's committed batches in log order.
+func (m *MemProposer) Batches(shard uint32) []int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]int, len(m.batches[shard]))
+	for i, b := range m.batches[shard] {
+		out[i] = len(b)
+	}
+	return out
+}
+
+// Counts returns the proposals and events received so far, all shards.
+func (m *MemProposer) Counts() (proposals, events uint64) {
+	return m.proposals.Load(), m.events.Load()
+}
+
+// FailingProposer fails every proposal with Err. Safe for concurrent use.
+type FailingProposer struct {
+	Err   error
+	calls atomic.Uint64
+}
+
+// Propose returns a future resolved with f.Err.
+func (f *FailingProposer) Propose(uint32, []correlate.Event) ProposalFuture {
+	f.calls.Add(1)
+	return resolvedFuture{f.Err}
+}
+
+// Calls returns how many times Propose was called.
+func (f *FailingProposer) Calls() uint64 { return f.calls.Load() }
