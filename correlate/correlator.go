@@ -17,10 +17,10 @@ type Correlator struct {
 	nextProcNo uint64 // state-record number of the next new process
 
 	procs  map[Process]*proc
-	lru    dlist[proc, *proc] // least recently touched first
-	sends  pendingTable       // send notices waiting for their RECEIVE
-	recvs  pendingTable       // RECEIVEs waiting for their send notice
-	spawns pendingTable       // spawn notices waiting for the child's next event
+	lru    lruLog       // processes, least recently touched first
+	sends  pendingTable // send notices waiting for their RECEIVE
+	recvs  pendingTable // RECEIVEs waiting for their send notice
+	spawns pendingTable // spawn notices waiting for the child's next event
 	outbox outbox
 	dedup  dedupWindow
 	totals Counters
@@ -56,7 +56,7 @@ func New(cfg Config) (*Correlator, error) {
 func (c *Correlator) reset() {
 	c.logTime, c.seq, c.nextProcNo = 0, 0, 0
 	c.procs = make(map[Process]*proc)
-	c.lru = dlist[proc, *proc]{}
+	c.lru = lruLog{}
 	c.sends = newPendingTable(tagSend)
 	c.recvs = newPendingTable(tagReceive)
 	c.spawns = newPendingTable(tagSpawn)
@@ -361,7 +361,7 @@ func (c *Correlator) route(n Notice, idx int) {
 // oldest first. It runs at the start of every Apply.
 func (c *Correlator) expire() {
 	now := c.logTime
-	for p := c.lru.head; p != nil && now-p.lastActive > int64(c.cfg.ProcessTTL); p = c.lru.head {
+	for p := c.lru.oldest(); p != nil && now-p.lastActive > int64(c.cfg.ProcessTTL); p = c.lru.oldest() {
 		c.dropProc(p)
 		c.cur.ProcessesExpired++
 	}

@@ -387,7 +387,11 @@ func formatCounters(c Counters) string {
 
 func dumpState(c *Correlator) string {
 	var sb strings.Builder
-	for p := c.lru.head; p != nil; p = p.lk.next {
+	for _, e := range c.lru.q[c.lru.head:] {
+		p := e.p
+		if p.dead || p.tick != e.tick {
+			continue
+		}
 		fmt.Fprintf(&sb, "proc %s first=%s", p.key, name(p.first))
 		if p.overflow > 0 {
 			fmt.Fprintf(&sb, " overflow=%d", p.overflow)

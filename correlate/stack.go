@@ -9,7 +9,6 @@ import "strings"
 // arrives after a short-lived child has already run still finds the
 // child's first event.
 type proc struct {
-	lk         links[proc]
 	key        Process // strings owned by the correlator
 	no         uint64  // state-record number
 	tick       uint64  // c.seq at the last touch: the LRU order, persisted
@@ -23,7 +22,48 @@ type proc struct {
 	dead       bool
 }
 
-func (p *proc) lnk() *links[proc] { return &p.lk }
+// lruLog orders processes by their last touch. Instead of a linked list,
+// whose move-to-back writes two random neighbours per event, every touch
+// appends (process, tick) and an entry whose tick is no longer its
+// process's (touched again since) or whose process was dropped is stale and
+// skipped. The log is compacted when stale entries outnumber live ones, so
+// it stays within 2×processes+1024 entries and costs O(1) amortised.
+type lruLog struct {
+	q    []lruEntry
+	head int
+}
+
+type lruEntry struct {
+	p    *proc
+	tick uint64
+}
+
+func (l *lruLog) push(p *proc, live int) {
+	l.q = append(l.q, lruEntry{p: p, tick: p.tick})
+	if len(l.q)-l.head > 2*live+1024 {
+		n := 0
+		for _, e := range l.q[l.head:] {
+			if !e.p.dead && e.p.tick == e.tick {
+				l.q[n] = e
+				n++
+			}
+		}
+		clear(l.q[n:])
+		l.q, l.head = l.q[:n], 0
+	}
+}
+
+// oldest returns the least recently touched live process, or nil.
+func (l *lruLog) oldest() *proc {
+	for l.head < len(l.q) {
+		if e := l.q[l.head]; !e.p.dead && e.p.tick == e.tick {
+			return e.p
+		}
+		l.q[l.head] = lruEntry{}
+		l.head++
+	}
+	return nil
+}
 
 // frame is one open call. Its correlation id is callID when the client
 // gave one, else the CALL's id in text form; its parent and root are the
@@ -54,14 +94,14 @@ func (c *Correlator) touch(e *Event, idx int) *proc {
 	p.tick = c.seq
 	c.seq++
 	p.lastActive = c.logTime
-	c.lru.moveToBack(p)
+	c.lru.push(p, len(c.procs))
 	c.markProc(p)
 	return p
 }
 
 func (c *Correlator) newProc(e *Event, idx int) *proc {
 	for len(c.procs) >= c.cfg.MaxProcesses {
-		c.dropProc(c.lru.head)
+		c.dropProc(c.lru.oldest())
 		c.cur.ProcessEvictions++
 	}
 	p := &proc{
@@ -73,7 +113,6 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 	}
 	c.nextProcNo++
 	c.procs[p.key] = p
-	c.lru.pushBack(p)
 	// A spawn notice that arrived before any event of this child links to
 	// this, the child's first event.
 	if c.spawns.order.n > 0 {
@@ -87,8 +126,7 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 
 func (c *Correlator) dropProc(p *proc) {
 	delete(c.procs, p.key)
-	c.lru.remove(p)
-	p.dead = true
+	p.dead = true // its lru entries are now stale
 	p.frames = nil
 	c.markProc(p)
 }

@@ -302,7 +302,7 @@ func (c *Correlator) restore(records []StateRecord) error {
 			return fmt.Errorf("%w: process %s stored twice", ErrCorrupt, p.key)
 		}
 		c.procs[p.key] = p
-		c.lru.pushBack(p)
+		c.lru.push(p, len(procs))
 	}
 	slices.SortFunc(outs, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
 	for _, e := range outs {
