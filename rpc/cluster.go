@@ -1,0 +1,109 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+)
+
+// clusterService implements scope.v1.ClusterService for a single node:
+// membership arrives with the cluster layer.
+type clusterService struct{ s *Server }
+
+var _ scopev1connect.ClusterServiceHandler = clusterService{}
+
+func (c clusterService) Members(context.Context, *connect.Request[scopev1.MembersRequest]) (*connect.Response[scopev1.MembersResponse], error) {
+	n := c.s.node
+	m := &scopev1.Member{Name: n.ID(), Status: scopev1.MemberStatus_MEMBER_STATUS_ALIVE, Version: c.s.cfg.Version}
+	for _, r := range n.Replicas() {
+		if r.IsLeader() {
+			m.ShardsLed = append(m.ShardsLed, r.Shard())
+		}
+	}
+	m.RaftAddr = c.s.raftAddr()
+	return connect.NewResponse(&scopev1.MembersResponse{Members: []*scopev1.Member{m}}), nil
+}
+
+// raftAddr is this node's raft address as its groups' configurations
+// record it.
+func (s *Server) raftAddr() string {
+	for _, r := range s.node.Replicas() {
+		f := r.Raft().GetConfiguration()
+		if f.Error() != nil {
+			continue
+		}
+		for _, srv := range f.Configuration().Servers {
+			if string(srv.ID) == s.node.ID() {
+				return string(srv.Address)
+			}
+		}
+	}
+	return ""
+}
+
+func (c clusterService) Shards(_ context.Context, req *connect.Request[scopev1.ShardsRequest]) (*connect.Response[scopev1.ShardsResponse], error) {
+	const proc = scopev1connect.ClusterServiceShardsProcedure
+	n := c.s.node
+	for i, s := range req.Msg.GetShards() {
+		if s >= n.Shards() {
+			return nil, c.s.fail(proc, invalid("shards["+itoa(i)+"]", s, "must be below the shard count "+itoa(int(n.Shards()))))
+		}
+	}
+	resp := &scopev1.ShardsResponse{ShardCount: n.Shards()}
+	for _, r := range n.Replicas() {
+		if want := req.Msg.GetShards(); len(want) > 0 && !slices.Contains(want, r.Shard()) {
+			continue
+		}
+		info := &scopev1.ShardInfo{Shard: r.Shard()}
+		_, leaderID := r.Leader()
+		info.Leader = string(leaderID)
+		applied, _, _ := r.Status()
+		stats := r.Raft().Stats()
+		info.Term = parseUint(stats["term"])
+		lastIndex := parseUint(stats["last_log_index"])
+		if f := r.Raft().GetConfiguration(); f.Error() == nil {
+			for _, srv := range f.Configuration().Servers {
+				rep := &scopev1.Replica{Node: string(srv.ID), Suffrage: suffrageOf(srv.Suffrage)}
+				if string(srv.ID) == n.ID() {
+					rep.AppliedIndex = applied
+					if lastIndex > applied {
+						rep.Lag = lastIndex - applied
+					}
+				}
+				info.Replicas = append(info.Replicas, rep)
+			}
+		}
+		resp.ReplicationFactor = max(resp.ReplicationFactor, uint32(len(info.Replicas)))
+		if st, err := n.Store().Stats(r.Shard()); err == nil {
+			info.Events = st.Events
+		}
+		resp.Shards = append(resp.Shards, info)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func suffrageOf(s raft.ServerSuffrage) scopev1.Suffrage {
+	switch s {
+	case raft.Voter:
+		return scopev1.Suffrage_SUFFRAGE_VOTER
+	case raft.Nonvoter:
+		return scopev1.Suffrage_SUFFRAGE_NONVOTER
+	}
+	return scopev1.Suffrage_SUFFRAGE_UNSPECIFIED
+}
+
+var errNoCluster = errors.New("this node runs as a single node; clustering (Join, Leave) arrives with the cluster layer")
+
+func (c clusterService) Join(context.Context, *connect.Request[scopev1.JoinRequest]) (*connect.Response[scopev1.JoinResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errNoCluster)
+}
+
+func (c clusterService) Leave(context.Context, *connect.Request[scopev1.LeaveRequest]) (*connect.Response[scopev1.LeaveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errNoCluster)
+}

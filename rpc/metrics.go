@@ -1,0 +1,103 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the RPC layer's Prometheus metrics, registered on the
+// node's registry.
+type metrics struct {
+	requests         *prometheus.CounterVec
+	latency          *prometheus.HistogramVec
+	eventsPerRequest prometheus.Histogram
+	tails            prometheus.Gauge
+}
+
+func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_rpc_requests_total",
+			Help: "RPCs handled, by procedure and Connect code (ok for success).",
+		}, []string{"procedure", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "scope_rpc_duration_seconds",
+			Help:    "RPC latency by procedure (for streams: the stream's lifetime).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"procedure"}),
+		eventsPerRequest: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "scope_rpc_ingest_events_per_request",
+			Help:    "Events per ingest request (per stream message for IngestStream).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
+		}),
+		tails: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "scope_rpc_tail_streams",
+			Help: "Live Tail streams.",
+		}),
+	}
+	// A second server on the same node (tests, restarts in-process) shares
+	// the collectors already registered.
+	var err error
+	m.requests, err = register(reg, m.requests)
+	if err == nil {
+		m.latency, err = register(reg, m.latency)
+	}
+	if err == nil {
+		m.eventsPerRequest, err = register(reg, m.eventsPerRequest)
+	}
+	if err == nil {
+		m.tails, err = register(reg, m.tails)
+	}
+	return m, err
+}
+
+func register[C prometheus.Collector](reg *prometheus.Registry, c C) (C, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, err
+}
+
+func (m *metrics) observe(procedure string, start time.Time, err error) {
+	code := "ok"
+	if err != nil {
+		code = connect.CodeOf(err).String()
+	}
+	m.requests.WithLabelValues(procedure, code).Inc()
+	m.latency.WithLabelValues(procedure).Observe(time.Since(start).Seconds())
+}
+
+// interceptor counts and times every handler call.
+func (m *metrics) interceptor() connect.Interceptor { return metricsInterceptor{m} }
+
+type metricsInterceptor struct{ m *metrics }
+
+func (i metricsInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		start := time.Now()
+		resp, err := next(ctx, req)
+		i.m.observe(req.Spec().Procedure, start, err)
+		return resp, err
+	}
+}
+
+func (i metricsInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (i metricsInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		start := time.Now()
+		err := next(ctx, conn)
+		i.m.observe(conn.Spec().Procedure, start, err)
+		return err
+	}
+}

@@ -1,0 +1,326 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/store"
+)
+
+// planner runs a query's shard parts: scatter to one reader per shard
+// (bounded fan-out, per-shard deadline), gather, merge. It knows nothing
+// about where a shard lives; the Resolver does.
+type planner struct {
+	res    Resolver
+	shards uint32
+	cfg    *Config
+	logger *slog.Logger
+}
+
+// shardFailure is a shard that could not answer its part of a query.
+type shardFailure struct {
+	shard uint32
+	err   error
+}
+
+// allShards lists 0..shards-1.
+func (p *planner) allShards() []uint32 {
+	out := make([]uint32, p.shards)
+	for i := range out {
+		out[i] = uint32(i)
+	}
+	return out
+}
+
+// each runs fn once per shard, at most MaxFanout at a time, each under its
+// own QueryShardTimeout. It returns the shards that failed, in the order of
+// shards. fn must be safe to run concurrently for different shards.
+func (p *planner) each(ctx context.Context, shards []uint32, c Consistency,
+	fn func(ctx context.Context, r ShardReader, shard uint32) error) []shardFailure {
+	errs := make([]error, len(shards))
+	sem := make(chan struct{}, p.cfg.MaxFanout)
+	var wg sync.WaitGroup
+	for i, shard := range shards {
+		r, err := p.res.Reader(shard, c)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if len(shards) == 1 {
+			// One shard: no goroutine, no semaphore.
+			sctx, cancel := context.WithTimeout(ctx, p.cfg.QueryShardTimeout)
+			errs[i] = fn(sctx, r, shard)
+			cancel()
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			errs[i] = ctx.Err()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			sctx, cancel := context.WithTimeout(ctx, p.cfg.QueryShardTimeout)
+			defer cancel()
+			errs[i] = fn(sctx, r, shard)
+		}()
+	}
+	wg.Wait()
+	var out []shardFailure
+	for i, err := range errs {
+		if err != nil {
+			out = append(out, shardFailure{shard: shards[i], err: err})
+		}
+	}
+	return out
+}
+
+// settle turns shard failures into the response's missing list (with
+// allowPartial) or into the query's error. A failure that no retry or
+// other replica could fix (an invalid query) is always an error.
+func (p *planner) settle(procedure string, failures []shardFailure, allowPartial bool) ([]*scopev1.MissingShard, error) {
+	if len(failures) == 0 {
+		return nil, nil
+	}
+	for _, f := range failures {
+		if codeOf(f.err) == connect.CodeInvalidArgument {
+			return nil, f.err
+		}
+	}
+	if !allowPartial {
+		code := codeOf(failures[0].err)
+		shards := make([]string, len(failures))
+		for i, f := range failures {
+			shards[i] = fmt.Sprint(f.shard)
+			if codeOf(f.err) != code {
+				code = connect.CodeUnavailable
+			}
+		}
+		first := toConnect(p.logger, procedure, failures[0].err)
+		return nil, connect.NewError(code, fmt.Errorf("%d shard(s) could not answer (%s); shard %d: %s",
+			len(failures), strings.Join(shards, ", "), failures[0].shard, first.Message()))
+	}
+	out := make([]*scopev1.MissingShard, len(failures))
+	for i, f := range failures {
+		ce := toConnect(p.logger, procedure, f.err)
+		out[i] = &scopev1.MissingShard{Shard: f.shard, Code: ce.Code().String(), Reason: ce.Message()}
+	}
+	return out, nil
+}
+
+// missingShardIDs lists the shard ids of missing.
+func missingShardIDs(missing []*scopev1.MissingShard) []uint32 {
+	if len(missing) == 0 {
+		return nil
+	}
+	out := make([]uint32, len(missing))
+	for i, m := range missing {
+		out[i] = m.Shard
+	}
+	return out
+}
+
+// posLess reports whether a comes before b in the query's order.
+func posLess(a, b store.Position, desc bool) bool {
+	if a.TimestampNs != b.TimestampNs {
+		return (a.TimestampNs < b.TimestampNs) != desc
+	}
+	return (a.ID.Compare(b.ID) < 0) != desc
+}
+
+func posOf(e *correlate.Event) store.Position {
+	return store.Position{TimestampNs: e.TimestampNs, ID: e.ID}
+}
+
+// mergeQuery is one Events page over several shards.
+type mergeQuery struct {
+	q            store.Query // Limit is the page size; After the resume point
+	shards       []uint32
+	consistency  Consistency
+	allowPartial bool
+	// keep is a residual filter the store cannot apply (nil: keep all).
+	keep func(*correlate.Event) bool
+}
+
+// mergedPage is the answer of a mergeQuery.
+type mergedPage struct {
+	events  []correlate.Event
+	next    *store.Position // nil: nothing after this page
+	missing []*scopev1.MissingShard
+}
+
+// shardStream is one shard's progress in a merge: the matching events read
+// but not yet emitted (in query order), and how far the shard has been
+// read (next) when it has more.
+type shardStream struct {
+	shard  uint32
+	buf    []correlate.Event
+	more   bool
+	next   store.Position
+	failed bool
+}
+
+// merge answers mq with a k-way merge of every shard's page on
+// (timestamp, id). The invariant that makes cursors exact: an event is
+// emitted only if it lies at or before the frontier — the smallest
+// position any shard with more results has been read up to — so no shard
+// can still hold an unread event before an emitted one. A shard whose
+// page came back partial (scan limit or residual filter) holds the
+// frontier back; it is read again, up to MaxMergeRounds times, before the
+// page is cut at the frontier.
+func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (mergedPage, error) {
+	desc, limit := mq.q.Descending, mq.q.Limit
+	streams := make([]*shardStream, len(mq.shards))
+	for i, s := range mq.shards {
+		streams[i] = &shardStream{shard: s, more: true}
+		if mq.q.After != nil {
+			streams[i].next = *mq.q.After
+		}
+	}
+	var failures []shardFailure
+	fetch := func(which []*shardStream, first bool) error {
+		byShard := make(map[uint32]*shardStream, len(which))
+		ids := make([]uint32, len(which))
+		for i, st := range which {
+			byShard[st.shard], ids[i] = st, st.shard
+		}
+		var mu sync.Mutex
+		failed := p.each(ctx, ids, mq.consistency, func(ctx context.Context, r ShardReader, shard uint32) error {
+			st := byShard[shard]
+			q := mq.q
+			if !first {
+				after := st.next
+				q.After = &after
+			}
+			page, err := r.Events(ctx, shard, q)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range page.Events {
+				if mq.keep == nil || mq.keep(&page.Events[i]) {
+					st.buf = append(st.buf, page.Events[i])
+				}
+			}
+			st.more, st.next = page.More, page.Next
+			return nil
+		})
+		for _, f := range failed {
+			byShard[f.shard].failed = true
+		}
+		failures = append(failures, failed...)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil
+	}
+	if err := fetch(streams, true); err != nil {
+		return mergedPage{}, err
+	}
+	var (
+		bound   store.Position
+		bounded bool
+	)
+	for round := 1; ; round++ {
+		bounded = false
+		for _, st := range streams {
+			if st.failed || !st.more {
+				continue
+			}
+			if !bounded || posLess(st.next, bound, desc) {
+				bound, bounded = st.next, true
+			}
+		}
+		if !bounded || round >= p.cfg.MaxMergeRounds {
+			break
+		}
+		ready := 0
+		for _, st := range streams {
+			for i := range st.buf {
+				if posLess(bound, posOf(&st.buf[i]), desc) {
+					break
+				}
+				ready++
+			}
+		}
+		if ready >= limit {
+			break
+		}
+		var again []*shardStream
+		for _, st := range streams {
+			if !st.failed && st.more && st.next == bound {
+				again = append(again, st)
+			}
+		}
+		if err := fetch(again, false); err != nil {
+			return mergedPage{}, err
+		}
+	}
+	sort.Slice(failures, func(i, j int) bool { return failures[i].shard < failures[j].shard })
+	missing, err := p.settle(procedure, failures, mq.allowPartial)
+	if err != nil {
+		return mergedPage{}, err
+	}
+
+	// k-way merge of the buffered events up to the frontier.
+	out := mergedPage{missing: missing}
+	heads := make([]int, len(streams))
+	for len(out.events) < limit {
+		best := -1
+		for i, st := range streams {
+			if heads[i] >= len(st.buf) {
+				continue
+			}
+			e := &st.buf[heads[i]]
+			if bounded && posLess(bound, posOf(e), desc) {
+				continue
+			}
+			if best < 0 || posLess(posOf(e), posOf(&streams[best].buf[heads[best]]), desc) {
+				best = i
+			}
+		}
+		if best < 0 {
+			break
+		}
+		out.events = append(out.events, streams[best].buf[heads[best]])
+		heads[best]++
+	}
+	remains := bounded
+	for i, st := range streams {
+		if heads[i] < len(st.buf) {
+			remains = true
+		}
+	}
+	switch {
+	case len(out.events) == limit && remains:
+		last := posOf(&out.events[len(out.events)-1])
+		out.next = &last
+	case len(out.events) < limit && bounded:
+		// Cut by MaxMergeRounds: every shard has been read up to bound.
+		b := bound
+		out.next = &b
+	}
+	return out, nil
+}
+
+// errAll joins the shard failures for a call that needs every shard.
+func errAll(failures []shardFailure) error {
+	errs := make([]error, len(failures))
+	for i, f := range failures {
+		errs[i] = fmt.Errorf("shard %d: %w", f.shard, f.err)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,329 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/store"
+)
+
+// queryService implements scope.v1.QueryService over the planner.
+type queryService struct{ s *Server }
+
+var _ scopev1connect.QueryServiceHandler = queryService{}
+
+func consistencyOf(c scopev1.Consistency) (Consistency, error) {
+	switch c {
+	case scopev1.Consistency_CONSISTENCY_UNSPECIFIED, scopev1.Consistency_CONSISTENCY_LEADER:
+		return ConsistencyLeader, nil
+	case scopev1.Consistency_CONSISTENCY_ANY:
+		return ConsistencyAny, nil
+	}
+	return 0, invalid("consistency", c, "must be CONSISTENCY_LEADER or CONSISTENCY_ANY")
+}
+
+// clamp applies a request's bound: 0 means def, more than max means max.
+func clamp(v uint32, def, max int) int {
+	switch {
+	case v == 0:
+		return def
+	case int64(v) > int64(max):
+		return max
+	}
+	return int(v)
+}
+
+func parseID(field, s string) (correlate.EventID, error) {
+	if s == "" {
+		return correlate.EventID{}, missing(field)
+	}
+	id, err := correlate.ParseEventID(s)
+	if err != nil {
+		return id, invalid(field, quoted(s), "must be a 26-character ULID")
+	}
+	return id, nil
+}
+
+func parseProcess(prefix, origin, pid string) (correlate.Process, error) {
+	switch {
+	case origin == "":
+		return correlate.Process{}, missing(prefix + "origin")
+	case pid == "":
+		return correlate.Process{}, missing(prefix + "pid")
+	}
+	return correlate.Process{Origin: origin, PID: pid}, nil
+}
+
+// optionalProcess parses an optional (origin, pid) hint: both or neither.
+func optionalProcess(origin, pid string) (*correlate.Process, error) {
+	if origin == "" && pid == "" {
+		return nil, nil
+	}
+	p, err := parseProcess("", origin, pid)
+	return &p, err
+}
+
+// located is an event with the shard it was read from.
+type located struct {
+	e     correlate.Event
+	shard uint32
+}
+
+// find reads event id from the process's shard when hint is set, else from
+// every shard. NOT_FOUND only when every asked shard answered and none has
+// it; a shard that failed makes the answer unknown (its error), unless the
+// event was found elsewhere.
+func (s *Server) find(ctx context.Context, procedure string, id correlate.EventID, hint *correlate.Process, c Consistency) (located, error) {
+	shards := s.planner.allShards()
+	if hint != nil {
+		shards = []uint32{correlate.ShardOf(hint.Origin, hint.PID, s.planner.shards)}
+	}
+	found, failures := s.lookup(ctx, id, shards, c)
+	if found != nil {
+		return *found, nil
+	}
+	if _, err := s.planner.settle(procedure, failures, false); err != nil {
+		return located{}, err
+	}
+	return located{}, connect.NewError(connect.CodeNotFound, errors.New("event_id "+id.String()+": no shard has this event"))
+}
+
+// lookup asks shards for event id. found is nil when no shard that
+// answered has it; failures lists the shards that did not answer.
+func (s *Server) lookup(ctx context.Context, id correlate.EventID, shards []uint32, c Consistency) (found *located, failures []shardFailure) {
+	var mu sync.Mutex
+	failures = s.planner.each(ctx, shards, c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		e, err := r.Get(ctx, shard, id)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		found = &located{e: e, shard: shard}
+		mu.Unlock()
+		return nil
+	})
+	if found != nil {
+		failures = nil
+	}
+	return found, failures
+}
+
+// peerLinks adds the links of a SEND (DELIVERED_TO) or SPAWN (SPAWNED)
+// that are stored on its peer's shard: the correlator writes them where
+// the receive or child is.
+func (s *Server) peerLinks(ctx context.Context, l *located, c Consistency) error {
+	e := &l.e
+	var want correlate.LinkType
+	switch {
+	case e.Kind == correlate.KindSend && e.PeerPID != "":
+		want = correlate.LinkDeliveredTo
+	case e.Kind == correlate.KindSpawn && e.PeerPID != "":
+		want = correlate.LinkSpawned
+	default:
+		return nil
+	}
+	peer := correlate.ShardOf(e.PeerOrigin, e.PeerPID, s.planner.shards)
+	if peer == l.shard {
+		return nil // Get already read the shard's edges
+	}
+	var links []correlate.Link
+	failures := s.planner.each(ctx, []uint32{peer}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		var err error
+		links, err = r.Edges(ctx, shard, e.ID)
+		return err
+	})
+	if len(failures) > 0 {
+		return failures[0].err
+	}
+	for _, lk := range links {
+		if lk.Type == want && !slices.Contains(e.Links, lk) {
+			e.Links = append(e.Links, lk)
+		}
+	}
+	return nil
+}
+
+func (q queryService) GetEvent(ctx context.Context, req *connect.Request[scopev1.GetEventRequest]) (*connect.Response[scopev1.GetEventResponse], error) {
+	const proc = scopev1connect.QueryServiceGetEventProcedure
+	m := req.Msg
+	id, err := parseID("event_id", m.GetEventId())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	l, err := q.s.find(ctx, proc, id, hint, c)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	if err := q.s.peerLinks(ctx, &l, c); err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	return connect.NewResponse(&scopev1.GetEventResponse{Event: EventToProto(&l.e)}), nil
+}
+
+func (q queryService) Events(ctx context.Context, req *connect.Request[scopev1.EventsRequest]) (*connect.Response[scopev1.EventsResponse], error) {
+	const proc = scopev1connect.QueryServiceEventsProcedure
+	m := req.Msg
+	f, err := parseFilter(filterFields{origin: m.GetOrigin(), pid: m.GetPid(), kinds: m.GetKinds(),
+		module: m.GetModule(), function: m.GetFunction(), arity: m.Arity, fromNs: m.GetFromNs(), toNs: m.GetToNs(),
+		correlationID: m.GetCorrelationId(), rootID: m.GetRootId()})
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	limit := clamp(m.GetLimit(), q.s.cfg.DefaultQueryLimit, q.s.cfg.MaxQueryLimit)
+	sq := f.query(m.GetDescending(), limit)
+	if cur := m.GetCursor(); cur != "" {
+		pos, err := decodeCursor(cur, m)
+		if err != nil {
+			return nil, q.s.fail(proc, err)
+		}
+		sq.After = &pos
+	}
+	page, err := q.s.planner.merge(ctx, proc, mergeQuery{q: sq, shards: f.shards(q.s.planner), consistency: c,
+		allowPartial: m.GetAllowPartial(), keep: f.residual()})
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	resp := &scopev1.EventsResponse{Events: EventsToProto(page.events), Missing: page.missing,
+		MissingShards: missingShardIDs(page.missing)}
+	if page.next != nil {
+		resp.NextCursor = encodeCursor(*page.next, m)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1.CallTreeRequest]) (*connect.Response[scopev1.CallTreeResponse], error) {
+	const proc = scopev1connect.QueryServiceCallTreeProcedure
+	m := req.Msg
+	id, err := parseID("event_id", m.GetEventId())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	maxFrames := clamp(m.GetMaxFrames(), 1000, 100_000)
+	l, err := q.s.find(ctx, proc, id, hint, c)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	root := l.e.RootID
+	if root.IsZero() {
+		return nil, q.s.fail(proc, invalid("event_id", id, "the event ("+l.e.Kind.String()+") belongs to no call tree"))
+	}
+	var tree *store.CallTree
+	failures := q.s.planner.each(ctx, []uint32{l.shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		tree, err = r.CallTree(ctx, shard, root, maxFrames)
+		return err
+	})
+	if len(failures) > 0 {
+		return nil, q.s.fail(proc, failures[0].err)
+	}
+	return connect.NewResponse(&scopev1.CallTreeResponse{Root: frameToProto(tree.Root, true), Truncated: tree.Truncated}), nil
+}
+
+// frameToProto converts a frame, with its children when deep. A tree is
+// bounded by max_frames, so the recursion is too.
+func frameToProto(f *store.Frame, deep bool) *scopev1.CallFrame {
+	out := &scopev1.CallFrame{Call: EventToProto(&f.Call), Outcome: OutcomeToProto(f.Outcome),
+		DurationNs: f.DurationNs, Open: f.Open()}
+	if f.End != nil {
+		out.End = EventToProto(f.End)
+	}
+	if deep && len(f.Children) > 0 {
+		out.Children = make([]*scopev1.CallFrame, len(f.Children))
+		for i, c := range f.Children {
+			out.Children[i] = frameToProto(c, true)
+		}
+	}
+	return out
+}
+
+func (q queryService) CallStackAt(ctx context.Context, req *connect.Request[scopev1.CallStackAtRequest]) (*connect.Response[scopev1.CallStackAtResponse], error) {
+	const proc = scopev1connect.QueryServiceCallStackAtProcedure
+	m := req.Msg
+	p, err := parseProcess("", m.GetOrigin(), m.GetPid())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	if m.GetAtNs() == 0 {
+		return nil, q.s.fail(proc, missing("at_ns"))
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	var frames []store.Frame
+	shard := correlate.ShardOf(p.Origin, p.PID, q.s.planner.shards)
+	failures := q.s.planner.each(ctx, []uint32{shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		frames, err = r.CallStackAt(ctx, shard, p, m.GetAtNs())
+		return err
+	})
+	if len(failures) > 0 {
+		return nil, q.s.fail(proc, failures[0].err)
+	}
+	resp := &scopev1.CallStackAtResponse{Frames: make([]*scopev1.CallFrame, len(frames))}
+	for i := range frames {
+		resp.Frames[i] = frameToProto(&frames[i], false)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (q queryService) StateAt(ctx context.Context, req *connect.Request[scopev1.StateAtRequest]) (*connect.Response[scopev1.StateAtResponse], error) {
+	const proc = scopev1connect.QueryServiceStateAtProcedure
+	m := req.Msg
+	p, err := parseProcess("", m.GetOrigin(), m.GetPid())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	if m.GetAtNs() == 0 {
+		return nil, q.s.fail(proc, missing("at_ns"))
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	var (
+		e  correlate.Event
+		ok bool
+	)
+	shard := correlate.ShardOf(p.Origin, p.PID, q.s.planner.shards)
+	failures := q.s.planner.each(ctx, []uint32{shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		e, ok, err = r.StateAt(ctx, shard, p, m.GetAtNs())
+		return err
+	})
+	if len(failures) > 0 {
+		return nil, q.s.fail(proc, failures[0].err)
+	}
+	resp := &scopev1.StateAtResponse{}
+	if ok {
+		resp.Event = EventToProto(&e)
+	}
+	return connect.NewResponse(resp), nil
+}

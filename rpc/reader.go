@@ -1,0 +1,129 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/store"
+)
+
+// ShardReader answers one shard's part of a query. The planner uses one
+// per shard; this file holds the local one (the node's own replica over
+// its store); the cluster layer adds readers that ask a remote replica.
+//
+// Every method may be called concurrently. Returned events and frames are
+// owned by the caller. A method must return promptly once ctx is done
+// (a local store call is bounded by the store's MaxScan; a remote call by
+// ctx). Errors are classified by errors.Is against the node's and the
+// store's sentinels (see codeOf).
+type ShardReader interface {
+	Get(ctx context.Context, shard uint32, id correlate.EventID) (correlate.Event, error)
+	Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error)
+	// Edges returns the links stored on shard whose source is from (the
+	// source may live on another shard).
+	Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error)
+	CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error)
+	CallStackAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) ([]store.Frame, error)
+	MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error)
+	StateAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) (correlate.Event, bool, error)
+	Stats(ctx context.Context, shard uint32) (store.ShardStats, error)
+}
+
+// Consistency is which replica may answer a shard read.
+type Consistency uint8
+
+const (
+	// ConsistencyLeader: only the shard's leader answers.
+	ConsistencyLeader Consistency = iota
+	// ConsistencyAny: any replica answers.
+	ConsistencyAny
+)
+
+// Resolver picks the reader for a shard. On one node every shard is local;
+// the cluster layer returns remote readers for shards hosted elsewhere.
+type Resolver interface {
+	// Reader returns the reader for shard at consistency c, or an error
+	// classified like a ShardReader's (no replica, no leader, ...).
+	Reader(shard uint32, c Consistency) (ShardReader, error)
+}
+
+// localResolver serves every shard from the node's own replicas.
+type localResolver struct{ n *node.Node }
+
+func (l localResolver) Reader(shard uint32, c Consistency) (ShardReader, error) {
+	r := l.n.Replica(shard)
+	if r == nil {
+		return nil, fmt.Errorf("%w: shard %d", node.ErrNoShard, shard)
+	}
+	if _, _, failed := r.Status(); failed != nil {
+		return nil, fmt.Errorf("%w: shard %d: %w", node.ErrReplicaFailed, shard, failed)
+	}
+	if c == ConsistencyLeader && !r.IsLeader() {
+		addr, id := r.Leader()
+		return nil, &node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+	}
+	return localReader{st: l.n.Store()}, nil
+}
+
+// localReader reads this node's store. Store calls are synchronous and
+// bounded by the store's scan limit, so ctx is only checked before each
+// call: a cancelled query does not start more shard reads.
+type localReader struct{ st *store.Store }
+
+func (l localReader) Get(ctx context.Context, shard uint32, id correlate.EventID) (correlate.Event, error) {
+	if err := ctx.Err(); err != nil {
+		return correlate.Event{}, err
+	}
+	return l.st.Get(shard, id)
+}
+
+func (l localReader) Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Page{}, err
+	}
+	return l.st.Events(shard, q)
+}
+
+func (l localReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return l.st.Edges(shard, from)
+}
+
+func (l localReader) CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return l.st.CallTree(shard, root, maxFrames)
+}
+
+func (l localReader) CallStackAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) ([]store.Frame, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return l.st.CallStackAt(shard, p, atNs)
+}
+
+func (l localReader) MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error) {
+	if err := ctx.Err(); err != nil {
+		return store.Page{}, err
+	}
+	return l.st.MessageFlow(shard, a, b, fromNs, toNs, limit)
+}
+
+func (l localReader) StateAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) (correlate.Event, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return correlate.Event{}, false, err
+	}
+	return l.st.StateAt(shard, p, atNs)
+}
+
+func (l localReader) Stats(ctx context.Context, shard uint32) (store.ShardStats, error) {
+	if err := ctx.Err(); err != nil {
+		return store.ShardStats{}, err
+	}
+	return l.st.Stats(shard)
+}

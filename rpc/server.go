@@ -1,0 +1,195 @@
+// Package rpc serves Scope's public API (scope.v1, Connect/gRPC/gRPC-Web)
+// on one HTTP handler together with gRPC health, server reflection,
+// Prometheus metrics and the /healthz and /readyz probes.
+//
+// Queries reach shards through a Resolver (reader.go): on a single node
+// every shard is local; the cluster layer extends it with remote readers.
+// Internal errors become Connect codes in one place (errors.go).
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/elixirscope/scope/node"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+)
+
+// Server is a node's public API.
+type Server struct {
+	node    *node.Node
+	cfg     Config
+	logger  *slog.Logger
+	planner *planner
+	metrics *metrics
+	started time.Time
+
+	ingested, refused atomic.Uint64 // events, for NodeStats
+	tails             prometheus.Gauge
+
+	done      chan struct{} // closed by Close: ends Tail streams
+	closeOnce sync.Once
+}
+
+// NewServer returns the API server of n. Its metrics are registered on
+// n.Metrics().Registry().
+func NewServer(n *node.Node, cfg Config) (*Server, error) {
+	if n == nil {
+		return nil, fmt.Errorf("%w: node: required", ErrConfig)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m, err := newMetrics(n.Metrics().Registry())
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{node: n, cfg: cfg, logger: cfg.Logger, metrics: m, started: time.Now(),
+		tails: m.tails, done: make(chan struct{})}
+	s.planner = &planner{res: localResolver{n: n}, shards: n.Shards(), cfg: &s.cfg, logger: cfg.Logger}
+	return s, nil
+}
+
+// SetResolver replaces the shard resolver (the cluster layer installs one
+// that reaches remote replicas). Call it before serving.
+func (s *Server) SetResolver(r Resolver) { s.planner.res = r }
+
+// Close ends live Tail streams so that an http.Server's Shutdown can
+// finish. Unary calls in flight complete normally.
+func (s *Server) Close() { s.closeOnce.Do(func() { close(s.done) }) }
+
+// fail maps err to the Connect error the client sees (errors.go).
+func (s *Server) fail(procedure string, err error) error {
+	return toConnect(s.logger, procedure, err)
+}
+
+// Handler returns the one mux serving the three scope.v1 services, gRPC
+// health, reflection (v1 and v1alpha), /metrics, /healthz and /readyz.
+func (s *Server) Handler() http.Handler {
+	opts := []connect.HandlerOption{
+		connect.WithReadMaxBytes(s.cfg.MaxRequestBytes),
+		connect.WithInterceptors(s.metrics.interceptor()),
+	}
+	mux := http.NewServeMux()
+	mux.Handle(scopev1connect.NewIngestServiceHandler(ingestService{s}, opts...))
+	mux.Handle(scopev1connect.NewQueryServiceHandler(queryService{s}, opts...))
+	mux.Handle(scopev1connect.NewClusterServiceHandler(clusterService{s}, opts...))
+	mux.Handle(grpchealth.NewHandler(healthChecker{s}))
+	reflector := grpcreflect.NewStaticReflector(scopev1connect.IngestServiceName,
+		scopev1connect.QueryServiceName, scopev1connect.ClusterServiceName, grpchealth.HealthV1ServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle("/metrics", promhttp.HandlerFor(s.node.Metrics().Registry(), promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelError), MaxRequestsInFlight: 4}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := s.ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	return mux
+}
+
+// HTTPServer returns an http.Server for Handler on addr, speaking HTTP/1.1
+// and unencrypted HTTP/2 (gRPC clients need HTTP/2; no TLS yet). There is
+// no read or write timeout: Tail and IngestStream are long-lived. Headers
+// must arrive promptly and idle connections are closed.
+func (s *Server) HTTPServer(addr string) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Addr:              addr,
+		Handler:           s.Handler(),
+		Protocols:         &p,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// ready reports why the node cannot serve every local shard: a shard
+// without a leader, or a replica that failed.
+func (s *Server) ready() error {
+	reps := s.node.Replicas()
+	if len(reps) == 0 {
+		return errors.New("no shard replicas open")
+	}
+	var errs []error
+	for _, r := range reps {
+		if addr, _ := r.Leader(); addr == "" {
+			errs = append(errs, fmt.Errorf("shard %d: no leader", r.Shard()))
+		}
+		if _, _, failed := r.Status(); failed != nil {
+			errs = append(errs, fmt.Errorf("shard %d: replica failed: %w", r.Shard(), failed))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// serving reports whether every local shard has a leader (gRPC health).
+func (s *Server) serving() bool {
+	reps := s.node.Replicas()
+	for _, r := range reps {
+		if addr, _ := r.Leader(); addr == "" {
+			return false
+		}
+	}
+	return len(reps) > 0
+}
+
+// healthChecker answers grpc.health.v1 for the whole server ("") and for
+// each scope.v1 service.
+type healthChecker struct{ s *Server }
+
+func (h healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
+	switch req.Service {
+	case "", scopev1connect.IngestServiceName, scopev1connect.QueryServiceName, scopev1connect.ClusterServiceName:
+	default:
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %q", req.Service))
+	}
+	if h.s.serving() {
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
+	}
+	return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
+}
+
+// nodeStats describes this node for Stats.
+func (s *Server) nodeStats() *scopev1.NodeStats {
+	ns := &scopev1.NodeStats{Name: s.node.ID(), Version: s.cfg.Version, Ingested: s.ingested.Load(),
+		Refused: s.refused.Load(), StartedNs: s.started.UnixNano()}
+	for _, r := range s.node.Replicas() {
+		ns.Replicas++
+		if r.IsLeader() {
+			ns.Leaders++
+		}
+	}
+	if m := s.node.Store().Metrics(); m != nil {
+		ns.StoreBytes = m.DiskSpaceUsage()
+	}
+	return ns
+}

@@ -1,0 +1,274 @@
+package rpc
+
+import (
+	"context"
+	"sort"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/store"
+)
+
+// unknownShard is a neighbour whose shard cannot be derived from the event
+// that links to it: every shard is asked.
+const unknownShard = -1
+
+// edgeKey identifies a followed link.
+type edgeKey struct {
+	from correlate.EventID
+	typ  correlate.LinkType
+	to   correlate.EventID
+}
+
+// neighbour is an event one link away from a visited one.
+type neighbour struct {
+	id    correlate.EventID
+	shard int64 // unknownShard when not derivable
+	edge  edgeKey
+}
+
+// traceWalk is one Trace: a breadth-first walk over links, bounded by depth
+// and by events, across shards.
+type traceWalk struct {
+	s                   *Server
+	c                   Consistency
+	back, fwd           bool
+	maxDepth, maxEvents int
+	allowPartial        bool
+
+	nodes     map[correlate.EventID]*located
+	edges     map[edgeKey]bool
+	trees     map[correlate.EventID]map[correlate.EventID]*store.Frame // root → frames by CALL id
+	failures  []shardFailure
+	truncated bool
+}
+
+func (q queryService) Trace(ctx context.Context, req *connect.Request[scopev1.TraceRequest]) (*connect.Response[scopev1.TraceResponse], error) {
+	const proc = scopev1connect.QueryServiceTraceProcedure
+	m := req.Msg
+	id, err := parseID("event_id", m.GetEventId())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	c, err := consistencyOf(m.GetConsistency())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	w := &traceWalk{s: q.s, c: c, allowPartial: m.GetAllowPartial(),
+		maxDepth:  clamp(m.GetMaxDepth(), 32, 1024),
+		maxEvents: clamp(m.GetMaxEvents(), 1000, 100_000),
+		nodes:     make(map[correlate.EventID]*located),
+		edges:     make(map[edgeKey]bool),
+		trees:     make(map[correlate.EventID]map[correlate.EventID]*store.Frame)}
+	switch m.GetDirection() {
+	case scopev1.TraceDirection_TRACE_DIRECTION_BACKWARD:
+		w.back = true
+	case scopev1.TraceDirection_TRACE_DIRECTION_FORWARD:
+		w.fwd = true
+	case scopev1.TraceDirection_TRACE_DIRECTION_UNSPECIFIED, scopev1.TraceDirection_TRACE_DIRECTION_BOTH:
+		w.back, w.fwd = true, true
+	default:
+		return nil, q.s.fail(proc, invalid("direction", m.GetDirection(), "must be BACKWARD, FORWARD or BOTH"))
+	}
+	start, err := q.s.find(ctx, proc, id, hint, c)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	if err := w.walk(ctx, &start); err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	missing, err := q.s.planner.settle(proc, w.failures, w.allowPartial)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	resp := &scopev1.TraceResponse{Truncated: w.truncated, Missing: missing}
+	nodes := make([]*located, 0, len(w.nodes))
+	for _, l := range w.nodes {
+		nodes = append(nodes, l)
+	}
+	sort.Slice(nodes, func(i, j int) bool { return posLess(posOf(&nodes[i].e), posOf(&nodes[j].e), false) })
+	resp.Nodes = make([]*scopev1.Event, len(nodes))
+	for i, l := range nodes {
+		resp.Nodes[i] = EventToProto(&l.e)
+	}
+	for k := range w.edges {
+		resp.Edges = append(resp.Edges, &scopev1.Edge{FromEventId: k.from.String(), Type: LinkTypeToProto(k.typ),
+			ToEventId: k.to.String()})
+	}
+	sort.Slice(resp.Edges, func(i, j int) bool {
+		a, b := resp.Edges[i], resp.Edges[j]
+		if a.FromEventId != b.FromEventId {
+			return a.FromEventId < b.FromEventId
+		}
+		if a.Type != b.Type {
+			return a.Type < b.Type
+		}
+		return a.ToEventId < b.ToEventId
+	})
+	return connect.NewResponse(resp), nil
+}
+
+// walk visits events breadth-first from start. Only a failed context ends
+// it with an error; shards that cannot answer are recorded in failures.
+func (w *traceWalk) walk(ctx context.Context, start *located) error {
+	w.nodes[start.e.ID] = start
+	level := []*located{start}
+	for depth := 0; len(level) > 0; depth++ {
+		var next []*located
+		for _, l := range level {
+			ns, err := w.neighbours(ctx, l)
+			if err != nil {
+				return err
+			}
+			for _, n := range ns {
+				if _, seen := w.nodes[n.id]; seen {
+					w.edges[n.edge] = true
+					continue
+				}
+				if depth >= w.maxDepth || len(w.nodes) >= w.maxEvents {
+					w.truncated = true
+					continue
+				}
+				found, err := w.fetch(ctx, n)
+				if err != nil {
+					return err
+				}
+				if found == nil {
+					continue // deleted by retention, or on a shard that did not answer
+				}
+				w.nodes[n.id] = found
+				w.edges[n.edge] = true
+				next = append(next, found)
+			}
+		}
+		level = next
+	}
+	return nil
+}
+
+// fetch reads a neighbour from its shard (or from every shard).
+func (w *traceWalk) fetch(ctx context.Context, n neighbour) (*located, error) {
+	shards := w.s.planner.allShards()
+	if n.shard != unknownShard {
+		shards = []uint32{uint32(n.shard)}
+	}
+	found, failures := w.s.lookup(ctx, n.id, shards, w.c)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	w.failures = append(w.failures, failures...)
+	return found, nil
+}
+
+// neighbours lists the events one link away from l in the walk's
+// directions.
+func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, error) {
+	e := &l.e
+	same := int64(l.shard)
+	peer := int64(unknownShard)
+	if e.PeerOrigin != "" && e.PeerPID != "" {
+		peer = int64(correlate.ShardOf(e.PeerOrigin, e.PeerPID, w.s.planner.shards))
+	}
+	if w.fwd {
+		if err := w.s.peerLinks(ctx, l, w.c); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			w.failures = append(w.failures, shardFailure{shard: uint32(peer), err: err})
+		}
+	}
+	var out []neighbour
+	for _, lk := range e.Links {
+		n := neighbour{id: lk.Target, edge: edgeKey{from: e.ID, typ: lk.Type, to: lk.Target}}
+		switch lk.Type {
+		case correlate.LinkCalledFrom, correlate.LinkCompletes:
+			if !w.back {
+				continue
+			}
+			n.shard = same
+		case correlate.LinkReceivedFrom:
+			if !w.back {
+				continue
+			}
+			n.shard = peer // the sender, when the RECEIVE names it
+		case correlate.LinkSpawnedBy:
+			if !w.back {
+				continue
+			}
+			n.shard = unknownShard
+		case correlate.LinkDeliveredTo, correlate.LinkSpawned:
+			if !w.fwd {
+				continue
+			}
+			n.shard = peer
+		default:
+			continue
+		}
+		out = append(out, n)
+	}
+	if w.fwd && e.Kind == correlate.KindCall {
+		frame, err := w.frame(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		if frame != nil {
+			for _, ch := range frame.Children {
+				out = append(out, neighbour{id: ch.Call.ID, shard: same,
+					edge: edgeKey{from: ch.Call.ID, typ: correlate.LinkCalledFrom, to: e.ID}})
+			}
+			if frame.End != nil {
+				out = append(out, neighbour{id: frame.End.ID, shard: same,
+					edge: edgeKey{from: frame.End.ID, typ: correlate.LinkCompletes, to: e.ID}})
+			}
+		}
+	}
+	return out, nil
+}
+
+// frame returns the CALL's frame in its call tree (read once per tree and
+// kept for the walk). nil when the tree cannot be read: the shard failure
+// is recorded.
+func (w *traceWalk) frame(ctx context.Context, l *located) (*store.Frame, error) {
+	root := l.e.RootID
+	if root.IsZero() {
+		root = l.e.ID
+	}
+	frames, ok := w.trees[root]
+	if !ok {
+		var tree *store.CallTree
+		failures := w.s.planner.each(ctx, []uint32{l.shard}, w.c, func(ctx context.Context, r ShardReader, shard uint32) error {
+			var err error
+			tree, err = r.CallTree(ctx, shard, root, w.maxEvents)
+			return err
+		})
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		frames = make(map[correlate.EventID]*store.Frame)
+		if len(failures) > 0 {
+			if codeOf(failures[0].err) != connect.CodeNotFound {
+				w.failures = append(w.failures, failures...)
+			}
+		} else {
+			if tree.Truncated {
+				w.truncated = true
+			}
+			stack := []*store.Frame{tree.Root}
+			for len(stack) > 0 {
+				f := stack[len(stack)-1]
+				stack = stack[:len(stack)-1]
+				frames[f.Call.ID] = f
+				stack = append(stack, f.Children...)
+			}
+		}
+		w.trees[root] = frames
+	}
+	return frames[l.e.ID], nil
+}
