@@ -134,7 +134,12 @@ func (c *Correlator) Apply(b Batch) Result {
 	c.res.Events = evs[:out]
 
 	c.totals.Add(c.cur) // before stateRecords: the meta record carries the totals
-	c.res.State = c.stateRecords()
+	c.res.State = c.stateRecords() // sorts dirtyOut by seq: outbox order
+	for _, e := range c.dirtyOut {
+		if e.born == c.epoch && !e.dead {
+			c.res.Outbox = append(c.res.Outbox, e.n)
+		}
+	}
 	c.res.Counters = c.cur
 	res := c.res
 	c.res, c.batch, c.linkArena = Result{}, nil, nil

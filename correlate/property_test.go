@@ -444,7 +444,14 @@ func TestDeterminismAndRestore(t *testing.T) {
 			batch.Notices = drawNotices(t)
 			rb := batch
 			batch.Events, rb.Events = slices.Clone(evs), slices.Clone(evs)
+			before := a.Outbox()
 			ra, rr := a.Apply(batch), b.Apply(rb)
+			// Every notice that entered the outbox is announced in Result.Outbox.
+			for _, n := range a.Outbox() {
+				if !slices.Contains(before, n) && !slices.Contains(ra.Outbox, n) {
+					t.Fatalf("batch %d: outbox gained %v without Result.Outbox", i, n)
+				}
+			}
 			if !bytes.Equal(encodeResult(ra), encodeResult(rr)) {
 				t.Fatalf("batch %d: results differ", i)
 			}
