@@ -133,7 +133,7 @@ func (c *Correlator) Apply(b Batch) Result {
 	clear(evs[out:]) // drop references held by skipped duplicates' slots
 	c.res.Events = evs[:out]
 
-	c.totals.Add(c.cur) // before stateRecords: the meta record carries the totals
+	c.totals.Add(c.cur)            // before stateRecords: the meta record carries the totals
 	c.res.State = c.stateRecords() // sorts dirtyOut by seq: outbox order
 	for _, e := range c.dirtyOut {
 		if e.born == c.epoch && !e.dead {
