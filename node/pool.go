@@ -38,6 +38,11 @@ var (
 	ErrPoolConfig = errors.New("node: invalid pool config")
 )
 
+// itemBufs recycles Submit's staging buffers, up to maxPooledItems items.
+var itemBufs = sync.Pool{New: func() any { return new([]poolItem) }}
+
+const maxPooledItems = 4096
+
 // Pool is the writer pool: one lock-free ring per shard, drained by a fixed
 // set of writer goroutines that batch events into proposals. See doc.go.
 type Pool struct {
@@ -142,15 +147,23 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 	if len(events) == 0 {
 		return t, nil
 	}
-	items := make([]poolItem, len(events))
+	// The ring copies the items; the staging buffer is recycled (cleared, so
+	// that it keeps no event alive) instead of allocated per call.
+	bp := itemBufs.Get().(*[]poolItem)
+	items := (*bp)[:0]
 	for i := range events {
-		items[i] = poolItem{ev: events[i], t: t}
+		items = append(items, poolItem{ev: events[i], t: t})
 	}
 	var err error
 	if wait {
 		err = sh.ring.PutAll(ctx, items)
 	} else {
 		err = sh.ring.TryPutAll(items)
+	}
+	clear(items)
+	if cap(items) <= maxPooledItems {
+		*bp = items[:0]
+		itemBufs.Put(bp)
 	}
 	if err == nil {
 		p.m.EventsIn(shard, len(events))
