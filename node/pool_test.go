@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -231,7 +232,11 @@ func TestPoolCommitsEverythingInShardOrder(t *testing.T) {
 // A writer panicking mid-batch (after taking events, before and inside
 // Propose) is restarted and loses and duplicates nothing.
 func TestPoolWriterPanicLosesNothing(t *testing.T) {
-	const shards, producers, perProducer = 6, 2, 400
+	const shards, producers = 6, 2
+	perProducer := 400
+	if os.Getenv("SCOPE_SOAK") != "" {
+		perProducer = 50_000
+	}
 	mem := NewMemProposer(0, true)
 	var calls [shards]atomic.Int64
 	// Panics inside Propose on every 3rd call per shard, before the batch is
