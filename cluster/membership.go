@@ -1,0 +1,570 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Errors of membership and gossip metadata.
+var (
+	ErrMembershipConfig = errors.New("cluster: invalid membership config")
+	ErrMembershipClosed = errors.New("cluster: membership shut down or left")
+	ErrTooManySubs      = errors.New("cluster: too many membership subscribers")
+	ErrMetaInvalid      = errors.New("cluster: invalid node metadata")
+	ErrMetaTooLarge     = errors.New("cluster: node metadata too large for gossip")
+	ErrMetaCorrupt      = errors.New("cluster: corrupt node metadata")
+	ErrMetaVersion      = errors.New("cluster: unknown node metadata format")
+)
+
+// MemberState is a member's liveness as this node last heard it.
+type MemberState uint8
+
+const (
+	// MemberAlive: alive, possibly suspected (memberlist reports no event
+	// for suspicion: a suspect stays Alive here until declared dead).
+	MemberAlive MemberState = iota + 1
+	// MemberDead: failed its probes; it may come back (a partition heals,
+	// the process restarts), so the rejoin loop keeps trying it.
+	MemberDead
+	// MemberLeft: left gracefully; not retried.
+	MemberLeft
+)
+
+func (s MemberState) String() string {
+	switch s {
+	case MemberAlive:
+		return "alive"
+	case MemberDead:
+		return "dead"
+	case MemberLeft:
+		return "left"
+	}
+	return fmt.Sprintf("MemberState(%d)", uint8(s))
+}
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name  string
+	Addr  string // gossip address, ip:port
+	State MemberState
+	// Since is when this node saw State begin (local clock).
+	Since time.Time
+	// Meta is the member's decoded gossip metadata. Its Led slice is shared
+	// between snapshots and must not be modified.
+	Meta Meta
+	// MetaErr is set when the member's metadata could not be decoded (a
+	// newer format, corruption); Meta is then zero.
+	MetaErr error
+}
+
+// MembershipStats counts what membership did and refused.
+type MembershipStats struct {
+	Joins, Leaves, Updates uint64 // memberlist events received
+	MetaDecodeErrors       uint64 // members whose metadata did not decode
+	Rejoins                uint64 // rejoin attempts (a known member was missing)
+	RejoinFailures         uint64 // attempts that reached no target
+	Forgotten              uint64 // dead/left members dropped after ForgetAfter or to make room
+	MembersOverflow        uint64 // new members not listed: MaxMembers live ones already
+	SeedsOverflow          uint64 // Join addresses not kept as seeds: MaxSeeds reached
+	MetaPublishes          uint64 // metadata re-advertisements
+	MetaPublishTimeouts    uint64 // ... whose broadcast was not sent within UpdateTimeout
+	Coalesced              uint64 // change signals merged into one already pending
+}
+
+// Membership wraps a memberlist: node metadata in gossip, a table of
+// members with their state, coalesced change notifications and a loop that
+// rejoins the seeds when a known member goes missing (memberlist does not
+// heal a partition by itself).
+//
+// All methods are safe for concurrent use. Membership is advisory: it says
+// who is alive and what they claim; Raft configurations decide who
+// replicates a shard.
+type Membership struct {
+	cfg  MembershipConfig
+	log  *slog.Logger
+	ml   *memberlist.Memberlist
+	addr string // this node's advertised gossip address
+
+	mu        sync.Mutex
+	meta      Meta
+	metaBytes []byte // meta encoded; what NodeMeta hands memberlist
+	members   map[string]*Member
+	seeds     []string
+	subs      map[uint64]chan struct{}
+	nextSub   uint64
+	stopping  bool // Leave or Shutdown called: loops stopped, no rejoin
+	closed    bool // Shutdown called: subscriber channels closed
+
+	publish  chan struct{} // size 1: metadata changed, re-advertise
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+
+	// life serializes memberlist's Leave and Shutdown: memberlist panics on
+	// a Leave after Shutdown.
+	life         sync.Mutex
+	shutdownOnce sync.Once
+
+	joins, leaves, updates, metaDecodeErrors, rejoins, rejoinFailures, forgotten,
+	membersOverflow, seedsOverflow, metaPublishes, metaPublishTimeouts, coalesced atomic.Uint64
+}
+
+// NewMembership starts gossiping on cfg.BindAddr with meta as this node's
+// metadata (meta.Name is set to cfg.Name). It does not contact anyone:
+// call Join (e.g. with cfg.Seeds) to enter a cluster; the rejoin loop only
+// repairs a membership once something is missing from it.
+func NewMembership(cfg MembershipConfig, meta Meta) (*Membership, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	meta.Name = cfg.Name
+	mb, err := meta.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		return nil, err
+	}
+	mc, err := cfg.memberlistConfig()
+	if err != nil {
+		return nil, err
+	}
+	m := &Membership{
+		cfg: cfg, log: cfg.Logger, meta: meta, metaBytes: mb,
+		members: make(map[string]*Member), seeds: slices.Clone(cfg.Seeds),
+		subs: make(map[uint64]chan struct{}), publish: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+	}
+	d := &membershipDelegate{m: m}
+	mc.Delegate, mc.Events = d, d
+	// Create announces this node alive, which calls NotifyJoin for it
+	// synchronously: the table then holds this node and its address.
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: start gossip on %s: %w", cfg.BindAddr, err)
+	}
+	m.ml = ml
+	m.mu.Lock()
+	if self, ok := m.members[cfg.Name]; ok {
+		m.addr = self.Addr
+	}
+	m.mu.Unlock()
+	if m.addr == "" {
+		_ = ml.Shutdown()
+		return nil, fmt.Errorf("cluster: gossip on %s started without announcing %q", cfg.BindAddr, cfg.Name)
+	}
+	m.wg.Add(2)
+	go m.rejoinLoop()
+	go m.publishLoop()
+	return m, nil
+}
+
+// Name is this node's name.
+func (m *Membership) Name() string { return m.cfg.Name }
+
+// Addr is this node's advertised gossip address (ip:port), with the port
+// actually bound when the configured one was 0.
+func (m *Membership) Addr() string { return m.addr }
+
+// Join contacts the given gossip addresses (host:port) and merges state
+// with them; it returns how many were reached and an error only if none
+// was. Reached addresses are kept as seeds for the rejoin loop. It blocks
+// for up to memberlist's TCPTimeout per unreachable address.
+func (m *Membership) Join(addrs []string) (int, error) {
+	m.mu.Lock()
+	stopping := m.stopping
+	m.mu.Unlock()
+	if stopping {
+		return 0, ErrMembershipClosed
+	}
+	n, err := m.ml.Join(addrs)
+	if n > 0 {
+		m.addSeeds(addrs)
+	}
+	if err != nil {
+		return n, fmt.Errorf("cluster: join %s: %w", strings.Join(addrs, ","), err)
+	}
+	return n, nil
+}
+
+func (m *Membership) addSeeds(addrs []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range addrs {
+		if a == m.addr || slices.Contains(m.seeds, a) {
+			continue
+		}
+		if len(m.seeds) >= m.cfg.MaxSeeds {
+			m.seedsOverflow.Add(1)
+			continue
+		}
+		m.seeds = append(m.seeds, a)
+	}
+}
+
+// Members returns every member this node knows, itself included, sorted by
+// name: alive ones, and dead or departed ones until ForgetAfter. The slice
+// is the caller's.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members))
+	for _, mem := range m.members {
+		out = append(out, *mem)
+	}
+	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// LiveNames returns the names of the alive members, sorted: the input to
+// Placement.
+func (m *Membership) LiveNames() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, mem := range m.members {
+		if mem.State == MemberAlive {
+			out = append(out, mem.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Meta returns this node's current metadata (Led is a copy).
+func (m *Membership) Meta() Meta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	meta := m.meta
+	meta.Led = slices.Clone(meta.Led)
+	return meta
+}
+
+// UpdateMeta applies update to this node's metadata and advertises the
+// result. It does not wait for the network: the new metadata is in the
+// local table at once and reaches peers with the next broadcast (coalesced
+// if updates come faster). update runs under a lock and must not call
+// Membership methods; the name cannot change. If the result is invalid or
+// does not fit the gossip limit, nothing changes and the error says why.
+func (m *Membership) UpdateMeta(update func(*Meta)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopping {
+		return ErrMembershipClosed
+	}
+	meta := m.meta
+	meta.Led = slices.Clone(meta.Led)
+	update(&meta)
+	if meta.Name != m.cfg.Name {
+		return fmt.Errorf("%w: Name %q: a node's name is fixed (%q)", ErrMetaInvalid, meta.Name, m.cfg.Name)
+	}
+	b, err := meta.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		return err
+	}
+	meta.LedPartial = b[1]&metaFlagPartial != 0
+	m.meta, m.metaBytes = meta, b
+	select {
+	case m.publish <- struct{}{}:
+	default:
+		m.coalesced.Add(1)
+	}
+	return nil
+}
+
+// Subscribe returns a channel that receives a value whenever the member
+// table changes (a join, a departure, new metadata), and a cancel function.
+// Signals are coalesced into a buffer of one, so memberlist never waits on
+// a slow subscriber: on each signal, read Members for the current state. A
+// signal is pending from the start, so the first read sees the initial
+// table. The channel is closed by Shutdown and by cancel.
+func (m *Membership) Subscribe() (<-chan struct{}, func(), error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, nil, ErrMembershipClosed
+	}
+	if len(m.subs) >= m.cfg.MaxSubscribers {
+		return nil, nil, fmt.Errorf("%w: %d, MaxSubscribers is %d", ErrTooManySubs, len(m.subs), m.cfg.MaxSubscribers)
+	}
+	id := m.nextSub
+	m.nextSub++
+	ch := make(chan struct{}, 1)
+	ch <- struct{}{}
+	m.subs[id] = ch
+	cancel := func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if c, ok := m.subs[id]; ok {
+			delete(m.subs, id)
+			close(c)
+		}
+	}
+	return ch, cancel, nil
+}
+
+// Leave announces a graceful departure and waits up to timeout for the
+// announcement to go out; peers then list this node as left, not dead.
+// Gossip keeps running (so the announcement spreads) until Shutdown; the
+// rejoin loop and metadata publishing stop.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.life.Lock()
+	defer m.life.Unlock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return ErrMembershipClosed
+	}
+	m.stopping = true
+	if !m.meta.Leaving {
+		m.meta.Leaving = true
+		if b, err := m.meta.Encode(memberlist.MetaMaxSize); err == nil {
+			m.metaBytes = b
+		}
+	}
+	m.mu.Unlock()
+	m.stopLoops()
+	// Announce the intent in metadata first, so peers can tell this
+	// departure from a death; then the departure itself. Each waits at
+	// most timeout for memberlist to hand its broadcast to a peer.
+	if err := m.ml.UpdateNode(timeout); err != nil {
+		m.log.Warn("leaving: metadata broadcast not sent in time; peers may list this node as dead", "err", err)
+	}
+	if err := m.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("cluster: leave: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops gossip without a departure announcement: peers detect
+// this node as dead by probing. Call Leave first to depart gracefully.
+// Subscriber channels are closed. Safe to call more than once.
+func (m *Membership) Shutdown() error {
+	var err error
+	m.shutdownOnce.Do(func() {
+		m.life.Lock()
+		defer m.life.Unlock()
+		m.mu.Lock()
+		m.stopping = true
+		m.mu.Unlock()
+		m.stopLoops()
+		err = m.ml.Shutdown()
+		m.mu.Lock()
+		m.closed = true
+		for id, c := range m.subs {
+			delete(m.subs, id)
+			close(c)
+		}
+		m.mu.Unlock()
+	})
+	return err
+}
+
+// stopLoops stops the rejoin and publish loops and waits for them; each
+// blocks for at most MaxRejoinTargets × TCPTimeout or UpdateTimeout.
+func (m *Membership) stopLoops() {
+	m.stopOnce.Do(func() { close(m.stop) })
+	m.wg.Wait()
+}
+
+// Stats returns the membership counters.
+func (m *Membership) Stats() MembershipStats {
+	return MembershipStats{
+		Joins: m.joins.Load(), Leaves: m.leaves.Load(), Updates: m.updates.Load(),
+		MetaDecodeErrors: m.metaDecodeErrors.Load(), Rejoins: m.rejoins.Load(),
+		RejoinFailures: m.rejoinFailures.Load(), Forgotten: m.forgotten.Load(),
+		MembersOverflow: m.membersOverflow.Load(), SeedsOverflow: m.seedsOverflow.Load(),
+		MetaPublishes: m.metaPublishes.Load(), MetaPublishTimeouts: m.metaPublishTimeouts.Load(),
+		Coalesced: m.coalesced.Load(),
+	}
+}
+
+// publishLoop re-advertises this node whenever its metadata changed.
+// memberlist.UpdateNode reads the metadata through NodeMeta and stamps it
+// with a new incarnation; running it from one goroutine guarantees a newer
+// incarnation always carries newer metadata.
+func (m *Membership) publishLoop() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.publish:
+		}
+		m.metaPublishes.Add(1)
+		if err := m.ml.UpdateNode(m.cfg.UpdateTimeout); err != nil {
+			// The local state is updated; push-pull and later gossip
+			// still spread it. Only the wait for a broadcast timed out.
+			m.metaPublishTimeouts.Add(1)
+			m.log.Debug("metadata broadcast not sent in time", "timeout", m.cfg.UpdateTimeout, "err", err)
+		}
+	}
+}
+
+// rejoinLoop repairs partitions: memberlist never contacts a dead member
+// again on its own, so two halves of a healed partition would stay apart.
+// Every RejoinInterval, if a member this node knew is dead (not left), it
+// joins the seeds and the last known addresses of the dead members.
+func (m *Membership) rejoinLoop() {
+	defer m.wg.Done()
+	t := time.NewTicker(m.cfg.RejoinInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+		}
+		targets := m.rejoinTargets(time.Now())
+		if len(targets) == 0 {
+			continue
+		}
+		m.rejoins.Add(1)
+		n, err := m.ml.Join(targets)
+		if n == 0 {
+			m.rejoinFailures.Add(1)
+			m.log.Debug("rejoin reached no member", "targets", targets, "err", err)
+			continue
+		}
+		m.log.Debug("rejoined", "targets", targets, "reached", n)
+	}
+}
+
+// rejoinTargets forgets members dead or departed for longer than
+// ForgetAfter and returns whom to contact: nobody if every known member is
+// alive (or left); otherwise the seeds, then the dead members' addresses,
+// most recently seen first, at most MaxRejoinTargets, never this node.
+func (m *Membership) rejoinTargets(now time.Time) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var dead []*Member
+	alive := 0
+	for name, mem := range m.members {
+		switch {
+		case mem.State == MemberAlive:
+			alive++
+		case now.Sub(mem.Since) > m.cfg.ForgetAfter:
+			delete(m.members, name)
+			m.forgotten.Add(1)
+		case mem.State == MemberDead:
+			dead = append(dead, mem)
+		}
+	}
+	missing := len(dead) > 0 || (alive <= 1 && len(m.seeds) > 0)
+	if !missing {
+		return nil
+	}
+	slices.SortFunc(dead, func(a, b *Member) int { return b.Since.Compare(a.Since) })
+	var targets []string
+	add := func(a string) {
+		if a != "" && a != m.addr && len(targets) < m.cfg.MaxRejoinTargets && !slices.Contains(targets, a) {
+			targets = append(targets, a)
+		}
+	}
+	for _, s := range m.seeds {
+		add(s)
+	}
+	for _, d := range dead {
+		add(d.Addr)
+	}
+	return targets
+}
+
+// observe records a memberlist event. It runs on memberlist's goroutines,
+// under memberlist's node lock: it must not call into memberlist, and it
+// never blocks (subscribers get a coalesced signal).
+//
+// memberlist's events do not say whether a node died or left (the Node they
+// carry has a stale State field), so a departure counts as graceful when
+// the node's last metadata announced it (Meta.Leaving, set by Leave).
+func (m *Membership) observe(n *memberlist.Node, gone bool, counter *atomic.Uint64) {
+	counter.Add(1)
+	meta, err := DecodeMeta(n.Meta)
+	if err != nil {
+		m.metaDecodeErrors.Add(1)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	mem, ok := m.members[n.Name]
+	if !ok {
+		if len(m.members) >= m.cfg.MaxMembers && !m.evictOldestGoneLocked() {
+			m.membersOverflow.Add(1)
+			return
+		}
+		mem = &Member{Name: n.Name}
+		m.members[n.Name] = mem
+	}
+	state := MemberAlive
+	if gone {
+		state = MemberDead
+		if meta.Leaving || mem.Meta.Leaving {
+			state = MemberLeft
+		}
+	}
+	if mem.State != state {
+		mem.Since = time.Now()
+	}
+	mem.State, mem.Addr = state, n.Address()
+	if err == nil || !gone {
+		mem.Meta, mem.MetaErr = meta, err
+	}
+	for _, c := range m.subs {
+		select {
+		case c <- struct{}{}:
+		default:
+			m.coalesced.Add(1)
+		}
+	}
+}
+
+// evictOldestGoneLocked forgets the dead or departed member gone longest,
+// reporting whether there was one.
+func (m *Membership) evictOldestGoneLocked() bool {
+	var oldest *Member
+	for _, mem := range m.members {
+		if mem.State != MemberAlive && (oldest == nil || mem.Since.Before(oldest.Since)) {
+			oldest = mem
+		}
+	}
+	if oldest == nil {
+		return false
+	}
+	delete(m.members, oldest.Name)
+	m.forgotten.Add(1)
+	return true
+}
+
+// membershipDelegate implements memberlist's Delegate and EventDelegate.
+// Kept apart from Membership so its exported method set stays ours.
+type membershipDelegate struct{ m *Membership }
+
+// NodeMeta returns the encoded metadata, already checked against the limit.
+func (d *membershipDelegate) NodeMeta(limit int) []byte {
+	d.m.mu.Lock()
+	defer d.m.mu.Unlock()
+	if len(d.m.metaBytes) > limit {
+		// Encode enforced memberlist.MetaMaxSize; a smaller limit would
+		// make memberlist panic, so fail loudly here instead.
+		panic(fmt.Sprintf("cluster: metadata is %d bytes, memberlist allows %d", len(d.m.metaBytes), limit))
+	}
+	return d.m.metaBytes
+}
+
+func (d *membershipDelegate) NotifyMsg([]byte)                {}
+func (d *membershipDelegate) GetBroadcasts(_, _ int) [][]byte { return nil }
+func (d *membershipDelegate) LocalState(bool) []byte          { return nil }
+func (d *membershipDelegate) MergeRemoteState([]byte, bool)   {}
+func (d *membershipDelegate) NotifyJoin(n *memberlist.Node)   { d.m.observe(n, false, &d.m.joins) }
+func (d *membershipDelegate) NotifyLeave(n *memberlist.Node)  { d.m.observe(n, true, &d.m.leaves) }
+func (d *membershipDelegate) NotifyUpdate(n *memberlist.Node) { d.m.observe(n, false, &d.m.updates) }

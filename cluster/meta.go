@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"slices"
+)
+
+// Meta is what a node tells the cluster about itself through gossip. It is
+// advisory: routing uses Led as a first guess (a wrong guess is answered
+// with a leader hint), and Raft configurations, not Meta, decide who
+// replicates a shard.
+type Meta struct {
+	Name     string // node name; equals the memberlist node name
+	HTTPAddr string // public Connect/HTTP address
+	RaftAddr string // internal TCP mux address (raft and internal RPC)
+	Version  string // software version
+	Shards   uint32 // the cluster's shard count S, as this node knows it
+	// Led lists the shards this node currently leads, ascending, each
+	// below Shards. Decoded values are ascending and unique.
+	Led []uint32
+	// LedPartial says Led was cut to fit the gossip size limit: a shard
+	// missing from Led may still be led by this node. Set by the decoder.
+	LedPartial bool
+	Ready      bool // the node serves ingest and queries
+	// Leaving says the node is departing gracefully: set by
+	// Membership.Leave just before it announces the departure, so peers
+	// list it as left rather than dead (memberlist's events do not carry
+	// the difference).
+	Leaving bool
+}
+
+// Gossip metadata wire format, version 1 (all integers unsigned varints
+// unless stated):
+//
+//	byte    format version (1)
+//	byte    flags: bit 0 Ready, bit 3 Led partial, bit 4 Leaving, bits 1-2
+//	        the Led form (0 list, 1 bitmap, 2 ranges); readers ignore
+//	        unknown bits, so a flag can be added without a new version
+//	4× len + bytes: Name, HTTPAddr, RaftAddr, Version
+//	Shards
+//	Led, in the smallest of three forms:
+//	  list:   count, then each shard as the gap from the previous one
+//	          (the first as its value): small for sparse sets
+//	  bitmap: byte count n, then n bytes, bit i%8 of byte i/8 = shard i:
+//	          ceil(S/8) bytes whatever the set
+//	  ranges: count, then per run of consecutive shards (gap from the end
+//	          of the previous run, length-1): tiny for "all shards" (-dev)
+//
+// If no form fits the limit (memberlist allows 512 bytes, and a balanced
+// node of a 4096-shard cluster leads ~1/N of 4096 scattered shards: the
+// bitmap alone is 512 bytes), the bitmap is truncated to the room left and
+// the partial flag set: routing then falls back to leader hints for the
+// shards it does not cover. The encoding is deterministic.
+// MaxMetaShards bounds the shard count Meta carries, and so the size of a
+// decoded Led, whatever a peer sends.
+const MaxMetaShards = 1 << 20
+
+const (
+	metaFormatV1 = 1
+
+	metaFlagReady   = 1 << 0
+	metaFormShift   = 1
+	metaFormMask    = 3 << metaFormShift
+	metaFlagPartial = 1 << 3
+	metaFlagLeaving = 1 << 4
+
+	ledList   = 0
+	ledBitmap = 1
+	ledRanges = 2
+)
+
+// Encode returns m's gossip encoding, at most limit bytes. It fails if the
+// fixed part (names, addresses, version) alone exceeds limit, or if Led is
+// not a set of distinct shards below Shards.
+func (m Meta) Encode(limit int) ([]byte, error) {
+	if m.Shards > MaxMetaShards {
+		return nil, fmt.Errorf("%w: Shards %d: at most %d", ErrMetaInvalid, m.Shards, MaxMetaShards)
+	}
+	led := slices.Clone(m.Led)
+	slices.Sort(led)
+	for i, s := range led {
+		if s >= m.Shards {
+			return nil, fmt.Errorf("%w: Led shard %d: must be below Shards (%d)", ErrMetaInvalid, s, m.Shards)
+		}
+		if i > 0 && led[i-1] == s {
+			return nil, fmt.Errorf("%w: Led shard %d listed twice", ErrMetaInvalid, s)
+		}
+	}
+	var flags byte
+	if m.Ready {
+		flags |= metaFlagReady
+	}
+	if m.Leaving {
+		flags |= metaFlagLeaving
+	}
+	buf := []byte{metaFormatV1, 0}
+	for _, s := range []string{m.Name, m.HTTPAddr, m.RaftAddr, m.Version} {
+		buf = binary.AppendUvarint(buf, uint64(len(s)))
+		buf = append(buf, s...)
+	}
+	buf = binary.AppendUvarint(buf, uint64(m.Shards))
+	// The +1 keeps room for the shortest Led (an empty list or bitmap).
+	if len(buf)+1 > limit {
+		return nil, fmt.Errorf("%w: name, addresses and version take %d bytes: the limit is %d",
+			ErrMetaTooLarge, len(buf)+1, limit)
+	}
+
+	form, body := ledList, encodeLedList(led)
+	if b := encodeLedBitmap(led, m.Shards); len(b) < len(body) {
+		form, body = ledBitmap, b
+	}
+	if r := encodeLedRanges(led); len(r) < len(body) {
+		form, body = ledRanges, r
+	}
+	if room := limit - len(buf); len(body) > room {
+		form, body = ledBitmap, truncatedBitmap(led, room)
+		flags |= metaFlagPartial
+	}
+	buf[1] = flags | byte(form)<<metaFormShift
+	return append(buf, body...), nil
+}
+
+func encodeLedList(led []uint32) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(led)))
+	prev := uint32(0)
+	for i, s := range led {
+		gap := s
+		if i > 0 {
+			gap = s - prev
+		}
+		b = binary.AppendUvarint(b, uint64(gap))
+		prev = s
+	}
+	return b
+}
+
+func bitmapOf(led []uint32, nbytes int) []byte {
+	bm := make([]byte, nbytes)
+	for _, s := range led {
+		if int(s/8) < nbytes {
+			bm[s/8] |= 1 << (s % 8)
+		}
+	}
+	return bm
+}
+
+func encodeLedBitmap(led []uint32, shards uint32) []byte {
+	n := int((uint64(shards) + 7) / 8)
+	return append(binary.AppendUvarint(nil, uint64(n)), bitmapOf(led, n)...)
+}
+
+// truncatedBitmap is the longest bitmap prefix that fits in room bytes
+// together with its length prefix; shards beyond it are simply not listed.
+func truncatedBitmap(led []uint32, room int) []byte {
+	n := max(room-binary.PutUvarint(make([]byte, binary.MaxVarintLen64), uint64(max(room, 0))), 0)
+	return append(binary.AppendUvarint(nil, uint64(n)), bitmapOf(led, n)...)
+}
+
+func encodeLedRanges(led []uint32) []byte {
+	type run struct{ start, n uint32 }
+	var runs []run
+	for _, s := range led {
+		if k := len(runs); k > 0 && runs[k-1].start+runs[k-1].n == s {
+			runs[k-1].n++
+			continue
+		}
+		runs = append(runs, run{s, 1})
+	}
+	b := binary.AppendUvarint(nil, uint64(len(runs)))
+	end := uint32(0)
+	for _, r := range runs {
+		b = binary.AppendUvarint(b, uint64(r.start-end))
+		b = binary.AppendUvarint(b, uint64(r.n-1))
+		end = r.start + r.n
+	}
+	return b
+}
+
+// DecodeMeta parses a gossip encoding produced by Encode. It rejects
+// unknown format versions, truncated or trailing bytes and shards out of
+// range, so a corrupt or foreign payload is reported, never half-trusted.
+func DecodeMeta(b []byte) (Meta, error) {
+	d := metaDecoder{b: b}
+	var m Meta
+	if len(b) < 2 {
+		return m, fmt.Errorf("%w: %d bytes, want at least 2", ErrMetaCorrupt, len(b))
+	}
+	if b[0] != metaFormatV1 {
+		return m, fmt.Errorf("%w: format version %d, this node reads %d", ErrMetaVersion, b[0], metaFormatV1)
+	}
+	flags := b[1]
+	d.b = b[2:]
+	m.Ready = flags&metaFlagReady != 0
+	m.LedPartial = flags&metaFlagPartial != 0
+	m.Leaving = flags&metaFlagLeaving != 0
+	m.Name, m.HTTPAddr, m.RaftAddr, m.Version = d.str(), d.str(), d.str(), d.str()
+	m.Shards = d.u32()
+	if m.Shards > MaxMetaShards {
+		// Bounds what the ranges form can expand to.
+		d.fail(fmt.Sprintf("Shards %d beyond %d", m.Shards, MaxMetaShards))
+	}
+	switch form := (flags & metaFormMask) >> metaFormShift; form {
+	case ledList:
+		n := d.count()
+		prev := uint32(0)
+		for i := 0; i < n && d.err == nil; i++ {
+			gap := d.u32()
+			if i > 0 && gap == 0 {
+				d.fail("Led list not strictly ascending")
+			}
+			s := prev + gap
+			if s < prev {
+				d.fail("Led list overflows")
+			}
+			m.Led = append(m.Led, s)
+			prev = s
+		}
+	case ledBitmap:
+		n := d.count()
+		bm := d.take(n)
+		for i, by := range bm {
+			for by != 0 {
+				bit := bits.TrailingZeros8(by)
+				m.Led = append(m.Led, uint32(i*8+bit))
+				by &^= 1 << bit
+			}
+		}
+	case ledRanges:
+		n := d.count()
+		end := uint32(0)
+		for i := 0; i < n && d.err == nil; i++ {
+			start := end + d.u32()
+			length := d.u32() + 1
+			if start < end || start+length < start || (i > 0 && start == end) {
+				d.fail("Led ranges overlap, touch or overflow")
+			}
+			for s := start; s < start+length && d.err == nil; s++ {
+				if s >= m.Shards {
+					d.fail("Led range beyond Shards")
+				}
+				m.Led = append(m.Led, s)
+			}
+			end = start + length
+		}
+	default:
+		d.fail(fmt.Sprintf("unknown Led form %d", form))
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
+	}
+	if d.err == nil && len(m.Led) > 0 && m.Led[len(m.Led)-1] >= m.Shards {
+		d.fail(fmt.Sprintf("Led shard %d beyond Shards %d", m.Led[len(m.Led)-1], m.Shards))
+	}
+	if d.err != nil {
+		return Meta{}, d.err
+	}
+	return m, nil
+}
+
+// metaDecoder reads varints and strings, remembering the first error so
+// the parsing code reads straight through.
+type metaDecoder struct {
+	b   []byte
+	err error
+}
+
+func (d *metaDecoder) fail(why string) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrMetaCorrupt, why)
+	}
+}
+
+func (d *metaDecoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *metaDecoder) u32() uint32 {
+	v := d.uvarint()
+	if v > 1<<32-1 {
+		d.fail("value beyond 32 bits")
+		return 0
+	}
+	return uint32(v)
+}
+
+// count reads a length that must not exceed the bytes left (every counted
+// element takes at least one byte), which bounds any allocation by the
+// input size.
+func (d *metaDecoder) count() int {
+	v := d.uvarint()
+	if v > uint64(len(d.b)) {
+		d.fail(fmt.Sprintf("count %d beyond the %d bytes left", v, len(d.b)))
+		return 0
+	}
+	return int(v)
+}
+
+func (d *metaDecoder) take(n int) []byte {
+	if d.err != nil || n > len(d.b) {
+		d.fail("truncated")
+		return nil
+	}
+	out := d.b[:n]
+	d.b = d.b[n:]
+	return out
+}
+
+func (d *metaDecoder) str() string { return string(d.take(d.count())) }

@@ -1,0 +1,243 @@
+package cluster
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/memberlist"
+	"pgregory.net/rapid"
+)
+
+func span(from, to uint32) []uint32 {
+	var out []uint32
+	for s := from; s < to; s++ {
+		out = append(out, s)
+	}
+	return out
+}
+
+// everyThird is a balanced node's share of a 3-node cluster, scattered:
+// the worst case for every Led form.
+func everyThird(shards uint32) []uint32 {
+	var out []uint32
+	for s := uint32(0); s < shards; s += 3 {
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestMetaRoundTrip(t *testing.T) {
+	base := Meta{Name: "node-1", HTTPAddr: "10.0.0.1:7070", RaftAddr: "10.0.0.1:7071", Version: "v0.1.0"}
+	with := func(shards uint32, led []uint32, ready bool) Meta {
+		m := base
+		m.Shards, m.Led, m.Ready = shards, led, ready
+		return m
+	}
+	tests := []struct {
+		name     string
+		meta     Meta
+		wantForm int
+		partial  bool
+	}{
+		{"empty", Meta{}, ledList, false},
+		{"no-led", with(16, nil, true), ledList, false},
+		{"leaving", Meta{Name: "x", Shards: 1, Leaving: true}, ledList, false},
+		{"sparse", with(256, []uint32{3, 70, 200}, false), ledList, false},
+		{"all-16", with(16, span(0, 16), true), ledBitmap, false}, // ties go to the bitmap
+		{"all-4096", with(4096, span(0, 4096), true), ledRanges, false},
+		{"third-of-256", with(256, everyThird(256), true), ledBitmap, false},
+		{"third-of-4096", with(4096, everyThird(4096), true), ledBitmap, true},
+		{"all-but-one-of-4096", with(4096, append(span(0, 2000), span(2001, 4096)...), true), ledRanges, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := tt.meta.Encode(memberlist.MetaMaxSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) > memberlist.MetaMaxSize {
+				t.Fatalf("encoded %d bytes, over memberlist's %d", len(b), memberlist.MetaMaxSize)
+			}
+			if form := int(b[1]&metaFormMask) >> metaFormShift; form != tt.wantForm {
+				t.Fatalf("Led form %d, want %d (%d bytes)", form, tt.wantForm, len(b))
+			}
+			got, err := DecodeMeta(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.LedPartial != tt.partial {
+				t.Fatalf("LedPartial = %v, want %v", got.LedPartial, tt.partial)
+			}
+			checkDecoded(t, tt.meta, got)
+		})
+	}
+}
+
+// checkDecoded checks that got is want, except that a partial Led must be
+// a non-empty prefix of want's (the bitmap is cut at a shard boundary).
+func checkDecoded(t interface{ Fatalf(string, ...any) }, want, got Meta) {
+	wantLed := slices.Sorted(slices.Values(want.Led))
+	if got.LedPartial {
+		if len(got.Led) == 0 || len(got.Led) >= len(wantLed) || !slices.Equal(got.Led, wantLed[:len(got.Led)]) {
+			t.Fatalf("partial Led %v is not a proper non-empty prefix of %v", got.Led, wantLed)
+		}
+	} else if !slices.Equal(got.Led, wantLed) {
+		t.Fatalf("Led = %v, want %v", got.Led, wantLed)
+	}
+	got.Led, want.Led, got.LedPartial = nil, nil, false
+	if !metaEqualIgnoringLed(got, want) {
+		t.Fatalf("decoded %+v, want %+v", got, want)
+	}
+}
+
+func metaEqualIgnoringLed(a, b Meta) bool {
+	return a.Name == b.Name && a.HTTPAddr == b.HTTPAddr && a.RaftAddr == b.RaftAddr &&
+		a.Version == b.Version && a.Shards == b.Shards && a.Ready == b.Ready && a.Leaving == b.Leaving
+}
+
+// TestMetaWireFormatPinned pins the encoding: nodes of different versions
+// read each other's metadata, so a change must be a new format version.
+func TestMetaWireFormatPinned(t *testing.T) {
+	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true}
+	b, err := m.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "0101" + "026e31" + "03683a31" + "03723a32" + "027631" + "10" + "020207"
+	if got := hex.EncodeToString(b); got != want {
+		t.Fatalf("encoding %s, want %s", got, want)
+	}
+}
+
+func TestMetaEncodeErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		meta Meta
+		want error
+	}{
+		{"led-beyond-shards", Meta{Shards: 4, Led: []uint32{4}}, ErrMetaInvalid},
+		{"led-duplicate", Meta{Shards: 4, Led: []uint32{1, 1}}, ErrMetaInvalid},
+		{"shards-too-many", Meta{Shards: MaxMetaShards + 1}, ErrMetaInvalid},
+		{"fixed-part-too-large", Meta{Name: strings.Repeat("x", 400), HTTPAddr: strings.Repeat("y", 200)}, ErrMetaTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := tt.meta.Encode(memberlist.MetaMaxSize); !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDecodeMetaRejectsCorruption(t *testing.T) {
+	good, err := Meta{Name: "n", Shards: 8, Led: []uint32{1, 5}}.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"empty", nil, ErrMetaCorrupt},
+		{"future-version", append([]byte{2}, good[1:]...), ErrMetaVersion},
+		{"truncated", good[:len(good)-1], ErrMetaCorrupt},
+		{"trailing", append(slices.Clone(good), 0), ErrMetaCorrupt},
+		{"unknown-form", append([]byte{1, 3 << metaFormShift}, good[2:]...), ErrMetaCorrupt},
+		// list form, 8 shards, Led {1, 1}: not ascending.
+		{"list-repeat", []byte{1, 0, 0, 0, 0, 0, 8, 2, 1, 0}, ErrMetaCorrupt},
+		// list form, 8 shards, Led {9}: beyond Shards.
+		{"list-beyond", []byte{1, 0, 0, 0, 0, 0, 8, 1, 9}, ErrMetaCorrupt},
+		// ranges form, 8 shards, one run 0..9: beyond Shards.
+		{"range-beyond", []byte{1, ledRanges << metaFormShift, 0, 0, 0, 0, 8, 1, 0, 9}, ErrMetaCorrupt},
+		// a count larger than the input cannot make the decoder allocate.
+		{"huge-count", []byte{1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f}, ErrMetaCorrupt},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if m, err := DecodeMeta(tt.b); !errors.Is(err, tt.want) {
+				t.Fatalf("DecodeMeta = %+v, %v; want %v", m, err, tt.want)
+			}
+		})
+	}
+}
+
+// TestMetaRoundTripProperty: any valid metadata encodes within the gossip
+// limit (Led cut only when no form fits) and decodes back.
+func TestMetaRoundTripProperty(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		shards := rapid.Uint32Range(1, 4096).Draw(t, "shards")
+		density := rapid.IntRange(0, 100).Draw(t, "density%")
+		var led []uint32
+		for s := range shards {
+			if rapid.IntRange(0, 99).Draw(t, "pick") < density {
+				led = append(led, s)
+			}
+		}
+		m := Meta{
+			Name:     genName.Draw(t, "name"),
+			HTTPAddr: rapid.StringMatching(`[0-9.]{7,15}:[0-9]{1,5}`).Draw(t, "http"),
+			RaftAddr: rapid.StringMatching(`[0-9.]{7,15}:[0-9]{1,5}`).Draw(t, "raft"),
+			Version:  rapid.StringMatching(`v[0-9]\.[0-9]{1,2}\.[0-9]`).Draw(t, "version"),
+			Shards:   shards, Led: rapid.Permutation(led).Draw(t, "order"), Ready: rapid.Bool().Draw(t, "ready"),
+			Leaving: rapid.Bool().Draw(t, "leaving"),
+		}
+		b, err := m.Encode(memberlist.MetaMaxSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > memberlist.MetaMaxSize {
+			t.Fatalf("%d bytes", len(b))
+		}
+		got, err := DecodeMeta(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDecoded(t, m, got)
+	})
+}
+
+func FuzzDecodeMeta(f *testing.F) {
+	for _, m := range []Meta{{}, {Name: "a", Shards: 4096, Led: span(0, 4096)}, {Shards: 300, Led: everyThird(300)}} {
+		b, err := m.Encode(memberlist.MetaMaxSize)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMeta(b)
+		if err != nil {
+			return
+		}
+		// Whatever decodes is valid metadata: it re-encodes, and that
+		// encoding decodes to the same value.
+		b2, err := m.Encode(1 << 20)
+		if err != nil {
+			t.Fatalf("decoded %+v does not re-encode: %v", m, err)
+		}
+		m2, err := DecodeMeta(b2)
+		if err != nil || !slices.Equal(m.Led, m2.Led) || !metaEqualIgnoringLed(m, m2) {
+			t.Fatalf("re-decoded %+v, %v; want %+v", m2, err, m)
+		}
+	})
+}
+
+func BenchmarkMetaEncode(b *testing.B) {
+	for _, shards := range []uint32{16, 256, 4096} {
+		m := Meta{Name: "node-1", HTTPAddr: "10.0.0.1:7070", RaftAddr: "10.0.0.1:7071", Version: "v0.1.0",
+			Shards: shards, Led: everyThird(shards), Ready: true}
+		b.Run(fmt.Sprintf("shards=%d", shards), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := m.Encode(memberlist.MetaMaxSize); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
