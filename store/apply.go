@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/elixirscope/scope/correlate"
@@ -40,8 +41,8 @@ func (s *Store) Apply(shard uint32, res *correlate.Result) error {
 	if res.Index <= applied {
 		return nil
 	}
-	a := &applier{s: s, shard: shard, b: s.db.NewBatch(), dir: map[uint64]dirEntry{}}
-	defer a.b.Close()
+	a := newApplier(s, shard)
+	defer a.release()
 	if err := a.run(res); err != nil {
 		return err
 	}
@@ -95,6 +96,8 @@ type applier struct {
 
 	events []pendingEvent
 	byID   map[correlate.EventID]int // index in events
+	cands  []candidate
+	probes []probeKey
 
 	// dir holds the directory entries of the buckets this batch touches,
 	// committed state plus this batch's events.
@@ -105,6 +108,43 @@ type applier struct {
 	cut    []byte // retention cut (tail): events with tail < cut are deleted; nil: none
 	cutB   uint64 // bucket of cut
 	hasCut bool
+}
+
+// appliers recycles the scratch space of Apply (encoded events, pending
+// events, maps, probe keys): without it every Apply regrows them from
+// nothing, which was ~4x the bytes the raw-Pebble baseline allocates.
+// pebble recycles its batches itself.
+var appliers = sync.Pool{New: func() any {
+	return &applier{byID: map[correlate.EventID]int{}, dir: map[uint64]dirEntry{}}
+}}
+
+// maxPooledArena bounds the scratch an applier keeps between Applies, so
+// that one huge batch does not pin its memory in the pool.
+const maxPooledArena = 4 << 20
+
+func newApplier(s *Store, shard uint32) *applier {
+	a := appliers.Get().(*applier)
+	a.s, a.shard, a.b = s, shard, s.db.NewBatch()
+	return a
+}
+
+// release closes the batch and returns the scratch space to the pool,
+// dropping every reference into the applied Result.
+func (a *applier) release() {
+	_ = a.b.Close()
+	if cap(a.arena) > maxPooledArena {
+		return
+	}
+	clear(a.events)
+	clear(a.cands)
+	clear(a.byID)
+	clear(a.dir)
+	*a = applier{
+		buf: a.buf[:0], arena: a.arena[:0],
+		events: a.events[:0], cands: a.cands[:0], probes: a.probes[:0],
+		byID: a.byID, dir: a.dir,
+	}
+	appliers.Put(a)
 }
 
 func (a *applier) run(res *correlate.Result) error {
@@ -168,8 +208,15 @@ func (a *applier) run(res *correlate.Result) error {
 // collect encodes the Result's events, skipping any whose id is already
 // stored (or repeated in the batch) so that the bucket statistics stay
 // exact, and accounts them in the touched directory entries.
+//
+// The correlator upstream drops duplicates within its dedup window, but a
+// client retry older than that window still reaches Apply, so Apply checks
+// every event against the store. The check is cheap by construction: an
+// event in a bucket with no committed event is new without a read, and the
+// others are looked up together, in key order, through one iterator (see
+// stored).
 func (a *applier) collect(events []correlate.Event) error {
-	a.byID = make(map[correlate.EventID]int, len(events))
+	cands := slices.Grow(a.cands[:0], len(events))
 	for i := range events {
 		e := &events[i]
 		if e.ID == (correlate.EventID{}) {
@@ -182,41 +229,99 @@ func (a *applier) collect(events []correlate.Event) error {
 			a.s.counters.duplicates.Add(1)
 			continue
 		}
-		bucket := bucketOf(e.TimestampNs, a.s.shift)
-		a.buf = idKey(a.buf[:0], a.shard, bucket, e.ID)
-		found, err := has(a.s.db, a.buf)
+		a.byID[e.ID] = -1 // seen; set to its index in a.events once kept
+		c := candidate{e: e, bucket: bucketOf(e.TimestampNs, a.s.shift)}
+		d, err := a.dirEntry(c.bucket)
 		if err != nil {
 			return err
 		}
-		if found {
+		a.dir[c.bucket] = d // committed entry: only this batch's events are added below
+		c.probe = d.count > 0
+		cands = append(cands, c)
+	}
+	a.cands = cands
+	if err := a.stored(cands); err != nil {
+		return err
+	}
+	a.events = slices.Grow(a.events, len(cands))
+	for i := range cands {
+		c := &cands[i]
+		if c.found {
+			delete(a.byID, c.e.ID) // stored before: locate finds it in the store
 			a.s.counters.duplicates.Add(1)
 			continue
 		}
-		p := pendingEvent{e: e, bucket: bucket, start: len(a.arena)}
+		e := c.e
+		p := pendingEvent{e: e, bucket: c.bucket, start: len(a.arena)}
 		appendTail(p.tail[:0], e.TimestampNs, e.ID)
 		a.arena = encodeEvent(a.arena, e, a.shard)
 		p.end = len(a.arena)
-		d, err := a.dirEntry(bucket)
-		if err != nil {
-			return err
-		}
+		d := a.dir[c.bucket]
 		d.add(e.TimestampNs, p.end-p.start)
-		a.dir[bucket] = d
+		a.dir[c.bucket] = d
 		a.byID[e.ID] = len(a.events)
 		a.events = append(a.events, p)
 	}
 	return nil
 }
 
-func has(r pebble.Reader, k []byte) (bool, error) {
-	_, closer, err := r.Get(k)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return false, nil
+// candidate is an event of the Result not repeated earlier in the batch.
+type candidate struct {
+	e      *correlate.Event
+	bucket uint64
+	probe  bool // its bucket holds committed events: it may be stored already
+	found  bool // its id is stored in its bucket
+}
+
+// probeKey is the id entry key of candidate i.
+type probeKey struct {
+	k [headLen + idLen]byte
+	i int
+}
+
+// stored sets found on every candidate to probe whose id entry (section 11)
+// exists. The keys are sorted and looked up with SeekGE through one
+// iterator: opening the levels is paid once per Apply instead of once per
+// event (a db.Get per event was ~2/3 of Apply's time), and the keys of one
+// batch are neighbours (ids are time-ordered and share a few buckets), so
+// consecutive seeks land in the same, already loaded, index and data
+// blocks and pebble turns them into short forward steps. SeekPrefixGE
+// with the bloom filters was measured slower: each new sstable's whole
+// filter block must be loaded before it saves anything, and flushes and
+// compactions keep making new sstables (docs/bench/store.md).
+func (a *applier) stored(cands []candidate) error {
+	keys := a.probes[:0]
+	for i := range cands {
+		if cands[i].probe {
+			var pk probeKey
+			idKey(pk.k[:0], a.shard, cands[i].bucket, cands[i].e.ID)
+			pk.i = i
+			keys = append(keys, pk)
+		}
 	}
+	a.probes = keys
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.SortFunc(keys, func(x, y probeKey) int { return bytes.Compare(x.k[:], y.k[:]) })
+	it, err := a.s.db.NewIter(&pebble.IterOptions{
+		LowerBound: keys[0].k[:],
+		UpperBound: prefixEnd(keys[len(keys)-1].k[:]),
+	})
 	if err != nil {
-		return false, err
+		return err
 	}
-	return true, closer.Close()
+	for j := range keys {
+		k := keys[j].k[:]
+		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
+			cands[keys[j].i].found = true
+		}
+	}
+	if err := it.Error(); err != nil {
+		_ = it.Close()
+		return err
+	}
+	return it.Close()
 }
 
 // dirEntry returns the current entry of bucket: this batch's if touched,
