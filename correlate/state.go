@@ -129,7 +129,13 @@ func (r *recs) del(tag byte, num uint64) {
 // batch was never written, so it yields nothing.
 func (c *Correlator) stateRecords() []StateRecord {
 	n := 1 + len(c.dedup.deleted) + len(c.dirtyOut) + len(c.dirtyProc) + len(c.dirtyPend) + 1
-	r := recs{buf: make([]byte, 0, 64*n+16*len(c.batch)), out: make([]StateRecord, 0, n)}
+	// Size the buffer once: ~48 bytes of key and fixed fields per record,
+	// ~64 per open frame, 16 per new dedup id.
+	size := 48*n + 16*len(c.batch) + 256
+	for _, p := range c.dirtyProc {
+		size += 64*len(p.frames) + len(p.key.Origin) + len(p.key.PID)
+	}
+	r := recs{buf: make([]byte, 0, size), out: make([]StateRecord, 0, n)}
 
 	// D: chunks dropped (written earlier) and chunks born in this batch.
 	var born []*dedupChunk
