@@ -153,7 +153,7 @@ func (m *Mux) StreamLayer(shard uint32) (raft.StreamLayer, error) {
 		return nil, fmt.Errorf("%w: shard %d", ErrShardRegistered, shard)
 	}
 	s := &shardStream{mux: m, shard: shard, conns: make(chan net.Conn, m.cfg.AcceptBacklog),
-		done: make(chan struct{})}
+		done: make(chan struct{}), live: make(map[*inboundConn]struct{})}
 	m.shards[shard] = s
 	return s, nil
 }
@@ -228,27 +228,68 @@ type shardStream struct {
 
 	closeOnce sync.Once
 	done      chan struct{}
+
+	// live holds the inbound connections handed to raft. raft's
+	// NetworkTransport does not close them when it shuts down (its handler
+	// blocks reading until the peer hangs up), so the stream closes them:
+	// a closed replica leaves no goroutine behind.
+	liveMu sync.Mutex
+	live   map[*inboundConn]struct{}
+}
+
+// inboundConn removes itself from its stream's live set when closed.
+type inboundConn struct {
+	net.Conn
+	s    *shardStream
+	once sync.Once
+}
+
+func (c *inboundConn) Close() error {
+	c.once.Do(func() {
+		c.s.liveMu.Lock()
+		delete(c.s.live, c)
+		c.s.liveMu.Unlock()
+	})
+	return c.Conn.Close()
 }
 
 // Accept implements net.Listener for raft's NetworkTransport.
 func (s *shardStream) Accept() (net.Conn, error) {
 	select {
 	case c := <-s.conns:
-		return c, nil
+		s.liveMu.Lock()
+		defer s.liveMu.Unlock()
+		select {
+		case <-s.done:
+			_ = c.Close()
+			return nil, net.ErrClosed
+		default:
+		}
+		ic := &inboundConn{Conn: c, s: s}
+		s.live[ic] = struct{}{}
+		return ic, nil
 	case <-s.done:
 		return nil, net.ErrClosed
 	}
 }
 
-// Close unregisters the shard and closes connections not yet accepted.
+// Close unregisters the shard and closes its connections, those not yet
+// accepted and those raft is serving.
 func (s *shardStream) Close() error {
 	s.closeOnce.Do(func() {
 		s.mux.mu.Lock()
 		if s.mux.shards[s.shard] == s {
 			delete(s.mux.shards, s.shard)
 		}
-		close(s.done)
 		s.mux.mu.Unlock()
+		s.liveMu.Lock()
+		close(s.done)
+		live := s.live
+		s.live = nil
+		s.liveMu.Unlock()
+		for c := range live {
+			_ = c.Conn.Close()
+		}
 		for {
 			select {
 			case c := <-s.conns:

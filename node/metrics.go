@@ -1,0 +1,160 @@
+package node
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elixirscope/scope/correlate"
+)
+
+// Metrics holds a node's Prometheus metrics. Everything a bound refuses or
+// the correlator cannot pair is counted here.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	ingestedEvents   *prometheus.CounterVec
+	pool             *poolMetrics
+	appliedEvents    *prometheus.CounterVec
+	correlator       *prometheus.CounterVec
+	noticesDelivered prometheus.Counter
+	noticeFailures   prometheus.Counter
+}
+
+func newMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		ingestedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_ingest_acknowledged_events_total",
+			Help: "Events acknowledged to clients, per shard.",
+		}, []string{"shard"}),
+		appliedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_applied_events_total",
+			Help: "Events applied to the store by this node's replicas, per shard.",
+		}, []string{"shard"}),
+		correlator: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_correlator_total",
+			Help: "Correlator outcomes and bounds hit on this node's replicas, by what happened.",
+		}, []string{"what"}),
+		noticesDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_notices_delivered_total",
+			Help: "Cross-shard send/spawn notices delivered from outboxes of shards led here.",
+		}),
+		noticeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_notice_delivery_failures_total",
+			Help: "Notice delivery attempts that failed and will be retried.",
+		}),
+	}
+	m.pool = newPoolMetrics(m.reg)
+	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
+		m.noticesDelivered, m.noticeFailures,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is the registry every node metric is registered with; the HTTP
+// server exposes it at /metrics and other layers add their collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+func shardLabel(shard uint32) string { return strconv.FormatUint(uint64(shard), 10) }
+
+func (m *Metrics) ingested(shard uint32, n int) {
+	if n > 0 {
+		m.ingestedEvents.WithLabelValues(shardLabel(shard)).Add(float64(n))
+	}
+}
+
+// poolMetrics backs the writer pool's PoolMetrics with Prometheus.
+type poolMetrics struct {
+	eventsIn, refused, committed, failed *prometheus.CounterVec
+	proposalErrors, retries              *prometheus.CounterVec
+	restarts                             prometheus.Counter
+	batchSize, applyLatency              prometheus.Histogram
+	ringUsed                             *prometheus.GaugeVec
+}
+
+func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
+	perShard := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{"shard"})
+	}
+	p := &poolMetrics{
+		eventsIn:  perShard("scope_ring_events_in_total", "Events accepted into a shard's ring buffer."),
+		refused:   perShard("scope_ring_events_refused_total", "Events refused at submission: ring full, deadline, shard or pool closed."),
+		committed: perShard("scope_writer_events_committed_total", "Events whose proposal committed."),
+		failed:    perShard("scope_writer_events_failed_total", "Accepted events failed back to their submitters."),
+		proposalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_writer_proposal_errors_total",
+			Help: "Proposals that resolved with an error, by kind of error.",
+		}, []string{"shard", "error"}),
+		retries: perShard("scope_writer_retries_total", "Batches scheduled to be proposed again."),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_writer_restarts_total", Help: "Writers restarted after a panic."}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "scope_writer_batch_events", Help: "Events per proposal.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 12)}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "scope_writer_apply_seconds", Help: "Time from proposal to commit and apply.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		ringUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "scope_ring_used_slots", Help: "Ring buffer occupancy after the last drain, per shard."},
+			[]string{"shard"}),
+	}
+	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
+		p.restarts, p.batchSize, p.applyLatency, p.ringUsed)
+	return p
+}
+
+var _ PoolMetrics = (*poolMetrics)(nil)
+
+func (p *poolMetrics) EventsIn(shard uint32, n int) {
+	p.eventsIn.WithLabelValues(shardLabel(shard)).Add(float64(n))
+}
+func (p *poolMetrics) EventsRefused(shard uint32, n int) {
+	p.refused.WithLabelValues(shardLabel(shard)).Add(float64(n))
+}
+func (p *poolMetrics) EventsCommitted(shard uint32, n int) {
+	p.committed.WithLabelValues(shardLabel(shard)).Add(float64(n))
+}
+func (p *poolMetrics) EventsFailed(shard uint32, n int) {
+	p.failed.WithLabelValues(shardLabel(shard)).Add(float64(n))
+}
+func (p *poolMetrics) Batch(_ uint32, events int) { p.batchSize.Observe(float64(events)) }
+func (p *poolMetrics) ApplyLatency(_ uint32, d time.Duration) {
+	p.applyLatency.Observe(d.Seconds())
+}
+func (p *poolMetrics) ProposalError(shard uint32, err error) {
+	kind := "other"
+	if errors.Is(err, ErrNotLeader) {
+		kind = "not_leader"
+	}
+	p.proposalErrors.WithLabelValues(shardLabel(shard), kind).Inc()
+}
+func (p *poolMetrics) Retry(shard uint32) { p.retries.WithLabelValues(shardLabel(shard)).Inc() }
+func (p *poolMetrics) WriterRestart(int)  { p.restarts.Inc() }
+func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
+	p.ringUsed.WithLabelValues(shardLabel(shard)).Set(float64(used))
+}
+
+// applied records a durable apply's counters.
+func (m *Metrics) applied(shard uint32, res *correlate.Result) {
+	c := &res.Counters
+	m.appliedEvents.WithLabelValues(shardLabel(shard)).Add(float64(len(res.Events)))
+	for _, kv := range []struct {
+		what string
+		n    uint64
+	}{
+		{"duplicate", c.Duplicates}, {"out_of_order", c.OutOfOrder}, {"orphan", c.Orphans},
+		{"unwound", c.Unwound}, {"exit_closed", c.ExitClosed}, {"matched", c.Matched},
+		{"notice_applied", c.NoticesApplied}, {"notice_expired", c.NoticesExpired},
+		{"receive_expired", c.ReceivesExpired}, {"stack_overflow", c.StackOverflows},
+		{"process_eviction", c.ProcessEvictions}, {"pending_eviction", c.PendingEvictions},
+		{"dedup_eviction", c.DedupEvictions}, {"payload_truncated", c.PayloadsTruncated},
+		{"attributes_dropped", c.AttributesDropped},
+	} {
+		if kv.n > 0 {
+			m.correlator.WithLabelValues(kv.what).Add(float64(kv.n))
+		}
+	}
+}

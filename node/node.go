@@ -1,0 +1,453 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/store"
+)
+
+// Durability is how far an event must get before Ingest acknowledges it.
+type Durability uint8
+
+const (
+	// Committed: committed on a majority of the shard's replicas and applied
+	// on the leader (durable and queryable).
+	Committed Durability = iota
+	// Accepted: in the shard leader's ring buffer (may be lost if the node
+	// dies before the batch commits).
+	Accepted
+)
+
+// Config configures a Node.
+type Config struct {
+	// ID names the node in every Raft group (its raft.ServerID).
+	ID string
+	// RaftAddr is the address other nodes reach this node's raft mux at.
+	RaftAddr string
+	// DataDir holds the store and one directory per shard replica.
+	DataDir string
+	// Shards is the cluster's fixed shard count S.
+	Shards uint32
+	// Pool configures the ring buffers and writer pool.
+	Pool PoolConfig
+	// Raft is the timing of every shard group.
+	Raft RaftTiming
+	// Correlator is the template for every shard's correlator config
+	// (Shard and Shards are filled in per replica).
+	Correlator correlate.Config
+	// Store configures the node's Pebble store.
+	Store store.Options
+	// CommitTimeout bounds how long a COMMITTED ingest waits for space in
+	// a full ring buffer and for the commit itself.
+	CommitTimeout time.Duration
+	// Retention, when non-zero, is proposed to every led shard every
+	// RetentionInterval.
+	RetentionMaxAge    time.Duration
+	RetentionMaxEvents uint64
+	RetentionInterval  time.Duration
+	// NoticeBatch bounds the notices delivered in one proposal.
+	NoticeBatch int
+	// DeliverRemote delivers notices to a shard whose leader is on another
+	// node, waiting for the commit there (set by the cluster layer; nil on
+	// a single node).
+	DeliverRemote func(shard uint32, notices []correlate.Notice) error
+
+	Logger *slog.Logger
+	// Transport returns the raft transport for a shard's group on this node.
+	Transport func(shard uint32) (raft.Transport, error)
+}
+
+// DefaultConfig returns a configuration for a node with the given id and
+// data directory. Transport must still be set.
+func DefaultConfig(id, dataDir string) Config {
+	pool := DefaultPoolConfig()
+	// A failed raft proposal is failed back to the client rather than
+	// retried by the pool: a retry could land after later proposals of the
+	// same shard that were already in flight and reorder a process's
+	// events, whereas the client's retry (idempotent by event id) is
+	// ordered by the client. See docs/DECISIONS.md.
+	pool.Retry.MaxAttempts = 1
+	return Config{
+		ID:                id,
+		DataDir:           dataDir,
+		Shards:            16,
+		Pool:              pool,
+		Raft:              DefaultRaftTiming(),
+		Correlator:        correlate.DefaultConfig(0, 16),
+		Store:             store.DefaultOptions(),
+		CommitTimeout:     10 * time.Second,
+		RetentionInterval: time.Minute,
+		NoticeBatch:       1024,
+		Logger:            slog.Default(),
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch {
+	case c.ID == "":
+		return fmt.Errorf("%w: ID: required", ErrConfig)
+	case c.DataDir == "":
+		return fmt.Errorf("%w: DataDir: required", ErrConfig)
+	case c.Shards == 0 || c.Shards > 4096:
+		return fmt.Errorf("%w: Shards %d: must be in 1..4096", ErrConfig, c.Shards)
+	case c.CommitTimeout <= 0:
+		return fmt.Errorf("%w: CommitTimeout %v: must be positive", ErrConfig, c.CommitTimeout)
+	case c.NoticeBatch <= 0:
+		return fmt.Errorf("%w: NoticeBatch %d: must be positive", ErrConfig, c.NoticeBatch)
+	case c.Transport == nil:
+		return fmt.Errorf("%w: Transport: required", ErrConfig)
+	case c.Pool.MaxShards < int(c.Shards):
+		return fmt.Errorf("%w: Pool.MaxShards %d: must be at least Shards (%d)", ErrConfig, c.Pool.MaxShards, c.Shards)
+	}
+	if err := c.Pool.Validate(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Node is one Scope node: its store, the shard replicas it hosts, the ring
+// buffers and writer pool in front of them, and the loops that deliver
+// cross-shard notices and run retention.
+type Node struct {
+	cfg     Config
+	logger  *slog.Logger
+	store   *store.Store
+	pool    *Pool
+	metrics *Metrics
+
+	mu       sync.RWMutex
+	replicas map[uint32]*Replica
+	closed   bool
+
+	outboxSignal chan struct{} // a replica's outbox grew
+	stop         chan struct{}
+	wg           sync.WaitGroup
+	tail         *tailHub
+}
+
+// Open opens the node's store, starts the writer pool and the background
+// loops. It hosts no replicas until OpenReplica is called.
+func Open(cfg Config) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Pool.Logger == nil {
+		cfg.Pool.Logger = cfg.Logger
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), cfg.Store)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:          cfg,
+		logger:       cfg.Logger,
+		store:        st,
+		metrics:      newMetrics(),
+		replicas:     make(map[uint32]*Replica),
+		outboxSignal: make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		tail:         newTailHub(),
+	}
+	n.pool, err = NewPool(cfg.Pool, n, n.metrics.pool)
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
+	n.pool.Start()
+	n.wg.Add(2)
+	go n.deliverNotices()
+	go n.runRetention()
+	return n, nil
+}
+
+// Store is the node's store (read-only use by the query layer).
+func (n *Node) Store() *store.Store { return n.store }
+
+// Metrics is the node's metrics registry.
+func (n *Node) Metrics() *Metrics { return n.metrics }
+
+// Shards is the cluster's shard count.
+func (n *Node) Shards() uint32 { return n.cfg.Shards }
+
+// ID is the node's raft server id.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// OpenReplica opens this node's replica of shard and routes the shard's
+// writes to it.
+func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
+	if shard >= n.cfg.Shards {
+		return nil, fmt.Errorf("%w: shard %d of %d", ErrNoShard, shard, n.cfg.Shards)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, ErrClosed
+	}
+	if r, ok := n.replicas[shard]; ok {
+		return r, nil
+	}
+	trans, err := n.cfg.Transport(shard)
+	if err != nil {
+		return nil, err
+	}
+	cc := n.cfg.Correlator
+	cc.Shard, cc.Shards = shard, n.cfg.Shards
+	r, err := OpenReplica(ReplicaConfig{
+		Shard:      shard,
+		NodeID:     raft.ServerID(n.cfg.ID),
+		Dir:        filepath.Join(n.cfg.DataDir, "raft", fmt.Sprintf("shard-%04d", shard)),
+		Store:      n.store,
+		Transport:  trans,
+		Correlator: cc,
+		Timing:     n.cfg.Raft,
+		Logger:     n.logger,
+		OnApply:    n.onApply,
+	})
+	if err != nil {
+		if c, ok := trans.(raft.WithClose); ok {
+			_ = c.Close()
+		}
+		return nil, err
+	}
+	if err := n.pool.AddShard(shard); err != nil {
+		_ = r.Close()
+		return nil, err
+	}
+	n.replicas[shard] = r
+	return r, nil
+}
+
+// Replica returns the local replica of shard, or nil.
+func (n *Node) Replica(shard uint32) *Replica {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.replicas[shard]
+}
+
+// Replicas returns the local replicas in shard order.
+func (n *Node) Replicas() []*Replica {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make([]*Replica, 0, len(n.replicas))
+	for _, r := range n.replicas {
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].shard < out[j].shard })
+	return out
+}
+
+// Bootstrap creates every shard's group with this node as its only voter
+// (a one-node cluster, `scope agent -dev`), or resumes them if they exist.
+func (n *Node) Bootstrap() error {
+	self := []raft.Server{{ID: raft.ServerID(n.cfg.ID), Address: raft.ServerAddress(n.cfg.RaftAddr)}}
+	for shard := range n.cfg.Shards {
+		r, err := n.OpenReplica(shard)
+		if err != nil {
+			return err
+		}
+		if err := r.Bootstrap(self); err != nil {
+			return fmt.Errorf("node: bootstrap shard %d: %w", shard, err)
+		}
+	}
+	return nil
+}
+
+// WaitLeaders waits until every local replica knows a leader.
+func (n *Node) WaitLeaders(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		missing := 0
+		for _, r := range n.Replicas() {
+			if addr, _ := r.Leader(); addr == "" {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node: %d shards without a leader: %w", missing, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// ShardResult is the outcome of one shard's part of an ingest request.
+type ShardResult struct {
+	Shard    uint32
+	Events   int   // events of the request for this shard
+	Accepted int   // events acknowledged (per the durability asked for)
+	Err      error // why the shard's part was refused or failed (nil if accepted)
+}
+
+// IngestResult is the outcome of an ingest request.
+type IngestResult struct {
+	IDs    []correlate.EventID // per request event, in request order
+	Shards []ShardResult       // in shard order
+}
+
+// Accepted counts events acknowledged over all shards.
+func (r *IngestResult) Accepted() (accepted, refused int) {
+	for _, s := range r.Shards {
+		accepted += s.Accepted
+		refused += s.Events - s.Accepted
+	}
+	return accepted, refused
+}
+
+// Ingest assigns missing event ids, normalises the events, splits them by
+// shard and hands each shard's part to its ring buffer, all or nothing per
+// shard. With Committed it then waits (bounded by ctx and CommitTimeout)
+// until each part is committed and applied. The caller has validated the
+// events (correlate.Validate). events is modified in place.
+func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durability) IngestResult {
+	res := IngestResult{IDs: make([]correlate.EventID, len(events))}
+	byShard := make(map[uint32][]correlate.Event)
+	for i := range events {
+		e := &events[i]
+		if e.ID.IsZero() {
+			e.ID = ulid.Make()
+		}
+		correlate.Normalize(e, n.cfg.Correlator.Limits)
+		e.Shard = correlate.ShardOf(e.Origin, e.PID, n.cfg.Shards)
+		res.IDs[i] = e.ID
+		byShard[e.Shard] = append(byShard[e.Shard], *e)
+	}
+	shards := make([]uint32, 0, len(byShard))
+	for s := range byShard {
+		shards = append(shards, s)
+	}
+	sort.Slice(shards, func(i, j int) bool { return shards[i] < shards[j] })
+
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
+	defer cancel()
+	tickets := make([]*Ticket, len(shards))
+	res.Shards = make([]ShardResult, len(shards))
+	for i, shard := range shards {
+		part := byShard[shard]
+		res.Shards[i] = ShardResult{Shard: shard, Events: len(part)}
+		r := n.Replica(shard)
+		switch {
+		case r == nil:
+			res.Shards[i].Err = fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+			continue
+		case !r.IsLeader():
+			addr, id := r.Leader()
+			res.Shards[i].Err = &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+			continue
+		}
+		t, err := n.pool.Submit(ctx, shard, part, d == Committed)
+		if err != nil {
+			res.Shards[i].Err = err // counted by the pool
+			continue
+		}
+		tickets[i] = t
+		if d == Accepted {
+			res.Shards[i].Accepted = len(part)
+		}
+	}
+	if d == Committed {
+		for i, t := range tickets {
+			if t == nil {
+				continue
+			}
+			select {
+			case <-t.Done():
+				if err := t.Err(); err != nil {
+					res.Shards[i].Err = err
+				} else {
+					res.Shards[i].Accepted = res.Shards[i].Events
+				}
+			case <-ctx.Done():
+				res.Shards[i].Err = fmt.Errorf("%w: shard %d: not committed within the deadline: %w",
+					ErrTimeout, res.Shards[i].Shard, ctx.Err())
+			}
+		}
+	}
+	for _, s := range res.Shards {
+		n.metrics.ingested(s.Shard, s.Accepted)
+	}
+	return res
+}
+
+// Propose implements Proposer for the writer pool: it proposes a batch of
+// events to the shard's raft group without waiting for the commit.
+func (n *Node) Propose(shard uint32, events []correlate.Event) ProposalFuture {
+	r := n.Replica(shard)
+	if r == nil {
+		return failedFuture{fmt.Errorf("%w: shard %d", ErrShardClosed, shard)}
+	}
+	return raftFuture{f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
+}
+
+// raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture.
+type raftFuture struct{ f raft.ApplyFuture }
+
+func (f raftFuture) Wait() error {
+	if err := f.f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
+			errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+			return fmt.Errorf("%w: %w", ErrNotLeader, err)
+		}
+		return err
+	}
+	if ar, ok := f.f.Response().(ApplyResult); ok && ar.Err != nil {
+		return ar.Err
+	}
+	return nil
+}
+
+type failedFuture struct{ err error }
+
+func (f failedFuture) Wait() error { return f.err }
+
+// onApply runs on a replica's FSM goroutine after each durable apply.
+func (n *Node) onApply(shard uint32, res *correlate.Result) {
+	n.metrics.applied(shard, res)
+	if len(res.Outbox) > 0 {
+		select {
+		case n.outboxSignal <- struct{}{}:
+		default:
+		}
+	}
+	n.tail.publish(shard, res.Events)
+}
+
+// Close stops the node gracefully: the writer pool drains its rings (so
+// accepted events are proposed), the background loops stop, every replica
+// shuts down, and the store closes.
+func (n *Node) Close(ctx context.Context) error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+
+	err := n.pool.Close(ctx)
+	close(n.stop)
+	n.wg.Wait()
+	n.tail.close()
+	for _, r := range n.Replicas() {
+		err = errors.Join(err, r.Close())
+	}
+	return errors.Join(err, n.store.Close())
+}

@@ -1,0 +1,178 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/store"
+)
+
+// RaftTiming holds the Raft timeouts of every shard group on a node. A node
+// runs one group per hosted shard, so the defaults are slower than
+// hashicorp/raft's: a 2-core machine carrying 16–48 groups must not spend
+// its time on heartbeats (see docs/DECISIONS.md).
+type RaftTiming struct {
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	MaxAppendEntries   int
+}
+
+// DefaultRaftTiming returns the timing used by `scope agent`.
+func DefaultRaftTiming() RaftTiming {
+	return RaftTiming{
+		HeartbeatTimeout:   1000 * time.Millisecond,
+		ElectionTimeout:    1000 * time.Millisecond,
+		LeaderLeaseTimeout: 500 * time.Millisecond,
+		CommitTimeout:      20 * time.Millisecond,
+		SnapshotInterval:   2 * time.Minute,
+		SnapshotThreshold:  8192,
+		TrailingLogs:       10240,
+		MaxAppendEntries:   64,
+	}
+}
+
+// ReplicaConfig configures one shard replica.
+type ReplicaConfig struct {
+	Shard     uint32
+	NodeID    raft.ServerID
+	Dir       string // the replica's own directory: raft log and snapshots
+	Store     *store.Store
+	Transport raft.Transport
+	// Correlator is the shard's correlator configuration; its Shard field
+	// must equal Shard.
+	Correlator correlate.Config
+	Timing     RaftTiming
+	Logger     *slog.Logger
+	// OnApply is called on the FSM goroutine after each durable apply.
+	OnApply func(shard uint32, res *correlate.Result)
+}
+
+// Replica is one shard's copy on this node: a hashicorp/raft group member
+// whose FSM correlates committed batches into the store.
+type Replica struct {
+	shard uint32
+	raft  *raft.Raft
+	fsm   *shardFSM
+	logs  *raftboltdb.BoltStore
+	trans raft.Transport
+	now   func() time.Time
+}
+
+// OpenReplica opens (or creates) the replica in cfg.Dir. The replica joins
+// no group by itself: call Bootstrap for a new group, or let a leader add
+// it, or, if it was a member before, it resumes from its log.
+func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
+	if cfg.Correlator.Shard != cfg.Shard {
+		return nil, fmt.Errorf("node: replica shard %d has correlator config for shard %d", cfg.Shard, cfg.Correlator.Shard)
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("node: shard %d: %w", cfg.Shard, err)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	fsm, err := newShardFSM(cfg.Shard, cfg.Store, cfg.Correlator, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.OnApply != nil {
+		fsm.onApply = func(res *correlate.Result) { cfg.OnApply(cfg.Shard, res) }
+	}
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("node: shard %d: open raft log: %w", cfg.Shard, err)
+	}
+	hlog := newHCLogger(cfg.Logger, fmt.Sprintf("raft.%d", cfg.Shard), hclog.Warn)
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog)
+	if err != nil {
+		_ = logs.Close()
+		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", cfg.Shard, err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = cfg.NodeID
+	rc.Logger = hlog
+	rc.NoSnapshotRestoreOnStart = true // the store already holds applied state
+	rc.HeartbeatTimeout = cfg.Timing.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.Timing.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.Timing.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.Timing.CommitTimeout
+	rc.SnapshotInterval = cfg.Timing.SnapshotInterval
+	rc.SnapshotThreshold = cfg.Timing.SnapshotThreshold
+	rc.TrailingLogs = cfg.Timing.TrailingLogs
+	rc.MaxAppendEntries = cfg.Timing.MaxAppendEntries
+	if err := raft.ValidateConfig(rc); err != nil {
+		_ = logs.Close()
+		return nil, fmt.Errorf("node: shard %d: raft config: %w", cfg.Shard, err)
+	}
+	r, err := raft.NewRaft(rc, fsm, logs, logs, snaps, cfg.Transport)
+	if err != nil {
+		_ = logs.Close()
+		return nil, fmt.Errorf("node: shard %d: start raft: %w", cfg.Shard, err)
+	}
+	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now}, nil
+}
+
+// Shard is the replica's shard id.
+func (r *Replica) Shard() uint32 { return r.shard }
+
+// Raft exposes the raft group for membership changes and observation.
+func (r *Replica) Raft() *raft.Raft { return r.raft }
+
+// Bootstrap starts a new group with servers as its voters. It is a no-op
+// error (raft.ErrCantBootstrap) when the replica already has state.
+func (r *Replica) Bootstrap(servers []raft.Server) error {
+	err := r.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	if errors.Is(err, raft.ErrCantBootstrap) {
+		return nil
+	}
+	return err
+}
+
+// IsLeader reports whether this replica is its group's leader.
+func (r *Replica) IsLeader() bool { return r.raft.State() == raft.Leader }
+
+// Leader returns the current leader's address and id, if known.
+func (r *Replica) Leader() (raft.ServerAddress, raft.ServerID) { return r.raft.LeaderWithID() }
+
+// Propose stamps b with this node's clock as its log time and proposes it.
+// It does not wait: the returned future resolves once the entry is
+// committed and applied here (or fails, e.g. raft.ErrNotLeader).
+func (r *Replica) Propose(b *correlate.Batch, timeout time.Duration) raft.ApplyFuture {
+	b.LogTime = r.now().UnixNano()
+	return r.raft.Apply(encodeEntry(b), timeout)
+}
+
+// Outbox returns the notices this shard still has to deliver.
+func (r *Replica) Outbox() []correlate.Notice { return r.fsm.Outbox() }
+
+// Status reports the replica's applied index, counters and failure.
+func (r *Replica) Status() (applied uint64, totals correlate.Counters, failed error) {
+	return r.fsm.Status()
+}
+
+// Close shuts the raft group down and closes its log. The store and the
+// transport's listener belong to the caller.
+func (r *Replica) Close() error {
+	err := r.raft.Shutdown().Error()
+	if nt, ok := r.trans.(*raft.NetworkTransport); ok {
+		nt.CloseStreams() // pooled outbound connections; Close leaves them open
+	}
+	if c, ok := r.trans.(raft.WithClose); ok {
+		err = errors.Join(err, c.Close())
+	}
+	return errors.Join(err, r.logs.Close())
+}
