@@ -143,6 +143,9 @@ func (c *Correlator) Apply(b Batch) Result {
 	c.res.Counters = c.cur
 	res := c.res
 	c.res, c.batch, c.linkArena = Result{}, nil, nil
+	clear(c.dirtyProc) // keep no dropped entry alive through the scratch slices
+	clear(c.dirtyPend)
+	clear(c.dirtyOut)
 	c.dirtyProc, c.dirtyPend, c.dirtyOut = c.dirtyProc[:0], c.dirtyPend[:0], c.dirtyOut[:0]
 	return res
 }
