@@ -64,6 +64,12 @@ type MembershipConfig struct {
 	// only live ones is not listed and is counted in
 	// MembershipStats.MembersOverflow.
 	MaxMembers int
+	// DeadNodeReclaimTime is how long a member must have been dead before
+	// its name may come back from a different address (a restart on a new
+	// IP or port). Until then memberlist rejects the newcomer as a name
+	// conflict; 0 means only after memberlist forgets the dead member
+	// (GossipToTheDeadTime: 30 s on a LAN).
+	DeadNodeReclaimTime time.Duration
 	// MaxSubscribers bounds Subscribe.
 	MaxSubscribers int
 	// UpdateTimeout bounds how long publishing new metadata waits for
@@ -82,16 +88,17 @@ type MembershipConfig struct {
 // on 127.0.0.1:7072, a rejoin check every 30 s.
 func DefaultMembershipConfig() MembershipConfig {
 	return MembershipConfig{
-		BindAddr:         "127.0.0.1:7072",
-		Profile:          ProfileLAN,
-		RejoinInterval:   30 * time.Second,
-		MaxRejoinTargets: 8,
-		MaxSeeds:         64,
-		ForgetAfter:      24 * time.Hour,
-		MaxMembers:       1024,
-		MaxSubscribers:   16,
-		UpdateTimeout:    5 * time.Second,
-		Logger:           slog.Default(),
+		BindAddr:            "127.0.0.1:7072",
+		Profile:             ProfileLAN,
+		RejoinInterval:      30 * time.Second,
+		MaxRejoinTargets:    8,
+		MaxSeeds:            64,
+		ForgetAfter:         24 * time.Hour,
+		MaxMembers:          1024,
+		MaxSubscribers:      16,
+		DeadNodeReclaimTime: 5 * time.Second,
+		UpdateTimeout:       5 * time.Second,
+		Logger:              slog.Default(),
 	}
 }
 
@@ -119,6 +126,8 @@ func (c MembershipConfig) Validate() error {
 		return fmt.Errorf("%w: MaxMembers %d: must be positive", ErrMembershipConfig, c.MaxMembers)
 	case c.MaxSubscribers <= 0:
 		return fmt.Errorf("%w: MaxSubscribers %d: must be positive", ErrMembershipConfig, c.MaxSubscribers)
+	case c.DeadNodeReclaimTime < 0:
+		return fmt.Errorf("%w: DeadNodeReclaimTime %v: must not be negative", ErrMembershipConfig, c.DeadNodeReclaimTime)
 	case c.UpdateTimeout <= 0:
 		return fmt.Errorf("%w: UpdateTimeout %v: must be positive", ErrMembershipConfig, c.UpdateTimeout)
 	}
@@ -183,6 +192,7 @@ func (c MembershipConfig) memberlistConfig() (*memberlist.Config, error) {
 		mc = memberlist.DefaultLANConfig()
 	}
 	mc.Name = c.Name
+	mc.DeadNodeReclaimTime = c.DeadNodeReclaimTime
 	host, port, _ := splitIPPort("BindAddr", c.BindAddr)
 	mc.BindAddr, mc.BindPort = host, port
 	mc.AdvertiseAddr, mc.AdvertisePort = "", port
