@@ -457,6 +457,7 @@ func TestDeterminismAndRestore(t *testing.T) {
 			}
 			persist(kv, ra.State)
 			checkPersisted(t, kv, a)
+			checkBounds(t, a)
 		}
 		if !bytes.Equal(snapBytes(a.Snapshot(), false), snapBytes(b.Snapshot(), false)) {
 			t.Fatal("snapshots differ")
@@ -544,4 +545,31 @@ func FuzzApply(f *testing.F) {
 			t.Fatal("restore is not exact")
 		}
 	})
+}
+
+// checkBounds fails if any table exceeds its configured bound.
+func checkBounds(t *rapid.T, c *Correlator) {
+	cfg := c.cfg
+	for _, b := range []struct {
+		what     string
+		n, bound int
+	}{
+		{"processes", len(c.procs), cfg.MaxProcesses},
+		{"lru log", len(c.lru.q) - c.lru.head, 2*len(c.procs) + 1024},
+		{"send notices", c.sends.order.n, cfg.MaxPending},
+		{"receives", c.recvs.order.n, cfg.MaxPending},
+		{"spawn notices", c.spawns.order.n, cfg.MaxPending},
+		{"outbox", c.outbox.order.n, cfg.MaxOutbox},
+		{"dedup ids", c.dedup.ids.n, cfg.DedupWindow},
+		{"interned", len(c.interned), cfg.MaxInterned},
+	} {
+		if b.n > b.bound {
+			t.Fatalf("%s: %d entries, bound %d", b.what, b.n, b.bound)
+		}
+	}
+	for _, p := range c.procs {
+		if len(p.frames) > cfg.MaxStackDepth {
+			t.Fatalf("stack of %s: depth %d, bound %d", p.key, len(p.frames), cfg.MaxStackDepth)
+		}
+	}
 }
