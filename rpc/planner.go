@@ -137,7 +137,8 @@ func posLess(a, b store.Position, desc bool) bool {
 	if a.TimestampNs != b.TimestampNs {
 		return (a.TimestampNs < b.TimestampNs) != desc
 	}
-	return (a.ID.Compare(b.ID) < 0) != desc
+	c := a.ID.Compare(b.ID)
+	return c != 0 && (c < 0) != desc
 }
 
 func posOf(e *correlate.Event) store.Position {

@@ -1,0 +1,179 @@
+package rpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/store"
+)
+
+// fakeShards serves sorted in-memory events per shard and answers at most
+// scan events per call, like the store's MaxScan: pages may come back
+// partial (More with fewer than Limit events, even none).
+type fakeShards struct {
+	events map[uint32][]correlate.Event // ascending (timestamp, id)
+	scan   int
+	down   map[uint32]bool
+}
+
+func (f *fakeShards) Reader(shard uint32, _ Consistency) (ShardReader, error) {
+	if f.down[shard] {
+		return nil, fmt.Errorf("%w: shard %d", node.ErrNoShard, shard)
+	}
+	return fakeReader{f}, nil
+}
+
+type fakeReader struct{ f *fakeShards }
+
+func (r fakeReader) Events(_ context.Context, shard uint32, q store.Query) (store.Page, error) {
+	es := slices.Clone(r.f.events[shard])
+	if q.Descending {
+		slices.Reverse(es)
+	}
+	var page store.Page
+	scanned := 0
+	for i := range es {
+		p := posOf(&es[i])
+		if q.After != nil && !posLess(*q.After, p, q.Descending) {
+			continue
+		}
+		if scanned == r.f.scan {
+			page.More = true
+			return page, nil
+		}
+		scanned++
+		page.Next = p
+		if es[i].Kind != correlate.KindCall && len(q.Kinds) > 0 { // a residual filter in the store
+			continue
+		}
+		page.Events = append(page.Events, es[i])
+		if len(page.Events) == q.Limit {
+			page.More = i < len(es)-1
+			return page, nil
+		}
+	}
+	return page, nil
+}
+
+func (fakeReader) Get(context.Context, uint32, correlate.EventID) (correlate.Event, error) {
+	return correlate.Event{}, store.ErrNotFound
+}
+func (fakeReader) Edges(context.Context, uint32, correlate.EventID) ([]correlate.Link, error) {
+	return nil, nil
+}
+func (fakeReader) CallTree(context.Context, uint32, correlate.EventID, int) (*store.CallTree, error) {
+	return nil, store.ErrNotFound
+}
+func (fakeReader) CallStackAt(context.Context, uint32, correlate.Process, int64) ([]store.Frame, error) {
+	return nil, nil
+}
+func (fakeReader) MessageFlow(context.Context, uint32, correlate.Process, correlate.Process, int64, int64, int) (store.Page, error) {
+	return store.Page{}, nil
+}
+func (fakeReader) StateAt(context.Context, uint32, correlate.Process, int64) (correlate.Event, bool, error) {
+	return correlate.Event{}, false, nil
+}
+func (fakeReader) Stats(context.Context, uint32) (store.ShardStats, error) { return store.ShardStats{}, nil }
+
+// TestMergePagesAreExact pages through shards that answer partial pages
+// (scan limit, residual filters) with every page size, both orders and
+// tight merge-round bounds: the concatenated pages are exactly the
+// matching events in order, with no duplicate and no gap.
+func TestMergePagesAreExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := range 40 {
+		const shards = 5
+		f := &fakeShards{events: map[uint32][]correlate.Event{}, scan: 1 + rng.IntN(6)}
+		var all []correlate.Event
+		for i := range 60 + rng.IntN(60) {
+			var e correlate.Event
+			e.TimestampNs = int64(rng.IntN(40)) // many equal timestamps
+			e.ID[0], e.ID[15] = byte(i>>8), byte(i)
+			e.Kind = correlate.KindCall
+			if rng.IntN(3) == 0 {
+				e.Kind = correlate.KindExit
+			}
+			s := uint32(rng.IntN(shards))
+			f.events[s] = append(f.events[s], e)
+			all = append(all, e)
+		}
+		cmp := func(a, b correlate.Event) int {
+			if posLess(posOf(&a), posOf(&b), false) {
+				return -1
+			}
+			return 1
+		}
+		for s := range f.events {
+			slices.SortFunc(f.events[s], cmp)
+		}
+		slices.SortFunc(all, cmp)
+		filtered := iter%2 == 0
+		want := all
+		if filtered {
+			want = slices.DeleteFunc(slices.Clone(all), func(e correlate.Event) bool { return e.Kind != correlate.KindCall })
+		}
+		for _, desc := range []bool{false, true} {
+			cfg := DefaultConfig()
+			cfg.MaxMergeRounds = 1 + rng.IntN(4)
+			p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger}
+			limit := 1 + rng.IntN(10)
+			q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: limit, Descending: desc}
+			if filtered {
+				q.Kinds = []correlate.Kind{correlate.KindCall}
+			}
+			var got []correlate.Event
+			for page := 0; ; page++ {
+				if page > 1000 {
+					t.Fatalf("no progress: iter %d desc=%v limit=%d scan=%d rounds=%d after=%v", iter, desc, limit, f.scan, cfg.MaxMergeRounds, q.After)
+				}
+				res, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(res.events) > limit {
+					t.Fatalf("page of %d > limit %d", len(res.events), limit)
+				}
+				got = append(got, res.events...)
+				if res.next == nil {
+					break
+				}
+				q.After = res.next
+			}
+			w := slices.Clone(want)
+			if desc {
+				slices.Reverse(w)
+			}
+			if !slices.EqualFunc(got, w, func(a, b correlate.Event) bool { return a.ID == b.ID }) {
+				t.Fatalf("iter %d desc=%v limit=%d scan=%d rounds=%d: got %d events, want %d",
+					iter, desc, limit, f.scan, cfg.MaxMergeRounds, len(got), len(w))
+			}
+		}
+	}
+}
+
+func TestMergeMissingShards(t *testing.T) {
+	f := &fakeShards{events: map[uint32][]correlate.Event{0: {{TimestampNs: 1, ID: correlate.EventID{1}}}},
+		scan: 100, down: map[uint32]bool{1: true}}
+	cfg := DefaultConfig()
+	p := &planner{res: f, shards: 2, cfg: &cfg, logger: cfg.Logger}
+	q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: 10}
+	_, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards()})
+	var ce *connect.Error
+	if !errors.As(err, &ce) || ce.Code() != connect.CodeUnavailable {
+		t.Fatalf("without allow_partial: %v", err)
+	}
+	res, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards(), allowPartial: true})
+	if err != nil || len(res.events) != 1 || len(res.missing) != 1 || res.missing[0].GetShard() != 1 ||
+		res.missing[0].GetCode() != "unavailable" {
+		t.Fatalf("with allow_partial: %v %v", res, err)
+	}
+}
