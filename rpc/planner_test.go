@@ -82,7 +82,9 @@ func (fakeReader) MessageFlow(context.Context, uint32, correlate.Process, correl
 func (fakeReader) StateAt(context.Context, uint32, correlate.Process, int64) (correlate.Event, bool, error) {
 	return correlate.Event{}, false, nil
 }
-func (fakeReader) Stats(context.Context, uint32) (store.ShardStats, error) { return store.ShardStats{}, nil }
+func (fakeReader) Stats(context.Context, uint32) (store.ShardStats, error) {
+	return store.ShardStats{}, nil
+}
 
 // TestMergePagesAreExact pages through shards that answer partial pages
 // (scan limit, residual filters) with every page size, both orders and
