@@ -18,6 +18,20 @@ type command struct {
 
 // commands lists every subcommand, in the order `scope help` prints them.
 var commands = []command{
+	{"agent", "run a node (one-node cluster until clustering lands; -dev for defaults)", runAgent},
+	{"ingest", "send events from a JSON-lines file or stdin", runIngest},
+	{"query", "list events matching filters", runQuery},
+	{"get", "show one event by id", runGet},
+	{"tree", "show the call tree containing an event", runTree},
+	{"stack", "show a process's call stack at a time", runStack},
+	{"state", "show a process's last state change at a time", runState},
+	{"flow", "show the messages between two processes", runFlow},
+	{"trace", "follow an event's links to its causes and effects", runTrace},
+	{"tail", "stream new events matching filters", runTail},
+	{"stats", "event counts, top functions, nodes", runStats},
+	{"shards", "shards, their leaders and replicas", runShards},
+	{"members", "cluster members", runMembers},
+	{"bench", "load generator: ingest throughput and latency", runBench},
 	{"version", "print the version of this binary", runVersion},
 }
 

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
+)
+
+// agentConfig is everything `scope agent` is told on its command line.
+// Defaults come from node.DefaultConfig and rpc.DefaultConfig: the flags
+// write straight into those structs, so there is one source of truth.
+type agentConfig struct {
+	dev       bool
+	name      string
+	dataDir   string
+	httpAddr  string
+	raftAddr  string
+	shards    uint   // fixed at bootstrap; see dataDirMeta
+	shardsSet bool   // -shards was given (else a stored count is adopted)
+	logLevel  string // debug, info, warn, error
+	logFormat string // text, json
+
+	node node.Config
+	rpc  rpc.Config
+}
+
+// Agent defaults that are not node or rpc settings.
+const (
+	defaultHTTPAddr = "127.0.0.1:7070"
+	defaultRaftAddr = "127.0.0.1:7071"
+	devName         = "dev"
+	devDataDir      = "data/dev"
+)
+
+// parseAgentFlags parses args into a validated agentConfig.
+func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagSet, error) {
+	c := &agentConfig{node: node.DefaultConfig("", ""), rpc: rpc.DefaultConfig()}
+	fs := newFlagSet("agent", "", stderr)
+	fs.BoolVar(&c.dev, "dev", false, "development mode: one node named \"dev\", data in ./"+devDataDir+" (unless -data-dir)")
+	fs.StringVar(&c.name, "name", "", "node name, unique in the cluster (default: the host name; \"dev\" with -dev)")
+	fs.StringVar(&c.dataDir, "data-dir", "", "data directory (default: ./data/<name>, ./"+devDataDir+" with -dev)")
+	fs.StringVar(&c.httpAddr, "http", defaultHTTPAddr, "public HTTP address: Connect/gRPC API, /metrics, /healthz, /readyz")
+	fs.StringVar(&c.raftAddr, "raft", defaultRaftAddr, "Raft TCP address (every shard's group shares it)")
+	fs.UintVar(&c.shards, "shards", uint(c.node.Shards), "shard count, fixed when the data directory is created (1..4096)")
+
+	p := &c.node.Pool
+	fs.IntVar(&p.RingCapacity, "ring-capacity", p.RingCapacity, "events buffered per shard before ingest is refused (a power of two)")
+	fs.IntVar(&p.BatchSize, "batch-size", p.BatchSize, "most events per Raft entry")
+	fs.DurationVar(&p.FlushInterval, "flush-interval", p.FlushInterval, "longest a partial batch waits for more events")
+	fs.IntVar(&p.Writers, "writers", p.Writers, "writer goroutines proposing batches (default GOMAXPROCS)")
+	fs.DurationVar(&c.node.CommitTimeout, "commit-timeout", c.node.CommitTimeout, "how long a COMMITTED ingest waits for buffer space and commit")
+	fs.IntVar(&c.node.Correlator.Limits.MaxPayloadBytes, "payload-limit", c.node.Correlator.Limits.MaxPayloadBytes,
+		"payload bytes kept per event; longer payloads are truncated and marked")
+	fs.DurationVar(&c.node.RetentionMaxAge, "retention-max-age", c.node.RetentionMaxAge, "delete events older than this (0: keep)")
+	fs.Uint64Var(&c.node.RetentionMaxEvents, "retention-max-events", c.node.RetentionMaxEvents, "keep at most this many newest events per shard (0: no limit)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		return nil, fs, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fs, usageError("unexpected arguments %q", fs.Args())
+	}
+	c.shardsSet = flagSet(fs, "shards")
+	if err := c.finish(); err != nil {
+		return nil, fs, err
+	}
+	return c, fs, nil
+}
+
+// finish fills in derived defaults and validates every field a flag sets.
+func (c *agentConfig) finish() error {
+	if c.name == "" {
+		c.name = devName
+		if !c.dev {
+			c.name = hostName()
+		}
+	}
+	if c.dataDir == "" {
+		c.dataDir = devDataDir
+		if !c.dev {
+			c.dataDir = filepath.Join("data", c.name)
+		}
+	}
+	if c.shards < 1 || c.shards > 4096 {
+		return usageError("-shards %d: must be in 1..4096", c.shards)
+	}
+	for _, a := range []struct{ flag, v string }{{"http", c.httpAddr}, {"raft", c.raftAddr}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return usageError("-%s %q: want host:port", a.flag, a.v)
+		}
+	}
+	if c.httpAddr == c.raftAddr {
+		return usageError("-http and -raft are both %q: they must differ", c.httpAddr)
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		return err
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return usageError("-log-format %q: want text or json", c.logFormat)
+	}
+	if c.node.Correlator.Limits.MaxPayloadBytes < 1 || c.node.Correlator.Limits.MaxPayloadBytes > 1<<20 {
+		return usageError("-payload-limit %d: must be in 1..1048576", c.node.Correlator.Limits.MaxPayloadBytes)
+	}
+	if c.node.RetentionMaxAge < 0 {
+		return usageError("-retention-max-age %v: must be >= 0", c.node.RetentionMaxAge)
+	}
+	if c.node.CommitTimeout <= 0 {
+		return usageError("-commit-timeout %v: must be positive", c.node.CommitTimeout)
+	}
+	if err := c.node.Pool.Validate(); err != nil {
+		return usageError("%s", poolFlagError(err))
+	}
+	c.node.ID = c.name
+	c.node.DataDir = c.dataDir
+	c.node.Shards = uint32(c.shards)
+	// The ingest edge validates against the correlator's own limits.
+	c.rpc.Limits = c.node.Correlator.Limits
+	c.rpc.Version = version()
+	return nil
+}
+
+// poolFlagError renames PoolConfig fields in a validation error to the
+// flags that set them.
+func poolFlagError(err error) string {
+	return strings.NewReplacer("RingCapacity", "-ring-capacity", "BatchSize", "-batch-size",
+		"FlushInterval", "-flush-interval", "Writers", "-writers").Replace(err.Error())
+}
+
+// hostName is the default node name: the host name up to its first dot.
+func hostName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "scope"
+	}
+	h, _, _ = strings.Cut(h, ".")
+	return h
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, usageError("-log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// logger builds the agent's slog logger on w.
+func (c *agentConfig) logger(w io.Writer) *slog.Logger {
+	level, _ := parseLevel(c.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	if c.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// banner describes the agent's addresses, printed once at start.
+func (c *agentConfig) banner(w io.Writer, httpAddr, raftAddr string) {
+	mode := "one-node cluster (replication 1)"
+	if c.dev {
+		mode = "dev: " + mode
+	}
+	abs, err := filepath.Abs(c.dataDir)
+	if err != nil {
+		abs = c.dataDir
+	}
+	fmt.Fprintf(w, "scope agent %s (%s)\n  name:     %s\n  http:     http://%s\n  raft:     %s\n  data dir: %s\n  shards:   %d\n",
+		version(), mode, c.name, httpAddr, raftAddr, abs, c.shards)
+}

@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/rpc"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+// benchFlags configure `scope bench`.
+type benchFlags struct {
+	clientFlags
+	events      int
+	procs       int
+	batch       int
+	concurrency int
+	durability  string
+	rate        float64
+	duration    time.Duration
+	unary       bool
+	streamLen   int
+	seed        uint64
+	baseline    bool
+	shards      uint
+}
+
+// Bench bounds.
+const (
+	maxLatencySamples  = 1 << 20 // reservoir of per-batch latencies
+	maxConsecutiveErrs = 100     // a worker gives up after this many failures in a row
+)
+
+func runBench(args []string, stdout, stderr io.Writer) int {
+	var b benchFlags
+	fs := newFlagSet("bench", "", stderr)
+	b.register(fs)
+	fs.IntVar(&b.events, "events", 200_000, "events to send in all (with -duration: at most)")
+	fs.IntVar(&b.procs, "procs", 1000, "traced processes, split among the workers")
+	fs.IntVar(&b.batch, "batch", 500, "events per request (stream message)")
+	fs.IntVar(&b.concurrency, "concurrency", 4, "concurrent workers, each with its own processes and connection stream")
+	fs.StringVar(&b.durability, "durability", "committed", "committed or accepted")
+	fs.Float64Var(&b.rate, "rate", 0, "target events/s over all workers (0: as fast as possible)")
+	fs.DurationVar(&b.duration, "duration", 0, "stop after this long (0: after -events)")
+	fs.BoolVar(&b.unary, "unary", false, "one Ingest call per batch instead of IngestStream")
+	fs.IntVar(&b.streamLen, "stream-len", 8, "batches per IngestStream before it is closed and acknowledged")
+	fs.Uint64Var(&b.seed, "seed", 1, "generator seed (same seed: same events)")
+	fs.BoolVar(&b.baseline, "baseline", false, "also run the same events through correlate+store.Apply on a temp dir (no RPC, no Raft)")
+	fs.UintVar(&b.shards, "baseline-shards", 16, "shards of the baseline store")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if flagSet(fs, "duration") && !flagSet(fs, "events") {
+		b.events = 1 << 40 // bounded by -duration only
+	}
+	if err := b.run(stdout, stderr); err != nil {
+		return reportError(stderr, fs, err)
+	}
+	return exitOK
+}
+
+func (b *benchFlags) validate() (scopev1.Durability, error) {
+	d, err := parseDurability(b.durability)
+	switch {
+	case err != nil:
+		return 0, err
+	case b.events < 1:
+		return 0, usageError("-events %d: must be positive", b.events)
+	case b.batch < 1 || b.batch > 10000:
+		return 0, usageError("-batch %d: must be in 1..10000", b.batch)
+	case b.concurrency < 1 || b.concurrency > 1024:
+		return 0, usageError("-concurrency %d: must be in 1..1024", b.concurrency)
+	case b.procs < 2*b.concurrency:
+		return 0, usageError("-procs %d: need at least 2 per worker (%d workers)", b.procs, b.concurrency)
+	case b.rate < 0:
+		return 0, usageError("-rate %v: must be >= 0", b.rate)
+	case b.duration < 0:
+		return 0, usageError("-duration %v: must be >= 0", b.duration)
+	case b.streamLen < 1 || b.streamLen > 1<<16:
+		return 0, usageError("-stream-len %d: must be in 1..65536", b.streamLen)
+	case b.shards < 1 || b.shards > 4096:
+		return 0, usageError("-baseline-shards %d: must be in 1..4096", b.shards)
+	}
+	return d, nil
+}
+
+// benchResult is one run's figures.
+type benchResult struct {
+	Name          string        `json:"name"`
+	Events        uint64        `json:"events"`
+	Accepted      uint64        `json:"accepted"`
+	Refused       uint64        `json:"refused"`
+	Errors        uint64        `json:"errors"`
+	Elapsed       time.Duration `json:"elapsed_ns"`
+	EventsPerSec  float64       `json:"events_per_sec"`
+	P50, P90, P99 time.Duration `json:"-"`
+	Max           time.Duration `json:"-"`
+	Latency       struct {
+		P50, P90, P99, Max float64 // milliseconds
+	} `json:"latency_ms"`
+	FirstError string `json:"first_error,omitempty"`
+}
+
+// latencies is a bounded reservoir of samples shared by workers.
+type latencies struct {
+	mu      sync.Mutex
+	samples []time.Duration
+	seen    uint64
+	max     time.Duration
+	rng     *rand.Rand
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seen++
+	l.max = max(l.max, d)
+	if len(l.samples) < maxLatencySamples {
+		l.samples = append(l.samples, d)
+	} else if i := l.rng.Uint64N(l.seen); i < maxLatencySamples {
+		l.samples[i] = d
+	}
+}
+
+func (r *benchResult) finish(l *latencies) {
+	if r.Elapsed > 0 {
+		r.EventsPerSec = float64(r.Accepted) / r.Elapsed.Seconds()
+	}
+	if l == nil {
+		return
+	}
+	slices.Sort(l.samples)
+	r.P50, r.P90, r.P99, r.Max = percentile(l.samples, 0.50), percentile(l.samples, 0.90), percentile(l.samples, 0.99), l.max
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max = ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max)
+}
+
+func (b *benchFlags) run(stdout, stderr io.Writer) error {
+	d, err := b.validate()
+	if err != nil {
+		return err
+	}
+	c, err := b.dial()
+	if err != nil {
+		return err
+	}
+	startNs := time.Now().UnixNano()
+	res, err := b.runRPC(c, d, startNs)
+	if err != nil {
+		return err
+	}
+	results := []*benchResult{res}
+	if b.baseline {
+		base, err := runBaseline(b, startNs, uint32(b.shards))
+		if err != nil {
+			return err
+		}
+		results = append(results, base)
+	}
+	if b.json {
+		enc := json.NewEncoder(stdout)
+		for _, r := range results {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	mode := "IngestStream"
+	if b.unary {
+		mode = "Ingest (unary)"
+	}
+	fmt.Fprintf(stdout, "scope bench: %s, %s, batch %d, concurrency %d, procs %d, rate %s\n",
+		mode, strings.ToLower(strings.TrimPrefix(d.String(), "DURABILITY_")), b.batch, b.concurrency, b.procs, rateText(b.rate))
+	fmt.Fprintf(stdout, "%-10s %10s %10s %8s %7s %9s %12s %9s %9s %9s %9s\n",
+		"RUN", "EVENTS", "ACCEPTED", "REFUSED", "ERRORS", "ELAPSED", "EVENTS/S", "P50", "P90", "P99", "MAX")
+	for _, r := range results {
+		lat := func(d time.Duration) string {
+			if r.Max == 0 {
+				return "-"
+			}
+			return d.Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(stdout, "%-10s %10d %10d %8d %7d %9s %12.0f %9s %9s %9s %9s\n", r.Name, r.Events, r.Accepted,
+			r.Refused, r.Errors, r.Elapsed.Round(time.Millisecond), r.EventsPerSec, lat(r.P50), lat(r.P90), lat(r.P99), lat(r.Max))
+	}
+	if res.FirstError != "" {
+		fmt.Fprintf(stderr, "first error: %s\n", res.FirstError)
+	}
+	if len(results) == 2 && results[1].EventsPerSec > 0 {
+		fmt.Fprintf(stdout, "agent/baseline throughput: %.2f\n", res.EventsPerSec/results[1].EventsPerSec)
+	}
+	return nil
+}
+
+func rateText(r float64) string {
+	if r == 0 {
+		return "max"
+	}
+	return fmt.Sprintf("%.0f events/s", r)
+}
+
+// runRPC drives the agent with b.concurrency workers.
+func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*benchResult, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if b.duration > 0 {
+		ctx, cancel = context.WithTimeout(ctx, b.duration)
+		defer cancel()
+	}
+	res := &benchResult{Name: "agent"}
+	lat := &latencies{rng: rand.New(rand.NewPCG(b.seed, 99))}
+	var sent, accepted, refused, errs atomic.Uint64
+	var firstErr atomic.Pointer[string]
+	var wg sync.WaitGroup
+	perWorker := b.events / b.concurrency
+	start := time.Now()
+	for w := range b.concurrency {
+		quota := perWorker
+		if w == 0 {
+			quota += b.events % b.concurrency
+		}
+		g, err := newGenerator(genConfig{Seed: b.seed, Procs: b.procs / b.concurrency, Part: w, Origins: 8,
+			MaxDepth: 8, StartNs: startNs})
+		if err != nil {
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			wk := benchWorker{b: b, c: c, d: d, g: g, quota: quota, lat: lat, start: start,
+				rate: b.rate / float64(b.concurrency)}
+			wk.run(ctx)
+			sent.Add(wk.sent)
+			accepted.Add(wk.accepted)
+			refused.Add(wk.refused)
+			errs.Add(wk.errors)
+			if wk.firstErr != "" {
+				firstErr.CompareAndSwap(nil, &wk.firstErr)
+			}
+		}()
+	}
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.Events, res.Accepted, res.Refused, res.Errors = sent.Load(), accepted.Load(), refused.Load(), errs.Load()
+	if p := firstErr.Load(); p != nil {
+		res.FirstError = *p
+	}
+	res.finish(lat)
+	return res, nil
+}
+
+// benchWorker sends one generator's events, paced to rate events/s.
+type benchWorker struct {
+	b     *benchFlags
+	c     *api
+	d     scopev1.Durability
+	g     *generator
+	quota int
+	rate  float64
+	start time.Time
+	lat   *latencies
+
+	sent, accepted, refused, errors uint64
+	consecutive                     int
+	firstErr                        string
+}
+
+func (w *benchWorker) run(ctx context.Context) {
+	buf := make([]correlate.Event, 0, w.b.batch)
+	for w.quota > 0 && ctx.Err() == nil && w.consecutive < maxConsecutiveErrs {
+		n := w.b.batch * w.b.streamLen
+		if w.b.unary {
+			n = w.b.batch
+		}
+		n = min(n, w.quota)
+		w.quota -= n
+		// Batches of one request (unary) or one stream.
+		var reqs []*scopev1.IngestRequest
+		for n > 0 {
+			k := min(n, w.b.batch)
+			n -= k
+			buf = w.g.next(buf[:0], k)
+			reqs = append(reqs, &scopev1.IngestRequest{Events: rpc.EventsToProto(buf), Durability: w.d})
+		}
+		if w.b.unary {
+			w.unary(ctx, reqs[0])
+		} else {
+			w.stream(ctx, reqs)
+		}
+	}
+}
+
+// pace waits until sending up to the total-th event keeps the worker at
+// its rate.
+func (w *benchWorker) pace(ctx context.Context, total uint64) {
+	if w.rate <= 0 {
+		return
+	}
+	due := w.start.Add(time.Duration(float64(total) / w.rate * float64(time.Second)))
+	if wait := time.Until(due); wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
+}
+
+func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err error, began time.Time) {
+	w.sent += events
+	if err != nil {
+		w.errors++
+		w.consecutive++
+		if w.firstErr == "" {
+			w.firstErr = err.Error()
+		}
+		if ir := ingestDetail(err); ir != nil {
+			w.accepted += uint64(ir.GetAccepted())
+			w.refused += uint64(ir.GetRefused())
+		}
+		return
+	}
+	w.consecutive = 0
+	w.accepted += uint64(resp.GetAccepted())
+	w.refused += uint64(resp.GetRefused())
+	w.lat.add(time.Since(began))
+}
+
+func (w *benchWorker) unary(ctx context.Context, req *scopev1.IngestRequest) {
+	n := uint64(len(req.GetEvents()))
+	w.pace(ctx, w.sent+n)
+	began := time.Now()
+	resp, err := w.c.ingest.Ingest(ctx, connect.NewRequest(req))
+	if err != nil {
+		w.record(n, nil, err, began)
+		return
+	}
+	w.record(n, resp.Msg, nil, began)
+}
+
+// stream sends reqs on one IngestStream. The summary that acknowledges
+// them comes when the stream closes, so each batch's latency is measured
+// from its own Send to that acknowledgement: an upper bound of its
+// ingest→ack time (the last batch's is exact).
+func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest) {
+	var n uint64
+	for _, r := range reqs {
+		n += uint64(len(r.GetEvents()))
+	}
+	s := w.c.ingest.IngestStream(ctx)
+	sendTimes := make([]time.Time, 0, len(reqs))
+	var sendErr error
+	total := w.sent
+	for _, r := range reqs {
+		total += uint64(len(r.GetEvents()))
+		w.pace(ctx, total)
+		sendTimes = append(sendTimes, time.Now())
+		if sendErr = s.Send(r); sendErr != nil {
+			break // the server ended the stream: CloseAndReceive has its error
+		}
+	}
+	resp, err := s.CloseAndReceive()
+	if err == nil && sendErr != nil {
+		err = sendErr
+	}
+	if err != nil {
+		w.record(n, nil, err, time.Now())
+		return
+	}
+	w.sent += n
+	w.consecutive = 0
+	w.accepted += uint64(resp.Msg.GetAccepted())
+	w.refused += uint64(resp.Msg.GetRefused())
+	for _, t := range sendTimes {
+		w.lat.add(time.Since(t))
+	}
+}

@@ -1,0 +1,220 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+)
+
+// defaultAddr is the agent's default public HTTP address (ARCHITECTURE §8).
+const defaultAddr = "127.0.0.1:7070"
+
+// Exit codes of every command.
+const (
+	exitOK    = 0
+	exitError = 1 // the command ran and failed (server error, I/O error)
+	exitUsage = 2 // bad flags or arguments
+)
+
+// usageError wraps a message so that errors.Is(err, errUsage) holds.
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting.
+func newFlagSet(name, args string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: scope %s [flags] %s\n\nflags:\n", name, args)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args; ok is false when the command must exit with code.
+// Flags may follow positional arguments (`scope tree <id> -addr x`): the
+// positionals are collected and left in fs.Args().
+func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	var positional []string
+	for {
+		switch err := fs.Parse(args); {
+		case errors.Is(err, flag.ErrHelp):
+			return exitOK, false
+		case err != nil:
+			return exitUsage, false
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			positional = append(positional, rest...) // after "--": all positional
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+	// Leave the positionals in fs.Args(); "--" ends flag parsing.
+	if err := fs.Parse(append([]string{"--"}, positional...)); err != nil {
+		return exitUsage, false
+	}
+	return exitOK, true
+}
+
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) (set bool) {
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// clientFlags are the flags every client command shares.
+type clientFlags struct {
+	addr    string
+	json    bool
+	timeout time.Duration
+}
+
+func (c *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.addr, "addr", defaultAddr, "a node's HTTP address (host:port or http://host:port)")
+	fs.BoolVar(&c.json, "json", false, "print responses as proto3 JSON, one message per line")
+	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each request (0: none)")
+}
+
+// baseURL turns -addr into the base URL of the Connect services.
+func (c *clientFlags) baseURL() (string, error) {
+	addr := strings.TrimRight(c.addr, "/")
+	switch {
+	case addr == "":
+		return "", usageError("-addr: required")
+	case strings.HasPrefix(addr, "https://"):
+		return "", usageError("-addr %q: TLS is not supported yet; use http://host:port", c.addr)
+	case strings.HasPrefix(addr, "http://"):
+		return addr, nil
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", usageError("-addr %q: want host:port or http://host:port", c.addr)
+	}
+	return "http://" + addr, nil
+}
+
+// newHTTPClient returns an HTTP client speaking HTTP/2 without TLS (h2c,
+// prior knowledge): the agent serves gRPC on the same port, so h2c is always
+// available, and it lets one connection carry many concurrent streams.
+func newHTTPClient() *http.Client {
+	t := &http.Transport{
+		Protocols:           new(http.Protocols),
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	t.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: t}
+}
+
+// api holds the three service clients of one node.
+type api struct {
+	ingest  scopev1connect.IngestServiceClient
+	query   scopev1connect.QueryServiceClient
+	cluster scopev1connect.ClusterServiceClient
+}
+
+func (c *clientFlags) dial() (*api, error) {
+	base, err := c.baseURL()
+	if err != nil {
+		return nil, err
+	}
+	hc := newHTTPClient()
+	return &api{
+		ingest:  scopev1connect.NewIngestServiceClient(hc, base),
+		query:   scopev1connect.NewQueryServiceClient(hc, base),
+		cluster: scopev1connect.NewClusterServiceClient(hc, base),
+	}, nil
+}
+
+// context returns the context of one request: cancelled by SIGINT/SIGTERM
+// and bounded by -timeout.
+func (c *clientFlags) context() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	if c.timeout <= 0 {
+		return ctx, stop
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	return ctx, func() { cancel(); stop() }
+}
+
+// reportError prints err for a user and returns the exit code: a usage
+// error prints the command's flags, a server error its code, message and
+// the IngestResponse detail when it carries one.
+func reportError(stderr io.Writer, fs *flag.FlagSet, err error) int {
+	if errors.Is(err, errUsage) {
+		fmt.Fprintf(stderr, "scope %s: %s\n", fs.Name(), strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+		fs.Usage()
+		return exitUsage
+	}
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "scope %s: %v\n", fs.Name(), err)
+		return exitError
+	}
+	fmt.Fprintf(stderr, "scope %s: %s: %s\n", fs.Name(), ce.Code(), ce.Message())
+	for _, d := range ce.Details() {
+		msg, derr := d.Value()
+		if derr != nil {
+			continue
+		}
+		if ir, ok := msg.(*scopev1.IngestResponse); ok {
+			fmt.Fprintf(stderr, "  accepted %d, refused %d\n", ir.GetAccepted(), ir.GetRefused())
+			for _, s := range ir.GetShards() {
+				if s.GetErrorCode() == "" {
+					continue
+				}
+				fmt.Fprintf(stderr, "  shard %d: %s: %s", s.GetShard(), s.GetErrorCode(), s.GetErrorMessage())
+				if s.GetLeader() != "" {
+					fmt.Fprintf(stderr, " (leader %s)", s.GetLeader())
+				}
+				fmt.Fprintln(stderr)
+			}
+			continue
+		}
+		fmt.Fprintf(stderr, "  detail %s: %s\n", msg.ProtoReflect().Descriptor().FullName(), protoText(msg))
+	}
+	return exitError
+}
+
+// jsonLine is the -json output form: proto3 JSON on one line.
+var jsonLine = protojson.MarshalOptions{UseProtoNames: false}
+
+func protoText(m proto.Message) string {
+	b, err := jsonLine.Marshal(m)
+	if err != nil {
+		return fmt.Sprintf("<%v>", err)
+	}
+	return string(b)
+}
+
+// printJSON writes m as one line of proto3 JSON.
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := jsonLine.Marshal(m)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	_, err = w.Write(b)
+	return err
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/elixirscope/scope/node"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+func TestAgentFlags(t *testing.T) {
+	def := node.DefaultConfig("", "")
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantErr string // substring; "" means valid
+		check   func(t *testing.T, c *agentConfig)
+	}{
+		{name: "dev defaults", args: []string{"-dev"}, check: func(t *testing.T, c *agentConfig) {
+			if c.name != "dev" || c.dataDir != filepath.Join("data", "dev") || c.httpAddr != "127.0.0.1:7070" ||
+				c.raftAddr != "127.0.0.1:7071" || c.node.Shards != 16 || c.shardsSet {
+				t.Errorf("dev config: %+v", c)
+			}
+			if c.node.ID != "dev" || c.node.DataDir != c.dataDir {
+				t.Errorf("node config not derived: ID %q DataDir %q", c.node.ID, c.node.DataDir)
+			}
+			// Defaults come from the node and rpc packages.
+			if c.node.Pool.RingCapacity != def.Pool.RingCapacity || c.node.CommitTimeout != def.CommitTimeout {
+				t.Errorf("pool/commit defaults differ from node.DefaultConfig")
+			}
+			if c.rpc.Limits != c.node.Correlator.Limits {
+				t.Errorf("rpc limits %+v differ from correlator limits %+v", c.rpc.Limits, c.node.Correlator.Limits)
+			}
+		}},
+		{name: "no dev: host name, data/<name>", args: nil, check: func(t *testing.T, c *agentConfig) {
+			if c.name == "" || c.name == "dev" || c.dataDir != filepath.Join("data", c.name) {
+				t.Errorf("name %q dataDir %q", c.name, c.dataDir)
+			}
+		}},
+		{name: "explicit everything", args: []string{"-dev", "-name", "n1", "-data-dir", "/tmp/x", "-http", ":0",
+			"-raft", "127.0.0.1:0", "-shards", "8", "-ring-capacity", "1024", "-batch-size", "128",
+			"-flush-interval", "5ms", "-writers", "3", "-commit-timeout", "2s", "-payload-limit", "100",
+			"-retention-max-age", "1h", "-retention-max-events", "5000", "-log-level", "debug", "-log-format", "json"},
+			check: func(t *testing.T, c *agentConfig) {
+				p := c.node.Pool
+				if c.name != "n1" || c.dataDir != "/tmp/x" || c.node.Shards != 8 || !c.shardsSet ||
+					p.RingCapacity != 1024 || p.BatchSize != 128 || p.FlushInterval != 5*time.Millisecond ||
+					p.Writers != 3 || c.node.CommitTimeout != 2*time.Second ||
+					c.node.Correlator.Limits.MaxPayloadBytes != 100 || c.rpc.Limits.MaxPayloadBytes != 100 ||
+					c.node.RetentionMaxAge != time.Hour || c.node.RetentionMaxEvents != 5000 {
+					t.Errorf("config: %+v", c)
+				}
+			}},
+		{name: "shards zero", args: []string{"-shards", "0"}, wantErr: "-shards 0: must be in 1..4096"},
+		{name: "shards too many", args: []string{"-shards", "5000"}, wantErr: "-shards 5000"},
+		{name: "ring not power of two", args: []string{"-ring-capacity", "1000"}, wantErr: "-ring-capacity = 1000"},
+		{name: "batch above ring", args: []string{"-ring-capacity", "1024", "-batch-size", "2048"}, wantErr: "-batch-size = 2048"},
+		{name: "writers zero", args: []string{"-writers", "0"}, wantErr: "-writers = 0"},
+		{name: "bad http", args: []string{"-http", "7070"}, wantErr: `-http "7070": want host:port`},
+		{name: "same addrs", args: []string{"-http", "127.0.0.1:9", "-raft", "127.0.0.1:9"}, wantErr: "must differ"},
+		{name: "log level", args: []string{"-log-level", "loud"}, wantErr: `-log-level "loud"`},
+		{name: "log format", args: []string{"-log-format", "xml"}, wantErr: `-log-format "xml"`},
+		{name: "payload limit", args: []string{"-payload-limit", "0"}, wantErr: "-payload-limit 0"},
+		{name: "commit timeout", args: []string{"-commit-timeout", "0s"}, wantErr: "-commit-timeout 0s"},
+		{name: "negative age", args: []string{"-retention-max-age", "-1h"}, wantErr: "-retention-max-age"},
+		{name: "stray argument", args: []string{"-dev", "extra"}, wantErr: "unexpected arguments"},
+		{name: "unknown flag", args: []string{"-gossip", "x"}, wantErr: "flag provided but not defined"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			c, _, err := parseAgentFlags(tc.args, &stderr)
+			if tc.wantErr != "" {
+				msg := ""
+				if err != nil {
+					msg = err.Error() + stderr.String()
+				}
+				if !strings.Contains(msg, tc.wantErr) {
+					t.Fatalf("error %q (stderr %q), want %q", err, stderr.String(), tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestPrepareDataDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	if n, err := prepareDataDir(dir, 8, true, "n1"); err != nil || n != 8 {
+		t.Fatalf("new dir: %d, %v", n, err)
+	}
+	if n, err := prepareDataDir(dir, 8, true, "n1"); err != nil || n != 8 {
+		t.Fatalf("same count: %d, %v", n, err)
+	}
+	// Not given: the stored count is adopted.
+	if n, err := prepareDataDir(dir, 16, false, "n1"); err != nil || n != 8 {
+		t.Fatalf("implicit count: %d, %v", n, err)
+	}
+	// Given and different: refused, naming both counts.
+	_, err := prepareDataDir(dir, 16, true, "n1")
+	if !errors.Is(err, errShardsMismatch) || !strings.Contains(err.Error(), "-shards 16") ||
+		!strings.Contains(err.Error(), "created with 8 shards") {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, metaFile), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := prepareDataDir(dir, 8, true, "n1"); !errors.Is(err, errBadMeta) {
+		t.Fatalf("corrupt meta: %v", err)
+	}
+}
+
+func TestQueryFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+		check   func(*scopev1.EventsRequest) bool
+	}{
+		{args: nil, check: func(r *scopev1.EventsRequest) bool { return r.Limit == 100 && r.Arity == nil }},
+		{args: []string{"-kind", "call", "-kind", "RETURN,KIND_EXCEPTION"}, check: func(r *scopev1.EventsRequest) bool {
+			return len(r.Kinds) == 3 && r.Kinds[0] == scopev1.Kind_KIND_CALL && r.Kinds[2] == scopev1.Kind_KIND_EXCEPTION
+		}},
+		{args: []string{"-module", "M", "-function", "f", "-arity", "0"}, check: func(r *scopev1.EventsRequest) bool {
+			return r.Arity != nil && *r.Arity == 0 && r.Function == "f"
+		}},
+		{args: []string{"-from", "2024-05-01T12:00:00Z", "-to", "1714564800000000001"}, check: func(r *scopev1.EventsRequest) bool {
+			return r.FromNs == 1714564800000000000 && r.ToNs == 1714564800000000001
+		}},
+		{args: []string{"-origin", "a", "-pid", "p", "-desc", "-limit", "7", "-cursor", "c", "-partial"},
+			check: func(r *scopev1.EventsRequest) bool {
+				return r.Origin == "a" && r.Pid == "p" && r.Descending && r.Limit == 7 && r.Cursor == "c" && r.AllowPartial
+			}},
+		{args: []string{"-kind", "NOPE"}, wantErr: `kind "NOPE"`},
+		{args: []string{"-kind", "UNSPECIFIED"}, wantErr: `kind "UNSPECIFIED"`},
+		{args: []string{"-pid", "p"}, wantErr: "-pid \"p\": needs -origin"},
+		{args: []string{"-function", "f"}, wantErr: "needs -module"},
+		{args: []string{"-module", "m", "-arity", "2"}, wantErr: "-arity 2: needs -function"},
+		{args: []string{"-arity", "x"}, wantErr: `arity "x"`},
+		{args: []string{"-from", "yesterday"}, wantErr: `-from "yesterday": want RFC 3339`},
+		{args: []string{"-from", "20", "-to", "10"}, wantErr: "must be after -from"},
+		{args: []string{"-limit", "0"}, wantErr: "-limit 0"},
+		{args: []string{"-limit", "10001"}, wantErr: "-limit 10001"},
+	} {
+		var q queryFlags
+		var stderr bytes.Buffer
+		fs := newFlagSet("query", "", &stderr)
+		q.register(fs)
+		err := fs.Parse(tc.args)
+		var req *scopev1.EventsRequest
+		if err == nil {
+			req, err = q.request()
+		}
+		msg := stderr.String()
+		if err != nil {
+			msg = err.Error() + " " + msg
+		}
+		switch {
+		case tc.wantErr != "" && !strings.Contains(msg, tc.wantErr):
+			t.Errorf("%q: error %q, want %q", tc.args, msg, tc.wantErr)
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%q: unexpected error %v", tc.args, err)
+		case tc.wantErr == "" && !tc.check(req):
+			t.Errorf("%q: request %v", tc.args, req)
+		}
+	}
+}
+
+func TestClientCommandUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"ingest", "-batch", "0"}, "-batch 0"},
+		{[]string{"ingest", "-durability", "maybe"}, `-durability "maybe"`},
+		{[]string{"ingest", "a", "b"}, "at most one file"},
+		{[]string{"query", "-addr", "https://x:1"}, "TLS is not supported"},
+		{[]string{"query", "-addr", "nohost"}, `-addr "nohost"`},
+		{[]string{"tree"}, "missing event id"},
+		{[]string{"tree", "a", "b"}, "want one event id"},
+		{[]string{"stack", "-origin", "o"}, "-pid: required"},
+		{[]string{"state", "-origin", "o", "-pid", "p"}, "-at: required"},
+		{[]string{"flow", "-a", "o/p", "-b", "nopid"}, `-b "nopid": want origin/pid`},
+		{[]string{"trace", "-direction", "up", "X"}, `-direction "up"`},
+		{[]string{"tail", "-from", "1"}, "-from: does not apply to tail"},
+		{[]string{"bench", "-procs", "3", "-concurrency", "2"}, "-procs 3"},
+		{[]string{"bench", "-batch", "0"}, "-batch 0"},
+		{[]string{"bench", "-durability", "x"}, `-durability "x"`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(tc.args, &stdout, &stderr)
+		if code != exitUsage || !strings.Contains(stderr.String(), tc.wantErr) {
+			t.Errorf("%q: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr.String(), exitUsage, tc.wantErr)
+		}
+	}
+}
+
+func TestReadEventsReportsLineAndField(t *testing.T) {
+	for _, tc := range []struct {
+		input   string
+		wantErr string
+		batches []int
+	}{
+		{input: `{"origin":"a","pid":"p","kind":"KIND_CALL","timestampNs":"1","module":"m","function":"f"}` + "\n\n# comment\n" +
+			`{"origin":"a","pid":"p","kind":"KIND_RETURN","timestampNs":"2"}` + "\n" +
+			`{"origin":"a","pid":"p","kind":"KIND_EXIT","timestampNs":"3"}`, batches: []int{2, 1}},
+		{input: `{"origin":"a","pid":"p","kind":"KIND_CALL","timestampNs":"1","function":"f"}`,
+			wantErr: "line 1: event.module: required for CALL"},
+		{input: "\n" + `{"origin":"a","pid":"p","kind":"KIND_CALL","timestampNs":"1","modul":"m"}`,
+			wantErr: "line 2: not a scope.v1.Event"},
+		{input: `{"origin":"a","pid":"p","kind":"KIND_BOGUS","timestampNs":"1"}`, wantErr: "line 1:"},
+		{input: `{"origin":"a","pid":"p","kind":"KIND_EXIT","timestampNs":"1","eventId":"nope"}`,
+			wantErr: "line 1: event.event_id"},
+	} {
+		var batches []int
+		err := readEvents(strings.NewReader(tc.input), 2, func(ev []*scopev1.Event, _ int, _ int64) error {
+			batches = append(batches, len(ev))
+			return nil
+		})
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("input %q: error %v, want %q", tc.input, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || len(batches) != len(tc.batches) || batches[0] != tc.batches[0] {
+			t.Errorf("input %q: batches %v err %v, want %v", tc.input, batches, err, tc.batches)
+		}
+	}
+}
+
+func TestParseTime(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"", 0, true}, {"123", 123, true}, {"-5", -5, true},
+		{"1970-01-01T00:00:01Z", 1e9, true}, {"2024-05-01T12:00:00.5+02:00", 1714557600500000000, true},
+		{"3000-01-01T00:00:00Z", 0, false}, {"soon", 0, false},
+	} {
+		got, err := parseTime("at", tc.in)
+		if (err == nil) != tc.ok || (tc.ok && got != tc.want) {
+			t.Errorf("parseTime(%q) = %d, %v; want %d ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestParseFlagsInterspersed(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		addr     string
+		json     bool
+		position []string
+	}{
+		{[]string{"ID", "-addr", "h:1"}, "h:1", false, []string{"ID"}},
+		{[]string{"-json", "A", "-addr", "h:2", "B"}, "h:2", true, []string{"A", "B"}},
+		{[]string{"-addr", "h:3", "--", "-json"}, "h:3", false, []string{"-json"}},
+		{nil, defaultAddr, false, nil},
+	} {
+		var cf clientFlags
+		var stderr bytes.Buffer
+		fs := newFlagSet("x", "", &stderr)
+		cf.register(fs)
+		if code, ok := parseFlags(fs, tc.args); !ok {
+			t.Fatalf("%q: exit %d: %s", tc.args, code, stderr.String())
+		}
+		if cf.addr != tc.addr || cf.json != tc.json || strings.Join(fs.Args(), " ") != strings.Join(tc.position, " ") {
+			t.Errorf("%q: addr %q json %v args %q", tc.args, cf.addr, cf.json, fs.Args())
+		}
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+// parseTime reads a point in time given as RFC 3339 (with or without
+// fractional seconds) or as integer nanoseconds since the Unix epoch.
+// The empty string is 0 (an open end of a range).
+func parseTime(flagName, s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if ns, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return ns, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, usageError("-%s %q: want RFC 3339 (2024-05-01T12:00:00Z) or nanoseconds since the epoch", flagName, s)
+	}
+	// UnixNano overflows outside 1678..2262; refuse rather than wrap.
+	if t.Year() < 1678 || t.Year() > 2261 {
+		return 0, usageError("-%s %q: year must be in 1678..2261", flagName, s)
+	}
+	return t.UnixNano(), nil
+}
+
+// fmtTime prints a timestamp in UTC with microseconds.
+func fmtTime(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Unix(0, ns).UTC().Format("2006-01-02T15:04:05.000000Z")
+}
+
+// fmtDuration prints a duration in ns; 0 prints as "-".
+func fmtDuration(ns int64) string {
+	if ns == 0 {
+		return "-"
+	}
+	return time.Duration(ns).String()
+}
+
+func kindName(k scopev1.Kind) string { return strings.TrimPrefix(k.String(), "KIND_") }
+
+func outcomeName(o scopev1.Outcome) string {
+	if o == scopev1.Outcome_OUTCOME_UNSPECIFIED {
+		return "-"
+	}
+	return strings.TrimPrefix(o.String(), "OUTCOME_")
+}
+
+func linkName(t scopev1.LinkType) string { return strings.TrimPrefix(t.String(), "LINK_TYPE_") }
+
+// mfa prints module:function/arity, or "-" when the event has none.
+func mfa(e *scopev1.Event) string {
+	if e.GetModule() == "" && e.GetFunction() == "" {
+		return "-"
+	}
+	return fmt.Sprintf("%s:%s/%d", e.GetModule(), e.GetFunction(), e.GetArity())
+}
+
+func process(origin, pid string) string { return origin + "/" + pid }
+
+// eventOutcome is what the outcome column shows: the frame outcome, or
+// "orphan" for an event that matched nothing.
+func eventOutcome(e *scopev1.Event) string {
+	if e.GetOrphan() {
+		return "ORPHAN"
+	}
+	return outcomeName(e.GetOutcome())
+}
+
+// eventIDs prints the ids column: the event id, then correlation, parent
+// and root ids when set.
+func eventIDs(e *scopev1.Event) string {
+	parts := []string{e.GetEventId()}
+	if c := e.GetCorrelationId(); c != "" && c != e.GetEventId() {
+		parts = append(parts, "corr="+c)
+	}
+	if p := e.GetParentId(); p != "" {
+		parts = append(parts, "parent="+p)
+	}
+	if r := e.GetRootId(); r != "" && r != e.GetEventId() {
+		parts = append(parts, "root="+r)
+	}
+	return strings.Join(parts, " ")
+}
+
+// eventTable prints events as the query table.
+type eventTable struct{ tw *tabwriter.Writer }
+
+func newEventTable(w io.Writer) *eventTable {
+	t := &eventTable{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+	fmt.Fprintln(t.tw, "TIME\tSHARD\tKIND\tPROCESS\tM:F/A\tDURATION\tOUTCOME\tIDS")
+	return t
+}
+
+func (t *eventTable) add(e *scopev1.Event) {
+	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", fmtTime(e.GetTimestampNs()), e.GetShard(),
+		kindName(e.GetKind()), process(e.GetOrigin(), e.GetPid()), mfa(e), fmtDuration(e.GetDurationNs()),
+		eventOutcome(e), eventIDs(e))
+}
+
+func (t *eventTable) flush() error { return t.tw.Flush() }
+
+// percentile returns the q-quantile (0..1) of sorted values by the
+// nearest-rank method; 0 for no values.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(rank, len(sorted)-1))]
+}
