@@ -239,7 +239,8 @@ func (m *Membership) LiveNames() []string {
 	return out
 }
 
-// Meta returns this node's current metadata (Led is a copy).
+// Meta returns this node's current metadata as last set, with its full Led
+// (a copy); peers may see a cut Led (LedPartial) if it did not fit.
 func (m *Membership) Meta() Meta {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -270,7 +271,6 @@ func (m *Membership) UpdateMeta(update func(*Meta)) error {
 	if err != nil {
 		return err
 	}
-	meta.LedPartial = b[1]&metaFlagPartial != 0
 	m.meta, m.metaBytes = meta, b
 	select {
 	case m.publish <- struct{}{}:
