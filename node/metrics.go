@@ -21,6 +21,7 @@ type Metrics struct {
 	correlator       *prometheus.CounterVec
 	noticesDelivered prometheus.Counter
 	noticeFailures   prometheus.Counter
+	forwarded        prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -46,10 +47,14 @@ func newMetrics() *Metrics {
 			Name: "scope_notice_delivery_failures_total",
 			Help: "Notice delivery attempts that failed and will be retried.",
 		}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_ingest_forwarded_events_total",
+			Help: "Events forwarded to the leader of their shard on another node.",
+		}),
 	}
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
-		m.noticesDelivered, m.noticeFailures,
+		m.noticesDelivered, m.noticeFailures, m.forwarded,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

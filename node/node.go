@@ -127,9 +127,10 @@ type Node struct {
 	pool    *Pool
 	metrics *Metrics
 
-	mu       sync.RWMutex
-	replicas map[uint32]*Replica
-	closed   bool
+	mu        sync.RWMutex
+	replicas  map[uint32]*Replica
+	forwarder Forwarder
+	closed    bool
 
 	outboxSignal chan struct{} // a replica's outbox grew
 	stop         chan struct{}
@@ -210,7 +211,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	r, err := OpenReplica(ReplicaConfig{
 		Shard:      shard,
 		NodeID:     raft.ServerID(n.cfg.ID),
-		Dir:        filepath.Join(n.cfg.DataDir, "raft", fmt.Sprintf("shard-%04d", shard)),
+		Dir:        n.replicaDir(shard),
 		Store:      n.store,
 		Transport:  trans,
 		Correlator: cc,
@@ -339,18 +340,14 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
 	defer cancel()
 	tickets := make([]*Ticket, len(shards))
+	forwarded := make([]bool, len(shards))
 	res.Shards = make([]ShardResult, len(shards))
 	for i, shard := range shards {
 		part := byShard[shard]
 		res.Shards[i] = ShardResult{Shard: shard, Events: len(part)}
 		r := n.Replica(shard)
-		switch {
-		case r == nil:
-			res.Shards[i].Err = fmt.Errorf("%w: shard %d", ErrNoShard, shard)
-			continue
-		case !r.IsLeader():
-			addr, id := r.Leader()
-			res.Shards[i].Err = &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+		if r == nil || !r.IsLeader() {
+			forwarded[i] = true
 			continue
 		}
 		t, err := n.pool.Submit(ctx, shard, part, d == Committed)
@@ -361,6 +358,22 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		tickets[i] = t
 		if d == Accepted {
 			res.Shards[i].Accepted = len(part)
+		}
+	}
+	// Parts for shards led elsewhere go to their leaders, concurrently,
+	// while the local parts commit.
+	var fwd sync.WaitGroup
+	for i, shard := range shards {
+		if forwarded[i] {
+			fwd.Add(1)
+			go func() {
+				defer fwd.Done()
+				if err := n.forward(ctx, shard, byShard[shard], d); err != nil {
+					res.Shards[i].Err = err
+				} else {
+					res.Shards[i].Accepted = res.Shards[i].Events
+				}
+			}()
 		}
 	}
 	if d == Committed {
@@ -381,10 +394,29 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			}
 		}
 	}
+	fwd.Wait()
 	for _, s := range res.Shards {
 		n.metrics.ingested(s.Shard, s.Accepted)
 	}
 	return res
+}
+
+// forward hands a shard's part to its leader on another node, unless the
+// request was forwarded here already or no forwarder is installed.
+func (n *Node) forward(ctx context.Context, shard uint32, events []correlate.Event, d Durability) error {
+	n.mu.RLock()
+	f := n.forwarder
+	n.mu.RUnlock()
+	r := n.Replica(shard)
+	if f == nil || isForwarded(ctx) {
+		if r == nil {
+			return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+		}
+		addr, id := r.Leader()
+		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+	}
+	n.metrics.forwarded.Add(float64(len(events)))
+	return f.Forward(ctx, shard, events, d)
 }
 
 // Propose implements Proposer for the writer pool: it proposes a batch of

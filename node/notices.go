@@ -85,8 +85,11 @@ func (n *Node) deliverFrom(src *Replica, outbox []correlate.Notice) {
 func (n *Node) deliver(dest uint32, notices []correlate.Notice) error {
 	r := n.Replica(dest)
 	if r == nil || !r.IsLeader() {
-		if n.cfg.DeliverRemote != nil {
-			return n.cfg.DeliverRemote(dest, notices)
+		n.mu.RLock()
+		remote := n.cfg.DeliverRemote
+		n.mu.RUnlock()
+		if remote != nil {
+			return remote(dest, notices)
 		}
 		if r == nil {
 			return fmt.Errorf("%w: shard %d", ErrNoShard, dest)
