@@ -97,6 +97,20 @@ func (n *Node) deliver(dest uint32, notices []correlate.Notice) error {
 		addr, id := r.Leader()
 		return &NotLeaderError{Shard: dest, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
+	return n.ProposeNotices(dest, notices)
+}
+
+// ProposeNotices proposes notices delivered to shard (from any node) to the
+// local replica, which must lead the shard, and waits for the commit.
+func (n *Node) ProposeNotices(shard uint32, notices []correlate.Notice) error {
+	r := n.Replica(shard)
+	if r == nil {
+		return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+	}
+	if !r.IsLeader() {
+		addr, id := r.Leader()
+		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+	}
 	return raftFuture{f: r.Propose(&correlate.Batch{Notices: notices}, n.cfg.CommitTimeout)}.Wait()
 }
 

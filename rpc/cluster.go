@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"connectrpc.com/connect"
@@ -12,13 +13,33 @@ import (
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
 
-// clusterService implements scope.v1.ClusterService for a single node:
-// membership arrives with the cluster layer.
+// ClusterInfo is what the cluster layer tells ClusterService. Without it
+// (SetCluster never called) the node answers as a one-node cluster.
+type ClusterInfo interface {
+	// Members lists every known member, this node included.
+	Members() []*scopev1.Member
+	// ShardLeader names the node leading shard, or "" if unknown.
+	ShardLeader(shard uint32) string
+	// Join contacts members at the given gossip addresses.
+	Join(addrs []string) (int, error)
+	// Leave drains this node (moves its replicas away) and leaves.
+	Leave(ctx context.Context) error
+	// Name is this node's name.
+	Name() string
+}
+
+// SetCluster installs the cluster layer's view of membership.
+func (s *Server) SetCluster(c ClusterInfo) { s.cluster = c }
+
+// clusterService implements scope.v1.ClusterService.
 type clusterService struct{ s *Server }
 
 var _ scopev1connect.ClusterServiceHandler = clusterService{}
 
 func (c clusterService) Members(context.Context, *connect.Request[scopev1.MembersRequest]) (*connect.Response[scopev1.MembersResponse], error) {
+	if c.s.cluster != nil {
+		return connect.NewResponse(&scopev1.MembersResponse{Members: c.s.cluster.Members()}), nil
+	}
 	n := c.s.node
 	m := &scopev1.Member{Name: n.ID(), Status: scopev1.MemberStatus_MEMBER_STATUS_ALIVE, Version: c.s.cfg.Version}
 	for _, r := range n.Replicas() {
@@ -56,8 +77,16 @@ func (c clusterService) Shards(_ context.Context, req *connect.Request[scopev1.S
 		}
 	}
 	resp := &scopev1.ShardsResponse{ShardCount: n.Shards()}
-	for _, r := range n.Replicas() {
-		if want := req.Msg.GetShards(); len(want) > 0 && !slices.Contains(want, r.Shard()) {
+	for shard := range n.Shards() {
+		if want := req.Msg.GetShards(); len(want) > 0 && !slices.Contains(want, shard) {
+			continue
+		}
+		r := n.Replica(shard)
+		if r == nil {
+			// Hosted elsewhere: this node knows the leader from gossip.
+			if c.s.cluster != nil {
+				resp.Shards = append(resp.Shards, &scopev1.ShardInfo{Shard: shard, Leader: c.s.cluster.ShardLeader(shard)})
+			}
 			continue
 		}
 		info := &scopev1.ShardInfo{Shard: r.Shard()}
@@ -98,12 +127,33 @@ func suffrageOf(s raft.ServerSuffrage) scopev1.Suffrage {
 	return scopev1.Suffrage_SUFFRAGE_UNSPECIFIED
 }
 
-var errNoCluster = errors.New("this node runs as a single node; clustering (Join, Leave) arrives with the cluster layer")
+var errNoCluster = errors.New("this node runs as a single node (scope agent -dev): it has no cluster to join or leave")
 
-func (c clusterService) Join(context.Context, *connect.Request[scopev1.JoinRequest]) (*connect.Response[scopev1.JoinResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errNoCluster)
+func (c clusterService) Join(_ context.Context, req *connect.Request[scopev1.JoinRequest]) (*connect.Response[scopev1.JoinResponse], error) {
+	const proc = scopev1connect.ClusterServiceJoinProcedure
+	if c.s.cluster == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errNoCluster)
+	}
+	if len(req.Msg.GetAddrs()) == 0 {
+		return nil, c.s.fail(proc, missing("addrs"))
+	}
+	n, err := c.s.cluster.Join(req.Msg.GetAddrs())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return connect.NewResponse(&scopev1.JoinResponse{Contacted: uint32(n)}), nil
 }
 
-func (c clusterService) Leave(context.Context, *connect.Request[scopev1.LeaveRequest]) (*connect.Response[scopev1.LeaveResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errNoCluster)
+func (c clusterService) Leave(ctx context.Context, req *connect.Request[scopev1.LeaveRequest]) (*connect.Response[scopev1.LeaveResponse], error) {
+	if c.s.cluster == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errNoCluster)
+	}
+	if name := req.Msg.GetName(); name != "" && name != c.s.cluster.Name() {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("this node is %q: send Leave to the node that leaves (%q)", c.s.cluster.Name(), name))
+	}
+	if err := c.s.cluster.Leave(ctx); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return connect.NewResponse(&scopev1.LeaveResponse{}), nil
 }

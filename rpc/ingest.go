@@ -19,8 +19,16 @@ type ingestService struct{ s *Server }
 
 var _ scopev1connect.IngestServiceHandler = ingestService{}
 
+// ForwardedHeader marks an ingest request that another node forwarded to
+// this one as the leader of its shards: this node answers not-leader rather
+// than forwarding it again, so stale routing can never make a loop.
+const ForwardedHeader = "Scope-Forwarded"
+
 func (i ingestService) Ingest(ctx context.Context, req *connect.Request[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error) {
 	const proc = scopev1connect.IngestServiceIngestProcedure
+	if req.Header().Get(ForwardedHeader) != "" {
+		ctx = node.NoForward(ctx)
+	}
 	resp, err := i.s.ingest(ctx, proc, req.Msg)
 	if err != nil {
 		return nil, err
@@ -34,6 +42,9 @@ func (i ingestService) Ingest(ctx context.Context, req *connect.Request[scopev1.
 // attached.
 func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientStream[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error) {
 	const proc = scopev1connect.IngestServiceIngestStreamProcedure
+	if stream.RequestHeader().Get(ForwardedHeader) != "" {
+		ctx = node.NoForward(ctx)
+	}
 	sum := &scopev1.IngestResponse{}
 	byShard := make(map[uint32]*scopev1.ShardResult)
 	add := func(r *scopev1.IngestResponse) {

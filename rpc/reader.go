@@ -49,6 +49,10 @@ type Resolver interface {
 	Reader(shard uint32, c Consistency) (ShardReader, error)
 }
 
+// LocalResolver serves every shard from n's own replicas; the cluster
+// layer wraps it to reach shards hosted elsewhere.
+func LocalResolver(n *node.Node) Resolver { return localResolver{n: n} }
+
 // localResolver serves every shard from the node's own replicas.
 type localResolver struct{ n *node.Node }
 

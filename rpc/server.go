@@ -31,6 +31,8 @@ import (
 // Server is a node's public API.
 type Server struct {
 	node    *node.Node
+	cluster ClusterInfo // nil on a one-node cluster
+	mounts  []mount     // extra handlers (the node-to-node API)
 	cfg     Config
 	logger  *slog.Logger
 	planner *planner
@@ -95,6 +97,9 @@ func (s *Server) Handler() http.Handler {
 		scopev1connect.QueryServiceName, scopev1connect.ClusterServiceName, grpchealth.HealthV1ServiceName)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	for _, m := range s.mounts {
+		mux.Handle(m.path, m.h)
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(s.node.Metrics().Registry(), promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelError), MaxRequestsInFlight: 4}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -111,6 +116,17 @@ func (s *Server) Handler() http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+type mount struct {
+	path string
+	h    http.Handler
+}
+
+// Mount adds a handler (such as the cluster's node-to-node API) to the mux
+// Handler builds. Call it before Handler or HTTPServer.
+func (s *Server) Mount(path string, h http.Handler) {
+	s.mounts = append(s.mounts, mount{path, h})
 }
 
 // HTTPServer returns an http.Server for Handler on addr, speaking HTTP/1.1
@@ -136,10 +152,18 @@ func (s *Server) HTTPServer(addr string) *http.Server {
 // without a leader, or a replica that failed.
 func (s *Server) ready() error {
 	reps := s.node.Replicas()
-	if len(reps) == 0 {
+	if len(reps) == 0 && s.cluster == nil {
 		return errors.New("no shard replicas open")
 	}
 	var errs []error
+	if s.cluster != nil {
+		// Shards hosted elsewhere are served through their leaders.
+		for shard := range s.node.Shards() {
+			if s.node.Replica(shard) == nil && s.cluster.ShardLeader(shard) == "" {
+				errs = append(errs, fmt.Errorf("shard %d: no known leader", shard))
+			}
+		}
+	}
 	for _, r := range reps {
 		if addr, _ := r.Leader(); addr == "" {
 			errs = append(errs, fmt.Errorf("shard %d: no leader", r.Shard()))
@@ -151,16 +175,8 @@ func (s *Server) ready() error {
 	return errors.Join(errs...)
 }
 
-// serving reports whether every local shard has a leader (gRPC health).
-func (s *Server) serving() bool {
-	reps := s.node.Replicas()
-	for _, r := range reps {
-		if addr, _ := r.Leader(); addr == "" {
-			return false
-		}
-	}
-	return len(reps) > 0
-}
+// serving reports whether the node can serve every shard (gRPC health).
+func (s *Server) serving() bool { return s.ready() == nil }
 
 // healthChecker answers grpc.health.v1 for the whole server ("") and for
 // each scope.v1 service.

@@ -1,0 +1,368 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/elixirscope/scope/node"
+)
+
+var (
+	ErrConfig      = errors.New("cluster: invalid config")
+	ErrNoLeader    = errors.New("cluster: shard has no known leader")
+	ErrUnknownPeer = errors.New("cluster: unknown peer")
+	ErrClosed      = errors.New("cluster: closed")
+)
+
+// Config configures a node's part in the cluster.
+type Config struct {
+	// Name is this node's name: its memberlist name and its raft server id.
+	Name string
+	// RaftAddr is the advertised address of this node's raft mux.
+	RaftAddr string
+	// Shards is the cluster's shard count S; Replicas is R, the desired
+	// replicas per shard (capped by the number of live nodes).
+	Shards   uint32
+	Replicas int
+	// BootstrapExpect, when > 0 and this node has never been part of a
+	// cluster, waits for that many live members and then creates every
+	// shard's group on its placement. 0: join an existing cluster.
+	BootstrapExpect int
+	// ReconcileInterval is how often each shard leader compares its group
+	// with the placement (membership changes also trigger a round).
+	ReconcileInterval time.Duration
+	// MaxConcurrentMoves bounds replica additions in flight on this node
+	// (each one streams a snapshot).
+	MaxConcurrentMoves int
+	// CatchUpLag is how far behind the leader's applied index a new
+	// non-voter may be when it is promoted to voter.
+	CatchUpLag uint64
+	// RPCTimeout bounds one node-to-node call.
+	RPCTimeout time.Duration
+	// HTTPClient carries node-to-node calls (nil: a default that speaks
+	// HTTP/1.1 and cleartext HTTP/2).
+	HTTPClient *http.Client
+	Logger     *slog.Logger
+}
+
+// DefaultConfig returns defaults for a node named name.
+func DefaultConfig(name string) Config {
+	return Config{
+		Name:               name,
+		Shards:             16,
+		Replicas:           3,
+		ReconcileInterval:  2 * time.Second,
+		MaxConcurrentMoves: 2,
+		CatchUpLag:         64,
+		RPCTimeout:         10 * time.Second,
+		Logger:             slog.Default(),
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch {
+	case c.Name == "":
+		return fmt.Errorf("%w: Name: required", ErrConfig)
+	case c.RaftAddr == "":
+		return fmt.Errorf("%w: RaftAddr: required", ErrConfig)
+	case c.Shards == 0:
+		return fmt.Errorf("%w: Shards: must be at least 1", ErrConfig)
+	case c.Replicas < 1 || c.Replicas > 7:
+		return fmt.Errorf("%w: Replicas %d: must be in 1..7", ErrConfig, c.Replicas)
+	case c.BootstrapExpect < 0:
+		return fmt.Errorf("%w: BootstrapExpect %d: must not be negative", ErrConfig, c.BootstrapExpect)
+	case c.ReconcileInterval <= 0:
+		return fmt.Errorf("%w: ReconcileInterval %v: must be positive", ErrConfig, c.ReconcileInterval)
+	case c.MaxConcurrentMoves < 1:
+		return fmt.Errorf("%w: MaxConcurrentMoves %d: must be at least 1", ErrConfig, c.MaxConcurrentMoves)
+	case c.RPCTimeout <= 0:
+		return fmt.Errorf("%w: RPCTimeout %v: must be positive", ErrConfig, c.RPCTimeout)
+	}
+	return nil
+}
+
+// Cluster runs a node's part of the cluster: it publishes the shards the
+// node leads in gossip, routes ingest and notices to shard leaders on other
+// nodes, serves and calls the node-to-node API, bootstraps the shard groups
+// once, and, for every shard this node leads, moves the group toward its
+// placement.
+type Cluster struct {
+	cfg     Config
+	node    *node.Node
+	members *Membership
+	logger  *slog.Logger
+	peers   *peers
+	moves   chan struct{} // semaphore: MaxConcurrentMoves
+	metrics *metrics
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	draining bool
+}
+
+// New wires n and members into a cluster. Call Start to begin.
+func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if n.Shards() != cfg.Shards {
+		return nil, fmt.Errorf("%w: node has %d shards, cluster config %d", ErrConfig, n.Shards(), cfg.Shards)
+	}
+	client := cfg.HTTPClient
+	if client == nil {
+		client = defaultHTTPClient()
+	}
+	c := &Cluster{
+		cfg:     cfg,
+		node:    n,
+		members: members,
+		logger:  cfg.Logger,
+		peers:   newPeers(client, cfg.RPCTimeout),
+		moves:   make(chan struct{}, cfg.MaxConcurrentMoves),
+		stop:    make(chan struct{}),
+	}
+	c.metrics = newMetrics(c)
+	if err := n.Metrics().Registry().Register(c.metrics); err != nil {
+		return nil, fmt.Errorf("cluster: register metrics: %w", err)
+	}
+	return c, nil
+}
+
+// defaultHTTPClient speaks HTTP/1.1 and cleartext HTTP/2 (prior knowledge),
+// so node-to-node calls share a few multiplexed connections.
+func defaultHTTPClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
+	t.MaxIdleConnsPerHost = 16
+	return &http.Client{Transport: t}
+}
+
+// Start reopens the replicas this node hosted, installs the node's routes
+// to other nodes, and starts the background loops.
+func (c *Cluster) Start() error {
+	hosted, err := c.node.OpenHosted()
+	if err != nil {
+		return err
+	}
+	c.node.SetForwarder(forwarder{c})
+	c.node.SetRemoteDelivery(c.deliverNotices)
+	changes, cancel, err := c.members.Subscribe()
+	if err != nil {
+		return err
+	}
+	c.wg.Add(2)
+	go func() {
+		defer c.wg.Done()
+		defer cancel()
+		c.run(changes, len(hosted) > 0)
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.publishLoop()
+	}()
+	return nil
+}
+
+// run bootstraps (once, if asked) and then reconciles on every membership
+// change and every ReconcileInterval.
+func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
+	tick := time.NewTicker(c.cfg.ReconcileInterval)
+	defer tick.Stop()
+	bootstrapped := hosted || c.cfg.BootstrapExpect == 0
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-changes:
+		case <-tick.C:
+		}
+		if !bootstrapped {
+			done, err := c.bootstrap()
+			if err != nil {
+				c.logger.Error("bootstrap failed", "err", err)
+			}
+			bootstrapped = done
+			continue
+		}
+		c.reconcileAll()
+	}
+}
+
+// publishLoop keeps this node's gossip metadata (shards led, ready) current.
+func (c *Cluster) publishLoop() {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	var last []uint32
+	lastReady := false
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		var led []uint32
+		ready := true
+		for _, r := range c.node.Replicas() {
+			if r.IsLeader() {
+				led = append(led, r.Shard())
+			}
+			if addr, _ := r.Leader(); addr == "" {
+				ready = false
+			}
+		}
+		if slices.Equal(led, last) && ready == lastReady {
+			continue
+		}
+		if err := c.members.UpdateMeta(func(m *Meta) { m.Led = led; m.Ready = ready }); err != nil {
+			c.logger.Warn("publish metadata", "err", err)
+			continue
+		}
+		last, lastReady = led, ready
+	}
+}
+
+// Close stops the loops. The node and the membership belong to the caller.
+func (c *Cluster) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	close(c.stop)
+	c.wg.Wait()
+	c.node.Metrics().Registry().Unregister(c.metrics)
+	return nil
+}
+
+// Name is this node's name.
+func (c *Cluster) Name() string { return c.cfg.Name }
+
+// Members returns every member this node knows of, itself included.
+func (c *Cluster) Members() []Member { return c.members.Members() }
+
+// Join asks the membership to contact addrs (gossip addresses).
+func (c *Cluster) Join(addrs []string) (int, error) { return c.members.Join(addrs) }
+
+// placementMembers returns the names of live members that take replicas:
+// alive, serving the same shard count, not leaving.
+func (c *Cluster) placementMembers() (names []string, byName map[string]Member) {
+	byName = make(map[string]Member)
+	for _, m := range c.members.Members() {
+		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards {
+			continue
+		}
+		byName[m.Name] = m
+		names = append(names, m.Name)
+	}
+	sort.Strings(names)
+	return names, byName
+}
+
+// member returns a member by name, in any state.
+func (c *Cluster) member(name string) (Member, bool) {
+	for _, m := range c.members.Members() {
+		if m.Name == name {
+			return m, true
+		}
+	}
+	return Member{}, false
+}
+
+// leaderOf returns the HTTP address and name of shard's leader: the local
+// replica's view first (raft knows best), then gossip.
+func (c *Cluster) leaderOf(shard uint32) (name, httpAddr string, err error) {
+	if r := c.node.Replica(shard); r != nil {
+		if _, id := r.Leader(); id != "" {
+			if m, ok := c.member(string(id)); ok && m.State == MemberAlive {
+				return m.Name, m.Meta.HTTPAddr, nil
+			}
+		}
+	}
+	for _, m := range c.members.Members() {
+		if m.State == MemberAlive && m.Name != c.cfg.Name && slices.Contains(m.Meta.Led, shard) {
+			return m.Name, m.Meta.HTTPAddr, nil
+		}
+	}
+	return "", "", fmt.Errorf("%w: shard %d", ErrNoLeader, shard)
+}
+
+// replicaHolders returns the alive members whose gossip says they lead, or
+// that the local raft configuration lists as replicas of shard.
+func (c *Cluster) replicaHolders(shard uint32) []Member {
+	var out []Member
+	seen := make(map[string]bool)
+	add := func(name string) {
+		if seen[name] || name == c.cfg.Name {
+			return
+		}
+		if m, ok := c.member(name); ok && m.State == MemberAlive {
+			seen[name] = true
+			out = append(out, m)
+		}
+	}
+	if r := c.node.Replica(shard); r != nil {
+		if f := r.Raft().GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				add(string(s.ID))
+			}
+		}
+	}
+	for _, m := range c.members.Members() {
+		if slices.Contains(m.Meta.Led, shard) {
+			add(m.Name)
+		}
+	}
+	return out
+}
+
+// Leave drains this node gracefully: it announces that it is leaving (so
+// placement excludes it), waits until the shard leaders have moved every
+// replica away, then leaves the membership.
+func (c *Cluster) Leave(ctx context.Context) error {
+	c.mu.Lock()
+	c.draining = true
+	c.mu.Unlock()
+	if err := c.members.UpdateMeta(func(m *Meta) { m.Leaving = true }); err != nil {
+		return err
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for len(c.node.Replicas()) > 0 {
+		// Leaders here hand their groups over; other leaders remove us.
+		for _, r := range c.node.Replicas() {
+			if r.IsLeader() {
+				c.reconcileShard(r)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: leave: %d replicas still here: %w", len(c.node.Replicas()), ctx.Err())
+		case <-t.C:
+		}
+	}
+	return c.members.Leave(5 * time.Second)
+}
+
+// raftServer describes a member as a raft server.
+func raftServer(m Member) (raft.ServerID, raft.ServerAddress) {
+	return raft.ServerID(m.Name), raft.ServerAddress(m.Meta.RaftAddr)
+}

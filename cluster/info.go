@@ -1,0 +1,49 @@
+package cluster
+
+import (
+	"context"
+
+	"github.com/elixirscope/scope/rpc"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+// Info adapts the cluster to the rpc layer's ClusterService.
+func (c *Cluster) Info() rpc.ClusterInfo { return info{c} }
+
+type info struct{ c *Cluster }
+
+func (i info) Name() string                     { return i.c.cfg.Name }
+func (i info) Join(addrs []string) (int, error) { return i.c.Join(addrs) }
+func (i info) Leave(ctx context.Context) error  { return i.c.Leave(ctx) }
+
+func (i info) ShardLeader(shard uint32) string {
+	name, _, err := i.c.leaderOf(shard)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+func (i info) Members() []*scopev1.Member {
+	var out []*scopev1.Member
+	for _, m := range i.c.members.Members() {
+		pm := &scopev1.Member{
+			Name:       m.Name,
+			HttpAddr:   m.Meta.HTTPAddr,
+			RaftAddr:   m.Meta.RaftAddr,
+			GossipAddr: m.Addr,
+			Version:    m.Meta.Version,
+			ShardsLed:  m.Meta.Led,
+		}
+		switch {
+		case m.State == MemberAlive:
+			pm.Status = scopev1.MemberStatus_MEMBER_STATUS_ALIVE
+		case m.State == MemberLeft:
+			pm.Status = scopev1.MemberStatus_MEMBER_STATUS_LEFT
+		default:
+			pm.Status = scopev1.MemberStatus_MEMBER_STATUS_DEAD
+		}
+		out = append(out, pm)
+	}
+	return out
+}

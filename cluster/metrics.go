@@ -1,0 +1,74 @@
+package cluster
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics exports the cluster's counters and gauges (membership, placement,
+// moves, forwarding) on the node's registry.
+type metrics struct {
+	c *Cluster
+
+	additions, promotions, removals, movesDeferred prometheus.Counter
+	forwards, forwardFailures                      prometheus.Counter
+
+	members, ledShards, replicas, movesInFlight *prometheus.Desc
+}
+
+func newMetrics(c *Cluster) *metrics {
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	return &metrics{
+		c:               c,
+		additions:       counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
+		promotions:      counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
+		removals:        counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
+		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
+		forwards:        counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
+		forwardFailures: counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
+		members:         prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
+		ledShards:       prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
+		replicas:        prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
+		movesInFlight:   prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
+	}
+}
+
+func (m *metrics) counters() []prometheus.Counter {
+	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.forwards, m.forwardFailures}
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.counters() {
+		c.Describe(ch)
+	}
+	ch <- m.members
+	ch <- m.ledShards
+	ch <- m.replicas
+	ch <- m.movesInFlight
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range m.counters() {
+		c.Collect(ch)
+	}
+	byState := map[MemberState]int{MemberAlive: 0, MemberDead: 0, MemberLeft: 0}
+	for _, mem := range m.c.members.Members() {
+		byState[mem.State]++
+	}
+	for s, n := range byState {
+		ch <- prometheus.MustNewConstMetric(m.members, prometheus.GaugeValue, float64(n), s.String())
+	}
+	led, total := 0, 0
+	for _, r := range m.c.node.Replicas() {
+		total++
+		if r.IsLeader() {
+			led++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(m.ledShards, prometheus.GaugeValue, float64(led))
+	ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(total))
+	ch <- prometheus.MustNewConstMetric(m.movesInFlight, prometheus.GaugeValue, float64(len(m.c.moves)))
+}

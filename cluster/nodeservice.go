@@ -1,0 +1,255 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"connectrpc.com/connect"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
+	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
+	"github.com/elixirscope/scope/store"
+)
+
+// maxInternalMessage bounds a node-to-node request or response.
+const maxInternalMessage = 64 << 20
+
+// Handler returns the node-to-node API (scope.node.v1.NodeService), to be
+// mounted on the node's HTTP mux.
+func (c *Cluster) Handler() (string, http.Handler) {
+	return nodev1connect.NewNodeServiceHandler(nodeService{c}, connect.WithReadMaxBytes(maxInternalMessage))
+}
+
+// nodeService implements scope.node.v1.NodeService over the local node.
+type nodeService struct{ c *Cluster }
+
+var _ nodev1connect.NodeServiceHandler = nodeService{}
+
+func (s nodeService) OpenReplica(_ context.Context, req *connect.Request[nodev1.OpenReplicaRequest]) (*connect.Response[nodev1.OpenReplicaResponse], error) {
+	if got := req.Msg.GetShards(); got != s.c.cfg.Shards {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("cluster: this node has %d shards, the caller %d", s.c.cfg.Shards, got))
+	}
+	if s.c.isDraining() {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("cluster: this node is leaving"))
+	}
+	r, err := s.c.node.OpenReplica(req.Msg.GetShard())
+	if err != nil {
+		return nil, internalError(err)
+	}
+	applied, _, _ := r.Status()
+	return connect.NewResponse(&nodev1.OpenReplicaResponse{AppliedIndex: applied}), nil
+}
+
+func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev1.ReplicaStatusRequest]) (*connect.Response[nodev1.ReplicaStatusResponse], error) {
+	r := s.c.node.Replica(req.Msg.GetShard())
+	if r == nil {
+		return connect.NewResponse(&nodev1.ReplicaStatusResponse{}), nil
+	}
+	applied, _, _ := r.Status()
+	return connect.NewResponse(&nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader()}), nil
+}
+
+func (s nodeService) DropReplica(_ context.Context, req *connect.Request[nodev1.DropReplicaRequest]) (*connect.Response[nodev1.DropReplicaResponse], error) {
+	shard := req.Msg.GetShard()
+	if r := s.c.node.Replica(shard); r != nil && s.c.inConfiguration(r) {
+		// Only a replica its group no longer lists may be deleted; a
+		// stale or misdirected call must not destroy a live copy.
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("cluster: shard %d still lists this node as a member", shard))
+	}
+	if err := s.c.node.DropReplica(shard); err != nil {
+		return nil, internalError(err)
+	}
+	s.c.logger.Info("dropped replica", "shard", shard)
+	return connect.NewResponse(&nodev1.DropReplicaResponse{}), nil
+}
+
+func (s nodeService) DeliverNotices(ctx context.Context, req *connect.Request[nodev1.DeliverNoticesRequest]) (*connect.Response[nodev1.DeliverNoticesResponse], error) {
+	b, err := correlate.DecodeBatch(req.Msg.GetBatch())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	if len(b.Events) > 0 || len(b.Acked) > 0 || b.Retention != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("cluster: a notice batch may hold only notices"))
+	}
+	if err := s.c.node.ProposeNotices(req.Msg.GetShard(), b.Notices); err != nil {
+		return nil, internalError(err)
+	}
+	return connect.NewResponse(&nodev1.DeliverNoticesResponse{}), nil
+}
+
+func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.ShardReadRequest]) (*connect.Response[nodev1.ShardReadResponse], error) {
+	shard := req.Msg.GetShard()
+	r := s.c.node.Replica(shard)
+	switch {
+	case r == nil:
+		return nil, internalError(fmt.Errorf("%w: shard %d", node.ErrNoShard, shard))
+	case req.Msg.GetRequireLeader() && !r.IsLeader():
+		addr, id := r.Leader()
+		return nil, internalError(&node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)})
+	}
+	result, err := readLocal(s.c.node.Store(), shard, req.Msg.GetMethod(), req.Msg.GetArgs())
+	if err != nil {
+		return nil, internalError(err)
+	}
+	return connect.NewResponse(&nodev1.ShardReadResponse{Result: result}), nil
+}
+
+// Shard read arguments, msgpack-encoded on the wire.
+type (
+	getArgs   struct{ ID correlate.EventID }
+	treeArgs  struct {
+		Root      correlate.EventID
+		MaxFrames int
+	}
+	procArgs struct {
+		Process correlate.Process
+		AtNs    int64
+	}
+	flowArgs struct {
+		A, B         correlate.Process
+		FromNs, ToNs int64
+		Limit        int
+	}
+	stateResult struct {
+		Event correlate.Event
+		Found bool
+	}
+)
+
+// readLocal runs one shard read on the local store.
+func readLocal(st *store.Store, shard uint32, method string, args []byte) ([]byte, error) {
+	bad := func(err error) error {
+		return fmt.Errorf("%w: %s arguments: %w", store.ErrInvalidQuery, method, err)
+	}
+	switch method {
+	case "get":
+		var a getArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		e, err := st.Get(shard, a.ID)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(&e)
+	case "edges":
+		var a getArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		links, err := st.Edges(shard, a.ID)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(links)
+	case "events":
+		var q store.Query
+		if err := msgpack.Unmarshal(args, &q); err != nil {
+			return nil, bad(err)
+		}
+		p, err := st.Events(shard, q)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(&p)
+	case "call_tree":
+		var a treeArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		t, err := st.CallTree(shard, a.Root, a.MaxFrames)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(t)
+	case "call_stack_at":
+		var a procArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		frames, err := st.CallStackAt(shard, a.Process, a.AtNs)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(frames)
+	case "message_flow":
+		var a flowArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		p, err := st.MessageFlow(shard, a.A, a.B, a.FromNs, a.ToNs, a.Limit)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(&p)
+	case "state_at":
+		var a procArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		e, ok, err := st.StateAt(shard, a.Process, a.AtNs)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(&stateResult{Event: e, Found: ok})
+	case "stats":
+		stats, err := st.Stats(shard)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(&stats)
+	}
+	return nil, fmt.Errorf("%w: unknown shard read %q", store.ErrInvalidQuery, method)
+}
+
+// internalError maps a node or store error to the Connect code the calling
+// node classifies back (see remoteError).
+func internalError(err error) *connect.Error {
+	code := connect.CodeInternal
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		code = connect.CodeNotFound
+	case errors.Is(err, store.ErrInvalidQuery):
+		code = connect.CodeInvalidArgument
+	case errors.Is(err, store.ErrScanLimit), errors.Is(err, node.ErrFull):
+		code = connect.CodeResourceExhausted
+	case errors.Is(err, node.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
+		code = connect.CodeDeadlineExceeded
+	case errors.Is(err, node.ErrNotLeader), errors.Is(err, node.ErrNoShard), errors.Is(err, node.ErrClosed),
+		errors.Is(err, node.ErrReplicaFailed), errors.Is(err, node.ErrShardClosed), errors.Is(err, store.ErrClosed):
+		code = connect.CodeUnavailable
+	}
+	return connect.NewError(code, err)
+}
+
+// remoteError turns a Connect error from another node back into the
+// sentinel the rpc layer classifies, keeping the remote message.
+func remoteError(addr string, err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("%w: %s: %w", node.ErrNoShard, addr, err)
+	}
+	var sentinel error
+	switch ce.Code() {
+	case connect.CodeNotFound:
+		sentinel = store.ErrNotFound
+	case connect.CodeInvalidArgument:
+		sentinel = store.ErrInvalidQuery
+	case connect.CodeResourceExhausted:
+		sentinel = store.ErrScanLimit
+	case connect.CodeDeadlineExceeded:
+		sentinel = node.ErrTimeout
+	case connect.CodeUnavailable, connect.CodeFailedPrecondition, connect.CodeCanceled:
+		sentinel = node.ErrNoShard
+	default:
+		return fmt.Errorf("cluster: %s: %w", addr, err)
+	}
+	return fmt.Errorf("%w: %s: %s", sentinel, addr, ce.Message())
+}

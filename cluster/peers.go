@@ -1,0 +1,113 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+)
+
+// maxPeers bounds the cached clients (one per peer HTTP address).
+const maxPeers = 4096
+
+// peers caches Connect clients to other nodes, by HTTP address.
+type peers struct {
+	client  *http.Client
+	timeout time.Duration
+
+	mu      sync.Mutex
+	byAddr  map[string]*peer
+	evicted uint64
+}
+
+type peer struct {
+	node   nodev1connect.NodeServiceClient
+	ingest scopev1connect.IngestServiceClient
+}
+
+func newPeers(client *http.Client, timeout time.Duration) *peers {
+	return &peers{client: client, timeout: timeout, byAddr: make(map[string]*peer)}
+}
+
+// get returns the clients for the node serving HTTP at addr.
+func (p *peers) get(addr string) (*peer, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%w: no HTTP address", ErrUnknownPeer)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.byAddr[addr]; ok {
+		return c, nil
+	}
+	if len(p.byAddr) >= maxPeers {
+		// Addresses of departed nodes accumulate only through churn; start
+		// over rather than grow without bound.
+		clear(p.byAddr)
+		p.evicted++
+	}
+	base := addr
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	c := &peer{
+		node:   nodev1connect.NewNodeServiceClient(p.client, base, connect.WithGRPC()),
+		ingest: scopev1connect.NewIngestServiceClient(p.client, base, connect.WithGRPC()),
+	}
+	p.byAddr[addr] = c
+	return c, nil
+}
+
+// call runs f against the node at addr with the per-call timeout.
+func (p *peers) call(ctx context.Context, addr string, f func(context.Context, *peer) error) error {
+	c, err := p.get(addr)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	return f(ctx, c)
+}
+
+// openReplica asks the node at addr to open an empty replica of shard.
+func (p *peers) openReplica(ctx context.Context, addr string, shard, shards uint32) error {
+	return p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+		_, err := c.node.OpenReplica(ctx, connect.NewRequest(&nodev1.OpenReplicaRequest{Shard: shard, Shards: shards}))
+		return err
+	})
+}
+
+// replicaStatus asks the node at addr about its replica of shard.
+func (p *peers) replicaStatus(ctx context.Context, addr string, shard uint32) (*nodev1.ReplicaStatusResponse, error) {
+	var out *nodev1.ReplicaStatusResponse
+	err := p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+		resp, err := c.node.ReplicaStatus(ctx, connect.NewRequest(&nodev1.ReplicaStatusRequest{Shard: shard}))
+		if err == nil {
+			out = resp.Msg
+		}
+		return err
+	})
+	return out, err
+}
+
+// dropReplica asks the node at addr to delete its replica of shard.
+func (p *peers) dropReplica(ctx context.Context, addr string, shard uint32) error {
+	return p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+		_, err := c.node.DropReplica(ctx, connect.NewRequest(&nodev1.DropReplicaRequest{Shard: shard}))
+		return err
+	})
+}
+
+// isCode reports whether err is a Connect error with code.
+func isCode(err error, code connect.Code) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && ce.Code() == code
+}

@@ -1,0 +1,236 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/elixirscope/scope/node"
+)
+
+// Reconciliation (ARCHITECTURE §6): the leader of each shard moves its
+// group toward the shard's placement over the live members, one membership
+// change at a time, each conditioned on the configuration index it read
+// (prevIndex), so two concurrent decisions can never both apply:
+//
+//  1. a desired member that is not in the group gets an empty replica
+//     (NodeService.OpenReplica) and joins as a non-voter;
+//  2. a non-voter that has caught up (applied index within CatchUpLag of
+//     the leader's) is promoted to voter;
+//  3. a voter that is not desired is removed — after leadership moves away
+//     if it is the leader itself — but only while enough voters remain:
+//     a dead member only once its replacement votes (R voters remain), a
+//     leaving or displaced one once min(R, live members) voters remain.
+//     The removed node is then told to delete its copy.
+//
+// A group is never shrunk below its quorum by automatic removal, and a
+// dead node is replaced only when a spare live member exists.
+
+func (c *Cluster) isDraining() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.draining
+}
+
+// inConfiguration reports whether r's group lists this node.
+func (c *Cluster) inConfiguration(r *node.Replica) bool {
+	f := r.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return true // unknown: assume it does, never delete on a guess
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == c.cfg.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcileAll runs one reconciliation step for every shard led here.
+func (c *Cluster) reconcileAll() {
+	for _, r := range c.node.Replicas() {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		if r.IsLeader() {
+			c.reconcileShard(r)
+		}
+	}
+}
+
+// reconcileShard takes at most one step toward the shard's placement.
+func (c *Cluster) reconcileShard(r *node.Replica) {
+	shard := r.Shard()
+	cf := r.Raft().GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return
+	}
+	conf, prevIndex := cf.Configuration(), cf.Index()
+	live, byName := c.placementMembers()
+	desired := Placement(shard, live, c.cfg.Replicas)
+	if len(desired) == 0 {
+		return
+	}
+
+	var voters, nonvoters []raft.Server
+	for _, s := range conf.Servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s)
+		} else {
+			nonvoters = append(nonvoters, s)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
+	defer cancel()
+
+	// 2 (first: finishing a move beats starting one). Promote or drop
+	// non-voters.
+	for _, s := range nonvoters {
+		name := string(s.ID)
+		m, alive := byName[name]
+		if !slices.Contains(desired, name) || !alive {
+			c.removeServer(r, s, prevIndex, "non-voter no longer desired")
+			return
+		}
+		st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, shard)
+		if err != nil || !st.GetExists() {
+			return // not reachable yet, or still opening: next round
+		}
+		applied, _, _ := r.Status()
+		if applied > st.GetAppliedIndex()+c.cfg.CatchUpLag {
+			return // still catching up
+		}
+		if err := r.Raft().AddVoter(s.ID, s.Address, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+			c.logger.Warn("promote replica", "shard", shard, "node", name, "err", err)
+			return
+		}
+		c.metrics.promotions.Inc()
+		c.logger.Info("replica promoted to voter", "shard", shard, "node", name)
+		return
+	}
+
+	// 1. Add the first desired member that is missing.
+	for _, name := range desired {
+		if slices.ContainsFunc(conf.Servers, func(s raft.Server) bool { return string(s.ID) == name }) {
+			continue
+		}
+		select {
+		case c.moves <- struct{}{}:
+		default:
+			c.metrics.movesDeferred.Inc()
+			return // enough moves in flight on this node
+		}
+		defer func() { <-c.moves }()
+		m := byName[name]
+		if err := c.peers.openReplica(ctx, m.Meta.HTTPAddr, shard, c.cfg.Shards); err != nil {
+			c.logger.Warn("open replica on new member", "shard", shard, "node", name, "err", err)
+			return
+		}
+		id, addr := raftServer(m)
+		if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+			c.logger.Warn("add non-voter", "shard", shard, "node", name, "err", err)
+			return
+		}
+		c.metrics.additions.Inc()
+		c.logger.Info("replica added as non-voter", "shard", shard, "node", name)
+		return
+	}
+
+	// 3. Remove a voter that is not desired, if enough voters remain.
+	for _, s := range voters {
+		name := string(s.ID)
+		if slices.Contains(desired, name) {
+			continue
+		}
+		after := len(voters) - 1
+		need := c.cfg.Replicas
+		if m, known := c.member(name); known && m.State == MemberAlive {
+			need = min(c.cfg.Replicas, len(live)) // leaving or displaced: may shrink to the live count
+		}
+		if after < need || after < 1 {
+			continue
+		}
+		if name == c.cfg.Name {
+			// The leader itself must go: hand leadership to a desired voter
+			// first; the new leader finishes the removal.
+			if err := r.Raft().LeadershipTransfer().Error(); err != nil {
+				c.logger.Warn("leadership transfer", "shard", shard, "err", err)
+			}
+			return
+		}
+		c.removeServer(r, s, prevIndex, "voter no longer desired")
+		return
+	}
+}
+
+// removeServer removes s from r's group and, if it is reachable, tells it
+// to delete its copy.
+func (c *Cluster) removeServer(r *node.Replica, s raft.Server, prevIndex uint64, why string) {
+	shard := r.Shard()
+	if err := r.Raft().RemoveServer(s.ID, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+		c.logger.Warn("remove replica", "shard", shard, "node", s.ID, "err", err)
+		return
+	}
+	c.metrics.removals.Inc()
+	c.logger.Info("replica removed", "shard", shard, "node", s.ID, "why", why)
+	m, ok := c.member(string(s.ID))
+	if !ok || m.State != MemberAlive {
+		return
+	}
+	// The removed node learns of its removal only through this call; it
+	// retries a few times because the removal may not have reached it yet.
+	for attempt := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
+		err := c.peers.dropReplica(ctx, m.Meta.HTTPAddr, shard)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+	}
+	c.logger.Warn("removed replica not dropped; its node keeps a stale copy", "shard", shard, "node", s.ID)
+}
+
+// bootstrap creates every shard's group once BootstrapExpect members are
+// live: each node computes the same placement from the same member set and
+// bootstraps the groups it belongs to with that set as voters. It reports
+// whether bootstrapping is done.
+func (c *Cluster) bootstrap() (bool, error) {
+	live, byName := c.placementMembers()
+	if len(live) < c.cfg.BootstrapExpect {
+		return false, nil
+	}
+	if len(live) > c.cfg.BootstrapExpect {
+		return false, fmt.Errorf("cluster: %d members live, -bootstrap-expect is %d: start exactly that many, or join the others later",
+			len(live), c.cfg.BootstrapExpect)
+	}
+	for shard := range c.cfg.Shards {
+		want := Placement(shard, live, c.cfg.Replicas)
+		if !slices.Contains(want, c.cfg.Name) {
+			continue
+		}
+		var servers []raft.Server
+		for _, name := range want {
+			id, addr := raftServer(byName[name])
+			servers = append(servers, raft.Server{ID: id, Address: addr})
+		}
+		r, err := c.node.OpenReplica(shard)
+		if err != nil {
+			return false, err
+		}
+		if err := r.Bootstrap(servers); err != nil {
+			return false, fmt.Errorf("cluster: bootstrap shard %d: %w", shard, err)
+		}
+	}
+	c.logger.Info("cluster bootstrapped", "members", live, "shards", c.cfg.Shards, "replicas", c.cfg.Replicas)
+	return true, nil
+}

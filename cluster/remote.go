@@ -1,0 +1,187 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
+	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/store"
+)
+
+// Resolver returns the rpc layer's shard resolver for this cluster: a shard
+// is read locally when this node's replica may answer (the leader, or any
+// replica for ConsistencyAny), otherwise from the leader's node.
+func (c *Cluster) Resolver(local rpc.Resolver) rpc.Resolver { return resolver{c: c, local: local} }
+
+type resolver struct {
+	c     *Cluster
+	local rpc.Resolver
+}
+
+func (r resolver) Reader(shard uint32, cons rpc.Consistency) (rpc.ShardReader, error) {
+	reader, err := r.local.Reader(shard, cons)
+	if err == nil {
+		return reader, nil
+	}
+	if !errors.Is(err, node.ErrNotLeader) && !errors.Is(err, node.ErrNoShard) && !errors.Is(err, node.ErrReplicaFailed) {
+		return nil, err
+	}
+	_, addr, lerr := r.c.leaderOf(shard)
+	if lerr == nil {
+		return remoteReader{p: r.c.peers, addr: addr, requireLeader: cons == rpc.ConsistencyLeader}, nil
+	}
+	if cons == rpc.ConsistencyAny {
+		for _, m := range r.c.replicaHolders(shard) {
+			return remoteReader{p: r.c.peers, addr: m.Meta.HTTPAddr}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: shard %d: %w", node.ErrNoShard, shard, lerr)
+}
+
+// remoteReader reads one shard on another node through NodeService.ShardRead.
+type remoteReader struct {
+	p             *peers
+	addr          string
+	requireLeader bool
+}
+
+var _ rpc.ShardReader = remoteReader{}
+
+// read sends one shard read and decodes its result into out.
+func (r remoteReader) read(ctx context.Context, shard uint32, method string, args, out any) error {
+	enc, err := msgpack.Marshal(args)
+	if err != nil {
+		return err
+	}
+	var result []byte
+	err = r.p.call(ctx, r.addr, func(ctx context.Context, c *peer) error {
+		resp, err := c.node.ShardRead(ctx, connect.NewRequest(&nodev1.ShardReadRequest{
+			Shard: shard, Method: method, Args: enc, RequireLeader: r.requireLeader}))
+		if err != nil {
+			return err
+		}
+		result = resp.Msg.GetResult()
+		return nil
+	})
+	if err != nil {
+		return remoteError(r.addr, err)
+	}
+	if err := msgpack.Unmarshal(result, out); err != nil {
+		return fmt.Errorf("cluster: shard %d %s from %s: undecodable result: %w", shard, method, r.addr, err)
+	}
+	return nil
+}
+
+func (r remoteReader) Get(ctx context.Context, shard uint32, id correlate.EventID) (correlate.Event, error) {
+	var e correlate.Event
+	err := r.read(ctx, shard, "get", &getArgs{ID: id}, &e)
+	return e, err
+}
+
+func (r remoteReader) Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error) {
+	var p store.Page
+	err := r.read(ctx, shard, "events", &q, &p)
+	return p, err
+}
+
+func (r remoteReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
+	var links []correlate.Link
+	err := r.read(ctx, shard, "edges", &getArgs{ID: from}, &links)
+	return links, err
+}
+
+func (r remoteReader) CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error) {
+	var t store.CallTree
+	if err := r.read(ctx, shard, "call_tree", &treeArgs{Root: root, MaxFrames: maxFrames}, &t); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+func (r remoteReader) CallStackAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) ([]store.Frame, error) {
+	var frames []store.Frame
+	err := r.read(ctx, shard, "call_stack_at", &procArgs{Process: p, AtNs: atNs}, &frames)
+	return frames, err
+}
+
+func (r remoteReader) MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error) {
+	var p store.Page
+	err := r.read(ctx, shard, "message_flow", &flowArgs{A: a, B: b, FromNs: fromNs, ToNs: toNs, Limit: limit}, &p)
+	return p, err
+}
+
+func (r remoteReader) StateAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) (correlate.Event, bool, error) {
+	var res stateResult
+	err := r.read(ctx, shard, "state_at", &procArgs{Process: p, AtNs: atNs}, &res)
+	return res.Event, res.Found, err
+}
+
+func (r remoteReader) Stats(ctx context.Context, shard uint32) (store.ShardStats, error) {
+	var s store.ShardStats
+	err := r.read(ctx, shard, "stats", struct{}{}, &s)
+	return s, err
+}
+
+// forwarder sends a shard's part of an ingest request to the shard's
+// leader through its public Ingest method, marked as forwarded.
+type forwarder struct{ c *Cluster }
+
+func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
+	_, addr, err := f.c.leaderOf(shard)
+	if err != nil {
+		return fmt.Errorf("%w: %w", node.ErrNoShard, err)
+	}
+	req := connect.NewRequest(&scopev1.IngestRequest{Events: rpc.EventsToProto(events), Durability: durabilityToProto(d)})
+	req.Header().Set(rpc.ForwardedHeader, f.c.cfg.Name)
+	err = f.c.peers.call(ctx, addr, func(ctx context.Context, c *peer) error {
+		_, err := c.ingest.Ingest(ctx, req)
+		return err
+	})
+	if err == nil {
+		f.c.metrics.forwards.Inc()
+		return nil
+	}
+	f.c.metrics.forwardFailures.Inc()
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		switch ce.Code() {
+		case connect.CodeResourceExhausted:
+			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrFull, shard, addr, ce.Message())
+		case connect.CodeDeadlineExceeded:
+			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrTimeout, shard, addr, ce.Message())
+		case connect.CodeInvalidArgument:
+			// Validated here already: a disagreement between versions.
+			return fmt.Errorf("cluster: shard %d leader %s refused forwarded events: %s", shard, addr, ce.Message())
+		}
+	}
+	return &node.NotLeaderError{Shard: shard, LeaderAddr: addr}
+}
+
+func durabilityToProto(d node.Durability) scopev1.Durability {
+	if d == node.Accepted {
+		return scopev1.Durability_DURABILITY_ACCEPTED
+	}
+	return scopev1.Durability_DURABILITY_COMMITTED
+}
+
+// deliverNotices delivers notices to the leader of shard on another node
+// and waits for the commit there.
+func (c *Cluster) deliverNotices(shard uint32, notices []correlate.Notice) error {
+	_, addr, err := c.leaderOf(shard)
+	if err != nil {
+		return err
+	}
+	batch := correlate.AppendBatch(nil, &correlate.Batch{Notices: notices})
+	return c.peers.call(context.Background(), addr, func(ctx context.Context, p *peer) error {
+		_, err := p.node.DeliverNotices(ctx, connect.NewRequest(&nodev1.DeliverNoticesRequest{Shard: shard, Batch: batch}))
+		return err
+	})
+}
