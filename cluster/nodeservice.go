@@ -103,8 +103,8 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 
 // Shard read arguments, msgpack-encoded on the wire.
 type (
-	getArgs   struct{ ID correlate.EventID }
-	treeArgs  struct {
+	getArgs  struct{ ID correlate.EventID }
+	treeArgs struct {
 		Root      correlate.EventID
 		MaxFrames int
 	}
