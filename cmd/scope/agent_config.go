@@ -98,7 +98,7 @@ func (c *agentConfig) finish() error {
 			return usageError("-%s %q: want host:port", a.flag, a.v)
 		}
 	}
-	if c.httpAddr == c.raftAddr {
+	if _, port, _ := net.SplitHostPort(c.httpAddr); c.httpAddr == c.raftAddr && port != "0" {
 		return usageError("-http and -raft are both %q: they must differ", c.httpAddr)
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {

@@ -226,9 +226,11 @@ var e2eTrace = strings.Join([]string{
 func TestEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	a := startAgentProc(t, dir, freeAddr(t), freeAddr(t))
-	if !strings.Contains(a.stdout.String(), "scope agent ready: 16 shards have a leader") {
-		t.Errorf("no ready line in stdout:\n%s", a.stdout)
-	}
+	// /readyz (the server's view) may answer before the agent prints its
+	// own ready line.
+	waitFor(t, "the ready line", func() bool {
+		return strings.Contains(a.stdout.String(), "scope agent ready: 16 shards have a leader")
+	})
 	addr := []string{"-addr", a.http}
 
 	out := mustScope(t, e2eTrace, append([]string{"ingest", "-batch", "4"}, addr...)...)
