@@ -1,0 +1,335 @@
+// Package clustertest runs an N-node Scope cluster in one process on
+// loopback: every node has its own data directory, raft mux, memberlist
+// member, node-to-node API and public HTTP server, exactly as `scope agent`
+// wires them. Tests drive it through the public Connect clients.
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+
+	"github.com/elixirscope/scope/cluster"
+	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
+	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+)
+
+// Options shape a test cluster.
+type Options struct {
+	Nodes    int    // nodes started at once (bootstrap-expect)
+	Shards   uint32 // default 4
+	Replicas int    // default 3
+	// Verbose sends node logs to stderr.
+	Verbose bool
+}
+
+// Cluster is a running test cluster.
+type Cluster struct {
+	t     testing.TB
+	opts  Options
+	root  string
+	Nodes []*Node
+}
+
+// Node is one running node of a test cluster.
+type Node struct {
+	Name string
+	Dir  string
+
+	Node    *node.Node
+	Mux     *cluster.Mux
+	Members *cluster.Membership
+	Cluster *cluster.Cluster
+	Server  *rpc.Server
+	HTTP    *http.Server
+	URL     string
+
+	Ingest scopev1connect.IngestServiceClient
+	Query  scopev1connect.QueryServiceClient
+	Admin  scopev1connect.ClusterServiceClient
+
+	httpAddr, raftAddr, gossipAddr string
+	stopped                        bool
+}
+
+// Start starts opts.Nodes nodes that bootstrap together and waits until
+// every shard has a leader known to every node.
+func Start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	if opts.Shards == 0 {
+		opts.Shards = 4
+	}
+	if opts.Replicas == 0 {
+		opts.Replicas = 3
+	}
+	c := &Cluster{t: t, opts: opts, root: t.TempDir()}
+	t.Cleanup(c.Close)
+	for i := range opts.Nodes {
+		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("n%d", i+1), opts.Nodes, "", "", ""))
+	}
+	c.WaitReady(60 * time.Second)
+	return c
+}
+
+// AddNode starts a new node that joins the cluster through the first live
+// node's gossip address.
+func (c *Cluster) AddNode() *Node {
+	c.t.Helper()
+	n := c.startNode(fmt.Sprintf("n%d", len(c.Nodes)+1), 0, "", "", "")
+	c.Nodes = append(c.Nodes, n)
+	return n
+}
+
+// seeds returns the gossip addresses of the live nodes.
+func (c *Cluster) seeds() []string {
+	var out []string
+	for _, n := range c.Nodes {
+		if !n.stopped {
+			out = append(out, n.gossipAddr)
+		}
+	}
+	return out
+}
+
+func listen(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	var err error
+	// A restarted node reuses its ports; the old sockets may linger briefly.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ln, err = net.Listen("tcp", addr)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func (c *Cluster) logger(name string) *slog.Logger {
+	if c.opts.Verbose {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// startNode starts (or restarts, with fixed addresses) one node.
+func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipAddr string) *Node {
+	t := c.t
+	t.Helper()
+	logger := c.logger(name)
+	dir := filepath.Join(c.root, name)
+	raftLn := listen(t, raftAddr)
+	httpLn := listen(t, httpAddr)
+	mux, err := cluster.NewMux(raftLn, cluster.DefaultMuxConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &Node{Name: name, Dir: dir, Mux: mux, httpAddr: httpLn.Addr().String(), raftAddr: raftLn.Addr().String()}
+
+	ncfg := node.DefaultConfig(name, dir)
+	ncfg.RaftAddr = n.raftAddr
+	ncfg.Shards = c.opts.Shards
+	ncfg.Logger = logger
+	ncfg.Store.Logger = logger
+	ncfg.Raft.HeartbeatTimeout = 300 * time.Millisecond
+	ncfg.Raft.ElectionTimeout = 300 * time.Millisecond
+	ncfg.Raft.LeaderLeaseTimeout = 150 * time.Millisecond
+	ncfg.Raft.CommitTimeout = 5 * time.Millisecond
+	ncfg.CommitTimeout = 10 * time.Second
+	ncfg.Transport = func(shard uint32) (raft.Transport, error) {
+		stream, err := mux.StreamLayer(shard)
+		if err != nil {
+			return nil, err
+		}
+		return raft.NewNetworkTransport(stream, 3, 5*time.Second, io.Discard), nil
+	}
+	n.Node, err = node.Open(ncfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	mcfg := cluster.DefaultMembershipConfig()
+	mcfg.Name = name
+	mcfg.BindAddr = "127.0.0.1:0"
+	if gossipAddr != "" {
+		mcfg.BindAddr = gossipAddr
+	}
+	mcfg.Profile = cluster.ProfileLocal
+	mcfg.RejoinInterval = 500 * time.Millisecond
+	mcfg.DeadNodeReclaimTime = 100 * time.Millisecond
+	mcfg.UpdateTimeout = time.Second
+	mcfg.Logger = logger
+	mcfg.Tune = func(mc *memberlist.Config) {
+		mc.ProbeInterval = 200 * time.Millisecond
+		mc.ProbeTimeout = 150 * time.Millisecond
+		mc.GossipInterval = 50 * time.Millisecond
+		mc.PushPullInterval = 2 * time.Second
+		mc.TCPTimeout = time.Second
+	}
+	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
+		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.gossipAddr = n.Members.Addr()
+	if seeds := c.seeds(); len(seeds) > 0 {
+		if _, err := n.Members.Join(seeds); err != nil {
+			t.Fatalf("%s: join %v: %v", name, seeds, err)
+		}
+	}
+
+	ccfg := cluster.DefaultConfig(name)
+	ccfg.RaftAddr = n.raftAddr
+	ccfg.Shards = c.opts.Shards
+	ccfg.Replicas = c.opts.Replicas
+	ccfg.BootstrapExpect = expect
+	ccfg.ReconcileInterval = 200 * time.Millisecond
+	ccfg.Logger = logger
+	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rcfg := rpc.DefaultConfig()
+	rcfg.Logger = logger
+	n.Server, err = rpc.NewServer(n.Node, rcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Server.SetResolver(n.Cluster.Resolver(rpc.LocalResolver(n.Node)))
+	n.Server.SetCluster(n.Cluster.Info())
+	n.Server.Mount(n.Cluster.Handler())
+	n.HTTP = n.Server.HTTPServer(n.httpAddr)
+	go func() { _ = n.HTTP.Serve(httpLn) }()
+	if err := n.Cluster.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	n.URL = "http://" + n.httpAddr
+	client := &http.Client{}
+	n.Ingest = scopev1connect.NewIngestServiceClient(client, n.URL)
+	n.Query = scopev1connect.NewQueryServiceClient(client, n.URL)
+	n.Admin = scopev1connect.NewClusterServiceClient(client, n.URL)
+	return n
+}
+
+// Stop stops a node abruptly, as a crash would look to the others: no
+// leave, no leadership transfer. Its data directory stays.
+func (c *Cluster) Stop(n *Node) {
+	c.t.Helper()
+	if n.stopped {
+		return
+	}
+	n.stopped = true
+	_ = n.Members.Shutdown()
+	n.Server.Close()
+	_ = n.HTTP.Close()
+	_ = n.Cluster.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = n.Node.Close(ctx)
+	_ = n.Mux.Close()
+}
+
+// Restart starts a stopped node again on its data directory and addresses.
+func (c *Cluster) Restart(n *Node) *Node {
+	c.t.Helper()
+	if !n.stopped {
+		c.t.Fatalf("%s is running", n.Name)
+	}
+	fresh := c.startNode(n.Name, 0, n.httpAddr, n.raftAddr, "")
+	for i, old := range c.Nodes {
+		if old == n {
+			c.Nodes[i] = fresh
+		}
+	}
+	return fresh
+}
+
+// Live returns the running nodes.
+func (c *Cluster) Live() []*Node {
+	var out []*Node
+	for _, n := range c.Nodes {
+		if !n.stopped {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Close stops every node.
+func (c *Cluster) Close() {
+	for _, n := range c.Nodes {
+		c.Stop(n)
+	}
+}
+
+// WaitReady waits until every live node answers /readyz with 200: every
+// shard has a leader that node knows of.
+func (c *Cluster) WaitReady(timeout time.Duration) {
+	c.t.Helper()
+	WaitFor(c.t, "cluster ready", timeout, func() bool {
+		for _, n := range c.Live() {
+			resp, err := http.Get(n.URL + "/readyz")
+			if err != nil {
+				return false
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// ShardLeader returns the live node whose replica leads shard, or nil.
+func (c *Cluster) ShardLeader(shard uint32) *Node {
+	for _, n := range c.Live() {
+		if r := n.Node.Replica(shard); r != nil && r.IsLeader() {
+			return n
+		}
+	}
+	return nil
+}
+
+// WaitFor polls cond until it holds or timeout passes.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Code returns err's Connect code (connect.CodeUnknown for non-Connect
+// errors, 0 for nil).
+func Code(err error) connect.Code {
+	if err == nil {
+		return 0
+	}
+	return connect.CodeOf(err)
+}
