@@ -100,10 +100,10 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// -timeout bounds each request, not the whole file.
-	ctx, stop := f.clientFlags.context()
-	defer stop()
 	reqTimeout := f.timeout
 	f.timeout = 0
+	ctx, stop := f.clientFlags.context()
+	defer stop()
 
 	var bar *progressbar.ProgressBar
 	if f.progress && !f.json && isTerminal(stderr) {
