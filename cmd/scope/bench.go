@@ -344,6 +344,9 @@ func (w *benchWorker) unary(ctx context.Context, req *scopev1.IngestRequest) {
 	w.pace(ctx, w.sent+n)
 	began := time.Now()
 	resp, err := w.c.ingest.Ingest(ctx, connect.NewRequest(req))
+	if err != nil && ctx.Err() != nil {
+		return // -duration ended the run mid-request: neither sent nor an error
+	}
 	if err != nil {
 		w.record(n, nil, err, began)
 		return
@@ -375,6 +378,9 @@ func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest)
 	resp, err := s.CloseAndReceive()
 	if err == nil && sendErr != nil {
 		err = sendErr
+	}
+	if err != nil && ctx.Err() != nil {
+		return // -duration ended the run mid-stream: neither sent nor an error
 	}
 	if err != nil {
 		w.record(n, nil, err, time.Now())
