@@ -108,6 +108,19 @@ type applier struct {
 	cut    []byte // retention cut (tail): events with tail < cut are deleted; nil: none
 	cutB   uint64 // bucket of cut
 	hasCut bool
+
+	// writes holds the point writes that follow retention, in the order
+	// Apply makes them; flush hands them to the batch sorted by key (see
+	// flush). wbuf holds their keys and values.
+	writes []pointWrite
+	wbuf   []byte
+}
+
+// pointWrite is one Set or Delete of the batch: key wbuf[k0:k1], value
+// wbuf[k1:v1].
+type pointWrite struct {
+	k0, k1, v1 int
+	del        bool
 }
 
 // appliers recycles the scratch space of Apply (encoded events, pending
@@ -139,10 +152,14 @@ func (a *applier) release() {
 	clear(a.cands)
 	clear(a.byID)
 	clear(a.dir)
+	if cap(a.wbuf) > maxPooledArena {
+		return
+	}
 	*a = applier{
 		buf: a.buf[:0], arena: a.arena[:0],
 		events: a.events[:0], cands: a.cands[:0], probes: a.probes[:0],
 		byID: a.byID, dir: a.dir,
+		writes: a.writes[:0], wbuf: a.wbuf[:0],
 	}
 	appliers.Put(a)
 }
@@ -181,28 +198,63 @@ func (a *applier) run(res *correlate.Result) error {
 	slices.Sort(touched) // a fixed write order: replicas build identical batches
 	for _, b := range touched {
 		d := a.dir[b]
-		var err error
 		if d.count == 0 {
-			err = a.b.Delete(bucketKey(a.shard, b), nil)
+			a.del(bucketKey(a.shard, b))
 		} else {
-			err = a.b.Set(bucketKey(a.shard, b), d.append(a.buf[:0]), nil)
-		}
-		if err != nil {
-			return err
+			a.set(bucketKey(a.shard, b), d.append(a.buf[:0]))
 		}
 	}
 	for _, r := range res.State {
-		var err error
 		if r.Value == nil {
-			err = a.b.Delete(stateKey(a.shard, r.Key), nil)
+			a.del(stateKey(a.shard, r.Key))
 		} else {
-			err = a.b.Set(stateKey(a.shard, r.Key), r.Value, nil)
+			a.set(stateKey(a.shard, r.Key), r.Value)
+		}
+	}
+	a.set(appliedKey(a.shard), binary.BigEndian.AppendUint64(a.buf[:0], res.Index))
+	return a.flush()
+}
+
+// set and del buffer a point write; flush adds them to the batch.
+func (a *applier) set(k, v []byte) {
+	k0 := len(a.wbuf)
+	a.wbuf = append(append(a.wbuf, k...), v...)
+	a.writes = append(a.writes, pointWrite{k0: k0, k1: k0 + len(k), v1: len(a.wbuf)})
+}
+
+func (a *applier) del(k []byte) {
+	k0 := len(a.wbuf)
+	a.wbuf = append(a.wbuf, k...)
+	a.writes = append(a.writes, pointWrite{k0: k0, k1: len(a.wbuf), v1: len(a.wbuf), del: true})
+}
+
+// flush adds the buffered point writes to the batch in key order. Pebble
+// inserts a committed batch into the memtable's skiplist key by key, and
+// its inserter starts each search from the previous key's position: keys
+// in order land next to each other and skip most of the descent, whereas
+// the order Apply produces them in (section after section, event after
+// event) makes every insert a full search through a cold skiplist. The
+// sort is stable, so writes to one key keep their order (a state record
+// set and then deleted stays deleted), and deterministic, so replicas
+// still build identical batches. Retention's range and point deletions
+// were added to the batch before any buffered write, as before.
+func (a *applier) flush() error {
+	wb := a.wbuf
+	slices.SortStableFunc(a.writes, func(x, y pointWrite) int {
+		return bytes.Compare(wb[x.k0:x.k1], wb[y.k0:y.k1])
+	})
+	for _, w := range a.writes {
+		var err error
+		if w.del {
+			err = a.b.Delete(wb[w.k0:w.k1], nil)
+		} else {
+			err = a.b.Set(wb[w.k0:w.k1], wb[w.k1:w.v1], nil)
 		}
 		if err != nil {
 			return err
 		}
 	}
-	return a.b.Set(appliedKey(a.shard), binary.BigEndian.AppendUint64(nil, res.Index), nil)
+	return nil
 }
 
 // collect encodes the Result's events, skipping any whose id is already
@@ -358,28 +410,19 @@ func (a *applier) writeEvent(p *pendingEvent) error {
 		return nil
 	}
 	val := a.arena[p.start:p.end]
-	var err error
 	a.buf = eventKeys(a.buf, a.shard, p.bucket, p.e, func(k, v []byte) {
-		if err != nil {
-			return
-		}
 		if k[shardLen] == secEvent {
 			v = val
 		}
-		err = a.b.Set(k, v, nil)
+		a.set(k, v)
 	})
-	if err != nil {
-		return err
-	}
 	for i, l := range p.e.Links {
 		if !l.Type.Valid() {
 			return fmt.Errorf("%w: event %s: Links[%d].Type %d: must be a valid link type",
 				ErrInvalidResult, p.e.ID, i, l.Type)
 		}
 		a.buf = edgeKey(a.buf[:0], a.shard, p.bucket, correlate.Edge{From: p.e.ID, Type: l.Type, To: l.Target})
-		if err := a.b.Set(a.buf, nil, nil); err != nil {
-			return err
-		}
+		a.set(a.buf, nil)
 	}
 	return nil
 }
@@ -399,7 +442,8 @@ func (a *applier) writeEdge(e correlate.Edge) error {
 			return err
 		}
 		a.buf = edgeKey(a.buf[:0], a.shard, b, e)
-		return a.b.Set(a.buf, nil, nil)
+		a.set(a.buf, nil)
+		return nil
 	}
 	b, ok, err := a.locate(e.To)
 	if err != nil {
@@ -410,11 +454,10 @@ func (a *applier) writeEdge(e correlate.Edge) error {
 		return nil
 	}
 	a.buf = edgeKey(a.buf[:0], a.shard, b, e)
-	if err := a.b.Set(a.buf, nil, nil); err != nil {
-		return err
-	}
+	a.set(a.buf, nil)
 	a.buf = edgeToKey(a.buf[:0], a.shard, b, e)
-	return a.b.Set(a.buf, nil, nil)
+	a.set(a.buf, nil)
+	return nil
 }
 
 // locate returns the bucket of event id if it is stored on the shard after
@@ -500,5 +543,6 @@ func (a *applier) writeFrame(call correlate.EventID, f frameEnd) error {
 		return nil
 	}
 	a.buf = frameKey(a.buf[:0], a.shard, b, call)
-	return a.b.Set(a.buf, f.append(nil), nil)
+	a.set(a.buf, f.append(nil))
+	return nil
 }
