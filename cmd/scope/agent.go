@@ -6,12 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,6 +34,9 @@ const (
 	readyTimeout      = 2 * time.Minute  // every shard must elect a leader within this
 	httpShutdownLimit = 10 * time.Second // then connections are closed
 	nodeShutdownLimit = 30 * time.Second // rings drain, raft groups stop, the store closes
+	joinRetry         = 500 * time.Millisecond
+	joinLogEvery      = 20 // join attempts between two warnings
+	waitLogEvery      = 10 * time.Second
 )
 
 // forceExit ends the process on a second signal (a variable for tests).
@@ -56,10 +63,12 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// agent is a running `scope agent`: a node, its raft mux and its HTTP server.
+// agent is a running `scope agent`: a node, its raft mux and its HTTP
+// server; in cluster mode also its gossip membership and cluster layer.
 type agent struct {
 	cfg    *agentConfig
 	logger *slog.Logger
+	meta   dataDirMeta // the data directory's metadata
 	mux    *cluster.Mux
 	node   *node.Node
 	http   *http.Server
@@ -68,6 +77,14 @@ type agent struct {
 	httpBound string
 
 	srv *rpc.Server
+
+	// Cluster mode only (nil with -dev).
+	members *cluster.Membership
+	cluster *cluster.Cluster
+	seeds   []string      // gossip addresses to join at start
+	left    chan struct{} // closed once a ClusterService.Leave has drained this node
+	stopBg  chan struct{} // stops the join loop
+	bg      sync.WaitGroup
 }
 
 // runAgentUntil starts the agent, waits until every shard has a leader,
@@ -98,16 +115,25 @@ func runAgentUntil(cfg *agentConfig, logger *slog.Logger, stdout io.Writer, sigs
 	if err != nil {
 		return err
 	}
-	cfg.banner(stdout, a.httpAddr(), a.raftAddr())
+	cfg.banner(stdout, a.httpAddr(), a.raftAddr(), a.gossipAddr())
 	start := time.Now()
 	if err := a.waitReady(ctx); err != nil {
 		return errors.Join(err, a.shutdown())
 	}
 	fmt.Fprintf(stdout, "scope agent ready: %d shards have a leader (%s)\n", cfg.node.Shards, time.Since(start).Round(time.Millisecond))
-	logger.Info("ready", "shards", cfg.node.Shards, "http", a.httpAddr(), "raft", a.raftAddr())
+	logger.Info("ready", "shards", cfg.node.Shards, "http", a.httpAddr(), "raft", a.raftAddr(), "gossip", a.gossipAddr())
+	if a.cluster != nil && !a.meta.Formed {
+		// From now on a restart must never bootstrap again.
+		if err := updateMeta(cfg.dataDir, &a.meta, func(m *dataDirMeta) { m.Formed = true }); err != nil {
+			return errors.Join(err, a.shutdown())
+		}
+	}
 
 	select {
 	case <-ctx.Done():
+	case <-a.left:
+		fmt.Fprintln(stdout, "scope agent left the cluster: its replicas moved to other nodes; stopping")
+		logger.Info("left the cluster: stopping")
 	case err := <-a.served:
 		return errors.Join(fmt.Errorf("scope: http server: %w", err), a.shutdown())
 	}
@@ -118,19 +144,16 @@ func runAgentUntil(cfg *agentConfig, logger *slog.Logger, stdout io.Writer, sigs
 	return nil
 }
 
-// startAgent opens the data directory, the raft listener and mux, the node
-// with every shard bootstrapped as a one-node group, and the HTTP server.
-// On error everything opened so far is closed.
+// startAgent opens the data directory, the raft listener and mux, the node,
+// and the HTTP server. With -dev every shard is bootstrapped as a one-node
+// group; otherwise the node joins gossip, and the cluster layer reopens the
+// replicas it hosted, bootstraps (-bootstrap-expect) or waits to be given
+// replicas (-join). On error everything opened so far is closed.
 func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
-	shards, err := prepareDataDir(cfg.dataDir, uint32(cfg.shards), cfg.shardsSet, cfg.name)
-	if err != nil {
+	a := &agent{cfg: cfg, logger: logger, served: make(chan error, 1), left: make(chan struct{}), stopBg: make(chan struct{})}
+	if err := a.openDataDir(); err != nil {
 		return nil, err
 	}
-	if shards != cfg.node.Shards {
-		logger.Info("using the data directory's shard count", "shards", shards, "data_dir", cfg.dataDir)
-		cfg.node.Shards, cfg.shards = shards, uint(shards)
-	}
-	a := &agent{cfg: cfg, logger: logger, served: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, a.shutdown())
@@ -152,7 +175,7 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Warn})
 
 	nc := cfg.node
-	nc.RaftAddr = a.mux.Addr().String()
+	nc.RaftAddr = a.advertised(cfg.advertiseRaft, a.mux.Addr().String())
 	nc.Logger = logger
 	nc.Transport = func(shard uint32) (raft.Transport, error) {
 		sl, err := a.mux.StreamLayer(shard)
@@ -168,8 +191,10 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 	if err := installRaftMetrics(a.node.Metrics().Registry()); err != nil {
 		return nil, err
 	}
-	if err := a.node.Bootstrap(); err != nil {
-		return nil, err
+	if cfg.dev {
+		if err := a.node.Bootstrap(); err != nil {
+			return nil, err
+		}
 	}
 
 	rc := cfg.rpc
@@ -182,30 +207,256 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		return nil, fmt.Errorf("scope: -http %s: %w", cfg.httpAddr, err)
 	}
 	a.httpBound = httpLn.Addr().String()
+	if !cfg.dev {
+		if err := a.startCluster(nc.RaftAddr); err != nil {
+			_ = httpLn.Close()
+			return nil, err
+		}
+	}
 	a.http = a.srv.HTTPServer(a.httpBound)
 	go func() { a.served <- a.http.Serve(httpLn) }()
+	if a.cluster != nil {
+		// After the HTTP server: bootstrapping and moves call peers' node
+		// API, and peers call ours.
+		if err := a.cluster.Start(); err != nil {
+			return nil, err
+		}
+		a.bg.Add(1)
+		go func() {
+			defer a.bg.Done()
+			a.joinLoop()
+		}()
+	}
 	return a, nil
+}
+
+// openDataDir reconciles the data directory's metadata with the flags and
+// settles the cluster settings the node runs with (shards, R, seeds).
+func (a *agent) openDataDir() error {
+	cfg := a.cfg
+	want := dataDirMeta{Format: metaFormat, Shards: uint32(cfg.shards), Node: cfg.name, Mode: modeDev}
+	if !cfg.dev {
+		want.Mode, want.Replicas, want.Join = modeCluster, cfg.replicas, cfg.join
+		if _, err := os.Stat(filepath.Join(cfg.dataDir, metaFile)); errors.Is(err, fs.ErrNotExist) &&
+			cfg.bootstrapExpect == 0 && len(cfg.join) == 0 {
+			return fmt.Errorf("%w: %s is new: pass -bootstrap-expect N (with -join <gossip address of another node>) "+
+				"to form a new cluster of N nodes, -join <gossip address> to join a running cluster, or -dev for a "+
+				"single development node", errNewDataDir, cfg.dataDir)
+		}
+	}
+	m, _, err := openDataDir(cfg.dataDir, want, cfg.shardsSet, cfg.replicasSet)
+	if err != nil {
+		return err
+	}
+	a.meta = m
+	if m.Shards != cfg.node.Shards {
+		a.logger.Info("using the data directory's shard count", "shards", m.Shards, "data_dir", cfg.dataDir)
+		cfg.node.Shards, cfg.shards = m.Shards, uint(m.Shards)
+	}
+	if cfg.dev {
+		return nil
+	}
+	if m.Replicas != cfg.replicas {
+		a.logger.Info("using the data directory's replication factor", "replicas", m.Replicas, "data_dir", cfg.dataDir)
+		cfg.replicas = m.Replicas
+	}
+	a.seeds = m.Join
+	if len(cfg.join) > 0 {
+		a.seeds = cfg.join
+		if !slices.Equal(m.Join, cfg.join) {
+			return updateMeta(cfg.dataDir, &a.meta, func(m *dataDirMeta) { m.Join = cfg.join })
+		}
+	}
+	return nil
+}
+
+// startCluster starts the gossip membership and the cluster layer, and
+// wires the cluster into the rpc server, exactly as clustertest does.
+func (a *agent) startCluster(raftAddr string) error {
+	cfg := a.cfg
+	hosted, err := a.node.HostedShards()
+	if err != nil {
+		return err
+	}
+	expect := cfg.bootstrapExpect
+	if expect > 0 && (len(hosted) > 0 || a.meta.Formed) {
+		a.logger.Info("ignoring -bootstrap-expect: the data directory already belongs to a cluster; resuming",
+			"bootstrap_expect", expect, "hosted_replicas", len(hosted))
+		expect = 0
+	}
+	if expect == 0 && len(hosted) == 0 && len(a.seeds) == 0 {
+		return fmt.Errorf("%w: %s hosts no replicas and knows no member: pass -join <gossip address of a member>",
+			errNewDataDir, cfg.dataDir)
+	}
+
+	mcfg := cluster.DefaultMembershipConfig()
+	mcfg.Name = cfg.name
+	mcfg.BindAddr = cfg.gossipAddr
+	mcfg.AdvertiseAddr = cfg.advertiseGossip
+	mcfg.Seeds = a.joinTargets()
+	mcfg.GossipKeys = cfg.gossipKeys
+	mcfg.Profile = cfg.gossipProfile
+	mcfg.Logger = a.logger.With("component", "gossip")
+	if cfg.gossipProfile == cluster.ProfileLocal {
+		mcfg.RejoinInterval = 2 * time.Second
+	}
+	meta := cluster.Meta{Name: cfg.name, HTTPAddr: a.advertised(cfg.advertiseHTTP, a.httpBound), RaftAddr: raftAddr,
+		Version: version(), Shards: cfg.node.Shards}
+	if a.members, err = cluster.NewMembership(mcfg, meta); err != nil {
+		return fmt.Errorf("scope: -gossip %s: %w", cfg.gossipAddr, err)
+	}
+
+	ccfg := cluster.DefaultConfig(cfg.name)
+	ccfg.RaftAddr = raftAddr
+	ccfg.Shards = cfg.node.Shards
+	ccfg.Replicas = cfg.replicas
+	ccfg.BootstrapExpect = expect
+	ccfg.Logger = a.logger.With("component", "cluster")
+	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
+		return err
+	}
+	a.srv.SetResolver(a.cluster.Resolver(rpc.LocalResolver(a.node)))
+	a.srv.SetCluster(leaveNotifier{ClusterInfo: a.cluster.Info(), left: a.left, once: new(sync.Once)})
+	a.srv.Mount(a.cluster.Handler())
+	return nil
+}
+
+// joinTargets is the seed list without this node's own gossip address.
+func (a *agent) joinTargets() []string {
+	var out []string
+	for _, s := range a.seeds {
+		if s != a.cfg.gossipAddr && s != a.cfg.advertiseGossip {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// joinLoop contacts the seeds until one answers: at a first start the
+// other nodes may not be up yet. Later partitions are healed by the
+// membership's own rejoin loop.
+func (a *agent) joinLoop() {
+	targets := a.joinTargets()
+	if len(targets) == 0 {
+		return
+	}
+	t := time.NewTicker(joinRetry)
+	defer t.Stop()
+	for attempt := 1; ; attempt++ {
+		n, err := a.members.Join(targets)
+		if n > 0 {
+			a.logger.Info("joined the cluster", "contacted", n, "seeds", targets)
+			return
+		}
+		if attempt == 1 || attempt%joinLogEvery == 0 {
+			a.logger.Warn("no seed reachable yet; retrying", "seeds", targets, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-a.stopBg:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// advertised is adv when given, else the bound address.
+func (a *agent) advertised(adv, bound string) string {
+	if adv != "" {
+		return adv
+	}
+	return bound
+}
+
+// leaveNotifier tells the agent when ClusterService.Leave has drained this
+// node, so that the process stops once the response is on its way.
+type leaveNotifier struct {
+	rpc.ClusterInfo
+	left chan struct{}
+	once *sync.Once
+}
+
+func (l leaveNotifier) Leave(ctx context.Context) error {
+	if err := l.ClusterInfo.Leave(ctx); err != nil {
+		return err
+	}
+	l.once.Do(func() { close(l.left) })
+	return nil
 }
 
 func (a *agent) httpAddr() string { return a.httpBound }
 func (a *agent) raftAddr() string { return a.mux.Addr().String() }
 
-// waitReady waits until every shard has a leader, bounded by readyTimeout.
-func (a *agent) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
-	defer cancel()
-	if err := a.node.WaitLeaders(ctx); err != nil {
-		return fmt.Errorf("%w: %w", errNotReady, err)
+// gossipAddr is the bound gossip address ("" with -dev).
+func (a *agent) gossipAddr() string {
+	if a.members == nil {
+		return ""
 	}
-	return nil
+	return a.members.Addr()
+}
+
+// waitReady waits until every shard has a leader this node knows of. With
+// -dev that is bounded by readyTimeout; a cluster node waits for its peers
+// (started by hand, they may take a while) until interrupted, logging what
+// it waits for.
+func (a *agent) waitReady(ctx context.Context) error {
+	if a.cluster == nil {
+		ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+		defer cancel()
+		if err := a.node.WaitLeaders(ctx); err != nil {
+			return fmt.Errorf("%w: %w", errNotReady, err)
+		}
+		return nil
+	}
+	info := a.cluster.Info()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	lastLog := time.Now()
+	for {
+		missing := 0
+		for shard := range a.node.Shards() {
+			if r := a.node.Replica(shard); r != nil {
+				if addr, _ := r.Leader(); addr == "" {
+					missing++
+				}
+			} else if info.ShardLeader(shard) == "" {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		if time.Since(lastLog) >= waitLogEvery {
+			lastLog = time.Now()
+			alive := 0
+			for _, m := range a.members.Members() {
+				if m.State == cluster.MemberAlive {
+					alive++
+				}
+			}
+			a.logger.Info("waiting for the cluster", "shards_without_leader", missing, "members_alive", alive,
+				"bootstrap_expect", a.cfg.bootstrapExpect, "seeds", a.joinTargets())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %d shards without a known leader: %w", errNotReady, missing, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // shutdown stops the agent gracefully: live Tail streams end, the HTTP
-// server stops accepting and lets in-flight requests finish (bounded), then
-// the node drains its rings, stops its raft groups and closes the store,
-// then the raft listener closes. Safe on a partly started agent.
+// server stops accepting and lets in-flight requests finish (bounded), the
+// cluster loops stop and gossip shuts down, then the node drains its rings,
+// stops its raft groups and closes the store, then the raft listener
+// closes. Safe on a partly started agent.
 func (a *agent) shutdown() error {
 	var errs []error
+	select {
+	case <-a.stopBg:
+	default:
+		close(a.stopBg)
+	}
+	a.bg.Wait()
 	if a.srv != nil {
 		a.srv.Close()
 	}
@@ -215,6 +466,14 @@ func (a *agent) shutdown() error {
 			errs = append(errs, fmt.Errorf("scope: http shutdown: %w", err), a.http.Close())
 		}
 		cancel()
+	}
+	// A plain stop is not a departure: no leave, no drain. Peers see the
+	// node fail and the groups elect other leaders; `scope leave` drains.
+	if a.cluster != nil {
+		errs = append(errs, a.cluster.Close())
+	}
+	if a.members != nil {
+		errs = append(errs, a.members.Shutdown())
 	}
 	if a.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), nodeShutdownLimit)

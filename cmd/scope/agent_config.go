@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
 )
@@ -28,6 +29,18 @@ type agentConfig struct {
 	logLevel  string // debug, info, warn, error
 	logFormat string // text, json
 
+	// Cluster mode (without -dev).
+	gossipAddr      string
+	join            []string // gossip addresses of members (-join, repeatable)
+	bootstrapExpect int
+	replicas        int
+	replicasSet     bool     // -replicas was given (else a stored R is adopted)
+	gossipKeys      [][]byte // -gossip-key, decoded; the first encrypts
+	gossipProfile   string   // cluster.ProfileLAN or cluster.ProfileLocal
+	advertiseHTTP   string   // what other nodes and clients dial; default: the bound -http
+	advertiseRaft   string
+	advertiseGossip string
+
 	node node.Config
 	rpc  rpc.Config
 }
@@ -36,6 +49,8 @@ type agentConfig struct {
 const (
 	defaultHTTPAddr = "127.0.0.1:7070"
 	defaultRaftAddr = "127.0.0.1:7071"
+	defaultGossip   = "127.0.0.1:7072"
+	defaultReplicas = 3
 	devName         = "dev"
 	devDataDir      = "data/dev"
 )
@@ -50,6 +65,29 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.StringVar(&c.httpAddr, "http", defaultHTTPAddr, "public HTTP address: Connect/gRPC API, /metrics, /healthz, /readyz")
 	fs.StringVar(&c.raftAddr, "raft", defaultRaftAddr, "Raft TCP address (every shard's group shares it)")
 	fs.UintVar(&c.shards, "shards", uint(c.node.Shards), "shard count, fixed when the data directory is created (1..4096)")
+	fs.StringVar(&c.gossipAddr, "gossip", defaultGossip, "gossip (memberlist) bind address, ip:port, TCP and UDP")
+	fs.Func("join", "gossip address (ip:port) of a cluster member to join; repeatable or comma-separated", func(v string) error {
+		for _, a := range strings.Split(v, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				c.join = append(c.join, a)
+			}
+		}
+		return nil
+	})
+	fs.IntVar(&c.bootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many nodes (this one included) have met; ignored once the data directory holds a cluster")
+	fs.IntVar(&c.replicas, "replicas", defaultReplicas, "replicas per shard, R (1..7; capped by the number of nodes), fixed when the data directory is created")
+	fs.Func("gossip-key", "base64 key (16, 24 or 32 bytes) encrypting gossip; repeatable: the first encrypts, all decrypt (rotation)", func(v string) error {
+		k, err := cluster.ParseGossipKey(v)
+		if err != nil {
+			return err
+		}
+		c.gossipKeys = append(c.gossipKeys, k)
+		return nil
+	})
+	fs.StringVar(&c.gossipProfile, "gossip-profile", cluster.ProfileLAN, "gossip timings: lan (production) or local (loopback: failures detected within seconds)")
+	fs.StringVar(&c.advertiseHTTP, "advertise-http", "", "HTTP address other nodes reach this one at (default: the bound -http; required if -http binds 0.0.0.0)")
+	fs.StringVar(&c.advertiseRaft, "advertise-raft", "", "Raft address other nodes reach this one at (default: the bound -raft)")
+	fs.StringVar(&c.advertiseGossip, "advertise-gossip", "", "gossip ip:port other nodes reach this one at (default: derived from -gossip)")
 
 	p := &c.node.Pool
 	fs.IntVar(&p.RingCapacity, "ring-capacity", p.RingCapacity, "events buffered per shard before ingest is refused (a power of two)")
@@ -70,6 +108,16 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		return nil, fs, usageError("unexpected arguments %q", fs.Args())
 	}
 	c.shardsSet = flagSet(fs, "shards")
+	c.replicasSet = flagSet(fs, "replicas")
+	if c.dev {
+		// -dev is one node bootstrapped alone: cluster flags contradict it.
+		for _, name := range []string{"join", "bootstrap-expect", "replicas", "gossip", "gossip-key", "gossip-profile",
+			"advertise-http", "advertise-raft", "advertise-gossip"} {
+			if flagSet(fs, name) {
+				return nil, fs, usageError("-%s: -dev runs one node alone (replication 1, no gossip); drop -%s, or drop -dev to run a cluster node", name, name)
+			}
+		}
+	}
 	if err := c.finish(); err != nil {
 		return nil, fs, err
 	}
@@ -100,6 +148,9 @@ func (c *agentConfig) finish() error {
 	}
 	if _, port, _ := net.SplitHostPort(c.httpAddr); c.httpAddr == c.raftAddr && port != "0" {
 		return usageError("-http and -raft are both %q: they must differ", c.httpAddr)
+	}
+	if err := c.finishCluster(); err != nil {
+		return err
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {
 		return err
@@ -163,16 +214,91 @@ func (c *agentConfig) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// banner describes the agent's addresses, printed once at start.
-func (c *agentConfig) banner(w io.Writer, httpAddr, raftAddr string) {
-	mode := "one-node cluster (replication 1)"
+// finishCluster validates the cluster-mode flags. What depends on the
+// data directory (a new one needs -bootstrap-expect or -join) is checked
+// when it is opened: see checkClusterStart.
+func (c *agentConfig) finishCluster() error {
 	if c.dev {
-		mode = "dev: " + mode
+		c.replicas = 1
+		return nil
+	}
+	if c.replicas < 1 || c.replicas > 7 {
+		return usageError("-replicas %d: must be in 1..7", c.replicas)
+	}
+	if c.bootstrapExpect < 0 || c.bootstrapExpect > 64 {
+		return usageError("-bootstrap-expect %d: must be in 0..64 (0: join a running cluster with -join)", c.bootstrapExpect)
+	}
+	if c.bootstrapExpect > 1 && len(c.join) == 0 {
+		return usageError("-bootstrap-expect %d: the nodes must find each other: pass -join with the gossip address of at least one other node (e.g. -join 127.0.0.1:7082)", c.bootstrapExpect)
+	}
+	if c.gossipProfile != cluster.ProfileLAN && c.gossipProfile != cluster.ProfileLocal {
+		return usageError("-gossip-profile %q: want %s or %s", c.gossipProfile, cluster.ProfileLAN, cluster.ProfileLocal)
+	}
+	if err := ipPort("gossip", c.gossipAddr); err != nil {
+		return err
+	}
+	if c.gossipAddr == c.httpAddr || c.gossipAddr == c.raftAddr {
+		if _, port, _ := net.SplitHostPort(c.gossipAddr); port != "0" {
+			return usageError("-gossip %q: must differ from -http and -raft", c.gossipAddr)
+		}
+	}
+	if c.advertiseGossip != "" {
+		if err := ipPort("advertise-gossip", c.advertiseGossip); err != nil {
+			return err
+		}
+	}
+	for _, a := range []struct{ flag, v string }{{"advertise-http", c.advertiseHTTP}, {"advertise-raft", c.advertiseRaft}} {
+		if a.v == "" {
+			continue
+		}
+		if host, port, err := net.SplitHostPort(a.v); err != nil || host == "" || port == "0" {
+			return usageError("-%s %q: want a reachable host:port (not port 0, not an empty host)", a.flag, a.v)
+		}
+	}
+	for _, a := range []struct{ flag, bind, adv string }{{"http", c.httpAddr, c.advertiseHTTP}, {"raft", c.raftAddr, c.advertiseRaft}} {
+		if host, _, _ := net.SplitHostPort(a.bind); a.adv == "" && unspecifiedHost(host) {
+			return usageError("-%s %q binds every interface: pass -advertise-%s with the address other nodes reach this one at", a.flag, a.bind, a.flag)
+		}
+	}
+	for _, j := range c.join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return usageError("-join %q: want the gossip address host:port of a member (its -gossip)", j)
+		}
+	}
+	return nil
+}
+
+// ipPort checks that v (the value of -flag) is an ip:port literal, which
+// memberlist requires.
+func ipPort(flag, v string) error {
+	host, _, err := net.SplitHostPort(v)
+	if err != nil || net.ParseIP(host) == nil {
+		return usageError("-%s %q: want ip:port with an IP address (e.g. 127.0.0.1:7072)", flag, v)
+	}
+	return nil
+}
+
+func unspecifiedHost(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsUnspecified()
+}
+
+// banner describes the agent's addresses, printed once at start.
+func (c *agentConfig) banner(w io.Writer, httpAddr, raftAddr, gossipAddr string) {
+	mode := "dev: one-node cluster (replication 1)"
+	if !c.dev {
+		mode = fmt.Sprintf("cluster node, replication %d", c.replicas)
 	}
 	abs, err := filepath.Abs(c.dataDir)
 	if err != nil {
 		abs = c.dataDir
 	}
-	fmt.Fprintf(w, "scope agent %s (%s)\n  name:     %s\n  http:     http://%s\n  raft:     %s\n  data dir: %s\n  shards:   %d\n",
-		version(), mode, c.name, httpAddr, raftAddr, abs, c.shards)
+	fmt.Fprintf(w, "scope agent %s (%s)\n  name:     %s\n  http:     http://%s\n  raft:     %s\n", version(), mode, c.name, httpAddr, raftAddr)
+	if !c.dev {
+		fmt.Fprintf(w, "  gossip:   %s\n", gossipAddr)
+	}
+	fmt.Fprintf(w, "  data dir: %s\n  shards:   %d\n", abs, c.shards)
 }

@@ -9,6 +9,14 @@ var (
 	errUsage = errors.New("scope: usage")
 	// errShardsMismatch: -shards differs from the data directory's count.
 	errShardsMismatch = errors.New("scope: shard count differs from the data directory's")
+	// errModeMismatch: -dev on a cluster node's data directory, or the
+	// reverse.
+	errModeMismatch = errors.New("scope: data directory mode differs")
+	// errReplicasMismatch: -replicas differs from the data directory's R.
+	errReplicasMismatch = errors.New("scope: replication factor differs from the data directory's")
+	// errNewDataDir: a cluster node on a new data directory was told
+	// neither to form a cluster nor to join one.
+	errNewDataDir = errors.New("scope: new data directory needs -bootstrap-expect, -join or -dev")
 	// errBadMeta: the data directory's metadata file cannot be used.
 	errBadMeta = errors.New("scope: unreadable data directory metadata")
 	// errNotReady: the agent's shards did not all elect a leader in time.

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,7 +71,55 @@ func TestAgentFlags(t *testing.T) {
 		{name: "commit timeout", args: []string{"-commit-timeout", "0s"}, wantErr: "-commit-timeout 0s"},
 		{name: "negative age", args: []string{"-retention-max-age", "-1h"}, wantErr: "-retention-max-age"},
 		{name: "stray argument", args: []string{"-dev", "extra"}, wantErr: "unexpected arguments"},
-		{name: "unknown flag", args: []string{"-gossip", "x"}, wantErr: "flag provided but not defined"},
+		{name: "unknown flag", args: []string{"-gossipp", "x"}, wantErr: "flag provided but not defined"},
+
+		// Cluster mode.
+		{name: "cluster defaults", args: []string{"-join", "10.0.0.1:7072"}, check: func(t *testing.T, c *agentConfig) {
+			if c.dev || c.replicas != 3 || c.replicasSet || c.gossipAddr != "127.0.0.1:7072" || c.bootstrapExpect != 0 ||
+				c.gossipProfile != "lan" || len(c.join) != 1 || c.join[0] != "10.0.0.1:7072" {
+				t.Errorf("cluster config: %+v", c)
+			}
+		}},
+		{name: "cluster everything", args: []string{"-name", "n2", "-gossip", "127.0.0.1:0", "-join", "127.0.0.1:1,127.0.0.1:2",
+			"-join", "127.0.0.1:3", "-bootstrap-expect", "3", "-replicas", "5", "-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg==",
+			"-gossip-key", "ZmVkY2JhOTg3NjU0MzIxMA==", "-gossip-profile", "local", "-http", "0.0.0.0:7070",
+			"-advertise-http", "10.0.0.2:7070", "-raft", "0.0.0.0:7071", "-advertise-raft", "10.0.0.2:7071",
+			"-advertise-gossip", "10.0.0.2:7072"},
+			check: func(t *testing.T, c *agentConfig) {
+				if c.replicas != 5 || !c.replicasSet || c.bootstrapExpect != 3 || len(c.join) != 3 || c.join[2] != "127.0.0.1:3" ||
+					len(c.gossipKeys) != 2 || string(c.gossipKeys[0]) != "0123456789abcdef" || c.gossipProfile != "local" ||
+					c.advertiseHTTP != "10.0.0.2:7070" || c.advertiseRaft != "10.0.0.2:7071" || c.advertiseGossip != "10.0.0.2:7072" {
+					t.Errorf("cluster config: %+v", c)
+				}
+			}},
+		{name: "dev is R=1", args: []string{"-dev"}, check: func(t *testing.T, c *agentConfig) {
+			if c.replicas != 1 {
+				t.Errorf("dev replicas %d", c.replicas)
+			}
+		}},
+		{name: "dev with join", args: []string{"-dev", "-join", "127.0.0.1:7072"}, wantErr: "-join: -dev runs one node alone"},
+		{name: "dev with expect", args: []string{"-dev", "-bootstrap-expect", "3"}, wantErr: "-bootstrap-expect: -dev runs one node alone"},
+		{name: "dev with replicas", args: []string{"-dev", "-replicas", "3"}, wantErr: "-replicas: -dev"},
+		{name: "dev with gossip key", args: []string{"-dev", "-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg=="}, wantErr: "-gossip-key: -dev"},
+		{name: "expect without join", args: []string{"-bootstrap-expect", "3"}, wantErr: "pass -join with the gossip address"},
+		{name: "expect one alone", args: []string{"-bootstrap-expect", "1"}, check: func(t *testing.T, c *agentConfig) {
+			if c.bootstrapExpect != 1 {
+				t.Errorf("expect %d", c.bootstrapExpect)
+			}
+		}},
+		{name: "negative expect", args: []string{"-bootstrap-expect", "-1"}, wantErr: "-bootstrap-expect -1: must be in 0..64"},
+		{name: "replicas zero", args: []string{"-replicas", "0"}, wantErr: "-replicas 0: must be in 1..7"},
+		{name: "replicas eight", args: []string{"-replicas", "8"}, wantErr: "-replicas 8: must be in 1..7"},
+		{name: "gossip host name", args: []string{"-gossip", "localhost:7072"}, wantErr: `-gossip "localhost:7072": want ip:port with an IP address`},
+		{name: "gossip equals http", args: []string{"-gossip", "127.0.0.1:7070"}, wantErr: "must differ from -http and -raft"},
+		{name: "bad gossip key", args: []string{"-gossip-key", "c2hvcnQ="}, wantErr: "gossip key decodes to 5 bytes"},
+		{name: "bad profile", args: []string{"-gossip-profile", "wan"}, wantErr: `-gossip-profile "wan": want lan or local`},
+		{name: "bad join", args: []string{"-join", "nohost"}, wantErr: `-join "nohost": want the gossip address`},
+		{name: "wildcard http needs advertise", args: []string{"-join", "127.0.0.1:1", "-http", "0.0.0.0:7070"},
+			wantErr: `-http "0.0.0.0:7070" binds every interface: pass -advertise-http`},
+		{name: "wildcard raft needs advertise", args: []string{"-join", "127.0.0.1:1", "-raft", ":7071"},
+			wantErr: `-raft ":7071" binds every interface: pass -advertise-raft`},
+		{name: "advertise port zero", args: []string{"-advertise-http", "10.0.0.1:0"}, wantErr: "-advertise-http \"10.0.0.1:0\": want a reachable host:port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -115,6 +165,74 @@ func TestPrepareDataDir(t *testing.T) {
 	}
 	if _, err := prepareDataDir(dir, 8, true, "n1"); !errors.Is(err, errBadMeta) {
 		t.Fatalf("corrupt meta: %v", err)
+	}
+}
+
+// TestClusterDataDir: the data directory's mode, shard count and R are
+// fixed at creation; -join addresses are remembered.
+func TestClusterDataDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	want := dataDirMeta{Format: metaFormat, Shards: 8, Node: "n1", Mode: modeCluster, Replicas: 3, Join: []string{"127.0.0.1:1"}}
+	m, created, err := openDataDir(dir, want, true, false)
+	if err != nil || !created || m.Replicas != 3 || m.Mode != modeCluster {
+		t.Fatalf("new dir: %+v %v %v", m, created, err)
+	}
+	// R not given: adopted. Given and equal: fine. Given and different: refused.
+	if m, _, err := openDataDir(dir, dataDirMeta{Format: metaFormat, Shards: 16, Mode: modeCluster, Replicas: 5}, false, false); err != nil ||
+		m.Replicas != 3 || m.Shards != 8 {
+		t.Fatalf("adopt: %+v %v", m, err)
+	}
+	_, _, err = openDataDir(dir, dataDirMeta{Format: metaFormat, Shards: 8, Mode: modeCluster, Replicas: 5}, false, true)
+	if !errors.Is(err, errReplicasMismatch) || !strings.Contains(err.Error(), "-replicas 5") || !strings.Contains(err.Error(), "created with -replicas 3") {
+		t.Fatalf("replicas mismatch: %v", err)
+	}
+	// -dev on a cluster directory, and a cluster node on a dev directory.
+	if _, err := prepareDataDir(dir, 8, false, "n1"); !errors.Is(err, errModeMismatch) || !strings.Contains(err.Error(), "drop -dev") {
+		t.Fatalf("dev on cluster dir: %v", err)
+	}
+	devDir := filepath.Join(t.TempDir(), "dev")
+	if _, err := prepareDataDir(devDir, 8, false, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := openDataDir(devDir, want, false, false); !errors.Is(err, errModeMismatch) || !strings.Contains(err.Error(), "run it with -dev") {
+		t.Fatalf("cluster on dev dir: %v", err)
+	}
+	// Format 1 directories (before clustering) are dev directories.
+	v1 := filepath.Join(t.TempDir(), "v1")
+	if err := os.MkdirAll(v1, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(v1, metaFile), []byte(`{"format":1,"shards":4,"node":"dev"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := prepareDataDir(v1, 16, false, "dev"); err != nil || n != 4 {
+		t.Fatalf("format 1: %d %v", n, err)
+	}
+	// updateMeta persists.
+	if err := updateMeta(dir, &m, func(m *dataDirMeta) { m.Formed = true; m.Join = []string{"127.0.0.1:2"} }); err != nil {
+		t.Fatal(err)
+	}
+	if m, _, err := openDataDir(dir, want, false, false); err != nil || !m.Formed || len(m.Join) != 1 || m.Join[0] != "127.0.0.1:2" {
+		t.Fatalf("after update: %+v %v", m, err)
+	}
+}
+
+// TestClusterStartNeedsAWay: a cluster node on a new data directory that is
+// told neither to form nor to join a cluster is refused before anything is
+// written, naming the flags to pass; the same directory then works with -dev.
+func TestClusterStartNeedsAWay(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "d")
+	cfg, _, err := parseAgentFlags([]string{"-data-dir", dir, "-http", "127.0.0.1:0", "-raft", "127.0.0.1:0", "-gossip", "127.0.0.1:0"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = startAgent(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if !errors.Is(err, errNewDataDir) || !strings.Contains(err.Error(), "-bootstrap-expect N") || !strings.Contains(err.Error(), "-join") ||
+		!strings.Contains(err.Error(), "-dev") {
+		t.Fatalf("new dir without a way in: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, metaFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("metadata written for a refused start: %v", err)
 	}
 }
 

@@ -18,7 +18,7 @@ type command struct {
 
 // commands lists every subcommand, in the order `scope help` prints them.
 var commands = []command{
-	{"agent", "run a node (one-node cluster until clustering lands; -dev for defaults)", runAgent},
+	{"agent", "run a cluster node (-bootstrap-expect N or -join addr), or -dev for one development node", runAgent},
 	{"ingest", "send events from a JSON-lines file or stdin", runIngest},
 	{"query", "list events matching filters", runQuery},
 	{"get", "show one event by id", runGet},
