@@ -1,0 +1,36 @@
+#!/usr/bin/env escript
+%%! -sname scope_capture
+%% capture.escript OUT.jsonl [Workers Rounds Depth Pings]
+%%
+%% Compiles scope_trace.erl and scope_workload.erl (next to this script),
+%% traces the workload in its own process tree and writes the Scope events
+%% to OUT.jsonl. See README.md.
+-mode(compile).
+
+main([Out | Rest]) ->
+    [Workers, Rounds, Depth, Pings] =
+        case Rest of
+            [] -> [4, 2, 20, 3];
+            [_, _, _, _] -> [list_to_integer(A) || A <- Rest]
+        end,
+    Dir = filename:dirname(escript:script_name()),
+    [load(filename:join(Dir, M)) || M <- ["scope_trace.erl", "scope_workload.erl"]],
+    Self = self(),
+    Root = spawn(fun() ->
+                         receive go -> ok end,
+                         Exits = scope_workload:run(#{workers => Workers, rounds => Rounds,
+                                                      depth => Depth, pings => Pings}),
+                         Self ! {done, Exits}
+                 end),
+    {ok, _} = scope_trace:start(Out, #{procs => [Root], modules => [scope_workload]}),
+    Root ! go,
+    Exits = receive {done, E} -> E after 60000 -> error(workload_timeout) end,
+    {ok, Stats} = scope_trace:stop(),
+    io:format("~ts: workers exited ~0tp~n~0tp~n", [Out, Exits, Stats]);
+main(_) ->
+    io:format(standard_error, "usage: capture.escript OUT.jsonl [Workers Rounds Depth Pings]~n", []),
+    halt(2).
+
+load(File) ->
+    {ok, Mod, Bin} = compile:file(File, [binary, report, warnings_as_errors]),
+    {module, Mod} = code:load_binary(Mod, File, Bin).
