@@ -29,8 +29,11 @@ var commands = []command{
 	{"trace", "follow an event's links to its causes and effects", runTrace},
 	{"tail", "stream new events matching filters", runTail},
 	{"stats", "event counts, top functions, nodes", runStats},
-	{"shards", "shards, their leaders and replicas", runShards},
-	{"members", "cluster members", runMembers},
+	{"shards", "shards: leader, replicas with suffrage, applied index, lag", runShards},
+	{"members", "cluster members: status, addresses, shards led", runMembers},
+	{"join", "make a node join a cluster through members' gossip addresses", runJoin},
+	{"leave", "drain a node (its replicas move away), then it leaves and stops", runLeave},
+	{"dev-cluster", "run an n-node cluster of local agent processes (-n 3)", runDevCluster},
 	{"bench", "load generator: ingest throughput and latency", runBench},
 	{"version", "print the version of this binary", runVersion},
 }

@@ -12,8 +12,8 @@ import (
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
-// This file holds the commands about the cluster and its contents as a
-// whole: stats, shards, members, and the live tail.
+// This file holds the commands about the stored contents as a whole:
+// stats and the live tail. Cluster commands are in clustercmd.go.
 
 func runStats(args []string, stdout, stderr io.Writer) int {
 	var cf clientFlags
@@ -69,91 +69,6 @@ func runStats(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "shard %d missing: %s: %s\n", miss.GetShard(), miss.GetCode(), miss.GetReason())
 		}
 		return nil
-	}()
-	if err != nil {
-		return reportError(stderr, fs, err)
-	}
-	return exitOK
-}
-
-func runShards(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	fs := newFlagSet("shards", "", stderr)
-	cf.register(fs)
-	if code, ok := parseFlags(fs, args); !ok {
-		return code
-	}
-	err := func() error {
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.cluster.Shards(ctx, connect.NewRequest(&scopev1.ShardsRequest{}))
-		if err != nil {
-			return err
-		}
-		m := resp.Msg
-		if cf.json {
-			return printJSON(stdout, m)
-		}
-		fmt.Fprintf(stdout, "shards: %d, replication factor: %d\n\n", m.GetShardCount(), m.GetReplicationFactor())
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SHARD\tLEADER\tTERM\tEVENTS\tREPLICAS (node:suffrage:applied:lag)")
-		for _, s := range m.GetShards() {
-			reps := make([]string, 0, len(s.GetReplicas()))
-			for _, r := range s.GetReplicas() {
-				reps = append(reps, fmt.Sprintf("%s:%s:%d:%d", r.GetNode(),
-					strings.ToLower(strings.TrimPrefix(r.GetSuffrage().String(), "SUFFRAGE_")), r.GetAppliedIndex(), r.GetLag()))
-			}
-			leader := s.GetLeader()
-			if leader == "" {
-				leader = "(none)"
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\n", s.GetShard(), leader, s.GetTerm(), s.GetEvents(), strings.Join(reps, " "))
-		}
-		return tw.Flush()
-	}()
-	if err != nil {
-		return reportError(stderr, fs, err)
-	}
-	return exitOK
-}
-
-func runMembers(args []string, stdout, stderr io.Writer) int {
-	var cf clientFlags
-	fs := newFlagSet("members", "", stderr)
-	cf.register(fs)
-	if code, ok := parseFlags(fs, args); !ok {
-		return code
-	}
-	err := func() error {
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.cluster.Members(ctx, connect.NewRequest(&scopev1.MembersRequest{}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSTATUS\tHTTP\tRAFT\tGOSSIP\tVERSION\tSHARDS LED")
-		for _, mb := range resp.Msg.GetMembers() {
-			gossip := mb.GetGossipAddr()
-			if gossip == "" {
-				gossip = "-"
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", mb.GetName(),
-				strings.TrimPrefix(mb.GetStatus().String(), "MEMBER_STATUS_"), mb.GetHttpAddr(), mb.GetRaftAddr(),
-				gossip, mb.GetVersion(), len(mb.GetShardsLed()))
-		}
-		return tw.Flush()
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
