@@ -1,6 +1,6 @@
 #!/usr/bin/env escript
 %%! -sname scope_capture
-%% capture.escript OUT.jsonl [Workers Rounds Depth Pings]
+%% capture.escript OUT.jsonl [Workers Rounds Depth Pings [exception_trace|return_trace]]
 %%
 %% Compiles scope_trace.erl and scope_workload.erl (next to this script),
 %% traces the workload in its own process tree and writes the Scope events
@@ -8,10 +8,11 @@
 -mode(compile).
 
 main([Out | Rest]) ->
-    [Workers, Rounds, Depth, Pings] =
+    {[Workers, Rounds, Depth, Pings], Match} =
         case Rest of
-            [] -> [4, 2, 20, 3];
-            [_, _, _, _] -> [list_to_integer(A) || A <- Rest]
+            [] -> {[4, 2, 20, 3], exception_trace};
+            [_, _, _, _] -> {[list_to_integer(A) || A <- Rest], exception_trace};
+            [_, _, _, _, M] -> {[list_to_integer(A) || A <- lists:sublist(Rest, 4)], list_to_existing_atom(M)}
         end,
     Dir = filename:dirname(escript:script_name()),
     [load(filename:join(Dir, M)) || M <- ["scope_trace.erl", "scope_workload.erl"]],
@@ -22,13 +23,13 @@ main([Out | Rest]) ->
                                                       depth => Depth, pings => Pings}),
                          Self ! {done, Exits}
                  end),
-    {ok, _} = scope_trace:start(Out, #{procs => [Root], modules => [scope_workload]}),
+    {ok, _} = scope_trace:start(Out, #{procs => [Root], modules => [scope_workload], match => Match}),
     Root ! go,
     Exits = receive {done, E} -> E after 60000 -> error(workload_timeout) end,
     {ok, Stats} = scope_trace:stop(),
     io:format("~ts: workers exited ~0tp~n~0tp~n", [Out, Exits, Stats]);
 main(_) ->
-    io:format(standard_error, "usage: capture.escript OUT.jsonl [Workers Rounds Depth Pings]~n", []),
+    io:format(standard_error, "usage: capture.escript OUT.jsonl [Workers Rounds Depth Pings [exception_trace|return_trace]]~n", []),
     halt(2).
 
 load(File) ->

@@ -14,6 +14,10 @@
 %%   modules       [module()]  modules whose functions (local and exported) are
 %%                 call-traced with {exception_trace}: CALL, RETURN, EXCEPTION.
 %%                 Default [] (messages, spawns and exits only).
+%%   match         exception_trace (default) or return_trace: the match spec
+%%                 action. With return_trace an exception produces no event:
+%%                 Scope closes the skipped frames as UNWOUND when a caller
+%%                 returns, or as PROCESS_EXIT when the process dies.
 %%   max_events    stop tracing after this many events (default 200000).
 %%   payload_chars keep at most this many characters of a formatted term
 %%                 (default 1000); longer ones end in "..." and carry the
@@ -77,7 +81,11 @@ init(Caller, File, Opts) ->
         {ok, Fd} = file:open(File, [write, raw, binary, {delayed_write, 1 bsl 16, 200}]),
         Procs = maps:get(procs, Opts, new),
         Flags = [call, send, 'receive', procs, set_on_spawn, monotonic_timestamp, {tracer, self()}],
-        [erlang:trace_pattern({M, '_', '_'}, [{'_', [], [{exception_trace}]}], [local])
+        Action = case maps:get(match, Opts, exception_trace) of
+                     exception_trace -> exception_trace;
+                     return_trace -> return_trace
+                 end,
+        [erlang:trace_pattern({M, '_', '_'}, [{'_', [], [{Action}]}], [local])
          || M <- maps:get(modules, Opts, [])],
         Pids = case Procs of
                    new -> erlang:trace(new, true, Flags), [];
