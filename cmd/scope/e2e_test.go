@@ -94,6 +94,15 @@ func startAgentProc(t *testing.T, dataDir, httpAddr, raftAddr string, extra ...s
 	t.Helper()
 	args := append([]string{"agent", "-dev", "-data-dir", dataDir, "-http", httpAddr, "-raft", raftAddr,
 		"-log-level", "warn"}, extra...)
+	a := spawnAgent(t, httpAddr, args)
+	a.waitReady(t)
+	return a
+}
+
+// spawnAgent starts `scope <args>` (an agent serving HTTP on httpAddr)
+// without waiting for it; the test's cleanup kills it if still running.
+func spawnAgent(t *testing.T, httpAddr string, args []string) *agentProc {
+	t.Helper()
 	a := &agentProc{cmd: exec.Command(scopeBinary(t), args...), http: httpAddr,
 		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	a.cmd.Stdout, a.cmd.Stderr = a.stdout, a.stderr
@@ -109,10 +118,9 @@ func startAgentProc(t *testing.T, dataDir, httpAddr, raftAddr string, extra ...s
 			<-a.done
 		}
 		if t.Failed() {
-			t.Logf("agent stdout:\n%s\nagent stderr:\n%s", a.stdout, a.stderr)
+			t.Logf("agent %q stdout:\n%s\nagent stderr:\n%s", args, a.stdout, a.stderr)
 		}
 	})
-	a.waitReady(t)
 	return a
 }
 
