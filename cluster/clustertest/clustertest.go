@@ -40,6 +40,7 @@ type Cluster struct {
 	t     testing.TB
 	opts  Options
 	root  string
+	net   *network // raft link faults (faults.go)
 	Nodes []*Node
 }
 
@@ -74,7 +75,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Replicas == 0 {
 		opts.Replicas = 3
 	}
-	c := &Cluster{t: t, opts: opts, root: t.TempDir()}
+	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork()}
 	t.Cleanup(c.Close)
 	for i := range opts.Nodes {
 		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("n%d", i+1), opts.Nodes, "", "", ""))
@@ -161,7 +162,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		if err != nil {
 			return nil, err
 		}
-		return raft.NewNetworkTransport(stream, 3, 5*time.Second, io.Discard), nil
+		return raft.NewNetworkTransport(c.net.wrap(stream, n.raftAddr), 3, 5*time.Second, io.Discard), nil
 	}
 	n.Node, err = node.Open(ncfg)
 	if err != nil {
