@@ -36,7 +36,7 @@ func fastTiming() node.RaftTiming {
 	return t
 }
 
-func openTestNode(t *testing.T, id, dir string, shards uint32, edit func(*node.Config)) *testNode {
+func openTestNode(t testing.TB, id, dir string, shards uint32, edit func(*node.Config)) *testNode {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -72,7 +72,7 @@ func openTestNode(t *testing.T, id, dir string, shards uint32, edit func(*node.C
 	return tn
 }
 
-func (tn *testNode) close(t *testing.T) {
+func (tn *testNode) close(t testing.TB) {
 	if tn.Node == nil {
 		return
 	}
@@ -85,7 +85,7 @@ func (tn *testNode) close(t *testing.T) {
 	tn.Node = nil
 }
 
-func bootstrapped(t *testing.T, id, dir string, shards uint32) *testNode {
+func bootstrapped(t testing.TB, id, dir string, shards uint32) *testNode {
 	t.Helper()
 	tn := openTestNode(t, id, dir, shards, nil)
 	if err := tn.Bootstrap(); err != nil {
@@ -107,7 +107,7 @@ func bootstrapped(t *testing.T, id, dir string, shards uint32) *testNode {
 	return tn
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
