@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,15 +17,24 @@ import (
 	"github.com/elixirscope/scope/store"
 )
 
-// soak reports whether the long variants run (SCOPE_SOAK=1).
-func soak() bool { return os.Getenv("SCOPE_SOAK") == "1" }
+// faultSoak reports whether the long variants run (SCOPE_SOAK=1): more
+// load per phase and more fault rounds.
+func faultSoak() bool { return os.Getenv("SCOPE_SOAK") == "1" }
 
 // loadTarget is how many acknowledged events a load phase waits for.
 func loadTarget(short int) int {
-	if soak() {
-		return 20 * short
+	if faultSoak() {
+		return 10 * short
 	}
 	return short
+}
+
+// faultRounds is how many times a test injects its fault.
+func faultRounds() int {
+	if faultSoak() {
+		return 4
+	}
+	return 1
 }
 
 // waitAcked waits until l has acknowledged at least n events in all.
@@ -43,7 +53,7 @@ func pidOnShard(shard, shards uint32) string {
 	}
 }
 
-func others(c *Cluster, x *Node) []*Node {
+func othersThan(c *Cluster, x *Node) []*Node {
 	var out []*Node
 	for _, n := range c.Live() {
 		if n != x {
@@ -53,7 +63,7 @@ func others(c *Cluster, x *Node) []*Node {
 	return out
 }
 
-func names(nodes []*Node) []string {
+func nodeNames(nodes []*Node) []string {
 	var out []string
 	for _, n := range nodes {
 		out = append(out, n.Name)
@@ -65,18 +75,38 @@ func names(nodes []*Node) []string {
 // leading a shard. Its groups lose leadership and it commits nothing while
 // the majority keeps ingesting; ingest through it is forwarded to the
 // majority or fails; after healing it catches up to identical replicas.
+// Each round isolates the leader of another shard.
 func TestPartitionedMinorityCannotCommit(t *testing.T) {
 	const shards = 4
 	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
-	x := c.ShardLeader(0)
-	if x == nil {
-		t.Fatal("shard 0 has no leader after WaitReady")
+	var res *LoadResult
+	for round := range faultRounds() {
+		shard := uint32(round) % shards
+		partitionRound(t, c, shard, &res)
+		c.WaitReplicasIdentical(3, 90*time.Second)
+		c.WaitReady(60 * time.Second)
+		stored := c.CheckLoad(c.Nodes[round%len(c.Nodes)], *res)
+		dc, ds := c.Duplicates()
+		t.Logf("partition round %d: %d acknowledged, %d stored, %d requests, %d failed, duplicates skipped %d+%d; links %+v",
+			round, len(res.Acked), stored, res.Requests, res.Failures, dc, ds, c.LinkStats())
 	}
-	pid := pidOnShard(0, shards)
-	baseline := ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_CALL, pid, 1))
+}
+
+// partitionRound isolates shard's leader, loads the majority, checks the
+// isolated node took nothing, and heals. It merges what it sent into *res.
+func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
+	t.Helper()
+	shards := c.opts.Shards
+	x := c.ShardLeader(shard)
+	if x == nil {
+		t.Fatalf("shard %d has no leader after WaitReady", shard)
+	}
+	pid := pidOnShard(shard, shards)
+	baseline := ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 1))
+	before := c.LinkStats()
 
 	c.Partition(x)
-	majority := others(c, x)
+	majority := othersThan(c, x)
 	WaitFor(t, x.Name+" leads no shard", 30*time.Second, func() bool {
 		for _, r := range x.Node.Replicas() {
 			if r.IsLeader() {
@@ -86,7 +116,7 @@ func TestPartitionedMinorityCannotCommit(t *testing.T) {
 		return true
 	})
 	WaitFor(t, "the majority leads every shard", 30*time.Second, func() bool {
-		for s := range uint32(shards) {
+		for s := range shards {
 			if l := c.ShardLeader(s); l == nil || l == x {
 				return false
 			}
@@ -110,26 +140,30 @@ func TestPartitionedMinorityCannotCommit(t *testing.T) {
 	var forwarded []string
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	resp, err := x.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
-		Events: []*scopev1.Event{ev(scopev1.Kind_KIND_RETURN, pid, 3)}}))
+		Events: []*scopev1.Event{ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 3)}}))
 	cancel()
 	if err == nil {
 		forwarded = resp.Msg.GetEventIds()
 		id, _ := correlate.ParseEventID(forwarded[0])
-		if _, err := c.ShardLeader(0).Node.Store().Get(0, id); err != nil {
+		leader := c.ShardLeader(shard)
+		if leader == nil || leader == x {
+			t.Fatalf("shard %d: no leader on the majority side after a forwarded ingest", shard)
+		}
+		if _, err := leader.Node.Store().Get(shard, id); err != nil {
 			t.Fatalf("ingest via the isolated %s acknowledged, but not stored by the majority's leader: %v", x.Name, err)
 		}
 	} else {
 		t.Logf("ingest via the isolated %s failed (allowed): %v", x.Name, err)
 	}
 
-	res := l.Stop()
+	got := l.Stop()
 	// Nothing acknowledged during the partition reached the isolated node.
-	for id := range res.Acked {
+	for id := range got.Acked {
 		eid, err := correlate.ParseEventID(id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for s := range uint32(shards) {
+		for s := range shards {
 			if _, err := x.Node.Store().Get(s, eid); !errors.Is(err, store.ErrNotFound) {
 				t.Fatalf("event %s acknowledged during the partition is on the isolated %s (shard %d, err %v)", id, x.Name, s, err)
 			}
@@ -137,25 +171,23 @@ func TestPartitionedMinorityCannotCommit(t *testing.T) {
 	}
 	for _, id := range forwarded {
 		eid, _ := correlate.ParseEventID(id)
-		if _, err := x.Node.Store().Get(0, eid); !errors.Is(err, store.ErrNotFound) {
+		if _, err := x.Node.Store().Get(shard, eid); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("forwarded event %s is on the isolated %s (err %v)", id, x.Name, err)
 		}
 	}
-	st := c.LinkStats()
-	if st.Cut == 0 || st.RefusedDials == 0 {
-		t.Fatalf("the partition cut no connection or refused no dial: %+v", st)
+	if st := c.LinkStats(); st.Cut == before.Cut || st.RefusedDials == before.RefusedDials {
+		t.Fatalf("the partition cut no connection or refused no dial: before %+v, after %+v", before, st)
 	}
-
 	c.Heal(x)
-	c.WaitReplicasIdentical(3, 90*time.Second)
-	c.WaitReady(60 * time.Second)
+
 	for _, id := range append(baseline, forwarded...) {
-		res.Acked[id], res.Sent[id] = true, true
+		got.Acked[id], got.Sent[id] = true, true
 	}
-	stored := c.CheckLoad(x, res)
-	dc, ds := c.Duplicates()
-	t.Logf("partition: %d acknowledged, %d stored, %d requests, %d failed, duplicates skipped %d+%d; links %+v",
-		len(res.Acked), stored, res.Requests, res.Failures, dc, ds, st)
+	if *res == nil {
+		*res = &got
+	} else {
+		(*res).Merge(got)
+	}
 }
 
 // TestLeaveUnderLoad drains one of four nodes (R=3) through its
@@ -181,7 +213,7 @@ func TestLeaveUnderLoad(t *testing.T) {
 	waitAcked(t, l, after+loadTarget(100), "after the leave")
 	res := l.Stop()
 
-	c.WaitPlacement(names(stay), 90*time.Second)
+	c.WaitPlacement(nodeNames(stay), 90*time.Second)
 	c.WaitReplicasIdentical(3, 90*time.Second)
 	stored := c.CheckLoad(stay[0], res)
 	dc, ds := c.Duplicates()
@@ -237,26 +269,34 @@ func TestRestartRejoinsAndCatchesUp(t *testing.T) {
 }
 
 // TestKillDuringIngest stops a shard leader's node abruptly while a loader
-// ingests through every node: every event acknowledged before or after is
-// stored, none twice.
+// ingests through every node, then restarts it while the load goes on:
+// every event acknowledged before, during or after is stored, none twice,
+// and the replicas end identical. Each round kills the leader of another
+// shard.
 func TestKillDuringIngest(t *testing.T) {
-	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
-	l := StartLoader(LoaderOptions{Via: c.Nodes, Workers: 3})
-	waitAcked(t, l, loadTarget(100), "before the kill")
-	victim := c.ShardLeader(0)
-	if victim == nil {
-		t.Fatal("shard 0 has no leader")
+	const shards = 4
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
+	l := StartLoader(LoaderOptions{Via: slices.Clone(c.Nodes), Workers: 3})
+	waitAcked(t, l, loadTarget(100), "before the first kill")
+	for round := range faultRounds() {
+		shard := uint32(round) % shards
+		var victim *Node
+		WaitFor(t, fmt.Sprintf("shard %d has a leader", shard), 60*time.Second, func() bool {
+			victim = c.ShardLeader(shard)
+			return victim != nil
+		})
+		c.Stop(victim)
+		waitAcked(t, l, l.Acked()+loadTarget(100), fmt.Sprintf("after killing %s", victim.Name))
+		c.Restart(victim)
+		waitAcked(t, l, l.Acked()+loadTarget(100), fmt.Sprintf("after restarting %s", victim.Name))
+		t.Logf("round %d: killed and restarted %s (led shard %d)", round, victim.Name, shard)
 	}
-	c.Stop(victim)
-	after := l.Acked()
-	waitAcked(t, l, after+loadTarget(100), "after the kill")
 	res := l.Stop()
 
-	survivors := c.Live()
 	c.WaitReady(60 * time.Second)
-	c.WaitReplicasIdentical(2, 90*time.Second)
-	stored := c.CheckLoad(survivors[0], res)
+	c.WaitReplicasIdentical(3, 90*time.Second)
+	stored := c.CheckLoad(c.Nodes[0], res)
 	dc, ds := c.Duplicates()
-	t.Logf("kill %s: %d acknowledged, %d stored, %d sent, %d requests, %d failed, duplicates skipped %d+%d", victim.Name,
+	t.Logf("kill: %d acknowledged, %d stored, %d sent, %d requests, %d failed, duplicates skipped %d+%d",
 		len(res.Acked), stored, len(res.Sent), res.Requests, res.Failures, dc, ds)
 }

@@ -62,6 +62,18 @@ type LoadResult struct {
 	Failures uint64 // requests that failed (each retried until acknowledged or stopped)
 }
 
+// Merge adds o's ids and counts to r.
+func (r *LoadResult) Merge(o LoadResult) {
+	for id := range o.Sent {
+		r.Sent[id] = true
+	}
+	for id := range o.Acked {
+		r.Acked[id] = true
+	}
+	r.Requests += o.Requests
+	r.Failures += o.Failures
+}
+
 // Loader ingests CALL/RETURN pairs COMMITTED in the background. Each
 // request is retried with the same event ids until it is acknowledged or
 // the loader stops, so a request that partly committed before failing
