@@ -3,6 +3,8 @@ package clustertest
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/elixirscope/scope/correlate"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
@@ -34,13 +37,46 @@ func loadErlangFixture(t *testing.T, path string) []*scopev1.Event {
 		if err := protojson.Unmarshal(sc.Bytes(), ev); err != nil {
 			t.Fatalf("%s:%d: %v", path, line, err)
 		}
-		ev.EventId = eventID(ev.GetTimestampNs(), line)
+		ev.EventId = erlangEventID(ev.GetTimestampNs(), line)
 		evs = append(evs, ev)
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
 	return evs
+}
+
+// erlangEventID is a ULID whose time part is the event's millisecond and
+// whose entropy is the line number: unique, and time-ordered like ids a
+// node would assign.
+func erlangEventID(tsNs int64, line int) string {
+	var id correlate.EventID
+	_ = id.SetTime(uint64(tsNs / int64(time.Millisecond)))
+	binary.BigEndian.PutUint64(id[8:], uint64(line))
+	return id.String()
+}
+
+// ingestErlang sends evs in order, batch events per request, rotating over
+// the nodes. COMMITTED: a batch is applied before the next is sent, so each
+// process's events stay in order. A batch refused as UNAVAILABLE (a shard
+// between leaders) is sent again; its ids are fixed, so a retry never
+// stores an event twice.
+func ingestErlang(t *testing.T, c *Cluster, evs []*scopev1.Event, batch int) {
+	t.Helper()
+	live := c.Live()
+	for i := 0; i < len(evs); i += batch {
+		end := min(i+batch, len(evs))
+		n := live[(i/batch)%len(live)]
+		WaitFor(t, fmt.Sprintf("events %d..%d ingested via %s", i, end, n.Name), 60*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: evs[i:end]}))
+			if err != nil && Code(err) != connect.CodeUnavailable {
+				t.Fatalf("ingest events %d..%d via %s: %v", i, end, n.Name, err)
+			}
+			return err == nil
+		})
+	}
 }
 
 // TestErlangTraceInCluster stores a real BEAM trace in a 3-node cluster,
@@ -50,7 +86,7 @@ func loadErlangFixture(t *testing.T, path string) []*scopev1.Event {
 func TestErlangTraceInCluster(t *testing.T) {
 	evs := loadErlangFixture(t, "../../correlate/testdata/erlang/small.jsonl")
 	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
-	ingestStream(t, c, &stream{events: evs}, 100)
+	ingestErlang(t, c, evs, 100)
 	ctx := context.Background()
 	q := c.Nodes[1].Query
 
