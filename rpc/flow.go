@@ -66,6 +66,7 @@ func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scop
 		more = more || page.More
 		return nil
 	})
+	failures = append(failures, q.s.addPeerLinks(ctx, eventPtrs(events), c)...)
 	missing, err := q.s.planner.settle(proc, failures, m.GetAllowPartial())
 	if err != nil {
 		return nil, q.s.fail(proc, err)

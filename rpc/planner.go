@@ -1,17 +1,22 @@
 package rpc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/store"
 )
@@ -24,6 +29,8 @@ type planner struct {
 	shards uint32
 	cfg    *Config
 	logger *slog.Logger
+	// retries counts shard reads asked again for want of a leader.
+	retries atomic.Uint64
 }
 
 // shardFailure is a shard that could not answer its part of a query.
@@ -47,37 +54,28 @@ func (p *planner) allShards() []uint32 {
 func (p *planner) each(ctx context.Context, shards []uint32, c Consistency,
 	fn func(ctx context.Context, r ShardReader, shard uint32) error) []shardFailure {
 	errs := make([]error, len(shards))
-	sem := make(chan struct{}, p.cfg.MaxFanout)
-	var wg sync.WaitGroup
-	for i, shard := range shards {
-		r, err := p.res.Reader(shard, c)
-		if err != nil {
-			errs[i] = err
-			continue
+	if len(shards) == 1 {
+		// One shard: no goroutine, no semaphore.
+		errs[0] = p.read(ctx, shards[0], c, fn)
+	} else {
+		sem := make(chan struct{}, p.cfg.MaxFanout)
+		var wg sync.WaitGroup
+		for i, shard := range shards {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				errs[i] = ctx.Err()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				errs[i] = p.read(ctx, shard, c, fn)
+			}()
 		}
-		if len(shards) == 1 {
-			// One shard: no goroutine, no semaphore.
-			sctx, cancel := context.WithTimeout(ctx, p.cfg.QueryShardTimeout)
-			errs[i] = fn(sctx, r, shard)
-			cancel()
-			continue
-		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			errs[i] = ctx.Err()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			sctx, cancel := context.WithTimeout(ctx, p.cfg.QueryShardTimeout)
-			defer cancel()
-			errs[i] = fn(sctx, r, shard)
-		}()
+		wg.Wait()
 	}
-	wg.Wait()
 	var out []shardFailure
 	for i, err := range errs {
 		if err != nil {
@@ -85,6 +83,51 @@ func (p *planner) each(ctx context.Context, shards []uint32, c Consistency,
 		}
 	}
 	return out
+}
+
+// Retry of a shard read that found no leader to ask: the first delay, the
+// cap of its doubling, and the bound on attempts. All attempts together are
+// bounded by QueryShardTimeout.
+const (
+	retryFirstDelay = 10 * time.Millisecond
+	retryMaxDelay   = 250 * time.Millisecond
+	maxReadAttempts = 32
+)
+
+// retryable reports whether a shard read failed only because the shard is
+// between leaders (or this node's view of its leader is stale): asking
+// again shortly may succeed. A shard whose replicas are all gone fails
+// the same way; its retries end at the per-shard deadline.
+func retryable(err error) bool {
+	return errors.Is(err, node.ErrNotLeader) || errors.Is(err, node.ErrNoShard)
+}
+
+// read runs fn for one shard under QueryShardTimeout, resolving the
+// shard's reader again and retrying with backoff while the shard has no
+// reachable leader. It returns the last error.
+func (p *planner) read(ctx context.Context, shard uint32, c Consistency,
+	fn func(ctx context.Context, r ShardReader, shard uint32) error) error {
+	sctx, cancel := context.WithTimeout(ctx, p.cfg.QueryShardTimeout)
+	defer cancel()
+	delay := retryFirstDelay
+	for attempt := 1; ; attempt++ {
+		r, err := p.res.Reader(shard, c)
+		if err == nil {
+			err = fn(sctx, r, shard)
+		}
+		if err == nil || !retryable(err) || attempt >= maxReadAttempts {
+			return err
+		}
+		p.retries.Add(1)
+		t := time.NewTimer(delay)
+		select {
+		case <-sctx.Done():
+			t.Stop()
+			return err // the shard's error, not the deadline's
+		case <-t.C:
+		}
+		delay = min(2*delay, retryMaxDelay)
+	}
 }
 
 // settle turns shard failures into the response's missing list (with
@@ -118,6 +161,18 @@ func (p *planner) settle(procedure string, failures []shardFailure, allowPartial
 		out[i] = &scopev1.MissingShard{Shard: f.shard, Code: ce.Code().String(), Reason: ce.Message()}
 	}
 	return out, nil
+}
+
+// joinMissing adds to a the shards of b it does not list yet, keeping the
+// list ordered by shard.
+func joinMissing(a, b []*scopev1.MissingShard) []*scopev1.MissingShard {
+	for _, m := range b {
+		if !slices.ContainsFunc(a, func(x *scopev1.MissingShard) bool { return x.Shard == m.Shard }) {
+			a = append(a, m)
+		}
+	}
+	slices.SortFunc(a, func(x, y *scopev1.MissingShard) int { return cmp.Compare(x.Shard, y.Shard) })
+	return a
 }
 
 // missingShardIDs lists the shard ids of missing.

@@ -3,7 +3,6 @@ package rpc
 import (
 	"context"
 	"errors"
-	"slices"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -119,36 +118,10 @@ func (s *Server) lookup(ctx context.Context, id correlate.EventID, shards []uint
 }
 
 // peerLinks adds the links of a SEND (DELIVERED_TO) or SPAWN (SPAWNED)
-// that are stored on its peer's shard: the correlator writes them where
-// the receive or child is.
+// that are stored on its peer's shard (links.go).
 func (s *Server) peerLinks(ctx context.Context, l *located, c Consistency) error {
-	e := &l.e
-	var want correlate.LinkType
-	switch {
-	case e.Kind == correlate.KindSend && e.PeerPID != "":
-		want = correlate.LinkDeliveredTo
-	case e.Kind == correlate.KindSpawn && e.PeerPID != "":
-		want = correlate.LinkSpawned
-	default:
-		return nil
-	}
-	peer := correlate.ShardOf(e.PeerOrigin, e.PeerPID, s.planner.shards)
-	if peer == l.shard {
-		return nil // Get already read the shard's edges
-	}
-	var links []correlate.Link
-	failures := s.planner.each(ctx, []uint32{peer}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		var err error
-		links, err = r.Edges(ctx, shard, e.ID)
-		return err
-	})
-	if len(failures) > 0 {
+	if failures := s.addPeerLinks(ctx, []*correlate.Event{&l.e}, c); len(failures) > 0 {
 		return failures[0].err
-	}
-	for _, lk := range links {
-		if lk.Type == want && !slices.Contains(e.Links, lk) {
-			e.Links = append(e.Links, lk)
-		}
 	}
 	return nil
 }
@@ -205,6 +178,12 @@ func (q queryService) Events(ctx context.Context, req *connect.Request[scopev1.E
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	linkFailures := q.s.addPeerLinks(ctx, eventPtrs(page.events), c)
+	more, err := q.s.planner.settle(proc, linkFailures, m.GetAllowPartial())
+	if err != nil {
+		return nil, q.s.fail(proc, err)
+	}
+	page.missing = joinMissing(page.missing, more)
 	resp := &scopev1.EventsResponse{Events: EventsToProto(page.events), Missing: page.missing,
 		MissingShards: missingShardIDs(page.missing)}
 	if page.next != nil {

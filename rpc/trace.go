@@ -84,6 +84,14 @@ func (q queryService) Trace(ctx context.Context, req *connect.Request[scopev1.Tr
 	if err := w.walk(ctx, &start); err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	if !w.fwd {
+		// A forward walk has read them already.
+		nodes := make([]*correlate.Event, 0, len(w.nodes))
+		for _, l := range w.nodes {
+			nodes = append(nodes, &l.e)
+		}
+		w.failures = append(w.failures, q.s.addPeerLinks(ctx, nodes, c)...)
+	}
 	missing, err := q.s.planner.settle(proc, w.failures, w.allowPartial)
 	if err != nil {
 		return nil, q.s.fail(proc, err)
