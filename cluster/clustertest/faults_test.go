@@ -97,10 +97,11 @@ func TestPartitionedMinorityCannotCommit(t *testing.T) {
 func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 	t.Helper()
 	shards := c.opts.Shards
-	x := c.ShardLeader(shard)
-	if x == nil {
-		t.Fatalf("shard %d has no leader after WaitReady", shard)
-	}
+	var x *Node
+	WaitFor(t, fmt.Sprintf("shard %d has a leader", shard), 60*time.Second, func() bool {
+		x = c.ShardLeader(shard)
+		return x != nil
+	})
 	pid := pidOnShard(shard, shards)
 	baseline := ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 1))
 	before := c.LinkStats()
@@ -208,6 +209,12 @@ func TestLeaveUnderLoad(t *testing.T) {
 	}
 	if n := len(leaver.Node.Replicas()); n != 0 {
 		t.Fatalf("%s left with %d replicas", leaver.Name, n)
+	}
+	// A replica removed from its group deletes its span.
+	for s := range uint32(4) {
+		if st, err := leaver.Node.Store().Stats(s); err != nil || st.Events != 0 {
+			t.Fatalf("%s left, but keeps shard %d's data: %+v (err %v)", leaver.Name, s, st, err)
+		}
 	}
 	after := l.Acked()
 	waitAcked(t, l, after+loadTarget(100), "after the leave")
