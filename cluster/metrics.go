@@ -10,7 +10,7 @@ type metrics struct {
 	c *Cluster
 
 	additions, promotions, removals, movesDeferred prometheus.Counter
-	forwards, forwardFailures                      prometheus.Counter
+	forwards, forwardFailures, forwardRetries      prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight *prometheus.Desc
 }
@@ -27,6 +27,7 @@ func newMetrics(c *Cluster) *metrics {
 		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
 		forwards:        counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
 		forwardFailures: counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
+		forwardRetries:  counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
 		members:         prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
 		ledShards:       prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
 		replicas:        prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
@@ -35,7 +36,8 @@ func newMetrics(c *Cluster) *metrics {
 }
 
 func (m *metrics) counters() []prometheus.Counter {
-	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.forwards, m.forwardFailures}
+	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.forwards,
+		m.forwardFailures, m.forwardRetries}
 }
 
 // Describe implements prometheus.Collector.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/vmihailenco/msgpack/v5"
@@ -134,7 +135,35 @@ func (r remoteReader) Stats(ctx context.Context, shard uint32) (store.ShardStats
 // leader through its public Ingest method, marked as forwarded.
 type forwarder struct{ c *Cluster }
 
+// Forwarding retries while the shard has no leader or the node it asked
+// was not the leader (an election or a leadership change in progress):
+// at most maxForwardAttempts, backing off up to maxForwardBackoff, and never
+// past the request's deadline. Retrying is safe: events carry their ids and
+// the shard's dedup window drops a part that did land.
+const (
+	maxForwardAttempts = 8
+	maxForwardBackoff  = 500 * time.Millisecond
+)
+
 func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
+	backoff := 25 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f.forwardOnce(ctx, shard, events, d)
+		if err == nil || attempt == maxForwardAttempts ||
+			!(errors.Is(err, ErrNoLeader) || errors.Is(err, node.ErrNotLeader)) {
+			return err
+		}
+		f.c.metrics.forwardRetries.Inc()
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxForwardBackoff)
+	}
+}
+
+func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
 	_, addr, err := f.c.leaderOf(shard)
 	if err != nil {
 		return fmt.Errorf("%w: %w", node.ErrNoShard, err)
