@@ -43,6 +43,15 @@ func waitAcked(t *testing.T, l *Loader, n int, what string) {
 	WaitFor(t, fmt.Sprintf("%d events acknowledged %s", n, what), 120*time.Second, func() bool { return l.Acked() >= n })
 }
 
+// startLoader starts a loader that is stopped, at the latest, before the
+// cluster is closed (cleanups run last-in first-out), even when the test
+// fails while it runs.
+func startLoader(t *testing.T, opts LoaderOptions) *Loader {
+	l := StartLoader(opts)
+	t.Cleanup(func() { l.Stop() })
+	return l
+}
+
 // pidOnShard returns a pid of origin app@host that lands on shard.
 func pidOnShard(shard, shards uint32) string {
 	for i := 0; ; i++ {
@@ -125,7 +134,7 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 		return true
 	})
 
-	l := StartLoader(LoaderOptions{Via: majority})
+	l := startLoader(t, LoaderOptions{Via: majority})
 	waitAcked(t, l, loadTarget(200), "by the majority")
 
 	// The isolated replica refuses a write it would have to commit itself.
@@ -198,7 +207,7 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 func TestLeaveUnderLoad(t *testing.T) {
 	c := Start(t, Options{Nodes: 4, Shards: 4, Replicas: 3})
 	leaver, stay := c.Nodes[3], c.Nodes[:3]
-	l := StartLoader(LoaderOptions{Via: stay})
+	l := startLoader(t, LoaderOptions{Via: stay})
 	waitAcked(t, l, loadTarget(100), "before the leave")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -233,13 +242,13 @@ func TestLeaveUnderLoad(t *testing.T) {
 // to identical replicas and answers queries with everything acknowledged.
 func TestRestartRejoinsAndCatchesUp(t *testing.T) {
 	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
-	l := StartLoader(LoaderOptions{Via: c.Nodes})
+	l := startLoader(t, LoaderOptions{Via: c.Nodes})
 	waitAcked(t, l, loadTarget(100), "before the stop")
 	res := l.Stop()
 
 	down := c.Nodes[2]
 	c.Stop(down)
-	l = StartLoader(LoaderOptions{Via: c.Nodes[:2]})
+	l = startLoader(t, LoaderOptions{Via: c.Nodes[:2]})
 	waitAcked(t, l, loadTarget(100), "while a node is down")
 	more := l.Stop()
 	for id := range more.Sent {
@@ -283,7 +292,7 @@ func TestRestartRejoinsAndCatchesUp(t *testing.T) {
 func TestKillDuringIngest(t *testing.T) {
 	const shards = 4
 	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
-	l := StartLoader(LoaderOptions{Via: slices.Clone(c.Nodes), Workers: 3})
+	l := startLoader(t, LoaderOptions{Via: slices.Clone(c.Nodes), Workers: 3})
 	waitAcked(t, l, loadTarget(100), "before the first kill")
 	for round := range faultRounds() {
 		shard := uint32(round) % shards

@@ -79,9 +79,10 @@ func (r *LoadResult) Merge(o LoadResult) {
 // the loader stops, so a request that partly committed before failing
 // exercises the replicas' duplicate detection.
 type Loader struct {
-	opts LoaderOptions
-	stop chan struct{}
-	wg   sync.WaitGroup
+	opts     LoaderOptions
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
 
 	mu       sync.Mutex
 	acked    map[string]bool
@@ -114,13 +115,10 @@ func StartLoader(opts LoaderOptions) *Loader {
 func (l *Loader) Acked() int { return int(l.ackCount.Load()) }
 
 // Stop stops the workers, lets each finish its request in flight, and
-// returns what was sent and acknowledged.
+// returns what was sent and acknowledged. It may be called again; the
+// result's maps are the loader's own, no longer written once it returned.
 func (l *Loader) Stop() LoadResult {
-	select {
-	case <-l.stop:
-	default:
-		close(l.stop)
-	}
+	l.stopOnce.Do(func() { close(l.stop) })
 	l.wg.Wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
