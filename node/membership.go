@@ -96,8 +96,12 @@ func (n *Node) OpenHosted() ([]uint32, error) {
 }
 
 // DropReplica closes this node's replica of shard and deletes its data: its
-// raft log and snapshots, and the shard's span in the store. The caller
-// makes sure the replica is no longer a member of its group.
+// directory (snapshots, and a raft-boltdb log from an older data dir), its
+// span in the shared raft log, and its span in the store. The directory
+// goes first: once it is gone the replica no longer exists for
+// HostedShards, and a later OpenReplica clears whatever an interruption
+// left in the shared log. The caller makes sure the replica is no longer a
+// member of its group.
 func (n *Node) DropReplica(shard uint32) error {
 	n.mu.Lock()
 	r, ok := n.replicas[shard]
@@ -111,5 +115,6 @@ func (n *Node) DropReplica(shard uint32) error {
 	err := n.pool.RemoveShard(shard)
 	err = errors.Join(err, r.Close())
 	err = errors.Join(err, os.RemoveAll(n.replicaDir(shard)))
+	err = errors.Join(err, n.raftLog.DeleteShard(shard))
 	return errors.Join(err, n.store.DeleteShard(shard))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -124,6 +125,7 @@ type Node struct {
 	cfg     Config
 	logger  *slog.Logger
 	store   *store.Store
+	raftLog *RaftLog // every new replica's raft log (see OpenReplica)
 	pool    *Pool
 	metrics *Metrics
 
@@ -154,10 +156,18 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	lo := DefaultRaftLogOptions(cfg.Shards)
+	lo.Logger = cfg.Logger
+	rl, err := OpenRaftLog(filepath.Join(cfg.DataDir, "raftlog"), lo)
+	if err != nil {
+		_ = st.Close()
+		return nil, err
+	}
 	n := &Node{
 		cfg:          cfg,
 		logger:       cfg.Logger,
 		store:        st,
+		raftLog:      rl,
 		metrics:      newMetrics(),
 		replicas:     make(map[uint32]*Replica),
 		outboxSignal: make(chan struct{}, 1),
@@ -166,6 +176,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.pool, err = NewPool(cfg.Pool, n, n.metrics.pool)
 	if err != nil {
+		_ = rl.Close()
 		_ = st.Close()
 		return nil, err
 	}
@@ -202,6 +213,18 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	if r, ok := n.replicas[shard]; ok {
 		return r, nil
 	}
+	dir := n.replicaDir(shard)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		// A new replica. The directory is what says a replica exists
+		// (HostedShards); a DropReplica interrupted after removing it may
+		// have left the shard's span in the shared log: clear it, or the
+		// new replica would start from a dead one's term, vote and log.
+		if err := n.raftLog.DeleteShard(shard); err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("node: shard %d: %w", shard, err)
+	}
 	trans, err := n.cfg.Transport(shard)
 	if err != nil {
 		return nil, err
@@ -211,8 +234,9 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	r, err := OpenReplica(ReplicaConfig{
 		Shard:      shard,
 		NodeID:     raft.ServerID(n.cfg.ID),
-		Dir:        n.replicaDir(shard),
+		Dir:        dir,
 		Store:      n.store,
+		Logs:       n.raftLog,
 		Transport:  trans,
 		Correlator: cc,
 		Timing:     n.cfg.Raft,
@@ -383,7 +407,15 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			}
 			select {
 			case <-t.Done():
-				if err := t.Err(); err != nil {
+				err := t.Err()
+				if errors.Is(err, ErrNotLeader) && !isForwarded(ctx) {
+					// Leadership moved while the part was in flight (an
+					// election or a balancing transfer): hand it to the new
+					// leader. Safe even if the lost proposal commits after
+					// all: the shard drops events whose ids it has applied.
+					err = n.forward(ctx, shards[i], byShard[shards[i]], d)
+				}
+				if err != nil {
 					res.Shards[i].Err = err
 				} else {
 					res.Shards[i].Accepted = res.Shards[i].Events
@@ -481,5 +513,5 @@ func (n *Node) Close(ctx context.Context) error {
 	for _, r := range n.Replicas() {
 		err = errors.Join(err, r.Close())
 	}
-	return errors.Join(err, n.store.Close())
+	return errors.Join(err, n.raftLog.Close(), n.store.Close())
 }

@@ -57,6 +57,10 @@ type ReplicaConfig struct {
 	Correlator correlate.Config
 	Timing     RaftTiming
 	Logger     *slog.Logger
+	// Logs is the node's shared raft log. A replica whose Dir already has
+	// a raft.db (a data dir from before the shared log) keeps using that
+	// raft-boltdb file, as does every replica when Logs is nil.
+	Logs *RaftLog
 	// OnApply is called on the FSM goroutine after each durable apply.
 	OnApply func(shard uint32, res *correlate.Result)
 }
@@ -67,7 +71,7 @@ type Replica struct {
 	shard uint32
 	raft  *raft.Raft
 	fsm   *shardFSM
-	logs  *raftboltdb.BoltStore
+	logs  replicaLog
 	trans raft.Transport
 	now   func() time.Time
 }
@@ -92,9 +96,9 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	if cfg.OnApply != nil {
 		fsm.onApply = func(res *correlate.Result) { cfg.OnApply(cfg.Shard, res) }
 	}
-	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	logs, err := openReplicaLog(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("node: shard %d: open raft log: %w", cfg.Shard, err)
+		return nil, err
 	}
 	hlog := newHCLogger(cfg.Logger, fmt.Sprintf("raft.%d", cfg.Shard), hclog.Warn)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog)
@@ -118,12 +122,52 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 		_ = logs.Close()
 		return nil, fmt.Errorf("node: shard %d: raft config: %w", cfg.Shard, err)
 	}
-	r, err := raft.NewRaft(rc, fsm, logs, logs, snaps, cfg.Transport)
+	r, err := raft.NewRaft(rc, fsm, logs.store, logs.store, snaps, cfg.Transport)
 	if err != nil {
 		_ = logs.Close()
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", cfg.Shard, err)
 	}
 	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now}, nil
+}
+
+// replicaLog is a replica's raft log and stable store and how to let go of
+// it: a raft-boltdb file is the replica's own to close; a RaftLog view is
+// not (the node closes the shared DB).
+type replicaLog struct {
+	store interface {
+		raft.LogStore
+		raft.StableStore
+	}
+	close func() error
+}
+
+func (l replicaLog) Close() error { return l.close() }
+
+// legacyLogFile is the raft-boltdb file of a replica created before the
+// node's shared RaftLog.
+const legacyLogFile = "raft.db"
+
+func openReplicaLog(cfg ReplicaConfig) (replicaLog, error) {
+	path := filepath.Join(cfg.Dir, legacyLogFile)
+	_, statErr := os.Stat(path)
+	switch {
+	case statErr != nil && !errors.Is(statErr, os.ErrNotExist):
+		return replicaLog{}, fmt.Errorf("node: shard %d: raft log: %w", cfg.Shard, statErr)
+	case cfg.Logs != nil && statErr != nil:
+		v, err := cfg.Logs.For(cfg.Shard)
+		if err != nil {
+			return replicaLog{}, fmt.Errorf("node: shard %d: %w", cfg.Shard, err)
+		}
+		return replicaLog{store: v, close: func() error { return nil }}, nil
+	case cfg.Logs != nil:
+		cfg.Logger.Info("replica keeps its own raft-boltdb log (created before the shared raft log)",
+			"shard", cfg.Shard, "path", path)
+	}
+	b, err := raftboltdb.New(raftboltdb.Options{Path: path})
+	if err != nil {
+		return replicaLog{}, fmt.Errorf("node: shard %d: open raft log: %w", cfg.Shard, err)
+	}
+	return replicaLog{store: b, close: b.Close}, nil
 }
 
 // Shard is the replica's shard id.
