@@ -16,8 +16,8 @@ import (
 )
 
 // BenchmarkNodeIngest measures COMMITTED ingest through a whole one-node
-// Node: Ingest → rings → writer pool → raft (raft-boltdb log with an fsync
-// per append, over the loopback raft mux) → FSM → correlator → store, on a
+// Node: Ingest → rings → writer pool → raft (the node's shared RaftLog, group-committed
+// fsyncs, over the loopback raft mux) → FSM → correlator → store, on a
 // temporary directory. Four submitters each own their processes and send
 // requests of `batch` events (which spread over every shard), waiting for
 // each acknowledgement, like `scope bench` without the RPC layer. ns/op is
