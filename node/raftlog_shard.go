@@ -6,9 +6,21 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	metrics "github.com/hashicorp/go-metrics/compat"
 	"github.com/hashicorp/raft"
+)
+
+// Metric names, emitted through go-metrics like raft's own (and like
+// raft-boltdb's raft.boltdb.* for replicas that still use it): a node
+// exports them as scope_raft_raftlog_*.
+var (
+	metricStoreLogs    = []string{"raft", "raftlog", "storeLogs"}
+	metricLogsPerBatch = []string{"raft", "raftlog", "logsPerBatch"}
+	metricBatchBytes   = []string{"raft", "raftlog", "logBatchSize"}
+	metricGetLog       = []string{"raft", "raftlog", "getLog"}
 )
 
 // RaftLogShard is one shard's view of a RaftLog: the raft.LogStore and
@@ -66,6 +78,7 @@ func (s *RaftLogShard) GetLog(index uint64, l *raft.Log) error {
 	if s.log.closed.Load() {
 		return ErrRaftLogClosed
 	}
+	defer metrics.MeasureSince(metricGetLog, time.Now())
 	var kb [raftLogKeyLen]byte
 	v, closer, err := s.log.db.Get(appendLogKey(kb[:0], s.shard, index))
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -97,6 +110,7 @@ func (s *RaftLogShard) StoreLogs(logs []*raft.Log) error {
 	if s.log.closed.Load() {
 		return ErrRaftLogClosed
 	}
+	start := time.Now()
 	b := s.log.db.NewBatch()
 	defer b.Close()
 	lo, hi := uint64(math.MaxUint64), uint64(0)
@@ -122,6 +136,9 @@ func (s *RaftLogShard) StoreLogs(logs []*raft.Log) error {
 	}
 	s.last = max(s.last, hi)
 	s.bmu.Unlock()
+	metrics.AddSample(metricLogsPerBatch, float32(len(logs)))
+	metrics.AddSample(metricBatchBytes, float32(b.Len()))
+	metrics.MeasureSince(metricStoreLogs, start)
 	return nil
 }
 
