@@ -319,7 +319,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// Raft's go-metrics reach /metrics.
 	metrics := httpGet(t, "http://"+a.http+"/metrics")
-	for _, want := range []string{"scope_raft_apply", "scope_raft_boltdb_", "scope_ingest_acknowledged_events_total"} {
+	for _, want := range []string{"scope_raft_apply", "scope_raft_raftlog_", "scope_ingest_acknowledged_events_total"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics has no %s", want)
 		}
