@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -153,7 +154,7 @@ func (m *Mux) StreamLayer(shard uint32) (raft.StreamLayer, error) {
 		return nil, fmt.Errorf("%w: shard %d", ErrShardRegistered, shard)
 	}
 	s := &shardStream{mux: m, shard: shard, conns: make(chan net.Conn, m.cfg.AcceptBacklog),
-		done: make(chan struct{}), live: make(map[*inboundConn]struct{})}
+		done: make(chan struct{}), live: make(map[*trackedConn]struct{})}
 	m.shards[shard] = s
 	return s, nil
 }
@@ -229,22 +230,25 @@ type shardStream struct {
 	closeOnce sync.Once
 	done      chan struct{}
 
-	// live holds the inbound connections handed to raft. raft's
-	// NetworkTransport does not close them when it shuts down (its handler
-	// blocks reading until the peer hangs up), so the stream closes them:
-	// a closed replica leaves no goroutine behind.
+	// live holds every connection of this shard's raft transport: inbound
+	// ones handed out by Accept and outbound ones made by Dial. raft's
+	// NetworkTransport closes neither when it shuts down (an inbound
+	// handler blocks reading until the peer hangs up; a replication
+	// pipeline blocks waiting for responses), so the stream closes them:
+	// a closed replica leaves no goroutine behind and its shutdown cannot
+	// hang on a silent peer.
 	liveMu sync.Mutex
-	live   map[*inboundConn]struct{}
+	live   map[*trackedConn]struct{}
 }
 
-// inboundConn removes itself from its stream's live set when closed.
-type inboundConn struct {
+// trackedConn removes itself from its stream's live set when closed.
+type trackedConn struct {
 	net.Conn
 	s    *shardStream
 	once sync.Once
 }
 
-func (c *inboundConn) Close() error {
+func (c *trackedConn) Close() error {
 	c.once.Do(func() {
 		c.s.liveMu.Lock()
 		delete(c.s.live, c)
@@ -265,16 +269,16 @@ func (s *shardStream) Accept() (net.Conn, error) {
 			return nil, net.ErrClosed
 		default:
 		}
-		ic := &inboundConn{Conn: c, s: s}
-		s.live[ic] = struct{}{}
-		return ic, nil
+		tc := &trackedConn{Conn: c, s: s}
+		s.live[tc] = struct{}{}
+		return tc, nil
 	case <-s.done:
 		return nil, net.ErrClosed
 	}
 }
 
-// Close unregisters the shard and closes its connections, those not yet
-// accepted and those raft is serving.
+// Close unregisters the shard and closes its connections: those not yet
+// accepted, those raft is serving and those it dialed.
 func (s *shardStream) Close() error {
 	s.closeOnce.Do(func() {
 		s.mux.mu.Lock()
@@ -307,7 +311,21 @@ func (s *shardStream) Addr() net.Addr { return s.mux.addr }
 
 // Dial opens a connection to the node at address and selects this shard.
 func (s *shardStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return DialRaft(address, s.shard, timeout)
+	c, err := DialRaft(address, s.shard, timeout)
+	if err != nil {
+		return nil, err
+	}
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	select {
+	case <-s.done:
+		_ = c.Close()
+		return nil, net.ErrClosed
+	default:
+	}
+	tc := &trackedConn{Conn: c, s: s}
+	s.live[tc] = struct{}{}
+	return tc, nil
 }
 
 // DialRaft connects to a node's mux and selects shard's raft group.
@@ -326,4 +344,84 @@ func DialRaft(address raft.ServerAddress, shard uint32, timeout time.Duration) (
 	}
 	_ = conn.SetWriteDeadline(time.Time{})
 	return conn, nil
+}
+
+// NewRaftTransport returns a raft transport over stream (a shard's stream
+// layer from Mux.StreamLayer, possibly wrapped).
+//
+// It works around a deadlock in hashicorp/raft v1.7.3's pipelined
+// replication: when the leader's pipeline decoder stops (a follower
+// rejected an append, or answered with a newer term) it stops draining the
+// pipeline's response channel; NetworkTransport's decoder then blocks
+// handing over the next response, the next AppendEntries blocks handing
+// its future to that decoder, and the replication goroutine — which would
+// only now notice the decoder stopped — hangs for good, and with it the
+// group's Shutdown. The returned transport drains every pipeline's
+// responses into a buffer of pipelineBuffer futures, far more than the
+// sends raft can make before it sees the decoder stopped.
+func NewRaftTransport(stream raft.StreamLayer, timeout time.Duration, logger hclog.Logger) raft.Transport {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return raftTransport{raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: 3,
+		Timeout: timeout,
+		Logger:  logger,
+	})}
+}
+
+// pipelineBuffer bounds the responses a drained pipeline holds for raft.
+const pipelineBuffer = 256
+
+// raftTransport is a NetworkTransport whose pipelines are drained.
+type raftTransport struct{ *raft.NetworkTransport }
+
+// AppendEntriesPipeline implements raft.Transport.
+func (t raftTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	p, err := t.NetworkTransport.AppendEntriesPipeline(id, target)
+	if err != nil {
+		return nil, err
+	}
+	d := &drainedPipeline{AppendPipeline: p, out: make(chan raft.AppendFuture, pipelineBuffer),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go d.drain()
+	return d, nil
+}
+
+// drainedPipeline moves its pipeline's responses into a buffered channel
+// so the pipeline never blocks on a consumer that went away.
+type drainedPipeline struct {
+	raft.AppendPipeline
+	out        chan raft.AppendFuture
+	stop, done chan struct{}
+	once       sync.Once
+}
+
+func (d *drainedPipeline) drain() {
+	defer close(d.done)
+	in := d.AppendPipeline.Consumer()
+	for {
+		select {
+		case f := <-in:
+			select {
+			case d.out <- f:
+			case <-d.stop:
+				return
+			}
+		case <-d.stop:
+			return
+		}
+	}
+}
+
+// Consumer implements raft.AppendPipeline.
+func (d *drainedPipeline) Consumer() <-chan raft.AppendFuture { return d.out }
+
+// Close implements raft.AppendPipeline.
+func (d *drainedPipeline) Close() error {
+	d.once.Do(func() { close(d.stop) })
+	err := d.AppendPipeline.Close()
+	<-d.done
+	return err
 }

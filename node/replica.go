@@ -211,12 +211,18 @@ func (r *Replica) Status() (applied uint64, totals correlate.Counters, failed er
 // Close shuts the raft group down and closes its log. The store and the
 // transport's listener belong to the caller.
 func (r *Replica) Close() error {
-	err := r.raft.Shutdown().Error()
-	if nt, ok := r.trans.(*raft.NetworkTransport); ok {
+	// Start the shutdown, then close the transport before waiting for it:
+	// a leader's replication goroutine can be blocked in a pipelined
+	// AppendEntries on a peer that stopped answering, and only failing its
+	// connection lets it (and so Shutdown) finish.
+	shutdown := r.raft.Shutdown()
+	var err error
+	if nt, ok := r.trans.(interface{ CloseStreams() }); ok {
 		nt.CloseStreams() // pooled outbound connections; Close leaves them open
 	}
 	if c, ok := r.trans.(raft.WithClose); ok {
-		err = errors.Join(err, c.Close())
+		err = c.Close()
 	}
+	err = errors.Join(shutdown.Error(), err)
 	return errors.Join(err, r.logs.Close())
 }

@@ -162,7 +162,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		if err != nil {
 			return nil, err
 		}
-		return raft.NewNetworkTransport(c.net.wrap(stream, n.raftAddr), 3, 5*time.Second, io.Discard), nil
+		return cluster.NewRaftTransport(c.net.wrap(stream, n.raftAddr), 5*time.Second, nil), nil
 	}
 	n.Node, err = node.Open(ncfg)
 	if err != nil {

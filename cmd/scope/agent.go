@@ -29,7 +29,6 @@ import (
 
 // Agent timing that is not configurable.
 const (
-	raftConnPool      = 3                // idle raft connections kept per peer and shard
 	raftIOTimeout     = 10 * time.Second // raft NetworkTransport I/O deadline
 	readyTimeout      = 2 * time.Minute  // every shard must elect a leader within this
 	httpShutdownLimit = 10 * time.Second // then connections are closed
@@ -182,7 +181,7 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		if err != nil {
 			return nil, err
 		}
-		return raft.NewNetworkTransportWithLogger(sl, raftConnPool, raftIOTimeout, netLog), nil
+		return cluster.NewRaftTransport(sl, raftIOTimeout, netLog), nil
 	}
 	if a.node, err = node.Open(nc); err != nil {
 		return nil, err

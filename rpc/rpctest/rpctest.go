@@ -112,7 +112,7 @@ func Start(t testing.TB, o Options) *Node {
 		if err != nil {
 			return nil, err
 		}
-		return raft.NewNetworkTransport(stream, 2, 2*time.Second, io.Discard), nil
+		return cluster.NewRaftTransport(stream, 2*time.Second, nil), nil
 	}
 	if o.EditNode != nil {
 		o.EditNode(&cfg)
