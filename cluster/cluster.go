@@ -62,7 +62,7 @@ func DefaultConfig(name string) Config {
 		Replicas:           3,
 		ReconcileInterval:  2 * time.Second,
 		MaxConcurrentMoves: 2,
-		CatchUpLag:         64,
+		CatchUpLag:         1024,
 		RPCTimeout:         10 * time.Second,
 		Logger:             slog.Default(),
 	}

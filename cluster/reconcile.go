@@ -51,30 +51,75 @@ func (c *Cluster) inConfiguration(r *node.Replica) bool {
 
 // reconcileAll runs one reconciliation step for every shard led here.
 func (c *Cluster) reconcileAll() {
+	transfers := 1 // leadership hand-offs per round: balance slowly, never thrash
 	for _, r := range c.node.Replicas() {
 		select {
 		case <-c.stop:
 			return
 		default:
 		}
-		if r.IsLeader() {
-			c.reconcileShard(r)
+		if r.IsLeader() && c.reconcileShard(r) && transfers > 0 && c.balanceLeadership(r) {
+			transfers--
 		}
 	}
 }
 
-// reconcileShard takes at most one step toward the shard's placement.
-func (c *Cluster) reconcileShard(r *node.Replica) {
+// balanceLeadership hands r's leadership to a voter of its group that leads
+// at least two shards fewer than this node (by gossip), so that leaders,
+// which do the ingest work, spread over the cluster: a node that joins or
+// comes back otherwise leads nothing. It reports whether it transferred.
+func (c *Cluster) balanceLeadership(r *node.Replica) bool {
+	if c.isDraining() {
+		return false
+	}
+	mine := 0
+	for _, rep := range c.node.Replicas() {
+		if rep.IsLeader() {
+			mine++
+		}
+	}
+	cf := r.Raft().GetConfiguration()
+	if cf.Error() != nil {
+		return false
+	}
+	_, byName := c.placementMembers()
+	var target raft.Server
+	fewest := mine - 1 // a target must lead at least 2 fewer
+	for _, s := range cf.Configuration().Servers {
+		m, alive := byName[string(s.ID)]
+		if s.Suffrage != raft.Voter || !alive || m.Name == c.cfg.Name || !m.Meta.Ready || m.Meta.LedPartial {
+			continue
+		}
+		if led := len(m.Meta.Led); led < fewest {
+			fewest, target = led, s
+		}
+	}
+	if target.ID == "" {
+		return false
+	}
+	if err := r.Raft().LeadershipTransferToServer(target.ID, target.Address).Error(); err != nil {
+		c.logger.Debug("leadership balance transfer", "shard", r.Shard(), "to", target.ID, "err", err)
+		return false
+	}
+	c.metrics.leaderTransfers.Inc()
+	c.logger.Info("leadership handed over to balance load", "shard", r.Shard(), "to", target.ID,
+		"led_here", mine, "led_there", fewest)
+	return true
+}
+
+// reconcileShard takes at most one step toward the shard's placement. It
+// reports whether the group already matched it (nothing to do).
+func (c *Cluster) reconcileShard(r *node.Replica) bool {
 	shard := r.Shard()
 	cf := r.Raft().GetConfiguration()
 	if err := cf.Error(); err != nil {
-		return
+		return false
 	}
 	conf, prevIndex := cf.Configuration(), cf.Index()
 	live, byName := c.placementMembers()
 	desired := Placement(shard, live, c.cfg.Replicas)
 	if len(desired) == 0 {
-		return
+		return false
 	}
 
 	var voters, nonvoters []raft.Server
@@ -95,23 +140,23 @@ func (c *Cluster) reconcileShard(r *node.Replica) {
 		m, alive := byName[name]
 		if !slices.Contains(desired, name) || !alive {
 			c.removeServer(r, s, prevIndex, "non-voter no longer desired")
-			return
+			return false
 		}
 		st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, shard)
 		if err != nil || !st.GetExists() {
-			return // not reachable yet, or still opening: next round
+			return false // not reachable yet, or still opening: next round
 		}
 		applied, _, _ := r.Status()
 		if applied > st.GetAppliedIndex()+c.cfg.CatchUpLag {
-			return // still catching up
+			return false // still catching up
 		}
 		if err := r.Raft().AddVoter(s.ID, s.Address, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
 			c.logger.Warn("promote replica", "shard", shard, "node", name, "err", err)
-			return
+			return false
 		}
 		c.metrics.promotions.Inc()
 		c.logger.Info("replica promoted to voter", "shard", shard, "node", name)
-		return
+		return false
 	}
 
 	// 1. Add the first desired member that is missing.
@@ -123,22 +168,22 @@ func (c *Cluster) reconcileShard(r *node.Replica) {
 		case c.moves <- struct{}{}:
 		default:
 			c.metrics.movesDeferred.Inc()
-			return // enough moves in flight on this node
+			return false // enough moves in flight on this node
 		}
 		defer func() { <-c.moves }()
 		m := byName[name]
 		if err := c.peers.openReplica(ctx, m.Meta.HTTPAddr, shard, c.cfg.Shards); err != nil {
 			c.logger.Warn("open replica on new member", "shard", shard, "node", name, "err", err)
-			return
+			return false
 		}
 		id, addr := raftServer(m)
 		if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
 			c.logger.Warn("add non-voter", "shard", shard, "node", name, "err", err)
-			return
+			return false
 		}
 		c.metrics.additions.Inc()
 		c.logger.Info("replica added as non-voter", "shard", shard, "node", name)
-		return
+		return false
 	}
 
 	// 3. Remove a voter that is not desired, if enough voters remain.
@@ -161,11 +206,12 @@ func (c *Cluster) reconcileShard(r *node.Replica) {
 			if err := r.Raft().LeadershipTransfer().Error(); err != nil {
 				c.logger.Warn("leadership transfer", "shard", shard, "err", err)
 			}
-			return
+			return false
 		}
 		c.removeServer(r, s, prevIndex, "voter no longer desired")
-		return
+		return false
 	}
+	return true
 }
 
 // removeServer removes s from r's group and, if it is reachable, tells it

@@ -205,6 +205,34 @@ func TestJoinMovesShardsToPlacement(t *testing.T) {
 		}
 		return true
 	})
+	// Leadership spreads: no shard's leader leads two or more shards more
+	// than another voter of its group (the joiner starts leading nothing).
+	WaitFor(t, "leaders balanced", 60*time.Second, func() bool {
+		led := map[string]int{}
+		for s := range uint32(shards) {
+			l := c.ShardLeader(s)
+			if l == nil {
+				return false
+			}
+			led[l.Name]++
+		}
+		for s := range uint32(shards) {
+			l := c.ShardLeader(s)
+			if l == nil {
+				return false
+			}
+			f := l.Node.Replica(s).Raft().GetConfiguration()
+			if f.Error() != nil {
+				return false
+			}
+			for _, srv := range f.Configuration().Servers {
+				if led[l.Name]-led[string(srv.ID)] >= 2 {
+					return false
+				}
+			}
+		}
+		return true
+	})
 	for s := range uint32(shards) {
 		var digests []uint64
 		WaitFor(t, fmt.Sprintf("shard %d replicas identical", s), 30*time.Second, func() bool {
