@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// installRaftMetrics makes the metrics hashicorp/raft, raft-boltdb and
+// installRaftMetrics makes the metrics hashicorp/raft, the raft log stores and
 // memberlist emit visible on reg (the node's registry, served at /metrics).
 //
 // Those libraries do not take a metrics object: they call the package-level
@@ -20,7 +20,7 @@ import (
 // emitters) installed as the global sink. It is process-wide: call it once
 // per process.
 //
-// Metric names become scope_raft_..., scope_raft_boltdb_..., with
+// Metric names become scope_raft_..., scope_raft_raftlog_..., with
 // dots turned into underscores; samples (timers) are Prometheus summaries.
 func installRaftMetrics(reg prometheus.Registerer) error {
 	sink, err := gmprom.NewPrometheusSinkFrom(gmprom.PrometheusOpts{
