@@ -57,11 +57,11 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 
 func (s nodeService) DropReplica(_ context.Context, req *connect.Request[nodev1.DropReplicaRequest]) (*connect.Response[nodev1.DropReplicaResponse], error) {
 	shard := req.Msg.GetShard()
-	if r := s.c.node.Replica(shard); r != nil && s.c.inConfiguration(r) {
-		// Only a replica its group no longer lists may be deleted; a
-		// stale or misdirected call must not destroy a live copy.
+	if r := s.c.node.Replica(shard); r != nil && s.c.stillMember(r, req.Msg.GetRemovedAt()) {
+		// A stale or misdirected call must not destroy a live copy.
 		return nil, connect.NewError(connect.CodeFailedPrecondition,
-			fmt.Errorf("cluster: shard %d still lists this node as a member", shard))
+			fmt.Errorf("cluster: shard %d lists this node as a member in a configuration newer than its removal (index %d)",
+				shard, req.Msg.GetRemovedAt()))
 	}
 	if err := s.c.node.DropReplica(shard); err != nil {
 		return nil, internalError(err)

@@ -98,10 +98,11 @@ func (p *peers) replicaStatus(ctx context.Context, addr string, shard uint32) (*
 	return out, err
 }
 
-// dropReplica asks the node at addr to delete its replica of shard.
-func (p *peers) dropReplica(ctx context.Context, addr string, shard uint32) error {
+// dropReplica asks the node at addr to delete its replica of shard, which
+// the configuration at raft index removedAt no longer lists.
+func (p *peers) dropReplica(ctx context.Context, addr string, shard uint32, removedAt uint64) error {
 	return p.call(ctx, addr, func(ctx context.Context, c *peer) error {
-		_, err := c.node.DropReplica(ctx, connect.NewRequest(&nodev1.DropReplicaRequest{Shard: shard}))
+		_, err := c.node.DropReplica(ctx, connect.NewRequest(&nodev1.DropReplicaRequest{Shard: shard, RemovedAt: removedAt}))
 		return err
 	})
 }

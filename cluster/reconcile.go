@@ -35,18 +35,29 @@ func (c *Cluster) isDraining() bool {
 	return c.draining
 }
 
-// inConfiguration reports whether r's group lists this node.
-func (c *Cluster) inConfiguration(r *node.Replica) bool {
+// stillMember reports whether r must be kept although a leader removed
+// this node from its group at configuration index removedAt: r leads the
+// group, or r's own configuration lists this node and is at least as new
+// as the removal (the node was added back since). A removed server
+// usually never learns of its removal — the leader stops replicating to it
+// as soon as it appends the change — so an older configuration that still
+// lists it does not count. removedAt 0 (unknown) keeps any replica whose
+// configuration lists this node.
+func (c *Cluster) stillMember(r *node.Replica, removedAt uint64) bool {
+	if r.IsLeader() {
+		return true
+	}
 	f := r.Raft().GetConfiguration()
 	if f.Error() != nil {
-		return true // unknown: assume it does, never delete on a guess
+		return true // unknown: never delete on a guess
 	}
+	listed := false
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == c.cfg.Name {
-			return true
+			listed = true
 		}
 	}
-	return false
+	return listed && (removedAt == 0 || f.Index() >= removedAt)
 }
 
 // reconcileAll runs one reconciliation step for every shard led here.
@@ -218,21 +229,23 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 // to delete its copy.
 func (c *Cluster) removeServer(r *node.Replica, s raft.Server, prevIndex uint64, why string) {
 	shard := r.Shard()
-	if err := r.Raft().RemoveServer(s.ID, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+	f := r.Raft().RemoveServer(s.ID, prevIndex, c.cfg.RPCTimeout)
+	if err := f.Error(); err != nil {
 		c.logger.Warn("remove replica", "shard", shard, "node", s.ID, "err", err)
 		return
 	}
+	removedAt := f.Index()
 	c.metrics.removals.Inc()
 	c.logger.Info("replica removed", "shard", shard, "node", s.ID, "why", why)
 	m, ok := c.member(string(s.ID))
 	if !ok || m.State != MemberAlive {
 		return
 	}
-	// The removed node learns of its removal only through this call; it
-	// retries a few times because the removal may not have reached it yet.
+	// The removed node learns of its removal only through this call (the
+	// leader stopped replicating to it when it appended the change).
 	for attempt := range 5 {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
-		err := c.peers.dropReplica(ctx, m.Meta.HTTPAddr, shard)
+		err := c.peers.dropReplica(ctx, m.Meta.HTTPAddr, shard, removedAt)
 		cancel()
 		if err == nil {
 			return

@@ -234,8 +234,15 @@ func (x *ReplicaStatusResponse) GetLeader() bool {
 }
 
 type DropReplicaRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The raft index of the committed configuration that removed this node.
+	// A removed server usually never receives that entry (the leader stops
+	// replicating to it at once), so its own configuration still lists it;
+	// it may drop its copy unless its configuration is at least this new
+	// and lists it (it was added back since). 0: only drop a replica whose
+	// own configuration no longer lists this node.
+	RemovedAt     uint64 `protobuf:"varint,2,opt,name=removed_at,json=removedAt,proto3" json:"removed_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -273,6 +280,13 @@ func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
 func (x *DropReplicaRequest) GetShard() uint32 {
 	if x != nil {
 		return x.Shard
+	}
+	return 0
+}
+
+func (x *DropReplicaRequest) GetRemovedAt() uint64 {
+	if x != nil {
+		return x.RemovedAt
 	}
 	return 0
 }
@@ -534,9 +548,11 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x15ReplicaStatusResponse\x12\x16\n" +
 	"\x06exists\x18\x01 \x01(\bR\x06exists\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"*\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\"I\n" +
 	"\x12DropReplicaRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"\x15\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
+	"\n" +
+	"removed_at\x18\x02 \x01(\x04R\tremovedAt\"\x15\n" +
 	"\x13DropReplicaResponse\"C\n" +
 	"\x15DeliverNoticesRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x14\n" +
