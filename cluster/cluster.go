@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,13 +13,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/node"
-)
-
-var (
-	ErrConfig      = errors.New("cluster: invalid config")
-	ErrNoLeader    = errors.New("cluster: shard has no known leader")
-	ErrUnknownPeer = errors.New("cluster: unknown peer")
-	ErrClosed      = errors.New("cluster: closed")
 )
 
 // Config configures a node's part in the cluster.

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,17 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
-)
-
-// Errors of membership and gossip metadata.
-var (
-	ErrMembershipConfig = errors.New("cluster: invalid membership config")
-	ErrMembershipClosed = errors.New("cluster: membership shut down or left")
-	ErrTooManySubs      = errors.New("cluster: too many membership subscribers")
-	ErrMetaInvalid      = errors.New("cluster: invalid node metadata")
-	ErrMetaTooLarge     = errors.New("cluster: node metadata too large for gossip")
-	ErrMetaCorrupt      = errors.New("cluster: corrupt node metadata")
-	ErrMetaVersion      = errors.New("cluster: unknown node metadata format")
 )
 
 // MemberState is a member's liveness as this node last heard it.

@@ -28,11 +28,6 @@ const (
 // muxHeaderLen is the protocol byte plus the shard id.
 const muxHeaderLen = 5
 
-var (
-	ErrMuxClosed       = errors.New("cluster: mux closed")
-	ErrShardRegistered = errors.New("cluster: shard already has a raft stream layer")
-)
-
 // MuxConfig configures a Mux.
 type MuxConfig struct {
 	// HandshakeTimeout bounds how long an accepted connection may take to

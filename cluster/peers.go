@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -105,10 +104,4 @@ func (p *peers) dropReplica(ctx context.Context, addr string, shard uint32, remo
 		_, err := c.node.DropReplica(ctx, connect.NewRequest(&nodev1.DropReplicaRequest{Shard: shard, RemovedAt: removedAt}))
 		return err
 	})
-}
-
-// isCode reports whether err is a Connect error with code.
-func isCode(err error, code connect.Code) bool {
-	var ce *connect.Error
-	return errors.As(err, &ce) && ce.Code() == code
 }

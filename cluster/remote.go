@@ -40,8 +40,8 @@ func (r resolver) Reader(shard uint32, cons rpc.Consistency) (rpc.ShardReader, e
 		return remoteReader{p: r.c.peers, addr: addr, requireLeader: cons == rpc.ConsistencyLeader}, nil
 	}
 	if cons == rpc.ConsistencyAny {
-		for _, m := range r.c.replicaHolders(shard) {
-			return remoteReader{p: r.c.peers, addr: m.Meta.HTTPAddr}, nil
+		if holders := r.c.replicaHolders(shard); len(holders) > 0 {
+			return remoteReader{p: r.c.peers, addr: holders[0].Meta.HTTPAddr}, nil
 		}
 	}
 	return nil, fmt.Errorf("%w: shard %d: %w", node.ErrNoShard, shard, lerr)

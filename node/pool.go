@@ -14,29 +14,6 @@ import (
 )
 
 // Errors of the writer pool.
-var (
-	// ErrFull: a shard's ring had no room for a submission (at once, or
-	// before the submitter's deadline). The error names the shard.
-	ErrFull = errors.New("node: ring buffer full")
-	// ErrNotLeader: this node's replica is not the shard's leader. A
-	// proposal failing with it is failed back at once, never retried here.
-	ErrNotLeader = errors.New("node: not the leader")
-	// ErrShardClosed: the shard was removed from the pool; its pending
-	// events are failed back.
-	ErrShardClosed = errors.New("node: shard closed")
-	// ErrPoolClosed: the pool is closing or closed.
-	ErrPoolClosed = errors.New("node: writer pool closed")
-	// ErrUnknownShard: the pool hosts no ring for the shard.
-	ErrUnknownShard = errors.New("node: shard not in writer pool")
-	// ErrShardExists: AddShard of a shard the pool already hosts.
-	ErrShardExists = errors.New("node: shard already in writer pool")
-	// ErrBatchTooLarge: one submission holds more events than a ring.
-	ErrBatchTooLarge = errors.New("node: submission larger than ring capacity")
-	// ErrProposerPanic: proposing a batch panicked on every attempt.
-	ErrProposerPanic = errors.New("node: proposer panicked")
-	// ErrPoolConfig: a PoolConfig field is out of range.
-	ErrPoolConfig = errors.New("node: invalid pool config")
-)
 
 // itemBufs recycles Submit's staging buffers, up to maxPooledItems items.
 var itemBufs = sync.Pool{New: func() any { return new([]poolItem) }}
