@@ -94,11 +94,18 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 		addr, id := r.Leader()
 		return nil, internalError(&node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)})
 	}
+	if err := ctx.Err(); err != nil {
+		// The caller gave up (a hedged read another replica answered):
+		// skip the store read.
+		return nil, internalError(err)
+	}
+	lag := r.Lag()
 	result, err := readLocal(s.c.node.Store(), shard, req.Msg.GetMethod(), req.Msg.GetArgs())
 	if err != nil {
 		return nil, internalError(err)
 	}
-	return connect.NewResponse(&nodev1.ShardReadResponse{Result: result}), nil
+	return connect.NewResponse(&nodev1.ShardReadResponse{Result: result, Node: s.c.cfg.Name,
+		LagEntries: lag.Entries, SinceLeaderContactMs: uint64(lag.SinceContact.Milliseconds())}), nil
 }
 
 // Shard read arguments, msgpack-encoded on the wire.

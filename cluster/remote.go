@@ -17,9 +17,13 @@ import (
 	"github.com/elixirscope/scope/store"
 )
 
-// Resolver returns the rpc layer's shard resolver for this cluster: a shard
-// is read locally when this node's replica may answer (the leader, or any
-// replica for ConsistencyAny), otherwise from the leader's node.
+// Resolver returns the rpc layer's shard resolver for this cluster. At
+// ConsistencyLeader a shard has one reader: the local replica when it
+// leads, else the leader's node. At ConsistencyAny the candidates are, best
+// first: the local replica, the leader's node, then the other nodes that
+// hold a replica (the local raft configuration, gossip, and — when this
+// node holds none — the shard's desired replica set), so a hedged read has
+// a second replica to ask.
 func (c *Cluster) Resolver(local rpc.Resolver) rpc.Resolver { return resolver{c: c, local: local} }
 
 type resolver struct {
@@ -27,24 +31,53 @@ type resolver struct {
 	local rpc.Resolver
 }
 
-func (r resolver) Reader(shard uint32, cons rpc.Consistency) (rpc.ShardReader, error) {
-	reader, err := r.local.Reader(shard, cons)
-	if err == nil {
-		return reader, nil
-	}
-	if !errors.Is(err, node.ErrNotLeader) && !errors.Is(err, node.ErrNoShard) && !errors.Is(err, node.ErrReplicaFailed) {
+func (r resolver) Readers(shard uint32, cons rpc.Consistency) ([]rpc.ShardReader, error) {
+	var out []rpc.ShardReader
+	local, err := r.local.Readers(shard, cons)
+	switch {
+	case err == nil && cons == rpc.ConsistencyLeader:
+		return local, nil
+	case err == nil:
+		out = append(out, local...)
+	case !errors.Is(err, node.ErrNotLeader) && !errors.Is(err, node.ErrNoShard) && !errors.Is(err, node.ErrReplicaFailed):
 		return nil, err
 	}
-	_, addr, lerr := r.c.leaderOf(shard)
-	if lerr == nil {
-		return remoteReader{p: r.c.peers, addr: addr, requireLeader: cons == rpc.ConsistencyLeader}, nil
+	leader, addr, lerr := r.c.leaderOf(shard)
+	if cons == rpc.ConsistencyLeader {
+		if lerr != nil {
+			return nil, fmt.Errorf("%w: shard %d: %w", node.ErrNoShard, shard, lerr)
+		}
+		return []rpc.ShardReader{remoteReader{p: r.c.peers, addr: addr, requireLeader: true}}, nil
 	}
-	if cons == rpc.ConsistencyAny {
-		if holders := r.c.replicaHolders(shard); len(holders) > 0 {
-			return remoteReader{p: r.c.peers, addr: holders[0].Meta.HTTPAddr}, nil
+	seen := map[string]bool{r.c.cfg.Name: true}
+	if lerr == nil && leader != r.c.cfg.Name {
+		seen[leader] = true
+		out = append(out, remoteReader{p: r.c.peers, addr: addr})
+	}
+	for _, m := range r.c.replicaHolders(shard) {
+		if !seen[m.Name] {
+			seen[m.Name] = true
+			out = append(out, remoteReader{p: r.c.peers, addr: m.Meta.HTTPAddr})
 		}
 	}
-	return nil, fmt.Errorf("%w: shard %d: %w", node.ErrNoShard, shard, lerr)
+	if len(out) < 2 && r.c.node.Replica(shard) == nil {
+		// This node sees the group only through gossip, which names the
+		// leader alone: the desired set names the likely followers.
+		names, byName := r.c.placementMembers()
+		for _, name := range Placement(shard, names, r.c.cfg.Replicas) {
+			if !seen[name] {
+				seen[name] = true
+				out = append(out, remoteReader{p: r.c.peers, addr: byName[name].Meta.HTTPAddr})
+			}
+		}
+	}
+	if len(out) == 0 {
+		if lerr == nil {
+			lerr = err
+		}
+		return nil, fmt.Errorf("%w: shard %d: no replica to read: %w", node.ErrNoShard, shard, lerr)
+	}
+	return out, nil
 }
 
 // remoteReader reads one shard on another node through NodeService.ShardRead.
@@ -70,6 +103,8 @@ func (r remoteReader) read(ctx context.Context, shard uint32, method string, arg
 			return err
 		}
 		result = resp.Msg.GetResult()
+		rpc.ReportLag(ctx, shard, resp.Msg.GetNode(), node.Lag{Entries: resp.Msg.GetLagEntries(),
+			SinceContact: time.Duration(resp.Msg.GetSinceLeaderContactMs()) * time.Millisecond})
 		return nil
 	})
 	if err != nil {

@@ -74,6 +74,10 @@ type Replica struct {
 	logs  replicaLog
 	trans raft.Transport
 	now   func() time.Time
+	// heartbeat is the group's HeartbeatTimeout: a follower that has not
+	// heard from a leader for longer has lost it (see Lag).
+	heartbeat time.Duration
+	opened    time.Time
 }
 
 // OpenReplica opens (or creates) the replica in cfg.Dir. The replica joins
@@ -127,7 +131,8 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 		_ = logs.Close()
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", cfg.Shard, err)
 	}
-	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now}, nil
+	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now,
+		heartbeat: cfg.Timing.HeartbeatTimeout, opened: time.Now()}, nil
 }
 
 // replicaLog is a replica's raft log and stable store and how to let go of
@@ -206,6 +211,57 @@ func (r *Replica) Outbox() []correlate.Notice { return r.fsm.Outbox() }
 // Status reports the replica's applied index, counters and failure.
 func (r *Replica) Status() (applied uint64, totals correlate.Counters, failed error) {
 	return r.fsm.Status()
+}
+
+// Lag is how far a replica may be behind its group, as the replica itself
+// can tell.
+type Lag struct {
+	// Entries is the number of log entries the replica knows are committed
+	// but has not applied to its store. A follower learns the commit index
+	// from its leader, so one cut off from the leader reports what it last
+	// heard: SinceContact says how stale that is.
+	Entries uint64
+	// SinceContact is how long a replica that is not the leader has gone
+	// without hearing from one, when that exceeds the heartbeat timeout
+	// (Raft's own threshold for a lost leader); 0 otherwise.
+	SinceContact time.Duration
+}
+
+// lagScanMax bounds the log entries Lag reads to tell entries the store
+// applies from leader no-ops (which never reach the FSM and so never
+// advance its applied index). Beyond it, Lag counts every entry: an
+// overcount of at most one no-op per election in the window.
+const lagScanMax = 16
+
+// Lag reports how far this replica is behind. It is cheap enough for every
+// shard read: two index loads, and a log read only while entries are
+// outstanding.
+func (r *Replica) Lag() Lag {
+	var lag Lag
+	commit := r.raft.CommitIndex()
+	applied, _, _ := r.fsm.Status()
+	if commit > applied {
+		lag.Entries = commit - applied
+		if lag.Entries <= lagScanMax {
+			lag.Entries = 0
+			var l raft.Log
+			for i := applied + 1; i <= commit; i++ {
+				if err := r.logs.store.GetLog(i, &l); err != nil || l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+					lag.Entries++ // unreadable (compacted): count it
+				}
+			}
+		}
+	}
+	if r.raft.State() != raft.Leader {
+		last := r.raft.LastContact()
+		if last.IsZero() {
+			last = r.opened // never heard from a leader since it opened
+		}
+		if since := r.now().Sub(last); since > r.heartbeat {
+			lag.SinceContact = since
+		}
+	}
+	return lag
 }
 
 // Close shuts the raft group down and closes its log. The store and the

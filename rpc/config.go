@@ -37,6 +37,13 @@ type Config struct {
 	MaxMergeRounds int
 	// MaxFanout bounds the shard calls one query runs at once.
 	MaxFanout int
+	// HedgeDelay is how long an ANY shard read waits for its first replica
+	// before asking a second one too (hedge.go); 0 disables hedging. The
+	// default, 50 ms, is well above a healthy remote read on a LAN (a few
+	// ms, docs/BENCHMARKS.md) so hedges fire only for the slow tail, and
+	// well below QueryShardTimeout so a stalled replica costs one delay,
+	// not the deadline. Each hedge adds one read on another replica.
+	HedgeDelay time.Duration
 
 	// TailBuffer is the per-subscriber buffer of Tail; beyond it events are
 	// dropped and reported to the client as Lagged.
@@ -60,6 +67,7 @@ func DefaultConfig() Config {
 		QueryShardTimeout:   5 * time.Second,
 		MaxMergeRounds:      16,
 		MaxFanout:           16,
+		HedgeDelay:          50 * time.Millisecond,
 		TailBuffer:          4096,
 		MaxTailBackfill:     10_000,
 		Version:             "dev",
@@ -85,6 +93,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxMergeRounds %d: must be at least 1", ErrConfig, c.MaxMergeRounds)
 	case c.MaxFanout < 1:
 		return fmt.Errorf("%w: MaxFanout %d: must be at least 1", ErrConfig, c.MaxFanout)
+	case c.HedgeDelay < 0 || c.HedgeDelay >= c.QueryShardTimeout:
+		return fmt.Errorf("%w: HedgeDelay %v: must be within [0, QueryShardTimeout %v)",
+			ErrConfig, c.HedgeDelay, c.QueryShardTimeout)
 	case c.TailBuffer < 1:
 		return fmt.Errorf("%w: TailBuffer %d: must be at least 1", ErrConfig, c.TailBuffer)
 	case c.MaxTailBackfill < 0 || c.MaxTailBackfill > c.MaxQueryLimit:

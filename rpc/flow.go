@@ -34,6 +34,7 @@ func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scop
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	fromNs, toNs := int64(math.MinInt64), int64(math.MaxInt64)
 	if m.GetFromNs() != 0 {
 		fromNs = m.GetFromNs()
@@ -72,7 +73,7 @@ func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scop
 		return nil, q.s.fail(proc, err)
 	}
 	msgs := pairMessages(events)
-	resp := &scopev1.MessageFlowResponse{Missing: missing, Truncated: more}
+	resp := &scopev1.MessageFlowResponse{Missing: missing, Truncated: more, Lag: lag.proto()}
 	if len(msgs) > limit {
 		msgs, resp.Truncated = msgs[:limit], true
 	}

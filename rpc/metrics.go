@@ -16,6 +16,8 @@ type metrics struct {
 	latency          *prometheus.HistogramVec
 	eventsPerRequest prometheus.Histogram
 	tails            prometheus.Gauge
+	hedges           prometheus.Counter
+	hedgeWins        prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -38,6 +40,14 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "scope_rpc_tail_streams",
 			Help: "Live Tail streams.",
 		}),
+		hedges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_shard_read_hedges_total",
+			Help: "ANY shard reads also sent to a second replica (slow or failed first replica).",
+		}),
+		hedgeWins: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_shard_read_hedge_wins_total",
+			Help: "Hedged shard reads the second replica answered first.",
+		}),
 	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
@@ -51,6 +61,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.tails, err = register(reg, m.tails)
+	}
+	if err == nil {
+		m.hedges, err = register(reg, m.hedges)
+	}
+	if err == nil {
+		m.hedgeWins, err = register(reg, m.hedgeWins)
 	}
 	return m, err
 }

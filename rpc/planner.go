@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/node"
@@ -31,6 +32,16 @@ type planner struct {
 	logger *slog.Logger
 	// retries counts shard reads asked again for want of a leader.
 	retries atomic.Uint64
+	// hedges counts hedged calls sent to a second replica, hedgeWins those
+	// that answered first (nil in tests that do not look).
+	hedges, hedgeWins prometheus.Counter
+}
+
+// count increments c if it is set.
+func (p *planner) count(c prometheus.Counter) {
+	if c != nil {
+		c.Inc()
+	}
 }
 
 // shardFailure is a shard that could not answer its part of a query.
@@ -111,9 +122,15 @@ func (p *planner) read(ctx context.Context, shard uint32, c Consistency,
 	defer cancel()
 	delay := retryFirstDelay
 	for attempt := 1; ; attempt++ {
-		r, err := p.res.Reader(shard, c)
-		if err == nil {
-			err = fn(sctx, r, shard)
+		rs, err := p.res.Readers(shard, c)
+		switch {
+		case err != nil:
+		case len(rs) == 0:
+			err = fmt.Errorf("%w: shard %d: the resolver offered no reader", node.ErrNoShard, shard)
+		case len(rs) == 1 || c != ConsistencyAny || p.cfg.HedgeDelay <= 0:
+			err = fn(sctx, rs[0], shard)
+		default:
+			err = fn(sctx, hedgedReader{p: p, cands: rs[:2]}, shard)
 		}
 		if err == nil || !retryable(err) || attempt >= maxReadAttempts {
 			return err

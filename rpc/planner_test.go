@@ -25,11 +25,11 @@ type fakeShards struct {
 	down   map[uint32]bool
 }
 
-func (f *fakeShards) Reader(shard uint32, _ Consistency) (ShardReader, error) {
+func (f *fakeShards) Readers(shard uint32, _ Consistency) ([]ShardReader, error) {
 	if f.down[shard] {
 		return nil, fmt.Errorf("%w: shard %d", node.ErrNoShard, shard)
 	}
-	return fakeReader{f}, nil
+	return []ShardReader{fakeReader{f}}, nil
 }
 
 type fakeReader struct{ f *fakeShards }

@@ -137,6 +137,7 @@ func (q queryService) GetEvent(ctx context.Context, req *connect.Request[scopev1
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
 	if err != nil {
 		return nil, q.s.fail(proc, err)
@@ -148,7 +149,7 @@ func (q queryService) GetEvent(ctx context.Context, req *connect.Request[scopev1
 	if err := q.s.peerLinks(ctx, &l, c); err != nil {
 		return nil, q.s.fail(proc, err)
 	}
-	return connect.NewResponse(&scopev1.GetEventResponse{Event: EventToProto(&l.e)}), nil
+	return connect.NewResponse(&scopev1.GetEventResponse{Event: EventToProto(&l.e), Lag: lag.proto()}), nil
 }
 
 func (q queryService) Events(ctx context.Context, req *connect.Request[scopev1.EventsRequest]) (*connect.Response[scopev1.EventsResponse], error) {
@@ -164,6 +165,7 @@ func (q queryService) Events(ctx context.Context, req *connect.Request[scopev1.E
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	limit := clamp(m.GetLimit(), q.s.cfg.DefaultQueryLimit, q.s.cfg.MaxQueryLimit)
 	sq := f.query(m.GetDescending(), limit)
 	if cur := m.GetCursor(); cur != "" {
@@ -185,7 +187,7 @@ func (q queryService) Events(ctx context.Context, req *connect.Request[scopev1.E
 	}
 	page.missing = joinMissing(page.missing, more)
 	resp := &scopev1.EventsResponse{Events: EventsToProto(page.events), Missing: page.missing,
-		MissingShards: missingShardIDs(page.missing)}
+		MissingShards: missingShardIDs(page.missing), Lag: lag.proto()}
 	if page.next != nil {
 		resp.NextCursor = encodeCursor(*page.next, m)
 	}
@@ -203,6 +205,7 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
 	if err != nil {
 		return nil, q.s.fail(proc, err)
@@ -224,7 +227,8 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if len(failures) > 0 {
 		return nil, q.s.fail(proc, failures[0].err)
 	}
-	return connect.NewResponse(&scopev1.CallTreeResponse{Root: frameToProto(tree.Root, true), Truncated: tree.Truncated}), nil
+	return connect.NewResponse(&scopev1.CallTreeResponse{Root: frameToProto(tree.Root, true), Truncated: tree.Truncated,
+		Lag: lag.proto()}), nil
 }
 
 // frameToProto converts a frame, with its children when deep. A tree is
@@ -258,6 +262,7 @@ func (q queryService) CallStackAt(ctx context.Context, req *connect.Request[scop
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	var frames []store.Frame
 	shard := correlate.ShardOf(p.Origin, p.PID, q.s.planner.shards)
 	failures := q.s.planner.each(ctx, []uint32{shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
@@ -267,7 +272,7 @@ func (q queryService) CallStackAt(ctx context.Context, req *connect.Request[scop
 	if len(failures) > 0 {
 		return nil, q.s.fail(proc, failures[0].err)
 	}
-	resp := &scopev1.CallStackAtResponse{Frames: make([]*scopev1.CallFrame, len(frames))}
+	resp := &scopev1.CallStackAtResponse{Frames: make([]*scopev1.CallFrame, len(frames)), Lag: lag.proto()}
 	for i := range frames {
 		resp.Frames[i] = frameToProto(&frames[i], false)
 	}
@@ -288,6 +293,7 @@ func (q queryService) StateAt(ctx context.Context, req *connect.Request[scopev1.
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	var (
 		e  correlate.Event
 		ok bool
@@ -300,7 +306,7 @@ func (q queryService) StateAt(ctx context.Context, req *connect.Request[scopev1.
 	if len(failures) > 0 {
 		return nil, q.s.fail(proc, failures[0].err)
 	}
-	resp := &scopev1.StateAtResponse{}
+	resp := &scopev1.StateAtResponse{Lag: lag.proto()}
 	if ok {
 		resp.Event = EventToProto(&e)
 	}

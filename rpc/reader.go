@@ -41,12 +41,17 @@ const (
 	ConsistencyAny
 )
 
-// Resolver picks the reader for a shard. On one node every shard is local;
+// Resolver picks the readers for a shard. On one node every shard is local;
 // the cluster layer returns remote readers for shards hosted elsewhere.
 type Resolver interface {
-	// Reader returns the reader for shard at consistency c, or an error
-	// classified like a ShardReader's (no replica, no leader, ...).
-	Reader(shard uint32, c Consistency) (ShardReader, error)
+	// Readers returns the candidate readers for shard at consistency c,
+	// best first (for ConsistencyAny: this node's replica, then the
+	// leader's, then other replicas'), or an error classified like a
+	// ShardReader's (no replica, no leader, ...). At ConsistencyLeader it
+	// returns exactly one: only the leader may answer. The planner asks the
+	// first and, for a hedged read, the second. The slice is the caller's.
+	// Safe for concurrent use; must not block.
+	Readers(shard uint32, c Consistency) ([]ShardReader, error)
 }
 
 // LocalResolver serves every shard from n's own replicas; the cluster
@@ -56,7 +61,15 @@ func LocalResolver(n *node.Node) Resolver { return localResolver{n: n} }
 // localResolver serves every shard from the node's own replicas.
 type localResolver struct{ n *node.Node }
 
-func (l localResolver) Reader(shard uint32, c Consistency) (ShardReader, error) {
+func (l localResolver) Readers(shard uint32, c Consistency) ([]ShardReader, error) {
+	r, err := l.reader(shard, c)
+	if err != nil {
+		return nil, err
+	}
+	return []ShardReader{r}, nil
+}
+
+func (l localResolver) reader(shard uint32, c Consistency) (ShardReader, error) {
 	r := l.n.Replica(shard)
 	if r == nil {
 		return nil, fmt.Errorf("%w: shard %d", node.ErrNoShard, shard)
@@ -68,65 +81,79 @@ func (l localResolver) Reader(shard uint32, c Consistency) (ShardReader, error) 
 		addr, id := r.Leader()
 		return nil, &node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	return localReader{st: l.n.Store()}, nil
+	return localReader{st: l.n.Store(), rep: r, name: l.n.ID()}, nil
 }
 
 // localReader reads this node's store. Store calls are synchronous and
 // bounded by the store's scan limit, so ctx is only checked before each
-// call: a cancelled query does not start more shard reads.
-type localReader struct{ st *store.Store }
+// call: a cancelled query does not start more shard reads. Each call
+// reports the replica's lag (ReportLag) as of the read.
+type localReader struct {
+	st   *store.Store
+	rep  *node.Replica
+	name string
+}
+
+// begin checks ctx and reports the replica's lag.
+func (l localReader) begin(ctx context.Context, shard uint32) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ReportLag(ctx, shard, l.name, l.rep.Lag())
+	return nil
+}
 
 func (l localReader) Get(ctx context.Context, shard uint32, id correlate.EventID) (correlate.Event, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return correlate.Event{}, err
 	}
 	return l.st.Get(shard, id)
 }
 
 func (l localReader) Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return store.Page{}, err
 	}
 	return l.st.Events(shard, q)
 }
 
 func (l localReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return nil, err
 	}
 	return l.st.Edges(shard, from)
 }
 
 func (l localReader) CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return nil, err
 	}
 	return l.st.CallTree(shard, root, maxFrames)
 }
 
 func (l localReader) CallStackAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) ([]store.Frame, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return nil, err
 	}
 	return l.st.CallStackAt(shard, p, atNs)
 }
 
 func (l localReader) MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return store.Page{}, err
 	}
 	return l.st.MessageFlow(shard, a, b, fromNs, toNs, limit)
 }
 
 func (l localReader) StateAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) (correlate.Event, bool, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return correlate.Event{}, false, err
 	}
 	return l.st.StateAt(shard, p, atNs)
 }
 
 func (l localReader) Stats(ctx context.Context, shard uint32) (store.ShardStats, error) {
-	if err := ctx.Err(); err != nil {
+	if err := l.begin(ctx, shard); err != nil {
 		return store.ShardStats{}, err
 	}
 	return l.st.Stats(shard)

@@ -64,7 +64,8 @@ func NewServer(n *node.Node, cfg Config) (*Server, error) {
 	}
 	s := &Server{node: n, cfg: cfg, logger: cfg.Logger, metrics: m, started: time.Now(),
 		tails: m.tails, done: make(chan struct{})}
-	s.planner = &planner{res: localResolver{n: n}, shards: n.Shards(), cfg: &s.cfg, logger: cfg.Logger}
+	s.planner = &planner{res: localResolver{n: n}, shards: n.Shards(), cfg: &s.cfg, logger: cfg.Logger,
+		hedges: m.hedges, hedgeWins: m.hedgeWins}
 	return s, nil
 }
 

@@ -57,6 +57,7 @@ func (q queryService) Trace(ctx context.Context, req *connect.Request[scopev1.Tr
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
+	ctx, lag := withLag(ctx)
 	hint, err := optionalProcess(m.GetOrigin(), m.GetPid())
 	if err != nil {
 		return nil, q.s.fail(proc, err)
@@ -96,7 +97,7 @@ func (q queryService) Trace(ctx context.Context, req *connect.Request[scopev1.Tr
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
-	resp := &scopev1.TraceResponse{Truncated: w.truncated, Missing: missing}
+	resp := &scopev1.TraceResponse{Truncated: w.truncated, Missing: missing, Lag: lag.proto()}
 	nodes := make([]*located, 0, len(w.nodes))
 	for _, l := range w.nodes {
 		nodes = append(nodes, l)

@@ -1043,6 +1043,150 @@ func (x *MissingShard) GetReason() string {
 	return ""
 }
 
+// ReadLag says how far behind the replicas that answered a query were. Only
+// lagging shards are listed; the field is absent when every answering
+// replica was current. A LEADER read is answered by leaders, which are
+// current by definition (their applied index may trail their commit index
+// for the instant an entry is being applied). An ANY read may be answered
+// by a follower: its answer misses at most `entries` committed entries of
+// that shard, or, when since_leader_contact_ms is set, whatever the shard
+// committed while the follower was out of touch.
+type ReadLag struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The largest ShardLag.entries of shards.
+	MaxEntries uint64 `protobuf:"varint,1,opt,name=max_entries,json=maxEntries,proto3" json:"max_entries,omitempty"`
+	// The largest ShardLag.since_leader_contact_ms of shards.
+	MaxSinceLeaderContactMs uint64 `protobuf:"varint,2,opt,name=max_since_leader_contact_ms,json=maxSinceLeaderContactMs,proto3" json:"max_since_leader_contact_ms,omitempty"`
+	// The lagging shards, in shard order.
+	Shards        []*ShardLag `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadLag) Reset() {
+	*x = ReadLag{}
+	mi := &file_scope_v1_scope_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadLag) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadLag) ProtoMessage() {}
+
+func (x *ReadLag) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadLag.ProtoReflect.Descriptor instead.
+func (*ReadLag) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ReadLag) GetMaxEntries() uint64 {
+	if x != nil {
+		return x.MaxEntries
+	}
+	return 0
+}
+
+func (x *ReadLag) GetMaxSinceLeaderContactMs() uint64 {
+	if x != nil {
+		return x.MaxSinceLeaderContactMs
+	}
+	return 0
+}
+
+func (x *ReadLag) GetShards() []*ShardLag {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// ShardLag is how far behind one shard's answering replica was.
+type ShardLag struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The node whose replica answered.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// Log entries the replica knew to be committed but had not applied.
+	Entries uint64 `protobuf:"varint,3,opt,name=entries,proto3" json:"entries,omitempty"`
+	// A follower that has not heard from a leader for longer than its
+	// heartbeat timeout: milliseconds since it last did. 0 otherwise.
+	SinceLeaderContactMs uint64 `protobuf:"varint,4,opt,name=since_leader_contact_ms,json=sinceLeaderContactMs,proto3" json:"since_leader_contact_ms,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *ShardLag) Reset() {
+	*x = ShardLag{}
+	mi := &file_scope_v1_scope_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardLag) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardLag) ProtoMessage() {}
+
+func (x *ShardLag) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardLag.ProtoReflect.Descriptor instead.
+func (*ShardLag) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ShardLag) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *ShardLag) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ShardLag) GetEntries() uint64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *ShardLag) GetSinceLeaderContactMs() uint64 {
+	if x != nil {
+		return x.SinceLeaderContactMs
+	}
+	return 0
+}
+
 type IngestRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The events, in the order the client wants them applied per process.
@@ -1055,7 +1199,7 @@ type IngestRequest struct {
 
 func (x *IngestRequest) Reset() {
 	*x = IngestRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[5]
+	mi := &file_scope_v1_scope_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1211,7 @@ func (x *IngestRequest) String() string {
 func (*IngestRequest) ProtoMessage() {}
 
 func (x *IngestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[5]
+	mi := &file_scope_v1_scope_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1224,7 @@ func (x *IngestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestRequest.ProtoReflect.Descriptor instead.
 func (*IngestRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{5}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IngestRequest) GetEvents() []*Event {
@@ -1121,7 +1265,7 @@ type IngestResponse struct {
 
 func (x *IngestResponse) Reset() {
 	*x = IngestResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[6]
+	mi := &file_scope_v1_scope_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1133,7 +1277,7 @@ func (x *IngestResponse) String() string {
 func (*IngestResponse) ProtoMessage() {}
 
 func (x *IngestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[6]
+	mi := &file_scope_v1_scope_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1146,7 +1290,7 @@ func (x *IngestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestResponse.ProtoReflect.Descriptor instead.
 func (*IngestResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{6}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IngestResponse) GetEventIds() []string {
@@ -1212,7 +1356,7 @@ type ShardResult struct {
 
 func (x *ShardResult) Reset() {
 	*x = ShardResult{}
-	mi := &file_scope_v1_scope_proto_msgTypes[7]
+	mi := &file_scope_v1_scope_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1368,7 @@ func (x *ShardResult) String() string {
 func (*ShardResult) ProtoMessage() {}
 
 func (x *ShardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[7]
+	mi := &file_scope_v1_scope_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1381,7 @@ func (x *ShardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardResult.ProtoReflect.Descriptor instead.
 func (*ShardResult) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{7}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ShardResult) GetShard() uint32 {
@@ -1305,7 +1449,7 @@ type GetEventRequest struct {
 
 func (x *GetEventRequest) Reset() {
 	*x = GetEventRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[8]
+	mi := &file_scope_v1_scope_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1461,7 @@ func (x *GetEventRequest) String() string {
 func (*GetEventRequest) ProtoMessage() {}
 
 func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[8]
+	mi := &file_scope_v1_scope_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1474,7 @@ func (x *GetEventRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventRequest.ProtoReflect.Descriptor instead.
 func (*GetEventRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{8}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetEventRequest) GetEventId() string {
@@ -1362,15 +1506,18 @@ func (x *GetEventRequest) GetPid() string {
 }
 
 type GetEventResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetEventResponse) Reset() {
 	*x = GetEventResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[9]
+	mi := &file_scope_v1_scope_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1529,7 @@ func (x *GetEventResponse) String() string {
 func (*GetEventResponse) ProtoMessage() {}
 
 func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[9]
+	mi := &file_scope_v1_scope_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,12 +1542,19 @@ func (x *GetEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventResponse.ProtoReflect.Descriptor instead.
 func (*GetEventResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{9}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetEventResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *GetEventResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
 	}
 	return nil
 }
@@ -1447,7 +1601,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[10]
+	mi := &file_scope_v1_scope_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1613,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[10]
+	mi := &file_scope_v1_scope_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1626,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{10}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *EventsRequest) GetOrigin() string {
@@ -1589,14 +1743,17 @@ type EventsResponse struct {
 	// Shards that did not answer (allow_partial only). Same shards as missing.
 	MissingShards []uint32 `protobuf:"varint,3,rep,packed,name=missing_shards,json=missingShards,proto3" json:"missing_shards,omitempty"`
 	// missing_shards with the reason each shard failed.
-	Missing       []*MissingShard `protobuf:"bytes,4,rep,name=missing,proto3" json:"missing,omitempty"`
+	Missing []*MissingShard `protobuf:"bytes,4,rep,name=missing,proto3" json:"missing,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EventsResponse) Reset() {
 	*x = EventsResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[11]
+	mi := &file_scope_v1_scope_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1765,7 @@ func (x *EventsResponse) String() string {
 func (*EventsResponse) ProtoMessage() {}
 
 func (x *EventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[11]
+	mi := &file_scope_v1_scope_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1778,7 @@ func (x *EventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsResponse.ProtoReflect.Descriptor instead.
 func (*EventsResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{11}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *EventsResponse) GetEvents() []*Event {
@@ -1652,6 +1809,13 @@ func (x *EventsResponse) GetMissing() []*MissingShard {
 	return nil
 }
 
+func (x *EventsResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
+}
+
 type CallTreeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The id of the tree's root CALL, or of any event of the tree (a CALL,
@@ -1672,7 +1836,7 @@ type CallTreeRequest struct {
 
 func (x *CallTreeRequest) Reset() {
 	*x = CallTreeRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[12]
+	mi := &file_scope_v1_scope_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1848,7 @@ func (x *CallTreeRequest) String() string {
 func (*CallTreeRequest) ProtoMessage() {}
 
 func (x *CallTreeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[12]
+	mi := &file_scope_v1_scope_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1861,7 @@ func (x *CallTreeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallTreeRequest.ProtoReflect.Descriptor instead.
 func (*CallTreeRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{12}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CallTreeRequest) GetEventId() string {
@@ -1740,14 +1904,17 @@ type CallTreeResponse struct {
 	// The root frame, with its callees nested.
 	Root *CallFrame `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
 	// Frames were left out because of max_frames.
-	Truncated     bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	Truncated bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CallTreeResponse) Reset() {
 	*x = CallTreeResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[13]
+	mi := &file_scope_v1_scope_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1926,7 @@ func (x *CallTreeResponse) String() string {
 func (*CallTreeResponse) ProtoMessage() {}
 
 func (x *CallTreeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[13]
+	mi := &file_scope_v1_scope_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1939,7 @@ func (x *CallTreeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallTreeResponse.ProtoReflect.Descriptor instead.
 func (*CallTreeResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{13}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CallTreeResponse) GetRoot() *CallFrame {
@@ -1787,6 +1954,13 @@ func (x *CallTreeResponse) GetTruncated() bool {
 		return x.Truncated
 	}
 	return false
+}
+
+func (x *CallTreeResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
 }
 
 // CallFrame is one call with how it ended and the calls it made.
@@ -1812,7 +1986,7 @@ type CallFrame struct {
 
 func (x *CallFrame) Reset() {
 	*x = CallFrame{}
-	mi := &file_scope_v1_scope_proto_msgTypes[14]
+	mi := &file_scope_v1_scope_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +1998,7 @@ func (x *CallFrame) String() string {
 func (*CallFrame) ProtoMessage() {}
 
 func (x *CallFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[14]
+	mi := &file_scope_v1_scope_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2011,7 @@ func (x *CallFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallFrame.ProtoReflect.Descriptor instead.
 func (*CallFrame) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{14}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CallFrame) GetCall() *Event {
@@ -1897,7 +2071,7 @@ type CallStackAtRequest struct {
 
 func (x *CallStackAtRequest) Reset() {
 	*x = CallStackAtRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[15]
+	mi := &file_scope_v1_scope_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2083,7 @@ func (x *CallStackAtRequest) String() string {
 func (*CallStackAtRequest) ProtoMessage() {}
 
 func (x *CallStackAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[15]
+	mi := &file_scope_v1_scope_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2096,7 @@ func (x *CallStackAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallStackAtRequest.ProtoReflect.Descriptor instead.
 func (*CallStackAtRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{15}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CallStackAtRequest) GetOrigin() string {
@@ -1957,14 +2131,17 @@ type CallStackAtResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Frames open at at_ns, bottom (root) first. A frame's end and outcome
 	// describe how it was eventually closed, if it was; children are empty.
-	Frames        []*CallFrame `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	Frames []*CallFrame `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CallStackAtResponse) Reset() {
 	*x = CallStackAtResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[16]
+	mi := &file_scope_v1_scope_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2153,7 @@ func (x *CallStackAtResponse) String() string {
 func (*CallStackAtResponse) ProtoMessage() {}
 
 func (x *CallStackAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[16]
+	mi := &file_scope_v1_scope_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,12 +2166,19 @@ func (x *CallStackAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallStackAtResponse.ProtoReflect.Descriptor instead.
 func (*CallStackAtResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{16}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CallStackAtResponse) GetFrames() []*CallFrame {
 	if x != nil {
 		return x.Frames
+	}
+	return nil
+}
+
+func (x *CallStackAtResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
 	}
 	return nil
 }
@@ -2021,7 +2205,7 @@ type MessageFlowRequest struct {
 
 func (x *MessageFlowRequest) Reset() {
 	*x = MessageFlowRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[17]
+	mi := &file_scope_v1_scope_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2217,7 @@ func (x *MessageFlowRequest) String() string {
 func (*MessageFlowRequest) ProtoMessage() {}
 
 func (x *MessageFlowRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[17]
+	mi := &file_scope_v1_scope_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2230,7 @@ func (x *MessageFlowRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageFlowRequest.ProtoReflect.Descriptor instead.
 func (*MessageFlowRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{17}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MessageFlowRequest) GetA() *Process {
@@ -2106,14 +2290,17 @@ type MessageFlowResponse struct {
 	// More messages exist in the range; ask again from the last one's time.
 	Truncated bool `protobuf:"varint,2,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	// Shards that did not answer (allow_partial only).
-	Missing       []*MissingShard `protobuf:"bytes,3,rep,name=missing,proto3" json:"missing,omitempty"`
+	Missing []*MissingShard `protobuf:"bytes,3,rep,name=missing,proto3" json:"missing,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MessageFlowResponse) Reset() {
 	*x = MessageFlowResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[18]
+	mi := &file_scope_v1_scope_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2312,7 @@ func (x *MessageFlowResponse) String() string {
 func (*MessageFlowResponse) ProtoMessage() {}
 
 func (x *MessageFlowResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[18]
+	mi := &file_scope_v1_scope_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2325,7 @@ func (x *MessageFlowResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MessageFlowResponse.ProtoReflect.Descriptor instead.
 func (*MessageFlowResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{18}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MessageFlowResponse) GetMessages() []*Message {
@@ -2162,6 +2349,13 @@ func (x *MessageFlowResponse) GetMissing() []*MissingShard {
 	return nil
 }
 
+func (x *MessageFlowResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
+}
+
 // Message is one message between two processes: its SEND and its RECEIVE.
 type Message struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2179,7 +2373,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_scope_v1_scope_proto_msgTypes[19]
+	mi := &file_scope_v1_scope_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +2385,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[19]
+	mi := &file_scope_v1_scope_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +2398,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{19}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Message) GetSend() *Event {
@@ -2243,7 +2437,7 @@ type StateAtRequest struct {
 
 func (x *StateAtRequest) Reset() {
 	*x = StateAtRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[20]
+	mi := &file_scope_v1_scope_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2449,7 @@ func (x *StateAtRequest) String() string {
 func (*StateAtRequest) ProtoMessage() {}
 
 func (x *StateAtRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[20]
+	mi := &file_scope_v1_scope_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2462,7 @@ func (x *StateAtRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateAtRequest.ProtoReflect.Descriptor instead.
 func (*StateAtRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{20}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StateAtRequest) GetOrigin() string {
@@ -2303,14 +2497,17 @@ type StateAtResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The process's last STATE_CHANGE with timestamp_ns <= at_ns; absent when
 	// it has none.
-	Event         *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	Event *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StateAtResponse) Reset() {
 	*x = StateAtResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[21]
+	mi := &file_scope_v1_scope_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2519,7 @@ func (x *StateAtResponse) String() string {
 func (*StateAtResponse) ProtoMessage() {}
 
 func (x *StateAtResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[21]
+	mi := &file_scope_v1_scope_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,12 +2532,19 @@ func (x *StateAtResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateAtResponse.ProtoReflect.Descriptor instead.
 func (*StateAtResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{21}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StateAtResponse) GetEvent() *Event {
 	if x != nil {
 		return x.Event
+	}
+	return nil
+}
+
+func (x *StateAtResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
 	}
 	return nil
 }
@@ -2370,7 +2574,7 @@ type TraceRequest struct {
 
 func (x *TraceRequest) Reset() {
 	*x = TraceRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[22]
+	mi := &file_scope_v1_scope_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2382,7 +2586,7 @@ func (x *TraceRequest) String() string {
 func (*TraceRequest) ProtoMessage() {}
 
 func (x *TraceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[22]
+	mi := &file_scope_v1_scope_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2395,7 +2599,7 @@ func (x *TraceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceRequest.ProtoReflect.Descriptor instead.
 func (*TraceRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{22}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TraceRequest) GetEventId() string {
@@ -2464,14 +2668,17 @@ type TraceResponse struct {
 	// max_depth or max_events stopped the walk before it was complete.
 	Truncated bool `protobuf:"varint,3,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	// Shards that did not answer (allow_partial only).
-	Missing       []*MissingShard `protobuf:"bytes,4,rep,name=missing,proto3" json:"missing,omitempty"`
+	Missing []*MissingShard `protobuf:"bytes,4,rep,name=missing,proto3" json:"missing,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TraceResponse) Reset() {
 	*x = TraceResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[23]
+	mi := &file_scope_v1_scope_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2483,7 +2690,7 @@ func (x *TraceResponse) String() string {
 func (*TraceResponse) ProtoMessage() {}
 
 func (x *TraceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[23]
+	mi := &file_scope_v1_scope_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2496,7 +2703,7 @@ func (x *TraceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceResponse.ProtoReflect.Descriptor instead.
 func (*TraceResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{23}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TraceResponse) GetNodes() []*Event {
@@ -2527,6 +2734,13 @@ func (x *TraceResponse) GetMissing() []*MissingShard {
 	return nil
 }
 
+func (x *TraceResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
+}
+
 // TailRequest filters are EventsRequest's and combine the same way.
 type TailRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2550,7 +2764,7 @@ type TailRequest struct {
 
 func (x *TailRequest) Reset() {
 	*x = TailRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[24]
+	mi := &file_scope_v1_scope_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2562,7 +2776,7 @@ func (x *TailRequest) String() string {
 func (*TailRequest) ProtoMessage() {}
 
 func (x *TailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[24]
+	mi := &file_scope_v1_scope_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2575,7 +2789,7 @@ func (x *TailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailRequest.ProtoReflect.Descriptor instead.
 func (*TailRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{24}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TailRequest) GetOrigin() string {
@@ -2663,7 +2877,7 @@ type TailResponse struct {
 
 func (x *TailResponse) Reset() {
 	*x = TailResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[25]
+	mi := &file_scope_v1_scope_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2889,7 @@ func (x *TailResponse) String() string {
 func (*TailResponse) ProtoMessage() {}
 
 func (x *TailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[25]
+	mi := &file_scope_v1_scope_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2902,7 @@ func (x *TailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailResponse.ProtoReflect.Descriptor instead.
 func (*TailResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{25}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TailResponse) GetItem() isTailResponse_Item {
@@ -2746,7 +2960,7 @@ type Lagged struct {
 
 func (x *Lagged) Reset() {
 	*x = Lagged{}
-	mi := &file_scope_v1_scope_proto_msgTypes[26]
+	mi := &file_scope_v1_scope_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +2972,7 @@ func (x *Lagged) String() string {
 func (*Lagged) ProtoMessage() {}
 
 func (x *Lagged) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[26]
+	mi := &file_scope_v1_scope_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +2985,7 @@ func (x *Lagged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lagged.ProtoReflect.Descriptor instead.
 func (*Lagged) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{26}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Lagged) GetDropped() uint64 {
@@ -2795,7 +3009,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[27]
+	mi := &file_scope_v1_scope_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2807,7 +3021,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[27]
+	mi := &file_scope_v1_scope_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2820,7 +3034,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{27}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatsRequest) GetTopN() uint32 {
@@ -2858,14 +3072,17 @@ type StatsResponse struct {
 	// Per node, by name.
 	Nodes []*NodeStats `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Shards that did not answer (allow_partial only).
-	Missing       []*MissingShard `protobuf:"bytes,6,rep,name=missing,proto3" json:"missing,omitempty"`
+	Missing []*MissingShard `protobuf:"bytes,6,rep,name=missing,proto3" json:"missing,omitempty"`
+	// How far behind the answering replicas were (ANY reads); absent when
+	// none was. Field 100 on every query response.
+	Lag           *ReadLag `protobuf:"bytes,100,opt,name=lag,proto3" json:"lag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	mi := &file_scope_v1_scope_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3094,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	mi := &file_scope_v1_scope_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3107,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{28}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsResponse) GetEvents() uint64 {
@@ -2935,6 +3152,13 @@ func (x *StatsResponse) GetMissing() []*MissingShard {
 	return nil
 }
 
+func (x *StatsResponse) GetLag() *ReadLag {
+	if x != nil {
+		return x.Lag
+	}
+	return nil
+}
+
 type KindCount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          Kind                   `protobuf:"varint,1,opt,name=kind,proto3,enum=scope.v1.Kind" json:"kind,omitempty"`
@@ -2945,7 +3169,7 @@ type KindCount struct {
 
 func (x *KindCount) Reset() {
 	*x = KindCount{}
-	mi := &file_scope_v1_scope_proto_msgTypes[29]
+	mi := &file_scope_v1_scope_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2957,7 +3181,7 @@ func (x *KindCount) String() string {
 func (*KindCount) ProtoMessage() {}
 
 func (x *KindCount) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[29]
+	mi := &file_scope_v1_scope_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2970,7 +3194,7 @@ func (x *KindCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCount.ProtoReflect.Descriptor instead.
 func (*KindCount) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{29}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *KindCount) GetKind() Kind {
@@ -3002,7 +3226,7 @@ type ShardStats struct {
 
 func (x *ShardStats) Reset() {
 	*x = ShardStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[30]
+	mi := &file_scope_v1_scope_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3014,7 +3238,7 @@ func (x *ShardStats) String() string {
 func (*ShardStats) ProtoMessage() {}
 
 func (x *ShardStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[30]
+	mi := &file_scope_v1_scope_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3027,7 +3251,7 @@ func (x *ShardStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStats.ProtoReflect.Descriptor instead.
 func (*ShardStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{30}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ShardStats) GetShard() uint32 {
@@ -3075,7 +3299,7 @@ type FunctionStats struct {
 
 func (x *FunctionStats) Reset() {
 	*x = FunctionStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[31]
+	mi := &file_scope_v1_scope_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3087,7 +3311,7 @@ func (x *FunctionStats) String() string {
 func (*FunctionStats) ProtoMessage() {}
 
 func (x *FunctionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[31]
+	mi := &file_scope_v1_scope_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3100,7 +3324,7 @@ func (x *FunctionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionStats.ProtoReflect.Descriptor instead.
 func (*FunctionStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{31}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FunctionStats) GetModule() string {
@@ -3169,7 +3393,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[32]
+	mi := &file_scope_v1_scope_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3181,7 +3405,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[32]
+	mi := &file_scope_v1_scope_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3194,7 +3418,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{32}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeStats) GetName() string {
@@ -3261,7 +3485,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[33]
+	mi := &file_scope_v1_scope_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3273,7 +3497,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[33]
+	mi := &file_scope_v1_scope_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3286,7 +3510,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{33}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{35}
 }
 
 type MembersResponse struct {
@@ -3299,7 +3523,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[34]
+	mi := &file_scope_v1_scope_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3311,7 +3535,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[34]
+	mi := &file_scope_v1_scope_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3324,7 +3548,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{34}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -3355,7 +3579,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_scope_v1_scope_proto_msgTypes[35]
+	mi := &file_scope_v1_scope_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3591,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[35]
+	mi := &file_scope_v1_scope_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3604,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{35}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Member) GetName() string {
@@ -3442,7 +3666,7 @@ type ShardsRequest struct {
 
 func (x *ShardsRequest) Reset() {
 	*x = ShardsRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[36]
+	mi := &file_scope_v1_scope_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3454,7 +3678,7 @@ func (x *ShardsRequest) String() string {
 func (*ShardsRequest) ProtoMessage() {}
 
 func (x *ShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[36]
+	mi := &file_scope_v1_scope_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3467,7 +3691,7 @@ func (x *ShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardsRequest.ProtoReflect.Descriptor instead.
 func (*ShardsRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{36}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ShardsRequest) GetShards() []uint32 {
@@ -3491,7 +3715,7 @@ type ShardsResponse struct {
 
 func (x *ShardsResponse) Reset() {
 	*x = ShardsResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[37]
+	mi := &file_scope_v1_scope_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3503,7 +3727,7 @@ func (x *ShardsResponse) String() string {
 func (*ShardsResponse) ProtoMessage() {}
 
 func (x *ShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[37]
+	mi := &file_scope_v1_scope_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3516,7 +3740,7 @@ func (x *ShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardsResponse.ProtoReflect.Descriptor instead.
 func (*ShardsResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{37}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ShardsResponse) GetShards() []*ShardInfo {
@@ -3557,7 +3781,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_scope_v1_scope_proto_msgTypes[38]
+	mi := &file_scope_v1_scope_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3569,7 +3793,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[38]
+	mi := &file_scope_v1_scope_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3582,7 +3806,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{38}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ShardInfo) GetShard() uint32 {
@@ -3635,7 +3859,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_scope_v1_scope_proto_msgTypes[39]
+	mi := &file_scope_v1_scope_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3647,7 +3871,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[39]
+	mi := &file_scope_v1_scope_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3660,7 +3884,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{39}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Replica) GetNode() string {
@@ -3701,7 +3925,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[40]
+	mi := &file_scope_v1_scope_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3713,7 +3937,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[40]
+	mi := &file_scope_v1_scope_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3726,7 +3950,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{40}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *JoinRequest) GetAddrs() []string {
@@ -3746,7 +3970,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[41]
+	mi := &file_scope_v1_scope_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3758,7 +3982,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[41]
+	mi := &file_scope_v1_scope_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3771,7 +3995,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{41}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *JoinResponse) GetContacted() uint32 {
@@ -3791,7 +4015,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[42]
+	mi := &file_scope_v1_scope_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3803,7 +4027,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[42]
+	mi := &file_scope_v1_scope_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3816,7 +4040,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{42}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *LeaveRequest) GetName() string {
@@ -3834,7 +4058,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[43]
+	mi := &file_scope_v1_scope_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3846,7 +4070,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[43]
+	mi := &file_scope_v1_scope_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3859,7 +4083,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{43}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{45}
 }
 
 var File_scope_v1_scope_proto protoreflect.FileDescriptor
@@ -3915,7 +4139,17 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\fMissingShard\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\tR\x04code\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"n\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x94\x01\n" +
+	"\aReadLag\x12\x1f\n" +
+	"\vmax_entries\x18\x01 \x01(\x04R\n" +
+	"maxEntries\x12<\n" +
+	"\x1bmax_since_leader_contact_ms\x18\x02 \x01(\x04R\x17maxSinceLeaderContactMs\x12*\n" +
+	"\x06shards\x18\x03 \x03(\v2\x12.scope.v1.ShardLagR\x06shards\"\x85\x01\n" +
+	"\bShardLag\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x18\n" +
+	"\aentries\x18\x03 \x01(\x04R\aentries\x125\n" +
+	"\x17since_leader_contact_ms\x18\x04 \x01(\x04R\x14sinceLeaderContactMs\"n\n" +
 	"\rIngestRequest\x12'\n" +
 	"\x06events\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x06events\x124\n" +
 	"\n" +
@@ -3942,9 +4176,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x127\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12\x16\n" +
 	"\x06origin\x18\x03 \x01(\tR\x06origin\x12\x10\n" +
-	"\x03pid\x18\x04 \x01(\tR\x03pid\"9\n" +
+	"\x03pid\x18\x04 \x01(\tR\x03pid\"^\n" +
 	"\x10GetEventResponse\x12%\n" +
-	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x05event\"\xd2\x03\n" +
+	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x05event\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xd2\x03\n" +
 	"\rEventsRequest\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\tR\x03pid\x12$\n" +
@@ -3964,23 +4199,25 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06cursor\x18\r \x01(\tR\x06cursor\x12#\n" +
 	"\rallow_partial\x18\x0e \x01(\bR\fallowPartial\x127\n" +
 	"\vconsistency\x18\x0f \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistencyB\b\n" +
-	"\x06_arity\"\xb3\x01\n" +
+	"\x06_arity\"\xd8\x01\n" +
 	"\x0eEventsResponse\x12'\n" +
 	"\x06events\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x06events\x12\x1f\n" +
 	"\vnext_cursor\x18\x02 \x01(\tR\n" +
 	"nextCursor\x12%\n" +
 	"\x0emissing_shards\x18\x03 \x03(\rR\rmissingShards\x120\n" +
-	"\amissing\x18\x04 \x03(\v2\x16.scope.v1.MissingShardR\amissing\"\xae\x01\n" +
+	"\amissing\x18\x04 \x03(\v2\x16.scope.v1.MissingShardR\amissing\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xae\x01\n" +
 	"\x0fCallTreeRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
 	"max_frames\x18\x02 \x01(\rR\tmaxFrames\x127\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12\x16\n" +
 	"\x06origin\x18\x04 \x01(\tR\x06origin\x12\x10\n" +
-	"\x03pid\x18\x05 \x01(\tR\x03pid\"Y\n" +
+	"\x03pid\x18\x05 \x01(\tR\x03pid\"~\n" +
 	"\x10CallTreeResponse\x12'\n" +
 	"\x04root\x18\x01 \x01(\v2\x13.scope.v1.CallFrameR\x04root\x12\x1c\n" +
-	"\ttruncated\x18\x02 \x01(\bR\ttruncated\"\xe6\x01\n" +
+	"\ttruncated\x18\x02 \x01(\bR\ttruncated\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xe6\x01\n" +
 	"\tCallFrame\x12#\n" +
 	"\x04call\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x04call\x12!\n" +
 	"\x03end\x18\x02 \x01(\v2\x0f.scope.v1.EventR\x03end\x12+\n" +
@@ -3993,9 +4230,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\tR\x03pid\x12\x13\n" +
 	"\x05at_ns\x18\x03 \x01(\x03R\x04atNs\x127\n" +
-	"\vconsistency\x18\x04 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\"B\n" +
+	"\vconsistency\x18\x04 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\"g\n" +
 	"\x13CallStackAtResponse\x12+\n" +
-	"\x06frames\x18\x01 \x03(\v2\x13.scope.v1.CallFrameR\x06frames\"\xf8\x01\n" +
+	"\x06frames\x18\x01 \x03(\v2\x13.scope.v1.CallFrameR\x06frames\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xf8\x01\n" +
 	"\x12MessageFlowRequest\x12\x1f\n" +
 	"\x01a\x18\x01 \x01(\v2\x11.scope.v1.ProcessR\x01a\x12\x1f\n" +
 	"\x01b\x18\x02 \x01(\v2\x11.scope.v1.ProcessR\x01b\x12\x17\n" +
@@ -4003,11 +4241,12 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x05to_ns\x18\x04 \x01(\x03R\x04toNs\x12\x14\n" +
 	"\x05limit\x18\x05 \x01(\rR\x05limit\x127\n" +
 	"\vconsistency\x18\x06 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12#\n" +
-	"\rallow_partial\x18\a \x01(\bR\fallowPartial\"\x94\x01\n" +
+	"\rallow_partial\x18\a \x01(\bR\fallowPartial\"\xb9\x01\n" +
 	"\x13MessageFlowResponse\x12-\n" +
 	"\bmessages\x18\x01 \x03(\v2\x11.scope.v1.MessageR\bmessages\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\x120\n" +
-	"\amissing\x18\x03 \x03(\v2\x16.scope.v1.MissingShardR\amissing\"x\n" +
+	"\amissing\x18\x03 \x03(\v2\x16.scope.v1.MissingShardR\amissing\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"x\n" +
 	"\aMessage\x12#\n" +
 	"\x04send\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x04send\x12)\n" +
 	"\areceive\x18\x02 \x01(\v2\x0f.scope.v1.EventR\areceive\x12\x1d\n" +
@@ -4017,9 +4256,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\tR\x03pid\x12\x13\n" +
 	"\x05at_ns\x18\x03 \x01(\x03R\x04atNs\x127\n" +
-	"\vconsistency\x18\x04 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\"8\n" +
+	"\vconsistency\x18\x04 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\"]\n" +
 	"\x0fStateAtResponse\x12%\n" +
-	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x05event\"\xa5\x02\n" +
+	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x05event\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xa5\x02\n" +
 	"\fTraceRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x126\n" +
 	"\tdirection\x18\x02 \x01(\x0e2\x18.scope.v1.TraceDirectionR\tdirection\x12\x1b\n" +
@@ -4029,12 +4269,13 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12#\n" +
 	"\rallow_partial\x18\x06 \x01(\bR\fallowPartial\x12\x16\n" +
 	"\x06origin\x18\a \x01(\tR\x06origin\x12\x10\n" +
-	"\x03pid\x18\b \x01(\tR\x03pid\"\xac\x01\n" +
+	"\x03pid\x18\b \x01(\tR\x03pid\"\xd1\x01\n" +
 	"\rTraceResponse\x12%\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x05nodes\x12$\n" +
 	"\x05edges\x18\x02 \x03(\v2\x0e.scope.v1.EdgeR\x05edges\x12\x1c\n" +
 	"\ttruncated\x18\x03 \x01(\bR\ttruncated\x120\n" +
-	"\amissing\x18\x04 \x03(\v2\x16.scope.v1.MissingShardR\amissing\"\xcb\x02\n" +
+	"\amissing\x18\x04 \x03(\v2\x16.scope.v1.MissingShardR\amissing\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xcb\x02\n" +
 	"\vTailRequest\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\tR\x03pid\x12$\n" +
@@ -4057,14 +4298,15 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\fStatsRequest\x12\x13\n" +
 	"\x05top_n\x18\x01 \x01(\rR\x04topN\x127\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12#\n" +
-	"\rallow_partial\x18\x03 \x01(\bR\fallowPartial\"\x9b\x02\n" +
+	"\rallow_partial\x18\x03 \x01(\bR\fallowPartial\"\xc0\x02\n" +
 	"\rStatsResponse\x12\x16\n" +
 	"\x06events\x18\x01 \x01(\x04R\x06events\x12)\n" +
 	"\x05kinds\x18\x02 \x03(\v2\x13.scope.v1.KindCountR\x05kinds\x12,\n" +
 	"\x06shards\x18\x03 \x03(\v2\x14.scope.v1.ShardStatsR\x06shards\x12<\n" +
 	"\rtop_functions\x18\x04 \x03(\v2\x17.scope.v1.FunctionStatsR\ftopFunctions\x12)\n" +
 	"\x05nodes\x18\x05 \x03(\v2\x13.scope.v1.NodeStatsR\x05nodes\x120\n" +
-	"\amissing\x18\x06 \x03(\v2\x16.scope.v1.MissingShardR\amissing\"G\n" +
+	"\amissing\x18\x06 \x03(\v2\x16.scope.v1.MissingShardR\amissing\x12#\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"G\n" +
 	"\tKindCount\x12\"\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x0e.scope.v1.KindR\x04kind\x12\x16\n" +
 	"\x06events\x18\x02 \x01(\x04R\x06events\"s\n" +
@@ -4214,7 +4456,7 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 }
 
 var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_scope_v1_scope_proto_goTypes = []any{
 	(Kind)(0),                   // 0: scope.v1.Kind
 	(Outcome)(0),                // 1: scope.v1.Outcome
@@ -4229,137 +4471,148 @@ var file_scope_v1_scope_proto_goTypes = []any{
 	(*Edge)(nil),                // 10: scope.v1.Edge
 	(*Process)(nil),             // 11: scope.v1.Process
 	(*MissingShard)(nil),        // 12: scope.v1.MissingShard
-	(*IngestRequest)(nil),       // 13: scope.v1.IngestRequest
-	(*IngestResponse)(nil),      // 14: scope.v1.IngestResponse
-	(*ShardResult)(nil),         // 15: scope.v1.ShardResult
-	(*GetEventRequest)(nil),     // 16: scope.v1.GetEventRequest
-	(*GetEventResponse)(nil),    // 17: scope.v1.GetEventResponse
-	(*EventsRequest)(nil),       // 18: scope.v1.EventsRequest
-	(*EventsResponse)(nil),      // 19: scope.v1.EventsResponse
-	(*CallTreeRequest)(nil),     // 20: scope.v1.CallTreeRequest
-	(*CallTreeResponse)(nil),    // 21: scope.v1.CallTreeResponse
-	(*CallFrame)(nil),           // 22: scope.v1.CallFrame
-	(*CallStackAtRequest)(nil),  // 23: scope.v1.CallStackAtRequest
-	(*CallStackAtResponse)(nil), // 24: scope.v1.CallStackAtResponse
-	(*MessageFlowRequest)(nil),  // 25: scope.v1.MessageFlowRequest
-	(*MessageFlowResponse)(nil), // 26: scope.v1.MessageFlowResponse
-	(*Message)(nil),             // 27: scope.v1.Message
-	(*StateAtRequest)(nil),      // 28: scope.v1.StateAtRequest
-	(*StateAtResponse)(nil),     // 29: scope.v1.StateAtResponse
-	(*TraceRequest)(nil),        // 30: scope.v1.TraceRequest
-	(*TraceResponse)(nil),       // 31: scope.v1.TraceResponse
-	(*TailRequest)(nil),         // 32: scope.v1.TailRequest
-	(*TailResponse)(nil),        // 33: scope.v1.TailResponse
-	(*Lagged)(nil),              // 34: scope.v1.Lagged
-	(*StatsRequest)(nil),        // 35: scope.v1.StatsRequest
-	(*StatsResponse)(nil),       // 36: scope.v1.StatsResponse
-	(*KindCount)(nil),           // 37: scope.v1.KindCount
-	(*ShardStats)(nil),          // 38: scope.v1.ShardStats
-	(*FunctionStats)(nil),       // 39: scope.v1.FunctionStats
-	(*NodeStats)(nil),           // 40: scope.v1.NodeStats
-	(*MembersRequest)(nil),      // 41: scope.v1.MembersRequest
-	(*MembersResponse)(nil),     // 42: scope.v1.MembersResponse
-	(*Member)(nil),              // 43: scope.v1.Member
-	(*ShardsRequest)(nil),       // 44: scope.v1.ShardsRequest
-	(*ShardsResponse)(nil),      // 45: scope.v1.ShardsResponse
-	(*ShardInfo)(nil),           // 46: scope.v1.ShardInfo
-	(*Replica)(nil),             // 47: scope.v1.Replica
-	(*JoinRequest)(nil),         // 48: scope.v1.JoinRequest
-	(*JoinResponse)(nil),        // 49: scope.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 50: scope.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 51: scope.v1.LeaveResponse
-	nil,                         // 52: scope.v1.Event.AttributesEntry
+	(*ReadLag)(nil),             // 13: scope.v1.ReadLag
+	(*ShardLag)(nil),            // 14: scope.v1.ShardLag
+	(*IngestRequest)(nil),       // 15: scope.v1.IngestRequest
+	(*IngestResponse)(nil),      // 16: scope.v1.IngestResponse
+	(*ShardResult)(nil),         // 17: scope.v1.ShardResult
+	(*GetEventRequest)(nil),     // 18: scope.v1.GetEventRequest
+	(*GetEventResponse)(nil),    // 19: scope.v1.GetEventResponse
+	(*EventsRequest)(nil),       // 20: scope.v1.EventsRequest
+	(*EventsResponse)(nil),      // 21: scope.v1.EventsResponse
+	(*CallTreeRequest)(nil),     // 22: scope.v1.CallTreeRequest
+	(*CallTreeResponse)(nil),    // 23: scope.v1.CallTreeResponse
+	(*CallFrame)(nil),           // 24: scope.v1.CallFrame
+	(*CallStackAtRequest)(nil),  // 25: scope.v1.CallStackAtRequest
+	(*CallStackAtResponse)(nil), // 26: scope.v1.CallStackAtResponse
+	(*MessageFlowRequest)(nil),  // 27: scope.v1.MessageFlowRequest
+	(*MessageFlowResponse)(nil), // 28: scope.v1.MessageFlowResponse
+	(*Message)(nil),             // 29: scope.v1.Message
+	(*StateAtRequest)(nil),      // 30: scope.v1.StateAtRequest
+	(*StateAtResponse)(nil),     // 31: scope.v1.StateAtResponse
+	(*TraceRequest)(nil),        // 32: scope.v1.TraceRequest
+	(*TraceResponse)(nil),       // 33: scope.v1.TraceResponse
+	(*TailRequest)(nil),         // 34: scope.v1.TailRequest
+	(*TailResponse)(nil),        // 35: scope.v1.TailResponse
+	(*Lagged)(nil),              // 36: scope.v1.Lagged
+	(*StatsRequest)(nil),        // 37: scope.v1.StatsRequest
+	(*StatsResponse)(nil),       // 38: scope.v1.StatsResponse
+	(*KindCount)(nil),           // 39: scope.v1.KindCount
+	(*ShardStats)(nil),          // 40: scope.v1.ShardStats
+	(*FunctionStats)(nil),       // 41: scope.v1.FunctionStats
+	(*NodeStats)(nil),           // 42: scope.v1.NodeStats
+	(*MembersRequest)(nil),      // 43: scope.v1.MembersRequest
+	(*MembersResponse)(nil),     // 44: scope.v1.MembersResponse
+	(*Member)(nil),              // 45: scope.v1.Member
+	(*ShardsRequest)(nil),       // 46: scope.v1.ShardsRequest
+	(*ShardsResponse)(nil),      // 47: scope.v1.ShardsResponse
+	(*ShardInfo)(nil),           // 48: scope.v1.ShardInfo
+	(*Replica)(nil),             // 49: scope.v1.Replica
+	(*JoinRequest)(nil),         // 50: scope.v1.JoinRequest
+	(*JoinResponse)(nil),        // 51: scope.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 52: scope.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 53: scope.v1.LeaveResponse
+	nil,                         // 54: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	52, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	54, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
 	9,  // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
 	2,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
 	2,  // 5: scope.v1.Edge.type:type_name -> scope.v1.LinkType
-	8,  // 6: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
-	3,  // 7: scope.v1.IngestRequest.durability:type_name -> scope.v1.Durability
-	15, // 8: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
-	3,  // 9: scope.v1.IngestResponse.durability:type_name -> scope.v1.Durability
-	4,  // 10: scope.v1.GetEventRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 11: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
-	0,  // 12: scope.v1.EventsRequest.kinds:type_name -> scope.v1.Kind
-	4,  // 13: scope.v1.EventsRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 14: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
-	12, // 15: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
-	4,  // 16: scope.v1.CallTreeRequest.consistency:type_name -> scope.v1.Consistency
-	22, // 17: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
-	8,  // 18: scope.v1.CallFrame.call:type_name -> scope.v1.Event
-	8,  // 19: scope.v1.CallFrame.end:type_name -> scope.v1.Event
-	1,  // 20: scope.v1.CallFrame.outcome:type_name -> scope.v1.Outcome
-	22, // 21: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
-	4,  // 22: scope.v1.CallStackAtRequest.consistency:type_name -> scope.v1.Consistency
-	22, // 23: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
-	11, // 24: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
-	11, // 25: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
-	4,  // 26: scope.v1.MessageFlowRequest.consistency:type_name -> scope.v1.Consistency
-	27, // 27: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
-	12, // 28: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
-	8,  // 29: scope.v1.Message.send:type_name -> scope.v1.Event
-	8,  // 30: scope.v1.Message.receive:type_name -> scope.v1.Event
-	4,  // 31: scope.v1.StateAtRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 32: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
-	5,  // 33: scope.v1.TraceRequest.direction:type_name -> scope.v1.TraceDirection
-	4,  // 34: scope.v1.TraceRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 35: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
-	10, // 36: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
-	12, // 37: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
-	0,  // 38: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
-	4,  // 39: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 40: scope.v1.TailResponse.event:type_name -> scope.v1.Event
-	34, // 41: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
-	4,  // 42: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
-	37, // 43: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
-	38, // 44: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
-	39, // 45: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
-	40, // 46: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
-	12, // 47: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
-	0,  // 48: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
-	43, // 49: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
-	6,  // 50: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
-	46, // 51: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
-	47, // 52: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
-	7,  // 53: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
-	13, // 54: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
-	13, // 55: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
-	16, // 56: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
-	18, // 57: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
-	20, // 58: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
-	23, // 59: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
-	25, // 60: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
-	28, // 61: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
-	30, // 62: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
-	32, // 63: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
-	35, // 64: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
-	41, // 65: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
-	44, // 66: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
-	48, // 67: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
-	50, // 68: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	14, // 69: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	14, // 70: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	17, // 71: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	19, // 72: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	21, // 73: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	24, // 74: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	26, // 75: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	29, // 76: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	31, // 77: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	33, // 78: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	36, // 79: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	42, // 80: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	45, // 81: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	49, // 82: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	51, // 83: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	69, // [69:84] is the sub-list for method output_type
-	54, // [54:69] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	14, // 6: scope.v1.ReadLag.shards:type_name -> scope.v1.ShardLag
+	8,  // 7: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
+	3,  // 8: scope.v1.IngestRequest.durability:type_name -> scope.v1.Durability
+	17, // 9: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
+	3,  // 10: scope.v1.IngestResponse.durability:type_name -> scope.v1.Durability
+	4,  // 11: scope.v1.GetEventRequest.consistency:type_name -> scope.v1.Consistency
+	8,  // 12: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
+	13, // 13: scope.v1.GetEventResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 14: scope.v1.EventsRequest.kinds:type_name -> scope.v1.Kind
+	4,  // 15: scope.v1.EventsRequest.consistency:type_name -> scope.v1.Consistency
+	8,  // 16: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
+	12, // 17: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
+	13, // 18: scope.v1.EventsResponse.lag:type_name -> scope.v1.ReadLag
+	4,  // 19: scope.v1.CallTreeRequest.consistency:type_name -> scope.v1.Consistency
+	24, // 20: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
+	13, // 21: scope.v1.CallTreeResponse.lag:type_name -> scope.v1.ReadLag
+	8,  // 22: scope.v1.CallFrame.call:type_name -> scope.v1.Event
+	8,  // 23: scope.v1.CallFrame.end:type_name -> scope.v1.Event
+	1,  // 24: scope.v1.CallFrame.outcome:type_name -> scope.v1.Outcome
+	24, // 25: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
+	4,  // 26: scope.v1.CallStackAtRequest.consistency:type_name -> scope.v1.Consistency
+	24, // 27: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
+	13, // 28: scope.v1.CallStackAtResponse.lag:type_name -> scope.v1.ReadLag
+	11, // 29: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
+	11, // 30: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
+	4,  // 31: scope.v1.MessageFlowRequest.consistency:type_name -> scope.v1.Consistency
+	29, // 32: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
+	12, // 33: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
+	13, // 34: scope.v1.MessageFlowResponse.lag:type_name -> scope.v1.ReadLag
+	8,  // 35: scope.v1.Message.send:type_name -> scope.v1.Event
+	8,  // 36: scope.v1.Message.receive:type_name -> scope.v1.Event
+	4,  // 37: scope.v1.StateAtRequest.consistency:type_name -> scope.v1.Consistency
+	8,  // 38: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
+	13, // 39: scope.v1.StateAtResponse.lag:type_name -> scope.v1.ReadLag
+	5,  // 40: scope.v1.TraceRequest.direction:type_name -> scope.v1.TraceDirection
+	4,  // 41: scope.v1.TraceRequest.consistency:type_name -> scope.v1.Consistency
+	8,  // 42: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
+	10, // 43: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
+	12, // 44: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
+	13, // 45: scope.v1.TraceResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 46: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
+	4,  // 47: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
+	8,  // 48: scope.v1.TailResponse.event:type_name -> scope.v1.Event
+	36, // 49: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
+	4,  // 50: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
+	39, // 51: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
+	40, // 52: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
+	41, // 53: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
+	42, // 54: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
+	12, // 55: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
+	13, // 56: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 57: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
+	45, // 58: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
+	6,  // 59: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
+	48, // 60: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
+	49, // 61: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
+	7,  // 62: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
+	15, // 63: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
+	15, // 64: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
+	18, // 65: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
+	20, // 66: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
+	22, // 67: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
+	25, // 68: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
+	27, // 69: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
+	30, // 70: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
+	32, // 71: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
+	34, // 72: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
+	37, // 73: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
+	43, // 74: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
+	46, // 75: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
+	50, // 76: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
+	52, // 77: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
+	16, // 78: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	16, // 79: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	19, // 80: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	21, // 81: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	23, // 82: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	26, // 83: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	28, // 84: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	31, // 85: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	33, // 86: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	35, // 87: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	38, // 88: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	44, // 89: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	47, // 90: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	51, // 91: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	53, // 92: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	78, // [78:93] is the sub-list for method output_type
+	63, // [63:78] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_scope_v1_scope_proto_init() }
@@ -4367,9 +4620,9 @@ func file_scope_v1_scope_proto_init() {
 	if File_scope_v1_scope_proto != nil {
 		return
 	}
-	file_scope_v1_scope_proto_msgTypes[10].OneofWrappers = []any{}
-	file_scope_v1_scope_proto_msgTypes[24].OneofWrappers = []any{}
-	file_scope_v1_scope_proto_msgTypes[25].OneofWrappers = []any{
+	file_scope_v1_scope_proto_msgTypes[12].OneofWrappers = []any{}
+	file_scope_v1_scope_proto_msgTypes[26].OneofWrappers = []any{}
+	file_scope_v1_scope_proto_msgTypes[27].OneofWrappers = []any{
 		(*TailResponse_Event)(nil),
 		(*TailResponse_Lagged)(nil),
 	}
@@ -4379,7 +4632,7 @@ func file_scope_v1_scope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -491,9 +491,14 @@ func (x *ShardReadRequest) GetRequireLeader() bool {
 type ShardReadResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The read's result, msgpack-encoded.
-	Result        []byte `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Result []byte `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	// The answering node, and how far its replica was behind (see
+	// scope.v1.ShardLag).
+	Node                 string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	LagEntries           uint64 `protobuf:"varint,3,opt,name=lag_entries,json=lagEntries,proto3" json:"lag_entries,omitempty"`
+	SinceLeaderContactMs uint64 `protobuf:"varint,4,opt,name=since_leader_contact_ms,json=sinceLeaderContactMs,proto3" json:"since_leader_contact_ms,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ShardReadResponse) Reset() {
@@ -533,6 +538,27 @@ func (x *ShardReadResponse) GetResult() []byte {
 	return nil
 }
 
+func (x *ShardReadResponse) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ShardReadResponse) GetLagEntries() uint64 {
+	if x != nil {
+		return x.LagEntries
+	}
+	return 0
+}
+
+func (x *ShardReadResponse) GetSinceLeaderContactMs() uint64 {
+	if x != nil {
+		return x.SinceLeaderContactMs
+	}
+	return 0
+}
+
 var File_scope_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_scope_node_v1_node_proto_rawDesc = "" +
@@ -562,9 +588,13 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
 	"\x04args\x18\x03 \x01(\fR\x04args\x12%\n" +
-	"\x0erequire_leader\x18\x04 \x01(\bR\rrequireLeader\"+\n" +
+	"\x0erequire_leader\x18\x04 \x01(\bR\rrequireLeader\"\x97\x01\n" +
 	"\x11ShardReadResponse\x12\x16\n" +
-	"\x06result\x18\x01 \x01(\fR\x06result2\xc4\x03\n" +
+	"\x06result\x18\x01 \x01(\fR\x06result\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1f\n" +
+	"\vlag_entries\x18\x03 \x01(\x04R\n" +
+	"lagEntries\x125\n" +
+	"\x17since_leader_contact_ms\x18\x04 \x01(\x04R\x14sinceLeaderContactMs2\xc4\x03\n" +
 	"\vNodeService\x12T\n" +
 	"\vOpenReplica\x12!.scope.node.v1.OpenReplicaRequest\x1a\".scope.node.v1.OpenReplicaResponse\x12Z\n" +
 	"\rReplicaStatus\x12#.scope.node.v1.ReplicaStatusRequest\x1a$.scope.node.v1.ReplicaStatusResponse\x12T\n" +
