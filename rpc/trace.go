@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"math"
 	"sort"
 
 	"connectrpc.com/connect"
@@ -23,11 +24,18 @@ type edgeKey struct {
 	to   correlate.EventID
 }
 
+// linkFollows is the trace-only edge type of process order
+// (scope.v1.LINK_TYPE_FOLLOWS): from an event to its predecessor in its
+// process. It is never stored, so correlate does not define it.
+const linkFollows = correlate.LinkType(scopev1.LinkType_LINK_TYPE_FOLLOWS)
+
 // neighbour is an event one link away from a visited one.
 type neighbour struct {
 	id    correlate.EventID
 	shard int64 // unknownShard when not derivable
 	edge  edgeKey
+	// read is the event when finding the neighbour already read it.
+	read *located
 }
 
 // traceWalk is one Trace: a breadth-first walk over links, bounded by depth
@@ -36,6 +44,7 @@ type traceWalk struct {
 	s                   *Server
 	c                   Consistency
 	back, fwd           bool
+	order               bool // also follow process order (process_order)
 	maxDepth, maxEvents int
 	allowPartial        bool
 
@@ -62,7 +71,7 @@ func (q queryService) Trace(ctx context.Context, req *connect.Request[scopev1.Tr
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
-	w := &traceWalk{s: q.s, c: c, allowPartial: m.GetAllowPartial(),
+	w := &traceWalk{s: q.s, c: c, allowPartial: m.GetAllowPartial(), order: m.GetProcessOrder(),
 		maxDepth:  clamp(m.GetMaxDepth(), 32, 1024),
 		maxEvents: clamp(m.GetMaxEvents(), 1000, 100_000),
 		nodes:     make(map[correlate.EventID]*located),
@@ -145,9 +154,12 @@ func (w *traceWalk) walk(ctx context.Context, start *located) error {
 					w.truncated = true
 					continue
 				}
-				found, err := w.fetch(ctx, n)
-				if err != nil {
-					return err
+				found := n.read
+				if found == nil {
+					var err error
+					if found, err = w.fetch(ctx, n); err != nil {
+						return err
+					}
 				}
 				if found == nil {
 					continue // deleted by retention, or on a shard that did not answer
@@ -222,6 +234,25 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 		}
 		out = append(out, n)
 	}
+	if w.order {
+		for _, back := range []bool{true, false} {
+			if back && !w.back || !back && !w.fwd {
+				continue
+			}
+			adj, err := w.adjacent(ctx, l, back)
+			if err != nil {
+				return nil, err
+			}
+			if adj == nil {
+				continue
+			}
+			edge := edgeKey{from: e.ID, typ: linkFollows, to: adj.e.ID}
+			if !back {
+				edge.from, edge.to = adj.e.ID, e.ID
+			}
+			out = append(out, neighbour{id: adj.e.ID, shard: same, edge: edge, read: adj})
+		}
+	}
 	if w.fwd && e.Kind == correlate.KindCall {
 		frame, err := w.frame(ctx, l)
 		if err != nil {
@@ -239,6 +270,42 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 		}
 	}
 	return out, nil
+}
+
+// adjacent returns the event before (back) or after l in its process's
+// order, nil when there is none or its shard could not answer (the
+// failure is recorded). A process lives on one shard, so this is one
+// one-event read there.
+func (w *traceWalk) adjacent(ctx context.Context, l *located, back bool) (*located, error) {
+	p := correlate.Process{Origin: l.e.Origin, PID: l.e.PID}
+	after := posOf(&l.e)
+	q := store.Query{Process: &p, FromNs: math.MinInt64, ToNs: math.MaxInt64, Descending: back, Limit: 1, After: &after}
+	var found *located
+	failures := w.s.planner.each(ctx, []uint32{l.shard}, w.c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		// A page may come back empty with More (the store's scan limit):
+		// read on, within the shard's deadline.
+		for range w.s.cfg.MaxMergeRounds {
+			page, err := r.Events(ctx, shard, q)
+			if err != nil {
+				return err
+			}
+			if len(page.Events) > 0 {
+				found = &located{e: page.Events[0], shard: shard}
+				return nil
+			}
+			if !page.More {
+				return nil
+			}
+			next := page.Next
+			q.After = &next
+		}
+		return nil
+	})
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	w.failures = append(w.failures, failures...)
+	return found, nil
 }
 
 // frame returns the CALL's frame in its call tree (read once per tree and

@@ -190,6 +190,9 @@ const (
 	LinkType_LINK_TYPE_SPAWNED LinkType = 5
 	// The child process's first event → the SPAWN.
 	LinkType_LINK_TYPE_SPAWNED_BY LinkType = 6
+	// Trace edges only, never stored: the event follows the other one in
+	// their process's order (TraceRequest.process_order).
+	LinkType_LINK_TYPE_FOLLOWS LinkType = 7
 )
 
 // Enum value maps for LinkType.
@@ -202,6 +205,7 @@ var (
 		4: "LINK_TYPE_DELIVERED_TO",
 		5: "LINK_TYPE_SPAWNED",
 		6: "LINK_TYPE_SPAWNED_BY",
+		7: "LINK_TYPE_FOLLOWS",
 	}
 	LinkType_value = map[string]int32{
 		"LINK_TYPE_UNSPECIFIED":   0,
@@ -211,6 +215,7 @@ var (
 		"LINK_TYPE_DELIVERED_TO":  4,
 		"LINK_TYPE_SPAWNED":       5,
 		"LINK_TYPE_SPAWNED_BY":    6,
+		"LINK_TYPE_FOLLOWS":       7,
 	}
 )
 
@@ -2566,8 +2571,16 @@ type TraceRequest struct {
 	AllowPartial bool `protobuf:"varint,6,opt,name=allow_partial,json=allowPartial,proto3" json:"allow_partial,omitempty"`
 	// Optional: the start event's process (origin and pid together); saves
 	// asking every shard.
-	Origin        string `protobuf:"bytes,7,opt,name=origin,proto3" json:"origin,omitempty"`
-	Pid           string `protobuf:"bytes,8,opt,name=pid,proto3" json:"pid,omitempty"`
+	Origin string `protobuf:"bytes,7,opt,name=origin,proto3" json:"origin,omitempty"`
+	Pid    string `protobuf:"bytes,8,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Also follow each process's own order (Lamport's happens-before: an
+	// event's causes include the events its process emitted before it):
+	// BACKWARD adds an event's predecessor in its process, FORWARD its
+	// successor, as FOLLOWS edges. What a process did after receiving a
+	// message is then reachable from the send, and what led to a crash from
+	// the crash. Each step reads one event; max_depth and max_events bound
+	// the walk as for links.
+	ProcessOrder  bool `protobuf:"varint,9,opt,name=process_order,json=processOrder,proto3" json:"process_order,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2656,6 +2669,13 @@ func (x *TraceRequest) GetPid() string {
 		return x.Pid
 	}
 	return ""
+}
+
+func (x *TraceRequest) GetProcessOrder() bool {
+	if x != nil {
+		return x.ProcessOrder
+	}
+	return false
 }
 
 type TraceResponse struct {
@@ -4259,7 +4279,7 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\vconsistency\x18\x04 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\"]\n" +
 	"\x0fStateAtResponse\x12%\n" +
 	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x05event\x12#\n" +
-	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xa5\x02\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xca\x02\n" +
 	"\fTraceRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x126\n" +
 	"\tdirection\x18\x02 \x01(\x0e2\x18.scope.v1.TraceDirectionR\tdirection\x12\x1b\n" +
@@ -4269,7 +4289,8 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\vconsistency\x18\x05 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12#\n" +
 	"\rallow_partial\x18\x06 \x01(\bR\fallowPartial\x12\x16\n" +
 	"\x06origin\x18\a \x01(\tR\x06origin\x12\x10\n" +
-	"\x03pid\x18\b \x01(\tR\x03pid\"\xd1\x01\n" +
+	"\x03pid\x18\b \x01(\tR\x03pid\x12#\n" +
+	"\rprocess_order\x18\t \x01(\bR\fprocessOrder\"\xd1\x01\n" +
 	"\rTraceResponse\x12%\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x05nodes\x12$\n" +
 	"\x05edges\x18\x02 \x03(\v2\x0e.scope.v1.EdgeR\x05edges\x12\x1c\n" +
@@ -4391,7 +4412,7 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"OUTCOME_OK\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_EXCEPTION\x10\x02\x12\x13\n" +
 	"\x0fOUTCOME_UNWOUND\x10\x03\x12\x18\n" +
-	"\x14OUTCOME_PROCESS_EXIT\x10\x04*\xc3\x01\n" +
+	"\x14OUTCOME_PROCESS_EXIT\x10\x04*\xda\x01\n" +
 	"\bLinkType\x12\x19\n" +
 	"\x15LINK_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15LINK_TYPE_CALLED_FROM\x10\x01\x12\x17\n" +
@@ -4399,7 +4420,8 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x17LINK_TYPE_RECEIVED_FROM\x10\x03\x12\x1a\n" +
 	"\x16LINK_TYPE_DELIVERED_TO\x10\x04\x12\x15\n" +
 	"\x11LINK_TYPE_SPAWNED\x10\x05\x12\x18\n" +
-	"\x14LINK_TYPE_SPAWNED_BY\x10\x06*[\n" +
+	"\x14LINK_TYPE_SPAWNED_BY\x10\x06\x12\x15\n" +
+	"\x11LINK_TYPE_FOLLOWS\x10\a*[\n" +
 	"\n" +
 	"Durability\x12\x1a\n" +
 	"\x16DURABILITY_UNSPECIFIED\x10\x00\x12\x18\n" +
