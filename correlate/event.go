@@ -89,12 +89,15 @@ const (
 	LinkDeliveredTo           // SEND → the RECEIVE that consumed it
 	LinkSpawned               // SPAWN → the child's first event
 	LinkSpawnedBy             // child's first event → the SPAWN
+	// LinkFollows is a trace edge, never stored: an event → its
+	// predecessor in its process's order (Trace with process_order).
+	LinkFollows
 
 	linkTypeCount
 )
 
 var linkTypeNames = [...]string{"UNSPECIFIED", "CALLED_FROM", "COMPLETES", "RECEIVED_FROM",
-	"DELIVERED_TO", "SPAWNED", "SPAWNED_BY"}
+	"DELIVERED_TO", "SPAWNED", "SPAWNED_BY", "FOLLOWS"}
 
 // Valid reports whether t is a real link type (not UNSPECIFIED).
 func (t LinkType) Valid() bool { return t > LinkUnspecified && t < linkTypeCount }

@@ -193,7 +193,7 @@ func OutcomeToProto(o correlate.Outcome) scopev1.Outcome { return scopev1.Outcom
 // LinkTypeFromProto maps a wire link type to the domain link type; ok is
 // false for a number scope.v1.LinkType does not define.
 func LinkTypeFromProto(t scopev1.LinkType) (linkType correlate.LinkType, ok bool) {
-	if t < 0 || t > scopev1.LinkType_LINK_TYPE_SPAWNED_BY {
+	if t < 0 || t > scopev1.LinkType_LINK_TYPE_FOLLOWS {
 		return correlate.LinkUnspecified, false
 	}
 	return correlate.LinkType(t), true

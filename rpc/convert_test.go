@@ -90,7 +90,7 @@ func TestEnumFromProto(t *testing.T) {
 			t.Errorf("OutcomeFromProto(%d) = %v, accepted", n, o)
 		}
 	}
-	for _, n := range append(unknown[:1:1], 7, 256, 257, math.MaxInt32) {
+	for _, n := range append(unknown[:1:1], 8, 256, 257, math.MaxInt32) {
 		if l, ok := LinkTypeFromProto(scopev1.LinkType(n)); ok {
 			t.Errorf("LinkTypeFromProto(%d) = %v, accepted", n, l)
 		}

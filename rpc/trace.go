@@ -24,10 +24,9 @@ type edgeKey struct {
 	to   correlate.EventID
 }
 
-// linkFollows is the trace-only edge type of process order
-// (scope.v1.LINK_TYPE_FOLLOWS): from an event to its predecessor in its
-// process. It is never stored, so correlate does not define it.
-const linkFollows = correlate.LinkType(scopev1.LinkType_LINK_TYPE_FOLLOWS)
+// linkFollows is the trace-only edge type of process order: from an event
+// to its predecessor in its process. It is never stored.
+const linkFollows = correlate.LinkFollows
 
 // neighbour is an event one link away from a visited one.
 type neighbour struct {
