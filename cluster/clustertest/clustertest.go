@@ -63,6 +63,7 @@ type Node struct {
 
 	httpAddr, raftAddr, gossipAddr string
 	stopped                        bool
+	shardReads                     shardReadFaults // slow.go
 }
 
 // Start starts opts.Nodes nodes that bootstrap together and waits until
@@ -219,7 +220,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	}
 	n.Server.SetResolver(n.Cluster.Resolver(rpc.LocalResolver(n.Node)))
 	n.Server.SetCluster(n.Cluster.Info())
-	n.Server.Mount(n.Cluster.Handler())
+	n.Server.Mount(n.shardReads.wrap(n.Cluster.Handler()))
 	n.HTTP = n.Server.HTTPServer(n.httpAddr)
 	go func() { _ = n.HTTP.Serve(httpLn) }()
 	if err := n.Cluster.Start(); err != nil {
