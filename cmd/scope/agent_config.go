@@ -97,6 +97,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.DurationVar(&c.node.CommitTimeout, "commit-timeout", c.node.CommitTimeout, "how long a COMMITTED ingest waits for buffer space and commit")
 	fs.IntVar(&c.node.Correlator.Limits.MaxPayloadBytes, "payload-limit", c.node.Correlator.Limits.MaxPayloadBytes,
 		"payload bytes kept per event; longer payloads are truncated and marked")
+	fs.DurationVar(&c.rpc.HedgeDelay, "hedge-delay", c.rpc.HedgeDelay,
+		"how long an ANY shard read waits for its first replica before also asking a second (0: never)")
 	fs.DurationVar(&c.node.RetentionMaxAge, "retention-max-age", c.node.RetentionMaxAge, "delete events older than this (0: keep)")
 	fs.Uint64Var(&c.node.RetentionMaxEvents, "retention-max-events", c.node.RetentionMaxEvents, "keep at most this many newest events per shard (0: no limit)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
