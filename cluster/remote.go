@@ -123,9 +123,20 @@ func (r remoteReader) Get(ctx context.Context, shard uint32, id correlate.EventI
 }
 
 func (r remoteReader) Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error) {
-	var p store.Page
-	err := r.read(ctx, shard, "events", &q, &p)
-	return p, err
+	return r.readPage(ctx, shard, "events", &q)
+}
+
+// readPage runs a shard read whose result is a wirePage.
+func (r remoteReader) readPage(ctx context.Context, shard uint32, method string, args any) (store.Page, error) {
+	var w wirePage
+	if err := r.read(ctx, shard, method, args, &w); err != nil {
+		return store.Page{}, err
+	}
+	p, err := w.page()
+	if err != nil {
+		return store.Page{}, fmt.Errorf("cluster: shard %d %s from %s: undecodable result: %w", shard, method, r.addr, err)
+	}
+	return p, nil
 }
 
 func (r remoteReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
@@ -149,9 +160,7 @@ func (r remoteReader) CallStackAt(ctx context.Context, shard uint32, p correlate
 }
 
 func (r remoteReader) MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error) {
-	var p store.Page
-	err := r.read(ctx, shard, "message_flow", &flowArgs{A: a, B: b, FromNs: fromNs, ToNs: toNs, Limit: limit}, &p)
-	return p, err
+	return r.readPage(ctx, shard, "message_flow", &flowArgs{A: a, B: b, FromNs: fromNs, ToNs: toNs, Limit: limit})
 }
 
 func (r remoteReader) StateAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) (correlate.Event, bool, error) {
