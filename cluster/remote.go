@@ -26,6 +26,10 @@ import (
 // a second replica to ask.
 func (c *Cluster) Resolver(local rpc.Resolver) rpc.Resolver { return resolver{c: c, local: local} }
 
+// maxCandidates is how many readers Readers lists: the planner asks the
+// first and hedges to the second, so looking further is wasted work.
+const maxCandidates = 2
+
 type resolver struct {
 	c     *Cluster
 	local rpc.Resolver
@@ -54,13 +58,16 @@ func (r resolver) Readers(shard uint32, cons rpc.Consistency) ([]rpc.ShardReader
 		seen[leader] = true
 		out = append(out, remoteReader{p: r.c.peers, addr: addr})
 	}
+	if len(out) >= maxCandidates {
+		return out, nil
+	}
 	for _, m := range r.c.replicaHolders(shard) {
 		if !seen[m.Name] {
 			seen[m.Name] = true
 			out = append(out, remoteReader{p: r.c.peers, addr: m.Meta.HTTPAddr})
 		}
 	}
-	if len(out) < 2 && r.c.node.Replica(shard) == nil {
+	if len(out) < maxCandidates && r.c.node.Replica(shard) == nil {
 		// This node sees the group only through gossip, which names the
 		// leader alone: the desired set names the likely followers.
 		names, byName := r.c.placementMembers()
