@@ -197,11 +197,10 @@ func TestHedgeFailover(t *testing.T) {
 	other := &hedgeReplica{fakeReader: fakeReader{f}, name: "other", fault: replicaFault{err: fmt.Errorf("%w: other", node.ErrTimeout)}}
 	p = hedgePlanner(&hedgeShards{replicas: []*hedgeReplica{down, other}}, shards, time.Hour-time.Minute)
 	p.cfg.QueryShardTimeout = 200 * time.Millisecond // ErrNoShard is retried until the deadline
-	_, err = p.merge(context.Background(), "test", mergeQuery{q: q, shards: []uint32{0}, consistency: ConsistencyAny, allowPartial: true})
+	res, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: []uint32{0}, consistency: ConsistencyAny, allowPartial: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, _ := p.merge(context.Background(), "test", mergeQuery{q: q, shards: []uint32{0}, consistency: ConsistencyAny, allowPartial: true})
 	if len(res.missing) != 1 || res.missing[0].GetCode() != "unavailable" {
 		t.Fatalf("both failed: missing %v, want the first replica's unavailable", res.missing)
 	}
