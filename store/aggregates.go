@@ -120,11 +120,24 @@ func (a *applier) account(e *correlate.Event, bucket uint64, sign int64) {
 		return
 	}
 	a.fkb = funcAggKey(a.fkb[:0], a.shard, bucket, e.Module, e.Function, e.Arity)
-	f := a.funcs[string(a.fkb)]
+	i, ok := a.funcs[string(a.fkb)]
+	if !ok {
+		i = len(a.fagg)
+		k0 := len(a.fbuf)
+		a.fbuf = append(a.fbuf, a.fkb...)
+		a.fagg = append(a.fagg, pendingAgg{k0: k0, k1: len(a.fbuf)})
+		a.funcs[string(a.fkb)] = i
+	}
+	f := &a.fagg[i].agg
 	f.calls += sign * d.calls
 	f.exceptions += sign * d.exceptions
 	f.durationNs += sign * d.durationNs
-	a.funcs[string(a.fkb)] = f
+}
+
+// pendingAgg is a function aggregate delta of the batch: key fbuf[k0:k1].
+type pendingAgg struct {
+	k0, k1 int
+	agg    funcAgg
 }
 
 // writeAggregates merges this batch's deltas into the committed aggregates
@@ -179,30 +192,24 @@ func (a *applier) writeAggregates() error {
 			a.set(k, v)
 		}
 	}
-	if len(a.funcs) == 0 {
+	if len(a.fagg) == 0 {
 		return nil
 	}
-	keys := a.fkeys[:0]
-	for k := range a.funcs {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	a.fkeys = keys
+	fb := a.fbuf
+	slices.SortFunc(a.fagg, func(x, y pendingAgg) int { return bytes.Compare(fb[x.k0:x.k1], fb[y.k0:y.k1]) })
 	var it *pebble.Iterator
 	defer func() {
 		if it != nil {
 			_ = it.Close()
 		}
 	}()
-	for _, k := range keys {
-		kb := []byte(k)
-		f := a.funcs[k]
+	for _, p := range a.fagg {
+		kb, f := fb[p.k0:p.k1], p.agg
 		if a.old[keyBucket(kb)] {
 			if it == nil {
+				last := a.fagg[len(a.fagg)-1]
 				var err error
-				it, err = a.s.db.NewIter(&pebble.IterOptions{
-					LowerBound: kb, UpperBound: prefixEnd([]byte(keys[len(keys)-1])),
-				})
+				it, err = a.s.db.NewIter(&pebble.IterOptions{LowerBound: kb, UpperBound: prefixEnd(fb[last.k0:last.k1])})
 				if err != nil {
 					return err
 				}

@@ -117,12 +117,14 @@ type applier struct {
 
 	// old holds the buckets that held committed events before this batch
 	// (only those can have committed aggregates); kinds and funcs are the
-	// batch's aggregate deltas (aggregates.go), funcs keyed by 1C key.
+	// batch's aggregate deltas (aggregates.go): funcs maps a 1C key to
+	// its delta in fagg, whose keys are in fbuf.
 	old   map[uint64]bool
 	kinds map[uint64][numKinds]int64
-	funcs map[string]funcAgg
+	funcs map[string]int
+	fagg  []pendingAgg
+	fbuf  []byte
 	fkb   []byte
-	fkeys []string
 	vbuf  []byte
 }
 
@@ -139,7 +141,7 @@ type pointWrite struct {
 // pebble recycles its batches itself.
 var appliers = sync.Pool{New: func() any {
 	return &applier{byID: map[correlate.EventID]int{}, dir: map[uint64]dirEntry{},
-		old: map[uint64]bool{}, kinds: map[uint64][numKinds]int64{}, funcs: map[string]funcAgg{}}
+		old: map[uint64]bool{}, kinds: map[uint64][numKinds]int64{}, funcs: map[string]int{}}
 }}
 
 // maxPooledArena bounds the scratch an applier keeps between Applies, so
@@ -166,7 +168,6 @@ func (a *applier) release() {
 	clear(a.old)
 	clear(a.kinds)
 	clear(a.funcs)
-	clear(a.fkeys)
 	if cap(a.wbuf) > maxPooledArena {
 		return
 	}
@@ -175,7 +176,7 @@ func (a *applier) release() {
 		events: a.events[:0], cands: a.cands[:0], probes: a.probes[:0],
 		byID: a.byID, dir: a.dir,
 		writes: a.writes[:0], wbuf: a.wbuf[:0],
-		old: a.old, kinds: a.kinds, funcs: a.funcs, fkb: a.fkb[:0], fkeys: a.fkeys[:0], vbuf: a.vbuf[:0],
+		old: a.old, kinds: a.kinds, funcs: a.funcs, fagg: a.fagg[:0], fbuf: a.fbuf[:0], fkb: a.fkb[:0], vbuf: a.vbuf[:0],
 	}
 	appliers.Put(a)
 }
