@@ -94,7 +94,7 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 		addr, id := r.Leader()
 		return nil, internalError(&node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)})
 	}
-	result, err := readLocal(s.c.node.Store(), shard, req.Msg.GetMethod(), req.Msg.GetArgs())
+	result, err := readLocal(s.c.node.Store(), s.c.cfg.Name, shard, req.Msg.GetMethod(), req.Msg.GetArgs())
 	if err != nil {
 		return nil, internalError(err)
 	}
@@ -123,8 +123,9 @@ type (
 	}
 )
 
-// readLocal runs one shard read on the local store.
-func readLocal(st *store.Store, shard uint32, method string, args []byte) ([]byte, error) {
+// readLocal runs one shard read on the local store; self (this node's name)
+// is reported as the node that answered a stats read.
+func readLocal(st *store.Store, self string, shard uint32, method string, args []byte) ([]byte, error) {
 	bad := func(err error) error {
 		return fmt.Errorf("%w: %s arguments: %w", store.ErrInvalidQuery, method, err)
 	}
@@ -204,6 +205,7 @@ func readLocal(st *store.Store, shard uint32, method string, args []byte) ([]byt
 		if err != nil {
 			return nil, err
 		}
+		stats.Node = self
 		return msgpack.Marshal(&stats)
 	}
 	return nil, fmt.Errorf("%w: unknown shard read %q", store.ErrInvalidQuery, method)
