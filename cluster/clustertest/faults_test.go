@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -222,6 +223,13 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, links Link, res **Lo
 	switch {
 	case err == nil && links&LinkHTTP != 0:
 		t.Fatalf("ingest via %s acknowledged although it reaches no other node: %v", x.Name, resp.Msg.GetEventIds())
+	case err != nil && links&LinkHTTP != 0:
+		// It hosts the shard but reaches no leader: UNAVAILABLE, saying
+		// so (not that the shard is not hosted there).
+		if Code(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "not the leader, leader unknown") {
+			t.Fatalf("ingest via the isolated %s: %v (code %v), want UNAVAILABLE: not the leader, leader unknown", x.Name, err, Code(err))
+		}
+		t.Logf("ingest via the isolated %s failed: %v", x.Name, err)
 	case err == nil:
 		forwarded = resp.Msg.GetEventIds()
 		id, _ := correlate.ParseEventID(forwarded[0])
