@@ -43,6 +43,10 @@ type Config struct {
 	TailBuffer int
 	// MaxTailBackfill caps TailRequest.backfill.
 	MaxTailBackfill int
+	// TailReplanTimeout bounds how long a Tail keeps trying to find a
+	// replica for a shard whose source was lost before it ends with
+	// UNAVAILABLE naming the shard.
+	TailReplanTimeout time.Duration
 
 	// Version is reported in Members and Stats.
 	Version string
@@ -62,6 +66,7 @@ func DefaultConfig() Config {
 		MaxFanout:           16,
 		TailBuffer:          4096,
 		MaxTailBackfill:     10_000,
+		TailReplanTimeout:   30 * time.Second,
 		Version:             "dev",
 		Logger:              slog.Default(),
 	}
@@ -85,8 +90,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxMergeRounds %d: must be at least 1", ErrConfig, c.MaxMergeRounds)
 	case c.MaxFanout < 1:
 		return fmt.Errorf("%w: MaxFanout %d: must be at least 1", ErrConfig, c.MaxFanout)
-	case c.TailBuffer < 1:
-		return fmt.Errorf("%w: TailBuffer %d: must be at least 1", ErrConfig, c.TailBuffer)
+	case c.TailBuffer < 2:
+		return fmt.Errorf("%w: TailBuffer %d: must be at least 2", ErrConfig, c.TailBuffer)
+	case c.TailReplanTimeout <= 0:
+		return fmt.Errorf("%w: TailReplanTimeout %v: must be positive", ErrConfig, c.TailReplanTimeout)
 	case c.MaxTailBackfill < 0 || c.MaxTailBackfill > c.MaxQueryLimit:
 		return fmt.Errorf("%w: MaxTailBackfill %d: must be within [0, MaxQueryLimit %d]",
 			ErrConfig, c.MaxTailBackfill, c.MaxQueryLimit)

@@ -222,6 +222,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	}
 	n.Server.SetResolver(n.Cluster.Resolver(rpc.LocalResolver(n.Node)))
 	n.Server.SetCluster(n.Cluster.Info())
+	n.Server.SetTailSources(n.Cluster.TailSources())
 	n.Server.Mount(n.Cluster.Handler())
 	n.HTTP = n.Server.HTTPServer(n.httpAddr)
 	go func() { _ = n.HTTP.Serve(httpLn) }()
