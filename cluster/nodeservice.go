@@ -100,7 +100,7 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 		return nil, internalError(err)
 	}
 	lag := r.Lag()
-	result, err := readLocal(s.c.node.Store(), shard, req.Msg.GetMethod(), req.Msg.GetArgs())
+	result, err := readLocal(s.c.node.Store(), s.c.cfg.Name, shard, req.Msg.GetMethod(), req.Msg.GetArgs())
 	if err != nil {
 		return nil, internalError(err)
 	}
@@ -160,8 +160,9 @@ func (w *wirePage) page() (store.Page, error) {
 	return p, nil
 }
 
-// readLocal runs one shard read on the local store.
-func readLocal(st *store.Store, shard uint32, method string, args []byte) ([]byte, error) {
+// readLocal runs one shard read on the local store; self (this node's name)
+// is reported as the node that answered a stats read.
+func readLocal(st *store.Store, self string, shard uint32, method string, args []byte) ([]byte, error) {
 	bad := func(err error) error {
 		return fmt.Errorf("%w: %s arguments: %w", store.ErrInvalidQuery, method, err)
 	}
@@ -241,6 +242,7 @@ func readLocal(st *store.Store, shard uint32, method string, args []byte) ([]byt
 		if err != nil {
 			return nil, err
 		}
+		stats.Node = self
 		return msgpack.Marshal(&stats)
 	}
 	return nil, fmt.Errorf("%w: unknown shard read %q", store.ErrInvalidQuery, method)

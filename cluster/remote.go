@@ -217,6 +217,11 @@ func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate
 func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
 	_, addr, err := f.c.leaderOf(shard)
 	if err != nil {
+		if f.c.node.Replica(shard) != nil {
+			// Hosted here, but no leader known: an election, or this node
+			// is cut off from the others. Not "not hosted".
+			return fmt.Errorf("%w: %w", &node.NotLeaderError{Shard: shard}, err)
+		}
 		return fmt.Errorf("%w: %w", node.ErrNoShard, err)
 	}
 	req := connect.NewRequest(&scopev1.IngestRequest{Events: rpc.EventsToProto(events), Durability: durabilityToProto(d)})

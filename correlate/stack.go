@@ -243,6 +243,13 @@ func (c *Correlator) complete(p *proc, e *Event) {
 	}
 	e.DurationNs = e.TimestampNs - f.startNs
 	e.Outcome = outcome
+	if e.Module == "" && e.Function == "" {
+		// A bare RETURN (ElixirScope's own) names the function it closes,
+		// so that the event alone says whose duration it carries: the
+		// store's per-function aggregates are derived from stored events
+		// only and stay exact when retention deletes them one by one.
+		e.Module, e.Function, e.Arity = f.module, f.function, f.arity
+	}
 	c.addLink(e, Link{Type: LinkCompletes, Target: f.call})
 	clear(p.frames[i:])
 	p.frames = p.frames[:i]

@@ -52,8 +52,9 @@ type shardFSM struct {
 	logger *slog.Logger
 
 	// onApply, if set, is called after every durable apply with the merged
-	// result (on the FSM goroutine; it must not block).
-	onApply func(*correlate.Result)
+	// result and where each entry's events end in it (on the FSM goroutine,
+	// with mu held; it must not block).
+	onApply func(*correlate.Result, []EntrySpan)
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -110,6 +111,7 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		return resp
 	}
 	var merged correlate.Result
+	var spans []EntrySpan
 	for i, l := range logs {
 		if l.Index <= f.applied {
 			continue // replayed after a restart: already in the store
@@ -128,6 +130,9 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		b.Index = l.Index
 		res := f.corr.Apply(b)
 		mergeResult(&merged, &res)
+		if len(res.Events) > 0 {
+			spans = append(spans, EntrySpan{Index: l.Index, End: len(merged.Events)})
+		}
 		resp[i] = ApplyResult{Counters: res.Counters}
 	}
 	if merged.Index == 0 {
@@ -146,9 +151,24 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 	f.applied = merged.Index
 	f.totals.Add(merged.Counters)
 	if f.onApply != nil {
-		f.onApply(&merged)
+		f.onApply(&merged, spans)
 	}
 	return resp
+}
+
+// EntrySpan marks where one raft entry's events end in a merged Result:
+// the entry at Index produced Events[previous span's End:End].
+type EntrySpan struct {
+	Index uint64
+	End   int
+}
+
+// withApplied runs fn with the applied index, excluding applies: an apply
+// that follows sees whatever fn changed, one that precedes is in applied.
+func (f *shardFSM) withApplied(fn func(applied uint64)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f.applied)
 }
 
 // mergeResult appends src to dst. State records keep their order, so a put

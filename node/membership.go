@@ -112,6 +112,7 @@ func (n *Node) DropReplica(shard uint32) error {
 	if !ok {
 		return nil
 	}
+	n.tail.gone(shard, "replica dropped", nil)
 	err := n.pool.RemoveShard(shard)
 	err = errors.Join(err, r.Close())
 	err = errors.Join(err, os.RemoveAll(n.replicaDir(shard)))

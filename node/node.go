@@ -172,7 +172,7 @@ func Open(cfg Config) (*Node, error) {
 		replicas:     make(map[uint32]*Replica),
 		outboxSignal: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
-		tail:         newTailHub(),
+		tail:         newTailHub(cfg.Shards),
 	}
 	n.pool, err = NewPool(cfg.Pool, n, n.metrics.pool)
 	if err != nil {
@@ -483,7 +483,7 @@ type failedFuture struct{ err error }
 func (f failedFuture) Wait() error { return f.err }
 
 // onApply runs on a replica's FSM goroutine after each durable apply.
-func (n *Node) onApply(shard uint32, res *correlate.Result) {
+func (n *Node) onApply(shard uint32, res *correlate.Result, spans []EntrySpan) {
 	n.metrics.applied(shard, res)
 	if len(res.Outbox) > 0 {
 		select {
@@ -491,7 +491,7 @@ func (n *Node) onApply(shard uint32, res *correlate.Result) {
 		default:
 		}
 	}
-	n.tail.publish(shard, res.Events)
+	n.tail.publish(shard, res.Events, spans)
 }
 
 // Close stops the node gracefully: the writer pool drains its rings (so

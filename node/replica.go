@@ -61,8 +61,9 @@ type ReplicaConfig struct {
 	// a raft.db (a data dir from before the shared log) keeps using that
 	// raft-boltdb file, as does every replica when Logs is nil.
 	Logs *RaftLog
-	// OnApply is called on the FSM goroutine after each durable apply.
-	OnApply func(shard uint32, res *correlate.Result)
+	// OnApply is called on the FSM goroutine after each durable apply, with
+	// where each entry's events end in res.Events.
+	OnApply func(shard uint32, res *correlate.Result, spans []EntrySpan)
 }
 
 // Replica is one shard's copy on this node: a hashicorp/raft group member
@@ -98,7 +99,7 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 		return nil, err
 	}
 	if cfg.OnApply != nil {
-		fsm.onApply = func(res *correlate.Result) { cfg.OnApply(cfg.Shard, res) }
+		fsm.onApply = func(res *correlate.Result, spans []EntrySpan) { cfg.OnApply(cfg.Shard, res, spans) }
 	}
 	logs, err := openReplicaLog(cfg)
 	if err != nil {

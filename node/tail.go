@@ -1,8 +1,8 @@
 package node
 
 import (
+	"fmt"
 	"sync"
-	"sync/atomic"
 
 	"github.com/elixirscope/scope/correlate"
 )
@@ -10,74 +10,286 @@ import (
 // maxSubscribers bounds live Tail subscriptions per node.
 const maxSubscribers = 1024
 
+// DefaultTailBuffer is a subscription's buffer when TailSpec.Buffer is 0.
+const DefaultTailBuffer = 1024
+
+// TailKind says what a TailItem carries.
+type TailKind uint8
+
+const (
+	// TailEvent: a matching event, at (Index, Offset).
+	TailEvent TailKind = iota
+	// TailLagged: Dropped matching events of Shard were dropped here
+	// because the subscription's buffer was full.
+	TailLagged
+	// TailStart: the shard's subscription started; Index is the replica's
+	// applied index then (events of later entries follow). Every watched
+	// shard gets either a TailStart or a TailGap first.
+	TailStart
+	// TailGap: the shard was resumed after After, but this replica had
+	// already applied entries up to Index when the subscription started:
+	// their events cannot be delivered.
+	TailGap
+	// TailGone: this node no longer has a replica of Shard (never had one,
+	// or dropped it). No further item of the shard follows.
+	TailGone
+)
+
+// TailPosition is a place in a shard's apply order: the event at Offset
+// among the events of the raft entry at Index. Last says no later event
+// of that entry matched the subscription's filter.
+type TailPosition struct {
+	Index  uint64
+	Offset uint32
+	Last   bool
+}
+
+// before reports whether p comes before (index, offset).
+func (p TailPosition) before(index uint64, offset uint32) bool {
+	return index > p.Index || (index == p.Index && offset > p.Offset)
+}
+
+// TailItem is one item of a subscription. Items of one shard arrive in
+// apply order.
+type TailItem struct {
+	Kind  TailKind
+	Shard uint32
+	// TailEvent: the event's position. TailStart, TailGap: Index is the
+	// applied index when the subscription started; TailGap's After is the
+	// resume position.
+	TailPosition
+	After   uint64
+	Dropped uint64 // TailLagged
+	Reason  string // TailGone
+	Event   correlate.Event
+}
+
+// TailSpec says what a subscription receives.
+type TailSpec struct {
+	// Shards to follow; nil: every shard this node hosts when subscribing.
+	Shards []uint32
+	// Resume positions: a shard listed here skips events at or before its
+	// position and reports a TailGap when this node applied entries after
+	// it before the subscription started. Other shards start with the
+	// next entry applied.
+	After map[uint32]TailPosition
+	// Match selects events (nil: all). It runs on replica FSM goroutines
+	// and must be fast and must not block.
+	Match func(*correlate.Event) bool
+	// Buffer bounds the events (and lag reports) held for a slow reader;
+	// 0: DefaultTailBuffer.
+	Buffer int
+}
+
+// shard states in a subscription.
+const (
+	subUnwatched uint8 = iota
+	subWatching
+	subGone
+)
+
 // Subscription receives newly applied events that match its filter. Its
-// buffer is bounded: when the subscriber falls behind, events are dropped
-// and counted, never silently skipped — Lagged reports how many.
+// buffer is bounded: when the reader falls behind, events are dropped and
+// counted per shard, never silently skipped — a TailLagged item takes
+// their place, ahead of the shard's next delivered event.
 type Subscription struct {
 	hub    *tailHub
 	match  func(*correlate.Event) bool
-	c      chan correlate.Event
-	lagged atomic.Uint64
+	buffer int
+	// c holds up to buffer events and lag reports, plus room reserved per
+	// shard for one start or gap, one final lag report and one gone item, and for
+	// the overshoot of concurrent publishers between their length check
+	// and their send (at most two items per shard): sends never block.
+	c chan TailItem
+
+	// Written under hub.mu (exclusive); read under hub.mu (shared).
+	state  []uint8
+	resume []bool
+	after  []TailPosition
+	// lagged[shard] is touched only by the shard's FSM goroutine (publish).
+	lagged []uint64
 	once   sync.Once
 }
 
-// C delivers matching events in apply order per shard. It is closed when
-// the subscription or the node closes.
-func (s *Subscription) C() <-chan correlate.Event { return s.c }
-
-// Lagged returns and resets the number of events dropped because the
-// buffer was full.
-func (s *Subscription) Lagged() uint64 { return s.lagged.Swap(0) }
+// C delivers the subscription's items. It is closed when the subscription
+// or the node closes.
+func (s *Subscription) C() <-chan TailItem { return s.c }
 
 // Close ends the subscription.
 func (s *Subscription) Close() { s.hub.remove(s) }
 
 // tailHub fans applied events out to subscriptions.
 type tailHub struct {
+	shards uint32
 	mu     sync.RWMutex
 	subs   map[*Subscription]struct{}
 	closed bool
 }
 
-func newTailHub() *tailHub { return &tailHub{subs: make(map[*Subscription]struct{})} }
+func newTailHub(shards uint32) *tailHub {
+	return &tailHub{shards: shards, subs: make(map[*Subscription]struct{})}
+}
 
-// Subscribe returns a subscription to events matching match (nil: all),
-// buffering up to buffer events.
-func (n *Node) Subscribe(match func(*correlate.Event) bool, buffer int) (*Subscription, error) {
-	if buffer <= 0 {
-		buffer = 1024
-	}
-	s := &Subscription{hub: n.tail, match: match, c: make(chan correlate.Event, buffer)}
+// Subscribe starts a subscription. Each shard is registered under its
+// replica's apply lock, so the subscription receives exactly the entries
+// applied after its start index, and a resumed shard's gap is exact.
+// A requested shard with no replica here is reported gone at once.
+func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 	h := n.tail
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return nil, ErrClosed
+	buffer := spec.Buffer
+	if buffer == 0 {
+		buffer = DefaultTailBuffer
 	}
-	if len(h.subs) >= maxSubscribers {
+	if buffer < 2 {
+		return nil, fmt.Errorf("%w: tail buffer %d: must be at least 2", ErrConfig, buffer)
+	}
+	shards := spec.Shards
+	if shards == nil {
+		for _, r := range n.Replicas() {
+			shards = append(shards, r.Shard())
+		}
+	}
+	for _, shard := range shards {
+		if shard >= h.shards {
+			return nil, fmt.Errorf("%w: tail shard %d of %d", ErrNoShard, shard, h.shards)
+		}
+	}
+	for shard := range spec.After {
+		if shard >= h.shards {
+			return nil, fmt.Errorf("%w: tail resume shard %d of %d", ErrNoShard, shard, h.shards)
+		}
+	}
+	s := &Subscription{hub: h, match: spec.Match, buffer: buffer,
+		c:     make(chan TailItem, buffer+5*int(h.shards)),
+		state: make([]uint8, h.shards), resume: make([]bool, h.shards),
+		after: make([]TailPosition, h.shards), lagged: make([]uint64, h.shards)}
+	for shard, p := range spec.After {
+		s.resume[shard], s.after[shard] = true, p
+	}
+	h.mu.Lock()
+	switch {
+	case h.closed:
+		h.mu.Unlock()
+		return nil, ErrClosed
+	case len(h.subs) >= maxSubscribers:
+		h.mu.Unlock()
 		return nil, ErrTooManySubscribers
 	}
 	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+
+	for _, shard := range shards {
+		r := n.Replica(shard)
+		if r == nil {
+			h.gone(shard, "no replica on this node", s)
+			continue
+		}
+		r.fsm.withApplied(func(applied uint64) { h.watch(s, shard, applied) })
+		// DropReplica removes the replica from the node before telling the
+		// hub: if it was removed before the watch above, tell it now.
+		if n.Replica(shard) != r {
+			h.gone(shard, "replica dropped", s)
+		}
+	}
 	return s, nil
 }
 
-// publish offers events to every subscription without blocking: it runs on
-// a replica's FSM goroutine.
-func (h *tailHub) publish(_ uint32, events []correlate.Event) {
+// watch starts delivering shard's entries after applied to s. It runs
+// under the replica's apply lock.
+func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.subs[s]; !ok || s.state[shard] != subUnwatched {
+		return
+	}
+	s.state[shard] = subWatching
+	if p := s.after[shard]; s.resume[shard] && (applied > p.Index || (applied == p.Index && !p.Last)) {
+		// Entries after the resume position were applied before this
+		// subscription: the replica's log cannot be replayed to it.
+		s.c <- TailItem{Kind: TailGap, Shard: shard, TailPosition: TailPosition{Index: applied}, After: p.Index}
+		return
+	}
+	s.c <- TailItem{Kind: TailStart, Shard: shard, TailPosition: TailPosition{Index: applied}}
+}
+
+// publish offers one apply's events to every subscription without
+// blocking: it runs on the shard's FSM goroutine, under its apply lock.
+func (h *tailHub) publish(shard uint32, events []correlate.Event, spans []EntrySpan) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for s := range h.subs {
-		for i := range events {
-			e := &events[i]
-			if s.match != nil && !s.match(e) {
-				continue
-			}
-			select {
-			case s.c <- *e:
-			default:
-				s.lagged.Add(1)
-			}
+		if s.state[shard] != subWatching {
+			continue
 		}
+		start := 0
+		for _, sp := range spans {
+			s.publishEntry(shard, sp.Index, events[start:sp.End])
+			start = sp.End
+		}
+	}
+}
+
+// publishEntry delivers the matching events of one entry, each tagged with
+// whether a later event of the entry matched too.
+func (s *Subscription) publishEntry(shard uint32, index uint64, events []correlate.Event) {
+	if s.resume[shard] && index < s.after[shard].Index {
+		return
+	}
+	pending := -1
+	for i := range events {
+		if s.resume[shard] && !s.after[shard].before(index, uint32(i)) {
+			continue
+		}
+		if s.match != nil && !s.match(&events[i]) {
+			continue
+		}
+		if pending >= 0 {
+			s.offer(shard, index, pending, &events[pending], false)
+		}
+		pending = i
+	}
+	if pending >= 0 {
+		s.offer(shard, index, pending, &events[pending], true)
+	}
+}
+
+// offer sends one event, preceded by the shard's lag report if events were
+// dropped since its last delivered one, or counts it as dropped.
+func (s *Subscription) offer(shard uint32, index uint64, offset int, e *correlate.Event, last bool) {
+	need := 1
+	if s.lagged[shard] > 0 {
+		need = 2
+	}
+	if len(s.c)+need > s.buffer {
+		s.lagged[shard]++
+		return
+	}
+	if need == 2 {
+		s.c <- TailItem{Kind: TailLagged, Shard: shard, Dropped: s.lagged[shard]}
+		s.lagged[shard] = 0
+	}
+	s.c <- TailItem{Kind: TailEvent, Shard: shard, Event: *e,
+		TailPosition: TailPosition{Index: index, Offset: uint32(offset), Last: last}}
+}
+
+// gone tells subscriptions (only that one, or all when only is nil) that this
+// node has no replica of shard any more. Events dropped and not yet
+// reported are reported first.
+func (h *tailHub) gone(shard uint32, reason string, only *Subscription) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		if (only != nil && s != only) || s.state[shard] == subGone {
+			continue
+		}
+		s.state[shard] = subGone
+		if n := s.lagged[shard]; n > 0 {
+			// The shard's FSM goroutine no longer publishes to s (its state
+			// is gone, set under the exclusive lock), so lagged is ours now.
+			s.c <- TailItem{Kind: TailLagged, Shard: shard, Dropped: n}
+			s.lagged[shard] = 0
+		}
+		s.c <- TailItem{Kind: TailGone, Shard: shard, Reason: reason}
 	}
 }
 

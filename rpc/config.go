@@ -50,6 +50,10 @@ type Config struct {
 	TailBuffer int
 	// MaxTailBackfill caps TailRequest.backfill.
 	MaxTailBackfill int
+	// TailReplanTimeout bounds how long a Tail keeps trying to find a
+	// replica for a shard whose source was lost before it ends with
+	// UNAVAILABLE naming the shard.
+	TailReplanTimeout time.Duration
 
 	// Version is reported in Members and Stats.
 	Version string
@@ -70,6 +74,7 @@ func DefaultConfig() Config {
 		HedgeDelay:          50 * time.Millisecond,
 		TailBuffer:          4096,
 		MaxTailBackfill:     10_000,
+		TailReplanTimeout:   30 * time.Second,
 		Version:             "dev",
 		Logger:              slog.Default(),
 	}
@@ -96,8 +101,10 @@ func (c *Config) Validate() error {
 	case c.HedgeDelay < 0 || c.HedgeDelay >= c.QueryShardTimeout:
 		return fmt.Errorf("%w: HedgeDelay %v: must be within [0, QueryShardTimeout %v)",
 			ErrConfig, c.HedgeDelay, c.QueryShardTimeout)
-	case c.TailBuffer < 1:
-		return fmt.Errorf("%w: TailBuffer %d: must be at least 1", ErrConfig, c.TailBuffer)
+	case c.TailBuffer < 2:
+		return fmt.Errorf("%w: TailBuffer %d: must be at least 2", ErrConfig, c.TailBuffer)
+	case c.TailReplanTimeout <= 0:
+		return fmt.Errorf("%w: TailReplanTimeout %v: must be positive", ErrConfig, c.TailReplanTimeout)
 	case c.MaxTailBackfill < 0 || c.MaxTailBackfill > c.MaxQueryLimit:
 		return fmt.Errorf("%w: MaxTailBackfill %d: must be within [0, MaxQueryLimit %d]",
 			ErrConfig, c.MaxTailBackfill, c.MaxQueryLimit)

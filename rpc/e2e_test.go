@@ -371,6 +371,41 @@ func TestEndToEnd(t *testing.T) {
 			r.Msg.GetNodes()[0].GetLeaders() != shards {
 			t.Fatalf("stats: %v", r.Msg)
 		}
+		kinds := map[scopev1.Kind]uint64{}
+		for _, k := range r.Msg.GetKinds() {
+			kinds[k.GetKind()] = k.GetEvents()
+		}
+		wantKinds := map[scopev1.Kind]uint64{scopev1.Kind_KIND_CALL: 4, scopev1.Kind_KIND_RETURN: 2,
+			scopev1.Kind_KIND_EXCEPTION: 1, scopev1.Kind_KIND_SEND: 1, scopev1.Kind_KIND_RECEIVE: 1,
+			scopev1.Kind_KIND_SPAWN: 1, scopev1.Kind_KIND_EXIT: 1, scopev1.Kind_KIND_STATE_CHANGE: 1}
+		if fmt.Sprint(kinds) != fmt.Sprint(wantKinds) || len(r.Msg.GetKinds()) != 8 ||
+			r.Msg.GetKinds()[0].GetKind() != scopev1.Kind_KIND_CALL {
+			t.Fatalf("kinds %v, want %v in kind order", r.Msg.GetKinds(), wantKinds)
+		}
+		for _, sh := range r.Msg.GetShards() {
+			if sh.GetNode() != "n1" || sh.GetAppliedIndex() == 0 {
+				t.Fatalf("shard %v: answered by n1", sh)
+			}
+		}
+		// Every call counts once; ties are ordered by module, function,
+		// arity. The bare RETURN r1 carries m:f's duration.
+		r, err = q.Stats(ctx, connect.NewRequest(&scopev1.StatsRequest{TopN: 3}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var top []string
+		for _, f := range r.Msg.GetTopFunctions() {
+			top = append(top, fmt.Sprintf("%s:%s/%d calls=%d exc=%d dur=%d", f.GetModule(), f.GetFunction(), f.GetArity(),
+				f.GetCalls(), f.GetExceptions(), f.GetTotalDurationNs()))
+		}
+		want := []string{"m:f/0 calls=1 exc=0 dur=800", "m:g/0 calls=1 exc=0 dur=200", "m:h/0 calls=1 exc=1 dur=100"}
+		if !slices.Equal(top, want) {
+			t.Fatalf("top functions %q, want %q", top, want)
+		}
+		if _, err := q.Stats(ctx, connect.NewRequest(&scopev1.StatsRequest{TopN: 1001})); connect.CodeOf(err) != connect.CodeInvalidArgument ||
+			!strings.Contains(err.Error(), "top_n") {
+			t.Fatalf("top_n 1001: %v", err)
+		}
 	})
 
 	t.Run("Cluster", func(t *testing.T) {

@@ -16,6 +16,9 @@ import (
 var (
 	// ErrConfig: Config.Validate failed.
 	ErrConfig = errors.New("rpc: invalid config")
+	// ErrTailSource: no replica of a tailed shard could be followed for
+	// Config.TailReplanTimeout (UNAVAILABLE).
+	ErrTailSource = errors.New("rpc: tail: no replica of the shard can be followed")
 	// ErrCursor: an Events cursor is malformed or was made for another
 	// filter.
 	ErrCursor = errors.New("rpc: invalid cursor")

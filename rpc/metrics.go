@@ -18,6 +18,10 @@ type metrics struct {
 	tails            prometheus.Gauge
 	hedges           prometheus.Counter
 	hedgeWins        prometheus.Counter
+	tailSources      prometheus.Gauge
+	tailReplans      prometheus.Counter
+	tailDropped      prometheus.Counter
+	tailGaps         prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -48,6 +52,22 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "scope_rpc_shard_read_hedge_wins_total",
 			Help: "Hedged shard reads the second replica answered first.",
 		}),
+		tailSources: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "scope_rpc_tail_sources",
+			Help: "Live Tail sources (one stream per followed node, local or remote).",
+		}),
+		tailReplans: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_tail_replans_total",
+			Help: "Tail shards moved to another replica after their source was lost.",
+		}),
+		tailDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_tail_dropped_events_total",
+			Help: "Tail events dropped because a subscriber's buffer was full (reported as Lagged).",
+		}),
+		tailGaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_tail_gaps_total",
+			Help: "Tail shards resumed on a replica that had applied past the last sent event (reported as Lagged).",
+		}),
 	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
@@ -67,6 +87,18 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.hedgeWins, err = register(reg, m.hedgeWins)
+	}
+	if err == nil {
+		m.tailSources, err = register(reg, m.tailSources)
+	}
+	if err == nil {
+		m.tailReplans, err = register(reg, m.tailReplans)
+	}
+	if err == nil {
+		m.tailDropped, err = register(reg, m.tailDropped)
+	}
+	if err == nil {
+		m.tailGaps, err = register(reg, m.tailGaps)
 	}
 	return m, err
 }

@@ -32,12 +32,14 @@ import (
 type Server struct {
 	node    *node.Node
 	cluster ClusterInfo // nil on a one-node cluster
-	mounts  []mount     // extra handlers (the node-to-node API)
-	cfg     Config
-	logger  *slog.Logger
-	planner *planner
-	metrics *metrics
-	started time.Time
+	// tailSources reaches other nodes' replicas for Tail (nil: local only).
+	tailSources TailSources
+	mounts      []mount // extra handlers (the node-to-node API)
+	cfg         Config
+	logger      *slog.Logger
+	planner     *planner
+	metrics     *metrics
+	started     time.Time
 
 	ingested, refused atomic.Uint64 // events, for NodeStats
 	tails             prometheus.Gauge

@@ -9,19 +9,18 @@ import (
 	"github.com/elixirscope/scope/correlate"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
-	"github.com/elixirscope/scope/store"
 )
 
-// Tail streams events applied on this node's replicas that match the
-// filter. It subscribes before reading the backfill, so no event falls
-// between the two (one may be sent twice; the API says so). It ends when
-// the client cancels, the server closes, or the node closes (UNAVAILABLE).
+// Tail streams events applied on every shard the filter can match, from
+// one source replica per shard at a time (tailcoord.go). It starts the
+// sources before reading the backfill, so no event falls between the two
+// (one may be sent twice; the API says so). It ends when the client
+// cancels, the server closes, or a shard has had no replica to follow for
+// TailReplanTimeout (UNAVAILABLE).
 func (q queryService) Tail(ctx context.Context, req *connect.Request[scopev1.TailRequest], stream *connect.ServerStream[scopev1.TailResponse]) error {
 	const proc = scopev1connect.QueryServiceTailProcedure
 	m := req.Msg
-	f, err := parseFilter(filterFields{origin: m.GetOrigin(), pid: m.GetPid(), kinds: m.GetKinds(),
-		module: m.GetModule(), function: m.GetFunction(), arity: m.Arity,
-		correlationID: m.GetCorrelationId(), rootID: m.GetRootId()})
+	f, err := parseTailFilter(m)
 	if err != nil {
 		return q.s.fail(proc, err)
 	}
@@ -33,11 +32,13 @@ func (q queryService) Tail(ctx context.Context, req *connect.Request[scopev1.Tai
 	if m.GetBackfill() > 0 {
 		backfill = clamp(m.GetBackfill(), 0, q.s.cfg.MaxTailBackfill)
 	}
-	sub, err := q.s.node.Subscribe(f.match, q.s.cfg.TailBuffer)
-	if err != nil {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	t := newTailRun(ctx, q.s, m, f, c)
+	defer t.stop()
+	if err := t.start(f.shards(q.s.planner)); err != nil {
 		return q.s.fail(proc, err)
 	}
-	defer sub.Close()
 	q.s.tails.Inc()
 	defer q.s.tails.Dec()
 
@@ -53,68 +54,18 @@ func (q queryService) Tail(ctx context.Context, req *connect.Request[scopev1.Tai
 			}
 		}
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return q.s.fail(proc, ctx.Err())
-		case <-q.s.done:
-			return connect.NewError(connect.CodeUnavailable, errors.New("server shutting down"))
-		case e, ok := <-sub.C():
-			if !ok {
-				return connect.NewError(connect.CodeUnavailable, errors.New("node closing"))
-			}
-			// Lagged counts drops since the last call; they happened before
-			// this event was received, so report them first.
-			if n := sub.Lagged(); n > 0 {
-				if err := stream.Send(&scopev1.TailResponse{Item: &scopev1.TailResponse_Lagged{
-					Lagged: &scopev1.Lagged{Dropped: n}}}); err != nil {
-					return err
-				}
-			}
-			if err := sendEvent(stream, &e); err != nil {
-				return err
-			}
-		}
+	err = t.run(stream.Send)
+	switch {
+	case errors.Is(err, ErrTailSource):
+		return connect.NewError(connect.CodeUnavailable, err)
+	case errors.Is(err, errServerClosing):
+		return connect.NewError(connect.CodeUnavailable, err)
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return q.s.fail(proc, err)
 	}
+	return err
 }
 
 func sendEvent(stream *connect.ServerStream[scopev1.TailResponse], e *correlate.Event) error {
 	return stream.Send(&scopev1.TailResponse{Item: &scopev1.TailResponse_Event{Event: EventToProto(e)}})
-}
-
-// Stats reads every shard's summary. Per-kind totals and top functions
-// need a scan of every index entry, which Stats does not do (its cost
-// grows with time buckets, not events): those fields stay empty.
-func (q queryService) Stats(ctx context.Context, req *connect.Request[scopev1.StatsRequest]) (*connect.Response[scopev1.StatsResponse], error) {
-	const proc = scopev1connect.QueryServiceStatsProcedure
-	m := req.Msg
-	c, err := consistencyOf(m.GetConsistency())
-	if err != nil {
-		return nil, q.s.fail(proc, err)
-	}
-	shards := q.s.planner.allShards()
-	stats := make([]*store.ShardStats, len(shards))
-	failures := q.s.planner.each(ctx, shards, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		st, err := r.Stats(ctx, shard)
-		if err != nil {
-			return err
-		}
-		stats[shard] = &st
-		return nil
-	})
-	missing, err := q.s.planner.settle(proc, failures, m.GetAllowPartial())
-	if err != nil {
-		return nil, q.s.fail(proc, err)
-	}
-	resp := &scopev1.StatsResponse{Missing: missing}
-	for shard, st := range stats {
-		if st == nil {
-			continue
-		}
-		resp.Events += st.Events
-		resp.Shards = append(resp.Shards, &scopev1.ShardStats{Shard: uint32(shard), Events: st.Events,
-			Node: q.s.node.ID(), AppliedIndex: st.AppliedIndex})
-	}
-	resp.Nodes = []*scopev1.NodeStats{q.s.nodeStats()}
-	return connect.NewResponse(resp), nil
 }

@@ -114,6 +114,18 @@ type applier struct {
 	// flush). wbuf holds their keys and values.
 	writes []pointWrite
 	wbuf   []byte
+
+	// old holds the buckets that held committed events before this batch
+	// (only those can have committed aggregates); kinds and funcs are the
+	// batch's aggregate deltas (aggregates.go): funcs maps a 1C key to
+	// its delta in fagg, whose keys are in fbuf.
+	old   map[uint64]bool
+	kinds map[uint64][numKinds]int64
+	funcs map[string]int
+	fagg  []pendingAgg
+	fbuf  []byte
+	fkb   []byte
+	vbuf  []byte
 }
 
 // pointWrite is one Set or Delete of the batch: key wbuf[k0:k1], value
@@ -128,7 +140,8 @@ type pointWrite struct {
 // nothing, which was ~4x the bytes the raw-Pebble baseline allocates.
 // pebble recycles its batches itself.
 var appliers = sync.Pool{New: func() any {
-	return &applier{byID: map[correlate.EventID]int{}, dir: map[uint64]dirEntry{}}
+	return &applier{byID: map[correlate.EventID]int{}, dir: map[uint64]dirEntry{},
+		old: map[uint64]bool{}, kinds: map[uint64][numKinds]int64{}, funcs: map[string]int{}}
 }}
 
 // maxPooledArena bounds the scratch an applier keeps between Applies, so
@@ -152,6 +165,9 @@ func (a *applier) release() {
 	clear(a.cands)
 	clear(a.byID)
 	clear(a.dir)
+	clear(a.old)
+	clear(a.kinds)
+	clear(a.funcs)
 	if cap(a.wbuf) > maxPooledArena {
 		return
 	}
@@ -160,6 +176,7 @@ func (a *applier) release() {
 		events: a.events[:0], cands: a.cands[:0], probes: a.probes[:0],
 		byID: a.byID, dir: a.dir,
 		writes: a.writes[:0], wbuf: a.wbuf[:0],
+		old: a.old, kinds: a.kinds, funcs: a.funcs, fagg: a.fagg[:0], fbuf: a.fbuf[:0], fkb: a.fkb[:0], vbuf: a.vbuf[:0],
 	}
 	appliers.Put(a)
 }
@@ -190,6 +207,9 @@ func (a *applier) run(res *correlate.Result) error {
 		if err := a.writeFrame(c.Call, frameEnd{outcome: c.Outcome, endNs: c.EndNs, by: c.By}); err != nil {
 			return err
 		}
+	}
+	if err := a.writeAggregates(); err != nil {
+		return err
 	}
 	touched := make([]uint64, 0, len(a.dir))
 	for b := range a.dir {
@@ -391,7 +411,9 @@ func (a *applier) dirEntry(bucket uint64) (dirEntry, error) {
 		return dirEntry{}, err
 	}
 	defer closer.Close()
-	return decodeDirEntry(k, v)
+	d, err := decodeDirEntry(k, v)
+	a.old[bucket] = d.count > 0
+	return d, err
 }
 
 func (a *applier) committedDir() (*bucketDir, error) {
@@ -409,6 +431,7 @@ func (a *applier) writeEvent(p *pendingEvent) error {
 	if p.dropped {
 		return nil
 	}
+	a.account(p.e, p.bucket, 1)
 	val := a.arena[p.start:p.end]
 	a.buf = eventKeys(a.buf, a.shard, p.bucket, p.e, func(k, v []byte) {
 		if k[shardLen] == secEvent {

@@ -45,7 +45,7 @@ func TestRetentionDifferential(t *testing.T) {
 			if !reflect.DeepEqual(ids(page.Events), ids(r.query(q))) {
 				t.Fatalf("after retention: %d events, want %d", len(page.Events), len(r.events))
 			}
-			st, _ := s.Stats(6)
+			st := checkStats(t, s, 6, r)
 			if st.Events != uint64(len(r.events)) {
 				t.Fatalf("stats count %d, want %d", st.Events, len(r.events))
 			}
@@ -251,6 +251,10 @@ func TestExportImport(t *testing.T) {
 	d2, _ := dst.Digest(7)
 	if d1 != d2 {
 		t.Fatal("imported shard digest differs")
+	}
+	checkStats(t, src, 7, r)
+	if st := checkStats(t, dst, 7, r); len(st.Functions) == 0 || st.Kinds[correlate.KindCall] == 0 {
+		t.Fatalf("imported stats %+v: the fixture must have calls", st)
 	}
 	for name, q := range queries(g, r) {
 		a, err1 := src.Events(7, q)

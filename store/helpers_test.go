@@ -125,10 +125,12 @@ type gen struct {
 	seq   uint64
 	ts    int64
 	open  map[correlate.Process][]correlate.EventID
+	calls map[correlate.EventID]correlate.Event // open CALLs, for their function and start
 }
 
 func newGen(seed uint64, procs int) *gen {
-	g := &gen{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), open: map[correlate.Process][]correlate.EventID{}}
+	g := &gen{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), open: map[correlate.Process][]correlate.EventID{},
+		calls: map[correlate.EventID]correlate.Event{}}
 	for i := range procs {
 		g.procs = append(g.procs, correlate.Process{Origin: fmt.Sprintf("app%d@host", i%3), PID: fmt.Sprintf("<0.%d.0>", 100+i)})
 	}
@@ -172,6 +174,7 @@ func (g *gen) event() correlate.Event {
 			e.RootID = e.ID
 		}
 		g.open[p] = append(stack, e.ID)
+		g.calls[e.ID] = e
 	case r < 7 && len(stack) > 0:
 		e.Kind = correlate.KindReturn
 		if r == 6 {
@@ -184,6 +187,15 @@ func (g *gen) event() correlate.Event {
 			e.ParentID = stack[len(stack)-2]
 		}
 		e.Links = []correlate.Link{{Type: correlate.LinkCompletes, Target: call}}
+		c := g.calls[call]
+		delete(g.calls, call)
+		e.DurationNs, e.Outcome = e.TimestampNs-c.TimestampNs, correlate.OutcomeOK
+		if e.Kind == correlate.KindException {
+			e.Outcome = correlate.OutcomeException
+		}
+		if g.rng.IntN(4) > 0 { // the correlator names the function of a bare RETURN
+			e.Module, e.Function, e.Arity = c.Module, c.Function, c.Arity
+		}
 	case r < 8:
 		e.Kind = correlate.KindSend
 		q := g.procs[g.rng.IntN(len(g.procs))]
@@ -248,3 +260,66 @@ func norm(es []correlate.Event, shard uint32) []correlate.Event {
 }
 
 var unbounded = [2]int64{math.MinInt64, math.MaxInt64}
+
+// stats aggregates the reference's events by brute force: what
+// ShardStats.Kinds and Functions must say.
+func (r *ref) stats() ([numKinds]uint64, []FunctionStats) {
+	var kinds [numKinds]uint64
+	byFn := map[[3]string]*FunctionStats{}
+	for _, e := range r.events {
+		kinds[e.Kind]++
+		if e.Module == "" && e.Function == "" {
+			continue
+		}
+		k := [3]string{e.Module, e.Function, fmt.Sprint(e.Arity)}
+		f := byFn[k]
+		if f == nil {
+			f = &FunctionStats{Module: e.Module, Function: e.Function, Arity: e.Arity}
+		}
+		switch {
+		case e.Kind == correlate.KindCall:
+			f.Calls++
+		case e.Kind == correlate.KindReturn && e.Outcome == correlate.OutcomeOK:
+			f.DurationNs += e.DurationNs
+		case e.Kind == correlate.KindException && e.Outcome == correlate.OutcomeException:
+			f.Exceptions++
+			f.DurationNs += e.DurationNs
+		default:
+			continue
+		}
+		byFn[k] = f
+	}
+	var fns []FunctionStats
+	for _, f := range byFn {
+		fns = append(fns, *f)
+	}
+	slices.SortFunc(fns, compareFunction)
+	return kinds, fns
+}
+
+// checkStats compares the shard's aggregates with the reference's.
+func checkStats(t testing.TB, s *Store, shard uint32, r *ref) ShardStats {
+	t.Helper()
+	st, err := s.Stats(shard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds, fns := r.stats()
+	if st.Kinds != kinds {
+		t.Fatalf("kinds %v, want %v", st.Kinds, kinds)
+	}
+	if len(st.Functions) == 0 && len(fns) == 0 {
+		return st
+	}
+	if !slices.Equal(st.Functions, fns) {
+		t.Fatalf("functions\n%+v\nwant\n%+v", st.Functions, fns)
+	}
+	var sum uint64
+	for _, n := range st.Kinds {
+		sum += n
+	}
+	if sum != st.Events {
+		t.Fatalf("kinds sum to %d, events %d", sum, st.Events)
+	}
+	return st
+}

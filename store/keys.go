@@ -34,12 +34,14 @@ const (
 	secEdge    byte = 0x18 // shard|18|bucket|from|type|to → ""
 	secFrame   byte = 0x19 // shard|19|bucket|call id → frame end (outcome, end ns, by)
 	secEdgeTo  byte = 0x1A // shard|1A|bucket|to|type|from → "" (back-reference of an edge anchored at its target)
+	secKinds   byte = 0x1B // shard|1B|bucket → events per kind (8 × 8, BE, CALL..STATE_CHANGE)
+	secFuncAgg byte = 0x1C // shard|1C|bucket|esc(module)|esc(function)|arity(4) → calls, exceptions, duration ns (3 × 8)
 )
 
 // bucketedSections lists every section whose keys continue with a bucket;
 // retention range-deletes each of them.
 var bucketedSections = [...]byte{secEvent, secID, secProcess, secFunc, secCorr, secRoot, secKind,
-	secState2, secEdge, secFrame, secEdgeTo}
+	secState2, secEdge, secFrame, secEdgeTo, secKinds, secFuncAgg}
 
 // metaShard is reserved for store-wide metadata (the bucket width). It is
 // never a valid shard id.

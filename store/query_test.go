@@ -375,9 +375,13 @@ func TestDuplicateAcrossBatchesChangesNothing(t *testing.T) {
 			}
 			ds, _ := dup.Stats(3)
 			cs, _ := clean.Stats(3)
-			if ds != cs || ds.Events != 350 {
+			if !reflect.DeepEqual(ds, cs) || ds.Events != 350 {
 				t.Fatalf("stats %+v with duplicates, %+v without (want 350 events)", ds, cs)
 			}
+			r := newRef()
+			r.apply(first)
+			r.apply(fresh)
+			checkStats(t, dup, 3, r)
 			p, err := dup.Events(3, Unbounded(1000))
 			if err != nil || len(p.Events) != 350 {
 				t.Fatalf("%d events, %v", len(p.Events), err)

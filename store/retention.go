@@ -221,6 +221,7 @@ func (a *applier) cutBucket() error {
 // deleteEvent deletes the committed event e of the cut bucket: its primary
 // record, index entries, the edges anchored at it and its frame record.
 func (a *applier) deleteEvent(e *correlate.Event) error {
+	a.account(e, a.cutB, -1)
 	var err error
 	a.buf = eventKeys(a.buf, a.shard, a.cutB, e, func(k, _ []byte) {
 		if err == nil {

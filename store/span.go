@@ -27,7 +27,7 @@ import (
 
 const (
 	spanMagic   = "SCOPESPN"
-	spanVersion = 1
+	spanVersion = 2 // 2: spans carry the aggregate sections 1B, 1C
 	// Bounds of one record: nothing the store writes comes near them, and a
 	// corrupt length cannot make the reader allocate more.
 	maxSpanKey   = 1 << 16

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"math"
+	"slices"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
@@ -18,10 +20,40 @@ type ShardStats struct {
 	NewestNs     int64
 	Buckets      int
 	AppliedIndex uint64
+	// Kinds counts the stored events by kind, indexed by correlate.Kind
+	// (index 0, UNSPECIFIED, is always 0). They sum to Events.
+	Kinds [numKinds]uint64
+	// Functions aggregates every function with a stored CALL or closing
+	// RETURN/EXCEPTION, ordered by module, function, arity; at most
+	// MaxStatsFunctions (the most called, FunctionsTruncated set).
+	Functions          []FunctionStats
+	FunctionsTruncated bool
+	// Node names the node whose replica answered. The store leaves it
+	// empty; the reader that carried the answer fills it in.
+	Node string
 }
 
-// Stats reads the shard's bucket directory: its cost grows with the number
-// of time buckets, not of events.
+// FunctionStats is one function's aggregate over a shard's stored events.
+type FunctionStats struct {
+	Module   string
+	Function string
+	Arity    uint32
+	// Calls counts stored CALL events.
+	Calls uint64
+	// Exceptions counts stored EXCEPTION events that closed a call.
+	Exceptions uint64
+	// DurationNs sums DurationNs of the stored RETURN and EXCEPTION events
+	// that closed a call.
+	DurationNs int64
+}
+
+// MaxStatsFunctions bounds ShardStats.Functions: a shard with more distinct
+// functions reports the most called ones.
+const MaxStatsFunctions = 100_000
+
+// Stats reads the shard's bucket directory and per-bucket aggregates: its
+// cost grows with the number of time buckets and of distinct functions per
+// bucket, not of events.
 func (s *Store) Stats(shard uint32) (ShardStats, error) {
 	v, err := s.newView(shard)
 	if err != nil {
@@ -44,8 +76,103 @@ func (s *Store) Stats(shard uint32) (ShardStats, error) {
 		st.Bytes += e.bytes
 	}
 	st.Buckets = len(d.buckets)
+	if err := v.kindCounts(&st.Kinds); err != nil {
+		return st, err
+	}
+	if st.Functions, st.FunctionsTruncated, err = v.functions(); err != nil {
+		return st, err
+	}
 	st.AppliedIndex, err = readApplied(v.snap, shard)
 	return st, err
+}
+
+// kindCounts sums the kind counts of every bucket.
+func (v *view) kindCounts(out *[numKinds]uint64) error {
+	p := secPrefix(v.shard, secKinds)
+	it, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return err
+		}
+		if len(val) != kindCountsLen || len(it.Key()) != headLen {
+			return corruptKey(it.Key(), "kind counts of %d bytes", len(val))
+		}
+		for k := 1; k < numKinds; k++ {
+			out[k] += binary.BigEndian.Uint64(val[(k-1)*8:])
+		}
+	}
+	return it.Error()
+}
+
+// functions sums the function aggregates of every bucket.
+func (v *view) functions() ([]FunctionStats, bool, error) {
+	type fn struct {
+		module, function string
+		arity            uint32
+	}
+	sums := map[fn]*FunctionStats{}
+	p := secPrefix(v.shard, secFuncAgg)
+	it, err := v.snap.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return nil, false, err
+	}
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		m, f, ar, ok := parseFuncAggKey(it.Key())
+		if !ok {
+			return nil, false, corruptKey(it.Key(), "function aggregate key")
+		}
+		val, err := it.ValueAndErr()
+		if err != nil {
+			return nil, false, err
+		}
+		agg, err := decodeFuncAgg(it.Key(), val)
+		if err != nil {
+			return nil, false, err
+		}
+		s := sums[fn{m, f, ar}]
+		if s == nil {
+			s = &FunctionStats{Module: m, Function: f, Arity: ar}
+			sums[fn{m, f, ar}] = s
+		}
+		s.Calls += uint64(agg.calls)
+		s.Exceptions += uint64(agg.exceptions)
+		s.DurationNs += agg.durationNs
+	}
+	if err := it.Error(); err != nil {
+		return nil, false, err
+	}
+	if len(sums) == 0 {
+		return nil, false, nil
+	}
+	out := make([]FunctionStats, 0, len(sums))
+	for _, s := range sums {
+		out = append(out, *s)
+	}
+	truncated := len(out) > MaxStatsFunctions
+	if truncated {
+		SortFunctionsByCalls(out)
+		out = out[:MaxStatsFunctions]
+	}
+	slices.SortFunc(out, compareFunction)
+	return out, truncated, nil
+}
+
+func compareFunction(a, b FunctionStats) int {
+	return cmp.Or(cmp.Compare(a.Module, b.Module), cmp.Compare(a.Function, b.Function), cmp.Compare(a.Arity, b.Arity))
+}
+
+// SortFunctionsByCalls orders fs by calls, most first, ties by module,
+// function, arity.
+func SortFunctionsByCalls(fs []FunctionStats) {
+	slices.SortFunc(fs, func(a, b FunctionStats) int {
+		return cmp.Or(cmp.Compare(b.Calls, a.Calls), compareFunction(a, b))
+	})
 }
 
 // State returns every live correlator state record of the shard in key

@@ -56,7 +56,9 @@ type Counters struct {
 // metaKey holds "scope-store/1" followed by the bucket shift.
 var metaKey = append(appendShard(nil, metaShard), 0x01)
 
-const metaMagic = "scope-store/1"
+// metaMagic names the layout version: 2 added the per-bucket aggregates
+// (sections 1B, 1C), which a store written by version 1 lacks.
+const metaMagic = "scope-store/2"
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts Options) (*Store, error) {
@@ -100,6 +102,9 @@ func (s *Store) checkMeta() error {
 		return fmt.Errorf("store: read metadata: %w", err)
 	}
 	defer closer.Close()
+	if len(v) == len(want) && string(v[:len(metaMagic)-1]) == metaMagic[:len(metaMagic)-1] && v[len(metaMagic)-1] != metaMagic[len(metaMagic)-1] {
+		return fmt.Errorf("%w: layout %q: this build reads %q", ErrIncompatible, v[:len(metaMagic)], metaMagic)
+	}
 	if len(v) != len(want) || string(v[:len(metaMagic)]) != metaMagic {
 		return fmt.Errorf("%w: metadata %q is not %q", ErrCorrupt, v, metaMagic)
 	}

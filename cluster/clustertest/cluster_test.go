@@ -260,3 +260,55 @@ func TestJoinMovesShardsToPlacement(t *testing.T) {
 		}
 	}
 }
+
+// TestJoinTwoNodesUnderLoad joins nodes 4 and 5 to a 3-node cluster (R=3)
+// while a loader ingests through the first three: every shard's group
+// converges to its placement over five nodes (replicas moved away are
+// dropped), every acknowledged event is stored exactly once, and all
+// replicas of each shard end at the same applied index with equal span
+// digests. The joiners then take ingest themselves. SCOPE_SOAK: 16 shards
+// and ten times the load.
+func TestJoinTwoNodesUnderLoad(t *testing.T) {
+	shards := uint32(4)
+	if faultSoak() {
+		shards = 16
+	}
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
+	l := startLoader(t, LoaderOptions{Via: slices.Clone(c.Nodes), Workers: 3})
+	waitAcked(t, l, loadTarget(100), "before the joins")
+
+	n4 := c.AddNode()
+	n5 := c.AddNode()
+	names := nodeNames(c.Nodes)
+	waitAcked(t, l, l.Acked()+loadTarget(100), "while 4 and 5 join")
+	// Convergence happens under load: the loader keeps running.
+	c.WaitPlacement(names, 90*time.Second)
+	moved := l.Acked()
+	waitAcked(t, l, moved+loadTarget(100), "after the groups moved")
+	res := l.Stop()
+
+	// The joiners take ingest, too (forwarded to the leaders).
+	l = startLoader(t, LoaderOptions{Via: []*Node{n4, n5}})
+	waitAcked(t, l, loadTarget(50), "through the joiners")
+	res.Merge(l.Stop())
+
+	c.WaitReplicasIdentical(3, 90*time.Second)
+	c.WaitReady(60 * time.Second)
+	stored := c.CheckLoad(n5, res)
+	for _, n := range []*Node{n4, n5} {
+		if len(n.Node.Replicas()) == 0 {
+			t.Errorf("%s joined but hosts no replica", n.Name)
+		}
+	}
+	dc, ds := c.Duplicates()
+	t.Logf("join 4+5: %d acknowledged, %d stored, %d requests, %d failed, duplicates skipped %d+%d; replicas per node %v",
+		len(res.Acked), stored, res.Requests, res.Failures, dc, ds, replicasPerNode(c))
+}
+
+func replicasPerNode(c *Cluster) map[string]int {
+	out := make(map[string]int)
+	for _, n := range c.Live() {
+		out[n.Name] = len(n.Node.Replicas())
+	}
+	return out
+}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -40,7 +41,7 @@ type Cluster struct {
 	t     testing.TB
 	opts  Options
 	root  string
-	net   *network // raft link faults (faults.go)
+	net   *network // link faults (faults.go)
 	Nodes []*Node
 }
 
@@ -147,6 +148,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		t.Fatal(err)
 	}
 	n := &Node{Name: name, Dir: dir, Mux: mux, httpAddr: httpLn.Addr().String(), raftAddr: raftLn.Addr().String()}
+	c.net.register(name, n.raftAddr, n.httpAddr)
 
 	ncfg := node.DefaultConfig(name, dir)
 	ncfg.RaftAddr = n.raftAddr
@@ -163,19 +165,17 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		if err != nil {
 			return nil, err
 		}
-		return cluster.NewRaftTransport(c.net.wrap(stream, n.raftAddr), 5*time.Second, nil), nil
+		return cluster.NewRaftTransport(c.net.wrapRaft(stream, name), 5*time.Second, nil), nil
 	}
 	n.Node, err = node.Open(ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 
+	gossip := c.gossipTransport(name, gossipAddr, logger)
 	mcfg := cluster.DefaultMembershipConfig()
 	mcfg.Name = name
-	mcfg.BindAddr = "127.0.0.1:0"
-	if gossipAddr != "" {
-		mcfg.BindAddr = gossipAddr
-	}
+	mcfg.BindAddr = gossip.addr
 	mcfg.Profile = cluster.ProfileLocal
 	mcfg.RejoinInterval = 500 * time.Millisecond
 	mcfg.DeadNodeReclaimTime = 100 * time.Millisecond
@@ -187,6 +187,8 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		mc.GossipInterval = 50 * time.Millisecond
 		mc.PushPullInterval = 2 * time.Second
 		mc.TCPTimeout = time.Second
+		mc.Transport = gossip.transport
+		mc.BindPort, mc.AdvertisePort = gossip.port, gossip.port
 	}
 	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
 		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards})
@@ -206,6 +208,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ccfg.Replicas = c.opts.Replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.ReconcileInterval = 200 * time.Millisecond
+	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)
 	if err != nil {
@@ -220,6 +223,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	}
 	n.Server.SetResolver(n.Cluster.Resolver(rpc.LocalResolver(n.Node)))
 	n.Server.SetCluster(n.Cluster.Info())
+	n.Server.SetTailSources(n.Cluster.TailSources())
 	n.Server.Mount(n.shardReads.wrap(n.Cluster.Handler()))
 	n.HTTP = n.Server.HTTPServer(n.httpAddr)
 	go func() { _ = n.HTTP.Serve(httpLn) }()
@@ -233,6 +237,57 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	n.Query = scopev1connect.NewQueryServiceClient(client, n.URL)
 	n.Admin = scopev1connect.NewClusterServiceClient(client, n.URL)
 	return n
+}
+
+// boundGossip is a node's gossip transport, bound before memberlist starts
+// so that the fault layer sits under it.
+type boundGossip struct {
+	transport *faultGossip
+	addr      string // ip:port bound
+	port      int
+}
+
+// gossipTransport binds node name's memberlist transport on addr
+// (127.0.0.1:0 if empty) and registers the address bound.
+func (c *Cluster) gossipTransport(name, addr string, logger *slog.Logger) boundGossip {
+	c.t.Helper()
+	port := 0
+	if addr != "" {
+		_, p, err := net.SplitHostPort(addr)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if port, err = strconv.Atoi(p); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	cfg := &memberlist.NetTransportConfig{BindAddrs: []string{"127.0.0.1"}, BindPort: port,
+		Logger: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	// A kernel-chosen TCP port may be taken for UDP: try a few, as
+	// memberlist.Create does for its own transport.
+	nt, err := memberlist.NewNetTransport(cfg)
+	for try := 0; err != nil && port == 0 && try < 10; try++ {
+		nt, err = memberlist.NewNetTransport(cfg)
+	}
+	if err != nil {
+		c.t.Fatalf("%s: gossip transport: %v", name, err)
+	}
+	port = nt.GetAutoBindPort()
+	bound := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	c.net.register(name, bound)
+	return boundGossip{transport: &faultGossip{NetTransport: nt, nw: c.net, self: name}, addr: bound, port: port}
+}
+
+// peerClient returns node name's node-to-node HTTP client: the cluster
+// package's default (HTTP/1.1 and cleartext HTTP/2) dialing through the
+// fault layer.
+func (c *Cluster) peerClient(name string) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Protocols = new(http.Protocols)
+	t.Protocols.SetUnencryptedHTTP2(true)
+	t.MaxIdleConnsPerHost = 16
+	t.DialContext = c.net.dialHTTP(name)
+	return &http.Client{Transport: t}
 }
 
 // Stop stops a node abruptly, as a crash would look to the others: no

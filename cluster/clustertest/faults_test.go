@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/node"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
@@ -80,30 +82,67 @@ func nodeNames(nodes []*Node) []string {
 	return out
 }
 
-// TestPartitionedMinorityCannotCommit cuts the raft links of the node
-// leading a shard. Its groups lose leadership and it commits nothing while
-// the majority keeps ingesting; ingest through it is forwarded to the
-// majority or fails; after healing it catches up to identical replicas.
+// TestPartitionedMinorityCannotCommit isolates the node leading a shard.
+// Its groups lose leadership and it commits nothing while the majority
+// keeps ingesting; after healing it catches up to identical replicas.
 // Each round isolates the leader of another shard.
+//
+//   - links=all is a real network partition (raft, gossip and the
+//     node-to-node API cut): each side declares the other dead, ingest
+//     through the isolated node fails, ingest through the majority for a
+//     shard the isolated node led succeeds once a new leader is elected,
+//     and after healing membership sees everyone alive again.
+//   - links=raft cuts raft alone: the isolated node still looks alive
+//     and forwards ingest to the majority's leaders, the case where raft,
+//     not membership, must keep the minority from committing.
 func TestPartitionedMinorityCannotCommit(t *testing.T) {
-	const shards = 4
-	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
-	var res *LoadResult
-	for round := range faultRounds() {
-		shard := uint32(round) % shards
-		partitionRound(t, c, shard, &res)
-		c.WaitReplicasIdentical(3, 90*time.Second)
-		c.WaitReady(60 * time.Second)
-		stored := c.CheckLoad(c.Nodes[round%len(c.Nodes)], *res)
-		dc, ds := c.Duplicates()
-		t.Logf("partition round %d: %d acknowledged, %d stored, %d requests, %d failed, duplicates skipped %d+%d; links %+v",
-			round, len(res.Acked), stored, res.Requests, res.Failures, dc, ds, c.LinkStats())
+	for _, links := range []Link{AllLinks, LinkRaft} {
+		t.Run("links="+links.String(), func(t *testing.T) {
+			const shards = 4
+			c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
+			var res *LoadResult
+			for round := range faultRounds() {
+				shard := uint32(round) % shards
+				partitionRound(t, c, shard, links, &res)
+				c.WaitReplicasIdentical(3, 90*time.Second)
+				c.WaitReady(60 * time.Second)
+				stored := c.CheckLoad(c.Nodes[round%len(c.Nodes)], *res)
+				dc, ds := c.Duplicates()
+				t.Logf("partition round %d: %d acknowledged, %d stored, %d requests, %d failed, duplicates skipped %d+%d",
+					round, len(res.Acked), stored, res.Requests, res.Failures, dc, ds)
+			}
+			for _, k := range linkKinds {
+				t.Logf("%v links: %+v", k, c.LinkStats(k))
+			}
+		})
 	}
 }
 
-// partitionRound isolates shard's leader, loads the majority, checks the
-// isolated node took nothing, and heals. It merges what it sent into *res.
-func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
+// memberStates returns how observer sees every other node: name -> state.
+func memberStates(observer *Node) map[string]cluster.MemberState {
+	out := make(map[string]cluster.MemberState)
+	for _, m := range observer.Members.Members() {
+		if m.Name != observer.Name {
+			out[m.Name] = m.State
+		}
+	}
+	return out
+}
+
+// waitMemberState waits until every observer sees subject in state want.
+func waitMemberState(t *testing.T, observers []*Node, subject string, want cluster.MemberState) {
+	t.Helper()
+	for _, o := range observers {
+		WaitFor(t, fmt.Sprintf("%s sees %s %v", o.Name, subject, want), 30*time.Second, func() bool {
+			return memberStates(o)[subject] == want
+		})
+	}
+}
+
+// partitionRound isolates shard's leader on links, loads the majority,
+// checks the isolated node took nothing, and heals. It merges what it sent
+// into *res.
+func partitionRound(t *testing.T, c *Cluster, shard uint32, links Link, res **LoadResult) {
 	t.Helper()
 	shards := c.opts.Shards
 	var x *Node
@@ -113,9 +152,10 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 	})
 	pid := pidOnShard(shard, shards)
 	baseline := ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 1))
-	before := c.LinkStats()
+	before := c.LinkStats(LinkRaft)
+	gossipBefore := c.LinkStats(LinkGossip)
 
-	c.Partition(x)
+	c.PartitionLinks(x, links)
 	majority := othersThan(c, x)
 	WaitFor(t, x.Name+" leads no shard", 30*time.Second, func() bool {
 		for _, r := range x.Node.Replicas() {
@@ -133,26 +173,64 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 		}
 		return true
 	})
+	if links&LinkGossip != 0 {
+		// Each side declares the other dead; suspicion alone is not
+		// reported (MemberAlive covers it).
+		waitMemberState(t, majority, x.Name, cluster.MemberDead)
+		for _, m := range majority {
+			waitMemberState(t, []*Node{x}, m.Name, cluster.MemberDead)
+		}
+	} else {
+		for _, m := range majority {
+			if st := memberStates(m)[x.Name]; st != cluster.MemberAlive {
+				t.Fatalf("gossip is not cut, yet %s sees the raft-isolated %s %v", m.Name, x.Name, st)
+			}
+		}
+	}
+
+	// A shard the isolated node led takes ingest through the majority as
+	// soon as its new leader is elected (the first request, no retry).
+	var viaMajority []string
+	{
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		resp, err := majority[0].Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
+			Events: []*scopev1.Event{ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 2)}}))
+		cancel()
+		if err != nil {
+			t.Fatalf("ingest via %s for shard %d, which the isolated %s led: %v", majority[0].Name, shard, x.Name, err)
+		}
+		viaMajority = resp.Msg.GetEventIds()
+	}
 
 	l := startLoader(t, LoaderOptions{Via: majority})
 	waitAcked(t, l, loadTarget(200), "by the majority")
 
 	// The isolated replica refuses a write it would have to commit itself.
 	direct := x.Node.Ingest(node.NoForward(context.Background()),
-		[]correlate.Event{{Origin: "app@host", PID: pid, Kind: correlate.KindStateChange, TimestampNs: 2}}, node.Committed)
+		[]correlate.Event{{Origin: "app@host", PID: pid, Kind: correlate.KindStateChange, TimestampNs: 3}}, node.Committed)
 	var nle *node.NotLeaderError
 	if len(direct.Shards) != 1 || !errors.As(direct.Shards[0].Err, &nle) {
 		t.Fatalf("unforwarded ingest on the isolated %s: %+v, want a NotLeaderError", x.Name, direct.Shards)
 	}
 	// Through the public API the shard's part is forwarded to the
-	// majority's leader (gossip still reaches it) or fails; it never
-	// commits on the isolated node.
+	// majority's leader when the node-to-node API still reaches it, and
+	// fails when it does not; it never commits on the isolated node.
 	var forwarded []string
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	resp, err := x.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
-		Events: []*scopev1.Event{ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 3)}}))
+		Events: []*scopev1.Event{ev(scopev1.Kind_KIND_STATE_CHANGE, pid, 4)}}))
 	cancel()
-	if err == nil {
+	switch {
+	case err == nil && links&LinkHTTP != 0:
+		t.Fatalf("ingest via %s acknowledged although it reaches no other node: %v", x.Name, resp.Msg.GetEventIds())
+	case err != nil && links&LinkHTTP != 0:
+		// It hosts the shard but reaches no leader: UNAVAILABLE, saying
+		// so (not that the shard is not hosted there).
+		if Code(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "not the leader, leader unknown") {
+			t.Fatalf("ingest via the isolated %s: %v (code %v), want UNAVAILABLE: not the leader, leader unknown", x.Name, err, Code(err))
+		}
+		t.Logf("ingest via the isolated %s failed: %v", x.Name, err)
+	case err == nil:
 		forwarded = resp.Msg.GetEventIds()
 		id, _ := correlate.ParseEventID(forwarded[0])
 		leader := c.ShardLeader(shard)
@@ -162,8 +240,8 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 		if _, err := leader.Node.Store().Get(shard, id); err != nil {
 			t.Fatalf("ingest via the isolated %s acknowledged, but not stored by the majority's leader: %v", x.Name, err)
 		}
-	} else {
-		t.Logf("ingest via the isolated %s failed (allowed): %v", x.Name, err)
+	default:
+		t.Logf("ingest via the isolated %s failed (%s links cut): %v", x.Name, links, err)
 	}
 
 	got := l.Stop()
@@ -179,18 +257,27 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, res **LoadResult) {
 			}
 		}
 	}
-	for _, id := range forwarded {
+	for _, id := range append(slices.Clone(forwarded), viaMajority...) {
 		eid, _ := correlate.ParseEventID(id)
 		if _, err := x.Node.Store().Get(shard, eid); !errors.Is(err, store.ErrNotFound) {
-			t.Fatalf("forwarded event %s is on the isolated %s (err %v)", id, x.Name, err)
+			t.Fatalf("event %s committed by the majority is on the isolated %s (err %v)", id, x.Name, err)
 		}
 	}
-	if st := c.LinkStats(); st.Cut == before.Cut || st.RefusedDials == before.RefusedDials {
-		t.Fatalf("the partition cut no connection or refused no dial: before %+v, after %+v", before, st)
+	if st := c.LinkStats(LinkRaft); st.Cut == before.Cut || st.RefusedDials == before.RefusedDials {
+		t.Fatalf("the partition cut no raft connection or refused no raft dial: before %+v, after %+v", before, st)
+	}
+	if st := c.LinkStats(LinkGossip); links&LinkGossip != 0 && st.Dropped == gossipBefore.Dropped {
+		t.Fatalf("the partition dropped no gossip packet: before %+v, after %+v", gossipBefore, st)
 	}
 	c.Heal(x)
+	if links&LinkGossip != 0 {
+		waitMemberState(t, majority, x.Name, cluster.MemberAlive)
+		for _, m := range majority {
+			waitMemberState(t, []*Node{x}, m.Name, cluster.MemberAlive)
+		}
+	}
 
-	for _, id := range append(baseline, forwarded...) {
+	for _, id := range slices.Concat(baseline, viaMajority, forwarded) {
 		got.Acked[id], got.Sent[id] = true, true
 	}
 	if *res == nil {

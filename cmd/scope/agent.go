@@ -315,6 +315,7 @@ func (a *agent) startCluster(raftAddr string) error {
 		return err
 	}
 	a.srv.SetResolver(a.cluster.Resolver(rpc.LocalResolver(a.node)))
+	a.srv.SetTailSources(a.cluster.TailSources())
 	a.srv.SetCluster(leaveNotifier{ClusterInfo: a.cluster.Info(), left: a.left, once: new(sync.Once)})
 	a.srv.Mount(a.cluster.Handler())
 	return nil

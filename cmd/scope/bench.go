@@ -43,6 +43,9 @@ const (
 )
 
 func runBench(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "queries" {
+		return runBenchQueries(args[1:], stdout, stderr)
+	}
 	var b benchFlags
 	fs := newFlagSet("bench", "", stderr)
 	b.register(fs)

@@ -129,6 +129,7 @@ func newHTTPClient() *http.Client {
 
 // api holds the three service clients of one node.
 type api struct {
+	hc      *http.Client // shared by the three; CloseIdleConnections when done
 	ingest  scopev1connect.IngestServiceClient
 	query   scopev1connect.QueryServiceClient
 	cluster scopev1connect.ClusterServiceClient
@@ -141,6 +142,7 @@ func (c *clientFlags) dial() (*api, error) {
 	}
 	hc := newHTTPClient()
 	return &api{
+		hc:      hc,
 		ingest:  scopev1connect.NewIngestServiceClient(hc, base),
 		query:   scopev1connect.NewQueryServiceClient(hc, base),
 		cluster: scopev1connect.NewClusterServiceClient(hc, base),

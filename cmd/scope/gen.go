@@ -88,13 +88,16 @@ func newGenerator(cfg genConfig) (*generator, error) {
 		nowNs:   cfg.StartNs,
 	}
 	for i := range g.procs {
-		g.procs[i] = genProc{
-			origin: fmt.Sprintf("app%d@host", i%cfg.Origins),
-			pid:    fmt.Sprintf("<%d.%d.0>", cfg.Part, i),
-			stack:  make([]genFrame, 0, cfg.MaxDepth),
-		}
+		origin, pid := genProcess(cfg.Part, i, cfg.Origins)
+		g.procs[i] = genProc{origin: origin, pid: pid, stack: make([]genFrame, 0, cfg.MaxDepth)}
 	}
 	return g, nil
+}
+
+// genProcess names the i-th long-lived process of generator part: the
+// query benchmark picks processes to ask for by the same rule.
+func genProcess(part, i, origins int) (origin, pid string) {
+	return fmt.Sprintf("app%d@host", i%origins), fmt.Sprintf("<%d.%d.0>", part, i)
 }
 
 // next appends exactly n events to dst.

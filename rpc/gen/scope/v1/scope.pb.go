@@ -2968,12 +2968,23 @@ func (*TailResponse_Event) isTailResponse_Item() {}
 
 func (*TailResponse_Lagged) isTailResponse_Item() {}
 
-// Lagged reports events a tail dropped because its client read too slowly
-// (the server buffers a bounded number of events per subscriber).
+// Lagged reports events a tail could not send: its client read too slowly
+// (the server buffers a bounded number of events per subscriber and per
+// source node), or a shard's source replica was lost and the replica that
+// took over had already applied entries the tail had not sent (a gap).
+// Events of the named shard that follow a Lagged are again in apply order.
 type Lagged struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Matching events dropped since the previous item.
-	Dropped       uint64 `protobuf:"varint,1,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// Matching events dropped since the previous item; 0 when unknown (a
+	// gap: the entries were applied before the new source subscribed and
+	// are not read back).
+	Dropped uint64 `protobuf:"varint,1,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// The shard the events were lost on; absent from servers that predate
+	// per-shard tails.
+	Shard *uint32 `protobuf:"varint,2,opt,name=shard,proto3,oneof" json:"shard,omitempty"`
+	// Why: "slow_consumer" (buffer full) or "source_lost" (gap after a
+	// source replica was lost).
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3013,6 +3024,20 @@ func (x *Lagged) GetDropped() uint64 {
 		return x.Dropped
 	}
 	return 0
+}
+
+func (x *Lagged) GetShard() uint32 {
+	if x != nil && x.Shard != nil {
+		return *x.Shard
+	}
+	return 0
+}
+
+func (x *Lagged) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type StatsRequest struct {
@@ -4313,9 +4338,12 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\fTailResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventH\x00R\x05event\x12*\n" +
 	"\x06lagged\x18\x02 \x01(\v2\x10.scope.v1.LaggedH\x00R\x06laggedB\x06\n" +
-	"\x04item\"\"\n" +
+	"\x04item\"_\n" +
 	"\x06Lagged\x12\x18\n" +
-	"\adropped\x18\x01 \x01(\x04R\adropped\"\x81\x01\n" +
+	"\adropped\x18\x01 \x01(\x04R\adropped\x12\x19\n" +
+	"\x05shard\x18\x02 \x01(\rH\x00R\x05shard\x88\x01\x01\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reasonB\b\n" +
+	"\x06_shard\"\x81\x01\n" +
 	"\fStatsRequest\x12\x13\n" +
 	"\x05top_n\x18\x01 \x01(\rR\x04topN\x127\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12#\n" +
@@ -4648,6 +4676,7 @@ func file_scope_v1_scope_proto_init() {
 		(*TailResponse_Event)(nil),
 		(*TailResponse_Lagged)(nil),
 	}
+	file_scope_v1_scope_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

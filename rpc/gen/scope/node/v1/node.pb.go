@@ -559,6 +559,466 @@ func (x *ShardReadResponse) GetSinceLeaderContactMs() uint64 {
 	return 0
 }
 
+type TailRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Shards []*TailShard           `protobuf:"bytes,1,rep,name=shards,proto3" json:"shards,omitempty"`
+	// The public tail filter: a scope.v1.TailRequest, protobuf-encoded (only
+	// its filter fields are read).
+	Filter []byte `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Events buffered per subscription before drops (reported as lagged).
+	Buffer        uint32 `protobuf:"varint,3,opt,name=buffer,proto3" json:"buffer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailRequest) Reset() {
+	*x = TailRequest{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailRequest) ProtoMessage() {}
+
+func (x *TailRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailRequest.ProtoReflect.Descriptor instead.
+func (*TailRequest) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TailRequest) GetShards() []*TailShard {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *TailRequest) GetFilter() []byte {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *TailRequest) GetBuffer() uint32 {
+	if x != nil {
+		return x.Buffer
+	}
+	return 0
+}
+
+// TailShard is one shard of a node tail and where to resume it.
+type TailShard struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// resume: skip events at or before (after_index, after_offset) and
+	// report a gap if entries after after_index were applied before the
+	// subscription started. Without resume the shard starts at whatever is
+	// applied next.
+	Resume      bool   `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	AfterIndex  uint64 `protobuf:"varint,3,opt,name=after_index,json=afterIndex,proto3" json:"after_index,omitempty"`
+	AfterOffset uint32 `protobuf:"varint,4,opt,name=after_offset,json=afterOffset,proto3" json:"after_offset,omitempty"`
+	// The event at (after_index, after_offset) was the last of its entry
+	// to match the filter: a replica that applied after_index lost nothing.
+	AfterLast     bool `protobuf:"varint,5,opt,name=after_last,json=afterLast,proto3" json:"after_last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailShard) Reset() {
+	*x = TailShard{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailShard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailShard) ProtoMessage() {}
+
+func (x *TailShard) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailShard.ProtoReflect.Descriptor instead.
+func (*TailShard) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TailShard) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TailShard) GetResume() bool {
+	if x != nil {
+		return x.Resume
+	}
+	return false
+}
+
+func (x *TailShard) GetAfterIndex() uint64 {
+	if x != nil {
+		return x.AfterIndex
+	}
+	return 0
+}
+
+func (x *TailShard) GetAfterOffset() uint32 {
+	if x != nil {
+		return x.AfterOffset
+	}
+	return 0
+}
+
+func (x *TailShard) GetAfterLast() bool {
+	if x != nil {
+		return x.AfterLast
+	}
+	return false
+}
+
+type TailResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Types that are valid to be assigned to Item:
+	//
+	//	*TailResponse_Event
+	//	*TailResponse_Lagged
+	//	*TailResponse_Gap
+	//	*TailResponse_Gone
+	//	*TailResponse_Started
+	Item          isTailResponse_Item `protobuf_oneof:"item"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailResponse) Reset() {
+	*x = TailResponse{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailResponse) ProtoMessage() {}
+
+func (x *TailResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailResponse.ProtoReflect.Descriptor instead.
+func (*TailResponse) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TailResponse) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TailResponse) GetItem() isTailResponse_Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *TailResponse) GetEvent() *TailEvent {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *TailResponse) GetLagged() uint64 {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Lagged); ok {
+			return x.Lagged
+		}
+	}
+	return 0
+}
+
+func (x *TailResponse) GetGap() *TailGap {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Gap); ok {
+			return x.Gap
+		}
+	}
+	return nil
+}
+
+func (x *TailResponse) GetGone() *TailGone {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Gone); ok {
+			return x.Gone
+		}
+	}
+	return nil
+}
+
+func (x *TailResponse) GetStarted() uint64 {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return 0
+}
+
+type isTailResponse_Item interface {
+	isTailResponse_Item()
+}
+
+type TailResponse_Event struct {
+	Event *TailEvent `protobuf:"bytes,2,opt,name=event,proto3,oneof"`
+}
+
+type TailResponse_Lagged struct {
+	// Matching events of the shard dropped because the subscription's
+	// buffer was full.
+	Lagged uint64 `protobuf:"varint,3,opt,name=lagged,proto3,oneof"`
+}
+
+type TailResponse_Gap struct {
+	// Entries (after_index, start_index] of a resumed shard were applied
+	// before the subscription started: their events cannot be sent.
+	Gap *TailGap `protobuf:"bytes,4,opt,name=gap,proto3,oneof"`
+}
+
+type TailResponse_Gone struct {
+	// This node no longer has a replica of the shard; no further item of
+	// the shard follows.
+	Gone *TailGone `protobuf:"bytes,5,opt,name=gone,proto3,oneof"`
+}
+
+type TailResponse_Started struct {
+	// The shard's subscription started with this applied index: events of
+	// entries after it follow.
+	Started uint64 `protobuf:"varint,6,opt,name=started,proto3,oneof"`
+}
+
+func (*TailResponse_Event) isTailResponse_Item() {}
+
+func (*TailResponse_Lagged) isTailResponse_Item() {}
+
+func (*TailResponse_Gap) isTailResponse_Item() {}
+
+func (*TailResponse_Gone) isTailResponse_Item() {}
+
+func (*TailResponse_Started) isTailResponse_Item() {}
+
+type TailEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The raft index of the entry that carried the event and the event's
+	// position among the entry's events.
+	Index  uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Offset uint32 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// No later event of the same entry matches the filter.
+	Last bool `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	// The event, msgpack-encoded (correlate.Event).
+	Event         []byte `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailEvent) Reset() {
+	*x = TailEvent{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailEvent) ProtoMessage() {}
+
+func (x *TailEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailEvent.ProtoReflect.Descriptor instead.
+func (*TailEvent) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TailEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *TailEvent) GetOffset() uint32 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *TailEvent) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *TailEvent) GetEvent() []byte {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+type TailGap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterIndex    uint64                 `protobuf:"varint,1,opt,name=after_index,json=afterIndex,proto3" json:"after_index,omitempty"`
+	StartIndex    uint64                 `protobuf:"varint,2,opt,name=start_index,json=startIndex,proto3" json:"start_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailGap) Reset() {
+	*x = TailGap{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailGap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailGap) ProtoMessage() {}
+
+func (x *TailGap) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailGap.ProtoReflect.Descriptor instead.
+func (*TailGap) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TailGap) GetAfterIndex() uint64 {
+	if x != nil {
+		return x.AfterIndex
+	}
+	return 0
+}
+
+func (x *TailGap) GetStartIndex() uint64 {
+	if x != nil {
+		return x.StartIndex
+	}
+	return 0
+}
+
+type TailGone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailGone) Reset() {
+	*x = TailGone{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailGone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailGone) ProtoMessage() {}
+
+func (x *TailGone) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailGone.ProtoReflect.Descriptor instead.
+func (*TailGone) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TailGone) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_scope_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_scope_node_v1_node_proto_rawDesc = "" +
@@ -594,13 +1054,46 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1f\n" +
 	"\vlag_entries\x18\x03 \x01(\x04R\n" +
 	"lagEntries\x125\n" +
-	"\x17since_leader_contact_ms\x18\x04 \x01(\x04R\x14sinceLeaderContactMs2\xc4\x03\n" +
+	"\x17since_leader_contact_ms\x18\x04 \x01(\x04R\x14sinceLeaderContactMs\"o\n" +
+	"\vTailRequest\x120\n" +
+	"\x06shards\x18\x01 \x03(\v2\x18.scope.node.v1.TailShardR\x06shards\x12\x16\n" +
+	"\x06filter\x18\x02 \x01(\fR\x06filter\x12\x16\n" +
+	"\x06buffer\x18\x03 \x01(\rR\x06buffer\"\x9c\x01\n" +
+	"\tTailShard\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
+	"\x06resume\x18\x02 \x01(\bR\x06resume\x12\x1f\n" +
+	"\vafter_index\x18\x03 \x01(\x04R\n" +
+	"afterIndex\x12!\n" +
+	"\fafter_offset\x18\x04 \x01(\rR\vafterOffset\x12\x1d\n" +
+	"\n" +
+	"after_last\x18\x05 \x01(\bR\tafterLast\"\xef\x01\n" +
+	"\fTailResponse\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x120\n" +
+	"\x05event\x18\x02 \x01(\v2\x18.scope.node.v1.TailEventH\x00R\x05event\x12\x18\n" +
+	"\x06lagged\x18\x03 \x01(\x04H\x00R\x06lagged\x12*\n" +
+	"\x03gap\x18\x04 \x01(\v2\x16.scope.node.v1.TailGapH\x00R\x03gap\x12-\n" +
+	"\x04gone\x18\x05 \x01(\v2\x17.scope.node.v1.TailGoneH\x00R\x04gone\x12\x1a\n" +
+	"\astarted\x18\x06 \x01(\x04H\x00R\astartedB\x06\n" +
+	"\x04item\"c\n" +
+	"\tTailEvent\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\rR\x06offset\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\x12\x14\n" +
+	"\x05event\x18\x04 \x01(\fR\x05event\"K\n" +
+	"\aTailGap\x12\x1f\n" +
+	"\vafter_index\x18\x01 \x01(\x04R\n" +
+	"afterIndex\x12\x1f\n" +
+	"\vstart_index\x18\x02 \x01(\x04R\n" +
+	"startIndex\"\"\n" +
+	"\bTailGone\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason2\x87\x04\n" +
 	"\vNodeService\x12T\n" +
 	"\vOpenReplica\x12!.scope.node.v1.OpenReplicaRequest\x1a\".scope.node.v1.OpenReplicaResponse\x12Z\n" +
 	"\rReplicaStatus\x12#.scope.node.v1.ReplicaStatusRequest\x1a$.scope.node.v1.ReplicaStatusResponse\x12T\n" +
 	"\vDropReplica\x12!.scope.node.v1.DropReplicaRequest\x1a\".scope.node.v1.DropReplicaResponse\x12]\n" +
 	"\x0eDeliverNotices\x12$.scope.node.v1.DeliverNoticesRequest\x1a%.scope.node.v1.DeliverNoticesResponse\x12N\n" +
-	"\tShardRead\x12\x1f.scope.node.v1.ShardReadRequest\x1a .scope.node.v1.ShardReadResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
+	"\tShardRead\x12\x1f.scope.node.v1.ShardReadRequest\x1a .scope.node.v1.ShardReadResponse\x12A\n" +
+	"\x04Tail\x12\x1a.scope.node.v1.TailRequest\x1a\x1b.scope.node.v1.TailResponse0\x01B;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
 
 var (
 	file_scope_node_v1_node_proto_rawDescOnce sync.Once
@@ -614,7 +1107,7 @@ func file_scope_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_scope_node_v1_node_proto_rawDescData
 }
 
-var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_scope_node_v1_node_proto_goTypes = []any{
 	(*OpenReplicaRequest)(nil),     // 0: scope.node.v1.OpenReplicaRequest
 	(*OpenReplicaResponse)(nil),    // 1: scope.node.v1.OpenReplicaResponse
@@ -626,23 +1119,35 @@ var file_scope_node_v1_node_proto_goTypes = []any{
 	(*DeliverNoticesResponse)(nil), // 7: scope.node.v1.DeliverNoticesResponse
 	(*ShardReadRequest)(nil),       // 8: scope.node.v1.ShardReadRequest
 	(*ShardReadResponse)(nil),      // 9: scope.node.v1.ShardReadResponse
+	(*TailRequest)(nil),            // 10: scope.node.v1.TailRequest
+	(*TailShard)(nil),              // 11: scope.node.v1.TailShard
+	(*TailResponse)(nil),           // 12: scope.node.v1.TailResponse
+	(*TailEvent)(nil),              // 13: scope.node.v1.TailEvent
+	(*TailGap)(nil),                // 14: scope.node.v1.TailGap
+	(*TailGone)(nil),               // 15: scope.node.v1.TailGone
 }
 var file_scope_node_v1_node_proto_depIdxs = []int32{
-	0, // 0: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
-	2, // 1: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
-	4, // 2: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
-	6, // 3: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
-	8, // 4: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
-	1, // 5: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
-	3, // 6: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
-	5, // 7: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
-	7, // 8: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
-	9, // 9: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
-	5, // [5:10] is the sub-list for method output_type
-	0, // [0:5] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	11, // 0: scope.node.v1.TailRequest.shards:type_name -> scope.node.v1.TailShard
+	13, // 1: scope.node.v1.TailResponse.event:type_name -> scope.node.v1.TailEvent
+	14, // 2: scope.node.v1.TailResponse.gap:type_name -> scope.node.v1.TailGap
+	15, // 3: scope.node.v1.TailResponse.gone:type_name -> scope.node.v1.TailGone
+	0,  // 4: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
+	2,  // 5: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
+	4,  // 6: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
+	6,  // 7: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
+	8,  // 8: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
+	10, // 9: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
+	1,  // 10: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
+	3,  // 11: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
+	5,  // 12: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
+	7,  // 13: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
+	9,  // 14: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
+	12, // 15: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_scope_node_v1_node_proto_init() }
@@ -650,13 +1155,20 @@ func file_scope_node_v1_node_proto_init() {
 	if File_scope_node_v1_node_proto != nil {
 		return
 	}
+	file_scope_node_v1_node_proto_msgTypes[12].OneofWrappers = []any{
+		(*TailResponse_Event)(nil),
+		(*TailResponse_Lagged)(nil),
+		(*TailResponse_Gap)(nil),
+		(*TailResponse_Gone)(nil),
+		(*TailResponse_Started)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_node_v1_node_proto_rawDesc), len(file_scope_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -55,6 +55,8 @@ const (
 	NodeServiceDeliverNoticesProcedure = "/scope.node.v1.NodeService/DeliverNotices"
 	// NodeServiceShardReadProcedure is the fully-qualified name of the NodeService's ShardRead RPC.
 	NodeServiceShardReadProcedure = "/scope.node.v1.NodeService/ShardRead"
+	// NodeServiceTailProcedure is the fully-qualified name of the NodeService's Tail RPC.
+	NodeServiceTailProcedure = "/scope.node.v1.NodeService/Tail"
 )
 
 // NodeServiceClient is a client for the scope.node.v1.NodeService service.
@@ -72,6 +74,13 @@ type NodeServiceClient interface {
 	DeliverNotices(context.Context, *connect.Request[v1.DeliverNoticesRequest]) (*connect.Response[v1.DeliverNoticesResponse], error)
 	// ShardRead answers one shard's part of a query from this node's replica.
 	ShardRead(context.Context, *connect.Request[v1.ShardReadRequest]) (*connect.Response[v1.ShardReadResponse], error)
+	// Tail streams the events this node's replicas of the requested shards
+	// apply, in apply order per shard, until the caller cancels. A shard whose
+	// replica this node does not have (or drops) is reported gone; a resumed
+	// shard whose entries after its position were applied before the
+	// subscription started is reported as a gap. Neither ends the stream
+	// while other shards remain.
+	Tail(context.Context, *connect.Request[v1.TailRequest]) (*connect.ServerStreamForClient[v1.TailResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the scope.node.v1.NodeService service. By default,
@@ -115,6 +124,12 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("ShardRead")),
 			connect.WithClientOptions(opts...),
 		),
+		tail: connect.NewClient[v1.TailRequest, v1.TailResponse](
+			httpClient,
+			baseURL+NodeServiceTailProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("Tail")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -125,6 +140,7 @@ type nodeServiceClient struct {
 	dropReplica    *connect.Client[v1.DropReplicaRequest, v1.DropReplicaResponse]
 	deliverNotices *connect.Client[v1.DeliverNoticesRequest, v1.DeliverNoticesResponse]
 	shardRead      *connect.Client[v1.ShardReadRequest, v1.ShardReadResponse]
+	tail           *connect.Client[v1.TailRequest, v1.TailResponse]
 }
 
 // OpenReplica calls scope.node.v1.NodeService.OpenReplica.
@@ -152,6 +168,11 @@ func (c *nodeServiceClient) ShardRead(ctx context.Context, req *connect.Request[
 	return c.shardRead.CallUnary(ctx, req)
 }
 
+// Tail calls scope.node.v1.NodeService.Tail.
+func (c *nodeServiceClient) Tail(ctx context.Context, req *connect.Request[v1.TailRequest]) (*connect.ServerStreamForClient[v1.TailResponse], error) {
+	return c.tail.CallServerStream(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the scope.node.v1.NodeService service.
 type NodeServiceHandler interface {
 	// OpenReplica opens an empty replica of a shard on this node (or keeps
@@ -167,6 +188,13 @@ type NodeServiceHandler interface {
 	DeliverNotices(context.Context, *connect.Request[v1.DeliverNoticesRequest]) (*connect.Response[v1.DeliverNoticesResponse], error)
 	// ShardRead answers one shard's part of a query from this node's replica.
 	ShardRead(context.Context, *connect.Request[v1.ShardReadRequest]) (*connect.Response[v1.ShardReadResponse], error)
+	// Tail streams the events this node's replicas of the requested shards
+	// apply, in apply order per shard, until the caller cancels. A shard whose
+	// replica this node does not have (or drops) is reported gone; a resumed
+	// shard whose entries after its position were applied before the
+	// subscription started is reported as a gap. Neither ends the stream
+	// while other shards remain.
+	Tail(context.Context, *connect.Request[v1.TailRequest], *connect.ServerStream[v1.TailResponse]) error
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -206,6 +234,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("ShardRead")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceTailHandler := connect.NewServerStreamHandler(
+		NodeServiceTailProcedure,
+		svc.Tail,
+		connect.WithSchema(nodeServiceMethods.ByName("Tail")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.node.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceOpenReplicaProcedure:
@@ -218,6 +252,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceDeliverNoticesHandler.ServeHTTP(w, r)
 		case NodeServiceShardReadProcedure:
 			nodeServiceShardReadHandler.ServeHTTP(w, r)
+		case NodeServiceTailProcedure:
+			nodeServiceTailHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -245,4 +281,8 @@ func (UnimplementedNodeServiceHandler) DeliverNotices(context.Context, *connect.
 
 func (UnimplementedNodeServiceHandler) ShardRead(context.Context, *connect.Request[v1.ShardReadRequest]) (*connect.Response[v1.ShardReadResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.ShardRead is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) Tail(context.Context, *connect.Request[v1.TailRequest], *connect.ServerStream[v1.TailResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Tail is not implemented"))
 }
