@@ -177,20 +177,19 @@ func (s nodeService) Tail(ctx context.Context, req *connect.Request[nodev1.TailR
 	}
 	defer sub.Close()
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case it, ok := <-sub.C():
-			if !ok {
-				return internalError(fmt.Errorf("%w: tail subscription ended", node.ErrClosed))
-			}
-			m, err := tailItemToProto(&it)
-			if err != nil {
-				return connect.NewError(connect.CodeInternal, err)
-			}
-			if err := stream.Send(m); err != nil {
-				return err
-			}
+		it, err := sub.Next(ctx)
+		switch {
+		case errors.Is(err, node.ErrClosed):
+			return internalError(fmt.Errorf("%w: tail subscription ended", err))
+		case err != nil:
+			return err
+		}
+		m, err := tailItemToProto(&it)
+		if err != nil {
+			return connect.NewError(connect.CodeInternal, err)
+		}
+		if err := stream.Send(m); err != nil {
+			return err
 		}
 	}
 }

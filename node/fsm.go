@@ -55,6 +55,9 @@ type shardFSM struct {
 	// result and where each entry's events end in it (on the FSM goroutine,
 	// with mu held; it must not block).
 	onApply func(*correlate.Result, []EntrySpan)
+	// onFail, if set, is called once when the replica stops applying (on
+	// the FSM goroutine, with mu held; it must not block).
+	onFail func()
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -143,6 +146,9 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		// applied: the replica stops, and a restart replays from the log.
 		f.failed = fmt.Errorf("%w: shard %d: %w", ErrReplicaFailed, f.shard, err)
 		f.logger.Error("store apply failed; replica stops applying", "shard", f.shard, "err", err)
+		if f.onFail != nil {
+			f.onFail()
+		}
 		for i := range resp {
 			resp[i] = ApplyResult{Err: f.failed}
 		}
@@ -163,12 +169,13 @@ type EntrySpan struct {
 	End   int
 }
 
-// withApplied runs fn with the applied index, excluding applies: an apply
-// that follows sees whatever fn changed, one that precedes is in applied.
-func (f *shardFSM) withApplied(fn func(applied uint64)) {
+// withApplied runs fn with the applied index and the failure that stopped
+// applies (nil while the replica applies), excluding applies: an apply that
+// follows sees whatever fn changed, one that precedes is in applied.
+func (f *shardFSM) withApplied(fn func(applied uint64, failed error)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fn(f.applied)
+	fn(f.applied, f.failed)
 }
 
 // mergeResult appends src to dst. State records keep their order, so a put

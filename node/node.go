@@ -242,6 +242,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		Timing:     n.cfg.Raft,
 		Logger:     n.logger,
 		OnApply:    n.onApply,
+		OnFail:     n.tail.failed,
 	})
 	if err != nil {
 		if c, ok := trans.(raft.WithClose); ok {

@@ -64,6 +64,9 @@ type ReplicaConfig struct {
 	// OnApply is called on the FSM goroutine after each durable apply, with
 	// where each entry's events end in res.Events.
 	OnApply func(shard uint32, res *correlate.Result, spans []EntrySpan)
+	// OnFail is called once, on the FSM goroutine, when the replica stops
+	// applying because a store write failed (Status reports the error).
+	OnFail func(shard uint32)
 }
 
 // Replica is one shard's copy on this node: a hashicorp/raft group member
@@ -100,6 +103,9 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	}
 	if cfg.OnApply != nil {
 		fsm.onApply = func(res *correlate.Result, spans []EntrySpan) { cfg.OnApply(cfg.Shard, res, spans) }
+	}
+	if cfg.OnFail != nil {
+		fsm.onFail = func() { cfg.OnFail(cfg.Shard) }
 	}
 	logs, err := openReplicaLog(cfg)
 	if err != nil {

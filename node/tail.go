@@ -1,8 +1,10 @@
 package node
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/elixirscope/scope/correlate"
 )
@@ -20,7 +22,10 @@ const (
 	// TailEvent: a matching event, at (Index, Offset).
 	TailEvent TailKind = iota
 	// TailLagged: Dropped matching events of Shard were dropped here
-	// because the subscription's buffer was full.
+	// because the subscription's buffer was full. It follows every event
+	// of the shard delivered before the drops and precedes every later
+	// one; Next delivers it as soon as the buffer has room, without
+	// waiting for the shard's next event.
 	TailLagged
 	// TailStart: the shard's subscription started; Index is the replica's
 	// applied index then (events of later entries follow). Every watched
@@ -30,8 +35,9 @@ const (
 	// already applied entries up to Index when the subscription started:
 	// their events cannot be delivered.
 	TailGap
-	// TailGone: this node no longer has a replica of Shard (never had one,
-	// or dropped it). No further item of the shard follows.
+	// TailGone: this node no longer has a replica of Shard that applies
+	// entries (never had one, dropped it, or its replica failed). No
+	// further item of the shard follows.
 	TailGone
 )
 
@@ -97,23 +103,73 @@ type Subscription struct {
 	match  func(*correlate.Event) bool
 	buffer int
 	// c holds up to buffer events and lag reports, plus room reserved per
-	// shard for one start or gap, one final lag report and one gone item, and for
-	// the overshoot of concurrent publishers between their length check
-	// and their send (at most two items per shard): sends never block.
+	// shard for one start or gap, one final lag report and one gone item.
+	// Every send happens under mu after checking the room it needs, so
+	// sends never block.
 	c chan TailItem
 
 	// Written under hub.mu (exclusive); read under hub.mu (shared).
 	state  []uint8
 	resume []bool
 	after  []TailPosition
-	// lagged[shard] is touched only by the shard's FSM goroutine (publish).
+
+	// mu orders sends to c with the lag counts: the shard's FSM goroutine
+	// (publish), the reader (Next flushing lag reports) and gone.
+	mu sync.Mutex
+	// lagged[shard]: matching events dropped since the shard's last
+	// delivered item. Guarded by mu.
 	lagged []uint64
-	once   sync.Once
+	// lagging counts shards with lagged > 0 (written under mu): Next's
+	// fast path reads it without the lock.
+	lagging atomic.Int32
+	once    sync.Once
 }
 
-// C delivers the subscription's items. It is closed when the subscription
-// or the node closes.
-func (s *Subscription) C() <-chan TailItem { return s.c }
+// Next returns the subscription's next item, waiting for one. A lag report
+// is queued as soon as the buffer has room for it, so a reader that drains
+// learns of drops without waiting for the shard's next event. Next returns
+// ctx's error when ctx is done and ErrClosed once the subscription or the
+// node is closed and every queued item was read. One goroutine at a time
+// may call Next.
+func (s *Subscription) Next(ctx context.Context) (TailItem, error) {
+	if s.lagging.Load() > 0 {
+		s.flushLagged()
+	}
+	select {
+	case it, ok := <-s.c:
+		if !ok {
+			return TailItem{}, ErrClosed
+		}
+		return it, nil
+	case <-ctx.Done():
+		return TailItem{}, ctx.Err()
+	}
+}
+
+// flushLagged queues the lag report of every lagging shard that fits in the
+// buffer. Order holds: a shard's events queued before its drops are
+// already in c, and a later event of the shard would have carried the
+// report itself (offer), so the report lands between the two.
+func (s *Subscription) flushLagged() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for shard, n := range s.lagged {
+		if n == 0 {
+			continue
+		}
+		if len(s.c)+1 > s.buffer {
+			return
+		}
+		s.sendLaggedLocked(uint32(shard))
+	}
+}
+
+// sendLaggedLocked queues shard's lag report and resets its count.
+func (s *Subscription) sendLaggedLocked(shard uint32) {
+	s.c <- TailItem{Kind: TailLagged, Shard: shard, Dropped: s.lagged[shard]}
+	s.lagged[shard] = 0
+	s.lagging.Add(-1)
+}
 
 // Close ends the subscription.
 func (s *Subscription) Close() { s.hub.remove(s) }
@@ -154,13 +210,41 @@ func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 			return nil, fmt.Errorf("%w: tail shard %d of %d", ErrNoShard, shard, h.shards)
 		}
 	}
+	s, err := h.add(spec, buffer)
+	if err != nil {
+		return nil, err
+	}
+	for _, shard := range shards {
+		r := n.Replica(shard)
+		if r == nil {
+			h.gone(shard, "no replica on this node", s)
+			continue
+		}
+		r.fsm.withApplied(func(applied uint64, failed error) {
+			if failed != nil {
+				h.gone(shard, "replica failed", s)
+				return
+			}
+			h.watch(s, shard, applied)
+		})
+		// DropReplica removes the replica from the node before telling the
+		// hub: if it was removed before the watch above, tell it now.
+		if n.Replica(shard) != r {
+			h.gone(shard, "replica dropped", s)
+		}
+	}
+	return s, nil
+}
+
+// add registers a subscription that watches no shard yet.
+func (h *tailHub) add(spec TailSpec, buffer int) (*Subscription, error) {
 	for shard := range spec.After {
 		if shard >= h.shards {
 			return nil, fmt.Errorf("%w: tail resume shard %d of %d", ErrNoShard, shard, h.shards)
 		}
 	}
 	s := &Subscription{hub: h, match: spec.Match, buffer: buffer,
-		c:     make(chan TailItem, buffer+5*int(h.shards)),
+		c:     make(chan TailItem, buffer+3*int(h.shards)),
 		state: make([]uint8, h.shards), resume: make([]bool, h.shards),
 		after: make([]TailPosition, h.shards), lagged: make([]uint64, h.shards)}
 	for shard, p := range spec.After {
@@ -177,20 +261,6 @@ func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 	}
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
-
-	for _, shard := range shards {
-		r := n.Replica(shard)
-		if r == nil {
-			h.gone(shard, "no replica on this node", s)
-			continue
-		}
-		r.fsm.withApplied(func(applied uint64) { h.watch(s, shard, applied) })
-		// DropReplica removes the replica from the node before telling the
-		// hub: if it was removed before the watch above, tell it now.
-		if n.Replica(shard) != r {
-			h.gone(shard, "replica dropped", s)
-		}
-	}
 	return s, nil
 }
 
@@ -203,6 +273,8 @@ func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
 		return
 	}
 	s.state[shard] = subWatching
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if p := s.after[shard]; s.resume[shard] && (applied > p.Index || (applied == p.Index && !p.Last)) {
 		// Entries after the resume position were applied before this
 		// subscription: the replica's log cannot be replayed to it.
@@ -221,16 +293,18 @@ func (h *tailHub) publish(shard uint32, events []correlate.Event, spans []EntryS
 		if s.state[shard] != subWatching {
 			continue
 		}
+		s.mu.Lock()
 		start := 0
 		for _, sp := range spans {
 			s.publishEntry(shard, sp.Index, events[start:sp.End])
 			start = sp.End
 		}
+		s.mu.Unlock()
 	}
 }
 
 // publishEntry delivers the matching events of one entry, each tagged with
-// whether a later event of the entry matched too.
+// whether a later event of the entry matched too. s.mu is held.
 func (s *Subscription) publishEntry(shard uint32, index uint64, events []correlate.Event) {
 	if s.resume[shard] && index < s.after[shard].Index {
 		return
@@ -254,27 +328,31 @@ func (s *Subscription) publishEntry(shard uint32, index uint64, events []correla
 }
 
 // offer sends one event, preceded by the shard's lag report if events were
-// dropped since its last delivered one, or counts it as dropped.
+// dropped since its last delivered one, or counts it as dropped. s.mu is
+// held.
 func (s *Subscription) offer(shard uint32, index uint64, offset int, e *correlate.Event, last bool) {
 	need := 1
 	if s.lagged[shard] > 0 {
 		need = 2
 	}
 	if len(s.c)+need > s.buffer {
+		if s.lagged[shard] == 0 {
+			s.lagging.Add(1)
+		}
 		s.lagged[shard]++
 		return
 	}
 	if need == 2 {
-		s.c <- TailItem{Kind: TailLagged, Shard: shard, Dropped: s.lagged[shard]}
-		s.lagged[shard] = 0
+		s.sendLaggedLocked(shard)
 	}
 	s.c <- TailItem{Kind: TailEvent, Shard: shard, Event: *e,
 		TailPosition: TailPosition{Index: index, Offset: uint32(offset), Last: last}}
 }
 
 // gone tells subscriptions (only that one, or all when only is nil) that this
-// node has no replica of shard any more. Events dropped and not yet
-// reported are reported first.
+// node has no replica of shard that applies entries any more. Events
+// dropped and not yet reported are reported first (in the room reserved
+// for them).
 func (h *tailHub) gone(shard uint32, reason string, only *Subscription) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -283,15 +361,18 @@ func (h *tailHub) gone(shard uint32, reason string, only *Subscription) {
 			continue
 		}
 		s.state[shard] = subGone
-		if n := s.lagged[shard]; n > 0 {
-			// The shard's FSM goroutine no longer publishes to s (its state
-			// is gone, set under the exclusive lock), so lagged is ours now.
-			s.c <- TailItem{Kind: TailLagged, Shard: shard, Dropped: n}
-			s.lagged[shard] = 0
+		s.mu.Lock()
+		if s.lagged[shard] > 0 {
+			s.sendLaggedLocked(shard)
 		}
 		s.c <- TailItem{Kind: TailGone, Shard: shard, Reason: reason}
+		s.mu.Unlock()
 	}
 }
+
+// failed tells every subscription that shard's replica stopped applying. It
+// runs on the shard's FSM goroutine, under its apply lock.
+func (h *tailHub) failed(shard uint32) { h.gone(shard, "replica failed", nil) }
 
 func (h *tailHub) remove(s *Subscription) {
 	h.mu.Lock()

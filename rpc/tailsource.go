@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/elixirscope/scope/correlate"
@@ -80,15 +81,11 @@ func openLocalTail(ctx context.Context, n *node.Node, req TailSourceRequest, mat
 }
 
 func (l *localTail) Recv() (node.TailItem, error) {
-	select {
-	case <-l.ctx.Done():
-		return node.TailItem{}, l.ctx.Err()
-	case it, ok := <-l.sub.C():
-		if !ok {
-			return node.TailItem{}, fmt.Errorf("%w: tail subscription ended", node.ErrClosed)
-		}
-		return it, nil
+	it, err := l.sub.Next(l.ctx)
+	if errors.Is(err, node.ErrClosed) {
+		err = fmt.Errorf("%w: tail subscription ended", err)
 	}
+	return it, err
 }
 
 func (l *localTail) Close() { l.sub.Close() }
