@@ -488,6 +488,9 @@ func TestTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stream.Close()
+	if !stream.Receive() || len(stream.Msg().GetStarted().GetShards()) != shards {
+		t.Fatalf("first item: %v %v", stream.Msg(), stream.Err())
+	}
 	if !stream.Receive() || stream.Msg().GetEvent().GetEventId() != first.EventId {
 		t.Fatalf("backfill: %v %v", stream.Msg(), stream.Err())
 	}

@@ -41,6 +41,12 @@ func (q queryService) Tail(ctx context.Context, req *connect.Request[scopev1.Tai
 	}
 	q.s.tails.Inc()
 	defer q.s.tails.Dec()
+	// Every source that opened is subscribed (a remote one answered its
+	// first item): say so now, which also sends the response headers, so
+	// the client's call returns before any event matches.
+	if err := stream.Send(t.started()); err != nil {
+		return err
+	}
 
 	if backfill > 0 {
 		page, err := q.s.planner.merge(ctx, proc, mergeQuery{q: f.query(true, backfill),

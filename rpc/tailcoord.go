@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,8 +30,13 @@ import (
 //     (reason source_lost, dropped 0) naming the shard — never a silent
 //     gap. Leadership moving needs no re-plan: the old leader keeps
 //     applying as a follower.
-//   - A shard with no replica to follow is retried every tailReplanEvery;
-//     after Config.TailReplanTimeout the stream ends with UNAVAILABLE.
+//   - A failed replica (it stopped applying) reports its shard gone like a
+//     dropped one. A lost shard moves at once to a replica that has not
+//     lost it since the shard last delivered; once every replica has, they
+//     are retried every tailReplanEvery (never in a tight loop). A shard
+//     whose source has not started (TailStart or TailGap) within
+//     Config.TailReplanTimeout of losing the last one ends the stream with
+//     UNAVAILABLE naming it.
 
 // tailReplanEvery paces attempts to place a shard that lost its source.
 const tailReplanEvery = 100 * time.Millisecond
@@ -64,8 +70,8 @@ type shardTail struct {
 	source   uint64 // 0: not placed
 	pos      node.TailPosition
 	resume   bool            // pos is set
-	failed   map[string]bool // nodes that lost the shard since it was last placed
-	unplaced time.Time       // when the shard lost its source
+	failed   map[string]bool // nodes that lost the shard since it last delivered
+	unplaced time.Time       // when the shard lost its last started source; zero: started
 }
 
 type sourceItem struct {
@@ -156,7 +162,6 @@ func (t *tailRun) open(n string, shards []uint32) error {
 	for _, shard := range shards {
 		src.owned[shard] = true
 		t.shards[shard].source = id
-		t.shards[shard].unplaced = time.Time{}
 	}
 	t.sources[id] = src
 	t.s.metrics.tailSources.Inc()
@@ -208,13 +213,16 @@ func (t *tailRun) release(shard uint32) {
 		}
 	}
 	sh.source = 0
-	sh.unplaced = time.Now()
+	if sh.unplaced.IsZero() {
+		sh.unplaced = time.Now()
+	}
 	t.s.metrics.tailReplans.Inc()
 }
 
 // place tries to give an unplaced shard a source: a replica that has not
-// lost it yet, or, once every replica has, any of them again.
-func (t *tailRun) place(shard uint32) {
+// lost it yet, or, with retry (the paced tick) once every replica has,
+// the best of them again.
+func (t *tailRun) place(shard uint32, retry bool) {
 	sh := t.shards[shard]
 	cands := t.replicas(shard)
 	pick := ""
@@ -224,7 +232,7 @@ func (t *tailRun) place(shard uint32) {
 			break
 		}
 	}
-	if pick == "" && len(cands) > 0 {
+	if pick == "" && retry && len(cands) > 0 {
 		clear(sh.failed)
 		pick = cands[0]
 	}
@@ -256,7 +264,7 @@ func (t *tailRun) run(send func(*scopev1.TailResponse) error) error {
 			t.s.logger.Debug("tail source ended", "node", src.node, "err", e.err)
 			for shard := range src.owned {
 				t.release(shard)
-				t.place(shard)
+				t.place(shard, false)
 			}
 		case si := <-t.items:
 			if err := t.handle(si, send); err != nil {
@@ -264,11 +272,10 @@ func (t *tailRun) run(send func(*scopev1.TailResponse) error) error {
 			}
 		case now := <-tick.C:
 			for shard, sh := range t.shards {
-				if sh.source != 0 {
-					continue
+				if sh.source == 0 {
+					t.place(shard, true)
 				}
-				t.place(shard)
-				if sh.source == 0 && now.Sub(sh.unplaced) > t.s.cfg.TailReplanTimeout {
+				if !sh.unplaced.IsZero() && now.Sub(sh.unplaced) > t.s.cfg.TailReplanTimeout {
 					return fmt.Errorf("%w: shard %d: none of %v reachable for %v", ErrTailSource,
 						shard, t.replicas(shard), t.s.cfg.TailReplanTimeout)
 				}
@@ -286,24 +293,43 @@ func (t *tailRun) handle(si sourceItem, send func(*scopev1.TailResponse) error) 
 	switch it.Kind {
 	case node.TailEvent:
 		sh.pos, sh.resume = it.TailPosition, true
+		sh.unplaced = time.Time{}
 		clear(sh.failed)
 		return send(&scopev1.TailResponse{Item: &scopev1.TailResponse_Event{Event: EventToProto(&it.Event)}})
 	case node.TailLagged:
 		t.s.metrics.tailDropped.Add(float64(it.Dropped))
 		return send(lagged(it.Shard, it.Dropped, "slow_consumer"))
 	case node.TailStart:
+		sh.unplaced = time.Time{}
 		if !sh.resume {
 			sh.pos, sh.resume = node.TailPosition{Index: it.Index, Offset: math.MaxUint32, Last: true}, true
 		}
 	case node.TailGap:
+		sh.unplaced = time.Time{}
 		sh.pos = node.TailPosition{Index: it.Index, Offset: math.MaxUint32, Last: true}
 		t.s.metrics.tailGaps.Inc()
 		return send(lagged(it.Shard, 0, "source_lost"))
 	case node.TailGone:
 		t.release(it.Shard)
-		t.place(it.Shard)
+		t.place(it.Shard, false)
 	}
 	return nil
+}
+
+// started is the stream's first item: the shards that have a source now
+// (subscribed: their later events are delivered) and those still pending.
+func (t *tailRun) started() *scopev1.TailResponse {
+	st := &scopev1.TailStarted{}
+	for shard, sh := range t.shards {
+		if sh.source != 0 {
+			st.Shards = append(st.Shards, shard)
+		} else {
+			st.Pending = append(st.Pending, shard)
+		}
+	}
+	slices.Sort(st.Shards)
+	slices.Sort(st.Pending)
+	return &scopev1.TailResponse{Item: &scopev1.TailResponse_Started{Started: st}}
 }
 
 func lagged(shard uint32, dropped uint64, reason string) *scopev1.TailResponse {

@@ -128,11 +128,25 @@ func runTail(args []string, stdout, stderr io.Writer) int {
 				}
 				continue
 			}
+			if st := m.GetStarted(); st != nil {
+				if len(st.GetPending()) > 0 {
+					fmt.Fprintf(stderr, "scope tail: shards %v have no reachable replica yet; retrying\n", st.GetPending())
+				}
+				continue
+			}
 			if l := m.GetLagged(); l != nil {
-				fmt.Fprintf(stderr, "scope tail: %d events dropped: this client fell behind\n", l.GetDropped())
+				switch l.GetReason() {
+				case "source_lost":
+					fmt.Fprintf(stderr, "scope tail: shard %d: events may be missing: the replica followed was lost\n", l.GetShard())
+				default:
+					fmt.Fprintf(stderr, "scope tail: shard %d: %d events dropped: this client fell behind\n", l.GetShard(), l.GetDropped())
+				}
 				continue
 			}
 			e := m.GetEvent()
+			if e == nil {
+				continue // an item kind this client does not know
+			}
 			fmt.Fprintf(stdout, "%-27s %5d %-12s %-30s %-40s %-10s %-12s %s\n", fmtTime(e.GetTimestampNs()), e.GetShard(),
 				kindName(e.GetKind()), process(e.GetOrigin(), e.GetPid()), mfa(e), fmtDuration(e.GetDurationNs()),
 				eventOutcome(e), eventIDs(e))

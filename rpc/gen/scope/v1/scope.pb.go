@@ -2890,6 +2890,7 @@ type TailResponse struct {
 	//
 	//	*TailResponse_Event
 	//	*TailResponse_Lagged
+	//	*TailResponse_Started
 	Item          isTailResponse_Item `protobuf_oneof:"item"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2950,6 +2951,15 @@ func (x *TailResponse) GetLagged() *Lagged {
 	return nil
 }
 
+func (x *TailResponse) GetStarted() *TailStarted {
+	if x != nil {
+		if x, ok := x.Item.(*TailResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
 type isTailResponse_Item interface {
 	isTailResponse_Item()
 }
@@ -2964,9 +2974,74 @@ type TailResponse_Lagged struct {
 	Lagged *Lagged `protobuf:"bytes,2,opt,name=lagged,proto3,oneof"`
 }
 
+type TailResponse_Started struct {
+	// The first item of every stream (before any backfill): the tail is
+	// subscribed. It also carries the response headers, so a client's call
+	// returns at once instead of waiting for the first matching event.
+	Started *TailStarted `protobuf:"bytes,3,opt,name=started,proto3,oneof"`
+}
+
 func (*TailResponse_Event) isTailResponse_Item() {}
 
 func (*TailResponse_Lagged) isTailResponse_Item() {}
+
+func (*TailResponse_Started) isTailResponse_Item() {}
+
+// TailStarted says which shards a tail follows from now on: every matching
+// event a listed shard applies after this item is delivered (or counted in
+// a Lagged). A pending shard had no replica that could be followed yet; it
+// is retried, and its events are delivered from when it is placed.
+type TailStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shards        []uint32               `protobuf:"varint,1,rep,packed,name=shards,proto3" json:"shards,omitempty"`
+	Pending       []uint32               `protobuf:"varint,2,rep,packed,name=pending,proto3" json:"pending,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TailStarted) Reset() {
+	*x = TailStarted{}
+	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TailStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TailStarted) ProtoMessage() {}
+
+func (x *TailStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TailStarted.ProtoReflect.Descriptor instead.
+func (*TailStarted) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TailStarted) GetShards() []uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+func (x *TailStarted) GetPending() []uint32 {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
 
 // Lagged reports events a tail could not send: its client read too slowly
 // (the server buffers a bounded number of events per subscriber and per
@@ -2991,7 +3066,7 @@ type Lagged struct {
 
 func (x *Lagged) Reset() {
 	*x = Lagged{}
-	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	mi := &file_scope_v1_scope_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3003,7 +3078,7 @@ func (x *Lagged) String() string {
 func (*Lagged) ProtoMessage() {}
 
 func (x *Lagged) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[28]
+	mi := &file_scope_v1_scope_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3016,7 +3091,7 @@ func (x *Lagged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lagged.ProtoReflect.Descriptor instead.
 func (*Lagged) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{28}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Lagged) GetDropped() uint64 {
@@ -3054,7 +3129,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[29]
+	mi := &file_scope_v1_scope_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3066,7 +3141,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[29]
+	mi := &file_scope_v1_scope_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3079,7 +3154,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{29}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatsRequest) GetTopN() uint32 {
@@ -3127,7 +3202,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[30]
+	mi := &file_scope_v1_scope_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3139,7 +3214,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[30]
+	mi := &file_scope_v1_scope_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3152,7 +3227,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{30}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatsResponse) GetEvents() uint64 {
@@ -3214,7 +3289,7 @@ type KindCount struct {
 
 func (x *KindCount) Reset() {
 	*x = KindCount{}
-	mi := &file_scope_v1_scope_proto_msgTypes[31]
+	mi := &file_scope_v1_scope_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3226,7 +3301,7 @@ func (x *KindCount) String() string {
 func (*KindCount) ProtoMessage() {}
 
 func (x *KindCount) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[31]
+	mi := &file_scope_v1_scope_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3239,7 +3314,7 @@ func (x *KindCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCount.ProtoReflect.Descriptor instead.
 func (*KindCount) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{31}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *KindCount) GetKind() Kind {
@@ -3271,7 +3346,7 @@ type ShardStats struct {
 
 func (x *ShardStats) Reset() {
 	*x = ShardStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[32]
+	mi := &file_scope_v1_scope_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3358,7 @@ func (x *ShardStats) String() string {
 func (*ShardStats) ProtoMessage() {}
 
 func (x *ShardStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[32]
+	mi := &file_scope_v1_scope_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3371,7 @@ func (x *ShardStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStats.ProtoReflect.Descriptor instead.
 func (*ShardStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{32}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ShardStats) GetShard() uint32 {
@@ -3344,7 +3419,7 @@ type FunctionStats struct {
 
 func (x *FunctionStats) Reset() {
 	*x = FunctionStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[33]
+	mi := &file_scope_v1_scope_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3431,7 @@ func (x *FunctionStats) String() string {
 func (*FunctionStats) ProtoMessage() {}
 
 func (x *FunctionStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[33]
+	mi := &file_scope_v1_scope_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3444,7 @@ func (x *FunctionStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FunctionStats.ProtoReflect.Descriptor instead.
 func (*FunctionStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{33}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FunctionStats) GetModule() string {
@@ -3438,7 +3513,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_scope_v1_scope_proto_msgTypes[34]
+	mi := &file_scope_v1_scope_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3450,7 +3525,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[34]
+	mi := &file_scope_v1_scope_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3463,7 +3538,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{34}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeStats) GetName() string {
@@ -3530,7 +3605,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[35]
+	mi := &file_scope_v1_scope_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3542,7 +3617,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[35]
+	mi := &file_scope_v1_scope_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3555,7 +3630,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{35}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{36}
 }
 
 type MembersResponse struct {
@@ -3568,7 +3643,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[36]
+	mi := &file_scope_v1_scope_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +3655,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[36]
+	mi := &file_scope_v1_scope_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +3668,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{36}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -3624,7 +3699,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_scope_v1_scope_proto_msgTypes[37]
+	mi := &file_scope_v1_scope_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3636,7 +3711,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[37]
+	mi := &file_scope_v1_scope_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3649,7 +3724,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{37}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Member) GetName() string {
@@ -3711,7 +3786,7 @@ type ShardsRequest struct {
 
 func (x *ShardsRequest) Reset() {
 	*x = ShardsRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[38]
+	mi := &file_scope_v1_scope_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3723,7 +3798,7 @@ func (x *ShardsRequest) String() string {
 func (*ShardsRequest) ProtoMessage() {}
 
 func (x *ShardsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[38]
+	mi := &file_scope_v1_scope_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3736,7 +3811,7 @@ func (x *ShardsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardsRequest.ProtoReflect.Descriptor instead.
 func (*ShardsRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{38}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ShardsRequest) GetShards() []uint32 {
@@ -3760,7 +3835,7 @@ type ShardsResponse struct {
 
 func (x *ShardsResponse) Reset() {
 	*x = ShardsResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[39]
+	mi := &file_scope_v1_scope_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3772,7 +3847,7 @@ func (x *ShardsResponse) String() string {
 func (*ShardsResponse) ProtoMessage() {}
 
 func (x *ShardsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[39]
+	mi := &file_scope_v1_scope_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3785,7 +3860,7 @@ func (x *ShardsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardsResponse.ProtoReflect.Descriptor instead.
 func (*ShardsResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{39}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ShardsResponse) GetShards() []*ShardInfo {
@@ -3826,7 +3901,7 @@ type ShardInfo struct {
 
 func (x *ShardInfo) Reset() {
 	*x = ShardInfo{}
-	mi := &file_scope_v1_scope_proto_msgTypes[40]
+	mi := &file_scope_v1_scope_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3838,7 +3913,7 @@ func (x *ShardInfo) String() string {
 func (*ShardInfo) ProtoMessage() {}
 
 func (x *ShardInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[40]
+	mi := &file_scope_v1_scope_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3851,7 +3926,7 @@ func (x *ShardInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardInfo.ProtoReflect.Descriptor instead.
 func (*ShardInfo) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{40}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ShardInfo) GetShard() uint32 {
@@ -3904,7 +3979,7 @@ type Replica struct {
 
 func (x *Replica) Reset() {
 	*x = Replica{}
-	mi := &file_scope_v1_scope_proto_msgTypes[41]
+	mi := &file_scope_v1_scope_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3916,7 +3991,7 @@ func (x *Replica) String() string {
 func (*Replica) ProtoMessage() {}
 
 func (x *Replica) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[41]
+	mi := &file_scope_v1_scope_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3929,7 +4004,7 @@ func (x *Replica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Replica.ProtoReflect.Descriptor instead.
 func (*Replica) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{41}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Replica) GetNode() string {
@@ -3970,7 +4045,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[42]
+	mi := &file_scope_v1_scope_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4057,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[42]
+	mi := &file_scope_v1_scope_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4070,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{42}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *JoinRequest) GetAddrs() []string {
@@ -4015,7 +4090,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[43]
+	mi := &file_scope_v1_scope_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4027,7 +4102,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[43]
+	mi := &file_scope_v1_scope_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4040,7 +4115,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{43}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *JoinResponse) GetContacted() uint32 {
@@ -4060,7 +4135,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[44]
+	mi := &file_scope_v1_scope_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4072,7 +4147,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[44]
+	mi := &file_scope_v1_scope_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4085,7 +4160,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{44}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *LeaveRequest) GetName() string {
@@ -4103,7 +4178,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[45]
+	mi := &file_scope_v1_scope_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4115,7 +4190,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[45]
+	mi := &file_scope_v1_scope_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4128,7 +4203,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{45}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{46}
 }
 
 var File_scope_v1_scope_proto protoreflect.FileDescriptor
@@ -4334,11 +4409,15 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\bbackfill\x18\t \x01(\rR\bbackfill\x127\n" +
 	"\vconsistency\x18\n" +
 	" \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistencyB\b\n" +
-	"\x06_arity\"k\n" +
+	"\x06_arity\"\x9e\x01\n" +
 	"\fTailResponse\x12'\n" +
 	"\x05event\x18\x01 \x01(\v2\x0f.scope.v1.EventH\x00R\x05event\x12*\n" +
-	"\x06lagged\x18\x02 \x01(\v2\x10.scope.v1.LaggedH\x00R\x06laggedB\x06\n" +
-	"\x04item\"_\n" +
+	"\x06lagged\x18\x02 \x01(\v2\x10.scope.v1.LaggedH\x00R\x06lagged\x121\n" +
+	"\astarted\x18\x03 \x01(\v2\x15.scope.v1.TailStartedH\x00R\astartedB\x06\n" +
+	"\x04item\"?\n" +
+	"\vTailStarted\x12\x16\n" +
+	"\x06shards\x18\x01 \x03(\rR\x06shards\x12\x18\n" +
+	"\apending\x18\x02 \x03(\rR\apending\"_\n" +
 	"\x06Lagged\x12\x18\n" +
 	"\adropped\x18\x01 \x01(\x04R\adropped\x12\x19\n" +
 	"\x05shard\x18\x02 \x01(\rH\x00R\x05shard\x88\x01\x01\x12\x16\n" +
@@ -4506,7 +4585,7 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 }
 
 var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_scope_v1_scope_proto_goTypes = []any{
 	(Kind)(0),                   // 0: scope.v1.Kind
 	(Outcome)(0),                // 1: scope.v1.Outcome
@@ -4544,29 +4623,30 @@ var file_scope_v1_scope_proto_goTypes = []any{
 	(*TraceResponse)(nil),       // 33: scope.v1.TraceResponse
 	(*TailRequest)(nil),         // 34: scope.v1.TailRequest
 	(*TailResponse)(nil),        // 35: scope.v1.TailResponse
-	(*Lagged)(nil),              // 36: scope.v1.Lagged
-	(*StatsRequest)(nil),        // 37: scope.v1.StatsRequest
-	(*StatsResponse)(nil),       // 38: scope.v1.StatsResponse
-	(*KindCount)(nil),           // 39: scope.v1.KindCount
-	(*ShardStats)(nil),          // 40: scope.v1.ShardStats
-	(*FunctionStats)(nil),       // 41: scope.v1.FunctionStats
-	(*NodeStats)(nil),           // 42: scope.v1.NodeStats
-	(*MembersRequest)(nil),      // 43: scope.v1.MembersRequest
-	(*MembersResponse)(nil),     // 44: scope.v1.MembersResponse
-	(*Member)(nil),              // 45: scope.v1.Member
-	(*ShardsRequest)(nil),       // 46: scope.v1.ShardsRequest
-	(*ShardsResponse)(nil),      // 47: scope.v1.ShardsResponse
-	(*ShardInfo)(nil),           // 48: scope.v1.ShardInfo
-	(*Replica)(nil),             // 49: scope.v1.Replica
-	(*JoinRequest)(nil),         // 50: scope.v1.JoinRequest
-	(*JoinResponse)(nil),        // 51: scope.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 52: scope.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 53: scope.v1.LeaveResponse
-	nil,                         // 54: scope.v1.Event.AttributesEntry
+	(*TailStarted)(nil),         // 36: scope.v1.TailStarted
+	(*Lagged)(nil),              // 37: scope.v1.Lagged
+	(*StatsRequest)(nil),        // 38: scope.v1.StatsRequest
+	(*StatsResponse)(nil),       // 39: scope.v1.StatsResponse
+	(*KindCount)(nil),           // 40: scope.v1.KindCount
+	(*ShardStats)(nil),          // 41: scope.v1.ShardStats
+	(*FunctionStats)(nil),       // 42: scope.v1.FunctionStats
+	(*NodeStats)(nil),           // 43: scope.v1.NodeStats
+	(*MembersRequest)(nil),      // 44: scope.v1.MembersRequest
+	(*MembersResponse)(nil),     // 45: scope.v1.MembersResponse
+	(*Member)(nil),              // 46: scope.v1.Member
+	(*ShardsRequest)(nil),       // 47: scope.v1.ShardsRequest
+	(*ShardsResponse)(nil),      // 48: scope.v1.ShardsResponse
+	(*ShardInfo)(nil),           // 49: scope.v1.ShardInfo
+	(*Replica)(nil),             // 50: scope.v1.Replica
+	(*JoinRequest)(nil),         // 51: scope.v1.JoinRequest
+	(*JoinResponse)(nil),        // 52: scope.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 53: scope.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 54: scope.v1.LeaveResponse
+	nil,                         // 55: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	54, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	55, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
 	9,  // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
 	2,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
@@ -4614,55 +4694,56 @@ var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 46: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
 	4,  // 47: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
 	8,  // 48: scope.v1.TailResponse.event:type_name -> scope.v1.Event
-	36, // 49: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
-	4,  // 50: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
-	39, // 51: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
-	40, // 52: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
-	41, // 53: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
-	42, // 54: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
-	12, // 55: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
-	13, // 56: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
-	0,  // 57: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
-	45, // 58: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
-	6,  // 59: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
-	48, // 60: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
-	49, // 61: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
-	7,  // 62: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
-	15, // 63: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
-	15, // 64: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
-	18, // 65: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
-	20, // 66: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
-	22, // 67: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
-	25, // 68: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
-	27, // 69: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
-	30, // 70: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
-	32, // 71: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
-	34, // 72: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
-	37, // 73: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
-	43, // 74: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
-	46, // 75: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
-	50, // 76: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
-	52, // 77: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	16, // 78: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	16, // 79: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	19, // 80: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	21, // 81: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	23, // 82: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	26, // 83: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	28, // 84: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	31, // 85: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	33, // 86: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	35, // 87: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	38, // 88: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	44, // 89: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	47, // 90: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	51, // 91: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	53, // 92: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	78, // [78:93] is the sub-list for method output_type
-	63, // [63:78] is the sub-list for method input_type
-	63, // [63:63] is the sub-list for extension type_name
-	63, // [63:63] is the sub-list for extension extendee
-	0,  // [0:63] is the sub-list for field type_name
+	37, // 49: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
+	36, // 50: scope.v1.TailResponse.started:type_name -> scope.v1.TailStarted
+	4,  // 51: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
+	40, // 52: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
+	41, // 53: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
+	42, // 54: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
+	43, // 55: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
+	12, // 56: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
+	13, // 57: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 58: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
+	46, // 59: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
+	6,  // 60: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
+	49, // 61: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
+	50, // 62: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
+	7,  // 63: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
+	15, // 64: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
+	15, // 65: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
+	18, // 66: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
+	20, // 67: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
+	22, // 68: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
+	25, // 69: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
+	27, // 70: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
+	30, // 71: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
+	32, // 72: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
+	34, // 73: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
+	38, // 74: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
+	44, // 75: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
+	47, // 76: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
+	51, // 77: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
+	53, // 78: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
+	16, // 79: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	16, // 80: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	19, // 81: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	21, // 82: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	23, // 83: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	26, // 84: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	28, // 85: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	31, // 86: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	33, // 87: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	35, // 88: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	39, // 89: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	45, // 90: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	48, // 91: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	52, // 92: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	54, // 93: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	79, // [79:94] is the sub-list for method output_type
+	64, // [64:79] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_scope_v1_scope_proto_init() }
@@ -4675,15 +4756,16 @@ func file_scope_v1_scope_proto_init() {
 	file_scope_v1_scope_proto_msgTypes[27].OneofWrappers = []any{
 		(*TailResponse_Event)(nil),
 		(*TailResponse_Lagged)(nil),
+		(*TailResponse_Started)(nil),
 	}
-	file_scope_v1_scope_proto_msgTypes[28].OneofWrappers = []any{}
+	file_scope_v1_scope_proto_msgTypes[29].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   47,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
