@@ -9,6 +9,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
@@ -38,6 +40,39 @@ func (l *tailLog) read(s *connect.ServerStreamForClient[scopev1.TailResponse]) {
 	l.mu.Unlock()
 }
 
+// applyOrder records where each event was applied (shard, raft index,
+// offset in the entry) from node-level subscriptions on every node: every
+// replica applies the same log, so any replica's position is the event's.
+type applyOrder struct {
+	mu  sync.Mutex
+	pos map[string]node.TailItem
+	wg  sync.WaitGroup
+}
+
+func (a *applyOrder) follow(ctx context.Context, t *testing.T, n *node.Node) {
+	sub, err := n.Subscribe(node.TailSpec{Buffer: 1 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer sub.Close()
+		for {
+			it, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if it.Kind == node.TailEvent {
+				it.Event = correlate.Event{ID: it.Event.ID}
+				a.mu.Lock()
+				a.pos[it.Event.ID.String()] = it
+				a.mu.Unlock()
+			}
+		}
+	}()
+}
+
 // TestTailClusterWide tails through a node that does not host every shard
 // while another node ingests, then stops the node the tail follows for
 // some shards: every acknowledged event arrives exactly once and in order
@@ -60,6 +95,11 @@ func TestTailClusterWide(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	order := &applyOrder{pos: make(map[string]node.TailItem)}
+	for _, n := range c.Nodes {
+		order.follow(ctx, t, n.Node)
+	}
+	defer order.wg.Wait()
 	log := &tailLog{shards: make(map[uint32]bool)}
 	done := make(chan struct{})
 	go func() {
@@ -161,6 +201,26 @@ func TestTailClusterWide(t *testing.T) {
 			t.Errorf("pid %s: event at %d after %d (out of apply order)", p, e.GetTimestampNs(), lastTs[p])
 		}
 		lastTs[p] = e.GetTimestampNs()
+	}
+	// Per shard, the tail's events come in raft apply order: strictly
+	// increasing (index, offset).
+	order.mu.Lock()
+	prev := make(map[uint32]node.TailItem)
+	checked := 0
+	for _, e := range log.events {
+		p, ok := order.pos[e.GetEventId()]
+		if !ok {
+			continue
+		}
+		checked++
+		if q, ok := prev[p.Shard]; ok && !(p.Index > q.Index || p.Index == q.Index && p.Offset > q.Offset) {
+			t.Errorf("shard %d: event %s at %d.%d tailed after %d.%d", p.Shard, e.GetEventId(), p.Index, p.Offset, q.Index, q.Offset)
+		}
+		prev[p.Shard] = p
+	}
+	order.mu.Unlock()
+	if checked < len(log.events)/2 {
+		t.Errorf("only %d of %d tailed events have a recorded apply position", checked, len(log.events))
 	}
 	gaps := lost()
 	missed := 0
