@@ -235,24 +235,76 @@ type mergedPage struct {
 }
 
 // shardStream is one shard's progress in a merge: the matching events read
-// but not yet emitted (in query order), and how far the shard has been
-// read (next) when it has more.
+// but not yet emitted (in query order), how many events the shard has
+// returned (read, before the residual filter), and how far it has been
+// read (next) when it has more (asked: once it has answered a page).
 type shardStream struct {
 	shard  uint32
 	buf    []correlate.Event
+	asked  bool
+	read   int
 	more   bool
 	next   store.Position
 	failed bool
+}
+
+// firstRoundSlack is added to a merge's first-round share of the page (see
+// firstRoundLimit).
+const firstRoundSlack = 16
+
+// firstRoundLimit is the page size a merge first asks each of k shards
+// for: twice the even share of the page plus a little slack, not the whole
+// page. A time range over 16 shards used to read 16 pages of 1,000 events
+// (with their links) to answer one page of 1,000; when events spread
+// evenly over the shards, twice the share already fills the page before
+// the frontier. When it does not (skewed data), the shards that have more
+// are read on up to the whole page, which is what a first round asking
+// for the whole page would have read.
+func firstRoundLimit(limit, k int) int {
+	if k <= 1 {
+		return limit
+	}
+	return min(limit, 2*((limit+k-1)/k)+firstRoundSlack)
+}
+
+// frontier is the smallest position read up to by a stream that has more
+// (bounded false: every stream is exhausted or failed).
+func frontier(streams []*shardStream, desc bool) (bound store.Position, bounded bool) {
+	for _, st := range streams {
+		if st.failed || !st.more {
+			continue
+		}
+		if !bounded || posLess(st.next, bound, desc) {
+			bound, bounded = st.next, true
+		}
+	}
+	return bound, bounded
+}
+
+// readyBefore counts the buffered events at or before bound.
+func readyBefore(streams []*shardStream, bound store.Position, desc bool) int {
+	ready := 0
+	for _, st := range streams {
+		for i := range st.buf {
+			if posLess(bound, posOf(&st.buf[i]), desc) {
+				break
+			}
+			ready++
+		}
+	}
+	return ready
 }
 
 // merge answers mq with a k-way merge of every shard's page on
 // (timestamp, id). The invariant that makes cursors exact: an event is
 // emitted only if it lies at or before the frontier — the smallest
 // position any shard with more results has been read up to — so no shard
-// can still hold an unread event before an emitted one. A shard whose
-// page came back partial (scan limit or residual filter) holds the
-// frontier back; it is read again, up to MaxMergeRounds times, before the
-// page is cut at the frontier.
+// can still hold an unread event before an emitted one. The first round
+// asks each shard for its share of the page only (firstRoundLimit); if the
+// frontier then leaves fewer than a page, every shard with more is read on
+// up to the whole page. A shard whose page came back partial (scan limit
+// or residual filter) holds the frontier back; it is read again, up to
+// MaxMergeRounds times, before the page is cut at the frontier.
 func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (mergedPage, error) {
 	desc, limit := mq.q.Descending, mq.q.Limit
 	streams := make([]*shardStream, len(mq.shards))
@@ -263,7 +315,9 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 		}
 	}
 	var failures []shardFailure
-	fetch := func(which []*shardStream, first bool) error {
+	// fetch reads the next page of each stream in which, of limitOf(stream)
+	// events.
+	fetch := func(which []*shardStream, limitOf func(*shardStream) int) error {
 		byShard := make(map[uint32]*shardStream, len(which))
 		ids := make([]uint32, len(which))
 		for i, st := range which {
@@ -273,7 +327,8 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 		failed := p.each(ctx, ids, mq.consistency, func(ctx context.Context, r ShardReader, shard uint32) error {
 			st := byShard[shard]
 			q := mq.q
-			if !first {
+			q.Limit = limitOf(st)
+			if st.asked {
 				after := st.next
 				q.After = &after
 			}
@@ -288,6 +343,7 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 					st.buf = append(st.buf, page.Events[i])
 				}
 			}
+			st.asked, st.read = true, st.read+len(page.Events)
 			st.more, st.next = page.More, page.Next
 			return nil
 		})
@@ -300,36 +356,36 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 		}
 		return nil
 	}
-	if err := fetch(streams, true); err != nil {
+	whole := func(*shardStream) int { return limit }
+	first := firstRoundLimit(limit, len(streams))
+	if err := fetch(streams, func(*shardStream) int { return first }); err != nil {
 		return mergedPage{}, err
+	}
+	if first < limit {
+		if bound, bounded := frontier(streams, desc); bounded && readyBefore(streams, bound, desc) < limit {
+			var again []*shardStream
+			for _, st := range streams {
+				if !st.failed && st.more {
+					again = append(again, st)
+				}
+			}
+			// Up to the whole page from the start, as one round asking for
+			// it would have read (st.read < first < limit).
+			if err := fetch(again, func(st *shardStream) int { return limit - st.read }); err != nil {
+				return mergedPage{}, err
+			}
+		}
 	}
 	var (
 		bound   store.Position
 		bounded bool
 	)
 	for round := 1; ; round++ {
-		bounded = false
-		for _, st := range streams {
-			if st.failed || !st.more {
-				continue
-			}
-			if !bounded || posLess(st.next, bound, desc) {
-				bound, bounded = st.next, true
-			}
-		}
+		bound, bounded = frontier(streams, desc)
 		if !bounded || round >= p.cfg.MaxMergeRounds {
 			break
 		}
-		ready := 0
-		for _, st := range streams {
-			for i := range st.buf {
-				if posLess(bound, posOf(&st.buf[i]), desc) {
-					break
-				}
-				ready++
-			}
-		}
-		if ready >= limit {
+		if readyBefore(streams, bound, desc) >= limit {
 			break
 		}
 		var again []*shardStream
@@ -338,7 +394,7 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 				again = append(again, st)
 			}
 		}
-		if err := fetch(again, false); err != nil {
+		if err := fetch(again, whole); err != nil {
 			return mergedPage{}, err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -23,6 +24,7 @@ type fakeShards struct {
 	events map[uint32][]correlate.Event // ascending (timestamp, id)
 	scan   int
 	down   map[uint32]bool
+	served atomic.Int64 // events returned by Events, all shards
 }
 
 func (f *fakeShards) Readers(shard uint32, _ Consistency) ([]ShardReader, error) {
@@ -58,9 +60,10 @@ func (r fakeReader) Events(_ context.Context, shard uint32, q store.Query) (stor
 		page.Events = append(page.Events, es[i])
 		if len(page.Events) == q.Limit {
 			page.More = i < len(es)-1
-			return page, nil
+			break
 		}
 	}
+	r.f.served.Add(int64(len(page.Events)))
 	return page, nil
 }
 
@@ -159,6 +162,67 @@ func TestMergePagesAreExact(t *testing.T) {
 					iter, desc, limit, f.scan, cfg.MaxMergeRounds, len(got), len(w))
 			}
 		}
+	}
+}
+
+// TestMergeFirstRoundShare checks the first round's share of the page: on
+// events spread evenly over 16 shards a page of 1,000 reads far fewer than
+// 16,000 events; on skewed ones (all of the range on a few shards) the
+// merge reads on. Either way each page is exactly the next events in
+// order.
+func TestMergeFirstRoundShare(t *testing.T) {
+	const shards, n, limit = 16, 8000, 1000
+	for _, tc := range []struct {
+		name    string
+		shardOf func(i int) uint32
+		maxRead int64 // bound on events read for the first page
+	}{
+		{"even", func(i int) uint32 { return uint32(i*7919) % shards }, shards * int64(firstRoundLimit(limit, shards))},
+		{"one-shard", func(int) uint32 { return 3 }, shards*int64(firstRoundLimit(limit, shards)) + limit},
+		{"runs", func(i int) uint32 { return uint32(i/500) % shards }, shards * limit},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeShards{events: map[uint32][]correlate.Event{}, scan: 100_000}
+			var all []correlate.Event
+			for i := range n {
+				e := correlate.Event{TimestampNs: int64(i / 3), Kind: correlate.KindCall}
+				e.ID[14], e.ID[15] = byte(i>>8), byte(i)
+				s := tc.shardOf(i)
+				f.events[s] = append(f.events[s], e)
+				all = append(all, e)
+			}
+			cfg := DefaultConfig()
+			p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger}
+			for _, desc := range []bool{false, true} {
+				want := slices.Clone(all)
+				if desc {
+					slices.Reverse(want)
+				}
+				q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: limit, Descending: desc}
+				for page := 0; len(want) > 0; page++ {
+					f.served.Store(0)
+					res, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards()})
+					if err != nil {
+						t.Fatal(err)
+					}
+					size := min(limit, len(want))
+					if !slices.EqualFunc(res.events, want[:size], func(a, b correlate.Event) bool { return a.ID == b.ID }) {
+						t.Fatalf("desc=%v page %d: %d events, not the next %d in order", desc, page, len(res.events), size)
+					}
+					if page == 0 && f.served.Load() > tc.maxRead {
+						t.Errorf("desc=%v: first page read %d events, want at most %d", desc, f.served.Load(), tc.maxRead)
+					}
+					want = want[size:]
+					if res.next == nil {
+						break
+					}
+					q.After = res.next
+				}
+				if len(want) > 0 {
+					t.Fatalf("desc=%v: %d events never paged", desc, len(want))
+				}
+			}
+		})
 	}
 }
 
