@@ -14,6 +14,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc/rpctest"
 )
 
@@ -32,7 +33,11 @@ func BenchmarkQueryKinds(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("SCOPE_BENCH_EVENTS")); err == nil && v > 0 {
 		total = v
 	}
-	n := rpctest.Start(b, rpctest.Options{Shards: 16})
+	cache := int64(8 << 20) // far smaller than the data, like 128 MiB for 10M events
+	if v, err := strconv.ParseInt(os.Getenv("SCOPE_BENCH_CACHE"), 10, 64); err == nil && v > 0 {
+		cache = v
+	}
+	n := rpctest.Start(b, rpctest.Options{Shards: 16, EditNode: func(c *node.Config) { c.Store.CacheSize = cache }})
 	ctx := context.Background()
 	d := genQueryData(total)
 	for batch := range slices.Chunk(d.events, 1000) {
@@ -51,6 +56,9 @@ func BenchmarkQueryKinds(b *testing.B) {
 		return true
 	})
 
+	m := n.Node.Store().Metrics()
+	b.Logf("%d events; L0 %d files; block cache %d MiB, hits %d misses %d", len(d.events), m.Levels[0].TablesCount,
+		cache>>20, m.BlockCache.Hits, m.BlockCache.Misses)
 	run := func(name string, q func(rng *rand.Rand) error) {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -19,8 +19,15 @@ type view struct {
 	scanned int              // index keys examined (the bound of MaxScan)
 	budget  int
 	kb      []byte
-	ekb     []byte // edge prefix scratch of links
+	// ekb is the edge prefix links looked up last and ekbNext scratch for
+	// the next; edgesAfter says the edges iterator stands on the first key
+	// after every key with prefix ekb, or is exhausted (see seekEdges).
+	ekb, ekbNext []byte
+	edgesAfter   bool
 }
+
+// maxEdgeSteps bounds how many keys seekEdges steps over before it seeks.
+const maxEdgeSteps = 16
 
 func (s *Store) newView(shard uint32) (*view, error) {
 	if err := s.check(shard); err != nil {
@@ -70,16 +77,49 @@ func (v *view) links(b uint64, id correlate.EventID) ([]correlate.Link, error) {
 		}
 		v.edges = it
 	}
-	v.ekb = append(head(v.ekb[:0], v.shard, secEdge, b), id[:]...)
+	key := append(head(v.ekbNext[:0], v.shard, secEdge, b), id[:]...)
 	var out []correlate.Link
-	for ok := v.edges.SeekGE(v.ekb); ok && bytes.HasPrefix(v.edges.Key(), v.ekb); ok = v.edges.Next() {
+	ok := v.seekEdges(key)
+	for ; ok && bytes.HasPrefix(v.edges.Key(), key); ok = v.edges.Next() {
 		e, ok := parseEdgeKey(v.edges.Key())
 		if !ok {
+			v.edgesAfter = false
 			return nil, corruptKey(v.edges.Key(), "edge key of %d bytes", len(v.edges.Key()))
 		}
 		out = append(out, correlate.Link{Type: e.Type, Target: e.To})
 	}
-	return out, v.edges.Error()
+	v.ekb, v.ekbNext = key, v.ekb
+	if err := v.edges.Error(); err != nil {
+		v.edgesAfter = false
+		return nil, err
+	}
+	v.edgesAfter = true
+	return out, nil
+}
+
+// seekEdges positions the edges iterator at the first key >= key and
+// reports whether there is one. An ascending walk (a page in time order:
+// event ids, ULIDs, mostly ascend with time, so do their edge keys) need
+// not seek at all: the iterator already stands on the first key after the
+// previous prefix, and when key lies beyond that prefix no key lies
+// between the two, so a few Next steps (at most maxEdgeSteps) reach it. A
+// seek per event missed the block cache on most of a time range's reads.
+// Edge prefixes all have one length, so none is a prefix of another.
+func (v *view) seekEdges(key []byte) bool {
+	if v.edgesAfter && bytes.Compare(v.ekb, key) < 0 {
+		if !v.edges.Valid() {
+			return false // nothing after the previous prefix
+		}
+		for range maxEdgeSteps {
+			if bytes.Compare(v.edges.Key(), key) >= 0 {
+				return true
+			}
+			if !v.edges.Next() {
+				return false
+			}
+		}
+	}
+	return v.edges.SeekGE(key)
 }
 
 // locate finds the bucket and timestamp of event id on the shard.
