@@ -45,9 +45,11 @@ func TestViewLinksAnyOrder(t *testing.T) {
 	ids = append(ids, correlate.EventID{}, correlate.EventID{0xff, 0xff})
 	rng := rand.New(rand.NewPCG(1, 1))
 	orders := map[string]func([]correlate.EventID){
-		"ascending":  func(x []correlate.EventID) { slices.SortFunc(x, correlate.EventID.Compare) },
-		"descending": func(x []correlate.EventID) { slices.SortFunc(x, func(a, b correlate.EventID) int { return b.Compare(a) }) },
-		"random":     func(x []correlate.EventID) { rng.Shuffle(len(x), func(i, j int) { x[i], x[j] = x[j], x[i] }) },
+		"ascending": func(x []correlate.EventID) { slices.SortFunc(x, correlate.EventID.Compare) },
+		"descending": func(x []correlate.EventID) {
+			slices.SortFunc(x, func(a, b correlate.EventID) int { return b.Compare(a) })
+		},
+		"random": func(x []correlate.EventID) { rng.Shuffle(len(x), func(i, j int) { x[i], x[j] = x[j], x[i] }) },
 	}
 	for name, order := range orders {
 		v, err := s.newView(0)
