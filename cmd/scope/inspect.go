@@ -355,13 +355,15 @@ func runTrace(args []string, stdout, stderr io.Writer) int {
 	var cf clientFlags
 	var direction, origin, pid string
 	var maxDepth, maxEvents uint
-	var partial bool
+	var partial, processOrder bool
 	fs := newFlagSet("trace", "<event-id>", stderr)
 	cf.register(fs)
 	fs.StringVar(&direction, "direction", "both", "backward (causes), forward (effects) or both")
 	fs.UintVar(&maxDepth, "max-depth", 32, "links followed at most (server maximum 1024)")
 	fs.UintVar(&maxEvents, "max-events", 1000, "events at most (server maximum 100000)")
 	fs.BoolVar(&partial, "partial", false, "answer without shards that cannot answer")
+	fs.BoolVar(&processOrder, "process-order", false,
+		"also follow each process's own event order (what a process did after a receive), not only links")
 	fs.StringVar(&origin, "origin", "", "the event's origin, to find it on its shard only (with -pid)")
 	fs.StringVar(&pid, "pid", "", "the event's pid (with -origin)")
 	if code, ok := parseFlags(fs, args); !ok {
@@ -384,7 +386,8 @@ func runTrace(args []string, stdout, stderr io.Writer) int {
 		defer cancel()
 		resp, err := c.query.Trace(ctx, connect.NewRequest(&scopev1.TraceRequest{
 			EventId: id, Direction: scopev1.TraceDirection(dir), MaxDepth: uint32(maxDepth),
-			MaxEvents: uint32(maxEvents), AllowPartial: partial, Origin: origin, Pid: pid}))
+			MaxEvents: uint32(maxEvents), AllowPartial: partial, Origin: origin, Pid: pid,
+			ProcessOrder: processOrder}))
 		if err != nil {
 			return err
 		}
