@@ -16,7 +16,7 @@ type Correlator struct {
 	seq        uint64 // orders pending/outbox entries and process touches
 	nextProcNo uint64 // state-record number of the next new process
 
-	procs  map[Process]*proc
+	procs  procTable
 	lru    lruLog       // processes, least recently touched first
 	sends  pendingTable // send notices waiting for their RECEIVE
 	recvs  pendingTable // RECEIVEs waiting for their send notice
@@ -55,7 +55,7 @@ func New(cfg Config) (*Correlator, error) {
 
 func (c *Correlator) reset() {
 	c.logTime, c.seq, c.nextProcNo = 0, 0, 0
-	c.procs = make(map[Process]*proc)
+	c.procs = newProcTable()
 	c.lru = lruLog{}
 	c.sends = newPendingTable(tagSend)
 	c.recvs = newPendingTable(tagReceive)
@@ -346,11 +346,10 @@ func (c *Correlator) internFunc(module, function string) (string, string) {
 // peer returns e's peer with strings safe to keep in state: a tracked
 // process's own key, or an interned origin and a copied pid.
 func (c *Correlator) peer(e *Event) Process {
-	k := Process{e.PeerOrigin, e.PeerPID}
-	if p := c.procs[k]; p != nil {
+	if p := c.procs.get(e.PeerOrigin, e.PeerPID); p != nil {
 		return p.key
 	}
-	return Process{Origin: c.intern(k.Origin), PID: strings.Clone(k.PID)}
+	return Process{Origin: c.intern(e.PeerOrigin), PID: strings.Clone(e.PeerPID)}
 }
 
 // route sends a notice to the shard that owns its receiver: delivered in

@@ -143,7 +143,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 		}
 		c.addPending(&c.sends, k, c.owned(n), idx)
 	case NoticeSpawn:
-		if p := c.procs[n.Receiver]; p != nil {
+		if p := c.procs.get(n.Receiver.Origin, n.Receiver.PID); p != nil {
 			firstIdx := -1
 			if p.born == c.epoch {
 				firstIdx = p.firstIdx
@@ -161,7 +161,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 // buffer of the batch they were decoded from).
 func (c *Correlator) owned(n Notice) Notice {
 	own := func(p Process) Process {
-		if q := c.procs[p]; q != nil {
+		if q := c.procs.get(p.Origin, p.PID); q != nil {
 			return q.key
 		}
 		return Process{Origin: c.intern(p.Origin), PID: strings.Clone(p.PID)}

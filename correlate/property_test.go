@@ -554,8 +554,8 @@ func checkBounds(t *rapid.T, c *Correlator) {
 		what     string
 		n, bound int
 	}{
-		{"processes", len(c.procs), cfg.MaxProcesses},
-		{"lru log", len(c.lru.q) - c.lru.head, 2*len(c.procs) + 1024},
+		{"processes", c.procs.len(), cfg.MaxProcesses},
+		{"lru log", len(c.lru.q) - c.lru.head, 2*c.procs.len() + 1024},
 		{"send notices", c.sends.order.n, cfg.MaxPending},
 		{"receives", c.recvs.order.n, cfg.MaxPending},
 		{"spawn notices", c.spawns.order.n, cfg.MaxPending},
@@ -567,7 +567,7 @@ func checkBounds(t *rapid.T, c *Correlator) {
 			t.Fatalf("%s: %d entries, bound %d", b.what, b.n, b.bound)
 		}
 	}
-	for _, p := range c.procs {
+	for _, p := range c.procs.appendAll(nil) {
 		if len(p.frames) > cfg.MaxStackDepth {
 			t.Fatalf("stack of %s: depth %d, bound %d", p.key, len(p.frames), cfg.MaxStackDepth)
 		}

@@ -17,6 +17,7 @@ type proc struct {
 	firstIdx   int     // first's index in the batch that created the process
 	overflow   uint32  // CALLs beyond MaxStackDepth not yet closed
 	frames     []frame // open calls, bottom first
+	nextSame   *proc   // next process with the same key hash (procTable)
 	born       uint64  // epoch that created it (0: restored)
 	dirty      uint64  // epoch that last marked it for a state record
 	dead       bool
@@ -87,20 +88,20 @@ func (c *Correlator) corrOf(f *frame) string {
 // touch returns e's process, creating it when new, and moves it to the
 // most-recently-active end of the LRU.
 func (c *Correlator) touch(e *Event, idx int) *proc {
-	p := c.procs[Process{e.Origin, e.PID}]
+	p := c.procs.get(e.Origin, e.PID)
 	if p == nil {
 		p = c.newProc(e, idx)
 	}
 	p.tick = c.seq
 	c.seq++
 	p.lastActive = c.logTime
-	c.lru.push(p, len(c.procs))
+	c.lru.push(p, c.procs.len())
 	c.markProc(p)
 	return p
 }
 
 func (c *Correlator) newProc(e *Event, idx int) *proc {
-	for len(c.procs) >= c.cfg.MaxProcesses {
+	for c.procs.len() >= c.cfg.MaxProcesses {
 		c.dropProc(c.lru.oldest())
 		c.cur.ProcessEvictions++
 	}
@@ -112,7 +113,7 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 		born:     c.epoch,
 	}
 	c.nextProcNo++
-	c.procs[p.key] = p
+	c.procs.put(p)
 	// A spawn notice that arrived before any event of this child links to
 	// this, the child's first event.
 	if c.spawns.order.n > 0 {
@@ -125,7 +126,7 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 }
 
 func (c *Correlator) dropProc(p *proc) {
-	delete(c.procs, p.key)
+	c.procs.del(p)
 	p.dead = true // its lru entries are now stale
 	p.frames = nil
 	c.markProc(p)

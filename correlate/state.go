@@ -200,10 +200,7 @@ func (c *Correlator) Snapshot() []StateRecord {
 	for e := c.outbox.order.head; e != nil; e = e.lk.next {
 		r.put(tagOutbox, e.seq, func(b []byte) []byte { return appendEntry(b, e.logTime, &e.n) })
 	}
-	procs := make([]*proc, 0, len(c.procs))
-	for _, p := range c.procs {
-		procs = append(procs, p)
-	}
+	procs := c.procs.appendAll(make([]*proc, 0, c.procs.len()))
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
 	for _, p := range procs {
 		r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
@@ -304,10 +301,10 @@ func (c *Correlator) restore(records []StateRecord) error {
 	}
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.tick, b.tick) })
 	for _, p := range procs {
-		if c.procs[p.key] != nil {
+		if c.procs.get(p.key.Origin, p.key.PID) != nil {
 			return fmt.Errorf("%w: process %s stored twice", ErrCorrupt, p.key)
 		}
-		c.procs[p.key] = p
+		c.procs.put(p)
 		c.lru.push(p, len(procs))
 	}
 	slices.SortFunc(outs, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
