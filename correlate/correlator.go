@@ -38,7 +38,7 @@ type Correlator struct {
 	linkArena []Link
 	strArena  []byte
 	seqMax    map[Process]uint64
-	dirtyProc []*proc
+	dirtyProc []procRef // sorted by record number without dereferencing each proc
 	dirtyPend []*pending
 	dirtyOut  []*outEntry
 }

@@ -1,6 +1,10 @@
 package correlate
 
-import "hash/maphash"
+import (
+	"encoding/binary"
+	"math/bits"
+	"math/rand/v2"
+)
 
 // idSet is the dedup window's membership table: open addressing with
 // linear probing and backward-shift deletion, sized once so the load factor
@@ -13,10 +17,10 @@ import "hash/maphash"
 // colliding ids. The seed only decides where ids sit in memory, never what
 // Apply returns, so determinism is unaffected.
 type idSet struct {
-	slots []EventID // the zero id marks an empty slot (it is never added)
-	mask  uint64
-	n     int
-	seed  maphash.Seed
+	slots  []EventID // the zero id marks an empty slot (it is never added)
+	mask   uint64
+	n      int
+	k0, k1 uint64 // hash seed
 }
 
 func newIDSet(maxLen int) idSet {
@@ -24,10 +28,18 @@ func newIDSet(maxLen int) idSet {
 	for size < 2*maxLen {
 		size *= 2
 	}
-	return idSet{slots: make([]EventID, size), mask: uint64(size - 1), seed: maphash.MakeSeed()}
+	return idSet{slots: make([]EventID, size), mask: uint64(size - 1), k0: rand.Uint64(), k1: rand.Uint64()}
 }
 
-func (s *idSet) home(id *EventID) uint64 { return maphash.Bytes(s.seed, id[:]) & s.mask }
+// home hashes id to its home slot with one seeded 64×64→128-bit multiply
+// of its two halves, folded (wyhash's mixing step, which the Go runtime
+// also uses for its maps where AES is unavailable). It is inlined: a
+// removal re-hashes every entry it shifts, and a call to maphash.Bytes per
+// hash was a measurable share of the window's cost.
+func (s *idSet) home(id *EventID) uint64 {
+	hi, lo := bits.Mul64(binary.LittleEndian.Uint64(id[:8])^s.k0, binary.LittleEndian.Uint64(id[8:])^s.k1)
+	return (hi ^ lo) & s.mask
+}
 
 // find returns the slot holding id, or the empty slot where it would go.
 func (s *idSet) find(id EventID) (uint64, bool) {

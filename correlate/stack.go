@@ -132,10 +132,16 @@ func (c *Correlator) dropProc(p *proc) {
 	c.markProc(p)
 }
 
+// procRef is a dirty process with its record number at hand for sorting.
+type procRef struct {
+	no uint64
+	p  *proc
+}
+
 func (c *Correlator) markProc(p *proc) {
 	if p.dirty != c.epoch {
 		p.dirty = c.epoch
-		c.dirtyProc = append(c.dirtyProc, p)
+		c.dirtyProc = append(c.dirtyProc, procRef{no: p.no, p: p})
 	}
 }
 

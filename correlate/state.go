@@ -132,7 +132,8 @@ func (c *Correlator) stateRecords() []StateRecord {
 	// Size the buffer once: ~48 bytes of key and fixed fields per record,
 	// ~64 per open frame, 16 per new dedup id.
 	size := 48*n + 16*len(c.batch) + 256
-	for _, p := range c.dirtyProc {
+	for _, d := range c.dirtyProc {
+		p := d.p
 		size += 64*len(p.frames) + len(p.key.Origin) + len(p.key.PID)
 	}
 	r := recs{buf: make([]byte, 0, size), out: make([]StateRecord, 0, n)}
@@ -164,8 +165,9 @@ func (c *Correlator) stateRecords() []StateRecord {
 		}
 	}
 
-	slices.SortFunc(c.dirtyProc, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
-	for _, p := range c.dirtyProc {
+	slices.SortFunc(c.dirtyProc, func(a, b procRef) int { return cmp.Compare(a.no, b.no) })
+	for _, d := range c.dirtyProc {
+		p := d.p
 		switch {
 		case !p.dead:
 			r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
