@@ -9,7 +9,8 @@ import "strings"
 // arrives after a short-lived child has already run still finds the
 // child's first event.
 type proc struct {
-	key        Process // strings owned by the correlator
+	key        Process // strings owned by the correlator; PID set by setPID
+	pidBuf     [24]byte
 	no         uint64  // state-record number
 	tick       uint64  // c.seq at the last touch: the LRU order, persisted
 	lastActive int64   // log time of the last touch
@@ -21,6 +22,18 @@ type proc struct {
 	born       uint64  // epoch that created it (0: restored)
 	dirty      uint64  // epoch that last marked it for a state record
 	dead       bool
+}
+
+// setPID sets p's PID to a copy of pid, kept inside p itself when it fits
+// (an Erlang pid's text does): a lookup then compares the pid without a
+// cache miss on a separately allocated string.
+func (p *proc) setPID(pid string) {
+	if len(pid) == 0 || len(pid) > len(p.pidBuf) {
+		p.key.PID = strings.Clone(pid)
+		return
+	}
+	n := copy(p.pidBuf[:], pid)
+	p.key.PID = bytesToString(p.pidBuf[:n])
 }
 
 // lruLog orders processes by their last touch. Instead of a linked list,
@@ -106,12 +119,13 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 		c.cur.ProcessEvictions++
 	}
 	p := &proc{
-		key:      Process{Origin: c.intern(e.Origin), PID: strings.Clone(e.PID)},
+		key:      Process{Origin: c.intern(e.Origin)},
 		no:       c.nextProcNo,
 		first:    e.ID,
 		firstIdx: idx,
 		born:     c.epoch,
 	}
+	p.setPID(e.PID)
 	c.nextProcNo++
 	c.procs.put(p)
 	// A spawn notice that arrived before any event of this child links to

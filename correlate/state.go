@@ -360,7 +360,7 @@ func (c *Correlator) readProc(r *reader, no uint64) *proc {
 	}
 	p := &proc{no: no, firstIdx: -1}
 	p.key.Origin = c.intern(r.string())
-	p.key.PID = r.string()
+	p.setPID(r.string())
 	p.tick = r.uint()
 	p.lastActive = r.int()
 	p.first = r.id()
