@@ -34,7 +34,12 @@ func (t *procTable) len() int { return t.n }
 
 // get returns the process (origin, pid), or nil.
 func (t *procTable) get(origin, pid string) *proc {
-	for p := t.byHash[t.hash(origin, pid)]; p != nil; p = p.nextSame {
+	return t.getHashed(t.hash(origin, pid), origin, pid)
+}
+
+// getHashed is get with h = t.hash(origin, pid) already computed.
+func (t *procTable) getHashed(h uint64, origin, pid string) *proc {
+	for p := t.byHash[h]; p != nil; p = p.nextSame {
 		if p.key.PID == pid && p.key.Origin == origin {
 			return p
 		}

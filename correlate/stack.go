@@ -101,7 +101,7 @@ func (c *Correlator) corrOf(f *frame) string {
 // touch returns e's process, creating it when new, and moves it to the
 // most-recently-active end of the LRU.
 func (c *Correlator) touch(e *Event, idx int) *proc {
-	p := c.procs.get(e.Origin, e.PID)
+	p := c.procs.getHashed(c.procHash[idx], e.Origin, e.PID)
 	if p == nil {
 		p = c.newProc(e, idx)
 	}
