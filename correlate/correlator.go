@@ -216,7 +216,9 @@ func (c *Correlator) warm(evs []Event) {
 			break
 		}
 		for ; n < ch.start+uint64(len(ch.ids)) && n < d.head+uint64(len(evs)); n++ {
-			sink += uint64(ids.slots[ids.home(&ch.ids[n-ch.start])][0])
+			// Removal shifts the entries after the slot back: load the next line too.
+			h := ids.home(&ch.ids[n-ch.start])
+			sink += uint64(ids.slots[h][0]) + uint64(ids.slots[(h+4)&ids.mask][0])
 		}
 	}
 
