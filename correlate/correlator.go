@@ -42,8 +42,8 @@ type Correlator struct {
 	dirtyPend []*pending
 	dirtyOut  []*outEntry
 	procHash  []uint64 // procHash[i]: the process hash of batch[i] (see warm)
-	warmProcs []*proc
-	warmSink  uint64 // keeps warm's loads from being optimised away
+	warmProcs []*proc  // warmProcs[i]: batch[i]'s process when warm ran, or nil
+	warmSink  uint64   // keeps warm's loads from being optimised away
 }
 
 // New returns an empty correlator, or an error if cfg is invalid.
@@ -130,7 +130,7 @@ func (c *Correlator) Apply(b Batch) Result {
 		}
 		if out != i {
 			evs[out] = evs[i]
-			c.procHash[out] = c.procHash[i]
+			c.procHash[out], c.warmProcs[out] = c.procHash[i], c.warmProcs[i]
 		}
 		c.applyEvent(&evs[out], out)
 		out++
@@ -149,6 +149,7 @@ func (c *Correlator) Apply(b Batch) Result {
 	res := c.res
 	c.res, c.batch, c.linkArena = Result{}, nil, nil
 	clear(c.dirtyProc) // keep no dropped entry alive through the scratch slices
+	clear(c.warmProcs)
 	clear(c.dirtyPend)
 	clear(c.dirtyOut)
 	c.dirtyProc, c.dirtyPend, c.dirtyOut = c.dirtyProc[:0], c.dirtyPend[:0], c.dirtyOut[:0]
@@ -196,7 +197,8 @@ func (c *Correlator) applyEvent(e *Event, idx int) {
 // warm computes each event's process hash and loads, for all events of
 // the batch up front, the memory the event loop will read for them: the
 // dedup slot of the id, the dedup slots of the ids the batch will evict,
-// and each known process's record and top frame. The tables are far
+// and each known process's record and top frame. It records each event's
+// process hash and process (nil when unknown) for touch. The tables are far
 // larger than the CPU caches, so each of these loads misses; issued here
 // they are independent of one another and the CPU overlaps the misses,
 // where the event loop, one event at a time, waited for each in turn
@@ -227,17 +229,16 @@ func (c *Correlator) warm(evs []Event) {
 	for i := range evs {
 		h := c.procs.hash(evs[i].Origin, evs[i].PID)
 		c.procHash[i] = h
-		c.warmProcs[i] = c.procs.byHash[h]
+		c.warmProcs[i] = c.procs.getHashed(h, evs[i].Origin, evs[i].PID)
 	}
 	for _, p := range c.warmProcs {
-		if p != nil { // the record spans cache lines: load key, tick and top frame
-			sink += uint64(len(p.key.PID)) + p.tick
+		if p != nil { // the record spans cache lines: load tick and top frame
+			sink += p.tick
 			if n := len(p.frames); n > 0 {
 				sink += uint64(p.frames[n-1].arity)
 			}
 		}
 	}
-	clear(c.warmProcs) // hold no process beyond this call
 	c.warmSink += sink
 }
 

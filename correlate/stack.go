@@ -101,7 +101,14 @@ func (c *Correlator) corrOf(f *frame) string {
 // touch returns e's process, creating it when new, and moves it to the
 // most-recently-active end of the LRU.
 func (c *Correlator) touch(e *Event, idx int) *proc {
-	p := c.procs.getHashed(c.procHash[idx], e.Origin, e.PID)
+	// A process found by warm that has not been dropped since is the live
+	// one for this key (keys are unique among live processes and never
+	// change); otherwise the table is asked again, as the process may have
+	// been created by an earlier event of the batch.
+	p := c.warmProcs[idx]
+	if p == nil || p.dead {
+		p = c.procs.getHashed(c.procHash[idx], e.Origin, e.PID)
+	}
 	if p == nil {
 		p = c.newProc(e, idx)
 	}
