@@ -226,18 +226,27 @@ func (c *Correlator) warm(evs []Event) {
 
 	c.procHash = slices.Grow(c.procHash[:0], len(evs))[:len(evs)]
 	c.warmProcs = slices.Grow(c.warmProcs[:0], len(evs))[:len(evs)]
+	// Three passes, each of independent loads: the table entries (chain
+	// heads), the records (key and tick, then the top frame), and only then
+	// the chain walk that compares keys, on records now in cache.
 	for i := range evs {
 		h := c.procs.hash(evs[i].Origin, evs[i].PID)
 		c.procHash[i] = h
-		c.warmProcs[i] = c.procs.getHashed(h, evs[i].Origin, evs[i].PID)
+		c.warmProcs[i] = c.procs.byHash[h]
 	}
 	for _, p := range c.warmProcs {
-		if p != nil { // the record spans cache lines: load tick and top frame
-			sink += p.tick
+		if p != nil { // the record spans cache lines
+			sink += uint64(len(p.key.PID)) + p.tick
 			if n := len(p.frames); n > 0 {
 				sink += uint64(p.frames[n-1].arity)
 			}
 		}
+	}
+	for i, p := range c.warmProcs {
+		for p != nil && (p.key.PID != evs[i].PID || p.key.Origin != evs[i].Origin) {
+			p = p.nextSame
+		}
+		c.warmProcs[i] = p
 	}
 	c.warmSink += sink
 }
