@@ -235,10 +235,11 @@ func (c *Correlator) warm(evs []Event) {
 		c.warmProcs[i] = c.procs.byHash[h]
 	}
 	for _, p := range c.warmProcs {
-		if p != nil { // the record spans cache lines
-			sink += uint64(len(p.key.PID)) + p.tick
+		if p != nil { // the record spans cache lines; so does a frame
+			sink += uint64(len(p.key.PID)) + p.tick + p.dirty
 			if n := len(p.frames); n > 0 {
-				sink += uint64(p.frames[n-1].arity)
+				top := &p.frames[n-1]
+				sink += uint64(p.frames[0].call[0]) + uint64(top.call[0]) + uint64(top.arity)
 			}
 		}
 	}
