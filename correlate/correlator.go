@@ -39,6 +39,7 @@ type Correlator struct {
 	strArena  []byte
 	seqMax    map[Process]uint64
 	dirtyProc []procRef // sorted by record number without dereferencing each proc
+	sortTmp   []procRef // scratch of sortProcRefs
 	dirtyPend []*pending
 	dirtyOut  []*outEntry
 	procHash  []uint64 // procHash[i]: the process hash of batch[i] (see warm)
@@ -149,6 +150,7 @@ func (c *Correlator) Apply(b Batch) Result {
 	res := c.res
 	c.res, c.batch, c.linkArena = Result{}, nil, nil
 	clear(c.dirtyProc) // keep no dropped entry alive through the scratch slices
+	clear(c.sortTmp)
 	clear(c.warmProcs)
 	clear(c.dirtyPend)
 	clear(c.dirtyOut)

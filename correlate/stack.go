@@ -1,6 +1,9 @@
 package correlate
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // proc is one traced process's correlation state: its open frames and what
 // spawn linking needs (its first event). A process stays tracked after its
@@ -157,6 +160,44 @@ func (c *Correlator) dropProc(p *proc) {
 type procRef struct {
 	no uint64
 	p  *proc
+}
+
+// sortProcRefs sorts refs by record number, stably, and returns scratch
+// (grown to len(refs)) for reuse. It is a least-significant-digit radix
+// sort over the bytes in which the numbers differ (of no - min: usually two
+// for a batch's processes), which costs a few passes over the slice where a
+// comparison sort made ~n·log n indirect calls to its comparison function
+// (measured: 10% of Apply).
+func sortProcRefs(refs, scratch []procRef) []procRef {
+	if len(refs) < 2 {
+		return scratch
+	}
+	lo, hi := refs[0].no, refs[0].no
+	for _, r := range refs[1:] {
+		lo, hi = min(lo, r.no), max(hi, r.no)
+	}
+	scratch = slices.Grow(scratch[:0], len(refs))[:len(refs)]
+	src, dst := refs, scratch
+	for shift := uint(0); shift < 64 && (hi-lo)>>shift != 0; shift += 8 {
+		var start [256]int
+		for _, r := range src {
+			start[byte((r.no-lo)>>shift)]++
+		}
+		sum := 0
+		for i, n := range start {
+			start[i], sum = sum, sum+n
+		}
+		for _, r := range src {
+			d := byte((r.no - lo) >> shift)
+			dst[start[d]] = r
+			start[d]++
+		}
+		src, dst = dst, src
+	}
+	if &src[0] != &refs[0] {
+		copy(refs, src)
+	}
+	return scratch
 }
 
 func (c *Correlator) markProc(p *proc) {

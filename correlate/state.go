@@ -165,7 +165,7 @@ func (c *Correlator) stateRecords() []StateRecord {
 		}
 	}
 
-	slices.SortFunc(c.dirtyProc, func(a, b procRef) int { return cmp.Compare(a.no, b.no) })
+	c.sortTmp = sortProcRefs(c.dirtyProc, c.sortTmp)
 	for _, d := range c.dirtyProc {
 		p := d.p
 		switch {
