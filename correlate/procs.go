@@ -48,16 +48,18 @@ func (t *procTable) getHashed(h uint64, origin, pid string) *proc {
 }
 
 // put adds p, which must not be in the table; p.key must be set.
-func (t *procTable) put(p *proc) {
-	h := t.hash(p.key.Origin, p.key.PID)
+func (t *procTable) put(p *proc) { t.putHashed(t.hash(p.key.Origin, p.key.PID), p) }
+
+func (t *procTable) putHashed(h uint64, p *proc) {
 	p.nextSame = t.byHash[h]
 	t.byHash[h] = p
 	t.n++
 }
 
 // del removes p, which must be in the table.
-func (t *procTable) del(p *proc) {
-	h := t.hash(p.key.Origin, p.key.PID)
+func (t *procTable) del(p *proc) { t.delHashed(t.hash(p.key.Origin, p.key.PID), p) }
+
+func (t *procTable) delHashed(h uint64, p *proc) {
 	head := t.byHash[h]
 	switch {
 	case head == p && p.nextSame == nil:
