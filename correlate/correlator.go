@@ -199,7 +199,7 @@ func (c *Correlator) applyEvent(e *Event, idx int) {
 // warm computes each event's process hash and loads, for all events of
 // the batch up front, the memory the event loop will read for them: the
 // dedup slot of the id, the dedup slots of the ids the batch will evict,
-// and each known process's record and top frame. It records each event's
+// and each known process's record and bottom and top frames. It records each event's
 // process hash and process (nil when unknown) for touch. The tables are far
 // larger than the CPU caches, so each of these loads misses; issued here
 // they are independent of one another and the CPU overlaps the misses,
@@ -239,8 +239,8 @@ func (c *Correlator) warm(evs []Event) {
 	for _, p := range c.warmProcs {
 		if p != nil { // the record spans cache lines; so does a frame
 			sink += uint64(len(p.key.PID)) + p.tick + p.dirty
-			if n := len(p.frames); n > 0 {
-				top := &p.frames[n-1]
+			if depth := len(p.frames); depth > 0 {
+				top := &p.frames[depth-1]
 				sink += uint64(p.frames[0].call[0]) + uint64(top.call[0]) + uint64(top.arity)
 			}
 		}
