@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -215,6 +216,85 @@ func (s *Store) Edges(shard uint32, from correlate.EventID) ([]correlate.Link, e
 			return nil, err
 		}
 		out = append(out, l...)
+	}
+	return out, nil
+}
+
+// MaxEdgesMany is the most ids one EdgesMany call looks up: a reply for
+// more would be unbounded in size (a caller with more splits them).
+const MaxEdgesMany = 10_000
+
+// EdgesMany returns, for every ids[i], what Edges(shard, ids[i]) returns,
+// read from one snapshot: out[i] holds the links of ids[i] (nil when it
+// has none; a duplicate id gets its own copy). At most MaxEdgesMany ids.
+//
+// The lookups share one edges iterator. Edge keys order by (bucket,
+// source), so the pairs to look up are visited in that order and the
+// iterator only moves forward: a local source's one bucket, a remote
+// source's every bucket (see Edges), each bucket's sources ascending.
+func (s *Store) EdgesMany(shard uint32, ids []correlate.EventID) ([][]correlate.Link, error) {
+	if len(ids) > MaxEdgesMany {
+		return nil, fmt.Errorf("%w: EdgesMany of %d ids: must be at most %d", ErrInvalidQuery, len(ids), MaxEdgesMany)
+	}
+	out := make([][]correlate.Link, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	v, err := s.newView(shard)
+	if err != nil {
+		return nil, err
+	}
+	defer v.close()
+	uniq := slices.Clone(ids)
+	slices.SortFunc(uniq, correlate.EventID.Compare)
+	uniq = slices.Compact(uniq)
+	d, err := readDir(v.snap, shard, 0, math.MaxUint64)
+	if err != nil {
+		return nil, err
+	}
+	type lookup struct {
+		b uint64
+		u int // index in uniq
+	}
+	var todo []lookup
+	for u, id := range uniq {
+		b, _, ok, err := probe(v.snap, shard, id, s.shift, d.buckets)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			todo = append(todo, lookup{b: b, u: u})
+			continue
+		}
+		for _, b := range d.buckets {
+			todo = append(todo, lookup{b: b, u: u})
+		}
+	}
+	// uniq is ascending, so (bucket, index) order is (bucket, source) order.
+	slices.SortFunc(todo, func(x, y lookup) int {
+		if c := cmp.Compare(x.b, y.b); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.u, y.u)
+	})
+	found := make([][]correlate.Link, len(uniq))
+	for _, l := range todo {
+		links, err := v.links(l.b, uniq[l.u])
+		if err != nil {
+			return nil, err
+		}
+		found[l.u] = append(found[l.u], links...)
+	}
+	given := make([]bool, len(uniq))
+	for i, id := range ids {
+		u, _ := slices.BinarySearchFunc(uniq, id, correlate.EventID.Compare)
+		switch {
+		case found[u] == nil:
+		case given[u]:
+			out[i] = slices.Clone(found[u])
+		default:
+			out[i], given[u] = found[u], true
+		}
 	}
 	return out, nil
 }
