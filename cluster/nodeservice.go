@@ -130,6 +130,9 @@ type (
 	}
 )
 
+// edgesManyArgs are an edges_many read's: at most store.MaxEdgesMany ids.
+type edgesManyArgs struct{ IDs []correlate.EventID }
+
 // wirePage is a store.Page on the node-to-node wire. Its events use
 // correlate's hand-written event codec: msgpack reflection over
 // correlate.Event, encoding and decoding, was about 30% of a remote Events
@@ -177,12 +180,22 @@ func readLocal(st *store.Store, self string, shard uint32, method string, args [
 			return nil, err
 		}
 		return msgpack.Marshal(&e)
-	case "edges":
+	case "edges": // asked by nodes older than edges_many, during a rolling upgrade
 		var a getArgs
 		if err := msgpack.Unmarshal(args, &a); err != nil {
 			return nil, bad(err)
 		}
 		links, err := st.Edges(shard, a.ID)
+		if err != nil {
+			return nil, err
+		}
+		return msgpack.Marshal(links)
+	case "edges_many":
+		var a edgesManyArgs
+		if err := msgpack.Unmarshal(args, &a); err != nil {
+			return nil, bad(err)
+		}
+		links, err := st.EdgesMany(shard, a.IDs)
 		if err != nil {
 			return nil, err
 		}

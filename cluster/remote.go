@@ -146,10 +146,15 @@ func (r remoteReader) readPage(ctx context.Context, shard uint32, method string,
 	return p, nil
 }
 
-func (r remoteReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
-	var links []correlate.Link
-	err := r.read(ctx, shard, "edges", &getArgs{ID: from}, &links)
-	return links, err
+func (r remoteReader) EdgesMany(ctx context.Context, shard uint32, ids []correlate.EventID) ([][]correlate.Link, error) {
+	var links [][]correlate.Link
+	if err := r.read(ctx, shard, "edges_many", &edgesManyArgs{IDs: ids}, &links); err != nil {
+		return nil, err
+	}
+	if len(links) != len(ids) {
+		return nil, fmt.Errorf("cluster: shard %d edges_many from %s: %d answers for %d ids", shard, r.addr, len(links), len(ids))
+	}
+	return links, nil
 }
 
 func (r remoteReader) CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error) {

@@ -116,9 +116,9 @@ func (h hedgedReader) Events(ctx context.Context, shard uint32, q store.Query) (
 	})
 }
 
-func (h hedgedReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
-	return hedged(ctx, h, shard, func(ctx context.Context, r ShardReader) ([]correlate.Link, error) {
-		return r.Edges(ctx, shard, from)
+func (h hedgedReader) EdgesMany(ctx context.Context, shard uint32, ids []correlate.EventID) ([][]correlate.Link, error) {
+	return hedged(ctx, h, shard, func(ctx context.Context, r ShardReader) ([][]correlate.Link, error) {
+		return r.EdgesMany(ctx, shard, ids)
 	})
 }
 

@@ -2,9 +2,11 @@ package rpc
 
 import (
 	"context"
+	"fmt"
 	"slices"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/store"
 )
 
 // Links stored away from their event. The correlator writes a SEND's
@@ -30,9 +32,11 @@ func peerLinkType(e *correlate.Event) (correlate.LinkType, bool) {
 
 // addPeerLinks adds to every SEND and SPAWN among events the links stored
 // on its peer's shard, when that is another shard. One reader per peer
-// shard, shards in parallel (the planner's fan-out bound); a shard that
-// cannot answer is returned as a failure and its events keep only their
-// own shard's links.
+// shard, shards in parallel (the planner's fan-out bound), and one
+// EdgesMany call per peer shard (per store.MaxEdgesMany events): a
+// time-range answer's hundred remote SENDs cost one node-to-node call,
+// not a hundred sequential ones. A shard that cannot answer is returned
+// as a failure and its events keep only their own shard's links.
 func (s *Server) addPeerLinks(ctx context.Context, events []*correlate.Event, c Consistency) []shardFailure {
 	byShard := make(map[uint32][]*correlate.Event)
 	for _, e := range events {
@@ -56,15 +60,24 @@ func (s *Server) addPeerLinks(ctx context.Context, events []*correlate.Event, c 
 	// Each event is in one shard's list, so the goroutines touch disjoint
 	// events.
 	return s.planner.each(ctx, shards, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		for _, e := range byShard[shard] {
-			links, err := r.Edges(ctx, shard, e.ID)
+		for es := range slices.Chunk(byShard[shard], store.MaxEdgesMany) {
+			ids := make([]correlate.EventID, len(es))
+			for i, e := range es {
+				ids[i] = e.ID
+			}
+			found, err := r.EdgesMany(ctx, shard, ids)
 			if err != nil {
 				return err
 			}
-			want, _ := peerLinkType(e)
-			for _, lk := range links {
-				if lk.Type == want && !slices.Contains(e.Links, lk) {
-					e.Links = append(e.Links, lk)
+			if len(found) != len(ids) {
+				return fmt.Errorf("rpc: shard %d: EdgesMany answered %d of %d ids", shard, len(found), len(ids))
+			}
+			for i, e := range es {
+				want, _ := peerLinkType(e)
+				for _, lk := range found[i] {
+					if lk.Type == want && !slices.Contains(e.Links, lk) {
+						e.Links = append(e.Links, lk)
+					}
 				}
 			}
 		}

@@ -70,8 +70,8 @@ func (r fakeReader) Events(_ context.Context, shard uint32, q store.Query) (stor
 func (fakeReader) Get(context.Context, uint32, correlate.EventID) (correlate.Event, error) {
 	return correlate.Event{}, store.ErrNotFound
 }
-func (fakeReader) Edges(context.Context, uint32, correlate.EventID) ([]correlate.Link, error) {
-	return nil, nil
+func (fakeReader) EdgesMany(_ context.Context, _ uint32, ids []correlate.EventID) ([][]correlate.Link, error) {
+	return make([][]correlate.Link, len(ids)), nil
 }
 func (fakeReader) CallTree(context.Context, uint32, correlate.EventID, int) (*store.CallTree, error) {
 	return nil, store.ErrNotFound

@@ -21,9 +21,11 @@ import (
 type ShardReader interface {
 	Get(ctx context.Context, shard uint32, id correlate.EventID) (correlate.Event, error)
 	Events(ctx context.Context, shard uint32, q store.Query) (store.Page, error)
-	// Edges returns the links stored on shard whose source is from (the
-	// source may live on another shard).
-	Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error)
+	// EdgesMany returns, for every ids[i], the links stored on shard whose
+	// source is ids[i] (the source may live on another shard), in out[i],
+	// all read at one point of the shard: one call, whatever len(ids), up to
+	// store.MaxEdgesMany ids.
+	EdgesMany(ctx context.Context, shard uint32, ids []correlate.EventID) ([][]correlate.Link, error)
 	CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error)
 	CallStackAt(ctx context.Context, shard uint32, p correlate.Process, atNs int64) ([]store.Frame, error)
 	MessageFlow(ctx context.Context, shard uint32, a, b correlate.Process, fromNs, toNs int64, limit int) (store.Page, error)
@@ -117,11 +119,11 @@ func (l localReader) Events(ctx context.Context, shard uint32, q store.Query) (s
 	return l.st.Events(shard, q)
 }
 
-func (l localReader) Edges(ctx context.Context, shard uint32, from correlate.EventID) ([]correlate.Link, error) {
+func (l localReader) EdgesMany(ctx context.Context, shard uint32, ids []correlate.EventID) ([][]correlate.Link, error) {
 	if err := l.begin(ctx, shard); err != nil {
 		return nil, err
 	}
-	return l.st.Edges(shard, from)
+	return l.st.EdgesMany(shard, ids)
 }
 
 func (l localReader) CallTree(ctx context.Context, shard uint32, root correlate.EventID, maxFrames int) (*store.CallTree, error) {

@@ -419,8 +419,9 @@ func (*DeliverNoticesResponse) Descriptor() ([]byte, []int) {
 type ShardReadRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
-	// Which store read: "get", "events", "edges", "call_tree",
-	// "call_stack_at", "message_flow", "state_at", "stats".
+	// Which store read: "get", "events", "edges_many", "call_tree",
+	// "call_stack_at", "message_flow", "state_at", "stats" ("edges", one
+	// source's, is still answered for nodes that predate "edges_many").
 	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
 	// The read's arguments, msgpack-encoded by the caller's shard reader.
 	Args []byte `protobuf:"bytes,3,opt,name=args,proto3" json:"args,omitempty"`
