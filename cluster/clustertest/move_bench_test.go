@@ -33,7 +33,10 @@ import (
 //
 //	go test -run '^$' -bench ShardMove -benchtime 1x -timeout 60m ./cluster/clustertest -args -move-bytes=1GiB
 
-var moveBytes = flag.String("move-bytes", "16MiB", "ShardMove: event record bytes to fill the moved shard with (KiB, MiB, GiB suffixes)")
+var (
+	moveBytes = flag.String("move-bytes", "16MiB", "ShardMove: event record bytes to fill the moved shard with (KiB, MiB, GiB suffixes)")
+	moveVia   = flag.String("move-via", "log", "ShardMove: how the new replica catches up: log (the leader still holds the whole log) or snapshot (the log is compacted first, as on a long-lived shard)")
+)
 
 const (
 	movePayload = 4000 // bytes per event: below the default 4 KiB payload limit, so nothing is truncated
@@ -87,8 +90,11 @@ type moveResult struct {
 	snapshot                       bool // the new replica caught up from a snapshot, not the log
 }
 
-// shardMove fills one shard to target record bytes and moves it.
-func shardMove(tb testing.TB, target int64) moveResult {
+// shardMove fills one shard to target record bytes and moves it. With
+// viaSnapshot the leader snapshots and compacts its whole log first, so the
+// new replica can only catch up from a snapshot (the shard's span) — the
+// case of a shard that has lived longer than TrailingLogs entries.
+func shardMove(tb testing.TB, target int64, viaSnapshot bool) moveResult {
 	shards, moved, err := moveShards()
 	if err != nil {
 		tb.Fatal(err)
@@ -112,6 +118,17 @@ func shardMove(tb testing.TB, target int64) moveResult {
 		tb.Fatal(err)
 	}
 	res.events, res.recordBytes = st.Events, st.Bytes
+	if viaSnapshot {
+		r := n1.Node.Replica(moved).Raft()
+		rc := r.ReloadableConfig()
+		rc.TrailingLogs = 0
+		if err := r.ReloadConfig(rc); err != nil {
+			tb.Fatal(err)
+		}
+		if err := r.Snapshot().Error(); err != nil {
+			tb.Fatalf("snapshot of shard %d: %v", moved, err)
+		}
+	}
 
 	began = time.Now()
 	n2 := c.AddNode()
@@ -208,11 +225,14 @@ func BenchmarkShardMove(b *testing.B) {
 	if err != nil {
 		b.Fatalf("-move-bytes: %v", err)
 	}
+	if *moveVia != "log" && *moveVia != "snapshot" {
+		b.Fatalf("-move-via %q: want log or snapshot", *moveVia)
+	}
 	var total time.Duration
 	var bytes uint64
 	for range b.N {
 		b.StopTimer()
-		res := shardMove(b, target)
+		res := shardMove(b, target, *moveVia == "snapshot")
 		total += res.move
 		bytes += res.recordBytes
 		b.Logf("shard %d of %d: moved %d events, %.1f MiB of records (new node's data directory %.1f MiB) in %v (fill took %v), via %s",
@@ -238,9 +258,14 @@ func TestShardMoveShort(t *testing.T) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
-	res := shardMove(t, 2<<20)
-	if res.recordBytes < 2<<20 || res.events < (2<<20)/movePayload {
-		t.Errorf("filled %d events, %d record bytes; want at least 2 MiB", res.events, res.recordBytes)
+	for _, viaSnapshot := range []bool{false, true} {
+		res := shardMove(t, 2<<20, viaSnapshot)
+		if res.recordBytes < 2<<20 || res.events < (2<<20)/movePayload {
+			t.Errorf("filled %d events, %d record bytes; want at least 2 MiB", res.events, res.recordBytes)
+		}
+		if viaSnapshot && !res.snapshot {
+			t.Errorf("the leader's log was compacted, yet the new replica caught up without a snapshot")
+		}
+		t.Logf("moved %d events (%d record bytes) in %v via snapshot=%v", res.events, res.recordBytes, res.move, res.snapshot)
 	}
-	t.Logf("moved %d events (%d record bytes) in %v via snapshot=%v", res.events, res.recordBytes, res.move, res.snapshot)
 }
