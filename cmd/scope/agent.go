@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // served under -pprof only
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -200,6 +201,11 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 	rc.Logger = logger
 	if a.srv, err = rpc.NewServer(a.node, rc); err != nil {
 		return nil, err
+	}
+	if cfg.pprof {
+		// http.DefaultServeMux holds net/http/pprof's handlers (its import
+		// registers them there, and nothing else of ours uses it).
+		a.srv.Mount("/debug/pprof/", http.DefaultServeMux)
 	}
 	httpLn, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {

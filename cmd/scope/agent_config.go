@@ -28,6 +28,7 @@ type agentConfig struct {
 	shardsSet bool   // -shards was given (else a stored count is adopted)
 	logLevel  string // debug, info, warn, error
 	logFormat string // text, json
+	pprof     bool   // serve net/http/pprof under /debug/pprof/ on -http
 
 	// Cluster mode (without -dev).
 	gossipAddr      string
@@ -103,6 +104,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.Uint64Var(&c.node.RetentionMaxEvents, "retention-max-events", c.node.RetentionMaxEvents, "keep at most this many newest events per shard (0: no limit)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (anyone who reaches it can profile the process)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}

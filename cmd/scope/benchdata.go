@@ -295,7 +295,7 @@ func landmarksOnce(ctx context.Context, c *api, m *benchMarker) error {
 		return fmt.Errorf("call tree %s: %d frames (truncated %v), want %d", m.TreeRoot, n, tree.Msg.GetTruncated(), treeFrames)
 	}
 	for i, id := range m.ChainRecv {
-		n, err := traceOnce(ctx, c, id, m.ChainRecvPID[i])
+		n, err := traceOnce(ctx, c, id, m.ChainRecvPID[i], scopev1.Consistency_CONSISTENCY_LEADER)
 		if err != nil {
 			return err
 		}
@@ -307,10 +307,11 @@ func landmarksOnce(ctx context.Context, c *api, m *benchMarker) error {
 }
 
 // traceOnce runs the benchmark's Trace: depth chainHops, both directions,
-// from a chain's RECEIVE, and returns the number of events reached.
-func traceOnce(ctx context.Context, c *api, id, pid string) (int, error) {
+// from a chain's RECEIVE at consistency cons, and returns the number of
+// events reached.
+func traceOnce(ctx context.Context, c *api, id, pid string, cons scopev1.Consistency) (int, error) {
 	resp, err := c.query.Trace(ctx, connect.NewRequest(&scopev1.TraceRequest{EventId: id, MaxDepth: chainHops,
-		Origin: landmarkOrigin, Pid: pid}))
+		Origin: landmarkOrigin, Pid: pid, Consistency: cons}))
 	if err != nil {
 		return 0, fmt.Errorf("trace from %s: %w", id, err)
 	}

@@ -55,9 +55,11 @@ type queryBenchFlags struct {
 	duration    time.Duration
 	seed        uint64
 	mix         string
+	consistency string
 
-	addrs []string // -addr split on commas
-	kinds []string // -mix parsed
+	addrs []string            // -addr split on commas
+	cons  scopev1.Consistency // -consistency parsed
+	kinds []string            // -mix parsed
 }
 
 func (q *queryBenchFlags) register(fs *flag.FlagSet) {
@@ -69,6 +71,7 @@ func (q *queryBenchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&q.concurrency, "concurrency", 4, "concurrent query workers")
 	fs.DurationVar(&q.duration, "duration", 30*time.Second, "run the query mix this long (0: load only)")
 	fs.Uint64Var(&q.seed, "seed", 1, "generator seed (same seed: same events)")
+	fs.StringVar(&q.consistency, "consistency", "leader", "which replica of a shard answers the queries: leader, or any (this node's own replica first)")
 	fs.StringVar(&q.mix, "mix", strings.Join(allQueryKinds, ","), "query kinds to run, comma-separated: "+strings.Join(allQueryKinds, ", "))
 }
 
@@ -98,6 +101,14 @@ func runBenchQueries(args []string, stdout, stderr io.Writer) int {
 // validate checks the flags and fills addrs, kinds and an automatic
 // procs. procsSet tells whether -procs was given.
 func (q *queryBenchFlags) validate(procsSet bool) error {
+	switch q.consistency {
+	case "leader":
+		q.cons = scopev1.Consistency_CONSISTENCY_LEADER
+	case "any":
+		q.cons = scopev1.Consistency_CONSISTENCY_ANY
+	default:
+		return usageError("-consistency %q: want leader or any", q.consistency)
+	}
 	q.addrs = q.addrs[:0]
 	for _, a := range strings.Split(q.addr, ",") {
 		if a = strings.TrimSpace(a); a == "" {
@@ -361,7 +372,8 @@ func (w *queryWorker) one(ctx context.Context, c *api, kind string) (results int
 	switch kind {
 	case qByPID:
 		origin, pid := genProcess(w.rng.IntN(m.Parts), w.rng.IntN(m.Procs), m.Origins)
-		resp, err := c.query.Events(ctx, connect.NewRequest(&scopev1.EventsRequest{Origin: origin, Pid: pid, Limit: byPIDLimit}))
+		resp, err := c.query.Events(ctx, connect.NewRequest(&scopev1.EventsRequest{Origin: origin, Pid: pid, Limit: byPIDLimit,
+			Consistency: w.q.cons}))
 		if err != nil {
 			return 0, false, err
 		}
@@ -372,14 +384,14 @@ func (w *queryWorker) one(ctx context.Context, c *api, kind string) (results int
 		span := max(int64(1), (m.EndNs-m.StartNs)*9/10)
 		from := m.StartNs + w.rng.Int64N(span)
 		resp, err := c.query.Events(ctx, connect.NewRequest(&scopev1.EventsRequest{FromNs: from, ToNs: m.EndNs + 1,
-			Limit: timeRangeLimit}))
+			Limit: timeRangeLimit, Consistency: w.q.cons}))
 		if err != nil {
 			return 0, false, err
 		}
 		return len(resp.Msg.GetEvents()), false, nil
 	case qCallTree:
 		resp, err := c.query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{EventId: m.TreeRoot,
-			MaxFrames: treeFrames, Origin: landmarkOrigin, Pid: m.TreePID}))
+			MaxFrames: treeFrames, Origin: landmarkOrigin, Pid: m.TreePID, Consistency: w.q.cons}))
 		if err != nil {
 			return 0, false, err
 		}
@@ -387,7 +399,7 @@ func (w *queryWorker) one(ctx context.Context, c *api, kind string) (results int
 		return n, n != treeFrames || resp.Msg.GetTruncated(), nil
 	case qTrace:
 		i := w.rng.IntN(len(m.ChainRecv))
-		n, err := traceOnce(ctx, c, m.ChainRecv[i], m.ChainRecvPID[i])
+		n, err := traceOnce(ctx, c, m.ChainRecv[i], m.ChainRecvPID[i], w.q.cons)
 		return n, n != chainHops+1, err
 	}
 	return 0, false, fmt.Errorf("scope bench: unknown query kind %q", kind)
