@@ -61,6 +61,7 @@ func TestBenchQueriesFlags(t *testing.T) {
 		{name: "unknown kind", args: []string{"-mix", "by-pid,joins"}, wantErr: `-mix "by-pid,joins": unknown kind "joins"`},
 		{name: "kind twice", args: []string{"-mix", "trace,trace"}, wantErr: "trace listed twice"},
 		{name: "empty address", args: []string{"-addr", "127.0.0.1:1,"}, wantErr: "empty address in the list"},
+		{name: "unknown consistency", args: []string{"-consistency", "quorum"}, wantErr: `-consistency "quorum": want leader or any`},
 		{name: "bad address", args: []string{"-addr", "127.0.0.1:1,nope"}, wantErr: `-addr "nope": want host:port`},
 		{name: "batch", args: []string{"-batch", "0"}, wantErr: "-batch 0: must be in 1..10000"},
 		{name: "stream length", args: []string{"-stream-len", "0"}, wantErr: "-stream-len 0"},
