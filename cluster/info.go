@@ -13,6 +13,7 @@ func (c *Cluster) Info() rpc.ClusterInfo { return info{c} }
 type info struct{ c *Cluster }
 
 func (i info) Name() string                     { return i.c.cfg.Name }
+func (i info) ReplicationFactor() int           { return i.c.cfg.Replicas }
 func (i info) Join(addrs []string) (int, error) { return i.c.Join(addrs) }
 func (i info) Leave(ctx context.Context) error  { return i.c.Leave(ctx) }
 

@@ -26,6 +26,8 @@ type ClusterInfo interface {
 	Leave(ctx context.Context) error
 	// Name is this node's name.
 	Name() string
+	// ReplicationFactor is the desired number of replicas per shard (R).
+	ReplicationFactor() int
 }
 
 // SetCluster installs the cluster layer's view of membership.
@@ -76,7 +78,12 @@ func (c clusterService) Shards(_ context.Context, req *connect.Request[scopev1.S
 			return nil, c.s.fail(proc, invalid("shards["+itoa(i)+"]", s, "must be below the shard count "+itoa(int(n.Shards()))))
 		}
 	}
-	resp := &scopev1.ShardsResponse{ShardCount: n.Shards()}
+	// The desired R, not what the groups hold now: a group may be short
+	// of R (no spare for a dead node) and the table shows that per shard.
+	resp := &scopev1.ShardsResponse{ShardCount: n.Shards(), ReplicationFactor: 1}
+	if c.s.cluster != nil {
+		resp.ReplicationFactor = uint32(c.s.cluster.ReplicationFactor())
+	}
 	for shard := range n.Shards() {
 		if want := req.Msg.GetShards(); len(want) > 0 && !slices.Contains(want, shard) {
 			continue
@@ -108,7 +115,6 @@ func (c clusterService) Shards(_ context.Context, req *connect.Request[scopev1.S
 				info.Replicas = append(info.Replicas, rep)
 			}
 		}
-		resp.ReplicationFactor = max(resp.ReplicationFactor, uint32(len(info.Replicas)))
 		if st, err := n.Store().Stats(r.Shard()); err == nil {
 			info.Events = st.Events
 		}

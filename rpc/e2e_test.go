@@ -428,7 +428,8 @@ func TestEndToEnd(t *testing.T) {
 				t.Fatalf("shard: %v", si)
 			}
 		}
-		if len(sh.Msg.GetShards()) != shards || sh.Msg.GetShardCount() != shards || events != 12 {
+		if len(sh.Msg.GetShards()) != shards || sh.Msg.GetShardCount() != shards || events != 12 ||
+			sh.Msg.GetReplicationFactor() != 1 {
 			t.Fatalf("shards: %v", sh.Msg)
 		}
 		// A dev node has no membership: Join and Leave are refused, not ignored.

@@ -70,6 +70,17 @@ func TestStatsEverywhere(t *testing.T) {
 					return false
 				}
 			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			sh, err := n.Admin.Shards(ctx, connect.NewRequest(&scopev1.ShardsRequest{}))
+			cancel()
+			if err != nil {
+				last = fmt.Sprintf("%s: Shards: %v", n.Name, err)
+				return false
+			}
+			if r := sh.Msg.GetReplicationFactor(); r != 3 {
+				last = fmt.Sprintf("%s: Shards reports replication factor %d, want the configured 3", n.Name, r)
+				return false
+			}
 			got := &scopev1.StatsResponse{Events: r.GetEvents(), Kinds: r.GetKinds(), TopFunctions: r.GetTopFunctions()}
 			if !proto.Equal(got, want) {
 				last = fmt.Sprintf("%s: %v, want %v", n.Name, got, want)

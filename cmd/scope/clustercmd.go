@@ -218,7 +218,7 @@ func mergeShards(base *scopev1.ShardsResponse, views map[string]*scopev1.ShardsR
 			}
 			merged.Replicas = append(merged.Replicas, rep)
 		}
-		out.ReplicationFactor = max(out.ReplicationFactor, base.GetReplicationFactor(), uint32(len(merged.Replicas)))
+		out.ReplicationFactor = max(out.ReplicationFactor, base.GetReplicationFactor())
 		out.Shards = append(out.Shards, merged)
 	}
 	return out
