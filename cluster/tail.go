@@ -6,9 +6,9 @@ import (
 	"fmt"
 
 	"connectrpc.com/connect"
-	"github.com/vmihailenco/msgpack/v5"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
@@ -106,7 +106,7 @@ func tailItemFromProto(m *nodev1.TailResponse) (node.TailItem, error) {
 	case *nodev1.TailResponse_Event:
 		it.Kind = node.TailEvent
 		it.TailPosition = node.TailPosition{Index: x.Event.GetIndex(), Offset: x.Event.GetOffset(), Last: x.Event.GetLast()}
-		if err := msgpack.Unmarshal(x.Event.GetEvent(), &it.Event); err != nil {
+		if err := correlate.DecodeEvent(x.Event.GetEvent(), &it.Event); err != nil {
 			return it, fmt.Errorf("cluster: tail event of shard %d: %w", it.Shard, err)
 		}
 	case *nodev1.TailResponse_Lagged:
@@ -127,10 +127,7 @@ func tailItemToProto(it *node.TailItem) (*nodev1.TailResponse, error) {
 	m := &nodev1.TailResponse{Shard: it.Shard}
 	switch it.Kind {
 	case node.TailEvent:
-		b, err := msgpack.Marshal(&it.Event)
-		if err != nil {
-			return nil, err
-		}
+		b := correlate.AppendEvent(nil, &it.Event)
 		m.Item = &nodev1.TailResponse_Event{Event: &nodev1.TailEvent{Index: it.Index, Offset: it.Offset, Last: it.Last, Event: b}}
 	case node.TailLagged:
 		m.Item = &nodev1.TailResponse_Lagged{Lagged: it.Dropped}

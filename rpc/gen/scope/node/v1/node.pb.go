@@ -860,7 +860,7 @@ type TailEvent struct {
 	Offset uint32 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	// No later event of the same entry matches the filter.
 	Last bool `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
-	// The event, msgpack-encoded (correlate.Event).
+	// The event in correlate's event codec (correlate.AppendEvent).
 	Event         []byte `protobuf:"bytes,4,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
