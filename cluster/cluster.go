@@ -270,14 +270,7 @@ func (c *Cluster) placementMembers() (names []string, byName map[string]Member) 
 }
 
 // member returns a member by name, in any state.
-func (c *Cluster) member(name string) (Member, bool) {
-	for _, m := range c.members.Members() {
-		if m.Name == name {
-			return m, true
-		}
-	}
-	return Member{}, false
-}
+func (c *Cluster) member(name string) (Member, bool) { return c.members.Member(name) }
 
 // leaderOf returns the HTTP address and name of shard's leader: the local
 // replica's view first (raft knows best), then gossip.

@@ -212,6 +212,16 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
+// Member returns a copy of the member called name, if it is known.
+func (m *Membership) Member(name string) (Member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem, ok := m.members[name]; ok {
+		return *mem, true
+	}
+	return Member{}, false
+}
+
 // LiveNames returns the names of the alive members, sorted: the input to
 // Placement.
 func (m *Membership) LiveNames() []string {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -27,12 +28,9 @@ func (t tailSources) TailReplicas(shard uint32, cons rpc.Consistency) []string {
 	c := t.c
 	var out []string
 	add := func(name string) {
-		for _, n := range out {
-			if n == name {
-				return
-			}
+		if !slices.Contains(out, name) {
+			out = append(out, name)
 		}
-		out = append(out, name)
 	}
 	local := c.node.Replica(shard) != nil
 	if local && cons == rpc.ConsistencyAny {
