@@ -33,15 +33,28 @@ func ev(kind scopev1.Kind, pid string, ts int64) *scopev1.Event {
 	return e
 }
 
+// ingest sends events through n with COMMITTED durability and returns
+// their ids. UNAVAILABLE (no leader known for a shard, an election under
+// way) is the transient the API tells clients to retry, so it is retried
+// until the deadline, as a client would; the request is the same each time
+// and event ids make a retry idempotent. Any other error fails the test.
 func ingest(t *testing.T, n *Node, events ...*scopev1.Event) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events}))
-	if err != nil {
-		t.Fatalf("ingest via %s: %v", n.Name, err)
+	for {
+		resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events}))
+		if err == nil {
+			return resp.Msg.GetEventIds()
+		}
+		if Code(err) != connect.CodeUnavailable || ctx.Err() != nil {
+			t.Fatalf("ingest via %s: %v", n.Name, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return resp.Msg.GetEventIds()
 }
 
 // allEvents pages through every event via n's Events (cross-shard merge).
