@@ -21,6 +21,12 @@ type Config struct {
 	DedupWindow   int // event/notice ids remembered for duplicate detection
 	MaxInterned   int // distinct module/function names shared between frames
 
+	// MaxPendingBytes bounds each pending table by the bytes its entries
+	// hold (a fixed charge per entry plus its names; see pendingSize), so
+	// that long origins and pids cannot make MaxPending entries costly.
+	// Hitting it evicts the oldest entries, counted as PendingEvictions.
+	MaxPendingBytes int
+
 	DedupTTL   time.Duration // how long an applied id is remembered
 	NoticeTTL  time.Duration // how long a notice or receive waits for its partner
 	ProcessTTL time.Duration // how long an idle process (open frames or not) is kept
@@ -43,6 +49,11 @@ func DefaultConfig(shard, shards uint32) Config {
 		NoticeTTL:     5 * time.Minute,
 		ProcessTTL:    time.Hour,
 		OutboxTTL:     time.Hour,
+
+		// Typical names (20-byte origins, 12-byte pids) cost ~320 bytes an
+		// entry, so a full table of MaxPending entries is ~20 MiB and meets
+		// the entry bound first; entries with maximal names meet this one.
+		MaxPendingBytes: 32 << 20,
 	}
 }
 
@@ -56,6 +67,10 @@ func (c Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return err
+	}
+	if most := pendingEntryBytes + 4*c.Limits.MaxNameBytes; c.MaxPendingBytes < most {
+		return fmt.Errorf("%w: MaxPendingBytes = %d, must be >= %d (one pending entry with names of Limits.MaxNameBytes)",
+			ErrConfig, c.MaxPendingBytes, most)
 	}
 	for _, f := range []struct {
 		name string

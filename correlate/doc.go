@@ -46,8 +46,12 @@
 // # Bounds and state
 //
 // Every table has a bound in Config (processes, stack depth, pending
-// entries, outbox, dedup window by count and TTL, interned names) and every
-// hit is counted in Counters. The state is persisted incrementally: each
+// entries by count and by bytes, outbox, dedup window by count and TTL,
+// interned names) and every hit is counted in Counters. What a table keeps
+// across batches never points into a batch: DecodeBatch cuts every string
+// of a raft entry from one copy of it, so a kept substring would pin the
+// whole entry; tables copy (or intern) the names they keep, map keys
+// included. The state is persisted incrementally: each
 // Result.State holds one record per process, pending entry or outbox
 // notice changed by the batch, one dedup chunk per batch and a meta record;
 // Restore of all live records reproduces the correlator exactly, and

@@ -51,6 +51,23 @@ type pendingTable struct {
 	tag   byte
 	byKey map[msgKey][]*pending
 	order dlist[pending, *pending] // oldest first
+	bytes int                      // sum of pendingSize over the entries, bounded by MaxPendingBytes
+}
+
+// pendingEntryBytes is what a pending entry is charged against
+// MaxPendingBytes besides its strings: about the size of its record, its
+// slot under its key and its map key. It is a constant rather than
+// unsafe.Sizeof because the byte bound decides which entry is evicted,
+// which is replicated state: the charge must be the same on every replica,
+// whatever the build's struct layout.
+const pendingEntryBytes = 256
+
+// pendingSize is the charge of an entry holding n. Every string counts in
+// full, even when it is shared with a tracked process or an interned name,
+// so the charge depends on the entry alone (restoring it gives the same
+// sum) and bounds what the entry may hold on its own.
+func pendingSize(n *Notice) int {
+	return pendingEntryBytes + len(n.Sender.Origin) + len(n.Sender.PID) + len(n.Receiver.Origin) + len(n.Receiver.PID)
 }
 
 func newPendingTable(tag byte) pendingTable {
@@ -74,16 +91,28 @@ func (t *pendingTable) match(k msgKey, sender Process) *pending {
 	return nil
 }
 
-func (c *Correlator) addPending(t *pendingTable, k msgKey, n Notice, idx int) {
-	for t.order.n >= c.cfg.MaxPending {
+// addPending makes n wait in t, evicting the oldest entries while the
+// table is at its entry bound or n would take it past its byte bound. n
+// must hold only strings the correlator owns (see owned): the entry and
+// its map key, derived from n here, outlive the batch n came in.
+func (c *Correlator) addPending(t *pendingTable, n Notice, idx int) {
+	size := pendingSize(&n)
+	for t.order.n > 0 && (t.order.n >= c.cfg.MaxPending || t.bytes+size > c.cfg.MaxPendingBytes) {
 		c.removePending(t, t.order.head)
 		c.cur.PendingEvictions++
 	}
 	p := &pending{tag: t.tag, seq: c.seq, logTime: c.logTime, n: n, idx: idx, born: c.epoch}
 	c.seq++
+	t.insert(p)
+	c.markPending(p)
+}
+
+// insert adds p at the young end of t.
+func (t *pendingTable) insert(p *pending) {
+	k := keyOf(p)
 	t.byKey[k] = append(t.byKey[k], p)
 	t.order.pushBack(p)
-	c.markPending(p)
+	t.bytes += pendingSize(&p.n)
 }
 
 func keyOf(p *pending) msgKey {
@@ -110,6 +139,7 @@ func (c *Correlator) removePending(t *pendingTable, p *pending) {
 		t.byKey[k] = q
 	}
 	t.order.remove(p)
+	t.bytes -= pendingSize(&p.n)
 	p.dead = true
 	c.markPending(p)
 }
@@ -141,7 +171,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 			c.removePending(&c.recvs, r)
 			return
 		}
-		c.addPending(&c.sends, k, c.owned(n), idx)
+		c.addPending(&c.sends, c.owned(n), idx)
 	case NoticeSpawn:
 		if p := c.procs.get(n.Receiver.Origin, n.Receiver.PID); p != nil {
 			firstIdx := -1
@@ -151,7 +181,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 			c.linkSpawn(n, idx, p.first, firstIdx)
 			return
 		}
-		c.addPending(&c.spawns, msgKey{recv: n.Receiver}, c.owned(n), idx)
+		c.addPending(&c.spawns, c.owned(n), idx)
 	default:
 		c.cur.Malformed++
 	}
@@ -185,7 +215,7 @@ func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	if sender.PID != "" {
 		n.Sender = c.peer(e)
 	}
-	c.addPending(&c.recvs, k, n, idx)
+	c.addPending(&c.recvs, n, idx)
 }
 
 // pair links a SEND and the RECEIVE that consumed it, both ways.

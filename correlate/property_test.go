@@ -408,6 +408,8 @@ func smallConfig(t *rapid.T) Config {
 	cfg.MaxStackDepth = rapid.IntRange(1, 4).Draw(t, "stack")
 	cfg.MaxProcesses = rapid.IntRange(1, 5).Draw(t, "procs")
 	cfg.MaxPending = rapid.IntRange(1, 4).Draw(t, "pending")
+	cfg.Limits.MaxNameBytes = 8 // the names drawn are shorter; this lets a small byte bound validate
+	cfg.MaxPendingBytes = rapid.IntRange(pendingEntryBytes+32, 5*pendingEntryBytes).Draw(t, "pendingBytes")
 	cfg.MaxOutbox = rapid.IntRange(1, 4).Draw(t, "outbox")
 	cfg.DedupWindow = rapid.IntRange(1, 20).Draw(t, "dedup")
 	cfg.DedupTTL, cfg.NoticeTTL, cfg.ProcessTTL, cfg.OutboxTTL = 7, 5, 11, 9
@@ -565,6 +567,15 @@ func checkBounds(t *rapid.T, c *Correlator) {
 	} {
 		if b.n > b.bound {
 			t.Fatalf("%s: %d entries, bound %d", b.what, b.n, b.bound)
+		}
+	}
+	for _, tab := range []*pendingTable{&c.sends, &c.recvs, &c.spawns} {
+		sum := 0
+		for p := tab.order.head; p != nil; p = p.lk.next {
+			sum += pendingSize(&p.n)
+		}
+		if sum != tab.bytes || sum > cfg.MaxPendingBytes {
+			t.Fatalf("pending table %c: %d bytes held, %d charged, bound %d", tab.tag, sum, tab.bytes, cfg.MaxPendingBytes)
 		}
 	}
 	for _, p := range c.procs.appendAll(nil) {

@@ -317,9 +317,7 @@ func (c *Correlator) restore(records []StateRecord) error {
 	slices.SortFunc(pend, func(a, b *pending) int { return cmp.Compare(a.seq, b.seq) })
 	for _, p := range pend {
 		t := map[byte]*pendingTable{tagReceive: &c.recvs, tagSend: &c.sends, tagSpawn: &c.spawns}[p.tag]
-		k := keyOf(p)
-		t.byKey[k] = append(t.byKey[k], p)
-		t.order.pushBack(p)
+		t.insert(p)
 	}
 	return nil
 }
