@@ -31,6 +31,11 @@ type Config struct {
 	NoticeTTL  time.Duration // how long a notice or receive waits for its partner
 	ProcessTTL time.Duration // how long an idle process (open frames or not) is kept
 	OutboxTTL  time.Duration // how long an unacknowledged notice is kept for delivery
+
+	// MaxClockSkew is how far apart the clocks of two origins may be. A
+	// RECEIVE pairs only with a SEND stamped no later than itself: on one
+	// clock when both are on one origin, else up to MaxClockSkew later.
+	MaxClockSkew time.Duration
 }
 
 // DefaultConfig returns the defaults for shard shard of shards.
@@ -54,6 +59,11 @@ func DefaultConfig(shard, shards uint32) Config {
 		// entry, so a full table of MaxPending entries is ~20 MiB and meets
 		// the entry bound first; entries with maximal names meet this one.
 		MaxPendingBytes: 32 << 20,
+
+		// NTP keeps a LAN's clocks within a millisecond; 100 ms tolerates
+		// hosts far worse than that while still refusing a pairing that
+		// needs a message to arrive well before it was sent.
+		MaxClockSkew: 100 * time.Millisecond,
 	}
 }
 
@@ -67,6 +77,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return err
+	}
+	if c.MaxClockSkew < 0 {
+		return fmt.Errorf("%w: MaxClockSkew = %d, must be >= 0", ErrConfig, c.MaxClockSkew)
 	}
 	if most := pendingEntryBytes + 4*c.Limits.MaxNameBytes; c.MaxPendingBytes < most {
 		return fmt.Errorf("%w: MaxPendingBytes = %d, must be >= %d (one pending entry with names of Limits.MaxNameBytes)",

@@ -15,7 +15,8 @@ const (
 
 // msgKey groups pending entries that can pair: the receiver and the
 // message hash (for spawn notices: the child, hash 0). Within a key,
-// entries are kept in arrival order, which makes pairing FIFO.
+// entries are kept in arrival order; which of them pairs is decided by
+// time (see matchSend and matchReceive).
 type msgKey struct {
 	recv Process
 	hash uint64
@@ -80,8 +81,51 @@ func compatible(a, b Process) bool {
 	return a.PID == "" || b.PID == "" || a == b
 }
 
-// match returns the oldest entry under k whose sender is compatible with
-// sender, or nil.
+// fits reports whether the SEND of notice s can be the message the
+// RECEIVE r got: s is not stamped after r. Stamps of one origin come from
+// one clock and are compared as they are; a SEND from another origin may
+// be stamped up to MaxClockSkew after the RECEIVE.
+func (c *Correlator) fits(s, r *Notice) bool {
+	if s.TimestampNs <= r.TimestampNs {
+		return true
+	}
+	if s.Sender.Origin == r.Receiver.Origin {
+		return false
+	}
+	return uint64(s.TimestampNs)-uint64(r.TimestampNs) <= uint64(c.cfg.MaxClockSkew) // the exact distance, even past MaxInt64
+}
+
+// matchSend returns the send notice under k that the receive r pairs with:
+// among those whose sender is compatible with the one r names and that fit
+// r, the oldest by send time (by arrival among equal stamps), or nil. The
+// oldest, not the first to arrive: senders' events reach the correlator
+// through different tracers, batches and shards, in any order.
+func (c *Correlator) matchSend(k msgKey, r *Notice) *pending {
+	var best *pending
+	for _, p := range c.sends.byKey[k] {
+		if compatible(p.n.Sender, r.Sender) && c.fits(&p.n, r) &&
+			(best == nil || p.n.TimestampNs < best.n.TimestampNs) {
+			best = p
+		}
+	}
+	return best
+}
+
+// matchReceive returns the waiting receive under k that the send notice s
+// pairs with: the first to arrive (the receiver's own order, so the oldest)
+// whose named sender is compatible and that s fits, or nil.
+func (c *Correlator) matchReceive(k msgKey, s *Notice) *pending {
+	for _, p := range c.recvs.byKey[k] {
+		if compatible(p.n.Sender, s.Sender) && c.fits(s, &p.n) {
+			return p
+		}
+	}
+	return nil
+}
+
+// match returns the oldest entry under k (in arrival order) whose sender
+// is compatible with sender, or nil. Spawn notices pair this way: a child
+// has one parent and one first event.
 func (t *pendingTable) match(k msgKey, sender Process) *pending {
 	for _, p := range t.byKey[k] {
 		if compatible(p.n.Sender, sender) {
@@ -166,7 +210,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 	switch n.Kind {
 	case NoticeSend:
 		k := msgKey{recv: n.Receiver, hash: n.MessageHash}
-		if r := c.recvs.match(k, n.Sender); r != nil {
+		if r := c.matchReceive(k, &n); r != nil {
 			c.pair(n.EventID, idx, r.n.EventID, r.idxIn(c.epoch))
 			c.removePending(&c.recvs, r)
 			return
@@ -200,20 +244,22 @@ func (c *Correlator) owned(n Notice) Notice {
 	return n
 }
 
-// receive pairs a RECEIVE with the oldest compatible send notice waiting
-// for it, or makes it wait for one.
+// receive pairs a RECEIVE with the send notice matchSend picks, or makes
+// it wait for one: a send that fits it may still arrive, and a waiting
+// receive is never given a send from its future.
 func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	k := msgKey{recv: p.key, hash: e.MessageHash}
-	sender := e.Peer()
-	if s := c.sends.match(k, sender); s != nil {
+	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
+		Sender: e.Peer(), Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
+	if s := c.matchSend(k, &n); s != nil {
 		c.pair(s.n.EventID, s.idxIn(c.epoch), e.ID, idx)
 		c.removePending(&c.sends, s)
 		return
 	}
-	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
-		Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
-	if sender.PID != "" {
-		n.Sender = c.peer(e)
+	if n.Sender.PID != "" {
+		n.Sender = c.peer(e) // owned: the entry outlives the batch
+	} else {
+		n.Sender = Process{}
 	}
 	c.addPending(&c.recvs, n, idx)
 }

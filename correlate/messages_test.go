@@ -2,8 +2,10 @@ package correlate
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -166,8 +168,16 @@ func TestPendingByteBound(t *testing.T) {
 	}
 }
 
-func TestConfigPendingBytes(t *testing.T) {
+func TestConfigMessageBounds(t *testing.T) {
 	cfg := DefaultConfig(0, 1)
+	cfg.MaxClockSkew = -1
+	if err := cfg.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "MaxClockSkew") {
+		t.Fatalf("negative MaxClockSkew: %v", err)
+	}
+	cfg.MaxClockSkew = 0 // one clock everywhere: allowed
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	cfg.MaxPendingBytes = pendingEntryBytes + 4*cfg.Limits.MaxNameBytes - 1
 	if err := cfg.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "MaxPendingBytes") {
 		t.Fatalf("MaxPendingBytes below one maximal entry: %v", err)
@@ -176,4 +186,113 @@ func TestConfigPendingBytes(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pairsOf returns RECEIVE → SEND for every RECEIVED_FROM link in results.
+func pairsOf(rs ...Result) map[EventID]EventID {
+	out := map[EventID]EventID{}
+	for _, r := range rs {
+		for _, e := range r.Events {
+			for _, l := range e.Links {
+				if l.Type == LinkReceivedFrom {
+					out[e.ID] = l.Target
+				}
+			}
+		}
+		for _, ed := range r.Edges {
+			if ed.Type == LinkReceivedFrom {
+				out[ed.From] = ed.To
+			}
+		}
+	}
+	return out
+}
+
+// TestPairingByTime: two processes send messages with the same hash to one
+// receiver (phash2 ignores what tells them apart) and their events reach
+// the correlator in another order than they happened. Each case lists the
+// events in arrival order, one batch each; ids are named by time order.
+func TestPairingByTime(t *testing.T) {
+	const h = 77
+	a1, a2 := Process{"app@h", "<0.1.0>"}, Process{"app@h", "<0.2.0>"}
+	srv := Process{"app@h", "<0.9.0>"}
+	far := Process{"other@h", "<0.3.0>"} // another origin: another clock
+	send := func(id uint64, from Process, ts int64) Event {
+		return Event{ID: testID(0, id), Origin: from.Origin, PID: from.PID, Kind: KindSend, TimestampNs: ts,
+			PeerOrigin: srv.Origin, PeerPID: srv.PID, MessageHash: h}
+	}
+	recv := func(id uint64, ts int64) Event {
+		return Event{ID: testID(0, id), Origin: srv.Origin, PID: srv.PID, Kind: KindReceive, TimestampNs: ts, MessageHash: h}
+	}
+	for _, tc := range []struct {
+		name    string
+		skew    time.Duration
+		arrival []Event
+		want    map[uint64]uint64 // receive → send
+	}{{
+		// a1 sends at 10, srv receives it at 20; a2 sends at 30, srv
+		// receives it at 40. a2's tracer is faster: its SEND arrives first.
+		name:    "send from the receive's future arrives first",
+		arrival: []Event{send(3, a2, 30), recv(2, 20), send(1, a1, 10), recv(4, 40)},
+		want:    map[uint64]uint64{2: 1, 4: 3},
+	}, {
+		name:    "both receives wait, later send arrives first",
+		arrival: []Event{recv(2, 20), recv(4, 40), send(3, a2, 30), send(1, a1, 10)},
+		want:    map[uint64]uint64{2: 1, 4: 3},
+	}, {
+		name:    "both sends wait, in reverse order",
+		arrival: []Event{send(2, a2, 12), send(1, a1, 10), recv(3, 20), recv(4, 40)},
+		want:    map[uint64]uint64{3: 1, 4: 2},
+	}, {
+		// Two messages in flight together (both sent before either is
+		// received): the RECEIVE at 20 arrives with only the SEND at 12
+		// present and takes it. Time order would give it the SEND at 10,
+		// which has not arrived yet; links are never rewritten, and the
+		// mailbox could as well have got the message sent at 12 first.
+		name:    "in flight together: the first fitting send to arrive",
+		arrival: []Event{send(2, a2, 12), recv(3, 20), send(1, a1, 10), recv(4, 40)},
+		want:    map[uint64]uint64{3: 2, 4: 1},
+	}, {
+		name:    "a receive never takes a send from its future",
+		arrival: []Event{send(2, a2, 30), recv(1, 20)},
+		want:    map[uint64]uint64{},
+	}, {
+		name:    "another origin's send within the clock skew fits",
+		skew:    5,
+		arrival: []Event{send(2, far, 24), recv(1, 20)},
+		want:    map[uint64]uint64{1: 2},
+	}, {
+		name:    "another origin's send beyond the clock skew does not",
+		skew:    5,
+		arrival: []Event{send(2, far, 26), recv(1, 20)},
+		want:    map[uint64]uint64{},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig(0, 1)
+			cfg.MaxClockSkew = tc.skew
+			c, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rs []Result
+			for i, e := range tc.arrival {
+				rs = append(rs, c.Apply(Batch{LogTime: int64(i), Events: []Event{e}}))
+			}
+			want := map[EventID]EventID{}
+			for r, s := range tc.want {
+				want[testID(0, r)] = testID(0, s)
+			}
+			if got := pairsOf(rs...); !maps.Equal(got, want) {
+				t.Fatalf("pairs (receive → send) %v, want %v", names(got), names(want))
+			}
+		})
+	}
+}
+
+func names(m map[EventID]EventID) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[name(k)] = name(v)
+	}
+	return out
 }
