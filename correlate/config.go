@@ -26,6 +26,10 @@ type Config struct {
 	// that long origins and pids cannot make MaxPending entries costly.
 	// Hitting it evicts the oldest entries, counted as PendingEvictions.
 	MaxPendingBytes int
+	// MaxOutboxBytes bounds the outbox the same way (each notice charged
+	// like a pending entry); hitting it drops the oldest notices, counted
+	// as OutboxDropped.
+	MaxOutboxBytes int
 
 	DedupTTL   time.Duration // how long an applied id is remembered
 	NoticeTTL  time.Duration // how long a notice or receive waits for its partner
@@ -59,6 +63,7 @@ func DefaultConfig(shard, shards uint32) Config {
 		// entry, so a full table of MaxPending entries is ~20 MiB and meets
 		// the entry bound first; entries with maximal names meet this one.
 		MaxPendingBytes: 32 << 20,
+		MaxOutboxBytes:  32 << 20,
 
 		// NTP keeps a LAN's clocks within a millisecond; 100 ms tolerates
 		// hosts far worse than that while still refusing a pairing that
@@ -81,9 +86,14 @@ func (c Config) Validate() error {
 	if c.MaxClockSkew < 0 {
 		return fmt.Errorf("%w: MaxClockSkew = %d, must be >= 0", ErrConfig, c.MaxClockSkew)
 	}
-	if most := pendingEntryBytes + 4*c.Limits.MaxNameBytes; c.MaxPendingBytes < most {
+	most := pendingEntryBytes + 4*c.Limits.MaxNameBytes // one entry with names of Limits.MaxNameBytes
+	if c.MaxPendingBytes < most {
 		return fmt.Errorf("%w: MaxPendingBytes = %d, must be >= %d (one pending entry with names of Limits.MaxNameBytes)",
 			ErrConfig, c.MaxPendingBytes, most)
+	}
+	if c.MaxOutboxBytes < most {
+		return fmt.Errorf("%w: MaxOutboxBytes = %d, must be >= %d (one notice with names of Limits.MaxNameBytes)",
+			ErrConfig, c.MaxOutboxBytes, most)
 	}
 	for _, f := range []struct {
 		name string

@@ -23,7 +23,7 @@ type Counters struct {
 	AttributesDropped uint64 // attributes dropped: attribute bounds
 	Malformed         uint64 // events stored without correlation: kind unknown
 	ProcessesExpired  uint64 // processes dropped after ProcessTTL of log time without events
-	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox bound or OutboxTTL
+	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox entry or byte bound, or OutboxTTL
 	SpawnsLinked      uint64 // spawn notices linked to the child's event
 }
 

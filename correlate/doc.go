@@ -58,7 +58,7 @@
 // # Bounds and state
 //
 // Every table has a bound in Config (processes, stack depth, pending
-// entries by count and by bytes, outbox, dedup window by count and TTL,
+// entries and outbox by count and by bytes, dedup window by count and TTL,
 // interned names) and every hit is counted in Counters. What a table keeps
 // across batches never points into a batch: DecodeBatch cuts every string
 // of a raft entry from one copy of it, so a kept substring would pin the

@@ -282,6 +282,15 @@ func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childIdx i
 type outbox struct {
 	byID  map[EventID]*outEntry
 	order dlist[outEntry, *outEntry] // outbox order: oldest first
+	bytes int                        // sum of pendingSize over the notices, bounded by MaxOutboxBytes
+}
+
+// insert adds e at the young end of the outbox. An outbox notice is
+// charged like a pending entry (pendingSize): the same record and names.
+func (o *outbox) insert(e *outEntry) {
+	o.byID[e.n.EventID] = e
+	o.order.pushBack(e)
+	o.bytes += pendingSize(&e.n)
 }
 
 type outEntry struct {
@@ -300,20 +309,22 @@ func (c *Correlator) addOutbox(n Notice) {
 	if c.outbox.byID[n.EventID] != nil {
 		return // the same SEND applied twice (beyond the dedup window): one notice
 	}
-	for c.outbox.order.n >= c.cfg.MaxOutbox {
+	n = c.owned(n)
+	size := pendingSize(&n)
+	for c.outbox.order.n > 0 && (c.outbox.order.n >= c.cfg.MaxOutbox || c.outbox.bytes+size > c.cfg.MaxOutboxBytes) {
 		c.removeOutbox(c.outbox.order.head)
 		c.cur.OutboxDropped++
 	}
-	e := &outEntry{seq: c.seq, logTime: c.logTime, n: c.owned(n), born: c.epoch}
+	e := &outEntry{seq: c.seq, logTime: c.logTime, n: n, born: c.epoch}
 	c.seq++
-	c.outbox.byID[n.EventID] = e
-	c.outbox.order.pushBack(e)
+	c.outbox.insert(e)
 	c.markOutbox(e)
 }
 
 func (c *Correlator) removeOutbox(e *outEntry) {
 	delete(c.outbox.byID, e.n.EventID)
 	c.outbox.order.remove(e)
+	c.outbox.bytes -= pendingSize(&e.n)
 	e.dead = true
 	c.markOutbox(e)
 }

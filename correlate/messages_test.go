@@ -186,6 +186,10 @@ func TestConfigMessageBounds(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	cfg.MaxOutboxBytes = cfg.MaxPendingBytes - 1
+	if err := cfg.Validate(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "MaxOutboxBytes") {
+		t.Fatalf("MaxOutboxBytes below one maximal notice: %v", err)
+	}
 }
 
 // pairsOf returns RECEIVE → SEND for every RECEIVED_FROM link in results.
@@ -295,4 +299,48 @@ func names(m map[EventID]EventID) map[string]string {
 		out[name(k)] = name(v)
 	}
 	return out
+}
+
+// TestOutboxByteBound: SENDs to another shard's processes, with long
+// names, under an outbox byte bound that holds three notices: the oldest
+// are dropped and counted, the outbox never holds more than the bound,
+// and the charge is restored with the state.
+func TestOutboxByteBound(t *testing.T) {
+	cfg := DefaultConfig(0, 2)
+	cfg.Limits.MaxNameBytes = 40
+	from := Process{"sender-origin@some.long.host.name", "<0.1234567.0>"}
+	var to []Process
+	for i := 0; len(to) < 5; i++ {
+		p := Process{"receiver-origin@some.long.host.name", "<0." + strings.Repeat("7", 10) + string(rune('a'+i)) + ".0>"}
+		if ShardOf(p.Origin, p.PID, 2) == 1 {
+			to = append(to, p)
+		}
+	}
+	entry := pendingSize(&Notice{Sender: from, Receiver: to[0]})
+	cfg.MaxOutboxBytes = 3*entry + entry/2
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dropped uint64
+	for i, p := range to {
+		res := c.Apply(Batch{LogTime: 1, Events: []Event{{ID: testID(0, uint64(i+1)), Origin: from.Origin, PID: from.PID,
+			Kind: KindSend, TimestampNs: int64(100 + i), PeerOrigin: p.Origin, PeerPID: p.PID, MessageHash: 1}}})
+		dropped += res.Counters.OutboxDropped
+		if c.outbox.bytes > cfg.MaxOutboxBytes {
+			t.Fatalf("after %d sends the outbox holds %d bytes, bound %d", i+1, c.outbox.bytes, cfg.MaxOutboxBytes)
+		}
+	}
+	out := c.Outbox()
+	if dropped != 2 || len(out) != 3 || out[0].EventID != testID(0, 3) || c.outbox.bytes != 3*entry {
+		t.Fatalf("dropped %d, %d notices of %d bytes (first %s); want 2 dropped, e3..e5 of %d bytes",
+			dropped, len(out), c.outbox.bytes, name(out[0].EventID), 3*entry)
+	}
+	r, _ := New(cfg)
+	if err := r.Restore(c.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if r.outbox.bytes != c.outbox.bytes {
+		t.Fatalf("restored charge %d bytes, want %d", r.outbox.bytes, c.outbox.bytes)
+	}
 }

@@ -425,6 +425,7 @@ func smallConfig(t *rapid.T) Config {
 	cfg.MaxPending = rapid.IntRange(1, 4).Draw(t, "pending")
 	cfg.Limits.MaxNameBytes = 8 // the names drawn are shorter; this lets a small byte bound validate
 	cfg.MaxPendingBytes = rapid.IntRange(pendingEntryBytes+32, 5*pendingEntryBytes).Draw(t, "pendingBytes")
+	cfg.MaxOutboxBytes = rapid.IntRange(pendingEntryBytes+32, 5*pendingEntryBytes).Draw(t, "outboxBytes")
 	cfg.MaxOutbox = rapid.IntRange(1, 4).Draw(t, "outbox")
 	cfg.DedupWindow = rapid.IntRange(1, 20).Draw(t, "dedup")
 	cfg.DedupTTL, cfg.NoticeTTL, cfg.ProcessTTL, cfg.OutboxTTL = 7, 5, 11, 9
@@ -592,6 +593,13 @@ func checkBounds(t *rapid.T, c *Correlator) {
 		if sum != tab.bytes || sum > cfg.MaxPendingBytes {
 			t.Fatalf("pending table %c: %d bytes held, %d charged, bound %d", tab.tag, sum, tab.bytes, cfg.MaxPendingBytes)
 		}
+	}
+	sum := 0
+	for e := c.outbox.order.head; e != nil; e = e.lk.next {
+		sum += pendingSize(&e.n)
+	}
+	if sum != c.outbox.bytes || sum > cfg.MaxOutboxBytes {
+		t.Fatalf("outbox: %d bytes held, %d charged, bound %d", sum, c.outbox.bytes, cfg.MaxOutboxBytes)
 	}
 	for _, p := range c.procs.appendAll(nil) {
 		if len(p.frames) > cfg.MaxStackDepth {

@@ -311,8 +311,7 @@ func (c *Correlator) restore(records []StateRecord) error {
 	}
 	slices.SortFunc(outs, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
 	for _, e := range outs {
-		c.outbox.byID[e.n.EventID] = e
-		c.outbox.order.pushBack(e)
+		c.outbox.insert(e)
 	}
 	slices.SortFunc(pend, func(a, b *pending) int { return cmp.Compare(a.seq, b.seq) })
 	for _, p := range pend {
