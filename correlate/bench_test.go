@@ -38,6 +38,7 @@ func benchStream(procs, n int) []Event {
 		switch {
 		case len(receives) > 0 && rng.IntN(4) == 0:
 			e = receives[0]
+			e.TimestampNs = int64(len(out)) * 1000 // received now, after its send
 			receives = receives[1:]
 		case r < 40 && len(p.stack) < 8 || r < 80 && len(p.stack) == 0:
 			fi := rng.IntN(len(mods))
@@ -59,7 +60,10 @@ func benchStream(procs, n int) []Event {
 		}
 		out = append(out, e)
 	}
-	out = append(out, receives...)
+	for _, e := range receives {
+		e.TimestampNs = int64(len(out)) * 1000
+		out = append(out, e)
+	}
 	for i := range ps {
 		for range ps[i].stack {
 			out = append(out, Event{Origin: ps[i].origin, PID: ps[i].pid, Kind: KindReturn, TimestampNs: 1})

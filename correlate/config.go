@@ -21,10 +21,25 @@ type Config struct {
 	DedupWindow   int // event/notice ids remembered for duplicate detection
 	MaxInterned   int // distinct module/function names shared between frames
 
+	// MaxPendingBytes bounds each pending table by the bytes its entries
+	// hold (a fixed charge per entry plus its names; see pendingSize), so
+	// that long origins and pids cannot make MaxPending entries costly.
+	// Hitting it evicts the oldest entries, counted as PendingEvictions.
+	MaxPendingBytes int
+	// MaxOutboxBytes bounds the outbox the same way (each notice charged
+	// like a pending entry); hitting it drops the oldest notices, counted
+	// as OutboxDropped.
+	MaxOutboxBytes int
+
 	DedupTTL   time.Duration // how long an applied id is remembered
 	NoticeTTL  time.Duration // how long a notice or receive waits for its partner
 	ProcessTTL time.Duration // how long an idle process (open frames or not) is kept
 	OutboxTTL  time.Duration // how long an unacknowledged notice is kept for delivery
+
+	// MaxClockSkew is how far apart the clocks of two origins may be. A
+	// RECEIVE pairs only with a SEND stamped no later than itself: on one
+	// clock when both are on one origin, else up to MaxClockSkew later.
+	MaxClockSkew time.Duration
 }
 
 // DefaultConfig returns the defaults for shard shard of shards.
@@ -43,6 +58,17 @@ func DefaultConfig(shard, shards uint32) Config {
 		NoticeTTL:     5 * time.Minute,
 		ProcessTTL:    time.Hour,
 		OutboxTTL:     time.Hour,
+
+		// Typical names (20-byte origins, 12-byte pids) cost ~320 bytes an
+		// entry, so a full table of MaxPending entries is ~20 MiB and meets
+		// the entry bound first; entries with maximal names meet this one.
+		MaxPendingBytes: 32 << 20,
+		MaxOutboxBytes:  32 << 20,
+
+		// NTP keeps a LAN's clocks within a millisecond; 100 ms tolerates
+		// hosts far worse than that while still refusing a pairing that
+		// needs a message to arrive well before it was sent.
+		MaxClockSkew: 100 * time.Millisecond,
 	}
 }
 
@@ -56,6 +82,18 @@ func (c Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return err
+	}
+	if c.MaxClockSkew < 0 {
+		return fmt.Errorf("%w: MaxClockSkew = %d, must be >= 0", ErrConfig, c.MaxClockSkew)
+	}
+	most := pendingEntryBytes + 4*c.Limits.MaxNameBytes // one entry with names of Limits.MaxNameBytes
+	if c.MaxPendingBytes < most {
+		return fmt.Errorf("%w: MaxPendingBytes = %d, must be >= %d (one pending entry with names of Limits.MaxNameBytes)",
+			ErrConfig, c.MaxPendingBytes, most)
+	}
+	if c.MaxOutboxBytes < most {
+		return fmt.Errorf("%w: MaxOutboxBytes = %d, must be >= %d (one notice with names of Limits.MaxNameBytes)",
+			ErrConfig, c.MaxOutboxBytes, most)
 	}
 	for _, f := range []struct {
 		name string

@@ -17,13 +17,13 @@ type Counters struct {
 	ReceivesExpired   uint64 // receives that expired waiting for their notice
 	StackOverflows    uint64 // CALLs refused a frame: stack depth bound
 	ProcessEvictions  uint64 // processes evicted: open-process bound
-	PendingEvictions  uint64 // pending notices/receives evicted: pending bound
+	PendingEvictions  uint64 // pending notices/receives evicted: pending entry or byte bound
 	DedupEvictions    uint64 // dedup entries evicted by count before their age
 	PayloadsTruncated uint64 // payloads truncated to the payload bound
 	AttributesDropped uint64 // attributes dropped: attribute bounds
 	Malformed         uint64 // events stored without correlation: kind unknown
 	ProcessesExpired  uint64 // processes dropped after ProcessTTL of log time without events
-	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox bound or OutboxTTL
+	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox entry or byte bound, or OutboxTTL
 	SpawnsLinked      uint64 // spawn notices linked to the child's event
 }
 

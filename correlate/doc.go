@@ -25,9 +25,21 @@
 // MaxStackDepth are counted and not pushed; returns consume those refused
 // frames first (as orphans), so a return is never given the wrong CALL.
 //
-// Messages pair by (receiver, message hash) in FIFO order, with the sender
-// compared when both sides name one (a BEAM receive names no sender and
-// takes the oldest compatible send). A SEND or SPAWN produces a Notice for
+// Messages pair by (receiver, message hash) and by time, with the sender
+// compared when both sides name one (a BEAM receive names no sender). A
+// SEND fits a RECEIVE when it is stamped no later than the RECEIVE: as is
+// when both are on one origin (one clock), up to MaxClockSkew later across
+// origins. A RECEIVE pairs with the oldest fitting send by send time (not
+// the first to arrive: senders' events come through different tracers,
+// batches and shards); an arriving send notice pairs with the first
+// waiting RECEIVE it fits (the receiver's own order); a RECEIVE with no
+// fitting send waits, never taking one from its future. Links are written
+// once, so this is the pairing of time order whenever colliding messages
+// (same receiver and hash) are not in flight together; when two were (both
+// sent before either was received), the RECEIVE takes the oldest fitting
+// send present when it arrives, which the trace cannot contradict: the
+// mailbox may have got either first (pairing_test.go states the property
+// over real traces). A SEND or SPAWN produces a Notice for
 // the shard that owns the receiver/child (ShardOf): delivered in place when
 // that is this shard, otherwise kept in the replicated outbox until a later
 // Batch acks it. On the receiving shard, notices and receives wait for each
@@ -46,8 +58,12 @@
 // # Bounds and state
 //
 // Every table has a bound in Config (processes, stack depth, pending
-// entries, outbox, dedup window by count and TTL, interned names) and every
-// hit is counted in Counters. The state is persisted incrementally: each
+// entries and outbox by count and by bytes, dedup window by count and TTL,
+// interned names) and every hit is counted in Counters. What a table keeps
+// across batches never points into a batch: DecodeBatch cuts every string
+// of a raft entry from one copy of it, so a kept substring would pin the
+// whole entry; tables copy (or intern) the names they keep, map keys
+// included. The state is persisted incrementally: each
 // Result.State holds one record per process, pending entry or outbox
 // notice changed by the batch, one dedup chunk per batch and a meta record;
 // Restore of all live records reproduces the correlator exactly, and

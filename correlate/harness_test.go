@@ -20,7 +20,7 @@ import (
 //
 //	new [name=c] [shard=0] [shards=1] [max-stack=N] [max-procs=N] [max-pending=N]
 //	    [max-outbox=N] [dedup=N] [dedup-ttl=N] [notice-ttl=N] [proc-ttl=N] [outbox-ttl=N]
-//	    [payload=N] [attrs=N]                       (TTLs in ns of log time)
+//	    [payload=N] [attrs=N] [skew=N]              (TTLs in ns of log time, skew in ns)
 //	apply [on=c] [time=T]        one batch; input lines are events, "notice ..." or "ack eN"
 //	deliver from=a to=b [time=T] a's outbox notices for b's shard → b; then b's ack → a
 //	state [on=c]                 processes, pending tables, outbox
@@ -85,7 +85,7 @@ func (s *scenario) run(t *testing.T, d *datadriven.TestData) string {
 			key string
 			dst *time.Duration
 		}{{"dedup-ttl", &cfg.DedupTTL}, {"notice-ttl", &cfg.NoticeTTL}, {"proc-ttl", &cfg.ProcessTTL},
-			{"outbox-ttl", &cfg.OutboxTTL}} {
+			{"outbox-ttl", &cfg.OutboxTTL}, {"skew", &cfg.MaxClockSkew}} {
 			*o.dst = time.Duration(s.num(d, o.key, int64(*o.dst)))
 		}
 		c, err := New(cfg)

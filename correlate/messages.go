@@ -15,7 +15,8 @@ const (
 
 // msgKey groups pending entries that can pair: the receiver and the
 // message hash (for spawn notices: the child, hash 0). Within a key,
-// entries are kept in arrival order, which makes pairing FIFO.
+// entries are kept in arrival order; which of them pairs is decided by
+// time (see matchSend and matchReceive).
 type msgKey struct {
 	recv Process
 	hash uint64
@@ -51,6 +52,23 @@ type pendingTable struct {
 	tag   byte
 	byKey map[msgKey][]*pending
 	order dlist[pending, *pending] // oldest first
+	bytes int                      // sum of pendingSize over the entries, bounded by MaxPendingBytes
+}
+
+// pendingEntryBytes is what a pending entry is charged against
+// MaxPendingBytes besides its strings: about the size of its record, its
+// slot under its key and its map key. It is a constant rather than
+// unsafe.Sizeof because the byte bound decides which entry is evicted,
+// which is replicated state: the charge must be the same on every replica,
+// whatever the build's struct layout.
+const pendingEntryBytes = 256
+
+// pendingSize is the charge of an entry holding n. Every string counts in
+// full, even when it is shared with a tracked process or an interned name,
+// so the charge depends on the entry alone (restoring it gives the same
+// sum) and bounds what the entry may hold on its own.
+func pendingSize(n *Notice) int {
+	return pendingEntryBytes + len(n.Sender.Origin) + len(n.Sender.PID) + len(n.Receiver.Origin) + len(n.Receiver.PID)
 }
 
 func newPendingTable(tag byte) pendingTable {
@@ -63,8 +81,51 @@ func compatible(a, b Process) bool {
 	return a.PID == "" || b.PID == "" || a == b
 }
 
-// match returns the oldest entry under k whose sender is compatible with
-// sender, or nil.
+// fits reports whether the SEND of notice s can be the message the
+// RECEIVE r got: s is not stamped after r. Stamps of one origin come from
+// one clock and are compared as they are; a SEND from another origin may
+// be stamped up to MaxClockSkew after the RECEIVE.
+func (c *Correlator) fits(s, r *Notice) bool {
+	if s.TimestampNs <= r.TimestampNs {
+		return true
+	}
+	if s.Sender.Origin == r.Receiver.Origin {
+		return false
+	}
+	return uint64(s.TimestampNs)-uint64(r.TimestampNs) <= uint64(c.cfg.MaxClockSkew) // the exact distance, even past MaxInt64
+}
+
+// matchSend returns the send notice under k that the receive r pairs with:
+// among those whose sender is compatible with the one r names and that fit
+// r, the oldest by send time (by arrival among equal stamps), or nil. The
+// oldest, not the first to arrive: senders' events reach the correlator
+// through different tracers, batches and shards, in any order.
+func (c *Correlator) matchSend(k msgKey, r *Notice) *pending {
+	var best *pending
+	for _, p := range c.sends.byKey[k] {
+		if compatible(p.n.Sender, r.Sender) && c.fits(&p.n, r) &&
+			(best == nil || p.n.TimestampNs < best.n.TimestampNs) {
+			best = p
+		}
+	}
+	return best
+}
+
+// matchReceive returns the waiting receive under k that the send notice s
+// pairs with: the first to arrive (the receiver's own order, so the oldest)
+// whose named sender is compatible and that s fits, or nil.
+func (c *Correlator) matchReceive(k msgKey, s *Notice) *pending {
+	for _, p := range c.recvs.byKey[k] {
+		if compatible(p.n.Sender, s.Sender) && c.fits(s, &p.n) {
+			return p
+		}
+	}
+	return nil
+}
+
+// match returns the oldest entry under k (in arrival order) whose sender
+// is compatible with sender, or nil. Spawn notices pair this way: a child
+// has one parent and one first event.
 func (t *pendingTable) match(k msgKey, sender Process) *pending {
 	for _, p := range t.byKey[k] {
 		if compatible(p.n.Sender, sender) {
@@ -74,16 +135,28 @@ func (t *pendingTable) match(k msgKey, sender Process) *pending {
 	return nil
 }
 
-func (c *Correlator) addPending(t *pendingTable, k msgKey, n Notice, idx int) {
-	for t.order.n >= c.cfg.MaxPending {
+// addPending makes n wait in t, evicting the oldest entries while the
+// table is at its entry bound or n would take it past its byte bound. n
+// must hold only strings the correlator owns (see owned): the entry and
+// its map key, derived from n here, outlive the batch n came in.
+func (c *Correlator) addPending(t *pendingTable, n Notice, idx int) {
+	size := pendingSize(&n)
+	for t.order.n > 0 && (t.order.n >= c.cfg.MaxPending || t.bytes+size > c.cfg.MaxPendingBytes) {
 		c.removePending(t, t.order.head)
 		c.cur.PendingEvictions++
 	}
 	p := &pending{tag: t.tag, seq: c.seq, logTime: c.logTime, n: n, idx: idx, born: c.epoch}
 	c.seq++
+	t.insert(p)
+	c.markPending(p)
+}
+
+// insert adds p at the young end of t.
+func (t *pendingTable) insert(p *pending) {
+	k := keyOf(p)
 	t.byKey[k] = append(t.byKey[k], p)
 	t.order.pushBack(p)
-	c.markPending(p)
+	t.bytes += pendingSize(&p.n)
 }
 
 func keyOf(p *pending) msgKey {
@@ -110,6 +183,7 @@ func (c *Correlator) removePending(t *pendingTable, p *pending) {
 		t.byKey[k] = q
 	}
 	t.order.remove(p)
+	t.bytes -= pendingSize(&p.n)
 	p.dead = true
 	c.markPending(p)
 }
@@ -136,12 +210,12 @@ func (c *Correlator) deliver(n Notice, idx int) {
 	switch n.Kind {
 	case NoticeSend:
 		k := msgKey{recv: n.Receiver, hash: n.MessageHash}
-		if r := c.recvs.match(k, n.Sender); r != nil {
+		if r := c.matchReceive(k, &n); r != nil {
 			c.pair(n.EventID, idx, r.n.EventID, r.idxIn(c.epoch))
 			c.removePending(&c.recvs, r)
 			return
 		}
-		c.addPending(&c.sends, k, c.owned(n), idx)
+		c.addPending(&c.sends, c.owned(n), idx)
 	case NoticeSpawn:
 		if p := c.procs.get(n.Receiver.Origin, n.Receiver.PID); p != nil {
 			firstIdx := -1
@@ -151,7 +225,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 			c.linkSpawn(n, idx, p.first, firstIdx)
 			return
 		}
-		c.addPending(&c.spawns, msgKey{recv: n.Receiver}, c.owned(n), idx)
+		c.addPending(&c.spawns, c.owned(n), idx)
 	default:
 		c.cur.Malformed++
 	}
@@ -170,22 +244,24 @@ func (c *Correlator) owned(n Notice) Notice {
 	return n
 }
 
-// receive pairs a RECEIVE with the oldest compatible send notice waiting
-// for it, or makes it wait for one.
+// receive pairs a RECEIVE with the send notice matchSend picks, or makes
+// it wait for one: a send that fits it may still arrive, and a waiting
+// receive is never given a send from its future.
 func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	k := msgKey{recv: p.key, hash: e.MessageHash}
-	sender := e.Peer()
-	if s := c.sends.match(k, sender); s != nil {
+	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
+		Sender: e.Peer(), Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
+	if s := c.matchSend(k, &n); s != nil {
 		c.pair(s.n.EventID, s.idxIn(c.epoch), e.ID, idx)
 		c.removePending(&c.sends, s)
 		return
 	}
-	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
-		Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
-	if sender.PID != "" {
-		n.Sender = c.peer(e)
+	if n.Sender.PID != "" {
+		n.Sender = c.peer(e) // owned: the entry outlives the batch
+	} else {
+		n.Sender = Process{}
 	}
-	c.addPending(&c.recvs, k, n, idx)
+	c.addPending(&c.recvs, n, idx)
 }
 
 // pair links a SEND and the RECEIVE that consumed it, both ways.
@@ -206,6 +282,15 @@ func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childIdx i
 type outbox struct {
 	byID  map[EventID]*outEntry
 	order dlist[outEntry, *outEntry] // outbox order: oldest first
+	bytes int                        // sum of pendingSize over the notices, bounded by MaxOutboxBytes
+}
+
+// insert adds e at the young end of the outbox. An outbox notice is
+// charged like a pending entry (pendingSize): the same record and names.
+func (o *outbox) insert(e *outEntry) {
+	o.byID[e.n.EventID] = e
+	o.order.pushBack(e)
+	o.bytes += pendingSize(&e.n)
 }
 
 type outEntry struct {
@@ -224,20 +309,22 @@ func (c *Correlator) addOutbox(n Notice) {
 	if c.outbox.byID[n.EventID] != nil {
 		return // the same SEND applied twice (beyond the dedup window): one notice
 	}
-	for c.outbox.order.n >= c.cfg.MaxOutbox {
+	n = c.owned(n)
+	size := pendingSize(&n)
+	for c.outbox.order.n > 0 && (c.outbox.order.n >= c.cfg.MaxOutbox || c.outbox.bytes+size > c.cfg.MaxOutboxBytes) {
 		c.removeOutbox(c.outbox.order.head)
 		c.cur.OutboxDropped++
 	}
-	e := &outEntry{seq: c.seq, logTime: c.logTime, n: c.owned(n), born: c.epoch}
+	e := &outEntry{seq: c.seq, logTime: c.logTime, n: n, born: c.epoch}
 	c.seq++
-	c.outbox.byID[n.EventID] = e
-	c.outbox.order.pushBack(e)
+	c.outbox.insert(e)
 	c.markOutbox(e)
 }
 
 func (c *Correlator) removeOutbox(e *outEntry) {
 	delete(c.outbox.byID, e.n.EventID)
 	c.outbox.order.remove(e)
+	c.outbox.bytes -= pendingSize(&e.n)
 	e.dead = true
 	c.markOutbox(e)
 }

@@ -36,6 +36,14 @@ type refMsg struct {
 	sender Process
 	recv   Process
 	hash   uint64
+	ts     int64
+}
+
+// refFits is the pairing rule of the model: a SEND is not stamped after
+// the RECEIVE, with the default clock skew between origins.
+func refFits(send, recv refMsg) bool {
+	skew := int64(DefaultConfig(0, 1).MaxClockSkew)
+	return send.ts <= recv.ts || send.sender.Origin != recv.recv.Origin && send.ts-recv.ts <= skew
 }
 
 type triple struct {
@@ -147,9 +155,10 @@ func (r *refCorrelator) apply(in []Event, out *refOut) {
 			if e.PeerPID == "" {
 				break
 			}
-			m := refMsg{e.ID, p, e.Peer(), e.MessageHash}
+			m := refMsg{e.ID, p, e.Peer(), e.MessageHash, e.TimestampNs}
+			// The first waiting receive (the receiver's order) it fits.
 			if i := slices.IndexFunc(r.recvs, func(x refMsg) bool {
-				return x.recv == m.recv && x.hash == m.hash && compatible(x.sender, m.sender)
+				return x.recv == m.recv && x.hash == m.hash && compatible(x.sender, m.sender) && refFits(m, x)
 			}); i >= 0 {
 				out.links = append(out.links, triple{r.recvs[i].id, LinkReceivedFrom, e.ID}, triple{e.ID, LinkDeliveredTo, r.recvs[i].id})
 				r.recvs = slices.Delete(r.recvs, i, i+1)
@@ -158,10 +167,16 @@ func (r *refCorrelator) apply(in []Event, out *refOut) {
 			}
 		case KindReceive:
 			got.ParentID, got.RootID = top()
-			m := refMsg{e.ID, e.Peer(), p, e.MessageHash}
-			if i := slices.IndexFunc(r.sends, func(x refMsg) bool {
-				return x.recv == m.recv && x.hash == m.hash && compatible(x.sender, m.sender)
-			}); i >= 0 {
+			m := refMsg{e.ID, e.Peer(), p, e.MessageHash, e.TimestampNs}
+			// The oldest waiting send by send time that fits it.
+			i := -1
+			for j, x := range r.sends {
+				if x.recv == m.recv && x.hash == m.hash && compatible(x.sender, m.sender) && refFits(x, m) &&
+					(i < 0 || x.ts < r.sends[i].ts) {
+					i = j
+				}
+			}
+			if i >= 0 {
 				out.links = append(out.links, triple{e.ID, LinkReceivedFrom, r.sends[i].id}, triple{r.sends[i].id, LinkDeliveredTo, e.ID})
 				r.sends = slices.Delete(r.sends, i, i+1)
 			} else {
@@ -408,6 +423,9 @@ func smallConfig(t *rapid.T) Config {
 	cfg.MaxStackDepth = rapid.IntRange(1, 4).Draw(t, "stack")
 	cfg.MaxProcesses = rapid.IntRange(1, 5).Draw(t, "procs")
 	cfg.MaxPending = rapid.IntRange(1, 4).Draw(t, "pending")
+	cfg.Limits.MaxNameBytes = 8 // the names drawn are shorter; this lets a small byte bound validate
+	cfg.MaxPendingBytes = rapid.IntRange(pendingEntryBytes+32, 5*pendingEntryBytes).Draw(t, "pendingBytes")
+	cfg.MaxOutboxBytes = rapid.IntRange(pendingEntryBytes+32, 5*pendingEntryBytes).Draw(t, "outboxBytes")
 	cfg.MaxOutbox = rapid.IntRange(1, 4).Draw(t, "outbox")
 	cfg.DedupWindow = rapid.IntRange(1, 20).Draw(t, "dedup")
 	cfg.DedupTTL, cfg.NoticeTTL, cfg.ProcessTTL, cfg.OutboxTTL = 7, 5, 11, 9
@@ -566,6 +584,22 @@ func checkBounds(t *rapid.T, c *Correlator) {
 		if b.n > b.bound {
 			t.Fatalf("%s: %d entries, bound %d", b.what, b.n, b.bound)
 		}
+	}
+	for _, tab := range []*pendingTable{&c.sends, &c.recvs, &c.spawns} {
+		sum := 0
+		for p := tab.order.head; p != nil; p = p.lk.next {
+			sum += pendingSize(&p.n)
+		}
+		if sum != tab.bytes || sum > cfg.MaxPendingBytes {
+			t.Fatalf("pending table %c: %d bytes held, %d charged, bound %d", tab.tag, sum, tab.bytes, cfg.MaxPendingBytes)
+		}
+	}
+	sum := 0
+	for e := c.outbox.order.head; e != nil; e = e.lk.next {
+		sum += pendingSize(&e.n)
+	}
+	if sum != c.outbox.bytes || sum > cfg.MaxOutboxBytes {
+		t.Fatalf("outbox: %d bytes held, %d charged, bound %d", sum, c.outbox.bytes, cfg.MaxOutboxBytes)
 	}
 	for _, p := range c.procs.appendAll(nil) {
 		if len(p.frames) > cfg.MaxStackDepth {

@@ -311,15 +311,12 @@ func (c *Correlator) restore(records []StateRecord) error {
 	}
 	slices.SortFunc(outs, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
 	for _, e := range outs {
-		c.outbox.byID[e.n.EventID] = e
-		c.outbox.order.pushBack(e)
+		c.outbox.insert(e)
 	}
 	slices.SortFunc(pend, func(a, b *pending) int { return cmp.Compare(a.seq, b.seq) })
 	for _, p := range pend {
 		t := map[byte]*pendingTable{tagReceive: &c.recvs, tagSend: &c.sends, tagSpawn: &c.spawns}[p.tag]
-		k := keyOf(p)
-		t.byKey[k] = append(t.byKey[k], p)
-		t.order.pushBack(p)
+		t.insert(p)
 	}
 	return nil
 }
