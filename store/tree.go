@@ -88,6 +88,13 @@ func completes(e *correlate.Event) (correlate.EventID, bool) {
 
 func closes(k correlate.Kind) bool { return k == correlate.KindReturn || k == correlate.KindException }
 
+// refused reports whether CALL e was refused a frame by the correlator's
+// depth bound: the only CALL with a root but no parent that is not its own
+// root (a tracked CALL has a parent, or is the root of its tree).
+func refused(e *correlate.Event) bool {
+	return e.ParentID == (correlate.EventID{}) && e.RootID != e.ID && e.RootID != (correlate.EventID{})
+}
+
 // close fills f's end from its end event or its frame record.
 func (v *view) closeFrame(f *Frame, end *correlate.Event) error {
 	if end != nil {
@@ -194,6 +201,13 @@ func (s *Store) CallTree(shard uint32, root correlate.EventID, maxFrames int) (*
 // first. It walks p's events backwards from tNs until it finds the topmost
 // open frame (or proof that none is open: an EXIT, or the close of a
 // bottom frame), then follows ParentID links down to the bottom.
+//
+// What the walk skips, and why: an orphan RETURN/EXCEPTION closed nothing
+// (it has no parent, like the close of a bottom frame, and must not be
+// taken for one); a CALL refused by the correlator's depth bound was never
+// a tracked frame (no parent, not the root); a CALL whose frame record
+// ends at or before tNs (UNWOUND, PROCESS_EXIT) is closed. So the stack is
+// the tracked frames, as the correlator kept them.
 func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Frame, error) {
 	v, err := s.newView(shard)
 	if err != nil {
@@ -214,9 +228,11 @@ func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Fra
 		switch {
 		case e.Kind == correlate.KindExit:
 			return true, nil // an exit closed every frame open before it
+		case closes(e.Kind) && e.Orphan:
+			return false, nil // closed nothing
 		case closes(e.Kind):
 			if e.ParentID == (correlate.EventID{}) {
-				return true, nil // the bottom frame (or nothing: orphan) closed here
+				return true, nil // the bottom frame closed here
 			}
 			links, err := v.links(b, id)
 			if err != nil {
@@ -226,6 +242,8 @@ func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Fra
 			if call, ok := completes(&e); ok {
 				closed[call] = true
 			}
+		case e.Kind == correlate.KindCall && refused(&e):
+			return false, nil
 		case e.Kind == correlate.KindCall && !closed[id]:
 			fe, ok, err := v.frameEnd(&e)
 			if err != nil {
