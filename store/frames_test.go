@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -9,8 +10,10 @@ import (
 )
 
 // These tests feed events through a real correlator into a real (in-memory
-// Pebble) store, as a shard's FSM does, and check what CallStackAt says
-// around orphan returns and CALLs refused by the depth bound.
+// Pebble) store, as a shard's FSM does, and check what CallStackAt and
+// CallTree say about frames the correlator could not close normally:
+// orphan returns, CALLs refused by the depth bound, processes dropped for
+// inactivity or evicted by the process bound.
 
 // pipe is one shard's correlator in front of a store.
 type pipe struct {
@@ -157,4 +160,92 @@ func TestCallStackAtRefusedCall(t *testing.T) {
 	pp.wantStacks(procP, map[int64][]string{
 		15: {"a"}, 25: {"a", "b"}, 35: {"a", "b"}, 45: {"a", "b"}, 55: {"a", "b"}, 65: nil, 75: {"e"},
 	})
+}
+
+// Frames of a process dropped for inactivity, or evicted by the process
+// bound, are not open forever: they end when the correlator dropped them.
+func TestAbandonedFramesClose(t *testing.T) {
+	t.Run("inactivity", func(t *testing.T) {
+		pp := newPipe(t, func(c *correlate.Config) { c.ProcessTTL = 100 })
+		pp.apply(1000, ev{procP, 10, "CALL a"}, ev{procP, 20, "CALL b"})
+		pp.apply(1200, ev{procQ, 30, "STATE"}) // P idle for 200 > 100
+		pp.wantStacks(procP, map[int64][]string{25: {"a", "b"}, 1100: {"a", "b"}, 1200: nil, 5000: nil})
+		tr := pp.tree("a")
+		if tr.Root.Open() || len(tr.Root.Children) != 1 || tr.Root.Children[0].Open() {
+			t.Fatalf("tree after the process expired: root %+v", tr.Root)
+		}
+		for _, f := range []*Frame{tr.Root, tr.Root.Children[0]} {
+			wantAbandoned(t, f, correlate.AbandonInactivity, 1200)
+		}
+	})
+	t.Run("process bound", func(t *testing.T) {
+		pp := newPipe(t, func(c *correlate.Config) { c.MaxProcesses = 1 })
+		pp.apply(1000, ev{procP, 10, "CALL a"})
+		pp.apply(1100, ev{procQ, 20, "CALL z"}) // evicts P
+		pp.wantStacks(procP, map[int64][]string{15: {"a"}, 1100: nil})
+		tr := pp.tree("a")
+		if tr.Root.Open() {
+			t.Fatalf("frame of an evicted process: %+v", tr.Root)
+		}
+		wantAbandoned(t, tr.Root, correlate.AbandonProcessBound, 1100)
+		pp.wantStacks(procQ, map[int64][]string{25: {"z"}})
+	})
+	t.Run("depth bound", func(t *testing.T) {
+		pp := newPipe(t, func(c *correlate.Config) { c.MaxStackDepth = 1 })
+		pp.apply(1000, ev{procP, 10, "CALL a cid=x"}, ev{procP, 20, "CALL b"}, ev{procP, 30, "RETURN cid=x"})
+		tr := pp.tree("b")
+		if tr.Root.Open() {
+			t.Fatalf("refused frame unwound by a call_id RETURN: %+v", tr.Root)
+		}
+		wantAbandoned(t, tr.Root, correlate.AbandonDepthBound, 20)
+		pp.wantStacks(procP, map[int64][]string{15: {"a"}, 25: {"a"}, 35: nil})
+	})
+}
+
+func wantAbandoned(t *testing.T, f *Frame, reason correlate.AbandonReason, endNs int64) {
+	t.Helper()
+	if f.Outcome != correlate.OutcomeAbandoned || f.AbandonReason != reason || f.EndNs != endNs ||
+		f.ClosedBy != (correlate.EventID{}) || f.End != nil || f.DurationNs != endNs-f.Call.TimestampNs {
+		t.Fatalf("frame %s: outcome %s reason %s end %d by %s duration %d, want ABANDONED %s at %d",
+			f.Call.Function, f.Outcome, f.AbandonReason, f.EndNs, f.ClosedBy, f.DurationNs, reason, endNs)
+	}
+}
+
+// Frame records without a reason keep their original 25-byte form, so
+// records written before ABANDONED existed decode unchanged.
+func TestFrameEndRecord(t *testing.T) {
+	by := correlate.EventID{1, 2, 3}
+	for _, tc := range []struct {
+		f    frameEnd
+		size int
+	}{
+		{frameEnd{outcome: correlate.OutcomeUnwound, endNs: -5, by: by}, frameEndLen},
+		{frameEnd{outcome: correlate.OutcomeProcessExit, endNs: 7, by: by}, frameEndLen},
+		{frameEnd{outcome: correlate.OutcomeAbandoned, endNs: 1 << 40, reason: correlate.AbandonDepthBound}, frameEndLen + 1},
+	} {
+		v := tc.f.append(nil)
+		got, err := decodeFrameEnd(nil, v)
+		if len(v) != tc.size || err != nil || got != tc.f {
+			t.Fatalf("%+v: %d bytes, decoded %+v, %v", tc.f, len(v), got, err)
+		}
+	}
+	if _, err := decodeFrameEnd(nil, make([]byte, frameEndLen+2)); err == nil {
+		t.Fatal("a 27-byte frame record decoded")
+	}
+}
+
+// Apply refuses a frame end whose outcome and reason disagree.
+func TestApplyRejectsBadFrameEnd(t *testing.T) {
+	s := openMem(t)
+	for name, c := range map[string]correlate.ClosedFrame{
+		"ABANDONED without reason": {Outcome: correlate.OutcomeAbandoned},
+		"UNWOUND with a reason":    {Outcome: correlate.OutcomeUnwound, Reason: correlate.AbandonInactivity},
+		"unknown reason":           {Outcome: correlate.OutcomeAbandoned, Reason: 9},
+		"OK":                       {Outcome: correlate.OutcomeOK},
+	} {
+		err := s.Apply(0, &correlate.Result{Index: 1, Closed: []correlate.ClosedFrame{c}})
+		if !errors.Is(err, ErrInvalidResult) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
 }
