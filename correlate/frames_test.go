@@ -59,3 +59,31 @@ func TestEveryFrameEndsOnce(t *testing.T) {
 		}
 	})
 }
+
+// A meta record written before the ABANDONED counters existed (20
+// counters) restores, with those counters at zero.
+func TestRestoreMetaWithoutAbandonedCounters(t *testing.T) {
+	c, _ := New(testConfig())
+	c.Apply(Batch{LogTime: 1, Events: []Event{{ID: testID(0, 1), Origin: "a", PID: "1", Kind: KindCall, Module: "M", Function: "f"}}})
+	snap := c.Snapshot()
+	for i, r := range snap {
+		if r.Key[0] != tagMeta {
+			continue
+		}
+		v := r.Value
+		// array16 header of 6+22 fields; the last two counters are zero,
+		// one byte each.
+		if v[0] != mpArray16 || v[1] != 0 || int(v[2]) != 6+len(counterFields(&Counters{})) || v[len(v)-1] != 0 || v[len(v)-2] != 0 {
+			t.Fatalf("unexpected meta record % x", v)
+		}
+		old := append([]byte{mpArray16, 0, 6 + minMetaCounters}, v[3:len(v)-2]...)
+		snap[i] = StateRecord{Key: r.Key, Value: old}
+	}
+	d, _ := New(testConfig())
+	if err := d.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	if d.Totals() != c.Totals() || d.LogTime() != 1 {
+		t.Fatalf("restored totals %+v, want %+v", d.Totals(), c.Totals())
+	}
+}
