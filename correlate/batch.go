@@ -100,19 +100,30 @@ type Result struct {
 	Retention *Retention    // passed through from the Batch
 	Counters  Counters      // what happened while applying the batch
 	// Closed lists frames that ended without an event of their own: frames
-	// skipped by a RETURN/EXCEPTION for a frame further down (UNWOUND) and
-	// frames open when their process exited (PROCESS_EXIT). Nothing is
-	// invented: no event is stored for them; the store keeps each as a
-	// frame-end record keyed by Call so that a query can tell how the frame
-	// ended. Frames closed by their own RETURN/EXCEPTION are not listed: that
-	// event carries Outcome, DurationNs and a COMPLETES link.
+	// skipped by a RETURN/EXCEPTION for a frame further down (UNWOUND),
+	// frames open when their process exited (PROCESS_EXIT), and frames the
+	// correlator stopped tracking (ABANDONED: their process was dropped for
+	// inactivity or evicted by the process bound, or the CALL was refused
+	// by the depth bound). Nothing is invented: no event is stored for
+	// them; the store keeps each as a frame-end record keyed by Call so that
+	// a query can tell how the frame ended. Frames closed by their own
+	// RETURN/EXCEPTION are not listed: that event carries Outcome,
+	// DurationNs and a COMPLETES link. Every CALL the correlator outputs is
+	// eventually closed exactly once, by its event or here, unless it is
+	// still open on its process's tracked stack.
 	Closed []ClosedFrame
 }
 
 // ClosedFrame records how a frame without a closing event of its own ended.
 type ClosedFrame struct {
 	Call    EventID // the frame's CALL
-	Outcome Outcome // OutcomeUnwound or OutcomeProcessExit
-	EndNs   int64   // timestamp of the event that closed it
-	By      EventID // the RETURN/EXCEPTION/EXIT that closed it
+	Outcome Outcome // OutcomeUnwound, OutcomeProcessExit or OutcomeAbandoned
+	// EndNs is when the frame ended: the timestamp of the event that closed
+	// it (UNWOUND, PROCESS_EXIT) or was refused (ABANDONED by the depth
+	// bound), or the log time at which the correlator dropped the process
+	// (ABANDONED by inactivity or the process bound).
+	EndNs int64
+	By    EventID // the RETURN/EXCEPTION/EXIT that closed it; zero when ABANDONED
+	// Reason is why an ABANDONED frame was abandoned; unspecified otherwise.
+	Reason AbandonReason
 }

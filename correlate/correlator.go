@@ -435,7 +435,7 @@ func (c *Correlator) route(n Notice, idx int) {
 func (c *Correlator) expire() {
 	now := c.logTime
 	for p := c.lru.oldest(); p != nil && now-p.lastActive > int64(c.cfg.ProcessTTL); p = c.lru.oldest() {
-		c.dropProc(p)
+		c.dropProc(p, AbandonInactivity)
 		c.cur.ProcessesExpired++
 	}
 	c.cur.NoticesExpired += c.expirePending(&c.sends, now)

@@ -25,6 +25,12 @@ type Counters struct {
 	ProcessesExpired  uint64 // processes dropped after ProcessTTL of log time without events
 	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox entry or byte bound, or OutboxTTL
 	SpawnsLinked      uint64 // spawn notices linked to the child's event
+	// Frames closed as ABANDONED with their process: dropped after
+	// ProcessTTL (AbandonedInactivity) or evicted by MaxProcesses
+	// (AbandonedProcessBound). Frames abandoned by the depth bound are the
+	// refused CALLs, counted in StackOverflows.
+	AbandonedInactivity   uint64
+	AbandonedProcessBound uint64
 }
 
 // Add adds o to c.
@@ -49,4 +55,6 @@ func (c *Counters) Add(o Counters) {
 	c.ProcessesExpired += o.ProcessesExpired
 	c.OutboxDropped += o.OutboxDropped
 	c.SpawnsLinked += o.SpawnsLinked
+	c.AbandonedInactivity += o.AbandonedInactivity
+	c.AbandonedProcessBound += o.AbandonedProcessBound
 }

@@ -11,11 +11,12 @@
 // the events with their Scope-set fields (correlation, parent and root ids,
 // links, duration, outcome, orphan, shard), edge records for links whose
 // source event is already stored, frames closed without an event of their
-// own (Closed: UNWOUND, PROCESS_EXIT), new outbox notices, counters, and the
-// state mutations as key/value records. There is no clock, randomness that
-// reaches the output, goroutine or I/O inside, so every replica applying the
-// same log produces byte-identical Results; all expiry is measured against
-// log time (the max LogTime seen), evaluated at the start of each Apply.
+// own (Closed: UNWOUND, PROCESS_EXIT, ABANDONED), new outbox notices,
+// counters, and the state mutations as key/value records. There is no
+// clock, randomness that reaches the output, goroutine or I/O inside, so
+// every replica applying the same log produces byte-identical Results; all
+// expiry is measured against log time (the max LogTime seen), evaluated at
+// the start of each Apply.
 //
 // Per process the correlator keeps a stack of open frames. CALL pushes;
 // RETURN/EXCEPTION close the frame named by call_id, else the nearest frame
@@ -24,6 +25,18 @@
 // an orphan and leaves the stack alone. EXIT closes all frames. CALLs beyond
 // MaxStackDepth are counted and not pushed; returns consume those refused
 // frames first (as orphans), so a return is never given the wrong CALL.
+//
+// Every CALL ends exactly once: by the RETURN/EXCEPTION that completes it,
+// or in Closed, or it is still open on its process's tracked stack. Frames
+// the correlator stops tracking are closed as ABANDONED with a reason, so
+// that the store never shows them open forever: the open frames of a
+// process dropped after ProcessTTL (INACTIVITY) or evicted by MaxProcesses
+// (PROCESS_BOUND), top first, at the log time of the drop; and a CALL
+// refused by MaxStackDepth (DEPTH_BOUND) at once, at its own timestamp.
+// A refused frame has to be closed when it is refused: only the number of
+// refused frames is kept (their ids are the memory the bound limits), so no
+// later RETURN, EXIT or drop could name it. Being decided by the log alone,
+// these frame ends are the same on every replica.
 //
 // Messages pair by (receiver, message hash) and by time, with the sender
 // compared when both sides name one (a BEAM receive names no sender). A

@@ -65,17 +65,52 @@ const (
 	OutcomeException           // an EXCEPTION closed the frame
 	OutcomeUnwound             // a RETURN/EXCEPTION for a frame further down skipped it
 	OutcomeProcessExit         // the process exited with the frame open
+	// OutcomeAbandoned: the correlator stopped tracking the frame (see
+	// AbandonReason); the call may have run on after the frame's end time.
+	OutcomeAbandoned
 
 	outcomeCount
 )
 
-var outcomeNames = [...]string{"UNSPECIFIED", "OK", "EXCEPTION", "UNWOUND", "PROCESS_EXIT"}
+var outcomeNames = [...]string{"UNSPECIFIED", "OK", "EXCEPTION", "UNWOUND", "PROCESS_EXIT", "ABANDONED"}
 
 func (o Outcome) String() string {
 	if o < outcomeCount {
 		return outcomeNames[o]
 	}
 	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
+// AbandonReason says why the correlator stopped tracking a frame it closed
+// as OutcomeAbandoned. Wire numbering of scope.v1.AbandonReason, and stored
+// on disk in frame-end records: never renumber.
+type AbandonReason uint8
+
+const (
+	AbandonUnspecified AbandonReason = iota // not abandoned
+	// AbandonInactivity: the process had no event for ProcessTTL of log
+	// time and was dropped with its open frames.
+	AbandonInactivity
+	// AbandonProcessBound: the process was the least recently active one
+	// when MaxProcesses was reached, and was evicted with its open frames.
+	AbandonProcessBound
+	// AbandonDepthBound: the CALL was refused a frame by MaxStackDepth, so
+	// no RETURN can ever be matched to it.
+	AbandonDepthBound
+
+	abandonReasonCount
+)
+
+var abandonReasonNames = [...]string{"UNSPECIFIED", "INACTIVITY", "PROCESS_BOUND", "DEPTH_BOUND"}
+
+// Valid reports whether r is one of the three reasons (not UNSPECIFIED).
+func (r AbandonReason) Valid() bool { return r > AbandonUnspecified && r < abandonReasonCount }
+
+func (r AbandonReason) String() string {
+	if r < abandonReasonCount {
+		return abandonReasonNames[r]
+	}
+	return fmt.Sprintf("AbandonReason(%d)", uint8(r))
 }
 
 // LinkType names the relation a link records. Wire numbering of scope.v1.LinkType.

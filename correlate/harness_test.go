@@ -338,7 +338,11 @@ func formatResult(r Result) string {
 		fmt.Fprintf(&sb, "edge %s %s %s\n", name(e.From), e.Type, name(e.To))
 	}
 	for _, f := range r.Closed {
-		fmt.Fprintf(&sb, "closed %s %s end=%d by=%s\n", name(f.Call), f.Outcome, f.EndNs, name(f.By))
+		fmt.Fprintf(&sb, "closed %s %s end=%d by=%s", name(f.Call), f.Outcome, f.EndNs, name(f.By))
+		if f.Reason != AbandonUnspecified {
+			fmt.Fprintf(&sb, " reason=%s", f.Reason)
+		}
+		sb.WriteString("\n")
 	}
 	for _, n := range r.Outbox {
 		fmt.Fprintf(&sb, "outbox %s\n", formatNotice(n))
@@ -373,7 +377,7 @@ func formatNotice(n Notice) string {
 var counterNames = []string{"events", "duplicates", "out-of-order", "orphans", "unwound", "exit-closed",
 	"matched", "notices", "notices-expired", "receives-expired", "stack-overflows", "process-evictions",
 	"pending-evictions", "dedup-evictions", "truncated", "attrs-dropped", "malformed", "processes-expired",
-	"outbox-dropped", "spawns-linked"}
+	"outbox-dropped", "spawns-linked", "abandoned-inactivity", "abandoned-process-bound"}
 
 func formatCounters(c Counters) string {
 	var parts []string

@@ -126,7 +126,7 @@ func (r *refCorrelator) apply(in []Event, out *refOut) {
 				break
 			}
 			for j := len(st) - 1; j > i; j-- {
-				out.closed = append(out.closed, ClosedFrame{st[j].id, OutcomeUnwound, e.TimestampNs, e.ID})
+				out.closed = append(out.closed, ClosedFrame{Call: st[j].id, Outcome: OutcomeUnwound, EndNs: e.TimestampNs, By: e.ID})
 			}
 			f := st[i]
 			got.CorrelationID = f.callID
@@ -147,7 +147,7 @@ func (r *refCorrelator) apply(in []Event, out *refOut) {
 		case KindExit:
 			got.ParentID, got.RootID = top()
 			for j := len(st) - 1; j >= 0; j-- {
-				out.closed = append(out.closed, ClosedFrame{st[j].id, OutcomeProcessExit, e.TimestampNs, e.ID})
+				out.closed = append(out.closed, ClosedFrame{Call: st[j].id, Outcome: OutcomeProcessExit, EndNs: e.TimestampNs, By: e.ID})
 			}
 			r.stacks[p] = nil
 		case KindSend:
@@ -395,6 +395,7 @@ func encodeResult(r Result) []byte {
 		b = append(b, byte(f.Outcome))
 		b = binary.BigEndian.AppendUint64(b, uint64(f.EndNs))
 		b = append(b, f.By[:]...)
+		b = append(b, byte(f.Reason))
 	}
 	for _, s := range r.State {
 		b = appendBin(appendBin(b, s.Key), s.Value)

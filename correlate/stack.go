@@ -125,7 +125,7 @@ func (c *Correlator) touch(e *Event, idx int) *proc {
 
 func (c *Correlator) newProc(e *Event, idx int) *proc {
 	for c.procs.len() >= c.cfg.MaxProcesses {
-		c.dropProc(c.lru.oldest())
+		c.dropProc(c.lru.oldest(), AbandonProcessBound)
 		c.cur.ProcessEvictions++
 	}
 	p := &proc{
@@ -149,7 +149,21 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 	return p
 }
 
-func (c *Correlator) dropProc(p *proc) {
+// dropProc stops tracking p (reason: inactivity or the process bound).
+// Its open frames can never be closed by an event any more, so they are
+// closed here as ABANDONED, top first, at the current log time: the only
+// clock the correlator has when no event is involved, and the same on
+// every replica. Without this the store would show them open forever.
+func (c *Correlator) dropProc(p *proc, reason AbandonReason) {
+	for j := len(p.frames) - 1; j >= 0; j-- {
+		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeAbandoned,
+			EndNs: c.logTime, Reason: reason})
+	}
+	if reason == AbandonInactivity {
+		c.cur.AbandonedInactivity += uint64(len(p.frames))
+	} else {
+		c.cur.AbandonedProcessBound += uint64(len(p.frames))
+	}
 	c.procs.del(p)
 	p.dead = true // its lru entries are now stale
 	p.frames = nil
@@ -229,10 +243,17 @@ func (c *Correlator) call(p *proc, e *Event) {
 	}
 	if p.overflow > 0 || len(p.frames) >= c.cfg.MaxStackDepth {
 		// Refused: the caller frame is one of the untracked ones, so no
-		// parent is claimed; the bound is counted.
+		// parent is claimed; the bound is counted. Only the number of
+		// refused frames is kept (keeping their ids is the memory the
+		// bound limits), so no RETURN can ever be matched to this CALL and
+		// no later close could name it: it is closed now, as ABANDONED at
+		// its own timestamp. A query then never shows it open, and the
+		// stack it reports is the tracked frames.
 		p.overflow++
 		c.cur.StackOverflows++
 		e.RootID = p.frames[0].call
+		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: e.ID, Outcome: OutcomeAbandoned,
+			EndNs: e.TimestampNs, Reason: AbandonDepthBound})
 		return
 	}
 	if n := len(p.frames); n > 0 {
@@ -268,8 +289,9 @@ func (c *Correlator) complete(p *proc, e *Event) {
 				break
 			}
 		}
-		if i >= 0 && p.overflow > 0 { // the refused frames above it unwind too
-			c.cur.Unwound += uint64(p.overflow)
+		if i >= 0 && p.overflow > 0 {
+			// The refused frames above it end too; each was closed as
+			// ABANDONED when it was refused.
 			p.overflow = 0
 		} else if i < 0 && p.overflow > 0 {
 			p.overflow-- // most likely one of the refused frames

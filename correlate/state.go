@@ -36,8 +36,14 @@ func counterFields(c *Counters) []*uint64 {
 	return []*uint64{&c.Events, &c.Duplicates, &c.OutOfOrder, &c.Orphans, &c.Unwound, &c.ExitClosed,
 		&c.Matched, &c.NoticesApplied, &c.NoticesExpired, &c.ReceivesExpired, &c.StackOverflows,
 		&c.ProcessEvictions, &c.PendingEvictions, &c.DedupEvictions, &c.PayloadsTruncated,
-		&c.AttributesDropped, &c.Malformed, &c.ProcessesExpired, &c.OutboxDropped, &c.SpawnsLinked}
+		&c.AttributesDropped, &c.Malformed, &c.ProcessesExpired, &c.OutboxDropped, &c.SpawnsLinked,
+		&c.AbandonedInactivity, &c.AbandonedProcessBound}
 }
+
+// minMetaCounters is how many counters the oldest meta record this version
+// reads has. Counters are only ever appended, so a meta record written
+// before the later ones existed restores with those at zero.
+const minMetaCounters = 20
 
 func (c *Correlator) appendMeta(b []byte) []byte {
 	fields := counterFields(&c.totals)
@@ -323,8 +329,12 @@ func (c *Correlator) restore(records []StateRecord) error {
 
 func (c *Correlator) readMeta(r *reader) {
 	fields := counterFields(&c.totals)
-	if n := r.arrayLen(1); r.err == nil && n != 6+len(fields) {
-		r.fail("meta has %d fields, want %d", n, 6+len(fields))
+	n := r.arrayLen(1)
+	if r.err == nil && (n < 6+minMetaCounters || n > 6+len(fields)) {
+		r.fail("meta has %d fields, want %d to %d", n, 6+minMetaCounters, 6+len(fields))
+	}
+	if r.err == nil {
+		fields = fields[:n-6]
 	}
 	if v := r.uint(); r.err == nil && v != stateVersion {
 		r.fail("state version %d, want %d", v, stateVersion)

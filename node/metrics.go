@@ -157,6 +157,8 @@ func (m *Metrics) applied(shard uint32, res *correlate.Result) {
 		{"process_eviction", c.ProcessEvictions}, {"pending_eviction", c.PendingEvictions},
 		{"dedup_eviction", c.DedupEvictions}, {"payload_truncated", c.PayloadsTruncated},
 		{"attributes_dropped", c.AttributesDropped},
+		{"frame_abandoned_inactivity", c.AbandonedInactivity},
+		{"frame_abandoned_process_bound", c.AbandonedProcessBound},
 	} {
 		if kv.n > 0 {
 			m.correlator.WithLabelValues(kv.what).Add(float64(kv.n))

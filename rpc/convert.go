@@ -3,9 +3,9 @@ package rpc
 // Conversions between the wire form of events (scopev1, generated from
 // rpc/proto/scope/v1/scope.proto) and the domain form (package correlate).
 //
-// The enums share their numbering by design: correlate.Kind, Outcome and
-// LinkType are the wire numbers of scope.v1.Kind, Outcome and LinkType
-// (convert_test.go asserts it value by value), so converting a known value
+// The enums share their numbering by design: correlate.Kind, Outcome,
+// LinkType and AbandonReason are the wire numbers of the scope.v1 enums of
+// the same names (convert_test.go asserts it value by value), so converting a known value
 // is a cast. Proto3 enums are open, though: a client may send any int32, so
 // every conversion from the wire checks the value before casting, and a
 // value that would wrap around the uint8 domain types is never accepted.
@@ -181,7 +181,7 @@ func KindToProto(k correlate.Kind) scopev1.Kind { return scopev1.Kind(k) }
 // OutcomeFromProto maps a wire outcome to the domain outcome; ok is false
 // for a number scope.v1.Outcome does not define.
 func OutcomeFromProto(o scopev1.Outcome) (outcome correlate.Outcome, ok bool) {
-	if o < 0 || o > scopev1.Outcome_OUTCOME_PROCESS_EXIT {
+	if o < 0 || o > scopev1.Outcome_OUTCOME_ABANDONED {
 		return correlate.OutcomeUnspecified, false
 	}
 	return correlate.Outcome(o), true
@@ -189,6 +189,11 @@ func OutcomeFromProto(o scopev1.Outcome) (outcome correlate.Outcome, ok bool) {
 
 // OutcomeToProto maps a domain outcome to the wire outcome.
 func OutcomeToProto(o correlate.Outcome) scopev1.Outcome { return scopev1.Outcome(o) }
+
+// AbandonReasonToProto maps a domain abandon reason to the wire one.
+func AbandonReasonToProto(r correlate.AbandonReason) scopev1.AbandonReason {
+	return scopev1.AbandonReason(r)
+}
 
 // LinkTypeFromProto maps a wire link type to the domain link type; ok is
 // false for a number scope.v1.LinkType does not define.

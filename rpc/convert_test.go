@@ -35,6 +35,8 @@ func TestEnumNumberingMatchesWire(t *testing.T) {
 		{"Kind", scopev1.Kind_name, "KIND_", func(n int32) domain { return correlate.Kind(n) }, "Kind("},
 		{"Outcome", scopev1.Outcome_name, "OUTCOME_", func(n int32) domain { return correlate.Outcome(n) }, "Outcome("},
 		{"LinkType", scopev1.LinkType_name, "LINK_TYPE_", func(n int32) domain { return correlate.LinkType(n) }, "LinkType("},
+		{"AbandonReason", scopev1.AbandonReason_name, "ABANDON_REASON_",
+			func(n int32) domain { return correlate.AbandonReason(n) }, "AbandonReason("},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -85,7 +87,7 @@ func TestEnumFromProto(t *testing.T) {
 			t.Errorf("KindFromProto(%d) = %v, accepted", n, k)
 		}
 	}
-	for _, n := range append(unknown[:1:1], 5, 256, 257, math.MaxInt32) {
+	for _, n := range append(unknown[:1:1], 6, 256, 257, math.MaxInt32) {
 		if o, ok := OutcomeFromProto(scopev1.Outcome(n)); ok {
 			t.Errorf("OutcomeFromProto(%d) = %v, accepted", n, o)
 		}

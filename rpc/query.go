@@ -235,7 +235,7 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 // bounded by max_frames, so the recursion is too.
 func frameToProto(f *store.Frame, deep bool) *scopev1.CallFrame {
 	out := &scopev1.CallFrame{Call: EventToProto(&f.Call), Outcome: OutcomeToProto(f.Outcome),
-		DurationNs: f.DurationNs, Open: f.Open()}
+		DurationNs: f.DurationNs, Open: f.Open(), AbandonReason: AbandonReasonToProto(f.AbandonReason)}
 	if f.End != nil {
 		out.End = EventToProto(f.End)
 	}

@@ -201,10 +201,16 @@ func (a *applier) run(res *correlate.Result) error {
 		}
 	}
 	for i, c := range res.Closed {
-		if c.Outcome != correlate.OutcomeUnwound && c.Outcome != correlate.OutcomeProcessExit {
-			return fmt.Errorf("%w: Closed[%d].Outcome %s: must be UNWOUND or PROCESS_EXIT", ErrInvalidResult, i, c.Outcome)
+		switch {
+		case c.Outcome != correlate.OutcomeUnwound && c.Outcome != correlate.OutcomeProcessExit &&
+			c.Outcome != correlate.OutcomeAbandoned:
+			return fmt.Errorf("%w: Closed[%d].Outcome %s: must be UNWOUND, PROCESS_EXIT or ABANDONED",
+				ErrInvalidResult, i, c.Outcome)
+		case (c.Outcome == correlate.OutcomeAbandoned) != c.Reason.Valid():
+			return fmt.Errorf("%w: Closed[%d]: outcome %s with reason %s: ABANDONED needs a reason, others none",
+				ErrInvalidResult, i, c.Outcome, c.Reason)
 		}
-		if err := a.writeFrame(c.Call, frameEnd{outcome: c.Outcome, endNs: c.EndNs, by: c.By}); err != nil {
+		if err := a.writeFrame(c.Call, frameEnd{outcome: c.Outcome, endNs: c.EndNs, by: c.By, reason: c.Reason}); err != nil {
 			return err
 		}
 	}
@@ -553,7 +559,7 @@ func probe(r pebble.Reader, shard uint32, id correlate.EventID, shift uint8, buc
 }
 
 // writeFrame stores the frame record of a frame closed without an event of
-// its own (UNWOUND, PROCESS_EXIT) in its CALL's bucket; CallTree and
+// its own (UNWOUND, PROCESS_EXIT, ABANDONED) in its CALL's bucket; CallTree and
 // CallStackAt read it. A record whose CALL is not stored (deleted by
 // retention) has nothing to annotate: it is counted and dropped.
 func (a *applier) writeFrame(call correlate.EventID, f frameEnd) error {

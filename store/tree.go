@@ -17,11 +17,14 @@ type Frame struct {
 	// End is the RETURN or EXCEPTION that closed the frame, if any.
 	End *correlate.Event
 	// Outcome is OUTCOME_UNSPECIFIED while the frame is open.
-	Outcome    correlate.Outcome
-	EndNs      int64             // when it closed (0 while open)
-	ClosedBy   correlate.EventID // the closing event (End, or the RETURN/EXIT that unwound it)
-	DurationNs int64
-	Children   []*Frame // CallTree only, in (timestamp, id) order
+	Outcome correlate.Outcome
+	// AbandonReason says why an ABANDONED frame was abandoned (unspecified
+	// for every other outcome).
+	AbandonReason correlate.AbandonReason
+	EndNs         int64             // when it closed (0 while open)
+	ClosedBy      correlate.EventID // the closing event (End, or the RETURN/EXIT that unwound it); zero when ABANDONED
+	DurationNs    int64
+	Children      []*Frame // CallTree only, in (timestamp, id) order
 }
 
 // Open reports whether the frame has not been closed.
@@ -37,27 +40,40 @@ type CallTree struct {
 }
 
 // frameEnd is a frame record: a frame closed without an event of its own
-// (UNWOUND, PROCESS_EXIT), keyed by its CALL.
+// (UNWOUND, PROCESS_EXIT, ABANDONED), keyed by its CALL.
 type frameEnd struct {
 	outcome correlate.Outcome
 	endNs   int64
 	by      correlate.EventID
+	reason  correlate.AbandonReason // ABANDONED only
 }
 
+// A frame record is outcome (1), end ts (8, flipped), by (16), then, for
+// an ABANDONED frame only, the reason (1). Records without a reason keep
+// the original 25-byte form, so stores written before ABANDONED existed
+// read unchanged and their UNWOUND/PROCESS_EXIT records stay readable by
+// the builds that wrote them.
 const frameEndLen = 1 + 8 + idLen
 
 func (f frameEnd) append(b []byte) []byte {
 	b = append(b, byte(f.outcome))
 	b = binary.BigEndian.AppendUint64(b, flip(f.endNs))
-	return append(b, f.by[:]...)
+	b = append(b, f.by[:]...)
+	if f.reason != correlate.AbandonUnspecified {
+		b = append(b, byte(f.reason))
+	}
+	return b
 }
 
 func decodeFrameEnd(k, v []byte) (frameEnd, error) {
-	if len(v) != frameEndLen {
+	if len(v) != frameEndLen && len(v) != frameEndLen+1 {
 		return frameEnd{}, corruptKey(k, "frame record of %d bytes", len(v))
 	}
 	f := frameEnd{outcome: correlate.Outcome(v[0]), endNs: unflip(binary.BigEndian.Uint64(v[1:]))}
-	copy(f.by[:], v[9:])
+	copy(f.by[:], v[9:frameEndLen])
+	if len(v) > frameEndLen {
+		f.reason = correlate.AbandonReason(v[frameEndLen])
+	}
 	return f, nil
 }
 
@@ -88,6 +104,13 @@ func completes(e *correlate.Event) (correlate.EventID, bool) {
 
 func closes(k correlate.Kind) bool { return k == correlate.KindReturn || k == correlate.KindException }
 
+// refused reports whether CALL e was refused a frame by the correlator's
+// depth bound: the only CALL with a root but no parent that is not its own
+// root (a tracked CALL has a parent, or is the root of its tree).
+func refused(e *correlate.Event) bool {
+	return e.ParentID == (correlate.EventID{}) && e.RootID != e.ID && e.RootID != (correlate.EventID{})
+}
+
 // close fills f's end from its end event or its frame record.
 func (v *view) closeFrame(f *Frame, end *correlate.Event) error {
 	if end != nil {
@@ -109,8 +132,10 @@ func (v *view) closeFrame(f *Frame, end *correlate.Event) error {
 	if err != nil || !ok {
 		return err
 	}
-	f.Outcome, f.EndNs, f.ClosedBy = fe.outcome, fe.endNs, fe.by
-	f.DurationNs = fe.endNs - f.Call.TimestampNs
+	f.Outcome, f.EndNs, f.ClosedBy, f.AbandonReason = fe.outcome, fe.endNs, fe.by, fe.reason
+	// An ABANDONED frame's end may be log time (the leader's clock), not
+	// the origin's: never report a negative duration from clock skew.
+	f.DurationNs = max(0, fe.endNs-f.Call.TimestampNs)
 	return nil
 }
 
@@ -194,6 +219,14 @@ func (s *Store) CallTree(shard uint32, root correlate.EventID, maxFrames int) (*
 // first. It walks p's events backwards from tNs until it finds the topmost
 // open frame (or proof that none is open: an EXIT, or the close of a
 // bottom frame), then follows ParentID links down to the bottom.
+//
+// What the walk skips, and why: an orphan RETURN/EXCEPTION closed nothing
+// (it has no parent, like the close of a bottom frame, and must not be
+// taken for one); a CALL refused by the correlator's depth bound was never
+// a tracked frame (no parent, not the root; the correlator closes it as
+// ABANDONED when it refuses it); a CALL whose frame record ends at or
+// before tNs (UNWOUND, PROCESS_EXIT, ABANDONED) is closed. So the stack is
+// the tracked frames, as the correlator kept them.
 func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Frame, error) {
 	v, err := s.newView(shard)
 	if err != nil {
@@ -214,9 +247,11 @@ func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Fra
 		switch {
 		case e.Kind == correlate.KindExit:
 			return true, nil // an exit closed every frame open before it
+		case closes(e.Kind) && e.Orphan:
+			return false, nil // closed nothing
 		case closes(e.Kind):
 			if e.ParentID == (correlate.EventID{}) {
-				return true, nil // the bottom frame (or nothing: orphan) closed here
+				return true, nil // the bottom frame closed here
 			}
 			links, err := v.links(b, id)
 			if err != nil {
@@ -226,6 +261,8 @@ func (s *Store) CallStackAt(shard uint32, p correlate.Process, tNs int64) ([]Fra
 			if call, ok := completes(&e); ok {
 				closed[call] = true
 			}
+		case e.Kind == correlate.KindCall && refused(&e):
+			return false, nil
 		case e.Kind == correlate.KindCall && !closed[id]:
 			fe, ok, err := v.frameEnd(&e)
 			if err != nil {

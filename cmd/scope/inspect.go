@@ -132,6 +132,9 @@ func frameLine(f *scopev1.CallFrame) string {
 	if f.GetOpen() {
 		outcome = "OPEN"
 	}
+	if f.GetOutcome() == scopev1.Outcome_OUTCOME_ABANDONED {
+		outcome += "(" + strings.TrimPrefix(f.GetAbandonReason().String(), "ABANDON_REASON_") + ")"
+	}
 	line := fmt.Sprintf("%s  %s  %s  %s  %s", mfa(call), fmtDuration(f.GetDurationNs()), outcome,
 		process(call.GetOrigin(), call.GetPid()), call.GetEventId())
 	if r := f.GetEnd().GetReason(); r != "" {

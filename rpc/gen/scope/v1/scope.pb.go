@@ -125,6 +125,10 @@ const (
 	Outcome_OUTCOME_UNWOUND Outcome = 3
 	// The process exited with the frame open.
 	Outcome_OUTCOME_PROCESS_EXIT Outcome = 4
+	// Scope stopped tracking the frame (CallFrame.abandon_reason says why)
+	// and closed it with no event of its own. The call itself may have run
+	// on after the frame's end: only its CALL is known.
+	Outcome_OUTCOME_ABANDONED Outcome = 5
 )
 
 // Enum value maps for Outcome.
@@ -135,6 +139,7 @@ var (
 		2: "OUTCOME_EXCEPTION",
 		3: "OUTCOME_UNWOUND",
 		4: "OUTCOME_PROCESS_EXIT",
+		5: "OUTCOME_ABANDONED",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED":  0,
@@ -142,6 +147,7 @@ var (
 		"OUTCOME_EXCEPTION":    2,
 		"OUTCOME_UNWOUND":      3,
 		"OUTCOME_PROCESS_EXIT": 4,
+		"OUTCOME_ABANDONED":    5,
 	}
 )
 
@@ -170,6 +176,68 @@ func (x Outcome) Number() protoreflect.EnumNumber {
 // Deprecated: Use Outcome.Descriptor instead.
 func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_scope_v1_scope_proto_rawDescGZIP(), []int{1}
+}
+
+// AbandonReason says why Scope stopped tracking a frame it closed as
+// OUTCOME_ABANDONED.
+type AbandonReason int32
+
+const (
+	// The frame was not abandoned.
+	AbandonReason_ABANDON_REASON_UNSPECIFIED AbandonReason = 0
+	// The process had no event for the correlator's process TTL (log time)
+	// and was dropped with its open frames; they end at that log time.
+	AbandonReason_ABANDON_REASON_INACTIVITY AbandonReason = 1
+	// The process was evicted, least recently active first, when the shard
+	// tracked its maximum number of processes; its open frames end at the
+	// log time of the eviction.
+	AbandonReason_ABANDON_REASON_PROCESS_BOUND AbandonReason = 2
+	// The CALL was refused a frame by the stack depth bound, so no RETURN
+	// can be matched to it; it ends at its own timestamp.
+	AbandonReason_ABANDON_REASON_DEPTH_BOUND AbandonReason = 3
+)
+
+// Enum value maps for AbandonReason.
+var (
+	AbandonReason_name = map[int32]string{
+		0: "ABANDON_REASON_UNSPECIFIED",
+		1: "ABANDON_REASON_INACTIVITY",
+		2: "ABANDON_REASON_PROCESS_BOUND",
+		3: "ABANDON_REASON_DEPTH_BOUND",
+	}
+	AbandonReason_value = map[string]int32{
+		"ABANDON_REASON_UNSPECIFIED":   0,
+		"ABANDON_REASON_INACTIVITY":    1,
+		"ABANDON_REASON_PROCESS_BOUND": 2,
+		"ABANDON_REASON_DEPTH_BOUND":   3,
+	}
+)
+
+func (x AbandonReason) Enum() *AbandonReason {
+	p := new(AbandonReason)
+	*p = x
+	return p
+}
+
+func (x AbandonReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AbandonReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_scope_v1_scope_proto_enumTypes[2].Descriptor()
+}
+
+func (AbandonReason) Type() protoreflect.EnumType {
+	return &file_scope_v1_scope_proto_enumTypes[2]
+}
+
+func (x AbandonReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AbandonReason.Descriptor instead.
+func (AbandonReason) EnumDescriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{2}
 }
 
 // LinkType names the relation a link records, from its source event to its
@@ -230,11 +298,11 @@ func (x LinkType) String() string {
 }
 
 func (LinkType) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[2].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[3].Descriptor()
 }
 
 func (LinkType) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[2]
+	return &file_scope_v1_scope_proto_enumTypes[3]
 }
 
 func (x LinkType) Number() protoreflect.EnumNumber {
@@ -243,7 +311,7 @@ func (x LinkType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LinkType.Descriptor instead.
 func (LinkType) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{2}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{3}
 }
 
 // Durability is when an ingest call is acknowledged.
@@ -286,11 +354,11 @@ func (x Durability) String() string {
 }
 
 func (Durability) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[3].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[4].Descriptor()
 }
 
 func (Durability) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[3]
+	return &file_scope_v1_scope_proto_enumTypes[4]
 }
 
 func (x Durability) Number() protoreflect.EnumNumber {
@@ -299,7 +367,7 @@ func (x Durability) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Durability.Descriptor instead.
 func (Durability) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{3}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{4}
 }
 
 // Consistency is which replica of a shard may answer a read.
@@ -342,11 +410,11 @@ func (x Consistency) String() string {
 }
 
 func (Consistency) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[4].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[5].Descriptor()
 }
 
 func (Consistency) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[4]
+	return &file_scope_v1_scope_proto_enumTypes[5]
 }
 
 func (x Consistency) Number() protoreflect.EnumNumber {
@@ -355,7 +423,7 @@ func (x Consistency) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Consistency.Descriptor instead.
 func (Consistency) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{4}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{5}
 }
 
 // TraceDirection is which way Trace follows links from its start event.
@@ -403,11 +471,11 @@ func (x TraceDirection) String() string {
 }
 
 func (TraceDirection) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[5].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[6].Descriptor()
 }
 
 func (TraceDirection) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[5]
+	return &file_scope_v1_scope_proto_enumTypes[6]
 }
 
 func (x TraceDirection) Number() protoreflect.EnumNumber {
@@ -416,7 +484,7 @@ func (x TraceDirection) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TraceDirection.Descriptor instead.
 func (TraceDirection) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{5}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{6}
 }
 
 // MemberStatus is a node's liveness as the gossip layer sees it.
@@ -463,11 +531,11 @@ func (x MemberStatus) String() string {
 }
 
 func (MemberStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[6].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[7].Descriptor()
 }
 
 func (MemberStatus) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[6]
+	return &file_scope_v1_scope_proto_enumTypes[7]
 }
 
 func (x MemberStatus) Number() protoreflect.EnumNumber {
@@ -476,7 +544,7 @@ func (x MemberStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MemberStatus.Descriptor instead.
 func (MemberStatus) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{6}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{7}
 }
 
 // Suffrage is a replica's role in its shard's Raft group.
@@ -516,11 +584,11 @@ func (x Suffrage) String() string {
 }
 
 func (Suffrage) Descriptor() protoreflect.EnumDescriptor {
-	return file_scope_v1_scope_proto_enumTypes[7].Descriptor()
+	return file_scope_v1_scope_proto_enumTypes[8].Descriptor()
 }
 
 func (Suffrage) Type() protoreflect.EnumType {
-	return &file_scope_v1_scope_proto_enumTypes[7]
+	return &file_scope_v1_scope_proto_enumTypes[8]
 }
 
 func (x Suffrage) Number() protoreflect.EnumNumber {
@@ -529,7 +597,7 @@ func (x Suffrage) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Suffrage.Descriptor instead.
 func (Suffrage) EnumDescriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{7}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{8}
 }
 
 // Event is one execution event. Fields 1–16 are given by the client; fields
@@ -1974,7 +2042,8 @@ type CallFrame struct {
 	// The CALL event.
 	Call *Event `protobuf:"bytes,1,opt,name=call,proto3" json:"call,omitempty"`
 	// The RETURN or EXCEPTION that closed the frame; absent when the frame is
-	// open or was closed without an event of its own (UNWOUND, PROCESS_EXIT).
+	// open or was closed without an event of its own (UNWOUND, PROCESS_EXIT,
+	// ABANDONED).
 	End *Event `protobuf:"bytes,2,opt,name=end,proto3" json:"end,omitempty"`
 	// How the frame was closed; UNSPECIFIED while open.
 	Outcome Outcome `protobuf:"varint,3,opt,name=outcome,proto3,enum=scope.v1.Outcome" json:"outcome,omitempty"`
@@ -1984,7 +2053,9 @@ type CallFrame struct {
 	// Empty in CallStackAt.
 	Children []*CallFrame `protobuf:"bytes,5,rep,name=children,proto3" json:"children,omitempty"`
 	// The frame has not been closed (as of the answering replica).
-	Open          bool `protobuf:"varint,6,opt,name=open,proto3" json:"open,omitempty"`
+	Open bool `protobuf:"varint,6,opt,name=open,proto3" json:"open,omitempty"`
+	// Why the frame was abandoned, when outcome is OUTCOME_ABANDONED.
+	AbandonReason AbandonReason `protobuf:"varint,7,opt,name=abandon_reason,json=abandonReason,proto3,enum=scope.v1.AbandonReason" json:"abandon_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2059,6 +2130,13 @@ func (x *CallFrame) GetOpen() bool {
 		return x.Open
 	}
 	return false
+}
+
+func (x *CallFrame) GetAbandonReason() AbandonReason {
+	if x != nil {
+		return x.AbandonReason
+	}
+	return AbandonReason_ABANDON_REASON_UNSPECIFIED
 }
 
 type CallStackAtRequest struct {
@@ -4337,7 +4415,7 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x10CallTreeResponse\x12'\n" +
 	"\x04root\x18\x01 \x01(\v2\x13.scope.v1.CallFrameR\x04root\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\x12#\n" +
-	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xe6\x01\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xa6\x02\n" +
 	"\tCallFrame\x12#\n" +
 	"\x04call\x18\x01 \x01(\v2\x0f.scope.v1.EventR\x04call\x12!\n" +
 	"\x03end\x18\x02 \x01(\v2\x0f.scope.v1.EventR\x03end\x12+\n" +
@@ -4345,7 +4423,8 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\vduration_ns\x18\x04 \x01(\x03R\n" +
 	"durationNs\x12/\n" +
 	"\bchildren\x18\x05 \x03(\v2\x13.scope.v1.CallFrameR\bchildren\x12\x12\n" +
-	"\x04open\x18\x06 \x01(\bR\x04open\"\x8c\x01\n" +
+	"\x04open\x18\x06 \x01(\bR\x04open\x12>\n" +
+	"\x0eabandon_reason\x18\a \x01(\x0e2\x17.scope.v1.AbandonReasonR\rabandonReason\"\x8c\x01\n" +
 	"\x12CallStackAtRequest\x12\x16\n" +
 	"\x06origin\x18\x01 \x01(\tR\x06origin\x12\x10\n" +
 	"\x03pid\x18\x02 \x01(\tR\x03pid\x12\x13\n" +
@@ -4512,14 +4591,20 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\n" +
 	"KIND_SPAWN\x10\x06\x12\r\n" +
 	"\tKIND_EXIT\x10\a\x12\x15\n" +
-	"\x11KIND_STATE_CHANGE\x10\b*x\n" +
+	"\x11KIND_STATE_CHANGE\x10\b*\x8f\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n" +
 	"\n" +
 	"OUTCOME_OK\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_EXCEPTION\x10\x02\x12\x13\n" +
 	"\x0fOUTCOME_UNWOUND\x10\x03\x12\x18\n" +
-	"\x14OUTCOME_PROCESS_EXIT\x10\x04*\xda\x01\n" +
+	"\x14OUTCOME_PROCESS_EXIT\x10\x04\x12\x15\n" +
+	"\x11OUTCOME_ABANDONED\x10\x05*\x90\x01\n" +
+	"\rAbandonReason\x12\x1e\n" +
+	"\x1aABANDON_REASON_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19ABANDON_REASON_INACTIVITY\x10\x01\x12 \n" +
+	"\x1cABANDON_REASON_PROCESS_BOUND\x10\x02\x12\x1e\n" +
+	"\x1aABANDON_REASON_DEPTH_BOUND\x10\x03*\xda\x01\n" +
 	"\bLinkType\x12\x19\n" +
 	"\x15LINK_TYPE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15LINK_TYPE_CALLED_FROM\x10\x01\x12\x17\n" +
@@ -4584,166 +4669,168 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 	return file_scope_v1_scope_proto_rawDescData
 }
 
-var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
 var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_scope_v1_scope_proto_goTypes = []any{
 	(Kind)(0),                   // 0: scope.v1.Kind
 	(Outcome)(0),                // 1: scope.v1.Outcome
-	(LinkType)(0),               // 2: scope.v1.LinkType
-	(Durability)(0),             // 3: scope.v1.Durability
-	(Consistency)(0),            // 4: scope.v1.Consistency
-	(TraceDirection)(0),         // 5: scope.v1.TraceDirection
-	(MemberStatus)(0),           // 6: scope.v1.MemberStatus
-	(Suffrage)(0),               // 7: scope.v1.Suffrage
-	(*Event)(nil),               // 8: scope.v1.Event
-	(*Link)(nil),                // 9: scope.v1.Link
-	(*Edge)(nil),                // 10: scope.v1.Edge
-	(*Process)(nil),             // 11: scope.v1.Process
-	(*MissingShard)(nil),        // 12: scope.v1.MissingShard
-	(*ReadLag)(nil),             // 13: scope.v1.ReadLag
-	(*ShardLag)(nil),            // 14: scope.v1.ShardLag
-	(*IngestRequest)(nil),       // 15: scope.v1.IngestRequest
-	(*IngestResponse)(nil),      // 16: scope.v1.IngestResponse
-	(*ShardResult)(nil),         // 17: scope.v1.ShardResult
-	(*GetEventRequest)(nil),     // 18: scope.v1.GetEventRequest
-	(*GetEventResponse)(nil),    // 19: scope.v1.GetEventResponse
-	(*EventsRequest)(nil),       // 20: scope.v1.EventsRequest
-	(*EventsResponse)(nil),      // 21: scope.v1.EventsResponse
-	(*CallTreeRequest)(nil),     // 22: scope.v1.CallTreeRequest
-	(*CallTreeResponse)(nil),    // 23: scope.v1.CallTreeResponse
-	(*CallFrame)(nil),           // 24: scope.v1.CallFrame
-	(*CallStackAtRequest)(nil),  // 25: scope.v1.CallStackAtRequest
-	(*CallStackAtResponse)(nil), // 26: scope.v1.CallStackAtResponse
-	(*MessageFlowRequest)(nil),  // 27: scope.v1.MessageFlowRequest
-	(*MessageFlowResponse)(nil), // 28: scope.v1.MessageFlowResponse
-	(*Message)(nil),             // 29: scope.v1.Message
-	(*StateAtRequest)(nil),      // 30: scope.v1.StateAtRequest
-	(*StateAtResponse)(nil),     // 31: scope.v1.StateAtResponse
-	(*TraceRequest)(nil),        // 32: scope.v1.TraceRequest
-	(*TraceResponse)(nil),       // 33: scope.v1.TraceResponse
-	(*TailRequest)(nil),         // 34: scope.v1.TailRequest
-	(*TailResponse)(nil),        // 35: scope.v1.TailResponse
-	(*TailStarted)(nil),         // 36: scope.v1.TailStarted
-	(*Lagged)(nil),              // 37: scope.v1.Lagged
-	(*StatsRequest)(nil),        // 38: scope.v1.StatsRequest
-	(*StatsResponse)(nil),       // 39: scope.v1.StatsResponse
-	(*KindCount)(nil),           // 40: scope.v1.KindCount
-	(*ShardStats)(nil),          // 41: scope.v1.ShardStats
-	(*FunctionStats)(nil),       // 42: scope.v1.FunctionStats
-	(*NodeStats)(nil),           // 43: scope.v1.NodeStats
-	(*MembersRequest)(nil),      // 44: scope.v1.MembersRequest
-	(*MembersResponse)(nil),     // 45: scope.v1.MembersResponse
-	(*Member)(nil),              // 46: scope.v1.Member
-	(*ShardsRequest)(nil),       // 47: scope.v1.ShardsRequest
-	(*ShardsResponse)(nil),      // 48: scope.v1.ShardsResponse
-	(*ShardInfo)(nil),           // 49: scope.v1.ShardInfo
-	(*Replica)(nil),             // 50: scope.v1.Replica
-	(*JoinRequest)(nil),         // 51: scope.v1.JoinRequest
-	(*JoinResponse)(nil),        // 52: scope.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 53: scope.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 54: scope.v1.LeaveResponse
-	nil,                         // 55: scope.v1.Event.AttributesEntry
+	(AbandonReason)(0),          // 2: scope.v1.AbandonReason
+	(LinkType)(0),               // 3: scope.v1.LinkType
+	(Durability)(0),             // 4: scope.v1.Durability
+	(Consistency)(0),            // 5: scope.v1.Consistency
+	(TraceDirection)(0),         // 6: scope.v1.TraceDirection
+	(MemberStatus)(0),           // 7: scope.v1.MemberStatus
+	(Suffrage)(0),               // 8: scope.v1.Suffrage
+	(*Event)(nil),               // 9: scope.v1.Event
+	(*Link)(nil),                // 10: scope.v1.Link
+	(*Edge)(nil),                // 11: scope.v1.Edge
+	(*Process)(nil),             // 12: scope.v1.Process
+	(*MissingShard)(nil),        // 13: scope.v1.MissingShard
+	(*ReadLag)(nil),             // 14: scope.v1.ReadLag
+	(*ShardLag)(nil),            // 15: scope.v1.ShardLag
+	(*IngestRequest)(nil),       // 16: scope.v1.IngestRequest
+	(*IngestResponse)(nil),      // 17: scope.v1.IngestResponse
+	(*ShardResult)(nil),         // 18: scope.v1.ShardResult
+	(*GetEventRequest)(nil),     // 19: scope.v1.GetEventRequest
+	(*GetEventResponse)(nil),    // 20: scope.v1.GetEventResponse
+	(*EventsRequest)(nil),       // 21: scope.v1.EventsRequest
+	(*EventsResponse)(nil),      // 22: scope.v1.EventsResponse
+	(*CallTreeRequest)(nil),     // 23: scope.v1.CallTreeRequest
+	(*CallTreeResponse)(nil),    // 24: scope.v1.CallTreeResponse
+	(*CallFrame)(nil),           // 25: scope.v1.CallFrame
+	(*CallStackAtRequest)(nil),  // 26: scope.v1.CallStackAtRequest
+	(*CallStackAtResponse)(nil), // 27: scope.v1.CallStackAtResponse
+	(*MessageFlowRequest)(nil),  // 28: scope.v1.MessageFlowRequest
+	(*MessageFlowResponse)(nil), // 29: scope.v1.MessageFlowResponse
+	(*Message)(nil),             // 30: scope.v1.Message
+	(*StateAtRequest)(nil),      // 31: scope.v1.StateAtRequest
+	(*StateAtResponse)(nil),     // 32: scope.v1.StateAtResponse
+	(*TraceRequest)(nil),        // 33: scope.v1.TraceRequest
+	(*TraceResponse)(nil),       // 34: scope.v1.TraceResponse
+	(*TailRequest)(nil),         // 35: scope.v1.TailRequest
+	(*TailResponse)(nil),        // 36: scope.v1.TailResponse
+	(*TailStarted)(nil),         // 37: scope.v1.TailStarted
+	(*Lagged)(nil),              // 38: scope.v1.Lagged
+	(*StatsRequest)(nil),        // 39: scope.v1.StatsRequest
+	(*StatsResponse)(nil),       // 40: scope.v1.StatsResponse
+	(*KindCount)(nil),           // 41: scope.v1.KindCount
+	(*ShardStats)(nil),          // 42: scope.v1.ShardStats
+	(*FunctionStats)(nil),       // 43: scope.v1.FunctionStats
+	(*NodeStats)(nil),           // 44: scope.v1.NodeStats
+	(*MembersRequest)(nil),      // 45: scope.v1.MembersRequest
+	(*MembersResponse)(nil),     // 46: scope.v1.MembersResponse
+	(*Member)(nil),              // 47: scope.v1.Member
+	(*ShardsRequest)(nil),       // 48: scope.v1.ShardsRequest
+	(*ShardsResponse)(nil),      // 49: scope.v1.ShardsResponse
+	(*ShardInfo)(nil),           // 50: scope.v1.ShardInfo
+	(*Replica)(nil),             // 51: scope.v1.Replica
+	(*JoinRequest)(nil),         // 52: scope.v1.JoinRequest
+	(*JoinResponse)(nil),        // 53: scope.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 54: scope.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 55: scope.v1.LeaveResponse
+	nil,                         // 56: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	55, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
-	9,  // 2: scope.v1.Event.links:type_name -> scope.v1.Link
+	56, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	10, // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
-	2,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
-	2,  // 5: scope.v1.Edge.type:type_name -> scope.v1.LinkType
-	14, // 6: scope.v1.ReadLag.shards:type_name -> scope.v1.ShardLag
-	8,  // 7: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
-	3,  // 8: scope.v1.IngestRequest.durability:type_name -> scope.v1.Durability
-	17, // 9: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
-	3,  // 10: scope.v1.IngestResponse.durability:type_name -> scope.v1.Durability
-	4,  // 11: scope.v1.GetEventRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 12: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
-	13, // 13: scope.v1.GetEventResponse.lag:type_name -> scope.v1.ReadLag
+	3,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
+	3,  // 5: scope.v1.Edge.type:type_name -> scope.v1.LinkType
+	15, // 6: scope.v1.ReadLag.shards:type_name -> scope.v1.ShardLag
+	9,  // 7: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
+	4,  // 8: scope.v1.IngestRequest.durability:type_name -> scope.v1.Durability
+	18, // 9: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
+	4,  // 10: scope.v1.IngestResponse.durability:type_name -> scope.v1.Durability
+	5,  // 11: scope.v1.GetEventRequest.consistency:type_name -> scope.v1.Consistency
+	9,  // 12: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
+	14, // 13: scope.v1.GetEventResponse.lag:type_name -> scope.v1.ReadLag
 	0,  // 14: scope.v1.EventsRequest.kinds:type_name -> scope.v1.Kind
-	4,  // 15: scope.v1.EventsRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 16: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
-	12, // 17: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
-	13, // 18: scope.v1.EventsResponse.lag:type_name -> scope.v1.ReadLag
-	4,  // 19: scope.v1.CallTreeRequest.consistency:type_name -> scope.v1.Consistency
-	24, // 20: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
-	13, // 21: scope.v1.CallTreeResponse.lag:type_name -> scope.v1.ReadLag
-	8,  // 22: scope.v1.CallFrame.call:type_name -> scope.v1.Event
-	8,  // 23: scope.v1.CallFrame.end:type_name -> scope.v1.Event
+	5,  // 15: scope.v1.EventsRequest.consistency:type_name -> scope.v1.Consistency
+	9,  // 16: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
+	13, // 17: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
+	14, // 18: scope.v1.EventsResponse.lag:type_name -> scope.v1.ReadLag
+	5,  // 19: scope.v1.CallTreeRequest.consistency:type_name -> scope.v1.Consistency
+	25, // 20: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
+	14, // 21: scope.v1.CallTreeResponse.lag:type_name -> scope.v1.ReadLag
+	9,  // 22: scope.v1.CallFrame.call:type_name -> scope.v1.Event
+	9,  // 23: scope.v1.CallFrame.end:type_name -> scope.v1.Event
 	1,  // 24: scope.v1.CallFrame.outcome:type_name -> scope.v1.Outcome
-	24, // 25: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
-	4,  // 26: scope.v1.CallStackAtRequest.consistency:type_name -> scope.v1.Consistency
-	24, // 27: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
-	13, // 28: scope.v1.CallStackAtResponse.lag:type_name -> scope.v1.ReadLag
-	11, // 29: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
-	11, // 30: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
-	4,  // 31: scope.v1.MessageFlowRequest.consistency:type_name -> scope.v1.Consistency
-	29, // 32: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
-	12, // 33: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
-	13, // 34: scope.v1.MessageFlowResponse.lag:type_name -> scope.v1.ReadLag
-	8,  // 35: scope.v1.Message.send:type_name -> scope.v1.Event
-	8,  // 36: scope.v1.Message.receive:type_name -> scope.v1.Event
-	4,  // 37: scope.v1.StateAtRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 38: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
-	13, // 39: scope.v1.StateAtResponse.lag:type_name -> scope.v1.ReadLag
-	5,  // 40: scope.v1.TraceRequest.direction:type_name -> scope.v1.TraceDirection
-	4,  // 41: scope.v1.TraceRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 42: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
-	10, // 43: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
-	12, // 44: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
-	13, // 45: scope.v1.TraceResponse.lag:type_name -> scope.v1.ReadLag
-	0,  // 46: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
-	4,  // 47: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
-	8,  // 48: scope.v1.TailResponse.event:type_name -> scope.v1.Event
-	37, // 49: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
-	36, // 50: scope.v1.TailResponse.started:type_name -> scope.v1.TailStarted
-	4,  // 51: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
-	40, // 52: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
-	41, // 53: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
-	42, // 54: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
-	43, // 55: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
-	12, // 56: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
-	13, // 57: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
-	0,  // 58: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
-	46, // 59: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
-	6,  // 60: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
-	49, // 61: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
-	50, // 62: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
-	7,  // 63: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
-	15, // 64: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
-	15, // 65: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
-	18, // 66: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
-	20, // 67: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
-	22, // 68: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
-	25, // 69: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
-	27, // 70: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
-	30, // 71: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
-	32, // 72: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
-	34, // 73: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
-	38, // 74: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
-	44, // 75: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
-	47, // 76: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
-	51, // 77: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
-	53, // 78: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	16, // 79: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	16, // 80: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	19, // 81: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	21, // 82: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	23, // 83: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	26, // 84: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	28, // 85: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	31, // 86: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	33, // 87: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	35, // 88: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	39, // 89: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	45, // 90: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	48, // 91: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	52, // 92: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	54, // 93: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	79, // [79:94] is the sub-list for method output_type
-	64, // [64:79] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	25, // 25: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
+	2,  // 26: scope.v1.CallFrame.abandon_reason:type_name -> scope.v1.AbandonReason
+	5,  // 27: scope.v1.CallStackAtRequest.consistency:type_name -> scope.v1.Consistency
+	25, // 28: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
+	14, // 29: scope.v1.CallStackAtResponse.lag:type_name -> scope.v1.ReadLag
+	12, // 30: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
+	12, // 31: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
+	5,  // 32: scope.v1.MessageFlowRequest.consistency:type_name -> scope.v1.Consistency
+	30, // 33: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
+	13, // 34: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
+	14, // 35: scope.v1.MessageFlowResponse.lag:type_name -> scope.v1.ReadLag
+	9,  // 36: scope.v1.Message.send:type_name -> scope.v1.Event
+	9,  // 37: scope.v1.Message.receive:type_name -> scope.v1.Event
+	5,  // 38: scope.v1.StateAtRequest.consistency:type_name -> scope.v1.Consistency
+	9,  // 39: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
+	14, // 40: scope.v1.StateAtResponse.lag:type_name -> scope.v1.ReadLag
+	6,  // 41: scope.v1.TraceRequest.direction:type_name -> scope.v1.TraceDirection
+	5,  // 42: scope.v1.TraceRequest.consistency:type_name -> scope.v1.Consistency
+	9,  // 43: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
+	11, // 44: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
+	13, // 45: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
+	14, // 46: scope.v1.TraceResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 47: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
+	5,  // 48: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
+	9,  // 49: scope.v1.TailResponse.event:type_name -> scope.v1.Event
+	38, // 50: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
+	37, // 51: scope.v1.TailResponse.started:type_name -> scope.v1.TailStarted
+	5,  // 52: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
+	41, // 53: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
+	42, // 54: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
+	43, // 55: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
+	44, // 56: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
+	13, // 57: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
+	14, // 58: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
+	0,  // 59: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
+	47, // 60: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
+	7,  // 61: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
+	50, // 62: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
+	51, // 63: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
+	8,  // 64: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
+	16, // 65: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
+	16, // 66: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
+	19, // 67: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
+	21, // 68: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
+	23, // 69: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
+	26, // 70: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
+	28, // 71: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
+	31, // 72: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
+	33, // 73: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
+	35, // 74: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
+	39, // 75: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
+	45, // 76: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
+	48, // 77: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
+	52, // 78: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
+	54, // 79: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
+	17, // 80: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	17, // 81: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	20, // 82: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	22, // 83: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	24, // 84: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	27, // 85: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	29, // 86: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	32, // 87: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	34, // 88: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	36, // 89: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	40, // 90: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	46, // 91: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	49, // 92: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	53, // 93: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	55, // 94: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	80, // [80:95] is the sub-list for method output_type
+	65, // [65:80] is the sub-list for method input_type
+	65, // [65:65] is the sub-list for extension type_name
+	65, // [65:65] is the sub-list for extension extendee
+	0,  // [0:65] is the sub-list for field type_name
 }
 
 func init() { file_scope_v1_scope_proto_init() }
@@ -4764,7 +4851,7 @@ func file_scope_v1_scope_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
-			NumEnums:      8,
+			NumEnums:      9,
 			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   3,

@@ -1,0 +1,77 @@
+package rpc_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/rpctest"
+)
+
+// CallStackAt and CallTree over the API, on a node whose correlator keeps
+// one frame per process and one process: an orphan RETURN and a CALL
+// refused by the depth bound leave the stack as it was, and the frame of
+// a process evicted by the process bound ends as ABANDONED.
+func TestCallFramesThatTellTheTruth(t *testing.T) {
+	n := rpctest.Start(t, rpctest.Options{Shards: 1, EditNode: func(c *node.Config) {
+		c.Correlator.MaxStackDepth, c.Correlator.MaxProcesses = 1, 1
+	}})
+	ctx := context.Background()
+	a := correlate.Process{Origin: "app@h", PID: "<0.1.0>"}
+	b := correlate.Process{Origin: "app@h", PID: "<0.2.0>"}
+	f := ev(a, scopev1.Kind_KIND_CALL, 1000)
+	f.Module, f.Function = "m", "f"
+	g := ev(a, scopev1.Kind_KIND_CALL, 1100) // refused: the stack holds one frame
+	g.Module, g.Function = "m", "g"
+	ret := ev(a, scopev1.Kind_KIND_RETURN, 1200) // consumes the refused frame: orphan
+	orphan := ev(a, scopev1.Kind_KIND_RETURN, 1300)
+	orphan.CallId = "no-such-call"
+	ingest := func(evs ...*scopev1.Event) {
+		t.Helper()
+		if _, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: evs})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stackAt := func(at int64) []string {
+		t.Helper()
+		r, err := n.Query.CallStackAt(ctx, connect.NewRequest(&scopev1.CallStackAtRequest{Origin: a.Origin, Pid: a.PID, AtNs: at}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, fr := range r.Msg.GetFrames() {
+			got = append(got, fr.GetCall().GetFunction())
+		}
+		return got
+	}
+	ingest(f, g, ret, orphan)
+	for _, at := range []int64{1050, 1150, 1250, 1350} {
+		if got := stackAt(at); !slices.Equal(got, []string{"f"}) {
+			t.Errorf("stack at %d = %v, want [f]", at, got)
+		}
+	}
+
+	ingest(ev(b, scopev1.Kind_KIND_STATE_CHANGE, 1400)) // evicts a, with f open
+	var root *scopev1.CallFrame
+	rpctest.WaitFor(t, "f abandoned", 10*time.Second, func() bool {
+		r, err := n.Query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{EventId: f.EventId}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		root = r.Msg.GetRoot()
+		return !root.GetOpen()
+	})
+	if root.GetOutcome() != scopev1.Outcome_OUTCOME_ABANDONED ||
+		root.GetAbandonReason() != scopev1.AbandonReason_ABANDON_REASON_PROCESS_BOUND || root.GetEnd() != nil {
+		t.Fatalf("frame of the evicted process: %v", root)
+	}
+	if got := stackAt(time.Now().Add(time.Hour).UnixNano()); got != nil {
+		t.Fatalf("stack after the eviction = %v, want none", got)
+	}
+}
