@@ -281,9 +281,9 @@ func (a *applier) flush() error {
 // stored (or repeated in the batch) so that the bucket statistics stay
 // exact, and accounts them in the touched directory entries.
 //
-// The correlator upstream drops duplicates within its dedup window, but a
-// client retry older than that window still reaches Apply, so Apply checks
-// every event against the store. The check is cheap by construction: an
+// The node's FSM already drops stored ids before correlating (Stored),
+// but counts and aggregates are exact only if Apply never trusts its
+// caller for that, so Apply checks every event against the store. The check is cheap by construction: an
 // event in a bucket with no committed event is new without a read, and the
 // others are looked up together, in key order, through one iterator (see
 // stored).
