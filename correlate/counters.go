@@ -6,7 +6,7 @@ package correlate
 // its own batch; the node adds them up.
 type Counters struct {
 	Events            uint64 // events applied (stored)
-	Duplicates        uint64 // events skipped: id already applied within the dedup window
+	Duplicates        uint64 // events skipped: id already stored (screened by the node) or applied within the dedup window
 	OutOfOrder        uint64 // events whose seq was below their process's previous seq in the batch
 	Orphans           uint64 // RETURN/EXCEPTION with no open frame
 	Unwound           uint64 // frames closed as UNWOUND
@@ -21,7 +21,7 @@ type Counters struct {
 	DedupEvictions    uint64 // dedup entries evicted by count before their age
 	PayloadsTruncated uint64 // payloads truncated to the payload bound
 	AttributesDropped uint64 // attributes dropped: attribute bounds
-	Malformed         uint64 // events stored without correlation: kind unknown
+	Malformed         uint64 // events with kind unknown: stored uncorrelated by Apply; the node's FSM drops them (and all-zero ids) first
 	ProcessesExpired  uint64 // processes dropped after ProcessTTL of log time without events
 	OutboxDropped     uint64 // outbox notices dropped unacknowledged: outbox entry or byte bound, or OutboxTTL
 	SpawnsLinked      uint64 // spawn notices linked to the child's event

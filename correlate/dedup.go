@@ -1,7 +1,11 @@
 package correlate
 
 // dedupWindow remembers the ids applied recently, bounded by count
-// (DedupWindow) and by log-time age (DedupTTL). Ids are numbered in apply
+// (DedupWindow) and by log-time age (DedupTTL). It is the correlator's own
+// guard, and the only one for notices; events reach it from a node already
+// screened against the store's id index (node/fsm.go), since at a busy
+// shard's rate an id leaves the count window long before its TTL, and a
+// retry that got through would be correlated a second time. Ids are numbered in apply
 // order; the window holds numbers [head, next). They are persisted one
 // chunk per batch (the ids that batch added), plus head in the meta
 // record: a chunk is written once and deleted once all its ids have left

@@ -39,9 +39,15 @@ type ApplyResult struct {
 }
 
 // shardFSM is one shard's raft.BatchingFSM: committed entries go through
-// the correlator and land in the store as one atomic write that also
-// records the applied index, so a restart skips what was already applied
-// (raft is configured with NoSnapshotRestoreOnStart).
+// the correlator and land in the store in atomic writes that also record
+// the applied index, so a restart skips what was already applied (raft is
+// configured with NoSnapshotRestoreOnStart).
+//
+// The state after a log is a pure function of the log, whatever grouping
+// raft hands ApplyBatch (the leader, a follower and a replay group the same
+// entries differently): every entry is screened, correlated and stored with
+// exactly the effect it has when applied alone. See "Apply is a function of
+// the log" in docs/ARCHITECTURE.md and TestApplyIsIndependentOfGrouping.
 //
 // Raft calls ApplyBatch, Snapshot and Restore from one goroutine, never
 // concurrently. The mutex guards the correlator against readers on other
@@ -51,7 +57,7 @@ type shardFSM struct {
 	store  *store.Store
 	logger *slog.Logger
 
-	// onApply, if set, is called after every durable apply with the merged
+	// onApply, if set, is called after every durable write with the merged
 	// result and where each entry's events end in it (on the FSM goroutine,
 	// with mu held; it must not block).
 	onApply func(*correlate.Result, []EntrySpan)
@@ -63,7 +69,84 @@ type shardFSM struct {
 	corr    *correlate.Correlator
 	applied uint64
 	totals  correlate.Counters
-	failed  error // a store write failed: the replica must stop
+	failed  error // a store read or write failed: the replica must stop
+
+	// seg is the write being built: entries correlated but not yet stored.
+	seg segment
+	// found and entryIDs are scratch for the duplicate screen (entryIDs:
+	// the entry's events so far; bounded by one entry's events).
+	found    []bool
+	entryIDs map[bucketID]struct{}
+}
+
+// segment is consecutive entries of one ApplyBatch call merged into one
+// store write. Merging is exact as long as no entry of the segment depends
+// on what a later one writes, which holds by construction (see add and
+// ApplyBatch): a retention entry is written alone, and an event whose id
+// an earlier entry's edges or frame ends point at starts a new segment.
+type segment struct {
+	res   correlate.Result
+	spans []EntrySpan
+	// ids holds the (bucket, id) of every event the segment stores: the
+	// store's duplicate check sees only committed events. ids and refs are
+	// bounded by one ApplyBatch call (raft's MaxAppendEntries entries) and
+	// reset at every write.
+	ids map[bucketID]struct{}
+	// refs holds the ids the segment's edges and frame ends point at (the
+	// store resolves them against the segment's events and committed ones).
+	refs map[correlate.EventID]struct{}
+}
+
+type bucketID struct {
+	bucket uint64
+	id     correlate.EventID
+}
+
+func (g *segment) reset() {
+	g.res = correlate.Result{}
+	g.spans = g.spans[:0]
+	clear(g.ids)
+	clear(g.refs)
+}
+
+// add merges res into the segment. State records keep their order, so a
+// put followed by a delete of the same key in a later entry stays a delete.
+func (g *segment) add(res *correlate.Result) {
+	dst := &g.res
+	dst.Events = append(dst.Events, res.Events...)
+	dst.Edges = append(dst.Edges, res.Edges...)
+	dst.Outbox = append(dst.Outbox, res.Outbox...)
+	dst.State = append(dst.State, res.State...)
+	dst.Closed = append(dst.Closed, res.Closed...)
+	dst.Retention = res.Retention
+	dst.Counters.Add(res.Counters)
+	if len(res.Events) > 0 {
+		g.spans = append(g.spans, EntrySpan{Index: res.Index, End: len(dst.Events)})
+	}
+	if g.refs == nil {
+		g.refs = make(map[correlate.EventID]struct{})
+	}
+	for _, e := range res.Edges {
+		g.refs[e.From], g.refs[e.To] = struct{}{}, struct{}{}
+	}
+	for _, c := range res.Closed {
+		g.refs[c.Call] = struct{}{}
+	}
+}
+
+// refersTo reports whether an entry of the segment has an edge or frame end
+// pointing at one of events. Applied alone, that entry did not find the
+// event (it comes later), so the event must not be in the same write.
+func (g *segment) refersTo(events []correlate.Event) bool {
+	if len(g.refs) == 0 {
+		return false
+	}
+	for i := range events {
+		if _, ok := g.refs[events[i].ID]; ok {
+			return true
+		}
+	}
+	return false
 }
 
 func newShardFSM(shard uint32, st *store.Store, cfg correlate.Config, logger *slog.Logger) (*shardFSM, error) {
@@ -100,26 +183,36 @@ func (f *shardFSM) Apply(l *raft.Log) any {
 	return f.ApplyBatch([]*raft.Log{l})[0]
 }
 
-// ApplyBatch implements raft.BatchingFSM: every command entry above the
-// applied index is correlated, and the whole batch is written to the store
-// in one atomic write with the last index as the new applied index.
+// ApplyBatch implements raft.BatchingFSM. Every command entry above the
+// applied index is screened (screen), correlated and added to the current
+// segment; a segment is written to the store in one atomic write with its
+// last index as the new applied index. Usually the whole call is one
+// segment, one write. A new segment starts
+//   - before and after an entry carrying a retention rule: the rule cuts
+//     what is stored when its entry applies, so the entries before it must
+//     be in the store and the ones after it must not (retention is
+//     proposed about once a minute per shard: a write or two more);
+//   - before an entry with an event an earlier entry of the segment points
+//     at (an edge or frame end), which applied alone did not see it (only
+//     possible when ids repeat across shards).
+//
+// Content never stops a replica: undecodable entries and events no store
+// can hold are skipped and counted identically everywhere. A store read or
+// write failure (a local fault) does: the correlator would be ahead of the
+// store, so the replica stops and a restart replays from the log.
 func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	resp := make([]any, len(logs))
 	if f.failed != nil {
-		for i := range resp {
-			resp[i] = ApplyResult{Err: f.failed}
-		}
-		return resp
+		return f.failAll(resp)
 	}
-	var merged correlate.Result
-	var spans []EntrySpan
+	f.seg.reset()
 	for i, l := range logs {
 		if l.Index <= f.applied {
 			continue // replayed after a restart: already in the store
 		}
-		merged.Index = l.Index
+		f.seg.res.Index = l.Index
 		if l.Type != raft.LogCommand {
 			continue
 		}
@@ -131,33 +224,145 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 			continue
 		}
 		b.Index = l.Index
+		screened, err := f.screen(&b)
+		if err != nil {
+			return f.fail(resp, err)
+		}
 		res := f.corr.Apply(b)
-		mergeResult(&merged, &res)
-		if len(res.Events) > 0 {
-			spans = append(spans, EntrySpan{Index: l.Index, End: len(merged.Events)})
-		}
+		res.Counters.Add(screened)
 		resp[i] = ApplyResult{Counters: res.Counters}
-	}
-	if merged.Index == 0 {
-		return resp
-	}
-	if err := f.store.Apply(f.shard, &merged); err != nil {
-		// The correlator is now ahead of the store. Nothing more may be
-		// applied: the replica stops, and a restart replays from the log.
-		f.failed = fmt.Errorf("%w: shard %d: %w", ErrReplicaFailed, f.shard, err)
-		f.logger.Error("store apply failed; replica stops applying", "shard", f.shard, "err", err)
-		if f.onFail != nil {
-			f.onFail()
+		if res.Retention != nil || f.seg.refersTo(res.Events) {
+			// Write what precedes this entry on its own.
+			f.seg.res.Index = l.Index - 1
+			if err := f.write(); err != nil {
+				return f.fail(resp, err)
+			}
+			f.seg.res.Index = l.Index
 		}
-		for i := range resp {
-			resp[i] = ApplyResult{Err: f.failed}
+		f.seg.add(&res)
+		f.remember(res.Events)
+		if res.Retention != nil {
+			if err := f.write(); err != nil {
+				return f.fail(resp, err)
+			}
 		}
-		return resp
 	}
-	f.applied = merged.Index
-	f.totals.Add(merged.Counters)
+	if err := f.write(); err != nil {
+		return f.fail(resp, err)
+	}
+	return resp
+}
+
+// write stores the current segment (if it advances the applied index) and
+// starts the next one.
+func (f *shardFSM) write() error {
+	g := &f.seg
+	if g.res.Index <= f.applied {
+		return nil
+	}
+	if err := f.store.Apply(f.shard, &g.res); err != nil {
+		return err
+	}
+	f.applied = g.res.Index
+	f.totals.Add(g.res.Counters)
 	if f.onApply != nil {
-		f.onApply(&merged, spans)
+		f.onApply(&g.res, g.spans)
+	}
+	next := g.res.Index
+	g.reset()
+	g.res.Index = next
+	return nil
+}
+
+// screen removes from b the events the store must not see, so that
+// whatever the log holds applies the same way on every replica:
+//   - malformed events, which no store can hold (kind UNSPECIFIED, the
+//     all-zero id): ingest refuses them, but an older or newer node or a
+//     bug may have put them in the log, and a replica that stopped on them
+//     would stop on every replica, on every replay. Counted as Malformed.
+//   - events whose id is already stored in the shard (in its event's
+//     bucket, as the store's own check) or earlier in this segment: a
+//     client retry must never change state, and the correlator's dedup
+//     window is bounded (by count, ~100 s of a busy shard), so a late retry
+//     would otherwise close frames and pair messages a second time before
+//     the store dropped it. Counted as Duplicates, as the window counts
+//     them. The id index is replicated state and the segment is the same
+//     log prefix on every replica, so every replica drops the same events.
+//
+// It returns what it counted; an error is a store read failure.
+func (f *shardFSM) screen(b *correlate.Batch) (correlate.Counters, error) {
+	var c correlate.Counters
+	evs := b.Events
+	out := 0
+	for i := range evs {
+		if evs[i].ID == (correlate.EventID{}) || !evs[i].Kind.Valid() {
+			c.Malformed++
+			continue
+		}
+		evs[out] = evs[i]
+		out++
+	}
+	evs = evs[:out]
+	if len(evs) == 0 {
+		clear(b.Events)
+		b.Events = evs
+		return c, nil
+	}
+	if cap(f.found) < len(evs) {
+		f.found = make([]bool, len(evs))
+	}
+	found := f.found[:len(evs)]
+	if err := f.store.Stored(f.shard, evs, found); err != nil {
+		return c, fmt.Errorf("duplicate screen: %w", err)
+	}
+	clear(f.entryIDs)
+	if f.entryIDs == nil {
+		f.entryIDs = make(map[bucketID]struct{}, len(evs))
+	}
+	out = 0
+	for i := range evs {
+		k := bucketID{f.store.Bucket(evs[i].TimestampNs), evs[i].ID}
+		_, inSeg := f.seg.ids[k]
+		_, inEntry := f.entryIDs[k]
+		if found[i] || inSeg || inEntry {
+			c.Duplicates++
+			continue
+		}
+		f.entryIDs[k] = struct{}{}
+		evs[out] = evs[i]
+		out++
+	}
+	clear(evs[out:])
+	b.Events = evs[:out]
+	return c, nil
+}
+
+// remember adds events (an entry's stored events) to the segment's ids.
+func (f *shardFSM) remember(events []correlate.Event) {
+	if f.seg.ids == nil {
+		f.seg.ids = make(map[bucketID]struct{}, len(events))
+	}
+	for i := range events {
+		f.seg.ids[bucketID{f.store.Bucket(events[i].TimestampNs), events[i].ID}] = struct{}{}
+	}
+}
+
+// fail stops the replica after a store failure and fails every response.
+func (f *shardFSM) fail(resp []any, err error) []any {
+	// The correlator is now ahead of the store. Nothing more may be
+	// applied: the replica stops, and a restart replays from the log.
+	f.failed = fmt.Errorf("%w: shard %d: %w", ErrReplicaFailed, f.shard, err)
+	f.logger.Error("store failed; replica stops applying", "shard", f.shard, "err", err)
+	f.seg.reset()
+	if f.onFail != nil {
+		f.onFail()
+	}
+	return f.failAll(resp)
+}
+
+func (f *shardFSM) failAll(resp []any) []any {
+	for i := range resp {
+		resp[i] = ApplyResult{Err: f.failed}
 	}
 	return resp
 }
@@ -176,20 +381,6 @@ func (f *shardFSM) withApplied(fn func(applied uint64, failed error)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f.applied, f.failed)
-}
-
-// mergeResult appends src to dst. State records keep their order, so a put
-// followed by a delete of the same key in a later entry stays a delete.
-func mergeResult(dst, src *correlate.Result) {
-	dst.Events = append(dst.Events, src.Events...)
-	dst.Edges = append(dst.Edges, src.Edges...)
-	dst.Outbox = append(dst.Outbox, src.Outbox...)
-	dst.State = append(dst.State, src.State...)
-	dst.Closed = append(dst.Closed, src.Closed...)
-	if src.Retention != nil {
-		dst.Retention = src.Retention
-	}
-	dst.Counters.Add(src.Counters)
 }
 
 // Snapshot implements raft.FSM. It runs on the FSM goroutine, so the store

@@ -156,7 +156,7 @@ func (m *Metrics) applied(shard uint32, res *correlate.Result) {
 		{"receive_expired", c.ReceivesExpired}, {"stack_overflow", c.StackOverflows},
 		{"process_eviction", c.ProcessEvictions}, {"pending_eviction", c.PendingEvictions},
 		{"dedup_eviction", c.DedupEvictions}, {"payload_truncated", c.PayloadsTruncated},
-		{"attributes_dropped", c.AttributesDropped},
+		{"attributes_dropped", c.AttributesDropped}, {"malformed", c.Malformed},
 		{"frame_abandoned_inactivity", c.AbandonedInactivity},
 		{"frame_abandoned_process_bound", c.AbandonedProcessBound},
 	} {

@@ -287,9 +287,9 @@ func (a *applier) flush() error {
 // stored (or repeated in the batch) so that the bucket statistics stay
 // exact, and accounts them in the touched directory entries.
 //
-// The correlator upstream drops duplicates within its dedup window, but a
-// client retry older than that window still reaches Apply, so Apply checks
-// every event against the store. The check is cheap by construction: an
+// The node's FSM already drops stored ids before correlating (Stored),
+// but counts and aggregates are exact only if Apply never trusts its
+// caller for that, so Apply checks every event against the store. The check is cheap by construction: an
 // event in a bucket with no committed event is new without a read, and the
 // others are looked up together, in key order, through one iterator (see
 // stored).
@@ -358,15 +358,7 @@ type probeKey struct {
 }
 
 // stored sets found on every candidate to probe whose id entry (section 11)
-// exists. The keys are sorted and looked up with SeekGE through one
-// iterator: opening the levels is paid once per Apply instead of once per
-// event (a db.Get per event was ~2/3 of Apply's time), and the keys of one
-// batch are neighbours (ids are time-ordered and share a few buckets), so
-// consecutive seeks land in the same, already loaded, index and data
-// blocks and pebble turns them into short forward steps. SeekPrefixGE
-// with the bloom filters was measured slower: each new sstable's whole
-// filter block must be loaded before it saves anything, and flushes and
-// compactions keep making new sstables (docs/bench/store.md).
+// exists (see seekIDs).
 func (a *applier) stored(cands []candidate) error {
 	keys := a.probes[:0]
 	for i := range cands {
@@ -378,11 +370,25 @@ func (a *applier) stored(cands []candidate) error {
 		}
 	}
 	a.probes = keys
+	return seekIDs(a.s.db, keys, func(i int) { cands[i].found = true })
+}
+
+// seekIDs calls found(k.i) for every key of keys (id entries, section 11)
+// that exists; it sorts keys. The keys are looked up with SeekGE through
+// one iterator: opening the levels is paid once per call instead of once
+// per event (a db.Get per event was ~2/3 of Apply's time), and the keys of
+// one batch are neighbours (ids are time-ordered and share a few buckets),
+// so consecutive seeks land in the same, already loaded, index and data
+// blocks and pebble turns them into short forward steps. SeekPrefixGE
+// with the bloom filters was measured slower: each new sstable's whole
+// filter block must be loaded before it saves anything, and flushes and
+// compactions keep making new sstables (docs/bench/store.md).
+func seekIDs(r pebble.Reader, keys []probeKey, found func(i int)) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	slices.SortFunc(keys, func(x, y probeKey) int { return bytes.Compare(x.k[:], y.k[:]) })
-	it, err := a.s.db.NewIter(&pebble.IterOptions{
+	it, err := r.NewIter(&pebble.IterOptions{
 		LowerBound: keys[0].k[:],
 		UpperBound: prefixEnd(keys[len(keys)-1].k[:]),
 	})
@@ -392,7 +398,7 @@ func (a *applier) stored(cands []candidate) error {
 	for j := range keys {
 		k := keys[j].k[:]
 		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
-			cands[keys[j].i].found = true
+			found(keys[j].i)
 		}
 	}
 	if err := it.Error(); err != nil {
@@ -402,14 +408,70 @@ func (a *applier) stored(cands []candidate) error {
 	return it.Close()
 }
 
+// Stored sets found[i] (len(found) >= len(events)) when events[i]'s id is
+// stored in the shard in the bucket of events[i]'s timestamp: exactly the
+// events Apply would skip as duplicates. It reads committed state only; a
+// caller that applies several Results must itself remember the ids of
+// those it has not applied yet (Bucket gives the bucket for that). The
+// cost is Apply's own duplicate check: no read for an event whose bucket
+// holds no committed event, one sorted iterator pass for the others.
+//
+// It is safe to call concurrently with Apply; the FSM calls it between its
+// applies, so the answer is the state at its applied index on every
+// replica.
+func (s *Store) Stored(shard uint32, events []correlate.Event, found []bool) error {
+	if err := s.check(shard); err != nil {
+		return err
+	}
+	var occupied map[uint64]bool // bucket → holds committed events
+	var keys []probeKey
+	for i := range events {
+		found[i] = false
+		b := bucketOf(events[i].TimestampNs, s.shift)
+		has, ok := occupied[b]
+		if !ok {
+			d, err := readDirEntry(s.db, shard, b)
+			if err != nil {
+				return err
+			}
+			if occupied == nil {
+				occupied = make(map[uint64]bool, 4)
+			}
+			has = d.count > 0
+			occupied[b] = has
+		}
+		if has {
+			var pk probeKey
+			idKey(pk.k[:0], shard, b, events[i].ID)
+			pk.i = i
+			keys = append(keys, pk)
+		}
+	}
+	return seekIDs(s.db, keys, func(i int) { found[i] = true })
+}
+
+// Bucket returns the time bucket of an event with timestamp ts: Apply's
+// duplicate check is per (bucket, id), since an id's entry lives in its
+// event's bucket.
+func (s *Store) Bucket(ts int64) uint64 { return bucketOf(ts, s.shift) }
+
 // dirEntry returns the current entry of bucket: this batch's if touched,
 // else the committed one.
 func (a *applier) dirEntry(bucket uint64) (dirEntry, error) {
 	if d, ok := a.dir[bucket]; ok {
 		return d, nil
 	}
-	k := bucketKey(a.shard, bucket)
-	v, closer, err := a.s.db.Get(k)
+	d, err := readDirEntry(a.s.db, a.shard, bucket)
+	if err == nil && d.count > 0 {
+		a.old[bucket] = true
+	}
+	return d, err
+}
+
+// readDirEntry reads bucket's committed directory entry (zero if none).
+func readDirEntry(r pebble.Reader, shard uint32, bucket uint64) (dirEntry, error) {
+	k := bucketKey(shard, bucket)
+	v, closer, err := r.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return dirEntry{}, nil
 	}
@@ -417,9 +479,7 @@ func (a *applier) dirEntry(bucket uint64) (dirEntry, error) {
 		return dirEntry{}, err
 	}
 	defer closer.Close()
-	d, err := decodeDirEntry(k, v)
-	a.old[bucket] = d.count > 0
-	return d, err
+	return decodeDirEntry(k, v)
 }
 
 func (a *applier) committedDir() (*bucketDir, error) {
