@@ -100,9 +100,16 @@ func (n *Node) OpenHosted() ([]uint32, error) {
 // span in the shared raft log, and its span in the store. The directory
 // goes first: once it is gone the replica no longer exists for
 // HostedShards, and a later OpenReplica clears whatever an interruption
-// left in the shared log. The caller makes sure the replica is no longer a
-// member of its group.
+// left in the shared log. The whole drop holds the shard's lifecycle lock,
+// so an OpenReplica of the same shard waits until the old data is gone and
+// then starts an empty replica. The caller makes sure the replica is no
+// longer a member of its group.
 func (n *Node) DropReplica(shard uint32) error {
+	if shard >= n.cfg.Shards {
+		return nil
+	}
+	unlock := n.lockLifecycle(shard)
+	defer unlock()
 	n.mu.Lock()
 	r, ok := n.replicas[shard]
 	if ok {
@@ -115,7 +122,30 @@ func (n *Node) DropReplica(shard uint32) error {
 	n.tail.gone(shard, "replica dropped", nil)
 	err := n.pool.RemoveShard(shard)
 	err = errors.Join(err, r.Close())
+	if h := n.hooks.dropClosed; h != nil {
+		h(shard)
+	}
 	err = errors.Join(err, os.RemoveAll(n.replicaDir(shard)))
 	err = errors.Join(err, n.raftLog.DeleteShard(shard))
 	return errors.Join(err, n.store.DeleteShard(shard))
+}
+
+// lockLifecycle takes shard's lifecycle lock (see Node.lifecycle) and
+// returns its release. Waiting for it (an open or drop of the same shard is
+// under way) is counted.
+func (n *Node) lockLifecycle(shard uint32) (unlock func()) {
+	l := &n.lifecycle[shard]
+	if !l.TryLock() {
+		n.metrics.lifecycleWaits.Inc()
+		l.Lock()
+	}
+	return l.Unlock
+}
+
+// testHooks are seams for tests to park an operation between its steps
+// (set only by tests, before the operation starts).
+type testHooks struct {
+	// dropClosed runs in DropReplica after the replica closed, before its
+	// data is deleted.
+	dropClosed func(shard uint32)
 }

@@ -22,6 +22,7 @@ type Metrics struct {
 	noticesDelivered prometheus.Counter
 	noticeFailures   prometheus.Counter
 	forwarded        prometheus.Counter
+	lifecycleWaits   prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -51,10 +52,14 @@ func newMetrics() *Metrics {
 			Name: "scope_ingest_forwarded_events_total",
 			Help: "Events forwarded to the leader of their shard on another node.",
 		}),
+		lifecycleWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_replica_lifecycle_waits_total",
+			Help: "Replica opens and drops that waited for another open or drop of the same shard to finish.",
+		}),
 	}
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
-		m.noticesDelivered, m.noticeFailures, m.forwarded,
+		m.noticesDelivered, m.noticeFailures, m.forwarded, m.lifecycleWaits,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -129,6 +129,15 @@ type Node struct {
 	pool    *Pool
 	metrics *Metrics
 
+	// lifecycle serializes OpenReplica and DropReplica of one shard (one
+	// mutex per shard, taken before mu): a drop deletes the replica's
+	// directory, log span and store span after it let go of mu, and an
+	// open of the same shard must not start until that is done, or it
+	// would open the dying replica's files and then lose them. Opens and
+	// drops of different shards never wait for each other.
+	lifecycle []sync.Mutex
+	hooks     testHooks
+
 	mu        sync.RWMutex
 	replicas  map[uint32]*Replica
 	forwarder Forwarder
@@ -170,6 +179,7 @@ func Open(cfg Config) (*Node, error) {
 		raftLog:      rl,
 		metrics:      newMetrics(),
 		replicas:     make(map[uint32]*Replica),
+		lifecycle:    make([]sync.Mutex, cfg.Shards),
 		outboxSignal: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		tail:         newTailHub(cfg.Shards),
@@ -205,6 +215,8 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	if shard >= n.cfg.Shards {
 		return nil, fmt.Errorf("%w: shard %d of %d", ErrNoShard, shard, n.cfg.Shards)
 	}
+	unlock := n.lockLifecycle(shard)
+	defer unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
