@@ -68,6 +68,14 @@ func newMetrics() *Metrics {
 // server exposes it at /metrics and other layers add their collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
+// watchReplicas registers the gauges read from the node's replicas.
+func (m *Metrics) watchReplicas(failed func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "scope_replicas_failed",
+		Help: "Replicas on this node that stopped applying because a store write failed (retired from their groups until the node restarts).",
+	}, func() float64 { return float64(failed()) }))
+}
+
 func shardLabel(shard uint32) string { return strconv.FormatUint(uint64(shard), 10) }
 
 func (m *Metrics) ingested(shard uint32, n int) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -144,9 +145,13 @@ type Node struct {
 	closed    bool
 
 	outboxSignal chan struct{} // a replica's outbox grew
-	stop         chan struct{}
-	wg           sync.WaitGroup
-	tail         *tailHub
+	// failing marks, per shard, a replica whose store write failed and
+	// that retireFailed has yet to retire; failSignal wakes it.
+	failing    []atomic.Bool
+	failSignal chan struct{}
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	tail       *tailHub
 }
 
 // Open opens the node's store, starts the writer pool and the background
@@ -180,6 +185,8 @@ func Open(cfg Config) (*Node, error) {
 		metrics:      newMetrics(),
 		replicas:     make(map[uint32]*Replica),
 		lifecycle:    make([]sync.Mutex, cfg.Shards),
+		failing:      make([]atomic.Bool, cfg.Shards),
+		failSignal:   make(chan struct{}, 1),
 		outboxSignal: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		tail:         newTailHub(cfg.Shards),
@@ -191,9 +198,11 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.pool.Start()
-	n.wg.Add(2)
+	n.metrics.watchReplicas(n.failedReplicas)
+	n.wg.Add(3)
 	go n.deliverNotices()
 	go n.runRetention()
+	go n.retireFailed()
 	return n, nil
 }
 
@@ -254,7 +263,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		Timing:     n.cfg.Raft,
 		Logger:     n.logger,
 		OnApply:    n.onApply,
-		OnFail:     n.tail.failed,
+		OnFail:     n.replicaFailed,
 	})
 	if err != nil {
 		if c, ok := trans.(raft.WithClose); ok {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
@@ -34,6 +35,10 @@ type Options struct {
 	Replicas int    // default 3
 	// Verbose sends node logs to stderr.
 	Verbose bool
+	// SyncStore makes every store apply fsync its WAL. Node.FailStore
+	// needs it: with unsynced applies, pebble reports a failed WAL write
+	// by a panic that the store does not turn into store.ErrFailed.
+	SyncStore bool
 }
 
 // Cluster is a running test cluster.
@@ -65,6 +70,7 @@ type Node struct {
 	httpAddr, raftAddr, gossipAddr string
 	stopped                        bool
 	shardReads                     shardReadFaults // slow.go
+	storeFaults                    storeFaults     // store.go
 }
 
 // Start starts opts.Nodes nodes that bootstrap together and waits until
@@ -155,6 +161,8 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ncfg.Shards = c.opts.Shards
 	ncfg.Logger = logger
 	ncfg.Store.Logger = logger
+	ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
+	ncfg.Store.Sync = c.opts.SyncStore
 	ncfg.Raft.HeartbeatTimeout = 300 * time.Millisecond
 	ncfg.Raft.ElectionTimeout = 300 * time.Millisecond
 	ncfg.Raft.LeaderLeaseTimeout = 150 * time.Millisecond

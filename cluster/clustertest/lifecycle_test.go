@@ -1,0 +1,130 @@
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/elixirscope/scope/correlate"
+	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+// pidOn returns a pid of origin "app@host" (the one ev uses) on shard.
+func pidOn(shard, shards uint32) string {
+	for i := 0; ; i++ {
+		pid := fmt.Sprintf("<0.%d.1>", i)
+		if correlate.ShardOf("app@host", pid, shards) == shard {
+			return pid
+		}
+	}
+}
+
+// httpBody GETs url and returns the status and body.
+func httpBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// TestFailedStoreRetiresReplicas fails the store of shard 0's leader: its
+// replicas stop applying, and must leave their groups' work. Leadership
+// moves to a healthy replica and ingest continues; the failed node reports
+// itself not ready and counts its failed replicas; its ANY reads are
+// answered by a healthy replica, and it refuses to serve its stale copy to
+// other nodes.
+func TestFailedStoreRetiresReplicas(t *testing.T) {
+	const shards = 2
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3, SyncStore: true})
+	var bad *Node
+	WaitFor(t, "shard 0 led", 10*time.Second, func() bool { bad = c.ShardLeader(0); return bad != nil })
+	var healthy *Node
+	for _, n := range c.Nodes {
+		if n != bad {
+			healthy = n
+		}
+	}
+	pid := pidOn(0, shards)
+	before := ingest(t, healthy, ev(scopev1.Kind_KIND_CALL, pid, 1))
+
+	bad.FailStore()
+	// The next applies on bad fail (the client may see the error: the
+	// entry committed on the healthy replicas, the client retries by id).
+	ts := int64(10)
+	WaitFor(t, "shard 0 led by a healthy replica", 15*time.Second, func() bool {
+		ts++
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, _ = healthy.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
+			Events: []*scopev1.Event{ev(scopev1.Kind_KIND_CALL, pid, ts)}}))
+		l := c.ShardLeader(0)
+		return l != nil && l != bad
+	})
+	WaitFor(t, "the failed replica of shard 0 retired", 10*time.Second, func() bool {
+		r := bad.Node.Replica(0)
+		return r != nil && r.Retired()
+	})
+	after := ingest(t, healthy, ev(scopev1.Kind_KIND_CALL, pid, 1000))
+	after = append(after, ingest(t, bad, ev(scopev1.Kind_KIND_CALL, pid, 1001))...)
+
+	if code, body := httpBody(t, bad.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "replica failed") {
+		t.Fatalf("failed node /readyz: %d %q", code, body)
+	}
+	if _, body := httpBody(t, bad.URL+"/metrics"); !strings.Contains(body, "\nscope_replicas_failed ") ||
+		strings.Contains(body, "\nscope_replicas_failed 0\n") {
+		t.Fatalf("failed node /metrics does not count its failed replica:\n%s", grepLines(body, "scope_replicas_failed"))
+	}
+
+	// ANY reads through the failed node are answered by healthy replicas:
+	// the events written after the failure are found.
+	for _, id := range append(before, after...) {
+		resp, err := bad.Query.GetEvent(context.Background(), connect.NewRequest(&scopev1.GetEventRequest{
+			EventId: id, Consistency: scopev1.Consistency_CONSISTENCY_ANY, Origin: "app@host", Pid: pid}))
+		if err != nil {
+			t.Fatalf("ANY read of %s via the failed node: %v", id, err)
+		}
+		if resp.Msg.GetEvent().GetEventId() != id {
+			t.Fatalf("ANY read of %s: got %s", id, resp.Msg.GetEvent().GetEventId())
+		}
+	}
+	// Other nodes may list it as a replica holder: it refuses to answer.
+	args, err := msgpack.Marshal(struct{ ID correlate.EventID }{correlate.EventID{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := nodev1connect.NewNodeServiceClient(http.DefaultClient, bad.URL)
+	_, err = nc.ShardRead(context.Background(), connect.NewRequest(&nodev1.ShardReadRequest{Shard: 0, Method: "get", Args: args}))
+	if Code(err) != connect.CodeUnavailable {
+		t.Fatalf("ShardRead of the failed replica: %v, want Unavailable", err)
+	}
+	st, err := nc.ReplicaStatus(context.Background(), connect.NewRequest(&nodev1.ReplicaStatusRequest{Shard: 0}))
+	if err != nil || !st.Msg.GetFailed() {
+		t.Fatalf("ReplicaStatus of the failed replica: %v %v", st, err)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
