@@ -55,7 +55,6 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 	resp := &nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader(),
 		Failed: failed != nil, CommitIndex: r.Raft().CommitIndex()}
 	if f := r.Raft().GetConfiguration(); f.Error() == nil {
-		resp.ConfigurationIndex = f.Index()
 		for _, s := range f.Configuration().Servers {
 			resp.Members = append(resp.Members, string(s.ID))
 		}

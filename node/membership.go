@@ -105,19 +105,40 @@ func (n *Node) OpenHosted() ([]uint32, error) {
 // then starts an empty replica. The caller makes sure the replica is no
 // longer a member of its group.
 func (n *Node) DropReplica(shard uint32) error {
+	_, err := n.dropReplica(shard, nil)
+	return err
+}
+
+// DropReplicaUnopened drops r, shard's replica, as DropReplica does, but
+// only if it is still the shard's replica and no OpenReplica returned it
+// since the one numbered seq (Replica.LastOpen): the check and the drop
+// hold the shard's lifecycle lock, so an open that a leader makes before
+// adding this node to the group either lands first and cancels the drop,
+// or waits and then starts an empty replica. It reports whether it
+// dropped.
+func (n *Node) DropReplicaUnopened(shard uint32, r *Replica, seq uint64) (bool, error) {
+	return n.dropReplica(shard, func(cur *Replica) bool {
+		return cur == r && r.lastOpenSeq.Load() == seq
+	})
+}
+
+func (n *Node) dropReplica(shard uint32, may func(*Replica) bool) (bool, error) {
 	if shard >= n.cfg.Shards {
-		return nil
+		return false, nil
 	}
 	unlock := n.lockLifecycle(shard)
 	defer unlock()
 	n.mu.Lock()
 	r, ok := n.replicas[shard]
+	if ok && may != nil && !may(r) {
+		ok = false
+	}
 	if ok {
 		delete(n.replicas, shard)
 	}
 	n.mu.Unlock()
 	if !ok {
-		return nil
+		return false, nil
 	}
 	n.tail.gone(shard, "replica dropped", nil)
 	err := n.pool.RemoveShard(shard)
@@ -127,7 +148,7 @@ func (n *Node) DropReplica(shard uint32) error {
 	}
 	err = errors.Join(err, os.RemoveAll(n.replicaDir(shard)))
 	err = errors.Join(err, n.raftLog.DeleteShard(shard))
-	return errors.Join(err, n.store.DeleteShard(shard))
+	return true, errors.Join(err, n.store.DeleteShard(shard))
 }
 
 // lockLifecycle takes shard's lifecycle lock (see Node.lifecycle) and

@@ -138,6 +138,7 @@ type Node struct {
 	// drops of different shards never wait for each other.
 	lifecycle []sync.Mutex
 	hooks     testHooks
+	openSeq   atomic.Uint64 // numbers OpenReplica calls (Replica.LastOpen)
 
 	mu        sync.RWMutex
 	replicas  map[uint32]*Replica
@@ -232,6 +233,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		return nil, ErrClosed
 	}
 	if r, ok := n.replicas[shard]; ok {
+		n.noteOpen(r)
 		return r, nil
 	}
 	dir := n.replicaDir(shard)
@@ -276,7 +278,15 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		return nil, err
 	}
 	n.replicas[shard] = r
+	n.noteOpen(r)
 	return r, nil
+}
+
+// noteOpen records an OpenReplica call that returned r (see
+// Replica.LastOpen).
+func (n *Node) noteOpen(r *Replica) {
+	r.lastOpenSeq.Store(n.openSeq.Add(1))
+	r.lastOpenAt.Store(time.Now().UnixNano())
 }
 
 // Replica returns the local replica of shard, or nil.

@@ -85,6 +85,11 @@ type Replica struct {
 	heartbeat time.Duration
 	opened    time.Time
 
+	// lastOpen is the node-wide sequence number and time (unix ns) of the
+	// last OpenReplica call that returned this replica (see LastOpen).
+	lastOpenSeq atomic.Uint64
+	lastOpenAt  atomic.Int64
+
 	// retired: the replica failed and left its group's work (see retire).
 	retired   atomic.Bool
 	closeOnce sync.Once
@@ -216,6 +221,17 @@ func (r *Replica) Leader() (raft.ServerAddress, raft.ServerID) {
 	}
 	return r.raft.LeaderWithID()
 }
+
+// LastOpen returns the sequence number (node-wide, increasing) and time of
+// the last OpenReplica call that returned this replica: a leader adding
+// this node to the group calls it just before AddNonvoter, so a replica
+// opened recently may be about to become a member.
+func (r *Replica) LastOpen() (seq uint64, at time.Time) {
+	return r.lastOpenSeq.Load(), time.Unix(0, r.lastOpenAt.Load())
+}
+
+// LastIndex is the index of the last entry in the replica's raft log.
+func (r *Replica) LastIndex() uint64 { return r.raft.LastIndex() }
 
 // Retired reports whether the replica failed and left its group's work.
 func (r *Replica) Retired() bool { return r.retired.Load() }

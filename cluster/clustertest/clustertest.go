@@ -216,6 +216,9 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ccfg.Replicas = c.opts.Replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.ReconcileInterval = 200 * time.Millisecond
+	// Loopback calls return in milliseconds: a leader's open-then-add takes
+	// far less than this, and tests need not wait the default 30 s.
+	ccfg.OrphanGrace = 2 * time.Second
 	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)

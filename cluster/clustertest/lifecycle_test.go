@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/correlate"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
@@ -127,4 +129,106 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// orphanCase picks a shard count, a shard and one of n1..n3 that placement
+// over n1..n4 leaves out of that shard: once n4 has joined, that node's
+// replica of the shard is wanted nowhere, so the cluster never adds it
+// back.
+func orphanCase(t *testing.T) (shards, shard uint32, name string) {
+	all := []string{"n1", "n2", "n3", "n4"}
+	for shards = 2; shards <= 8; shards++ {
+		for s := range shards {
+			want := cluster.Placement(s, all, 3)
+			for _, n := range all[:3] {
+				if !slices.Contains(want, n) {
+					return shards, s, n
+				}
+			}
+		}
+	}
+	t.Fatal("no shard leaves one of n1..n3 out")
+	return 0, 0, ""
+}
+
+// groupNames reports whether the leader of shard lists name in its
+// configuration.
+func (c *Cluster) groupNames(shard uint32, name string) (known, listed bool) {
+	l := c.ShardLeader(shard)
+	if l == nil {
+		return false, false
+	}
+	r := l.Node.Replica(shard)
+	if r == nil {
+		return false, false
+	}
+	f := r.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return false, false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == name {
+			return true, true
+		}
+	}
+	return true, false
+}
+
+// TestOrphanedReplicaIsDropped stops a node, lets a new node replace its
+// replica of a shard that placement then no longer gives it (the leader
+// removes the dead node without being able to tell it), and restarts it:
+// the replica it reopens is an orphan. The node must find and drop it, so
+// that its ANY reads go to a real replica (the stale copy lacks what was
+// written meanwhile) and its Leave completes.
+func TestOrphanedReplicaIsDropped(t *testing.T) {
+	shards, shard, name := orphanCase(t)
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
+	var x *Node
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			x = n
+		}
+	}
+	pid := pidOn(shard, shards)
+	ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_CALL, pid, 1))
+
+	start := time.Now()
+	c.Stop(x)
+	c.AddNode()
+	WaitFor(t, name+" removed from shard's group", 30*time.Second, func() bool {
+		known, listed := c.groupNames(shard, name)
+		return known && !listed
+	})
+	t.Logf("replaced after %v", time.Since(start))
+	var via *Node
+	for _, n := range c.Live() {
+		via = n
+	}
+	written := ingest(t, via, ev(scopev1.Kind_KIND_CALL, pid, 2))[0]
+
+	x = c.Restart(x)
+	if x.Node.Replica(shard) == nil {
+		t.Fatalf("%s did not reopen its replica of shard %d", name, shard)
+	}
+	WaitFor(t, "the orphaned replica dropped", 20*time.Second, func() bool { return x.Node.Replica(shard) == nil })
+	t.Logf("orphan dropped after %v", time.Since(start))
+	if known, listed := c.groupNames(shard, name); !known || listed {
+		t.Fatalf("shard %d's group: known %v, lists %s %v", shard, known, name, listed)
+	}
+
+	resp, err := x.Query.GetEvent(context.Background(), connect.NewRequest(&scopev1.GetEventRequest{
+		EventId: written, Consistency: scopev1.Consistency_CONSISTENCY_ANY, Origin: "app@host", Pid: pid}))
+	if err != nil || resp.Msg.GetEvent().GetEventId() != written {
+		t.Fatalf("ANY read via %s of an event written while it was down: %v %v", name, resp, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := x.Admin.Leave(ctx, connect.NewRequest(&scopev1.LeaveRequest{Name: x.Name})); err != nil {
+		t.Fatalf("leave %s: %v", name, err)
+	}
+	t.Logf("left after %v", time.Since(start))
+	if n := len(x.Node.Replicas()); n != 0 {
+		t.Fatalf("%s left with %d replicas", name, n)
+	}
 }

@@ -182,12 +182,12 @@ type ReplicaStatusResponse struct {
 	// longer takes part in its group (it neither leads, votes nor appends)
 	// and serves no reads until its node restarts.
 	Failed bool `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
-	// The replica's latest raft configuration (possibly not yet committed)
-	// and the index of the entry that holds it.
-	ConfigurationIndex uint64   `protobuf:"varint,5,opt,name=configuration_index,json=configurationIndex,proto3" json:"configuration_index,omitempty"`
-	Members            []string `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
-	// The replica's raft commit index: the configuration is committed once
-	// commit_index >= configuration_index.
+	// The servers of the replica's latest raft configuration (possibly not
+	// yet committed). hashicorp/raft does not expose that configuration's
+	// index (GetConfiguration reports 0), so none is sent.
+	Members []string `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
+	// The replica's raft commit index. A leader's latest configuration
+	// supersedes every configuration held in entries up to it.
 	CommitIndex   uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -249,13 +249,6 @@ func (x *ReplicaStatusResponse) GetFailed() bool {
 		return x.Failed
 	}
 	return false
-}
-
-func (x *ReplicaStatusResponse) GetConfigurationIndex() uint64 {
-	if x != nil {
-		return x.ConfigurationIndex
-	}
-	return 0
 }
 
 func (x *ReplicaStatusResponse) GetMembers() []string {
@@ -1070,15 +1063,14 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x13OpenReplicaResponse\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\",\n" +
 	"\x14ReplicaStatusRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xf2\x01\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xc7\x01\n" +
 	"\x15ReplicaStatusResponse\x12\x16\n" +
 	"\x06exists\x18\x01 \x01(\bR\x06exists\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\bR\x06leader\x12\x16\n" +
-	"\x06failed\x18\x04 \x01(\bR\x06failed\x12/\n" +
-	"\x13configuration_index\x18\x05 \x01(\x04R\x12configurationIndex\x12\x18\n" +
+	"\x06failed\x18\x04 \x01(\bR\x06failed\x12\x18\n" +
 	"\amembers\x18\x06 \x03(\tR\amembers\x12!\n" +
-	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\"I\n" +
+	"\fcommit_index\x18\a \x01(\x04R\vcommitIndexJ\x04\b\x05\x10\x06\"I\n" +
 	"\x12DropReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
 	"\n" +
