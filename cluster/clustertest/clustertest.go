@@ -35,10 +35,11 @@ type Options struct {
 	Replicas int    // default 3
 	// Verbose sends node logs to stderr.
 	Verbose bool
-	// SyncStore makes every store apply fsync its WAL. Node.FailStore
-	// needs it: with unsynced applies, pebble reports a failed WAL write
-	// by a panic that the store does not turn into store.ErrFailed.
-	SyncStore bool
+	// StoreFaults puts every store on the fault seam Node.FailStore uses
+	// (an errorfs wrapper) and makes every store apply fsync its WAL: with
+	// unsynced applies pebble reports a failed WAL write by a panic that
+	// the store does not turn into store.ErrFailed.
+	StoreFaults bool
 }
 
 // Cluster is a running test cluster.
@@ -161,8 +162,10 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ncfg.Shards = c.opts.Shards
 	ncfg.Logger = logger
 	ncfg.Store.Logger = logger
-	ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
-	ncfg.Store.Sync = c.opts.SyncStore
+	if c.opts.StoreFaults {
+		ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
+		ncfg.Store.Sync = true
+	}
 	ncfg.Raft.HeartbeatTimeout = 300 * time.Millisecond
 	ncfg.Raft.ElectionTimeout = 300 * time.Millisecond
 	ncfg.Raft.LeaderLeaseTimeout = 150 * time.Millisecond

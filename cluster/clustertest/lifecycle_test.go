@@ -53,7 +53,7 @@ func httpBody(t *testing.T, url string) (int, string) {
 // other nodes.
 func TestFailedStoreRetiresReplicas(t *testing.T) {
 	const shards = 2
-	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3, SyncStore: true})
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3, StoreFaults: true})
 	var bad *Node
 	WaitFor(t, "shard 0 led", 10*time.Second, func() bool { bad = c.ShardLeader(0); return bad != nil })
 	var healthy *Node

@@ -26,5 +26,5 @@ func (f *storeFaults) wrap(fs vfs.FS) vfs.FS {
 
 // FailStore makes n's store fail from its next WAL write on, as a disk
 // that stopped accepting writes would. It lasts until n restarts. The
-// cluster must have been started with Options.SyncStore.
+// cluster must have been started with Options.StoreFaults.
 func (n *Node) FailStore() { n.storeFaults.failWAL.Store(true) }
