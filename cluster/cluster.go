@@ -40,6 +40,12 @@ type Config struct {
 	CatchUpLag uint64
 	// RPCTimeout bounds one node-to-node call.
 	RPCTimeout time.Duration
+	// OrphanGrace is how long a replica must have gone without an
+	// OpenReplica call and without hearing from a leader before this node
+	// asks the leader whether its group still names it (and drops it if
+	// not, see orphans.go). It must exceed the time a leader takes from
+	// opening a replica here to adding it to the group: two RPCTimeouts.
+	OrphanGrace time.Duration
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
@@ -56,6 +62,7 @@ func DefaultConfig(name string) Config {
 		MaxConcurrentMoves: 2,
 		CatchUpLag:         1024,
 		RPCTimeout:         10 * time.Second,
+		OrphanGrace:        30 * time.Second,
 		Logger:             slog.Default(),
 	}
 }
@@ -79,6 +86,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxConcurrentMoves %d: must be at least 1", ErrConfig, c.MaxConcurrentMoves)
 	case c.RPCTimeout <= 0:
 		return fmt.Errorf("%w: RPCTimeout %v: must be positive", ErrConfig, c.RPCTimeout)
+	case c.OrphanGrace <= 0:
+		return fmt.Errorf("%w: OrphanGrace %v: must be positive (at least twice RPCTimeout)", ErrConfig, c.OrphanGrace)
 	}
 	return nil
 }
@@ -194,6 +203,7 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 			continue
 		}
 		c.reconcileAll()
+		c.sweepOrphans()
 	}
 }
 

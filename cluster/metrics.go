@@ -10,7 +10,7 @@ type metrics struct {
 	c *Cluster
 
 	additions, promotions, removals, movesDeferred prometheus.Counter
-	leaderTransfers                                prometheus.Counter
+	leaderTransfers, orphansDropped                prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight *prometheus.Desc
@@ -27,6 +27,7 @@ func newMetrics(c *Cluster) *metrics {
 		removals:        counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
 		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
 		leaderTransfers: counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
+		orphansDropped:  counter("scope_cluster_orphans_dropped_total", "Replicas dropped here because their group's leader no longer names this node."),
 		forwards:        counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
 		forwardFailures: counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
 		forwardRetries:  counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
@@ -38,7 +39,7 @@ func newMetrics(c *Cluster) *metrics {
 }
 
 func (m *metrics) counters() []prometheus.Counter {
-	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.forwards,
+	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
 		m.forwardFailures, m.forwardRetries}
 }
 

@@ -51,8 +51,15 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 	if r == nil {
 		return connect.NewResponse(&nodev1.ReplicaStatusResponse{}), nil
 	}
-	applied, _, _ := r.Status()
-	return connect.NewResponse(&nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader()}), nil
+	applied, _, failed := r.Status()
+	resp := &nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader(),
+		Failed: failed != nil, CommitIndex: r.Raft().CommitIndex()}
+	if f := r.Raft().GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			resp.Members = append(resp.Members, string(s.ID))
+		}
+	}
+	return connect.NewResponse(resp), nil
 }
 
 func (s nodeService) DropReplica(_ context.Context, req *connect.Request[nodev1.DropReplicaRequest]) (*connect.Response[nodev1.DropReplicaResponse], error) {
@@ -93,6 +100,11 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 	case req.Msg.GetRequireLeader() && !r.IsLeader():
 		addr, id := r.Leader()
 		return nil, internalError(&node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)})
+	}
+	if _, _, failed := r.Status(); failed != nil {
+		// Its store stopped at the failed write: whatever it answered
+		// would silently miss everything committed since.
+		return nil, internalError(failed)
 	}
 	if err := ctx.Err(); err != nil {
 		// The caller gave up (a hedged read another replica answered):

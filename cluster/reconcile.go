@@ -27,7 +27,9 @@ import (
 //     The removed node is then told to delete its copy.
 //
 // A group is never shrunk below its quorum by automatic removal, and a
-// dead node is replaced only when a spare live member exists.
+// dead node is replaced only when a spare live member exists. A node that
+// was removed without being told (it was down) finds and drops its copy
+// itself (orphans.go).
 
 func (c *Cluster) isDraining() bool {
 	c.mu.Lock()

@@ -100,22 +100,73 @@ func (n *Node) OpenHosted() ([]uint32, error) {
 // span in the shared raft log, and its span in the store. The directory
 // goes first: once it is gone the replica no longer exists for
 // HostedShards, and a later OpenReplica clears whatever an interruption
-// left in the shared log. The caller makes sure the replica is no longer a
-// member of its group.
+// left in the shared log. The whole drop holds the shard's lifecycle lock,
+// so an OpenReplica of the same shard waits until the old data is gone and
+// then starts an empty replica. The caller makes sure the replica is no
+// longer a member of its group.
 func (n *Node) DropReplica(shard uint32) error {
+	_, err := n.dropReplica(shard, nil)
+	return err
+}
+
+// DropReplicaUnopened drops r, shard's replica, as DropReplica does, but
+// only if it is still the shard's replica and no OpenReplica returned it
+// since the one numbered seq (Replica.LastOpen): the check and the drop
+// hold the shard's lifecycle lock, so an open that a leader makes before
+// adding this node to the group either lands first and cancels the drop,
+// or waits and then starts an empty replica. It reports whether it
+// dropped.
+func (n *Node) DropReplicaUnopened(shard uint32, r *Replica, seq uint64) (bool, error) {
+	return n.dropReplica(shard, func(cur *Replica) bool {
+		return cur == r && r.lastOpenSeq.Load() == seq
+	})
+}
+
+func (n *Node) dropReplica(shard uint32, may func(*Replica) bool) (bool, error) {
+	if shard >= n.cfg.Shards {
+		return false, nil
+	}
+	unlock := n.lockLifecycle(shard)
+	defer unlock()
 	n.mu.Lock()
 	r, ok := n.replicas[shard]
+	if ok && may != nil && !may(r) {
+		ok = false
+	}
 	if ok {
 		delete(n.replicas, shard)
 	}
 	n.mu.Unlock()
 	if !ok {
-		return nil
+		return false, nil
 	}
 	n.tail.gone(shard, "replica dropped", nil)
 	err := n.pool.RemoveShard(shard)
 	err = errors.Join(err, r.Close())
+	if h := n.hooks.dropClosed; h != nil {
+		h(shard)
+	}
 	err = errors.Join(err, os.RemoveAll(n.replicaDir(shard)))
 	err = errors.Join(err, n.raftLog.DeleteShard(shard))
-	return errors.Join(err, n.store.DeleteShard(shard))
+	return true, errors.Join(err, n.store.DeleteShard(shard))
+}
+
+// lockLifecycle takes shard's lifecycle lock (see Node.lifecycle) and
+// returns its release. Waiting for it (an open or drop of the same shard is
+// under way) is counted.
+func (n *Node) lockLifecycle(shard uint32) (unlock func()) {
+	l := &n.lifecycle[shard]
+	if !l.TryLock() {
+		n.metrics.lifecycleWaits.Inc()
+		l.Lock()
+	}
+	return l.Unlock
+}
+
+// testHooks are seams for tests to park an operation between its steps
+// (set only by tests, before the operation starts).
+type testHooks struct {
+	// dropClosed runs in DropReplica after the replica closed, before its
+	// data is deleted.
+	dropClosed func(shard uint32)
 }

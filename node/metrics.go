@@ -22,6 +22,7 @@ type Metrics struct {
 	noticesDelivered prometheus.Counter
 	noticeFailures   prometheus.Counter
 	forwarded        prometheus.Counter
+	lifecycleWaits   prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -51,10 +52,14 @@ func newMetrics() *Metrics {
 			Name: "scope_ingest_forwarded_events_total",
 			Help: "Events forwarded to the leader of their shard on another node.",
 		}),
+		lifecycleWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_replica_lifecycle_waits_total",
+			Help: "Replica opens and drops that waited for another open or drop of the same shard to finish.",
+		}),
 	}
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
-		m.noticesDelivered, m.noticeFailures, m.forwarded,
+		m.noticesDelivered, m.noticeFailures, m.forwarded, m.lifecycleWaits,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -62,6 +67,14 @@ func newMetrics() *Metrics {
 // Registry is the registry every node metric is registered with; the HTTP
 // server exposes it at /metrics and other layers add their collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// watchReplicas registers the gauges read from the node's replicas.
+func (m *Metrics) watchReplicas(failed func() int) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "scope_replicas_failed",
+		Help: "Replicas on this node that stopped applying because a store write failed (retired from their groups until the node restarts).",
+	}, func() float64 { return float64(failed()) }))
+}
 
 func shardLabel(shard uint32) string { return strconv.FormatUint(uint64(shard), 10) }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -129,15 +130,29 @@ type Node struct {
 	pool    *Pool
 	metrics *Metrics
 
+	// lifecycle serializes OpenReplica and DropReplica of one shard (one
+	// mutex per shard, taken before mu): a drop deletes the replica's
+	// directory, log span and store span after it let go of mu, and an
+	// open of the same shard must not start until that is done, or it
+	// would open the dying replica's files and then lose them. Opens and
+	// drops of different shards never wait for each other.
+	lifecycle []sync.Mutex
+	hooks     testHooks
+	openSeq   atomic.Uint64 // numbers OpenReplica calls (Replica.LastOpen)
+
 	mu        sync.RWMutex
 	replicas  map[uint32]*Replica
 	forwarder Forwarder
 	closed    bool
 
 	outboxSignal chan struct{} // a replica's outbox grew
-	stop         chan struct{}
-	wg           sync.WaitGroup
-	tail         *tailHub
+	// failing marks, per shard, a replica whose store write failed and
+	// that retireFailed has yet to retire; failSignal wakes it.
+	failing    []atomic.Bool
+	failSignal chan struct{}
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	tail       *tailHub
 }
 
 // Open opens the node's store, starts the writer pool and the background
@@ -170,6 +185,9 @@ func Open(cfg Config) (*Node, error) {
 		raftLog:      rl,
 		metrics:      newMetrics(),
 		replicas:     make(map[uint32]*Replica),
+		lifecycle:    make([]sync.Mutex, cfg.Shards),
+		failing:      make([]atomic.Bool, cfg.Shards),
+		failSignal:   make(chan struct{}, 1),
 		outboxSignal: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		tail:         newTailHub(cfg.Shards),
@@ -181,9 +199,11 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.pool.Start()
-	n.wg.Add(2)
+	n.metrics.watchReplicas(n.failedReplicas)
+	n.wg.Add(3)
 	go n.deliverNotices()
 	go n.runRetention()
+	go n.retireFailed()
 	return n, nil
 }
 
@@ -205,12 +225,15 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	if shard >= n.cfg.Shards {
 		return nil, fmt.Errorf("%w: shard %d of %d", ErrNoShard, shard, n.cfg.Shards)
 	}
+	unlock := n.lockLifecycle(shard)
+	defer unlock()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
 		return nil, ErrClosed
 	}
 	if r, ok := n.replicas[shard]; ok {
+		n.noteOpen(r)
 		return r, nil
 	}
 	dir := n.replicaDir(shard)
@@ -242,7 +265,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		Timing:     n.cfg.Raft,
 		Logger:     n.logger,
 		OnApply:    n.onApply,
-		OnFail:     n.tail.failed,
+		OnFail:     n.replicaFailed,
 	})
 	if err != nil {
 		if c, ok := trans.(raft.WithClose); ok {
@@ -255,7 +278,15 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		return nil, err
 	}
 	n.replicas[shard] = r
+	n.noteOpen(r)
 	return r, nil
+}
+
+// noteOpen records an OpenReplica call that returned r (see
+// Replica.LastOpen).
+func (n *Node) noteOpen(r *Replica) {
+	r.lastOpenSeq.Store(n.openSeq.Add(1))
+	r.lastOpenAt.Store(time.Now().UnixNano())
 }
 
 // Replica returns the local replica of shard, or nil.

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -82,6 +84,16 @@ type Replica struct {
 	// heard from a leader for longer has lost it (see Lag).
 	heartbeat time.Duration
 	opened    time.Time
+
+	// lastOpen is the node-wide sequence number and time (unix ns) of the
+	// last OpenReplica call that returned this replica (see LastOpen).
+	lastOpenSeq atomic.Uint64
+	lastOpenAt  atomic.Int64
+
+	// retired: the replica failed and left its group's work (see retire).
+	retired   atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // OpenReplica opens (or creates) the replica in cfg.Dir. The replica joins
@@ -201,8 +213,48 @@ func (r *Replica) Bootstrap(servers []raft.Server) error {
 // IsLeader reports whether this replica is its group's leader.
 func (r *Replica) IsLeader() bool { return r.raft.State() == raft.Leader }
 
-// Leader returns the current leader's address and id, if known.
-func (r *Replica) Leader() (raft.ServerAddress, raft.ServerID) { return r.raft.LeaderWithID() }
+// Leader returns the current leader's address and id, if known. A retired
+// replica knows none: what its raft last saw is stale.
+func (r *Replica) Leader() (raft.ServerAddress, raft.ServerID) {
+	if r.retired.Load() {
+		return "", ""
+	}
+	return r.raft.LeaderWithID()
+}
+
+// LastOpen returns the sequence number (node-wide, increasing) and time of
+// the last OpenReplica call that returned this replica: a leader adding
+// this node to the group calls it just before AddNonvoter, so a replica
+// opened recently may be about to become a member.
+func (r *Replica) LastOpen() (seq uint64, at time.Time) {
+	return r.lastOpenSeq.Load(), time.Unix(0, r.lastOpenAt.Load())
+}
+
+// LastIndex is the index of the last entry in the replica's raft log.
+func (r *Replica) LastIndex() uint64 { return r.raft.LastIndex() }
+
+// Retired reports whether the replica failed and left its group's work.
+func (r *Replica) Retired() bool { return r.retired.Load() }
+
+// retire takes a replica whose store write failed out of its group's work.
+// Its FSM can apply nothing more, so as a leader it would commit entries
+// that it fails back to their clients, refuse every snapshot (the log grows
+// without bound), and win elections again with its up-to-date log. So a
+// leader first hands leadership to the most up-to-date follower (raft's
+// LeadershipTransfer: faster than letting the followers time out), then
+// the replica shuts its raft instance and transport down: a shut-down
+// member neither campaigns, votes nor appends, and its peers see a dead
+// member, which the group tolerates like any other. It stays in the node's
+// map, failed, until it is dropped or the node restarts (a restart
+// replays its log into the store). See docs/DECISIONS.md.
+func (r *Replica) retire() (wasLeader bool, err error) {
+	r.retired.Store(true)
+	if r.IsLeader() {
+		wasLeader = true
+		err = r.raft.LeadershipTransfer().Error()
+	}
+	return wasLeader, errors.Join(err, r.Close())
+}
 
 // Propose stamps b with this node's clock as its log time and proposes it.
 // It does not wait: the returned future resolves once the entry is
@@ -272,8 +324,15 @@ func (r *Replica) Lag() Lag {
 }
 
 // Close shuts the raft group down and closes its log. The store and the
-// transport's listener belong to the caller.
+// transport's listener belong to the caller. Close is idempotent (a
+// retired replica is closed, then closed again when dropped or when the
+// node closes); a concurrent call waits for the first.
 func (r *Replica) Close() error {
+	r.closeOnce.Do(func() { r.closeErr = r.close() })
+	return r.closeErr
+}
+
+func (r *Replica) close() error {
 	// Start the shutdown, then close the transport before waiting for it:
 	// a leader's replication goroutine can be blocked in a pipelined
 	// AppendEntries on a peer that stopped answering, and only failing its

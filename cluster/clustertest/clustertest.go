@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
@@ -34,6 +35,11 @@ type Options struct {
 	Replicas int    // default 3
 	// Verbose sends node logs to stderr.
 	Verbose bool
+	// StoreFaults puts every store on the fault seam Node.FailStore uses
+	// (an errorfs wrapper) and makes every store apply fsync its WAL: with
+	// unsynced applies pebble reports a failed WAL write by a panic that
+	// the store does not turn into store.ErrFailed.
+	StoreFaults bool
 }
 
 // Cluster is a running test cluster.
@@ -65,6 +71,7 @@ type Node struct {
 	httpAddr, raftAddr, gossipAddr string
 	stopped                        bool
 	shardReads                     shardReadFaults // slow.go
+	storeFaults                    storeFaults     // store.go
 }
 
 // Start starts opts.Nodes nodes that bootstrap together and waits until
@@ -155,6 +162,10 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ncfg.Shards = c.opts.Shards
 	ncfg.Logger = logger
 	ncfg.Store.Logger = logger
+	if c.opts.StoreFaults {
+		ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
+		ncfg.Store.Sync = true
+	}
 	ncfg.Raft.HeartbeatTimeout = 300 * time.Millisecond
 	ncfg.Raft.ElectionTimeout = 300 * time.Millisecond
 	ncfg.Raft.LeaderLeaseTimeout = 150 * time.Millisecond
@@ -208,6 +219,9 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ccfg.Replicas = c.opts.Replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.ReconcileInterval = 200 * time.Millisecond
+	// Loopback calls return in milliseconds: a leader's open-then-add takes
+	// far less than this, and tests need not wait the default 30 s.
+	ccfg.OrphanGrace = 2 * time.Second
 	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)

@@ -175,9 +175,20 @@ func (x *ReplicaStatusRequest) GetShard() uint32 {
 type ReplicaStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when this node has no replica of the shard.
-	Exists        bool   `protobuf:"varint,1,opt,name=exists,proto3" json:"exists,omitempty"`
-	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Leader        bool   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	Exists       bool   `protobuf:"varint,1,opt,name=exists,proto3" json:"exists,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Leader       bool   `protobuf:"varint,3,opt,name=leader,proto3" json:"leader,omitempty"`
+	// The replica stopped applying because a store write failed: it no
+	// longer takes part in its group (it neither leads, votes nor appends)
+	// and serves no reads until its node restarts.
+	Failed bool `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	// The servers of the replica's latest raft configuration (possibly not
+	// yet committed). hashicorp/raft does not expose that configuration's
+	// index (GetConfiguration reports 0), so none is sent.
+	Members []string `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
+	// The replica's raft commit index. A leader's latest configuration
+	// supersedes every configuration held in entries up to it.
+	CommitIndex   uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,6 +242,27 @@ func (x *ReplicaStatusResponse) GetLeader() bool {
 		return x.Leader
 	}
 	return false
+}
+
+func (x *ReplicaStatusResponse) GetFailed() bool {
+	if x != nil {
+		return x.Failed
+	}
+	return false
+}
+
+func (x *ReplicaStatusResponse) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *ReplicaStatusResponse) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
 }
 
 type DropReplicaRequest struct {
@@ -1031,11 +1063,14 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x13OpenReplicaResponse\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\",\n" +
 	"\x14ReplicaStatusRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"l\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xc7\x01\n" +
 	"\x15ReplicaStatusResponse\x12\x16\n" +
 	"\x06exists\x18\x01 \x01(\bR\x06exists\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x16\n" +
-	"\x06leader\x18\x03 \x01(\bR\x06leader\"I\n" +
+	"\x06leader\x18\x03 \x01(\bR\x06leader\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\bR\x06failed\x12\x18\n" +
+	"\amembers\x18\x06 \x03(\tR\amembers\x12!\n" +
+	"\fcommit_index\x18\a \x01(\x04R\vcommitIndexJ\x04\b\x05\x10\x06\"I\n" +
 	"\x12DropReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
 	"\n" +

@@ -1,0 +1,15 @@
+package node
+
+import dto "github.com/prometheus/client_model/go"
+
+// SetDropHook makes DropReplica call hook after the replica closed and
+// before its data is deleted.
+func SetDropHook(n *Node, hook func(shard uint32)) { n.hooks.dropClosed = hook }
+
+// LifecycleWaits is how many opens and drops waited for another of the same
+// shard.
+func LifecycleWaits(n *Node) float64 {
+	var m dto.Metric
+	_ = n.metrics.lifecycleWaits.Write(&m)
+	return m.GetCounter().GetValue()
+}
