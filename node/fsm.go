@@ -35,7 +35,11 @@ func decodeEntry(data []byte) (correlate.Batch, error) {
 // the replica that proposed it.
 type ApplyResult struct {
 	Counters correlate.Counters
-	Err      error // the entry could not be applied (and was skipped on every replica)
+	// Duplicates are the indexes, in the entry's events, of the events the
+	// shard did not store because it had applied their ids already (nil
+	// when every event was stored): the ingest response counts them.
+	Duplicates []int
+	Err        error // the entry could not be applied (and was skipped on every replica)
 }
 
 // shardFSM is one shard's raft.BatchingFSM: committed entries go through
@@ -64,6 +68,8 @@ type shardFSM struct {
 	applied uint64
 	totals  correlate.Counters
 	failed  error // a store write failed: the replica must stop
+
+	ids []correlate.EventID // scratch: the entry's event ids before Apply
 }
 
 func newShardFSM(shard uint32, st *store.Store, cfg correlate.Config, logger *slog.Logger) (*shardFSM, error) {
@@ -131,12 +137,16 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 			continue
 		}
 		b.Index = l.Index
+		f.ids = f.ids[:0]
+		for j := range b.Events {
+			f.ids = append(f.ids, b.Events[j].ID)
+		}
 		res := f.corr.Apply(b)
 		mergeResult(&merged, &res)
 		if len(res.Events) > 0 {
 			spans = append(spans, EntrySpan{Index: l.Index, End: len(merged.Events)})
 		}
-		resp[i] = ApplyResult{Counters: res.Counters}
+		resp[i] = ApplyResult{Counters: res.Counters, Duplicates: droppedEvents(f.ids, res.Events)}
 	}
 	if merged.Index == 0 {
 		return resp
@@ -160,6 +170,30 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		f.onApply(&merged, spans)
 	}
 	return resp
+}
+
+// droppedEvents returns the indexes in ids (an entry's event ids, in entry
+// order) of the events Apply did not keep (kept: its Result.Events), nil
+// when it kept them all. Ids are matched with multiplicity: of two events
+// with one id, the first is taken as the kept one (the correlator keeps the
+// first in its per-process seq order, which is entry order for equal events).
+func droppedEvents(ids []correlate.EventID, kept []correlate.Event) []int {
+	if len(kept) == len(ids) {
+		return nil
+	}
+	left := make(map[correlate.EventID]int, len(kept)) // bounded by the entry
+	for i := range kept {
+		left[kept[i].ID]++
+	}
+	var out []int
+	for i, id := range ids {
+		if left[id] > 0 {
+			left[id]--
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
 }
 
 // EntrySpan marks where one raft entry's events end in a merged Result:
