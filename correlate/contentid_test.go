@@ -2,6 +2,7 @@ package correlate
 
 import (
 	"errors"
+	"strconv"
 	"testing"
 )
 
@@ -70,5 +71,18 @@ func TestCheckRepeatedIDs(t *testing.T) {
 	var fe *FieldError
 	if !errors.As(err, &fe) || fe.Index != 2 || fe.Field != "event_id" || !errors.Is(err, ErrInvalid) {
 		t.Fatalf("one id for two events: %v, want a FieldError for event 2's event_id", err)
+	}
+}
+
+func BenchmarkContentID(b *testing.B) {
+	for _, size := range []int{64, 1024, 4096} {
+		e := contentEvent()
+		e.Payload = string(make([]byte, size))
+		b.Run("payload="+strconv.Itoa(size), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = ContentID(&e)
+			}
+		})
 	}
 }
