@@ -2,12 +2,14 @@ package rpc_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/elixirscope/scope/correlate"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/rpctest"
 )
@@ -143,6 +145,20 @@ func TestGetEventReportsAnIDStoredOnTwoShards(t *testing.T) {
 		if err != nil || r.Msg.GetEvent().GetPid() != p.Pid || r.Msg.GetEvent().GetTimestampNs() != p.TimestampNs {
 			t.Fatalf("GetEvent with process %s: %v %v", p.Pid, r, err)
 		}
+	}
+	// A process on a's shard that has no event with the id: not found,
+	// rather than a's event.
+	for i := 2; ; i++ {
+		c := correlate.Process{Origin: a.Origin, PID: fmt.Sprintf("<0.%d.1>", i)}
+		if correlate.ShardOf(c.Origin, c.PID, shards) != correlate.ShardOf(a.Origin, a.PID, shards) {
+			continue
+		}
+		_, err := n.Query.GetEvent(ctx, connect.NewRequest(&scopev1.GetEventRequest{EventId: ea.EventId,
+			Origin: c.Origin, Pid: c.PID}))
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Fatalf("GetEvent with a process that has no event with the id: %v, want NOT_FOUND", err)
+		}
+		break
 	}
 	if got := metricValue(t, n, "scope_rpc_event_id_conflicts_total"); got != 1 {
 		t.Fatalf("scope_rpc_event_id_conflicts_total = %v, want 1", got)

@@ -81,14 +81,21 @@ type located struct {
 
 // find reads event id from the process's shard when hint is set, else from
 // every shard. NOT_FOUND only when every asked shard answered and none has
-// it; a shard that failed makes the answer unknown (its error), unless the
-// event was found elsewhere.
+// it (with a hint: none has it for that process); a shard that failed makes
+// the answer unknown (its error), unless the event was found elsewhere. An
+// id several shards have is ErrEventIDConflict (see lookup).
 func (s *Server) find(ctx context.Context, procedure string, id correlate.EventID, hint *correlate.Process, c Consistency) (located, error) {
 	shards := s.planner.allShards()
 	if hint != nil {
 		shards = []uint32{correlate.ShardOf(hint.Origin, hint.PID, s.planner.shards)}
 	}
 	found, failures := s.lookup(ctx, id, shards, c)
+	if found != nil && hint != nil && found.e.Process() != *hint {
+		// The process's shard has the id for another of its processes:
+		// this process has no event with it.
+		return located{}, connect.NewError(connect.CodeNotFound, fmt.Errorf("event_id %s: no event of origin %q pid %q (the id names an event of pid %q)",
+			id, hint.Origin, hint.PID, found.e.PID))
+	}
 	if found != nil {
 		return *found, nil
 	}
