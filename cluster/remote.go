@@ -201,58 +201,63 @@ const (
 	maxForwardBackoff  = 500 * time.Millisecond
 )
 
-func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
+func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) (int, error) {
 	backoff := 25 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := f.forwardOnce(ctx, shard, events, d)
+		dups, err := f.forwardOnce(ctx, shard, events, d)
 		if err == nil || attempt == maxForwardAttempts ||
 			!(errors.Is(err, ErrNoLeader) || errors.Is(err, node.ErrNotLeader)) {
-			return err
+			return dups, err
 		}
 		f.c.metrics.forwardRetries.Inc()
 		select {
 		case <-ctx.Done():
-			return err
+			return 0, err
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, maxForwardBackoff)
 	}
 }
 
-func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
+// forwardOnce makes one attempt; dups is the leader's count of events it
+// had stored already.
+func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) (dups int, _ error) {
 	_, addr, err := f.c.leaderOf(shard)
 	if err != nil {
 		if f.c.node.Replica(shard) != nil {
 			// Hosted here, but no leader known: an election, or this node
 			// is cut off from the others. Not "not hosted".
-			return fmt.Errorf("%w: %w", &node.NotLeaderError{Shard: shard}, err)
+			return 0, fmt.Errorf("%w: %w", &node.NotLeaderError{Shard: shard}, err)
 		}
-		return fmt.Errorf("%w: %w", node.ErrNoShard, err)
+		return 0, fmt.Errorf("%w: %w", node.ErrNoShard, err)
 	}
 	req := connect.NewRequest(&scopev1.IngestRequest{Events: rpc.EventsToProto(events), Durability: durabilityToProto(d)})
 	req.Header().Set(rpc.ForwardedHeader, f.c.cfg.Name)
 	err = f.c.peers.call(ctx, addr, func(ctx context.Context, c *peer) error {
-		_, err := c.ingest.Ingest(ctx, req)
+		resp, err := c.ingest.Ingest(ctx, req)
+		if err == nil {
+			dups = int(resp.Msg.GetDuplicates())
+		}
 		return err
 	})
 	if err == nil {
 		f.c.metrics.forwards.Inc()
-		return nil
+		return dups, nil
 	}
 	f.c.metrics.forwardFailures.Inc()
 	var ce *connect.Error
 	if errors.As(err, &ce) {
 		switch ce.Code() {
 		case connect.CodeResourceExhausted:
-			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrFull, shard, addr, ce.Message())
+			return 0, fmt.Errorf("%w: shard %d at %s: %s", node.ErrFull, shard, addr, ce.Message())
 		case connect.CodeDeadlineExceeded:
-			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrTimeout, shard, addr, ce.Message())
+			return 0, fmt.Errorf("%w: shard %d at %s: %s", node.ErrTimeout, shard, addr, ce.Message())
 		case connect.CodeInvalidArgument:
 			// Validated here already: a disagreement between versions.
-			return fmt.Errorf("cluster: shard %d leader %s refused forwarded events: %s", shard, addr, ce.Message())
+			return 0, fmt.Errorf("cluster: shard %d leader %s refused forwarded events: %s", shard, addr, ce.Message())
 		}
 	}
-	return &node.NotLeaderError{Shard: shard, LeaderAddr: addr}
+	return 0, &node.NotLeaderError{Shard: shard, LeaderAddr: addr}
 }
 
 func durabilityToProto(d node.Durability) scopev1.Durability {

@@ -35,7 +35,11 @@ func decodeEntry(data []byte) (correlate.Batch, error) {
 // the replica that proposed it.
 type ApplyResult struct {
 	Counters correlate.Counters
-	Err      error // the entry could not be applied (and was skipped on every replica)
+	// Duplicates are the indexes, in the entry's events, of the events the
+	// shard did not store because it had applied their ids already (nil
+	// when every event was stored): the ingest response counts them.
+	Duplicates []int
+	Err        error // the entry could not be applied (and was skipped on every replica)
 }
 
 // shardFSM is one shard's raft.BatchingFSM: committed entries go through
@@ -77,6 +81,9 @@ type shardFSM struct {
 	// the entry's events so far; bounded by one entry's events).
 	found    []bool
 	entryIDs map[bucketID]struct{}
+	// ids is scratch: the entry's event ids as logged, before the screen
+	// and the correlator drop any (ApplyResult.Duplicates).
+	ids []correlate.EventID
 }
 
 // segment is consecutive entries of one ApplyBatch call merged into one
@@ -224,13 +231,17 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 			continue
 		}
 		b.Index = l.Index
+		f.ids = f.ids[:0]
+		for j := range b.Events {
+			f.ids = append(f.ids, b.Events[j].ID)
+		}
 		screened, err := f.screen(&b)
 		if err != nil {
 			return f.fail(resp, err)
 		}
 		res := f.corr.Apply(b)
 		res.Counters.Add(screened)
-		resp[i] = ApplyResult{Counters: res.Counters}
+		resp[i] = ApplyResult{Counters: res.Counters, Duplicates: droppedEvents(f.ids, res.Events)}
 		if res.Retention != nil || f.seg.refersTo(res.Events) {
 			// Write what precedes this entry on its own.
 			f.seg.res.Index = l.Index - 1
@@ -365,6 +376,30 @@ func (f *shardFSM) failAll(resp []any) []any {
 		resp[i] = ApplyResult{Err: f.failed}
 	}
 	return resp
+}
+
+// droppedEvents returns the indexes in ids (an entry's event ids, in entry
+// order) of the events Apply did not keep (kept: its Result.Events), nil
+// when it kept them all. Ids are matched with multiplicity: of two events
+// with one id, the first is taken as the kept one (the correlator keeps the
+// first in its per-process seq order, which is entry order for equal events).
+func droppedEvents(ids []correlate.EventID, kept []correlate.Event) []int {
+	if len(kept) == len(ids) {
+		return nil
+	}
+	left := make(map[correlate.EventID]int, len(kept)) // bounded by the entry
+	for i := range kept {
+		left[kept[i].ID]++
+	}
+	var out []int
+	for i, id := range ids {
+		if left[id] > 0 {
+			left[id]--
+			continue
+		}
+		out = append(out, i)
+	}
+	return out
 }
 
 // EntrySpan marks where one raft entry's events end in a merged Result:

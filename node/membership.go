@@ -18,9 +18,11 @@ import (
 
 // Forwarder sends a shard's part of an ingest request to the node that
 // leads the shard, and waits per the durability asked for. It returns nil
-// once the leader acknowledged every event, or the leader's error.
+// once the leader acknowledged every event, or the leader's error; dups is
+// how many of the events the leader reported as duplicates (already stored,
+// not stored again).
 type Forwarder interface {
-	Forward(ctx context.Context, shard uint32, events []correlate.Event, d Durability) error
+	Forward(ctx context.Context, shard uint32, events []correlate.Event, d Durability) (dups int, err error)
 }
 
 // SetForwarder installs the cluster's forwarder: Ingest hands it the parts

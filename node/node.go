@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/oklog/ulid/v2"
 
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/store"
@@ -347,11 +346,20 @@ func (n *Node) WaitLeaders(ctx context.Context) error {
 }
 
 // ShardResult is the outcome of one shard's part of an ingest request.
+// Events = Repeats + the part handed to the shard; when Err is nil the part
+// is Accepted + Duplicates.
 type ShardResult struct {
 	Shard    uint32
-	Events   int   // events of the request for this shard
-	Accepted int   // events acknowledged (per the durability asked for)
-	Err      error // why the shard's part was refused or failed (nil if accepted)
+	Events   int // events of the request for this shard, repeats included
+	Accepted int // events acknowledged (per the durability asked for), duplicates excluded
+	// Repeats are events whose id an earlier event of the request already
+	// had (the same event twice): not handed to the shard, they share the
+	// first one's outcome.
+	Repeats int
+	// Duplicates are events of the part the shard did not store because it
+	// had applied their ids already (known under Committed only).
+	Duplicates int
+	Err        error // why the shard's part was refused or failed (nil if accepted)
 }
 
 // IngestResult is the outcome of an ingest request.
@@ -360,31 +368,46 @@ type IngestResult struct {
 	Shards []ShardResult       // in shard order
 }
 
-// Accepted counts events acknowledged over all shards.
+// Accepted counts events acknowledged over all shards, and those that
+// were not (refused or of unknown outcome); duplicates and repeats of a
+// shard that succeeded are neither.
 func (r *IngestResult) Accepted() (accepted, refused int) {
 	for _, s := range r.Shards {
 		accepted += s.Accepted
-		refused += s.Events - s.Accepted
+		if s.Err != nil {
+			refused += s.Events - s.Accepted
+		}
 	}
 	return accepted, refused
 }
 
-// Ingest assigns missing event ids, normalises the events, splits them by
-// shard and hands each shard's part to its ring buffer, all or nothing per
-// shard. With Committed it then waits (bounded by ctx and CommitTimeout)
-// until each part is committed and applied. The caller has validated the
-// events (correlate.Validate). events is modified in place.
+// Ingest assigns missing event ids (correlate.ContentID: a resend of the
+// same event gets the same id), normalises the events, splits them by shard
+// and hands each shard's part to its ring buffer, all or nothing per shard.
+// An event whose id an earlier event of the request had is a repeat: it is
+// not handed over again (ShardResult.Repeats). With Committed it then waits
+// (bounded by ctx and CommitTimeout) until each part is committed and
+// applied. The caller has validated the events (correlate.Validate) and
+// refused an id naming two different events (correlate.CheckRepeatedIDs).
+// events is modified in place.
 func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durability) IngestResult {
 	res := IngestResult{IDs: make([]correlate.EventID, len(events))}
 	byShard := make(map[uint32][]correlate.Event)
+	repeats := make(map[uint32]int)
+	seen := make(map[correlate.EventID]uint32, len(events)) // id → its shard; bounded by the request
 	for i := range events {
 		e := &events[i]
 		if e.ID.IsZero() {
-			e.ID = ulid.Make()
+			e.ID = correlate.ContentID(e) // before Normalize: the client's content
+		}
+		res.IDs[i] = e.ID
+		if shard, ok := seen[e.ID]; ok {
+			repeats[shard]++
+			continue
 		}
 		correlate.Normalize(e, n.cfg.Correlator.Limits)
 		e.Shard = correlate.ShardOf(e.Origin, e.PID, n.cfg.Shards)
-		res.IDs[i] = e.ID
+		seen[e.ID] = e.Shard
 		byShard[e.Shard] = append(byShard[e.Shard], *e)
 	}
 	shards := make([]uint32, 0, len(byShard))
@@ -400,7 +423,7 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 	res.Shards = make([]ShardResult, len(shards))
 	for i, shard := range shards {
 		part := byShard[shard]
-		res.Shards[i] = ShardResult{Shard: shard, Events: len(part)}
+		res.Shards[i] = ShardResult{Shard: shard, Events: len(part) + repeats[shard], Repeats: repeats[shard]}
 		r := n.Replica(shard)
 		if r == nil || !r.IsLeader() {
 			forwarded[i] = true
@@ -416,6 +439,16 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			res.Shards[i].Accepted = len(part)
 		}
 	}
+	// settle records a part's outcome: on success, what the shard stored
+	// and what it already had.
+	settle := func(i, dups int, err error) {
+		if err != nil {
+			res.Shards[i].Err = err
+			return
+		}
+		res.Shards[i].Duplicates = dups
+		res.Shards[i].Accepted = len(byShard[shards[i]]) - dups
+	}
 	// Parts for shards led elsewhere go to their leaders, concurrently,
 	// while the local parts commit.
 	var fwd sync.WaitGroup
@@ -424,11 +457,8 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			fwd.Add(1)
 			go func() {
 				defer fwd.Done()
-				if err := n.forward(ctx, shard, byShard[shard], d); err != nil {
-					res.Shards[i].Err = err
-				} else {
-					res.Shards[i].Accepted = res.Shards[i].Events
-				}
+				dups, err := n.forward(ctx, shard, byShard[shard], d)
+				settle(i, dups, err)
 			}()
 		}
 	}
@@ -439,19 +469,15 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			}
 			select {
 			case <-t.Done():
-				err := t.Err()
+				dups, err := t.Duplicates(), t.Err()
 				if errors.Is(err, ErrNotLeader) && !isForwarded(ctx) {
 					// Leadership moved while the part was in flight (an
 					// election or a balancing transfer): hand it to the new
 					// leader. Safe even if the lost proposal commits after
 					// all: the shard drops events whose ids it has applied.
-					err = n.forward(ctx, shards[i], byShard[shards[i]], d)
+					dups, err = n.forward(ctx, shards[i], byShard[shards[i]], d)
 				}
-				if err != nil {
-					res.Shards[i].Err = err
-				} else {
-					res.Shards[i].Accepted = res.Shards[i].Events
-				}
+				settle(i, dups, err)
 			case <-ctx.Done():
 				res.Shards[i].Err = fmt.Errorf("%w: shard %d: not committed within the deadline: %w",
 					ErrTimeout, res.Shards[i].Shard, ctx.Err())
@@ -466,18 +492,19 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 }
 
 // forward hands a shard's part to its leader on another node, unless the
-// request was forwarded here already or no forwarder is installed.
-func (n *Node) forward(ctx context.Context, shard uint32, events []correlate.Event, d Durability) error {
+// request was forwarded here already or no forwarder is installed. dups is
+// how many of the events the shard had stored already (Committed only).
+func (n *Node) forward(ctx context.Context, shard uint32, events []correlate.Event, d Durability) (dups int, err error) {
 	n.mu.RLock()
 	f := n.forwarder
 	n.mu.RUnlock()
 	r := n.Replica(shard)
 	if f == nil || isForwarded(ctx) {
 		if r == nil {
-			return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+			return 0, fmt.Errorf("%w: shard %d", ErrNoShard, shard)
 		}
 		addr, id := r.Leader()
-		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+		return 0, &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
 	n.metrics.forwarded.Add(float64(len(events)))
 	return f.Forward(ctx, shard, events, d)
@@ -508,6 +535,12 @@ func (f raftFuture) Wait() error {
 		return ar.Err
 	}
 	return nil
+}
+
+// Duplicates implements DuplicateReporter: read once Wait returned nil.
+func (f raftFuture) Duplicates() []int {
+	ar, _ := f.f.Response().(ApplyResult)
+	return ar.Duplicates
 }
 
 type failedFuture struct{ err error }

@@ -122,8 +122,9 @@ func mustIngest(t *testing.T, n *node.Node, d node.Durability, events ...correla
 	t.Helper()
 	res := n.Ingest(context.Background(), events, d)
 	for _, s := range res.Shards {
-		if s.Err != nil || s.Accepted != s.Events {
-			t.Fatalf("shard %d: accepted %d of %d: %v", s.Shard, s.Accepted, s.Events, s.Err)
+		if s.Err != nil || s.Accepted+s.Duplicates+s.Repeats != s.Events {
+			t.Fatalf("shard %d: accepted %d (duplicates %d, repeats %d) of %d: %v", s.Shard, s.Accepted,
+				s.Duplicates, s.Repeats, s.Events, s.Err)
 		}
 	}
 	return res
@@ -234,7 +235,9 @@ func TestIngestIsIdempotent(t *testing.T) {
 	ids := mustIngest(t, n.Node, node.Committed, batch...).IDs
 	again := []correlate.Event{call("a@h", "<0.1.0>", "m", "f", 1), ret("a@h", "<0.1.0>", "m", "f", 2)}
 	again[0].ID, again[1].ID = ids[0], ids[1]
-	mustIngest(t, n.Node, node.Committed, again...)
+	if res := mustIngest(t, n.Node, node.Committed, again...); res.Shards[0].Duplicates != 2 || res.Shards[0].Accepted != 0 {
+		t.Fatalf("resend: %+v, want both events reported as duplicates", res.Shards)
+	}
 
 	shard := correlate.ShardOf("a@h", "<0.1.0>", 2)
 	page, err := n.Store().Events(shard, store.Query{FromNs: -1 << 63, ToNs: 1<<63 - 1, Limit: 100})

@@ -15,6 +15,7 @@ import (
 type Ticket struct {
 	n         int
 	remaining atomic.Int64
+	dups      atomic.Int64 // events the shard had applied already (see Duplicates)
 	done      chan struct{}
 
 	mu  sync.Mutex
@@ -48,6 +49,11 @@ func (t *Ticket) Err() error {
 	defer t.mu.Unlock()
 	return t.err
 }
+
+// Duplicates is how many of the ticket's committed events the shard did
+// not store because it had applied their ids already, as reported by the
+// proposals' futures (DuplicateReporter). Read it once Done is closed.
+func (t *Ticket) Duplicates() int { return int(t.dups.Load()) }
 
 // Wait blocks until the ticket resolves (its Err) or ctx is done (ctx.Err();
 // the events may still commit).
@@ -108,5 +114,24 @@ func runsOf(items []poolItem) []ticketRun {
 func resolveRuns(runs []ticketRun, err error) {
 	for _, r := range runs {
 		r.t.resolve(r.n, err)
+	}
+}
+
+// attributeDuplicates charges each ticket of a committed proposal with its
+// events the shard did not store: dups are indexes into the proposal's
+// events, ascending. Called before the runs are resolved, so a ticket's
+// count is final when it is Done.
+func attributeDuplicates(runs []ticketRun, dups []int) {
+	start := 0
+	for _, r := range runs {
+		n := 0
+		for len(dups) > 0 && dups[0] < start+r.n {
+			n++
+			dups = dups[1:]
+		}
+		start += r.n
+		if n > 0 {
+			r.t.dups.Add(int64(n))
+		}
 	}
 }

@@ -386,6 +386,9 @@ func (p *Pool) complete(sh *poolShard) {
 		switch {
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
+			if dr, ok := pr.f.(DuplicateReporter); ok {
+				attributeDuplicates(pr.runs, dr.Duplicates())
+			}
 			resolveRuns(pr.runs, nil)
 		case !errors.Is(err, ErrNotLeader) && pr.attempts < p.cfg.Retry.MaxAttempts &&
 			sh.scheduleRetry(pr, time.Now().Add(p.cfg.Retry.backoff(pr.attempts))):

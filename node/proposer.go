@@ -39,6 +39,15 @@ type ProposalFuture interface {
 	Wait() error
 }
 
+// DuplicateReporter is implemented by a ProposalFuture that knows, once
+// Wait returned nil, which of the proposal's events the shard did not store
+// because it had applied their ids already: their indexes in the proposed
+// events, ascending. The pool charges them to the events' tickets
+// (Ticket.Duplicates). The returned slice is owned by the caller.
+type DuplicateReporter interface {
+	Duplicates() []int
+}
+
 // ProposerFunc adapts a function to the Proposer interface.
 type ProposerFunc func(shard uint32, events []correlate.Event) ProposalFuture
 

@@ -64,7 +64,7 @@ func EventFromProto(p *scopev1.Event) (correlate.Event, error) {
 		parsed, err := correlate.ParseEventID(s)
 		if err != nil {
 			return correlate.Event{}, fieldError("event_id", s,
-				"must be a 26-character ULID in Crockford base32, or empty to have one assigned")
+				"must be a 26-character ULID in Crockford base32, or empty (or all zeros) to have one derived from the event")
 		}
 		id = parsed
 	}

@@ -25,6 +25,10 @@ var (
 	// ErrInvalidRequest: a request field is missing or out of range; the
 	// error names the field, the value and what is allowed.
 	ErrInvalidRequest = errors.New("rpc: invalid request")
+	// ErrEventIDConflict: one event id names stored events of different
+	// processes, on different shards (FAILED_PRECONDITION); the error names
+	// them, and the caller chooses one by passing origin and pid.
+	ErrEventIDConflict = errors.New("rpc: event id names several stored events")
 )
 
 // leaderHeader carries the known leader of a shard on UNAVAILABLE errors
@@ -44,6 +48,8 @@ func codeOf(err error) connect.Code {
 		return connect.CodeInvalidArgument
 	case errors.Is(err, store.ErrNotFound):
 		return connect.CodeNotFound
+	case errors.Is(err, ErrEventIDConflict):
+		return connect.CodeFailedPrecondition
 	case errors.Is(err, node.ErrFull), errors.Is(err, store.ErrScanLimit), errors.Is(err, node.ErrTooManySubscribers):
 		return connect.CodeResourceExhausted
 	case errors.Is(err, node.ErrTimeout), errors.Is(err, context.DeadlineExceeded):

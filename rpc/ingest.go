@@ -50,6 +50,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 	add := func(r *scopev1.IngestResponse) {
 		sum.Accepted += r.GetAccepted()
 		sum.Refused += r.GetRefused()
+		sum.Duplicates += r.GetDuplicates()
 		sum.Durability = r.GetDurability()
 		for _, sr := range r.GetShards() {
 			acc, ok := byShard[sr.GetShard()]
@@ -60,6 +61,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 			acc.Committed += sr.GetCommitted()
 			acc.Accepted += sr.GetAccepted()
 			acc.Refused += sr.GetRefused()
+			acc.Duplicates += sr.GetDuplicates()
 			acc.Leader = sr.GetLeader()
 			if sr.GetErrorCode() != "" {
 				acc.ErrorCode, acc.ErrorMessage = sr.GetErrorCode(), sr.GetErrorMessage()
@@ -147,6 +149,13 @@ func (s *Server) ingest(ctx context.Context, proc string, req *scopev1.IngestReq
 			return nil, s.fail(proc, err)
 		}
 	}
+	if err := correlate.CheckRepeatedIDs(events); err != nil {
+		var fe *correlate.FieldError
+		if errors.As(err, &fe) {
+			return nil, s.fail(proc, eventFieldError(fe.Index, fe))
+		}
+		return nil, s.fail(proc, err)
+	}
 	if n == 0 {
 		return &scopev1.IngestResponse{Durability: durability}, nil
 	}
@@ -174,7 +183,10 @@ func eventFieldError(i int, fe *correlate.FieldError) error {
 // commit wait timed out (or failed after its events were buffered) has an
 // unknown outcome: its events count as accepted, not committed, not
 // refused. Refused are the events the shard never took (full buffer, no
-// leader, no replica, closing).
+// leader, no replica, closing). A repeat of an event earlier in the request
+// shares that event's outcome: a duplicate when the shard took the part,
+// refused or unknown with it otherwise. So each shard's events are exactly
+// committed (or accepted) + duplicates, or refused, or unknown.
 func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (*scopev1.IngestResponse, []node.ShardResult) {
 	resp := &scopev1.IngestResponse{EventIds: make([]string, len(res.IDs)), Durability: d,
 		Shards: make([]*scopev1.ShardResult, len(res.Shards))}
@@ -187,8 +199,10 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 		switch {
 		case sr.Err == nil && d == scopev1.Durability_DURABILITY_ACCEPTED:
 			out.Accepted = uint32(sr.Accepted)
+			out.Duplicates = uint32(sr.Repeats + sr.Duplicates)
 		case sr.Err == nil:
 			out.Committed, out.Accepted = uint32(sr.Accepted), uint32(sr.Accepted)
+			out.Duplicates = uint32(sr.Repeats + sr.Duplicates)
 		case refusedBy(sr.Err):
 			out.Refused = uint32(sr.Events)
 		default:
@@ -216,6 +230,7 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 			resp.Accepted += out.Committed
 		}
 		resp.Refused += out.Refused
+		resp.Duplicates += out.Duplicates
 	}
 	return resp, failed
 }

@@ -156,10 +156,11 @@ func TestIngestIsIdempotent(t *testing.T) {
 		p := correlate.Process{Origin: "app@h", PID: "<0." + string(rune('a'+i%5)) + ".0>"}
 		events = append(events, ev(p, scopev1.Kind_KIND_STATE_CHANGE, int64(100+i)))
 	}
-	for range 2 {
+	// The resend stores nothing and says so: every event is a duplicate.
+	for i, want := range [][2]uint32{{20, 0}, {0, 20}} {
 		r, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events}))
-		if err != nil || r.Msg.GetAccepted() != 20 {
-			t.Fatalf("ingest: %v %v", r, err)
+		if err != nil || r.Msg.GetAccepted() != want[0] || r.Msg.GetDuplicates() != want[1] {
+			t.Fatalf("send %d: %v %v, want accepted %d, duplicates %d", i, r, err, want[0], want[1])
 		}
 	}
 	if got := storedEvents(t, n); got != 20 {

@@ -22,6 +22,7 @@ type metrics struct {
 	tailReplans      prometheus.Counter
 	tailDropped      prometheus.Counter
 	tailGaps         prometheus.Counter
+	eventIDConflicts prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -68,6 +69,10 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "scope_rpc_tail_gaps_total",
 			Help: "Tail shards resumed on a replica that had applied past the last sent event (reported as Lagged).",
 		}),
+		eventIDConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_event_id_conflicts_total",
+			Help: "Lookups by event id that found the id stored on several shards (one id reused for another process's event); answered FAILED_PRECONDITION.",
+		}),
 	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
@@ -99,6 +104,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.tailGaps, err = register(reg, m.tailGaps)
+	}
+	if err == nil {
+		m.eventIDConflicts, err = register(reg, m.eventIDConflicts)
 	}
 	return m, err
 }

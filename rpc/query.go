@@ -1,8 +1,12 @@
 package rpc
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -77,16 +81,28 @@ type located struct {
 
 // find reads event id from the process's shard when hint is set, else from
 // every shard. NOT_FOUND only when every asked shard answered and none has
-// it; a shard that failed makes the answer unknown (its error), unless the
-// event was found elsewhere.
+// it (with a hint: none has it for that process); a shard that failed makes
+// the answer unknown (its error), unless the event was found elsewhere. An
+// id several shards have is ErrEventIDConflict (see lookup).
 func (s *Server) find(ctx context.Context, procedure string, id correlate.EventID, hint *correlate.Process, c Consistency) (located, error) {
 	shards := s.planner.allShards()
 	if hint != nil {
 		shards = []uint32{correlate.ShardOf(hint.Origin, hint.PID, s.planner.shards)}
 	}
 	found, failures := s.lookup(ctx, id, shards, c)
+	if found != nil && hint != nil && found.e.Process() != *hint {
+		// The process's shard has the id for another of its processes:
+		// this process has no event with it.
+		return located{}, connect.NewError(connect.CodeNotFound, fmt.Errorf("event_id %s: no event of origin %q pid %q (the id names an event of pid %q)",
+			id, hint.Origin, hint.PID, found.e.PID))
+	}
 	if found != nil {
 		return *found, nil
+	}
+	for _, f := range failures {
+		if errors.Is(f.err, ErrEventIDConflict) {
+			return located{}, f.err
+		}
 	}
 	if _, err := s.planner.settle(procedure, failures, false); err != nil {
 		return located{}, err
@@ -96,8 +112,15 @@ func (s *Server) find(ctx context.Context, procedure string, id correlate.EventI
 
 // lookup asks shards for event id. found is nil when no shard that
 // answered has it; failures lists the shards that did not answer.
+//
+// An id names one event, but a shard cannot see another shard's ids: a
+// client that reuses an id for another process's event has it stored on
+// both shards (docs/DECISIONS.md). lookup never picks one of them: when
+// more than one shard has the id, found is nil and failures holds one
+// ErrEventIDConflict naming every copy (and the conflict is counted).
 func (s *Server) lookup(ctx context.Context, id correlate.EventID, shards []uint32, c Consistency) (found *located, failures []shardFailure) {
 	var mu sync.Mutex
+	var hits []located
 	failures = s.planner.each(ctx, shards, c, func(ctx context.Context, r ShardReader, shard uint32) error {
 		e, err := r.Get(ctx, shard, id)
 		if errors.Is(err, store.ErrNotFound) {
@@ -107,14 +130,25 @@ func (s *Server) lookup(ctx context.Context, id correlate.EventID, shards []uint
 			return err
 		}
 		mu.Lock()
-		found = &located{e: e, shard: shard}
+		hits = append(hits, located{e: e, shard: shard})
 		mu.Unlock()
 		return nil
 	})
-	if found != nil {
-		failures = nil
+	switch {
+	case len(hits) == 1:
+		return &hits[0], nil
+	case len(hits) > 1:
+		s.metrics.eventIDConflicts.Inc()
+		slices.SortFunc(hits, func(a, b located) int { return cmp.Compare(a.shard, b.shard) })
+		copies := make([]string, len(hits))
+		for i, h := range hits {
+			copies[i] = fmt.Sprintf("shard %d: origin %q pid %q", h.shard, h.e.Origin, h.e.PID)
+		}
+		err := fmt.Errorf("%w: event_id %s: %d stored events (%s); pass origin and pid to choose one",
+			ErrEventIDConflict, id, len(hits), strings.Join(copies, "; "))
+		return nil, []shardFailure{{shard: hits[1].shard, err: err}}
 	}
-	return found, failures
+	return nil, failures
 }
 
 // peerLinks adds the links of a SEND (DELIVERED_TO) or SPAWN (SPAWNED)

@@ -100,6 +100,19 @@ func TestClusterFormsAndAnswersEverywhere(t *testing.T) {
 	sendID := ingest(t, c.Nodes[0], send)[0]
 	recvID := ingest(t, c.Nodes[1], recv)[0]
 	want = append(want, sendID, recvID)
+
+	// A resend through every node (forwarded where the node does not lead
+	// the shard) stores nothing and is reported as duplicates: the clients
+	// set no ids, the ids derive from the content.
+	for _, n := range c.Nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: []*scopev1.Event{send, recv}}))
+		cancel()
+		if err != nil || resp.Msg.GetAccepted() != 0 || resp.Msg.GetDuplicates() != 2 ||
+			!slices.Equal(resp.Msg.GetEventIds(), []string{sendID, recvID}) {
+			t.Fatalf("resend via %s: %v %v, want 2 duplicates with the first ids", n.Name, resp, err)
+		}
+	}
 	sort.Strings(want) // ULIDs from one process are time ordered; timestamps here are too
 
 	for _, n := range c.Nodes {

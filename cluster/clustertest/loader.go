@@ -197,5 +197,6 @@ func (l *Loader) send(n *Node, events []*scopev1.Event) bool {
 	defer cancel()
 	resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events,
 		Durability: scopev1.Durability_DURABILITY_COMMITTED}))
-	return err == nil && int(resp.Msg.GetAccepted()) == len(events)
+	// A retry after an unknown outcome finds some events stored: duplicates.
+	return err == nil && int(resp.Msg.GetAccepted()+resp.Msg.GetDuplicates()) == len(events)
 }

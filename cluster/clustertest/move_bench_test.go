@@ -202,7 +202,7 @@ func fill(tb testing.TB, n *Node, pids []string, target int64) {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 				resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events}))
 				cancel()
-				if err == nil && int64(resp.Msg.GetAccepted()) != k {
+				if err == nil && int64(resp.Msg.GetAccepted()+resp.Msg.GetDuplicates()) != k {
 					err = fmt.Errorf("%d of %d events accepted", resp.Msg.GetAccepted(), k)
 				}
 				if err != nil {

@@ -245,7 +245,7 @@ func storeLandmarks(ctx context.Context, c *api, events []correlate.Event, batch
 		if err != nil {
 			return fmt.Errorf("scope bench: store landmarks: %w", err)
 		}
-		if int(resp.Msg.GetAccepted()) != k {
+		if int(resp.Msg.GetAccepted()+resp.Msg.GetDuplicates()) != k {
 			return fmt.Errorf("scope bench: store landmarks: %d of %d events accepted", resp.Msg.GetAccepted(), k)
 		}
 		events = events[k:]

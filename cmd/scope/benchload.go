@@ -199,7 +199,7 @@ func sendStream(ctx context.Context, c *api, reqs []*scopev1.IngestRequest, n in
 		return err
 	case sendErr != nil:
 		return sendErr
-	case int(resp.Msg.GetAccepted()) != n:
+	case int(resp.Msg.GetAccepted()+resp.Msg.GetDuplicates()) != n:
 		return fmt.Errorf("stream acknowledged %d of %d events (refused %d)", resp.Msg.GetAccepted(), n, resp.Msg.GetRefused())
 	}
 	return nil

@@ -67,6 +67,7 @@ func runIngest(args []string, stdout, stderr io.Writer) int {
 type ingestSummary struct {
 	lines, events, requests int
 	accepted, refused       uint64
+	duplicates              uint64 // already stored (same id, same event): not stored again
 }
 
 func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
@@ -125,11 +126,13 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 			if ir := ingestDetail(err); ir != nil {
 				sum.accepted += uint64(ir.GetAccepted())
 				sum.refused += uint64(ir.GetRefused())
+				sum.duplicates += uint64(ir.GetDuplicates())
 			}
 			return err
 		}
 		sum.accepted += uint64(resp.Msg.GetAccepted())
 		sum.refused += uint64(resp.Msg.GetRefused())
+		sum.duplicates += uint64(resp.Msg.GetDuplicates())
 		return nil
 	}
 	err = readEvents(in, int(f.batch), func(events []*scopev1.Event, lines int, bytes int64) error {
@@ -149,13 +152,14 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 	elapsed := time.Since(start)
 	if f.json {
 		if perr := printJSON(stdout, &scopev1.IngestResponse{Accepted: uint32(min(sum.accepted, 1<<32-1)),
-			Refused: uint32(min(sum.refused, 1<<32-1)), Durability: d}); perr != nil && err == nil {
+			Refused: uint32(min(sum.refused, 1<<32-1)), Duplicates: uint32(min(sum.duplicates, 1<<32-1)),
+			Durability: d}); perr != nil && err == nil {
 			err = perr
 		}
 	} else {
-		fmt.Fprintf(stdout, "%d events in %d requests from %s in %s: accepted %d, refused %d (%s)\n",
+		fmt.Fprintf(stdout, "%d events in %d requests from %s in %s: accepted %d, refused %d, duplicates %d (%s)\n",
 			sum.events, sum.requests, name, elapsed.Round(time.Millisecond), sum.accepted, sum.refused,
-			strings.TrimPrefix(d.String(), "DURABILITY_"))
+			sum.duplicates, strings.TrimPrefix(d.String(), "DURABILITY_"))
 	}
 	return err
 }

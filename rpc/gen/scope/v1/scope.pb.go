@@ -604,9 +604,12 @@ func (Suffrage) EnumDescriptor() ([]byte, []int) {
 // from 20 on are set by Scope and ignored when a client sets them.
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// ULID of the event. Optional on ingest: the ingesting node assigns one
-	// when empty. Clients should set it so that a retry after a timeout is
-	// deduplicated instead of stored twice.
+	// ULID of the event: it names one event. Optional on ingest: when empty
+	// (or all zeros) the server derives it from the event's content (its
+	// timestamp's milliseconds, then a hash of the client fields), so a resend
+	// of the same event gets the same id and is deduplicated. Two events
+	// whose client fields are all equal get the same id and are stored once:
+	// a client that can emit such events must set seq or event_id.
 	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// Application node that emitted the event, e.g. "app1@host". Required.
 	Origin string `protobuf:"bytes,2,opt,name=origin,proto3" json:"origin,omitempty"`
@@ -1322,8 +1325,9 @@ type IngestResponse struct {
 	EventIds []string `protobuf:"bytes,1,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
 	// Events acknowledged at the applied durability: the sum of the shards'
 	// `committed` under COMMITTED, of their `accepted` under ACCEPTED.
-	// accepted + refused is less than the number of events when some outcomes
-	// are unknown (see ShardResult.accepted).
+	// Duplicates are not counted here. accepted + duplicates + refused is less
+	// than the number of events when some outcomes are unknown (see
+	// ShardResult.accepted).
 	Accepted uint32 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	// Events refused (backpressure, no leader, ...). A refused event was not
 	// stored and may be retried.
@@ -1331,7 +1335,11 @@ type IngestResponse struct {
 	// Outcome per shard the request touched, in shard order.
 	Shards []*ShardResult `protobuf:"bytes,4,rep,name=shards,proto3" json:"shards,omitempty"`
 	// The durability that was applied (never UNSPECIFIED in a response).
-	Durability    Durability `protobuf:"varint,5,opt,name=durability,proto3,enum=scope.v1.Durability" json:"durability,omitempty"`
+	Durability Durability `protobuf:"varint,5,opt,name=durability,proto3,enum=scope.v1.Durability" json:"durability,omitempty"`
+	// Events not stored because their event_id was already taken by the
+	// same event: the sum of the shards' `duplicates`. A duplicate is done:
+	// its event is stored once, by an earlier request or earlier in this one.
+	Duplicates    uint32 `protobuf:"varint,6,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,17 +1409,25 @@ func (x *IngestResponse) GetDurability() Durability {
 	return Durability_DURABILITY_UNSPECIFIED
 }
 
+func (x *IngestResponse) GetDuplicates() uint32 {
+	if x != nil {
+		return x.Duplicates
+	}
+	return 0
+}
+
 // ShardResult is what one shard did with its part of an ingest request.
 type ShardResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
-	// Events committed on a majority and applied on the leader. Under
-	// ACCEPTED this is 0: the call returns before commit.
+	// Events committed on a majority and applied on the leader, and stored by
+	// this request (duplicates excluded). Under ACCEPTED this is 0: the call
+	// returns before commit.
 	Committed uint32 `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
-	// Events the shard's leader took into its buffer. Under COMMITTED,
-	// accepted − committed events have an unknown outcome (e.g. leadership was
-	// lost before commit): retry them with the same event_id; deduplication
-	// makes the retry safe.
+	// Events the shard's leader took into its buffer, duplicates excluded.
+	// Under COMMITTED, accepted − committed events have an unknown outcome
+	// (e.g. leadership was lost before commit): retry them with the same
+	// event_id; deduplication makes the retry safe.
 	Accepted uint32 `protobuf:"varint,3,opt,name=accepted,proto3" json:"accepted,omitempty"`
 	// Events the shard refused; they were not stored.
 	Refused uint32 `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"`
@@ -1422,7 +1438,12 @@ type ShardResult struct {
 	ErrorMessage string `protobuf:"bytes,6,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	// Name of the node that led the shard and handled the events (empty if no
 	// leader was found).
-	Leader        string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	Leader string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Events of this shard not stored again because their event_id was
+	// already taken by the same event: repeated earlier in the request (any
+	// durability), or already applied by the shard (COMMITTED only: under
+	// ACCEPTED the call returns before the shard applies them).
+	Duplicates    uint32 `protobuf:"varint,8,opt,name=duplicates,proto3" json:"duplicates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1504,6 +1525,13 @@ func (x *ShardResult) GetLeader() string {
 		return x.Leader
 	}
 	return ""
+}
+
+func (x *ShardResult) GetDuplicates() uint32 {
+	if x != nil {
+		return x.Duplicates
+	}
+	return 0
 }
 
 type GetEventRequest struct {
@@ -4352,7 +4380,7 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x06events\x124\n" +
 	"\n" +
 	"durability\x18\x02 \x01(\x0e2\x14.scope.v1.DurabilityR\n" +
-	"durability\"\xc8\x01\n" +
+	"durability\"\xe8\x01\n" +
 	"\x0eIngestResponse\x12\x1b\n" +
 	"\tevent_ids\x18\x01 \x03(\tR\beventIds\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\rR\baccepted\x12\x18\n" +
@@ -4360,7 +4388,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06shards\x18\x04 \x03(\v2\x15.scope.v1.ShardResultR\x06shards\x124\n" +
 	"\n" +
 	"durability\x18\x05 \x01(\x0e2\x14.scope.v1.DurabilityR\n" +
-	"durability\"\xd3\x01\n" +
+	"durability\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\x06 \x01(\rR\n" +
+	"duplicates\"\xf3\x01\n" +
 	"\vShardResult\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\rR\tcommitted\x12\x1a\n" +
@@ -4369,7 +4400,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\n" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\x12\x16\n" +
-	"\x06leader\x18\a \x01(\tR\x06leader\"\x8f\x01\n" +
+	"\x06leader\x18\a \x01(\tR\x06leader\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\b \x01(\rR\n" +
+	"duplicates\"\x8f\x01\n" +
 	"\x0fGetEventRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x127\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12\x16\n" +
