@@ -370,8 +370,12 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 	for i, shard := range shards {
 		part := byShard[shard]
 		res.Shards[i] = ShardResult{Shard: shard, Events: len(part)}
+		// The pool takes the part when this node leads the shard, and also
+		// while it still holds earlier events of the shard (it lost the
+		// leadership and is redirecting them): the part then queues behind
+		// them instead of overtaking them.
 		r := n.Replica(shard)
-		if r == nil || !r.IsLeader() {
+		if r == nil || !(r.IsLeader() || n.pool.Outstanding(shard) > 0) {
 			forwarded[i] = true
 			continue
 		}
@@ -402,28 +406,23 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		}
 	}
 	if d == Committed {
+		// A part whose proposal met a leadership change was redirected to
+		// the new leader by the pool (see Redirect): its ticket tells the
+		// final outcome.
 		for i, t := range tickets {
 			if t == nil {
 				continue
 			}
 			select {
 			case <-t.Done():
-				err := t.Err()
-				if errors.Is(err, ErrNotLeader) && !isForwarded(ctx) {
-					// Leadership moved while the part was in flight (an
-					// election or a balancing transfer): hand it to the new
-					// leader. Safe even if the lost proposal commits after
-					// all: the shard drops events whose ids it has applied.
-					err = n.forward(ctx, shards[i], byShard[shards[i]], d)
-				}
-				if err != nil {
+				if err := t.Err(); err != nil {
 					res.Shards[i].Err = err
 				} else {
 					res.Shards[i].Accepted = res.Shards[i].Events
 				}
 			case <-ctx.Done():
-				res.Shards[i].Err = fmt.Errorf("%w: shard %d: not committed within the deadline: %w",
-					ErrTimeout, res.Shards[i].Shard, ctx.Err())
+				res.Shards[i].Err = fmt.Errorf("%w: %w: shard %d: not committed within the deadline: %w",
+					ErrOutcomeUnknown, ErrTimeout, res.Shards[i].Shard, ctx.Err())
 			}
 		}
 	}
@@ -453,23 +452,47 @@ func (n *Node) forward(ctx context.Context, shard uint32, events []correlate.Eve
 }
 
 // Propose implements Proposer for the writer pool: it proposes a batch of
-// events to the shard's raft group without waiting for the commit.
+// events to the shard's raft group without waiting for the commit. It
+// blocks while the group's apply queue is full (at most CommitTimeout); the
+// pool calls it from the shard's own goroutine.
 func (n *Node) Propose(shard uint32, events []correlate.Event) ProposalFuture {
 	r := n.Replica(shard)
 	if r == nil {
 		return failedFuture{fmt.Errorf("%w: shard %d", ErrShardClosed, shard)}
 	}
-	return raftFuture{f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
+	return raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
 }
 
-// raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture.
-type raftFuture struct{ f raft.ApplyFuture }
+// Redirect implements Redirector for the writer pool: a batch whose
+// proposal failed because this node lost the shard's leadership goes to
+// the new leader (same ids, so a batch that commits after all is
+// deduplicated there), within CommitTimeout.
+func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Event, commit bool) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
+	defer cancel()
+	d := Accepted
+	if commit {
+		d = Committed
+	}
+	return n.forward(ctx, shard, events, d)
+}
+
+// raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture. It
+// tells apart a proposal raft never appended (ErrNotLeader: refused) from
+// one appended and then orphaned by a leadership change
+// (ErrLeadershipLost: it may still commit, the outcome is unknown).
+type raftFuture struct {
+	shard uint32
+	f     raft.ApplyFuture
+}
 
 func (f raftFuture) Wait() error {
 	if err := f.f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
-			errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return fmt.Errorf("%w: %w", ErrNotLeader, err)
+		switch {
+		case errors.Is(err, raft.ErrLeadershipLost):
+			return fmt.Errorf("%w (%w): shard %d: %w", ErrLeadershipLost, ErrOutcomeUnknown, f.shard, err)
+		case errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			return fmt.Errorf("%w: shard %d: %w", ErrNotLeader, f.shard, err)
 		}
 		return err
 	}

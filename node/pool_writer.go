@@ -27,15 +27,21 @@ type poolShard struct {
 	itemsTries int        // proposals of items that panicked
 	proposing  proposingWhat
 
+	dispatch  chan *proposal // batches in log order, to the dispatcher; cap MaxInflight
 	inflight  chan *proposal // proposals in log order, to the completer; cap MaxInflight
-	inflightN atomic.Int32   // proposals made and not yet resolved
+	inflightN atomic.Int32   // batches handed to the dispatcher and not yet resolved
+
+	// outstanding counts the events accepted into the ring and not yet
+	// resolved (see Pool.Outstanding).
+	outstanding atomic.Int64
 
 	removing atomic.Bool
 	released chan struct{} // closed once w has let go of the shard
 
-	mu      sync.Mutex
-	retries []*proposal // failed batches to propose again, oldest first
-	noRetry bool        // released or aborted: fail instead of retrying
+	mu       sync.Mutex
+	retries  []*proposal // failed batches to propose again, oldest first
+	noRetry  bool        // released or aborted: fail instead of retrying
+	proposed uint64      // batches handed to the dispatcher so far (the last one's seq)
 }
 
 // proposingWhat records which batch a writer was proposing when it panicked.
@@ -52,9 +58,21 @@ type proposal struct {
 	events   []correlate.Event
 	runs     []ticketRun
 	attempts int       // Propose calls made for this batch, panics included
+	seq      uint64    // its place among the shard's proposals (poolShard.proposed)
 	at       time.Time // last Propose call
 	due      time.Time // retry not before
 	f        ProposalFuture
+}
+
+// commit reports whether a submitter of the batch waits for its commit
+// (COMMITTED ingest) rather than only for its acceptance.
+func (pr *proposal) commit() bool {
+	for _, r := range pr.runs {
+		if r.t.wait {
+			return true
+		}
+	}
+	return false
 }
 
 // poolWriter drains the rings of the shards it owns. Its wake channel is the
@@ -260,20 +278,30 @@ func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res se
 }
 
 func (w *poolWriter) proposeItems(sh *poolShard, now time.Time) {
+	sh.proposing = proposingItems
+	w.p.callHook("propose", sh.id)
+	sh.proposing = proposingNone
+	sh.mu.Lock()
+	if len(sh.retries) > 0 {
+		// A completer queued a retry since service looked: it goes first
+		// (the next round proposes it).
+		sh.mu.Unlock()
+		return
+	}
+	sh.proposed++
+	seq := sh.proposed
+	sh.mu.Unlock()
 	pr := &proposal{
 		events:   make([]correlate.Event, len(sh.items)),
 		runs:     runsOf(sh.items),
 		attempts: sh.itemsTries + 1,
+		seq:      seq,
 		at:       now,
 	}
 	for i := range sh.items {
 		pr.events[i] = sh.items[i].ev
 	}
-	sh.proposing = proposingItems
-	w.p.callHook("propose", sh.id)
-	pr.f = w.p.prop.Propose(sh.id, pr.events)
-	// Proposed: from here on the batch belongs to the pipeline.
-	sh.proposing = proposingNone
+	// Handed over: from here on the batch belongs to the pipeline.
 	clear(sh.items)
 	sh.items = sh.items[:0]
 	sh.itemsTries = 0
@@ -285,21 +313,24 @@ func (w *poolWriter) proposeRetry(sh *poolShard, pr *proposal, now time.Time) {
 	pr.at = now
 	sh.proposing = proposingRetry
 	w.p.callHook("propose", sh.id)
-	pr.f = w.p.prop.Propose(sh.id, pr.events)
 	sh.proposing = proposingNone
 	sh.mu.Lock()
 	sh.retries = sh.retries[1:]
+	sh.proposed++
+	pr.seq = sh.proposed
 	sh.mu.Unlock()
 	w.enqueue(sh, pr)
 }
 
-// enqueue hands a proposed batch to the shard's completer. The send never
-// blocks: the writer proposes only while inflightN < MaxInflight, the
-// channel's capacity.
+// enqueue hands a batch to the shard's dispatcher, which proposes it. The
+// send never blocks: the writer hands over only while inflightN <
+// MaxInflight, the channel's capacity. The writer itself never calls
+// Propose, so a shard whose raft queue is full (Propose blocking) delays
+// only its own dispatcher, never the other shards the writer owns.
 func (w *poolWriter) enqueue(sh *poolShard, pr *proposal) {
 	w.p.m.Batch(sh.id, len(pr.events))
 	sh.inflightN.Add(1)
-	sh.inflight <- pr
+	sh.dispatch <- pr
 }
 
 // failItems fails the staged batch.
@@ -308,7 +339,7 @@ func (w *poolWriter) failItems(sh *poolShard, err error) {
 		return
 	}
 	w.p.m.EventsFailed(sh.id, len(sh.items))
-	resolveRuns(runsOf(sh.items), err)
+	sh.resolve(runsOf(sh.items), err)
 	clear(sh.items)
 	sh.items = sh.items[:0]
 	sh.itemsTries = 0
@@ -316,7 +347,7 @@ func (w *poolWriter) failItems(sh *poolShard, err error) {
 
 func (w *poolWriter) failProposal(sh *poolShard, pr *proposal, err error) {
 	w.p.m.EventsFailed(sh.id, len(pr.events))
-	resolveRuns(pr.runs, err)
+	sh.resolve(pr.runs, err)
 }
 
 // failAll fails everything sh holds that is not in flight: the staged batch,
@@ -357,7 +388,7 @@ func (w *poolWriter) release(sh *poolShard, err error) bool {
 		}
 	}
 	w.mu.Unlock()
-	close(sh.inflight)
+	close(sh.dispatch)
 	close(sh.released)
 	return true
 }
@@ -369,32 +400,86 @@ func (w *poolWriter) finish() {
 	w.shards = nil
 	w.mu.Unlock()
 	for _, sh := range shards {
-		close(sh.inflight)
+		close(sh.dispatch)
 		close(sh.released)
 	}
 }
 
-// complete resolves sh's proposals in log order, schedules retries and
-// fails back what cannot be retried. One goroutine per shard, so that a
-// slow commit on one shard never delays another's acknowledgements.
+// dispatch proposes sh's batches in the order the writer handed them over,
+// one at a time, then passes each to the completer. One goroutine per
+// shard: Propose may block (a full raft queue) without delaying any other
+// shard.
+func (p *Pool) dispatch(sh *poolShard) {
+	defer p.complWG.Done()
+	defer close(sh.inflight)
+	for pr := range sh.dispatch {
+		pr.at = time.Now()
+		pr.f = p.propose(sh, pr)
+		sh.inflight <- pr // never blocks: both channels hold at most inflightN
+	}
+}
+
+// propose calls the Proposer. A Propose that panics did not propose the
+// batch: it is proposed again at once, in place, so that nothing newer
+// overtakes it, until it has used Retry.MaxAttempts; then it is failed
+// back with ErrProposerPanic.
+func (p *Pool) propose(sh *poolShard, pr *proposal) ProposalFuture {
+	for {
+		f, r := p.proposeOnce(sh, pr)
+		if r == nil {
+			return f
+		}
+		p.log.Error("Propose panicked", "shard", sh.id, "attempt", pr.attempts, "panic", r,
+			"stack", string(debug.Stack()))
+		err := fmt.Errorf("%w: shard %d: %d attempts: %v", ErrProposerPanic, sh.id, pr.attempts, r)
+		p.m.ProposalError(sh.id, err)
+		if pr.attempts >= p.cfg.Retry.MaxAttempts {
+			return ResolvedFuture(err)
+		}
+		pr.attempts++
+	}
+}
+
+func (p *Pool) proposeOnce(sh *poolShard, pr *proposal) (f ProposalFuture, panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, panicked = nil, r
+		}
+	}()
+	return p.prop.Propose(sh.id, pr.events), nil
+}
+
+// complete resolves sh's proposals in log order, schedules retries,
+// redirects what this node's log refused because it lost the shard's
+// leadership, and fails back what cannot be retried. One goroutine per
+// shard, so that a slow commit on one shard never delays another's
+// acknowledgements.
 func (p *Pool) complete(sh *poolShard) {
 	defer p.complWG.Done()
 	for pr := range sh.inflight {
 		err := waitFuture(pr.f)
 		p.m.ApplyLatency(sh.id, time.Since(pr.at))
 		n := len(pr.events)
+		if err != nil {
+			p.m.ProposalError(sh.id, err)
+		}
+		redirected := false
+		if err != nil && p.redirect != nil && (errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost)) {
+			err, redirected = p.redirectBatch(sh, pr, err), true
+		}
 		switch {
+		case err == nil && redirected:
+			sh.resolve(pr.runs, nil) // counted by Redirected
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
-			resolveRuns(pr.runs, nil)
-		case !errors.Is(err, ErrNotLeader) && pr.attempts < p.cfg.Retry.MaxAttempts &&
+			sh.resolve(pr.runs, nil)
+		case !redirected && !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeadershipLost) &&
+			pr.attempts < p.cfg.Retry.MaxAttempts &&
 			sh.scheduleRetry(pr, time.Now().Add(p.cfg.Retry.backoff(pr.attempts))):
-			p.m.ProposalError(sh.id, err)
 			p.m.Retry(sh.id)
 		default:
-			p.m.ProposalError(sh.id, err)
 			p.m.EventsFailed(sh.id, n)
-			resolveRuns(pr.runs, fmt.Errorf("node: shard %d: batch of %d events failed after %d attempt(s): %w",
+			sh.resolve(pr.runs, fmt.Errorf("node: shard %d: batch of %d events failed after %d attempt(s): %w",
 				sh.id, n, pr.attempts, err))
 		}
 		sh.inflightN.Add(-1)
@@ -402,16 +487,52 @@ func (p *Pool) complete(sh *poolShard) {
 	}
 }
 
+// redirectBatch hands a batch this node's log refused (ErrNotLeader: never
+// appended) or may have dropped (ErrLeadershipLost: appended, then
+// leadership moved before it committed) to the shard's new leader, with
+// the same event ids, and returns the outcome: nil when the new leader
+// took it. It runs on the completer, so a shard's batches are redirected
+// one at a time in log order, behind one another. A refusal of the
+// redirect after ErrLeadershipLost is not a refusal of the events: the
+// first proposal may still commit, so the outcome is unknown.
+func (p *Pool) redirectBatch(sh *poolShard, pr *proposal, cause error) error {
+	rerr := p.redirect.Redirect(p.ctx, sh.id, pr.events, pr.commit())
+	p.m.Redirected(sh.id, len(pr.events), rerr)
+	switch {
+	case rerr == nil:
+		return nil
+	case errors.Is(cause, ErrLeadershipLost) && Refused(rerr):
+		return fmt.Errorf("%w: %w; redirecting to the new leader: %w", ErrOutcomeUnknown, cause, rerr)
+	default:
+		return fmt.Errorf("%v; redirecting to the new leader: %w", cause, rerr)
+	}
+}
+
+// scheduleRetry queues pr to be proposed again, unless the shard is being
+// released or a later batch was proposed after it: a retry would then land
+// in the log behind that batch and could put a process's events out of
+// order, so pr is failed back instead (the submitter retries, in its own
+// order).
 func (sh *poolShard) scheduleRetry(pr *proposal, due time.Time) bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.noRetry {
+	if sh.noRetry || pr.seq != sh.proposed {
 		return false
 	}
 	pr.due = due
 	pr.f = nil
 	sh.retries = append(sh.retries, pr)
 	return true
+}
+
+// resolve settles the runs' tickets and the shard's outstanding count.
+func (sh *poolShard) resolve(runs []ticketRun, err error) {
+	n := 0
+	for _, r := range runs {
+		n += r.n
+	}
+	resolveRuns(runs, err)
+	sh.outstanding.Add(-int64(n))
 }
 
 // waitFuture waits for f, turning a panic in Wait into an error.

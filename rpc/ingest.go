@@ -50,6 +50,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 	add := func(r *scopev1.IngestResponse) {
 		sum.Accepted += r.GetAccepted()
 		sum.Refused += r.GetRefused()
+		sum.Unknown += r.GetUnknown()
 		sum.Durability = r.GetDurability()
 		for _, sr := range r.GetShards() {
 			acc, ok := byShard[sr.GetShard()]
@@ -60,6 +61,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 			acc.Committed += sr.GetCommitted()
 			acc.Accepted += sr.GetAccepted()
 			acc.Refused += sr.GetRefused()
+			acc.Unknown += sr.GetUnknown()
 			acc.Leader = sr.GetLeader()
 			if sr.GetErrorCode() != "" {
 				acc.ErrorCode, acc.ErrorMessage = sr.GetErrorCode(), sr.GetErrorMessage()
@@ -170,11 +172,12 @@ func eventFieldError(i int, fe *correlate.FieldError) error {
 	return fmt.Errorf("%w: events[%d].%s: invalid value %q: %s", ErrInvalidRequest, i, fe.Field, fe.Value, fe.Rule)
 }
 
-// ingestResponse converts the node's result. Under COMMITTED a shard whose
-// commit wait timed out (or failed after its events were buffered) has an
-// unknown outcome: its events count as accepted, not committed, not
-// refused. Refused are the events the shard never took (full buffer, no
-// leader, no replica, closing).
+// ingestResponse converts the node's result. Each shard's part has one
+// outcome: stored (committed, or accepted under ACCEPTED), refused (the
+// error says no event of the part was stored, node.Refused) or unknown
+// (any other error: some or all events may have been stored, e.g. a
+// leadership change after the proposal was appended, a forward whose
+// connection broke, a commit wait that timed out).
 func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (*scopev1.IngestResponse, []node.ShardResult) {
 	resp := &scopev1.IngestResponse{EventIds: make([]string, len(res.IDs)), Durability: d,
 		Shards: make([]*scopev1.ShardResult, len(res.Shards))}
@@ -189,10 +192,10 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 			out.Accepted = uint32(sr.Accepted)
 		case sr.Err == nil:
 			out.Committed, out.Accepted = uint32(sr.Accepted), uint32(sr.Accepted)
-		case refusedBy(sr.Err):
+		case node.Refused(sr.Err):
 			out.Refused = uint32(sr.Events)
 		default:
-			out.Accepted = uint32(sr.Events) // outcome unknown: retry with the same ids
+			out.Unknown = uint32(sr.Events) // resend with the same ids
 		}
 		if sr.Err != nil {
 			failed = append(failed, sr)
@@ -210,21 +213,11 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 			out.Leader = self // this node's replica led the shard and took the events
 		}
 		resp.Shards[i] = out
-		if d == scopev1.Durability_DURABILITY_ACCEPTED {
-			resp.Accepted += out.Accepted
-		} else {
-			resp.Accepted += out.Committed
-		}
+		resp.Accepted += out.Accepted
 		resp.Refused += out.Refused
+		resp.Unknown += out.Unknown
 	}
 	return resp, failed
-}
-
-// refusedBy reports whether err means the shard did not take its events.
-func refusedBy(err error) bool {
-	return errors.Is(err, node.ErrFull) || errors.Is(err, node.ErrNotLeader) || errors.Is(err, node.ErrNoShard) ||
-		errors.Is(err, node.ErrClosed) || errors.Is(err, node.ErrShardClosed) || errors.Is(err, node.ErrPoolClosed) ||
-		errors.Is(err, node.ErrUnknownShard) || errors.Is(err, node.ErrBatchTooLarge)
 }
 
 // ingestError is the error of a request some shards failed: the code of
