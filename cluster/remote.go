@@ -221,7 +221,13 @@ func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate
 }
 
 func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) error {
-	_, addr, err := f.c.leaderOf(shard)
+	name, addr, err := f.c.leaderOf(shard)
+	if err == nil && name == f.c.cfg.Name {
+		// This node leads (or just regained) the shard: the node proposes
+		// here itself (see node.Redirect); a forward to itself could wait
+		// on its own writer pool.
+		return &node.NotLeaderError{Shard: shard, LeaderID: name}
+	}
 	if err != nil {
 		if f.c.node.Replica(shard) != nil {
 			// Hosted here, but no leader known: an election, or this node

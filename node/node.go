@@ -374,8 +374,10 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		// while it still holds earlier events of the shard (it lost the
 		// leadership and is redirecting them): the part then queues behind
 		// them instead of overtaking them.
+		// A forwarded part is never queued behind this node's own
+		// redirects (they may be waiting on this very request).
 		r := n.Replica(shard)
-		if r == nil || !(r.IsLeader() || n.pool.Outstanding(shard) > 0) {
+		if r == nil || !(r.IsLeader() || n.pool.Outstanding(shard) > 0 && !isForwarded(ctx)) {
 			forwarded[i] = true
 			continue
 		}
@@ -466,15 +468,36 @@ func (n *Node) Propose(shard uint32, events []correlate.Event) ProposalFuture {
 // Redirect implements Redirector for the writer pool: a batch whose
 // proposal failed because this node lost the shard's leadership goes to
 // the new leader (same ids, so a batch that commits after all is
-// deduplicated there), within CommitTimeout.
-func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Event, commit bool) error {
+// deduplicated there), within CommitTimeout. It always asks for the
+// commit, even for ACCEPTED events: an ACCEPTED forward is refused at once
+// by a full ring, and these events were acknowledged already; waiting for
+// the commit also keeps the redirected batches in order behind one
+// another. If leadership comes back here, the batch is proposed directly
+// to the local replica: through the pool it would wait behind its own
+// completer, which is the caller.
+func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Event, _ bool) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
 	defer cancel()
-	d := Accepted
-	if commit {
-		d = Committed
+	backoff := time.Millisecond
+	for {
+		var err error
+		if r := n.Replica(shard); r != nil && r.IsLeader() {
+			err = raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}.Wait()
+		} else {
+			err = n.forward(ctx, shard, events, Committed)
+		}
+		// Not taken, or taken maybe (the receiving leader lost the
+		// leadership in turn): same ids, so trying again is safe.
+		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrOutcomeUnknown)) || ctx.Err() != nil {
+			return err
+		}
+		select { // leadership is moving: look again shortly
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
 	}
-	return n.forward(ctx, shard, events, d)
 }
 
 // raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture. It

@@ -38,6 +38,8 @@ type Pool struct {
 	shards  atomic.Pointer[map[uint32]*poolShard]
 	writers []*poolWriter
 
+	redirectWaits atomic.Uint64 // completers that waited for room in a redirect queue
+
 	closing  atomic.Bool // no new submissions; writers flush and exit when idle
 	abort    atomic.Bool // Close's deadline passed: fail what is left
 	restarts atomic.Uint64
@@ -130,6 +132,7 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 	}
 	t := newTicket(len(events))
 	t.wait = wait
+	t.redirect = !(wait && isForwarded(ctx))
 	if len(events) == 0 {
 		return t, nil
 	}
@@ -203,17 +206,19 @@ func (p *Pool) AddShard(shard uint32) error {
 		return err
 	}
 	sh := &poolShard{
-		id:       shard,
-		ring:     r,
-		w:        w,
-		items:    make([]poolItem, 0, p.cfg.BatchSize),
-		dispatch: make(chan *proposal, p.cfg.MaxInflight),
-		inflight: make(chan *proposal, p.cfg.MaxInflight),
-		released: make(chan struct{}),
+		id:        shard,
+		ring:      r,
+		w:         w,
+		items:     make([]poolItem, 0, p.cfg.BatchSize),
+		dispatch:  make(chan *proposal, p.cfg.MaxInflight),
+		redirects: make(chan *proposal, redirectQueue*p.cfg.MaxInflight),
+		inflight:  make(chan *proposal, p.cfg.MaxInflight),
+		released:  make(chan struct{}),
 	}
-	p.complWG.Add(2)
+	p.complWG.Add(3)
 	go p.dispatch(sh)
 	go p.complete(sh)
+	go p.redirector(sh)
 	w.mu.Lock()
 	w.shards = append(w.shards, sh)
 	w.mu.Unlock()
@@ -303,6 +308,12 @@ func (p *Pool) Outstanding(shard uint32) int {
 	return 0
 }
 
+// redirectQueue bounds a shard's queue of batches waiting to be redirected,
+// in pipelines' worth (MaxInflight batches each). A completer that finds it
+// full waits (counted in PoolStats.RedirectWaits): its shard's pipeline
+// then stalls and its ring fills, which refuses new ACCEPTED events.
+const redirectQueue = 4
+
 // PoolShardStats describes one shard's ring and pipeline.
 type PoolShardStats struct {
 	Shard    uint32
@@ -314,12 +325,15 @@ type PoolShardStats struct {
 type PoolStats struct {
 	Shards   []PoolShardStats // in shard order
 	Restarts uint64           // writer restarts after panics
+	// RedirectWaits counts completers that found their shard's redirect
+	// queue full and waited.
+	RedirectWaits uint64
 }
 
 // Stats returns a snapshot of every shard's ring and pipeline.
 func (p *Pool) Stats() PoolStats {
 	cur := *p.shards.Load()
-	st := PoolStats{Restarts: p.restarts.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
+	st := PoolStats{Restarts: p.restarts.Load(), RedirectWaits: p.redirectWaits.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
 	for id, sh := range cur {
 		st.Shards = append(st.Shards, PoolShardStats{Shard: id, Ring: sh.ring.Stats(),
 			Inflight: int(sh.inflightN.Load())})

@@ -17,8 +17,12 @@ import (
 // if some were stored or may have been, an error wrapping
 // ErrOutcomeUnknown.
 type Ticket struct {
-	n         int
-	wait      bool // the submitter waits for the commit (COMMITTED ingest)
+	n    int
+	wait bool // the submitter waits for the commit (COMMITTED ingest)
+	// redirect: on a lost leadership the events go to the new leader.
+	// False for a COMMITTED part another node forwarded here: that node
+	// waits and retries it itself.
+	redirect  bool
 	remaining atomic.Int64
 	done      chan struct{}
 

@@ -28,6 +28,7 @@ type poolShard struct {
 	proposing  proposingWhat
 
 	dispatch  chan *proposal // batches in log order, to the dispatcher; cap MaxInflight
+	redirects chan *proposal // batches to redirect, in log order; cap redirectQueue
 	inflight  chan *proposal // proposals in log order, to the completer; cap MaxInflight
 	inflightN atomic.Int32   // batches handed to the dispatcher and not yet resolved
 
@@ -62,6 +63,7 @@ type proposal struct {
 	at       time.Time // last Propose call
 	due      time.Time // retry not before
 	f        ProposalFuture
+	cause    error // why it is being redirected
 }
 
 // commit reports whether a submitter of the batch waits for its commit
@@ -456,6 +458,7 @@ func (p *Pool) proposeOnce(sh *poolShard, pr *proposal) (f ProposalFuture, panic
 // acknowledgements.
 func (p *Pool) complete(sh *poolShard) {
 	defer p.complWG.Done()
+	defer close(sh.redirects)
 	for pr := range sh.inflight {
 		err := waitFuture(pr.f)
 		p.m.ApplyLatency(sh.id, time.Since(pr.at))
@@ -463,17 +466,41 @@ func (p *Pool) complete(sh *poolShard) {
 		if err != nil {
 			p.m.ProposalError(sh.id, err)
 		}
-		redirected := false
 		if err != nil && p.redirect != nil && (errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost)) {
-			err, redirected = p.redirectBatch(sh, pr, err), true
+			// To the shard's redirector, in log order. The completer does
+			// not wait for the redirect itself: a redirect waits for the
+			// new leader's commit, and that leader may be redirecting to
+			// this node in turn (leadership moving back and forth).
+			var back []ticketRun
+			if pr, back = splitRedirect(pr); len(back) > 0 {
+				n := 0
+				for _, r := range back {
+					n += r.n
+				}
+				p.m.EventsFailed(sh.id, n)
+				sh.resolve(back, fmt.Errorf("node: shard %d: %w", sh.id, err))
+			}
+			if pr == nil {
+				sh.inflightN.Add(-1)
+				sh.w.wakeUp()
+				continue
+			}
+			pr.cause = err
+			select {
+			case sh.redirects <- pr:
+			default:
+				p.redirectWaits.Add(1) // the queue is full: backpressure
+				sh.redirects <- pr
+			}
+			sh.inflightN.Add(-1)
+			sh.w.wakeUp()
+			continue
 		}
 		switch {
-		case err == nil && redirected:
-			sh.resolve(pr.runs, nil) // counted by Redirected
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
 			sh.resolve(pr.runs, nil)
-		case !redirected && !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeadershipLost) &&
+		case !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeadershipLost) &&
 			pr.attempts < p.cfg.Retry.MaxAttempts &&
 			sh.scheduleRetry(pr, time.Now().Add(p.cfg.Retry.backoff(pr.attempts))):
 			p.m.Retry(sh.id)
@@ -491,10 +518,56 @@ func (p *Pool) complete(sh *poolShard) {
 // appended) or may have dropped (ErrLeadershipLost: appended, then
 // leadership moved before it committed) to the shard's new leader, with
 // the same event ids, and returns the outcome: nil when the new leader
-// took it. It runs on the completer, so a shard's batches are redirected
-// one at a time in log order, behind one another. A refusal of the
+// took it. It runs on the shard's redirector, so a shard's batches are
+// redirected one at a time in log order, behind one another. A refusal of the
 // redirect after ErrLeadershipLost is not a refusal of the events: the
 // first proposal may still commit, so the outcome is unknown.
+// splitRedirect separates the runs of pr whose submitters wait for the
+// commit of a part another node forwarded here (they are failed back: that
+// node retries, and a redirect from here could wait on it in turn) from
+// the others, which are redirected. It returns the batch to redirect (nil
+// if none) and the runs to fail back.
+func splitRedirect(pr *proposal) (*proposal, []ticketRun) {
+	var back []ticketRun
+	for _, r := range pr.runs {
+		if !r.t.redirect {
+			back = append(back, r)
+		}
+	}
+	if len(back) == 0 {
+		return pr, nil
+	}
+	if len(back) == len(pr.runs) {
+		return nil, back
+	}
+	keep := &proposal{attempts: pr.attempts, seq: pr.seq, at: pr.at}
+	off := 0
+	for _, r := range pr.runs {
+		if r.t.redirect {
+			keep.runs = append(keep.runs, r)
+			keep.events = append(keep.events, pr.events[off:off+r.n]...)
+		}
+		off += r.n
+	}
+	return keep, back
+}
+
+// redirector redirects sh's batches that this node's log refused or may
+// have dropped on a lost leadership, one at a time, in log order, and
+// resolves their tickets with the outcome. One goroutine per shard; idle
+// when the Proposer is not a Redirector.
+func (p *Pool) redirector(sh *poolShard) {
+	defer p.complWG.Done()
+	for pr := range sh.redirects {
+		err := p.redirectBatch(sh, pr, pr.cause)
+		if err != nil {
+			p.m.EventsFailed(sh.id, len(pr.events))
+			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, len(pr.events), err)
+		}
+		sh.resolve(pr.runs, err) // success is counted by Redirected
+	}
+}
+
 func (p *Pool) redirectBatch(sh *poolShard, pr *proposal, cause error) error {
 	rerr := p.redirect.Redirect(p.ctx, sh.id, pr.events, pr.commit())
 	p.m.Redirected(sh.id, len(pr.events), rerr)
