@@ -576,6 +576,7 @@ func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
 		var err error
 		if failed != nil {
 			err = fmt.Errorf("%w; not redirected behind a failed part of its batch: %v", pr.cause, failed)
+			p.m.Redirected(sh.id, n, err) // lost for ACCEPTED submitters: counted with the others
 		} else {
 			dups, rerr := p.redirect.Redirect(p.ctx, sh.id, events, runs[0].t.wait)
 			p.m.Redirected(sh.id, n, rerr) // success is counted here
