@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"connectrpc.com/connect"
@@ -222,7 +223,13 @@ func (f forwarder) Forward(ctx context.Context, shard uint32, events []correlate
 // forwardOnce makes one attempt; dups is the leader's count of events it
 // had stored already.
 func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []correlate.Event, d node.Durability) (dups int, _ error) {
-	_, addr, err := f.c.leaderOf(shard)
+	name, addr, err := f.c.leaderOf(shard)
+	if err == nil && name == f.c.cfg.Name {
+		// This node leads (or just regained) the shard: the node proposes
+		// here itself (see node.Redirect); a forward to itself could wait
+		// on its own writer pool.
+		return 0, &node.NotLeaderError{Shard: shard, LeaderID: name}
+	}
 	if err != nil {
 		if f.c.node.Replica(shard) != nil {
 			// Hosted here, but no leader known: an election, or this node
@@ -245,19 +252,73 @@ func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []corre
 		return dups, nil
 	}
 	f.c.metrics.forwardFailures.Inc()
+	return 0, forwardOutcome(shard, addr, err)
+}
+
+// forwardOutcome classifies a failed forward of one shard's part to the
+// leader at addr. It is a refusal (node.Refused) only when no event can
+// have been stored: the request was never sent (no client for the address,
+// the dial failed), the leader answered that it refused the whole part
+// (its IngestResponse detail says so), or it rejected the request before
+// ingesting anything (invalid, too large, unauthorised). Anything else —
+// the connection broke after the request was sent, the leader's outcome
+// was unknown, the call timed out — is ErrOutcomeUnknown: the client
+// resends with the same ids.
+func forwardOutcome(shard uint32, addr string, err error) error {
+	var op *net.OpError
+	if errors.Is(err, ErrUnknownPeer) || (errors.As(err, &op) && op.Op == "dial") {
+		return fmt.Errorf("%w: forward not sent: %v", &node.NotLeaderError{Shard: shard, LeaderAddr: addr}, err)
+	}
 	var ce *connect.Error
-	if errors.As(err, &ce) {
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("%w: shard %d: forward to %s: %v", node.ErrOutcomeUnknown, shard, addr, err)
+	}
+	if resp := ingestDetail(ce); resp != nil {
+		// The leader ingested the part and says what happened to it. The
+		// forwarded request holds this shard's events only.
+		if resp.GetRefused() == 0 || resp.GetUnknown() > 0 || resp.GetAccepted() > 0 || resp.GetDuplicates() > 0 {
+			return fmt.Errorf("%w: shard %d at %s: %d accepted, %d duplicates, %d refused, %d unknown: %s",
+				node.ErrOutcomeUnknown, shard, addr, resp.GetAccepted(), resp.GetDuplicates(), resp.GetRefused(),
+				resp.GetUnknown(), ce.Message())
+		}
 		switch ce.Code() {
 		case connect.CodeResourceExhausted:
-			return 0, fmt.Errorf("%w: shard %d at %s: %s", node.ErrFull, shard, addr, ce.Message())
-		case connect.CodeDeadlineExceeded:
-			return 0, fmt.Errorf("%w: shard %d at %s: %s", node.ErrTimeout, shard, addr, ce.Message())
+			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrFull, shard, addr, ce.Message())
 		case connect.CodeInvalidArgument:
-			// Validated here already: a disagreement between versions.
-			return 0, fmt.Errorf("cluster: shard %d leader %s refused forwarded events: %s", shard, addr, ce.Message())
+			return fmt.Errorf("%w: shard %d at %s: %s", node.ErrRejected, shard, addr, ce.Message())
+		}
+		leader := ""
+		if srs := resp.GetShards(); len(srs) == 1 {
+			leader = srs[0].GetLeader()
+		}
+		return fmt.Errorf("%w: %s", &node.NotLeaderError{Shard: shard, LeaderID: leader, LeaderAddr: addr}, ce.Message())
+	}
+	switch ce.Code() {
+	case connect.CodeInvalidArgument, connect.CodeResourceExhausted, connect.CodeUnauthenticated,
+		connect.CodePermissionDenied, connect.CodeUnimplemented:
+		// Refused before ingesting (validation, size limit, auth; a
+		// disagreement between versions, as this node validated already).
+		return fmt.Errorf("%w: shard %d leader %s refused forwarded events: %s: %s",
+			node.ErrRejected, shard, addr, ce.Code(), ce.Message())
+	case connect.CodeDeadlineExceeded:
+		return fmt.Errorf("%w: %w: shard %d at %s: %s", node.ErrOutcomeUnknown, node.ErrTimeout, shard, addr, ce.Message())
+	}
+	return fmt.Errorf("%w: shard %d: forward to %s: %s: %s", node.ErrOutcomeUnknown, shard, addr, ce.Code(), ce.Message())
+}
+
+// ingestDetail returns the IngestResponse a failed Ingest call carries, or
+// nil.
+func ingestDetail(ce *connect.Error) *scopev1.IngestResponse {
+	for _, d := range ce.Details() {
+		v, err := d.Value()
+		if err != nil {
+			continue
+		}
+		if resp, ok := v.(*scopev1.IngestResponse); ok {
+			return resp
 		}
 	}
-	return 0, &node.NotLeaderError{Shard: shard, LeaderAddr: addr}
+	return nil
 }
 
 func durabilityToProto(d node.Durability) scopev1.Durability {

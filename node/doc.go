@@ -12,35 +12,57 @@
 //
 // A fixed set of writers (default GOMAXPROCS) drains the rings. Each shard is
 // owned by exactly one writer for its whole life in the pool (the writer
-// with the fewest shards when it was added), so a shard's proposals are made
+// with the fewest shards when it was added), so a shard's batches are made
 // by one goroutine, in ring order. A writer takes up to BatchSize events
-// into the shard's staged batch and proposes it when it is full, when its
+// into the shard's staged batch and hands it on when it is full, when its
 // first event has waited FlushInterval, or at once when the pool is closing.
-// Proposals are pipelined: up to MaxInflight per shard are outstanding, and
-// a per-shard completion goroutine waits for their futures in order and
-// resolves the tickets.
+// A writer never calls the Proposer itself: a per-shard dispatcher proposes
+// the shard's batches in order, so a shard whose raft queue is full
+// (Propose blocking up to CommitTimeout) delays only its own batches, never
+// the other shards of its writer. Proposals are pipelined: up to MaxInflight
+// per shard are outstanding, and a per-shard completion goroutine waits for
+// their futures in order and resolves the tickets.
 //
 // Faults:
 //   - A writer that panics is restarted. The staged batch and queued retries
 //     live in the shard's state, not on the writer's stack, and a batch is
-//     removed from them only after Propose returned, so the restarted writer
-//     proposes exactly what was not proposed: nothing lost, nothing twice. A
-//     panic counts as an attempt, so a batch that always panics is failed
-//     back (ErrProposerPanic) instead of wedging its shard.
-//   - A proposal failing with ErrNotLeader is failed back at once (the RPC
-//     layer redirects the client). Any other failure is retried after an
-//     exponential backoff, up to Retry.MaxAttempts attempts, then failed
-//     back with the reason. While a failed batch waits for its retry, no
-//     newer batch of the shard is proposed.
-//   - Order: per shard, batches are proposed in ring order, and a ticket's
-//     events stay in order. A retried batch can land in the log after
-//     batches that were already in flight when it failed (a pipelined
-//     proposer cannot undo those); the FSM's per-pid sequence sort is what
-//     restores a process's order in that case.
+//     removed from them only once handed to the dispatcher, so the
+//     restarted writer hands on exactly what was not: nothing lost, nothing
+//     twice. A Propose that panics did not propose: the dispatcher proposes
+//     the same batch again at once, before any later one. Panics count as
+//     attempts, so a batch that always panics is failed back
+//     (ErrProposerPanic) instead of wedging its shard.
+//   - Leadership changes: a proposal failing with ErrNotLeader (raft never
+//     appended it) or ErrLeadershipLost (appended, then leadership moved
+//     before it committed: it may still commit) is redirected to the new
+//     leader with the same event ids (the shard skips ids it has applied) by
+//     a per-shard redirector, one batch at a time, in log order; while the
+//     pool still holds events of the shard, the node routes new parts of it
+//     through the pool, behind them. A COMMITTED part that another node
+//     forwarded here is failed back instead (that node retries it). The
+//     events of a submitter waiting for the commit go in a redirect of
+//     their own, so that the new leader's count of duplicates among them
+//     is charged to its ticket exactly (Ticket.Duplicates).
+//   - Any other failure is retried after an exponential backoff, up to
+//     Retry.MaxAttempts attempts, but only if no later batch of the shard
+//     was proposed after it; otherwise (or once the attempts are used) it
+//     is failed back with the reason. The node uses MaxAttempts 1.
+//   - Outcomes: a ticket's error is a refusal (Refused) only when none of
+//     its events can have been stored; a submission split over several
+//     proposals that was partly stored, or whose outcome is unknown, fails
+//     with ErrOutcomeUnknown.
+//   - Order: per shard, batches are proposed in ring order and a retry never
+//     lands behind a later batch, so one node's pipeline never reorders a
+//     process's events. The FSM's per-pid sequence sort orders events within
+//     one batch only. What the client must do for order across failures is
+//     in docs/API.md: send a process's next events only after the previous
+//     request for it was answered, and resend a failed part first.
 //
 // Bounds: ring capacity per shard, BatchSize per proposal, MaxInflight
-// proposals plus queued retries per shard, MaxShards shards,
-// Retry.MaxAttempts per batch.
+// proposals plus queued retries per shard, 4×MaxInflight batches waiting for
+// a redirect per shard (a completer that finds the queue full waits,
+// counted in PoolStats.RedirectWaits), MaxShards shards, Retry.MaxAttempts
+// per batch, CommitTimeout per redirect.
 //
 // Shards come and go at run time (AddShard, RemoveShard); removing one fails
 // its unproposed events with ErrShardClosed. Close stops accepting, flushes

@@ -20,7 +20,8 @@ var (
 	// before the submitter's deadline). The error names the shard.
 	ErrFull = errors.New("node: ring buffer full")
 	// ErrNotLeader: this node's replica is not the shard's leader. A
-	// proposal failing with it is failed back at once, never retried here.
+	// proposal failing with it is never retried here: the pool redirects
+	// it to the new leader (Redirector) or fails it back at once.
 	ErrNotLeader = errors.New("node: not the leader")
 	// ErrShardClosed: the shard was removed from the pool; its pending
 	// events are failed back.
@@ -37,7 +38,44 @@ var (
 	ErrProposerPanic = errors.New("node: proposer panicked")
 	// ErrPoolConfig: a PoolConfig field is out of range.
 	ErrPoolConfig = errors.New("node: invalid pool config")
+
+	// ErrRejected: the shard's leader on another node rejected a forwarded
+	// part before ingesting any of it (invalid, too large, unauthorised).
+	ErrRejected = errors.New("node: events rejected by the shard's leader")
+
+	// Outcomes.
+	// ErrOutcomeUnknown: the events may or may not have been stored (for
+	// example leadership was lost after the proposal was appended, a
+	// forward's connection broke after the request was sent, a commit
+	// wait timed out). Resending them with the same event ids is safe: the
+	// shard skips ids it has applied.
+	ErrOutcomeUnknown = errors.New("node: outcome unknown")
+	// ErrLeadershipLost: the proposal was appended to this node's log but
+	// the node lost the shard's leadership before it committed; it may
+	// still commit under the new leader. Always wrapped together with
+	// ErrOutcomeUnknown.
+	ErrLeadershipLost = errors.New("node: leadership lost before commit")
 )
+
+// Refused reports whether err says that the events it concerns were
+// definitely not stored: they were never handed to the shard's log (a full
+// ring, no leader here, no such shard, closing, a proposer that panicked
+// before taking them). Any other failure, ErrOutcomeUnknown first, leaves
+// the outcome unknown.
+func Refused(err error) bool {
+	if err == nil || errors.Is(err, ErrOutcomeUnknown) {
+		return false
+	}
+	for _, r := range refusals {
+		if errors.Is(err, r) {
+			return true
+		}
+	}
+	return false
+}
+
+var refusals = []error{ErrFull, ErrNotLeader, ErrNoShard, ErrClosed, ErrShardClosed, ErrPoolClosed,
+	ErrUnknownShard, ErrBatchTooLarge, ErrProposerPanic, ErrRejected}
 
 // NotLeaderError says that this node's replica of a shard is not its
 // leader, and who is, if known. errors.Is(err, ErrNotLeader) holds.

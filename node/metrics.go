@@ -88,6 +88,7 @@ func (m *Metrics) ingested(shard uint32, n int) {
 type poolMetrics struct {
 	eventsIn, refused, committed, failed *prometheus.CounterVec
 	proposalErrors, retries              *prometheus.CounterVec
+	redirected                           *prometheus.CounterVec
 	restarts                             prometheus.Counter
 	batchSize, applyLatency              prometheus.Histogram
 	ringUsed                             *prometheus.GaugeVec
@@ -107,6 +108,10 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 			Help: "Proposals that resolved with an error, by kind of error.",
 		}, []string{"shard", "error"}),
 		retries: perShard("scope_writer_retries_total", "Batches scheduled to be proposed again."),
+		redirected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_writer_events_redirected_total",
+			Help: "Events whose proposal failed on a lost leadership, handed to the shard's new leader, by outcome (ok, refused, unknown).",
+		}, []string{"shard", "outcome"}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_writer_restarts_total", Help: "Writers restarted after a panic."}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -120,7 +125,7 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 			[]string{"shard"}),
 	}
 	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
-		p.restarts, p.batchSize, p.applyLatency, p.ringUsed)
+		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed)
 	return p
 }
 
@@ -144,13 +149,26 @@ func (p *poolMetrics) ApplyLatency(_ uint32, d time.Duration) {
 }
 func (p *poolMetrics) ProposalError(shard uint32, err error) {
 	kind := "other"
-	if errors.Is(err, ErrNotLeader) {
+	switch {
+	case errors.Is(err, ErrNotLeader):
 		kind = "not_leader"
+	case errors.Is(err, ErrLeadershipLost):
+		kind = "leadership_lost"
 	}
 	p.proposalErrors.WithLabelValues(shardLabel(shard), kind).Inc()
 }
 func (p *poolMetrics) Retry(shard uint32) { p.retries.WithLabelValues(shardLabel(shard)).Inc() }
 func (p *poolMetrics) WriterRestart(int)  { p.restarts.Inc() }
+func (p *poolMetrics) Redirected(shard uint32, n int, err error) {
+	outcome := "ok"
+	switch {
+	case Refused(err):
+		outcome = "refused"
+	case err != nil:
+		outcome = "unknown"
+	}
+	p.redirected.WithLabelValues(shardLabel(shard), outcome).Add(float64(n))
+}
 func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
 	p.ringUsed.WithLabelValues(shardLabel(shard)).Set(float64(used))
 }

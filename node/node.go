@@ -424,8 +424,14 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 	for i, shard := range shards {
 		part := byShard[shard]
 		res.Shards[i] = ShardResult{Shard: shard, Events: len(part) + repeats[shard], Repeats: repeats[shard]}
+		// The pool takes the part when this node leads the shard, and also
+		// while it still holds earlier events of the shard (it lost the
+		// leadership and is redirecting them): the part then queues behind
+		// them instead of overtaking them.
+		// A forwarded part is never queued behind this node's own
+		// redirects (they may be waiting on this very request).
 		r := n.Replica(shard)
-		if r == nil || !r.IsLeader() {
+		if r == nil || !(r.IsLeader() || n.pool.Outstanding(shard) > 0 && !isForwarded(ctx)) {
 			forwarded[i] = true
 			continue
 		}
@@ -463,24 +469,19 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		}
 	}
 	if d == Committed {
+		// A part whose proposal met a leadership change was redirected to
+		// the new leader by the pool (see Redirect): its ticket tells the
+		// final outcome, and the duplicates the new leader reported.
 		for i, t := range tickets {
 			if t == nil {
 				continue
 			}
 			select {
 			case <-t.Done():
-				dups, err := t.Duplicates(), t.Err()
-				if errors.Is(err, ErrNotLeader) && !isForwarded(ctx) {
-					// Leadership moved while the part was in flight (an
-					// election or a balancing transfer): hand it to the new
-					// leader. Safe even if the lost proposal commits after
-					// all: the shard drops events whose ids it has applied.
-					dups, err = n.forward(ctx, shards[i], byShard[shards[i]], d)
-				}
-				settle(i, dups, err)
+				settle(i, t.Duplicates(), t.Err())
 			case <-ctx.Done():
-				res.Shards[i].Err = fmt.Errorf("%w: shard %d: not committed within the deadline: %w",
-					ErrTimeout, res.Shards[i].Shard, ctx.Err())
+				res.Shards[i].Err = fmt.Errorf("%w: %w: shard %d: not committed within the deadline: %w",
+					ErrOutcomeUnknown, ErrTimeout, res.Shards[i].Shard, ctx.Err())
 			}
 		}
 	}
@@ -511,23 +512,72 @@ func (n *Node) forward(ctx context.Context, shard uint32, events []correlate.Eve
 }
 
 // Propose implements Proposer for the writer pool: it proposes a batch of
-// events to the shard's raft group without waiting for the commit.
+// events to the shard's raft group without waiting for the commit. It
+// blocks while the group's apply queue is full (at most CommitTimeout); the
+// pool calls it from the shard's own goroutine.
 func (n *Node) Propose(shard uint32, events []correlate.Event) ProposalFuture {
 	r := n.Replica(shard)
 	if r == nil {
 		return failedFuture{fmt.Errorf("%w: shard %d", ErrShardClosed, shard)}
 	}
-	return raftFuture{f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
+	return raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
 }
 
-// raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture.
-type raftFuture struct{ f raft.ApplyFuture }
+// Redirect implements Redirector for the writer pool: a batch whose
+// proposal failed because this node lost the shard's leadership goes to
+// the new leader (same ids, so a batch that commits after all is
+// deduplicated there), within CommitTimeout. It always asks for the
+// commit, even for ACCEPTED events: an ACCEPTED forward is refused at once
+// by a full ring, and these events were acknowledged already; waiting for
+// the commit also keeps the redirected batches in order behind one
+// another. If leadership comes back here, the batch is proposed directly
+// to the local replica: through the pool it would wait behind its own
+// completer, which is the caller. dups is the count of events the shard
+// had applied already, from the local FSM or the leader's answer.
+func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Event, _ bool) (dups int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
+	defer cancel()
+	backoff := time.Millisecond
+	for {
+		if r := n.Replica(shard); r != nil && r.IsLeader() {
+			f := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
+			if dups, err = 0, f.Wait(); err == nil {
+				dups = len(f.Duplicates())
+			}
+		} else {
+			dups, err = n.forward(ctx, shard, events, Committed)
+		}
+		// Not taken, or taken maybe (the receiving leader lost the
+		// leadership in turn): same ids, so trying again is safe, and a
+		// retry counts the events a lost attempt stored as duplicates.
+		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrOutcomeUnknown)) || ctx.Err() != nil {
+			return dups, err
+		}
+		select { // leadership is moving: look again shortly
+		case <-ctx.Done():
+			return 0, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 100*time.Millisecond)
+	}
+}
+
+// raftFuture adapts a raft.ApplyFuture to the pool's ProposalFuture. It
+// tells apart a proposal raft never appended (ErrNotLeader: refused) from
+// one appended and then orphaned by a leadership change
+// (ErrLeadershipLost: it may still commit, the outcome is unknown).
+type raftFuture struct {
+	shard uint32
+	f     raft.ApplyFuture
+}
 
 func (f raftFuture) Wait() error {
 	if err := f.f.Error(); err != nil {
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) ||
-			errors.Is(err, raft.ErrLeadershipTransferInProgress) {
-			return fmt.Errorf("%w: %w", ErrNotLeader, err)
+		switch {
+		case errors.Is(err, raft.ErrLeadershipLost):
+			return fmt.Errorf("%w (%w): shard %d: %w", ErrLeadershipLost, ErrOutcomeUnknown, f.shard, err)
+		case errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipTransferInProgress):
+			return fmt.Errorf("%w: shard %d: %w", ErrNotLeader, f.shard, err)
 		}
 		return err
 	}

@@ -23,15 +23,22 @@ const maxPooledItems = 4096
 // Pool is the writer pool: one lock-free ring per shard, drained by a fixed
 // set of writer goroutines that batch events into proposals. See doc.go.
 type Pool struct {
-	cfg  PoolConfig
-	prop Proposer
-	m    PoolMetrics
-	log  *slog.Logger
+	cfg      PoolConfig
+	prop     Proposer
+	redirect Redirector // prop, if it implements it; else nil
+	m        PoolMetrics
+	log      *slog.Logger
+
+	// ctx bounds redirects; cancelled when Close's deadline passes.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// shards is an immutable map replaced on every change (copy on write),
 	// so Submit looks a shard up with one atomic load.
 	shards  atomic.Pointer[map[uint32]*poolShard]
 	writers []*poolWriter
+
+	redirectWaits atomic.Uint64 // completers that waited for room in a redirect queue
 
 	closing  atomic.Bool // no new submissions; writers flush and exit when idle
 	abort    atomic.Bool // Close's deadline passed: fail what is left
@@ -66,6 +73,8 @@ func NewPool(cfg PoolConfig, p Proposer, m PoolMetrics) (*Pool, error) {
 	}
 	pool := &Pool{cfg: cfg, prop: p, m: m, log: logger.With("component", "writer-pool"),
 		closed: make(chan struct{})}
+	pool.redirect, _ = p.(Redirector)
+	pool.ctx, pool.cancel = context.WithCancel(context.Background())
 	empty := map[uint32]*poolShard{}
 	pool.shards.Store(&empty)
 	for i := range cfg.Writers {
@@ -101,6 +110,7 @@ func (p *Pool) startLocked() {
 	go func() {
 		p.writersWG.Wait()
 		p.complWG.Wait()
+		p.cancel()
 		close(p.closed)
 	}()
 }
@@ -121,9 +131,14 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 		return nil, fmt.Errorf("%w: shard %d", ErrUnknownShard, shard)
 	}
 	t := newTicket(len(events))
+	t.wait = wait
+	t.redirect = !(wait && isForwarded(ctx))
 	if len(events) == 0 {
 		return t, nil
 	}
+	// Counted before the put: a writer may resolve the events before the
+	// put returns.
+	sh.outstanding.Add(int64(len(events)))
 	// The ring copies the items; the staging buffer is recycled (cleared, so
 	// that it keeps no event alive) instead of allocated per call.
 	bp := itemBufs.Get().(*[]poolItem)
@@ -146,6 +161,7 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 		p.m.EventsIn(shard, len(events))
 		return t, nil
 	}
+	sh.outstanding.Add(-int64(len(events)))
 	p.m.EventsRefused(shard, len(events))
 	switch {
 	case errors.Is(err, ring.ErrTooLarge):
@@ -190,15 +206,19 @@ func (p *Pool) AddShard(shard uint32) error {
 		return err
 	}
 	sh := &poolShard{
-		id:       shard,
-		ring:     r,
-		w:        w,
-		items:    make([]poolItem, 0, p.cfg.BatchSize),
-		inflight: make(chan *proposal, p.cfg.MaxInflight),
-		released: make(chan struct{}),
+		id:        shard,
+		ring:      r,
+		w:         w,
+		items:     make([]poolItem, 0, p.cfg.BatchSize),
+		dispatch:  make(chan *proposal, p.cfg.MaxInflight),
+		redirects: make(chan *proposal, redirectQueue*p.cfg.MaxInflight),
+		inflight:  make(chan *proposal, p.cfg.MaxInflight),
+		released:  make(chan struct{}),
 	}
-	p.complWG.Add(1)
+	p.complWG.Add(3)
+	go p.dispatch(sh)
 	go p.complete(sh)
+	go p.redirector(sh)
 	w.mu.Lock()
 	w.shards = append(w.shards, sh)
 	w.mu.Unlock()
@@ -267,12 +287,32 @@ func (p *Pool) Close(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	p.abort.Store(true)
+	p.cancel() // redirects in progress give up
 	for _, w := range p.writers {
 		w.wakeUp()
 	}
 	p.writersWG.Wait()
 	return ctx.Err()
 }
+
+// Outstanding is the number of events accepted into shard's ring and not
+// yet resolved (committed, redirected or failed back); 0 for a shard the
+// pool does not host. The node routes a shard's new events through the
+// pool while it is not zero, even when it no longer leads the shard, so
+// that they are redirected behind the earlier ones rather than overtake
+// them.
+func (p *Pool) Outstanding(shard uint32) int {
+	if sh := (*p.shards.Load())[shard]; sh != nil {
+		return int(sh.outstanding.Load())
+	}
+	return 0
+}
+
+// redirectQueue bounds a shard's queue of batches waiting to be redirected,
+// in pipelines' worth (MaxInflight batches each). A completer that finds it
+// full waits (counted in PoolStats.RedirectWaits): its shard's pipeline
+// then stalls and its ring fills, which refuses new ACCEPTED events.
+const redirectQueue = 4
 
 // PoolShardStats describes one shard's ring and pipeline.
 type PoolShardStats struct {
@@ -285,12 +325,15 @@ type PoolShardStats struct {
 type PoolStats struct {
 	Shards   []PoolShardStats // in shard order
 	Restarts uint64           // writer restarts after panics
+	// RedirectWaits counts completers that found their shard's redirect
+	// queue full and waited.
+	RedirectWaits uint64
 }
 
 // Stats returns a snapshot of every shard's ring and pipeline.
 func (p *Pool) Stats() PoolStats {
 	cur := *p.shards.Load()
-	st := PoolStats{Restarts: p.restarts.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
+	st := PoolStats{Restarts: p.restarts.Load(), RedirectWaits: p.redirectWaits.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
 	for id, sh := range cur {
 		st.Shards = append(st.Shards, PoolShardStats{Shard: id, Ring: sh.ring.Stats(),
 			Inflight: int(sh.inflightN.Load())})

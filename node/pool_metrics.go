@@ -25,6 +25,10 @@ type PoolMetrics interface {
 	ProposalError(shard uint32, err error)
 	// Retry counts a batch scheduled to be proposed again.
 	Retry(shard uint32)
+	// Redirected counts events whose proposal failed because this node
+	// lost the shard's leadership and that were handed to the new leader;
+	// err is the redirect's outcome (nil: the new leader took them).
+	Redirected(shard uint32, n int, err error)
 	// WriterRestart counts a writer restarted after a panic.
 	WriterRestart(writer int)
 	// RingFill reports a shard's ring occupancy after a writer took from it.
@@ -44,5 +48,6 @@ func (NopPoolMetrics) Batch(uint32, int)                  {}
 func (NopPoolMetrics) ApplyLatency(uint32, time.Duration) {}
 func (NopPoolMetrics) ProposalError(uint32, error)        {}
 func (NopPoolMetrics) Retry(uint32)                       {}
+func (NopPoolMetrics) Redirected(uint32, int, error)      {}
 func (NopPoolMetrics) WriterRestart(int)                  {}
 func (NopPoolMetrics) RingFill(uint32, int, int)          {}

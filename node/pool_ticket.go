@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -10,16 +11,26 @@ import (
 
 // Ticket is the completion of one Submit call. It resolves when every one of
 // its events is committed or failed; the events may travel in several
-// proposals, and the ticket fails if any part failed (with the first
-// reason).
+// proposals (at most BatchSize events each), and the ticket fails if any
+// part failed. Its error tells the outcome of the whole submission: a
+// refusal (see Refused) only when none of its events can have been stored;
+// if some were stored or may have been, an error wrapping
+// ErrOutcomeUnknown.
 type Ticket struct {
-	n         int
+	n    int
+	wait bool // the submitter waits for the commit (COMMITTED ingest)
+	// redirect: on a lost leadership the events go to the new leader.
+	// False for a COMMITTED part another node forwarded here: that node
+	// waits and retries it itself.
+	redirect  bool
 	remaining atomic.Int64
 	dups      atomic.Int64 // events the shard had applied already (see Duplicates)
 	done      chan struct{}
 
-	mu  sync.Mutex
-	err error
+	mu      sync.Mutex
+	err     error // first failure
+	unknown error // first failure whose outcome is unknown
+	stored  int   // events resolved as stored
 }
 
 func newTicket(n int) *Ticket {
@@ -47,6 +58,15 @@ func (t *Ticket) Err() error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	switch {
+	case t.err == nil:
+		return nil
+	case t.unknown != nil:
+		return t.unknown
+	case t.stored > 0:
+		return fmt.Errorf("%w: %d of %d events stored, the others refused: %w", ErrOutcomeUnknown,
+			t.stored, t.n, t.err)
+	}
 	return t.err
 }
 
@@ -68,13 +88,17 @@ func (t *Ticket) Wait(ctx context.Context) error {
 
 // resolve settles n of the ticket's events with err (nil: committed).
 func (t *Ticket) resolve(n int, err error) {
-	if err != nil {
-		t.mu.Lock()
-		if t.err == nil {
-			t.err = err
-		}
-		t.mu.Unlock()
+	t.mu.Lock()
+	switch {
+	case err == nil:
+		t.stored += n
+	case t.err == nil:
+		t.err = err
 	}
+	if err != nil && t.unknown == nil && !Refused(err) {
+		t.unknown = err
+	}
+	t.mu.Unlock()
 	left := t.remaining.Add(int64(-n))
 	switch {
 	case left == 0:

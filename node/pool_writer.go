@@ -27,15 +27,22 @@ type poolShard struct {
 	itemsTries int        // proposals of items that panicked
 	proposing  proposingWhat
 
+	dispatch  chan *proposal // batches in log order, to the dispatcher; cap MaxInflight
+	redirects chan *proposal // batches to redirect, in log order; cap redirectQueue
 	inflight  chan *proposal // proposals in log order, to the completer; cap MaxInflight
-	inflightN atomic.Int32   // proposals made and not yet resolved
+	inflightN atomic.Int32   // batches handed to the dispatcher and not yet resolved
+
+	// outstanding counts the events accepted into the ring and not yet
+	// resolved (see Pool.Outstanding).
+	outstanding atomic.Int64
 
 	removing atomic.Bool
 	released chan struct{} // closed once w has let go of the shard
 
-	mu      sync.Mutex
-	retries []*proposal // failed batches to propose again, oldest first
-	noRetry bool        // released or aborted: fail instead of retrying
+	mu       sync.Mutex
+	retries  []*proposal // failed batches to propose again, oldest first
+	noRetry  bool        // released or aborted: fail instead of retrying
+	proposed uint64      // batches handed to the dispatcher so far (the last one's seq)
 }
 
 // proposingWhat records which batch a writer was proposing when it panicked.
@@ -52,9 +59,11 @@ type proposal struct {
 	events   []correlate.Event
 	runs     []ticketRun
 	attempts int       // Propose calls made for this batch, panics included
+	seq      uint64    // its place among the shard's proposals (poolShard.proposed)
 	at       time.Time // last Propose call
 	due      time.Time // retry not before
 	f        ProposalFuture
+	cause    error // why it is being redirected
 }
 
 // poolWriter drains the rings of the shards it owns. Its wake channel is the
@@ -260,20 +269,30 @@ func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res se
 }
 
 func (w *poolWriter) proposeItems(sh *poolShard, now time.Time) {
+	sh.proposing = proposingItems
+	w.p.callHook("propose", sh.id)
+	sh.proposing = proposingNone
+	sh.mu.Lock()
+	if len(sh.retries) > 0 {
+		// A completer queued a retry since service looked: it goes first
+		// (the next round proposes it).
+		sh.mu.Unlock()
+		return
+	}
+	sh.proposed++
+	seq := sh.proposed
+	sh.mu.Unlock()
 	pr := &proposal{
 		events:   make([]correlate.Event, len(sh.items)),
 		runs:     runsOf(sh.items),
 		attempts: sh.itemsTries + 1,
+		seq:      seq,
 		at:       now,
 	}
 	for i := range sh.items {
 		pr.events[i] = sh.items[i].ev
 	}
-	sh.proposing = proposingItems
-	w.p.callHook("propose", sh.id)
-	pr.f = w.p.prop.Propose(sh.id, pr.events)
-	// Proposed: from here on the batch belongs to the pipeline.
-	sh.proposing = proposingNone
+	// Handed over: from here on the batch belongs to the pipeline.
 	clear(sh.items)
 	sh.items = sh.items[:0]
 	sh.itemsTries = 0
@@ -285,21 +304,24 @@ func (w *poolWriter) proposeRetry(sh *poolShard, pr *proposal, now time.Time) {
 	pr.at = now
 	sh.proposing = proposingRetry
 	w.p.callHook("propose", sh.id)
-	pr.f = w.p.prop.Propose(sh.id, pr.events)
 	sh.proposing = proposingNone
 	sh.mu.Lock()
 	sh.retries = sh.retries[1:]
+	sh.proposed++
+	pr.seq = sh.proposed
 	sh.mu.Unlock()
 	w.enqueue(sh, pr)
 }
 
-// enqueue hands a proposed batch to the shard's completer. The send never
-// blocks: the writer proposes only while inflightN < MaxInflight, the
-// channel's capacity.
+// enqueue hands a batch to the shard's dispatcher, which proposes it. The
+// send never blocks: the writer hands over only while inflightN <
+// MaxInflight, the channel's capacity. The writer itself never calls
+// Propose, so a shard whose raft queue is full (Propose blocking) delays
+// only its own dispatcher, never the other shards the writer owns.
 func (w *poolWriter) enqueue(sh *poolShard, pr *proposal) {
 	w.p.m.Batch(sh.id, len(pr.events))
 	sh.inflightN.Add(1)
-	sh.inflight <- pr
+	sh.dispatch <- pr
 }
 
 // failItems fails the staged batch.
@@ -308,7 +330,7 @@ func (w *poolWriter) failItems(sh *poolShard, err error) {
 		return
 	}
 	w.p.m.EventsFailed(sh.id, len(sh.items))
-	resolveRuns(runsOf(sh.items), err)
+	sh.resolve(runsOf(sh.items), err)
 	clear(sh.items)
 	sh.items = sh.items[:0]
 	sh.itemsTries = 0
@@ -316,7 +338,7 @@ func (w *poolWriter) failItems(sh *poolShard, err error) {
 
 func (w *poolWriter) failProposal(sh *poolShard, pr *proposal, err error) {
 	w.p.m.EventsFailed(sh.id, len(pr.events))
-	resolveRuns(pr.runs, err)
+	sh.resolve(pr.runs, err)
 }
 
 // failAll fails everything sh holds that is not in flight: the staged batch,
@@ -357,7 +379,7 @@ func (w *poolWriter) release(sh *poolShard, err error) bool {
 		}
 	}
 	w.mu.Unlock()
-	close(sh.inflight)
+	close(sh.dispatch)
 	close(sh.released)
 	return true
 }
@@ -369,35 +391,114 @@ func (w *poolWriter) finish() {
 	w.shards = nil
 	w.mu.Unlock()
 	for _, sh := range shards {
-		close(sh.inflight)
+		close(sh.dispatch)
 		close(sh.released)
 	}
 }
 
-// complete resolves sh's proposals in log order, schedules retries and
-// fails back what cannot be retried. One goroutine per shard, so that a
-// slow commit on one shard never delays another's acknowledgements.
+// dispatch proposes sh's batches in the order the writer handed them over,
+// one at a time, then passes each to the completer. One goroutine per
+// shard: Propose may block (a full raft queue) without delaying any other
+// shard.
+func (p *Pool) dispatch(sh *poolShard) {
+	defer p.complWG.Done()
+	defer close(sh.inflight)
+	for pr := range sh.dispatch {
+		pr.at = time.Now()
+		pr.f = p.propose(sh, pr)
+		sh.inflight <- pr // never blocks: both channels hold at most inflightN
+	}
+}
+
+// propose calls the Proposer. A Propose that panics did not propose the
+// batch: it is proposed again at once, in place, so that nothing newer
+// overtakes it, until it has used Retry.MaxAttempts; then it is failed
+// back with ErrProposerPanic.
+func (p *Pool) propose(sh *poolShard, pr *proposal) ProposalFuture {
+	for {
+		f, r := p.proposeOnce(sh, pr)
+		if r == nil {
+			return f
+		}
+		p.log.Error("Propose panicked", "shard", sh.id, "attempt", pr.attempts, "panic", r,
+			"stack", string(debug.Stack()))
+		err := fmt.Errorf("%w: shard %d: %d attempts: %v", ErrProposerPanic, sh.id, pr.attempts, r)
+		p.m.ProposalError(sh.id, err)
+		if pr.attempts >= p.cfg.Retry.MaxAttempts {
+			return ResolvedFuture(err)
+		}
+		pr.attempts++
+	}
+}
+
+func (p *Pool) proposeOnce(sh *poolShard, pr *proposal) (f ProposalFuture, panicked any) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, panicked = nil, r
+		}
+	}()
+	return p.prop.Propose(sh.id, pr.events), nil
+}
+
+// complete resolves sh's proposals in log order, schedules retries,
+// redirects what this node's log refused because it lost the shard's
+// leadership, and fails back what cannot be retried. One goroutine per
+// shard, so that a slow commit on one shard never delays another's
+// acknowledgements.
 func (p *Pool) complete(sh *poolShard) {
 	defer p.complWG.Done()
+	defer close(sh.redirects)
 	for pr := range sh.inflight {
 		err := waitFuture(pr.f)
 		p.m.ApplyLatency(sh.id, time.Since(pr.at))
 		n := len(pr.events)
+		if err != nil {
+			p.m.ProposalError(sh.id, err)
+		}
+		if err != nil && p.redirect != nil && (errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost)) {
+			// To the shard's redirector, in log order. The completer does
+			// not wait for the redirect itself: a redirect waits for the
+			// new leader's commit, and that leader may be redirecting to
+			// this node in turn (leadership moving back and forth).
+			var back []ticketRun
+			if pr, back = splitRedirect(pr); len(back) > 0 {
+				n := 0
+				for _, r := range back {
+					n += r.n
+				}
+				p.m.EventsFailed(sh.id, n)
+				sh.resolve(back, fmt.Errorf("node: shard %d: %w", sh.id, err))
+			}
+			if pr == nil {
+				sh.inflightN.Add(-1)
+				sh.w.wakeUp()
+				continue
+			}
+			pr.cause = err
+			select {
+			case sh.redirects <- pr:
+			default:
+				p.redirectWaits.Add(1) // the queue is full: backpressure
+				sh.redirects <- pr
+			}
+			sh.inflightN.Add(-1)
+			sh.w.wakeUp()
+			continue
+		}
 		switch {
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
 			if dr, ok := pr.f.(DuplicateReporter); ok {
 				attributeDuplicates(pr.runs, dr.Duplicates())
 			}
-			resolveRuns(pr.runs, nil)
-		case !errors.Is(err, ErrNotLeader) && pr.attempts < p.cfg.Retry.MaxAttempts &&
+			sh.resolve(pr.runs, nil)
+		case !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeadershipLost) &&
+			pr.attempts < p.cfg.Retry.MaxAttempts &&
 			sh.scheduleRetry(pr, time.Now().Add(p.cfg.Retry.backoff(pr.attempts))):
-			p.m.ProposalError(sh.id, err)
 			p.m.Retry(sh.id)
 		default:
-			p.m.ProposalError(sh.id, err)
 			p.m.EventsFailed(sh.id, n)
-			resolveRuns(pr.runs, fmt.Errorf("node: shard %d: batch of %d events failed after %d attempt(s): %w",
+			sh.resolve(pr.runs, fmt.Errorf("node: shard %d: batch of %d events failed after %d attempt(s): %w",
 				sh.id, n, pr.attempts, err))
 		}
 		sh.inflightN.Add(-1)
@@ -405,16 +506,152 @@ func (p *Pool) complete(sh *poolShard) {
 	}
 }
 
+// splitRedirect separates the runs of pr whose submitters wait for the
+// commit of a part another node forwarded here (they are failed back: that
+// node retries, and a redirect from here could wait on it in turn) from
+// the others, which are redirected. It returns the batch to redirect (nil
+// if none) and the runs to fail back.
+func splitRedirect(pr *proposal) (*proposal, []ticketRun) {
+	var back []ticketRun
+	for _, r := range pr.runs {
+		if !r.t.redirect {
+			back = append(back, r)
+		}
+	}
+	if len(back) == 0 {
+		return pr, nil
+	}
+	if len(back) == len(pr.runs) {
+		return nil, back
+	}
+	keep := &proposal{attempts: pr.attempts, seq: pr.seq, at: pr.at}
+	off := 0
+	for _, r := range pr.runs {
+		if r.t.redirect {
+			keep.runs = append(keep.runs, r)
+			keep.events = append(keep.events, pr.events[off:off+r.n]...)
+		}
+		off += r.n
+	}
+	return keep, back
+}
+
+// redirector redirects sh's batches that this node's log refused or may
+// have dropped on a lost leadership, one at a time, in log order, and
+// resolves their tickets with the outcome. One goroutine per shard; idle
+// when the Proposer is not a Redirector.
+func (p *Pool) redirector(sh *poolShard) {
+	defer p.complWG.Done()
+	for pr := range sh.redirects {
+		p.redirectBatch(sh, pr)
+	}
+}
+
+// redirectBatch hands a batch this node's log refused (ErrNotLeader: never
+// appended) or may have dropped (ErrLeadershipLost: appended, then
+// leadership moved before it committed) to the shard's new leader, with
+// the same event ids, and resolves its tickets with the outcome. It runs on
+// the shard's redirector, so a shard's batches are redirected one at a
+// time in log order, behind one another.
+//
+// The batch goes in parts, in order (redirectParts): the events of a
+// submitter that waits for the commit alone, so that the new leader's
+// count of duplicates among them is charged to its ticket exactly (the
+// leader reports a count, not which events); consecutive runs of the
+// other submitters together. Once a part fails, the later ones are not
+// sent (they would overtake it): they fail with the batch's cause, a
+// refusal after ErrNotLeader, an unknown outcome after ErrLeadershipLost.
+func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
+	var failed error
+	off := 0
+	for _, k := range redirectParts(pr.runs) {
+		runs := pr.runs[:k]
+		pr.runs = pr.runs[k:]
+		n := 0
+		for _, r := range runs {
+			n += r.n
+		}
+		events := pr.events[off : off+n]
+		off += n
+		var err error
+		if failed != nil {
+			err = fmt.Errorf("%w; not redirected behind a failed part of its batch: %v", pr.cause, failed)
+			p.m.Redirected(sh.id, n, err) // lost for ACCEPTED submitters: counted with the others
+		} else {
+			dups, rerr := p.redirect.Redirect(p.ctx, sh.id, events, runs[0].t.wait)
+			p.m.Redirected(sh.id, n, rerr) // success is counted here
+			if rerr == nil && len(runs) == 1 && dups > 0 {
+				runs[0].t.dups.Add(int64(min(dups, runs[0].n)))
+			}
+			err = redirectOutcome(pr.cause, rerr)
+			failed = err
+		}
+		if err != nil {
+			p.m.EventsFailed(sh.id, n)
+			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, n, err)
+		}
+		sh.resolve(runs, err)
+	}
+}
+
+// redirectParts splits runs into the parts redirectBatch sends, as the
+// number of runs of each part, in order: a run whose submitter waits for
+// the commit alone, consecutive runs of the others together.
+func redirectParts(runs []ticketRun) []int {
+	var parts []int
+	for i := 0; i < len(runs); {
+		k := 1
+		if !runs[i].t.wait {
+			for i+k < len(runs) && !runs[i+k].t.wait {
+				k++
+			}
+		}
+		parts = append(parts, k)
+		i += k
+	}
+	return parts
+}
+
+// redirectOutcome is the outcome of events whose proposal failed with
+// cause and whose redirect returned rerr. A refusal of the redirect after
+// ErrLeadershipLost is not a refusal of the events: the first proposal may
+// still commit, so the outcome is unknown.
+func redirectOutcome(cause, rerr error) error {
+	switch {
+	case rerr == nil:
+		return nil
+	case errors.Is(cause, ErrLeadershipLost) && Refused(rerr):
+		return fmt.Errorf("%w: %w; redirecting to the new leader: %w", ErrOutcomeUnknown, cause, rerr)
+	default:
+		return fmt.Errorf("%v; redirecting to the new leader: %w", cause, rerr)
+	}
+}
+
+// scheduleRetry queues pr to be proposed again, unless the shard is being
+// released or a later batch was proposed after it: a retry would then land
+// in the log behind that batch and could put a process's events out of
+// order, so pr is failed back instead (the submitter retries, in its own
+// order).
 func (sh *poolShard) scheduleRetry(pr *proposal, due time.Time) bool {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.noRetry {
+	if sh.noRetry || pr.seq != sh.proposed {
 		return false
 	}
 	pr.due = due
 	pr.f = nil
 	sh.retries = append(sh.retries, pr)
 	return true
+}
+
+// resolve settles the runs' tickets and the shard's outstanding count.
+func (sh *poolShard) resolve(runs []ticketRun, err error) {
+	n := 0
+	for _, r := range runs {
+		n += r.n
+	}
+	resolveRuns(runs, err)
+	sh.outstanding.Add(-int64(n))
 }
 
 // waitFuture waits for f, turning a panic in Wait into an error.

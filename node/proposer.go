@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,17 +14,18 @@ import (
 // tests.
 type Proposer interface {
 	// Propose starts replicating events as one entry of shard's log and
-	// returns at once, without waiting for the commit, so that a writer can
-	// keep several proposals of a shard in flight. It may block briefly for
-	// backpressure.
+	// returns without waiting for the commit, so that several proposals of
+	// a shard can be in flight. It may block for backpressure (a full raft
+	// queue): the pool calls it from a goroutine of the shard's own, so a
+	// blocked shard delays only its own later batches.
 	//
 	// The pool calls Propose for a given shard from one goroutine at a time,
 	// in the order the batches must appear in the log. events belongs to
 	// the proposer until the future resolves; the pool never modifies it,
-	// and passes the same slice again if it retries the batch.
+	// and passes the same slice again if it retries or redirects the batch.
 	//
-	// A panic in Propose means "not proposed": the pool restarts the writer
-	// and proposes the same batch again (counted as an attempt). A
+	// A panic in Propose means "not proposed": the pool proposes the same
+	// batch again at once, before any later one (counted as an attempt). A
 	// Proposer must therefore not panic after it has accepted a batch.
 	Propose(shard uint32, events []correlate.Event) ProposalFuture
 }
@@ -31,9 +33,10 @@ type Proposer interface {
 // ProposalFuture is the pending outcome of one Propose call.
 type ProposalFuture interface {
 	// Wait blocks until the proposal is committed (nil) or has failed. An
-	// error wrapping ErrNotLeader is failed back to the submitters at once
-	// (the RPC layer redirects them); any other error is retried per the
-	// pool's RetryPolicy. Wait is called once, from a goroutine other than
+	// error wrapping ErrNotLeader or ErrLeadershipLost is redirected to the
+	// shard's new leader when the Proposer is a Redirector, else failed back
+	// to the submitters at once; any other error is retried per the pool's
+	// RetryPolicy. Wait is called once, from a goroutine other than
 	// the one that called Propose, and must eventually return (a Raft
 	// group fails its pending futures when it shuts down).
 	Wait() error
@@ -46,6 +49,27 @@ type ProposalFuture interface {
 // (Ticket.Duplicates). The returned slice is owned by the caller.
 type DuplicateReporter interface {
 	Duplicates() []int
+}
+
+// Redirector is optionally implemented by a Proposer (the node) that can
+// hand a batch to the shard's leader elsewhere. When a proposal fails with
+// ErrNotLeader or ErrLeadershipLost, the pool redirects the batch (same
+// events, same ids) instead of failing it back, one batch at a time per
+// shard, in log order, and resolves its tickets with the outcome.
+type Redirector interface {
+	// Redirect sends events to shard's current leader and waits for it to
+	// take them: committed when commit is true (a submitter waits for the
+	// commit), else accepted into its buffer. It returns nil when the
+	// leader took every event, an error for which Refused holds when none
+	// was stored, any other error when the outcome is unknown. It must
+	// return when ctx is done (the pool's close deadline passed).
+	//
+	// dups is how many of events the shard did not store because it had
+	// applied their ids already (known when commit is true; 0 otherwise).
+	// The pool calls Redirect for one submitter's events at a time whenever
+	// that submitter waits for the commit, so that the count can be charged
+	// to its ticket exactly.
+	Redirect(ctx context.Context, shard uint32, events []correlate.Event, commit bool) (dups int, err error)
 }
 
 // ProposerFunc adapts a function to the Proposer interface.

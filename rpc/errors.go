@@ -43,6 +43,12 @@ func codeOf(err error) connect.Code {
 	switch {
 	case errors.As(err, &ce):
 		return ce.Code()
+	case errors.Is(err, node.ErrOutcomeUnknown) && !errors.Is(err, node.ErrTimeout) &&
+		!errors.Is(err, context.DeadlineExceeded):
+		// A leadership change or a broken link to the leader while the
+		// events were in flight (whatever the cause's own class): the
+		// per-shard `unknown` count says which events to resend.
+		return connect.CodeUnavailable
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrCursor), errors.Is(err, store.ErrInvalidQuery),
 		errors.Is(err, node.ErrBatchTooLarge):
 		return connect.CodeInvalidArgument

@@ -51,6 +51,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 		sum.Accepted += r.GetAccepted()
 		sum.Refused += r.GetRefused()
 		sum.Duplicates += r.GetDuplicates()
+		sum.Unknown += r.GetUnknown()
 		sum.Durability = r.GetDurability()
 		for _, sr := range r.GetShards() {
 			acc, ok := byShard[sr.GetShard()]
@@ -62,6 +63,7 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 			acc.Accepted += sr.GetAccepted()
 			acc.Refused += sr.GetRefused()
 			acc.Duplicates += sr.GetDuplicates()
+			acc.Unknown += sr.GetUnknown()
 			acc.Leader = sr.GetLeader()
 			if sr.GetErrorCode() != "" {
 				acc.ErrorCode, acc.ErrorMessage = sr.GetErrorCode(), sr.GetErrorMessage()
@@ -179,14 +181,16 @@ func eventFieldError(i int, fe *correlate.FieldError) error {
 	return fmt.Errorf("%w: events[%d].%s: invalid value %q: %s", ErrInvalidRequest, i, fe.Field, fe.Value, fe.Rule)
 }
 
-// ingestResponse converts the node's result. Under COMMITTED a shard whose
-// commit wait timed out (or failed after its events were buffered) has an
-// unknown outcome: its events count as accepted, not committed, not
-// refused. Refused are the events the shard never took (full buffer, no
-// leader, no replica, closing). A repeat of an event earlier in the request
-// shares that event's outcome: a duplicate when the shard took the part,
-// refused or unknown with it otherwise. So each shard's events are exactly
-// committed (or accepted) + duplicates, or refused, or unknown.
+// ingestResponse converts the node's result. Each shard's part has one
+// outcome: stored (committed, or accepted under ACCEPTED, plus the
+// duplicates the shard already had), refused (the error says no event of
+// the part was stored, node.Refused) or unknown (any other error: some or
+// all events may have been stored, e.g. a leadership change after the
+// proposal was appended, a forward whose connection broke, a commit wait
+// that timed out). A repeat of an event earlier in the request shares that
+// event's outcome: a duplicate when the shard took the part, refused or
+// unknown with it otherwise. So each shard's events are exactly committed
+// (or accepted) + duplicates, or refused, or unknown.
 func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (*scopev1.IngestResponse, []node.ShardResult) {
 	resp := &scopev1.IngestResponse{EventIds: make([]string, len(res.IDs)), Durability: d,
 		Shards: make([]*scopev1.ShardResult, len(res.Shards))}
@@ -203,10 +207,10 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 		case sr.Err == nil:
 			out.Committed, out.Accepted = uint32(sr.Accepted), uint32(sr.Accepted)
 			out.Duplicates = uint32(sr.Repeats + sr.Duplicates)
-		case refusedBy(sr.Err):
+		case node.Refused(sr.Err):
 			out.Refused = uint32(sr.Events)
 		default:
-			out.Accepted = uint32(sr.Events) // outcome unknown: retry with the same ids
+			out.Unknown = uint32(sr.Events) // resend with the same ids
 		}
 		if sr.Err != nil {
 			failed = append(failed, sr)
@@ -224,22 +228,12 @@ func ingestResponse(res *node.IngestResult, d scopev1.Durability, self string) (
 			out.Leader = self // this node's replica led the shard and took the events
 		}
 		resp.Shards[i] = out
-		if d == scopev1.Durability_DURABILITY_ACCEPTED {
-			resp.Accepted += out.Accepted
-		} else {
-			resp.Accepted += out.Committed
-		}
+		resp.Accepted += out.Accepted
 		resp.Refused += out.Refused
 		resp.Duplicates += out.Duplicates
+		resp.Unknown += out.Unknown
 	}
 	return resp, failed
-}
-
-// refusedBy reports whether err means the shard did not take its events.
-func refusedBy(err error) bool {
-	return errors.Is(err, node.ErrFull) || errors.Is(err, node.ErrNotLeader) || errors.Is(err, node.ErrNoShard) ||
-		errors.Is(err, node.ErrClosed) || errors.Is(err, node.ErrShardClosed) || errors.Is(err, node.ErrPoolClosed) ||
-		errors.Is(err, node.ErrUnknownShard) || errors.Is(err, node.ErrBatchTooLarge)
 }
 
 // ingestError is the error of a request some shards failed: the code of

@@ -1323,15 +1323,16 @@ type IngestResponse struct {
 	// the server assigned. IngestStream: empty (a stream is unbounded; clients
 	// that need the ids set event_id themselves).
 	EventIds []string `protobuf:"bytes,1,rep,name=event_ids,json=eventIds,proto3" json:"event_ids,omitempty"`
-	// Events acknowledged at the applied durability: the sum of the shards'
-	// `committed` under COMMITTED, of their `accepted` under ACCEPTED.
-	// Duplicates are not counted here. accepted + duplicates + refused is less
-	// than the number of events when some outcomes are unknown (see
-	// ShardResult.accepted).
+	// Events acknowledged at the applied durability, and stored by this
+	// request: the sum of the shards' `accepted` (equal to their `committed`
+	// under COMMITTED). Duplicates are not counted here.
 	Accepted uint32 `protobuf:"varint,2,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	// Events refused (backpressure, no leader, ...). A refused event was not
-	// stored and may be retried.
+	// Events refused: they were definitely not stored and may be retried.
 	Refused uint32 `protobuf:"varint,3,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Events whose outcome is unknown: they may or may not have been stored
+	// (see ShardResult.unknown). accepted + duplicates + refused + unknown is
+	// the number of events of the request.
+	Unknown uint32 `protobuf:"varint,7,opt,name=unknown,proto3" json:"unknown,omitempty"`
 	// Outcome per shard the request touched, in shard order.
 	Shards []*ShardResult `protobuf:"bytes,4,rep,name=shards,proto3" json:"shards,omitempty"`
 	// The durability that was applied (never UNSPECIFIED in a response).
@@ -1395,6 +1396,13 @@ func (x *IngestResponse) GetRefused() uint32 {
 	return 0
 }
 
+func (x *IngestResponse) GetUnknown() uint32 {
+	if x != nil {
+		return x.Unknown
+	}
+	return 0
+}
+
 func (x *IngestResponse) GetShards() []*ShardResult {
 	if x != nil {
 		return x.Shards
@@ -1417,6 +1425,10 @@ func (x *IngestResponse) GetDuplicates() uint32 {
 }
 
 // ShardResult is what one shard did with its part of an ingest request.
+// Its events are partitioned: accepted + duplicates + refused + unknown.
+// A shard that took its part has only accepted and duplicates; a shard that
+// failed has only refused (none stored) or only unknown (some or all may
+// have been stored).
 type ShardResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -1424,13 +1436,18 @@ type ShardResult struct {
 	// this request (duplicates excluded). Under ACCEPTED this is 0: the call
 	// returns before commit.
 	Committed uint32 `protobuf:"varint,2,opt,name=committed,proto3" json:"committed,omitempty"`
-	// Events the shard's leader took into its buffer, duplicates excluded.
-	// Under COMMITTED, accepted − committed events have an unknown outcome
-	// (e.g. leadership was lost before commit): retry them with the same
-	// event_id; deduplication makes the retry safe.
+	// Events acknowledged at the applied durability, duplicates excluded:
+	// under COMMITTED equal to committed, under ACCEPTED the events the
+	// shard's leader took into its buffer.
 	Accepted uint32 `protobuf:"varint,3,opt,name=accepted,proto3" json:"accepted,omitempty"`
-	// Events the shard refused; they were not stored.
+	// Events the shard refused; they were definitely not stored.
 	Refused uint32 `protobuf:"varint,4,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Events whose outcome is unknown: they may have been stored or not (for
+	// example leadership was lost after they were appended to the shard's log,
+	// the connection to the leader broke after the request was sent, or the
+	// commit wait timed out). Resend them with the same event_id; the shard
+	// skips ids it has applied, so the retry never stores a duplicate.
+	Unknown uint32 `protobuf:"varint,9,opt,name=unknown,proto3" json:"unknown,omitempty"`
 	// Empty when the shard took every event, else the error code as Connect
 	// names it ("resource_exhausted", "unavailable", "deadline_exceeded", ...).
 	ErrorCode string `protobuf:"bytes,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
@@ -1502,6 +1519,13 @@ func (x *ShardResult) GetAccepted() uint32 {
 func (x *ShardResult) GetRefused() uint32 {
 	if x != nil {
 		return x.Refused
+	}
+	return 0
+}
+
+func (x *ShardResult) GetUnknown() uint32 {
+	if x != nil {
+		return x.Unknown
 	}
 	return 0
 }
@@ -4380,23 +4404,25 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x0f.scope.v1.EventR\x06events\x124\n" +
 	"\n" +
 	"durability\x18\x02 \x01(\x0e2\x14.scope.v1.DurabilityR\n" +
-	"durability\"\xe8\x01\n" +
+	"durability\"\x82\x02\n" +
 	"\x0eIngestResponse\x12\x1b\n" +
 	"\tevent_ids\x18\x01 \x03(\tR\beventIds\x12\x1a\n" +
 	"\baccepted\x18\x02 \x01(\rR\baccepted\x12\x18\n" +
-	"\arefused\x18\x03 \x01(\rR\arefused\x12-\n" +
+	"\arefused\x18\x03 \x01(\rR\arefused\x12\x18\n" +
+	"\aunknown\x18\a \x01(\rR\aunknown\x12-\n" +
 	"\x06shards\x18\x04 \x03(\v2\x15.scope.v1.ShardResultR\x06shards\x124\n" +
 	"\n" +
 	"durability\x18\x05 \x01(\x0e2\x14.scope.v1.DurabilityR\n" +
 	"durability\x12\x1e\n" +
 	"\n" +
 	"duplicates\x18\x06 \x01(\rR\n" +
-	"duplicates\"\xf3\x01\n" +
+	"duplicates\"\x8d\x02\n" +
 	"\vShardResult\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1c\n" +
 	"\tcommitted\x18\x02 \x01(\rR\tcommitted\x12\x1a\n" +
 	"\baccepted\x18\x03 \x01(\rR\baccepted\x12\x18\n" +
-	"\arefused\x18\x04 \x01(\rR\arefused\x12\x1d\n" +
+	"\arefused\x18\x04 \x01(\rR\arefused\x12\x18\n" +
+	"\aunknown\x18\t \x01(\rR\aunknown\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x05 \x01(\tR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x06 \x01(\tR\ferrorMessage\x12\x16\n" +
