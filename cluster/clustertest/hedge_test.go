@@ -74,10 +74,42 @@ func TestHedgedAnyReads(t *testing.T) {
 		return slices.Equal(got, want)
 	})
 
+	// The stall is put on whichever node leads the shard before each read
+	// (the balancer may move leadership during the test, and a read asks the
+	// leader's node first), until five reads met a stalled first candidate.
 	const stall = 10 * time.Second
-	leader.SlowShardReads(stall)
-	defer leader.SlowShardReads(0)
-	for range 5 {
+	shard := correlate.ShardOf("app@host", pid, shards)
+	faults := func() (delayed, cancelled uint64) {
+		for _, n := range c.Nodes {
+			d, cl := n.ShardReadFaults()
+			delayed, cancelled = delayed+d, cancelled+cl
+		}
+		return delayed, cancelled
+	}
+	defer func() {
+		for _, n := range c.Nodes {
+			n.SlowShardReads(0)
+		}
+	}()
+	for i := 0; ; i++ {
+		if d, _ := faults(); d >= 5 {
+			break
+		}
+		if i == 50 {
+			t.Fatal("50 hedged reads and fewer than 5 reached a stalled leader")
+		}
+		var stalled *Node
+		WaitFor(t, "a leader for the shard", 10*time.Second, func() bool {
+			stalled = c.ShardLeader(shard)
+			return stalled != nil
+		})
+		for _, n := range c.Nodes {
+			if n == stalled {
+				n.SlowShardReads(stall)
+			} else {
+				n.SlowShardReads(0)
+			}
+		}
 		got, took := read(scopev1.Consistency_CONSISTENCY_ANY)
 		if !slices.Equal(got, want) {
 			t.Fatalf("hedged ANY read: %d events, want the LEADER read's %d", len(got), len(want))
@@ -89,7 +121,7 @@ func TestHedgedAnyReads(t *testing.T) {
 	// Each stalled call was cancelled by the caller once the hedge won
 	// (the slow handler sees its request's context end).
 	WaitFor(t, "stalled shard reads cancelled", 10*time.Second, func() bool {
-		delayed, cancelled := leader.ShardReadFaults()
+		delayed, cancelled := faults()
 		return delayed >= 5 && cancelled == delayed
 	})
 }
