@@ -69,18 +69,27 @@ func TestFailedStoreRetiresReplicas(t *testing.T) {
 	// The next applies on bad fail (the client may see the error: the
 	// entry committed on the healthy replicas, the client retries by id).
 	ts := int64(10)
-	WaitFor(t, "shard 0 led by a healthy replica", 15*time.Second, func() bool {
+	poke := func() { // one more entry for shard 0, so that bad has an apply to fail
 		ts++
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_, _ = healthy.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
 			Events: []*scopev1.Event{ev(scopev1.Kind_KIND_CALL, pid, ts)}}))
+	}
+	WaitFor(t, "shard 0 led by a healthy replica", 15*time.Second, func() bool {
+		poke()
 		l := c.ShardLeader(0)
 		return l != nil && l != bad
 	})
-	WaitFor(t, "the failed replica of shard 0 retired", 10*time.Second, func() bool {
-		r := bad.Node.Replica(0)
-		return r != nil && r.Retired()
+	// Leadership may have moved before the fault (the balancer), leaving
+	// bad a follower with nothing new to apply: keep writing until it
+	// failed an apply and retired.
+	WaitFor(t, "the failed replica of shard 0 retired", 15*time.Second, func() bool {
+		if r := bad.Node.Replica(0); r != nil && r.Retired() {
+			return true
+		}
+		poke()
+		return false
 	})
 	after := ingest(t, healthy, ev(scopev1.Kind_KIND_CALL, pid, 1000))
 	after = append(after, ingest(t, bad, ev(scopev1.Kind_KIND_CALL, pid, 1001))...)
