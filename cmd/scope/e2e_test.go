@@ -54,12 +54,35 @@ func scopeBinary(t *testing.T) string {
 // call.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	handedOut.mu.Lock()
+	defer handedOut.mu.Unlock()
+	if handedOut.addrs == nil {
+		handedOut.addrs = make(map[string]bool)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	// The kernel may give a port it just gave (its listener is closed by
+	// now) to the next caller: a cluster test once got one port as one
+	// agent's -http and another's -gossip. Never hand out an address twice.
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr
+		}
+	}
+	t.Fatal("no loopback port not handed out already in 100 tries")
+	return ""
+}
+
+// handedOut is every address freeAddr returned in this test binary
+// (bounded by the tests' few dozen agents).
+var handedOut struct {
+	mu    sync.Mutex
+	addrs map[string]bool
 }
 
 // syncBuffer is a bytes.Buffer safe for the exec package's copier
