@@ -104,9 +104,22 @@ func TestClusterFormsAndAnswersEverywhere(t *testing.T) {
 	// A resend through every node (forwarded where the node does not lead
 	// the shard) stores nothing and is reported as duplicates: the clients
 	// set no ids, the ids derive from the content.
+	// UNAVAILABLE (leadership moving right after formation: nothing was
+	// taken) is retried, as a client would.
 	for _, n := range c.Nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: []*scopev1.Event{send, recv}}))
+		var resp *connect.Response[scopev1.IngestResponse]
+		var err error
+		for {
+			resp, err = n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: []*scopev1.Event{send, recv}}))
+			if Code(err) != connect.CodeUnavailable || ctx.Err() != nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 		cancel()
 		if err != nil || resp.Msg.GetAccepted() != 0 || resp.Msg.GetDuplicates() != 2 ||
 			!slices.Equal(resp.Msg.GetEventIds(), []string{sendID, recvID}) {
