@@ -11,7 +11,7 @@ import (
 	"github.com/elixirscope/scope/node"
 )
 
-// Reconciliation (ARCHITECTURE §6): the leader of each shard moves its
+// Reconciliation (docs/ARCHITECTURE.md, "Cluster"): the leader of each shard moves its
 // group toward the shard's placement over the live members, one membership
 // change at a time, each conditioned on the configuration index it read
 // (prevIndex), so two concurrent decisions can never both apply:

@@ -1,7 +1,7 @@
 // Package correlate holds Scope's event model and the per-shard correlator:
 // the pure, deterministic state machine that turns a stream of trace events
 // into linked events (call ↔ return, caller → callee, send → receive,
-// spawn → child), as ARCHITECTURE §4 specifies.
+// spawn → child), as docs/ARCHITECTURE.md describes.
 //
 // # Model
 //

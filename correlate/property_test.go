@@ -11,7 +11,7 @@ import (
 	"pgregory.net/rapid"
 )
 
-// refCorrelator is a deliberately simple model of ARCHITECTURE §4 for one
+// refCorrelator is a deliberately simple model of the correlator (doc.go) for one
 // shard with no bound ever hit and no expiry: slices scanned linearly, no
 // LRU, no state records. The real correlator must agree with it.
 type refCorrelator struct {

@@ -4,7 +4,7 @@ import "github.com/cespare/xxhash/v2"
 
 // ShardOf returns the shard that owns process (origin, pid) among shards
 // shards: jump_hash(xxhash64(origin + "\x00" + pid), shards), as fixed by
-// ARCHITECTURE §2. shards must be at least 1. The result never changes for a
+// docs/ARCHITECTURE.md. shards must be at least 1. The result never changes for a
 // given input, on any machine, so it may be stored.
 func ShardOf(origin, pid string, shards uint32) uint32 {
 	var d xxhash.Digest

@@ -234,7 +234,7 @@ func (c *Correlator) setParent(p *proc, e *Event) {
 	}
 }
 
-// call pushes a frame for a CALL (ARCHITECTURE §4).
+// call pushes a frame for a CALL (see doc.go, "Model").
 func (c *Correlator) call(p *proc, e *Event) {
 	if e.CallID != "" {
 		e.CorrelationID = e.CallID

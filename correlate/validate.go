@@ -84,7 +84,7 @@ func quoteValue(s string) string {
 }
 
 // Validate checks the client-given fields of e against the rules of
-// ARCHITECTURE §3a and the limits. It returns nil or a *FieldError with
+// docs/API.md and the limits. It returns nil or a *FieldError with
 // Index -1 (ValidateEvents sets the index). Scope-set fields are not
 // checked: Normalize clears them.
 func Validate(e *Event, lim Limits) error {

@@ -13,7 +13,7 @@ import (
 const noticeRetry = 500 * time.Millisecond
 
 // deliverNotices moves send/spawn notices from the outboxes of the shards
-// this node leads to their destination shards (ARCHITECTURE §4): deliver a
+// this node leads to their destination shards (docs/ARCHITECTURE.md, "Cross-shard links"): deliver a
 // batch, wait until the destination committed it, then propose the batch's
 // removal from the source outbox. A crash between the two redelivers the
 // batch from the replicated outbox; the destination's dedup window drops

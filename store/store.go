@@ -1,5 +1,5 @@
 // Package store keeps Scope's correlated events durably in Pebble, indexed
-// for the queries of ARCHITECTURE §8: one Pebble DB per node, one contiguous
+// for the queries of docs/API.md: one Pebble DB per node, one contiguous
 // key span per shard (DESIGN.md describes the layout and why).
 //
 // Concurrency: Apply, ImportShard and DeleteShard of one shard are

@@ -22,7 +22,7 @@ import (
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
 
-// defaultAddr is the agent's default public HTTP address (ARCHITECTURE §8).
+// defaultAddr is the agent's default public HTTP address (docs/OPERATIONS.md).
 const defaultAddr = "127.0.0.1:7070"
 
 // Exit codes of every command.
