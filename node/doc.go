@@ -36,7 +36,8 @@
 //     appended it) or ErrLeadershipLost (appended, then leadership moved
 //     before it committed: it may still commit) is redirected to the new
 //     leader with the same event ids (the shard skips ids it has applied) by
-//     a per-shard redirector, one batch at a time, in log order; while the
+//     a per-shard redirector, one batch at a time, in log order (the
+//     pipeline hands batches to it and never waits for it); while the
 //     pool still holds events of the shard, the node routes new parts of it
 //     through the pool, behind them. A COMMITTED part that another node
 //     forwarded here is failed back instead (that node retries it). The
@@ -59,10 +60,13 @@
 //     request for it was answered, and resend a failed part first.
 //
 // Bounds: ring capacity per shard, BatchSize per proposal, MaxInflight
-// proposals plus queued retries per shard, 4×MaxInflight batches waiting for
-// a redirect per shard (a completer that finds the queue full waits,
-// counted in PoolStats.RedirectWaits), MaxShards shards, Retry.MaxAttempts
-// per batch, CommitTimeout per redirect.
+// proposals plus queued retries per shard, MaxShards shards,
+// Retry.MaxAttempts per batch, CommitTimeout per redirect. The events
+// waiting for a redirect are bounded at admission, not by making the
+// pipeline wait (the new leader may be waiting on this node's pipeline):
+// while a shard's redirect backlog holds a ring's worth, submissions that
+// could join it are refused with ErrFull (PoolShardStats.Redirecting,
+// scope_writer_redirect_backlog_events).
 //
 // Shards come and go at run time (AddShard, RemoveShard); removing one fails
 // its unproposed events with ErrShardClosed. Close stops accepting, flushes

@@ -91,7 +91,7 @@ type poolMetrics struct {
 	redirected                           *prometheus.CounterVec
 	restarts                             prometheus.Counter
 	batchSize, applyLatency              prometheus.Histogram
-	ringUsed                             *prometheus.GaugeVec
+	ringUsed, redirectBacklog            *prometheus.GaugeVec
 }
 
 func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
@@ -123,9 +123,13 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 		ringUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "scope_ring_used_slots", Help: "Ring buffer occupancy after the last drain, per shard."},
 			[]string{"shard"}),
+		redirectBacklog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "scope_writer_redirect_backlog_events",
+			Help: "Events waiting to be redirected to a shard's new leader after this node lost its leadership, or being redirected."},
+			[]string{"shard"}),
 	}
 	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
-		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed)
+		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog)
 	return p
 }
 
@@ -168,6 +172,9 @@ func (p *poolMetrics) Redirected(shard uint32, n int, err error) {
 		outcome = "unknown"
 	}
 	p.redirected.WithLabelValues(shardLabel(shard), outcome).Add(float64(n))
+}
+func (p *poolMetrics) RedirectBacklog(shard uint32, events int) {
+	p.redirectBacklog.WithLabelValues(shardLabel(shard)).Set(float64(events))
 }
 func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
 	p.ringUsed.WithLabelValues(shardLabel(shard)).Set(float64(used))

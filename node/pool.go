@@ -38,8 +38,6 @@ type Pool struct {
 	shards  atomic.Pointer[map[uint32]*poolShard]
 	writers []*poolWriter
 
-	redirectWaits atomic.Uint64 // completers that waited for room in a redirect queue
-
 	closing  atomic.Bool // no new submissions; writers flush and exit when idle
 	abort    atomic.Bool // Close's deadline passed: fail what is left
 	restarts atomic.Uint64
@@ -136,6 +134,15 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 	if len(events) == 0 {
 		return t, nil
 	}
+	if t.redirect {
+		// Events that may be redirected are refused while the shard's
+		// redirect backlog holds a ring's worth (see redirectQueue).
+		if b := sh.redirects.backlog(); b >= sh.ring.Cap() {
+			p.m.EventsRefused(shard, len(events))
+			return nil, fmt.Errorf("%w: shard %d: %d events refused: %d events are waiting to be redirected to the shard's new leader",
+				ErrFull, shard, len(events), b)
+		}
+	}
 	// Counted before the put: a writer may resolve the events before the
 	// put returns.
 	sh.outstanding.Add(int64(len(events)))
@@ -211,7 +218,7 @@ func (p *Pool) AddShard(shard uint32) error {
 		w:         w,
 		items:     make([]poolItem, 0, p.cfg.BatchSize),
 		dispatch:  make(chan *proposal, p.cfg.MaxInflight),
-		redirects: make(chan *proposal, redirectQueue*p.cfg.MaxInflight),
+		redirects: newRedirectQueue(),
 		inflight:  make(chan *proposal, p.cfg.MaxInflight),
 		released:  make(chan struct{}),
 	}
@@ -308,35 +315,29 @@ func (p *Pool) Outstanding(shard uint32) int {
 	return 0
 }
 
-// redirectQueue bounds a shard's queue of batches waiting to be redirected,
-// in pipelines' worth (MaxInflight batches each). A completer that finds it
-// full waits (counted in PoolStats.RedirectWaits): its shard's pipeline
-// then stalls and its ring fills, which refuses new ACCEPTED events.
-const redirectQueue = 4
-
 // PoolShardStats describes one shard's ring and pipeline.
 type PoolShardStats struct {
 	Shard    uint32
 	Ring     ring.Stats
 	Inflight int // proposals made and not yet resolved
+	// Redirecting is the events waiting to be redirected to the shard's
+	// new leader after this node lost the leadership, or being redirected.
+	Redirecting int
 }
 
 // PoolStats is a snapshot of the pool.
 type PoolStats struct {
 	Shards   []PoolShardStats // in shard order
 	Restarts uint64           // writer restarts after panics
-	// RedirectWaits counts completers that found their shard's redirect
-	// queue full and waited.
-	RedirectWaits uint64
 }
 
 // Stats returns a snapshot of every shard's ring and pipeline.
 func (p *Pool) Stats() PoolStats {
 	cur := *p.shards.Load()
-	st := PoolStats{Restarts: p.restarts.Load(), RedirectWaits: p.redirectWaits.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
+	st := PoolStats{Restarts: p.restarts.Load(), Shards: make([]PoolShardStats, 0, len(cur))}
 	for id, sh := range cur {
 		st.Shards = append(st.Shards, PoolShardStats{Shard: id, Ring: sh.ring.Stats(),
-			Inflight: int(sh.inflightN.Load())})
+			Inflight: int(sh.inflightN.Load()), Redirecting: sh.redirects.backlog()})
 	}
 	sort.Slice(st.Shards, func(i, j int) bool { return st.Shards[i].Shard < st.Shards[j].Shard })
 	return st

@@ -29,6 +29,9 @@ type PoolMetrics interface {
 	// lost the shard's leadership and that were handed to the new leader;
 	// err is the redirect's outcome (nil: the new leader took them).
 	Redirected(shard uint32, n int, err error)
+	// RedirectBacklog reports the events of a shard waiting to be
+	// redirected or being redirected.
+	RedirectBacklog(shard uint32, events int)
 	// WriterRestart counts a writer restarted after a panic.
 	WriterRestart(writer int)
 	// RingFill reports a shard's ring occupancy after a writer took from it.
@@ -49,5 +52,6 @@ func (NopPoolMetrics) ApplyLatency(uint32, time.Duration) {}
 func (NopPoolMetrics) ProposalError(uint32, error)        {}
 func (NopPoolMetrics) Retry(uint32)                       {}
 func (NopPoolMetrics) Redirected(uint32, int, error)      {}
+func (NopPoolMetrics) RedirectBacklog(uint32, int)        {}
 func (NopPoolMetrics) WriterRestart(int)                  {}
 func (NopPoolMetrics) RingFill(uint32, int, int)          {}

@@ -33,6 +33,7 @@ func (m *countingMetrics) Retry(uint32)                          { m.retries.Add
 func (m *countingMetrics) WriterRestart(int)                     { m.restarts.Add(1) }
 func (m *countingMetrics) Redirected(_ uint32, n int, _ error)   { m.redirected.Add(int64(n)) }
 func (m *countingMetrics) RingFill(_ uint32, used, capacity int) {}
+func (m *countingMetrics) RedirectBacklog(uint32, int)           {}
 
 func testConfig(shards int) PoolConfig {
 	cfg := DefaultPoolConfig()

@@ -28,7 +28,7 @@ type poolShard struct {
 	proposing  proposingWhat
 
 	dispatch  chan *proposal // batches in log order, to the dispatcher; cap MaxInflight
-	redirects chan *proposal // batches to redirect, in log order; cap redirectQueue
+	redirects redirectQueue  // batches to redirect, in log order
 	inflight  chan *proposal // proposals in log order, to the completer; cap MaxInflight
 	inflightN atomic.Int32   // batches handed to the dispatcher and not yet resolved
 
@@ -447,7 +447,7 @@ func (p *Pool) proposeOnce(sh *poolShard, pr *proposal) (f ProposalFuture, panic
 // acknowledgements.
 func (p *Pool) complete(sh *poolShard) {
 	defer p.complWG.Done()
-	defer close(sh.redirects)
+	defer sh.redirects.close()
 	for pr := range sh.inflight {
 		err := waitFuture(pr.f)
 		p.m.ApplyLatency(sh.id, time.Since(pr.at))
@@ -457,9 +457,10 @@ func (p *Pool) complete(sh *poolShard) {
 		}
 		if err != nil && p.redirect != nil && (errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost)) {
 			// To the shard's redirector, in log order. The completer does
-			// not wait for the redirect itself: a redirect waits for the
-			// new leader's commit, and that leader may be redirecting to
-			// this node in turn (leadership moving back and forth).
+			// not wait for the redirect, nor for room in its queue: a
+			// redirect waits for the new leader's commit, and that leader
+			// may be redirecting to this node in turn (leadership moving
+			// back and forth) while its forwarded parts queue here.
 			var back []ticketRun
 			if pr, back = splitRedirect(pr); len(back) > 0 {
 				n := 0
@@ -475,12 +476,7 @@ func (p *Pool) complete(sh *poolShard) {
 				continue
 			}
 			pr.cause = err
-			select {
-			case sh.redirects <- pr:
-			default:
-				p.redirectWaits.Add(1) // the queue is full: backpressure
-				sh.redirects <- pr
-			}
+			p.m.RedirectBacklog(sh.id, sh.redirects.push(pr)) // never waits: see redirectQueue
 			sh.inflightN.Add(-1)
 			sh.w.wakeUp()
 			continue
@@ -503,127 +499,6 @@ func (p *Pool) complete(sh *poolShard) {
 		}
 		sh.inflightN.Add(-1)
 		sh.w.wakeUp()
-	}
-}
-
-// splitRedirect separates the runs of pr whose submitters wait for the
-// commit of a part another node forwarded here (they are failed back: that
-// node retries, and a redirect from here could wait on it in turn) from
-// the others, which are redirected. It returns the batch to redirect (nil
-// if none) and the runs to fail back.
-func splitRedirect(pr *proposal) (*proposal, []ticketRun) {
-	var back []ticketRun
-	for _, r := range pr.runs {
-		if !r.t.redirect {
-			back = append(back, r)
-		}
-	}
-	if len(back) == 0 {
-		return pr, nil
-	}
-	if len(back) == len(pr.runs) {
-		return nil, back
-	}
-	keep := &proposal{attempts: pr.attempts, seq: pr.seq, at: pr.at}
-	off := 0
-	for _, r := range pr.runs {
-		if r.t.redirect {
-			keep.runs = append(keep.runs, r)
-			keep.events = append(keep.events, pr.events[off:off+r.n]...)
-		}
-		off += r.n
-	}
-	return keep, back
-}
-
-// redirector redirects sh's batches that this node's log refused or may
-// have dropped on a lost leadership, one at a time, in log order, and
-// resolves their tickets with the outcome. One goroutine per shard; idle
-// when the Proposer is not a Redirector.
-func (p *Pool) redirector(sh *poolShard) {
-	defer p.complWG.Done()
-	for pr := range sh.redirects {
-		p.redirectBatch(sh, pr)
-	}
-}
-
-// redirectBatch hands a batch this node's log refused (ErrNotLeader: never
-// appended) or may have dropped (ErrLeadershipLost: appended, then
-// leadership moved before it committed) to the shard's new leader, with
-// the same event ids, and resolves its tickets with the outcome. It runs on
-// the shard's redirector, so a shard's batches are redirected one at a
-// time in log order, behind one another.
-//
-// The batch goes in parts, in order (redirectParts): the events of a
-// submitter that waits for the commit alone, so that the new leader's
-// count of duplicates among them is charged to its ticket exactly (the
-// leader reports a count, not which events); consecutive runs of the
-// other submitters together. Once a part fails, the later ones are not
-// sent (they would overtake it): they fail with the batch's cause, a
-// refusal after ErrNotLeader, an unknown outcome after ErrLeadershipLost.
-func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
-	var failed error
-	off := 0
-	for _, k := range redirectParts(pr.runs) {
-		runs := pr.runs[:k]
-		pr.runs = pr.runs[k:]
-		n := 0
-		for _, r := range runs {
-			n += r.n
-		}
-		events := pr.events[off : off+n]
-		off += n
-		var err error
-		if failed != nil {
-			err = fmt.Errorf("%w; not redirected behind a failed part of its batch: %v", pr.cause, failed)
-			p.m.Redirected(sh.id, n, err) // lost for ACCEPTED submitters: counted with the others
-		} else {
-			dups, rerr := p.redirect.Redirect(p.ctx, sh.id, events, runs[0].t.wait)
-			p.m.Redirected(sh.id, n, rerr) // success is counted here
-			if rerr == nil && len(runs) == 1 && dups > 0 {
-				runs[0].t.dups.Add(int64(min(dups, runs[0].n)))
-			}
-			err = redirectOutcome(pr.cause, rerr)
-			failed = err
-		}
-		if err != nil {
-			p.m.EventsFailed(sh.id, n)
-			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, n, err)
-		}
-		sh.resolve(runs, err)
-	}
-}
-
-// redirectParts splits runs into the parts redirectBatch sends, as the
-// number of runs of each part, in order: a run whose submitter waits for
-// the commit alone, consecutive runs of the others together.
-func redirectParts(runs []ticketRun) []int {
-	var parts []int
-	for i := 0; i < len(runs); {
-		k := 1
-		if !runs[i].t.wait {
-			for i+k < len(runs) && !runs[i+k].t.wait {
-				k++
-			}
-		}
-		parts = append(parts, k)
-		i += k
-	}
-	return parts
-}
-
-// redirectOutcome is the outcome of events whose proposal failed with
-// cause and whose redirect returned rerr. A refusal of the redirect after
-// ErrLeadershipLost is not a refusal of the events: the first proposal may
-// still commit, so the outcome is unknown.
-func redirectOutcome(cause, rerr error) error {
-	switch {
-	case rerr == nil:
-		return nil
-	case errors.Is(cause, ErrLeadershipLost) && Refused(rerr):
-		return fmt.Errorf("%w: %w; redirecting to the new leader: %w", ErrOutcomeUnknown, cause, rerr)
-	default:
-		return fmt.Errorf("%v; redirecting to the new leader: %w", cause, rerr)
 	}
 }
 

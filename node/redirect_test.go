@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/elixirscope/scope/correlate"
 )
@@ -140,5 +143,110 @@ func TestPoolRedirectChargesDuplicatesPerSubmitter(t *testing.T) {
 				t.Errorf("redirect calls %v, want %v", prop.calls, tc.wantCalls)
 			}
 		})
+	}
+}
+
+// stalledRedirectProposer refuses proposals as a follower until lead is
+// closed, then commits them; its Redirect blocks until release is closed,
+// as a redirect does whose new leader is itself waiting on this node.
+type stalledRedirectProposer struct {
+	lead, release chan struct{}
+	redirected    atomic.Int64
+}
+
+func (p *stalledRedirectProposer) Propose(uint32, []correlate.Event) ProposalFuture {
+	select {
+	case <-p.lead:
+		return ResolvedFuture(nil)
+	default:
+		return ResolvedFuture(fmt.Errorf("%w: shard 0", ErrNotLeader))
+	}
+}
+
+func (p *stalledRedirectProposer) Redirect(ctx context.Context, _ uint32, evs []correlate.Event, _ bool) (int, error) {
+	select {
+	case <-p.release:
+		p.redirected.Add(int64(len(evs)))
+		return 0, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// A redirect waits for the new leader, and the new leader may be waiting
+// for this node: leadership that moved away and back leaves each node
+// redirecting to the other while the other's forwarded parts queue in its
+// own pipeline. The pipeline must therefore never wait for the
+// redirector: a part forwarded here once this node leads again commits and
+// is answered while the redirects are still stuck (before the fix, the
+// completer waited for room in a full redirect queue and the part waited
+// behind it until the redirect timed out, and the ACCEPTED events in the
+// redirect were lost). The redirect backlog stays bounded all the same:
+// submissions that would join it are refused once it holds a ring's worth.
+func TestPoolPipelineNeverWaitsForRedirects(t *testing.T) {
+	prop := &stalledRedirectProposer{lead: make(chan struct{}), release: make(chan struct{})}
+	cfg := testConfig(1)
+	cfg.BatchSize = 1
+	cfg.MaxInflight = 1
+	cfg.FlushInterval = 0
+	pool := newTestPool(t, cfg, prop, nil)
+	pool.Start()
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			close(prop.release)
+		}
+	})
+
+	// Not leading: accepted events are redirected, one batch each, and
+	// the redirect is stuck. Accept until the backlog refuses.
+	var accepted []*Ticket
+	var refusal error
+	for i := 0; refusal == nil; i++ {
+		if i > 10*cfg.RingCapacity {
+			t.Fatalf("%d events accepted for redirects that cannot progress: the backlog is not bounded", i)
+		}
+		tk, err := pool.Submit(context.Background(), 0, events("a", i, 1), false)
+		if err != nil {
+			refusal = err
+			break
+		}
+		accepted = append(accepted, tk)
+		// One at a time, so that each event is its own batch.
+		waitFor(t, "the event to leave the ring", func() bool {
+			st := pool.Stats().Shards[0]
+			return st.Ring.Len == 0 && st.Inflight == 0
+		})
+	}
+	if !errors.Is(refusal, ErrFull) || !strings.Contains(refusal.Error(), "redirect") {
+		t.Fatalf("refusal at a full redirect backlog: %v; want ErrFull naming the redirect backlog", refusal)
+	}
+	if got := pool.Stats().Shards[0].Redirecting; got < cfg.RingCapacity || got > cfg.RingCapacity+cfg.MaxInflight*cfg.BatchSize {
+		t.Fatalf("redirect backlog %d events at the refusal, want %d..%d", got, cfg.RingCapacity,
+			cfg.RingCapacity+cfg.MaxInflight*cfg.BatchSize)
+	}
+
+	// Leading again: a part forwarded here commits although every redirect
+	// is still stuck.
+	close(prop.lead)
+	fwd, err := pool.Submit(NoForward(context.Background()), 0, events("b", 0, 3), true)
+	if err != nil {
+		t.Fatalf("forwarded part refused: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := fwd.Wait(ctx); err != nil {
+		t.Fatalf("forwarded part behind stuck redirects: %v", err)
+	}
+
+	close(prop.release)
+	released = true
+	for i, tk := range accepted {
+		if err := waitTicket(t, tk); err != nil {
+			t.Fatalf("accepted event %d: %v", i, err)
+		}
+	}
+	if got := prop.redirected.Load(); got != int64(len(accepted)) {
+		t.Fatalf("%d events redirected, want %d", got, len(accepted))
 	}
 }

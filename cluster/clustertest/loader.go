@@ -30,6 +30,10 @@ type LoaderOptions struct {
 	MaxEvents int
 	// RequestTimeout bounds one request (default 15s).
 	RequestTimeout time.Duration
+	// Durability of every request (default COMMITTED). ACCEPTED events
+	// are acknowledged once a leader's ring holds them: Acked then holds
+	// events that must be stored once the cluster has settled.
+	Durability scopev1.Durability
 }
 
 func (o *LoaderOptions) setDefaults() {
@@ -48,12 +52,15 @@ func (o *LoaderOptions) setDefaults() {
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = 15 * time.Second
 	}
+	if o.Durability == scopev1.Durability_DURABILITY_UNSPECIFIED {
+		o.Durability = scopev1.Durability_DURABILITY_COMMITTED
+	}
 }
 
 // LoadResult is what a loader sent and what was acknowledged.
 type LoadResult struct {
-	// Acked holds the ids of events acknowledged COMMITTED: each must be
-	// stored, exactly once.
+	// Acked holds the ids of events acknowledged (with the loader's
+	// durability): each must be stored, exactly once.
 	Acked map[string]bool
 	// Sent holds every id sent, acknowledged or not: nothing else may be
 	// stored.
@@ -74,7 +81,8 @@ func (r *LoadResult) Merge(o LoadResult) {
 	r.Failures += o.Failures
 }
 
-// Loader ingests CALL/RETURN pairs COMMITTED in the background. Each
+// Loader ingests CALL/RETURN pairs in the background, COMMITTED unless
+// told otherwise. Each
 // request is retried with the same event ids until it is acknowledged or
 // the loader stops, so a request that partly committed before failing
 // exercises the replicas' duplicate detection.
@@ -189,14 +197,14 @@ func (l *Loader) work(w int) {
 	}
 }
 
-// send ingests events COMMITTED through n and reports whether every shard
+// send ingests events through n and reports whether every shard
 // acknowledged them.
 func (l *Loader) send(n *Node, events []*scopev1.Event) bool {
 	l.requests.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), l.opts.RequestTimeout)
 	defer cancel()
 	resp, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events,
-		Durability: scopev1.Durability_DURABILITY_COMMITTED}))
+		Durability: l.opts.Durability}))
 	// A retry after an unknown outcome finds some events stored: duplicates.
 	return err == nil && int(resp.Msg.GetAccepted()+resp.Msg.GetDuplicates()) == len(events)
 }

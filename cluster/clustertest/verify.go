@@ -174,7 +174,7 @@ func (c *Cluster) CheckLoad(n *Node, res LoadResult) int {
 		if !seen[id] {
 			lost++
 			if lost <= 5 {
-				c.t.Errorf("event %s acknowledged COMMITTED but not stored", id)
+				c.t.Errorf("event %s acknowledged but not stored", id)
 			}
 		}
 	}
