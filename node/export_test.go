@@ -13,3 +13,10 @@ func LifecycleWaits(n *Node) float64 {
 	_ = n.metrics.lifecycleWaits.Write(&m)
 	return m.GetCounter().GetValue()
 }
+
+// ReadRounds is how many leadership confirmations r's reads have run.
+func ReadRounds(r *Replica) uint64 { return r.reads.rounds.Load() }
+
+// ReadsWaiting reports whether a leadership confirmation of r runs and how
+// many reads wait for the next one.
+func ReadsWaiting(r *Replica) (running bool, next int) { return r.reads.waiting() }

@@ -68,6 +68,13 @@ type shardFSM struct {
 	// onFail, if set, is called once when the replica stops applying (on
 	// the FSM goroutine, with mu held; it must not block).
 	onFail func()
+	// beforeApply, if set, is called at the start of every ApplyBatch,
+	// before mu is taken (fault injection in tests).
+	beforeApply func()
+
+	// prog publishes applied and failed to readers, who must not wait
+	// for mu: it is held for a whole ApplyBatch, store write included.
+	prog progress
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -161,7 +168,7 @@ func newShardFSM(shard uint32, st *store.Store, cfg correlate.Config, logger *sl
 	if err != nil {
 		return nil, err
 	}
-	f := &shardFSM{shard: shard, store: st, logger: logger, corr: corr}
+	f := &shardFSM{shard: shard, store: st, logger: logger, corr: corr, prog: progress{advanced: make(chan struct{})}}
 	if err := f.loadLocked(); err != nil {
 		return nil, err
 	}
@@ -182,6 +189,7 @@ func (f *shardFSM) loadLocked() error {
 		return fmt.Errorf("node: shard %d: applied index: %w", f.shard, err)
 	}
 	f.applied = applied
+	f.prog.set(f.applied, f.failed)
 	return nil
 }
 
@@ -208,6 +216,9 @@ func (f *shardFSM) Apply(l *raft.Log) any {
 // write failure (a local fault) does: the correlator would be ahead of the
 // store, so the replica stops and a restart replays from the log.
 func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
+	if f.beforeApply != nil {
+		f.beforeApply()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	resp := make([]any, len(logs))
@@ -275,6 +286,7 @@ func (f *shardFSM) write() error {
 		return err
 	}
 	f.applied = g.res.Index
+	f.prog.set(f.applied, nil)
 	f.totals.Add(g.res.Counters)
 	if f.onApply != nil {
 		f.onApply(&g.res, g.spans)
@@ -363,6 +375,7 @@ func (f *shardFSM) fail(resp []any, err error) []any {
 	// The correlator is now ahead of the store. Nothing more may be
 	// applied: the replica stops, and a restart replays from the log.
 	f.failed = fmt.Errorf("%w: shard %d: %w", ErrReplicaFailed, f.shard, err)
+	f.prog.set(f.applied, f.failed)
 	f.logger.Error("store failed; replica stops applying", "shard", f.shard, "err", err)
 	f.seg.reset()
 	if f.onFail != nil {
@@ -463,6 +476,31 @@ func (f *shardFSM) Status() (applied uint64, totals correlate.Counters, failed e
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.applied, f.totals, f.failed
+}
+
+// progress is an FSM's applied index and failure as readers see them,
+// with a channel closed at every change.
+type progress struct {
+	mu       sync.Mutex
+	applied  uint64
+	failed   error
+	advanced chan struct{}
+}
+
+func (p *progress) set(applied uint64, failed error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.applied, p.failed = applied, failed
+	close(p.advanced)
+	p.advanced = make(chan struct{})
+}
+
+// get returns the applied index, the failure, and a channel closed at the
+// next change.
+func (p *progress) get() (applied uint64, failed error, changed <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied, p.failed, p.advanced
 }
 
 // fsmSnapshot streams a store snapshot of the shard span to raft.
