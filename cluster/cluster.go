@@ -46,6 +46,16 @@ type Config struct {
 	// not, see orphans.go). It must exceed the time a leader takes from
 	// opening a replica here to adding it to the group: two RPCTimeouts.
 	OrphanGrace time.Duration
+	// FormationWindow is how long after this node first holds replicas it
+	// still counts as forming the cluster (Meta.Formed false), so that
+	// founders bootstrapping at the same time never take one another for
+	// an existing cluster. A node that held replicas when it started is
+	// formed at once.
+	FormationWindow time.Duration
+	// LostVoterGrace is how long a member must hold no replica before the
+	// groups that list it as a voter take it for a node that lost its
+	// data and replace it (identity.go).
+	LostVoterGrace time.Duration
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
@@ -63,6 +73,8 @@ func DefaultConfig(name string) Config {
 		CatchUpLag:         1024,
 		RPCTimeout:         10 * time.Second,
 		OrphanGrace:        30 * time.Second,
+		FormationWindow:    30 * time.Second,
+		LostVoterGrace:     10 * time.Second,
 		Logger:             slog.Default(),
 	}
 }
@@ -88,6 +100,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: RPCTimeout %v: must be positive", ErrConfig, c.RPCTimeout)
 	case c.OrphanGrace <= 0:
 		return fmt.Errorf("%w: OrphanGrace %v: must be positive (at least twice RPCTimeout)", ErrConfig, c.OrphanGrace)
+	case c.FormationWindow < 0:
+		return fmt.Errorf("%w: FormationWindow %v: must not be negative", ErrConfig, c.FormationWindow)
+	case c.LostVoterGrace <= 0:
+		return fmt.Errorf("%w: LostVoterGrace %v: must be positive", ErrConfig, c.LostVoterGrace)
 	}
 	return nil
 }
@@ -105,6 +121,10 @@ type Cluster struct {
 	peers   *peers
 	moves   chan struct{} // semaphore: MaxConcurrentMoves
 	metrics *metrics
+	// unformed tracks members that advertise no replica (identity.go).
+	unformed unformedSince
+	// hostedAtStart: the data directory held replicas when Start ran.
+	hostedAtStart bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -162,6 +182,10 @@ func (c *Cluster) Start() error {
 	if err != nil {
 		return err
 	}
+	c.hostedAtStart = len(hosted) > 0
+	if err := c.members.UpdateMeta(func(m *Meta) { m.Formed, m.HoldsReplicas = c.hostedAtStart, c.hostedAtStart }); err != nil {
+		return err
+	}
 	c.node.SetForwarder(forwarder{c})
 	c.node.SetRemoteDelivery(c.deliverNotices)
 	changes, cancel, err := c.members.Subscribe()
@@ -207,12 +231,14 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 	}
 }
 
-// publishLoop keeps this node's gossip metadata (shards led, ready) current.
+// publishLoop keeps this node's gossip metadata (shards led, ready, formed,
+// holds replicas) current.
 func (c *Cluster) publishLoop() {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var last []uint32
-	lastReady := false
+	lastReady, lastFormed, lastHolds := false, false, false
+	var heldSince time.Time // when this node first held a replica
 	for {
 		select {
 		case <-c.stop:
@@ -221,7 +247,13 @@ func (c *Cluster) publishLoop() {
 		}
 		var led []uint32
 		ready := true
-		for _, r := range c.node.Replicas() {
+		reps := c.node.Replicas()
+		holds := len(reps) > 0
+		if holds && heldSince.IsZero() {
+			heldSince = time.Now()
+		}
+		formed := c.hostedAtStart || holds && time.Since(heldSince) >= c.cfg.FormationWindow
+		for _, r := range reps {
 			if r.IsLeader() {
 				led = append(led, r.Shard())
 			}
@@ -229,14 +261,14 @@ func (c *Cluster) publishLoop() {
 				ready = false
 			}
 		}
-		if slices.Equal(led, last) && ready == lastReady {
+		if slices.Equal(led, last) && ready == lastReady && formed == lastFormed && holds == lastHolds {
 			continue
 		}
-		if err := c.members.UpdateMeta(func(m *Meta) { m.Led = led; m.Ready = ready }); err != nil {
+		if err := c.members.UpdateMeta(func(m *Meta) { m.Led, m.Ready, m.Formed, m.HoldsReplicas = led, ready, formed, holds }); err != nil {
 			c.logger.Warn("publish metadata", "err", err)
 			continue
 		}
-		last, lastReady = led, ready
+		last, lastReady, lastFormed, lastHolds = led, ready, formed, holds
 	}
 }
 

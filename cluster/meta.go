@@ -29,13 +29,22 @@ type Meta struct {
 	// list it as left rather than dead (memberlist's events do not carry
 	// the difference).
 	Leaving bool
+	// Formed says the cluster existed before this node's current run, or
+	// for longer than the formation window: a node must join it rather
+	// than bootstrap a new one (see Cluster.bootstrap).
+	Formed bool
+	// HoldsReplicas says the node hosts at least one replica. A member
+	// that is a voter of groups and holds none lost its data
+	// (Cluster.replaceLostVoter).
+	HoldsReplicas bool
 }
 
 // Gossip metadata wire format, version 1 (all integers unsigned varints
 // unless stated):
 //
 //	byte    format version (1)
-//	byte    flags: bit 0 Ready, bit 3 Led partial, bit 4 Leaving, bits 1-2
+//	byte    flags: bit 0 Ready, bit 3 Led partial, bit 4 Leaving, bit 5
+//	        Formed, bit 6 HoldsReplicas, bits 1-2
 //	        the Led form (0 list, 1 bitmap, 2 ranges); readers ignore
 //	        unknown bits, so a flag can be added without a new version
 //	4× len + bytes: Name, HTTPAddr, RaftAddr, Version
@@ -65,6 +74,8 @@ const (
 	metaFormMask    = 3 << metaFormShift
 	metaFlagPartial = 1 << 3
 	metaFlagLeaving = 1 << 4
+	metaFlagFormed  = 1 << 5
+	metaFlagHolds   = 1 << 6
 
 	ledList   = 0
 	ledBitmap = 1
@@ -94,6 +105,12 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	}
 	if m.Leaving {
 		flags |= metaFlagLeaving
+	}
+	if m.Formed {
+		flags |= metaFlagFormed
+	}
+	if m.HoldsReplicas {
+		flags |= metaFlagHolds
 	}
 	buf := []byte{metaFormatV1, 0}
 	for _, s := range []string{m.Name, m.HTTPAddr, m.RaftAddr, m.Version} {
@@ -195,6 +212,8 @@ func DecodeMeta(b []byte) (Meta, error) {
 	m.Ready = flags&metaFlagReady != 0
 	m.LedPartial = flags&metaFlagPartial != 0
 	m.Leaving = flags&metaFlagLeaving != 0
+	m.Formed = flags&metaFlagFormed != 0
+	m.HoldsReplicas = flags&metaFlagHolds != 0
 	m.Name, m.HTTPAddr, m.RaftAddr, m.Version = d.str(), d.str(), d.str(), d.str()
 	m.Shards = d.u32()
 	if m.Shards > MaxMetaShards {

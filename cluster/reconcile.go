@@ -65,6 +65,8 @@ func (c *Cluster) stillMember(r *node.Replica, removedAt uint64) bool {
 // reconcileAll runs one reconciliation step for every shard led here.
 func (c *Cluster) reconcileAll() {
 	transfers := 1 // leadership hand-offs per round: balance slowly, never thrash
+	_, byName := c.placementMembers()
+	c.unformed.update(byName, time.Now(), c.cfg.LostVoterGrace)
 	for _, r := range c.node.Replicas() {
 		select {
 		case <-c.stop:
@@ -100,7 +102,9 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 	fewest := mine - 1 // a target must lead at least 2 fewer
 	for _, s := range cf.Configuration().Servers {
 		m, alive := byName[string(s.ID)]
-		if s.Suffrage != raft.Voter || !alive || m.Name == c.cfg.Name || !m.Meta.Ready || m.Meta.LedPartial {
+		// A node that holds no replica (just wiped, or not yet
+		// bootstrapped) cannot take a leadership.
+		if s.Suffrage != raft.Voter || !alive || m.Name == c.cfg.Name || !m.Meta.Ready || !m.Meta.HoldsReplicas || m.Meta.LedPartial {
 			continue
 		}
 		if led := len(m.Meta.Led); led < fewest {
@@ -169,6 +173,11 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 		}
 		c.metrics.promotions.Inc()
 		c.logger.Info("replica promoted to voter", "shard", shard, "node", name)
+		return false
+	}
+
+	// 2b. Replace a voter whose node lost its data (identity.go).
+	if c.replaceLostVoter(ctx, r, voters, byName, prevIndex) {
 		return false
 	}
 
@@ -265,8 +274,26 @@ func (c *Cluster) removeServer(r *node.Replica, s raft.Server, prevIndex uint64,
 // live: each node computes the same placement from the same member set and
 // bootstraps the groups it belongs to with that set as voters. It reports
 // whether bootstrapping is done.
+//
+// A node never bootstraps a cluster that exists: if a live member says the
+// cluster is formed (Meta.Formed: it held replicas before its current run,
+// or has for longer than the formation window), this node lost its data (a
+// wiped or replaced disk, started again with -bootstrap-expect still set)
+// or is new. Bootstrapping would make it a voter that forgot its votes and
+// log, the way Raft loses acknowledged writes; it joins instead, and the
+// leaders replace it in their groups as a new replica (replaceLostVoter).
+// Declining is always safe; a founder that declines by mistake is replaced
+// the same way.
 func (c *Cluster) bootstrap() (bool, error) {
 	live, byName := c.placementMembers()
+	for _, name := range live {
+		if m := byName[name]; name != c.cfg.Name && m.Meta.Formed {
+			c.metrics.bootstrapDeclined.Inc()
+			c.logger.Warn("the cluster is already formed: joining it instead of bootstrapping (this node's data directory holds no replica)",
+				"member", name, "bootstrap_expect", c.cfg.BootstrapExpect)
+			return true, nil
+		}
+	}
 	if len(live) < c.cfg.BootstrapExpect {
 		return false, nil
 	}

@@ -203,8 +203,12 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		mc.Transport = gossip.transport
 		mc.BindPort, mc.AdvertisePort = gossip.port, gossip.port
 	}
+	hosted, err := n.Node.HostedShards()
+	if err != nil {
+		t.Fatal(err)
+	}
 	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
-		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards})
+		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +225,11 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ccfg.Replicas = c.opts.Replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.ReconcileInterval = 200 * time.Millisecond
+	// Founders bootstrap within a second of one another on loopback; the
+	// window keeps a slow one under -race from taking the others for an
+	// existing cluster. A node that lost its data is replaced soon.
+	ccfg.FormationWindow = 5 * time.Second
+	ccfg.LostVoterGrace = 3 * time.Second
 	// Loopback calls return in milliseconds: a leader's open-then-add takes
 	// far less than this, and tests need not wait the default 30 s.
 	ccfg.OrphanGrace = 2 * time.Second
@@ -331,6 +340,26 @@ func (c *Cluster) Restart(n *Node) *Node {
 		c.t.Fatalf("%s is running", n.Name)
 	}
 	fresh := c.startNode(n.Name, 0, n.httpAddr, n.raftAddr, "")
+	for i, old := range c.Nodes {
+		if old == n {
+			c.Nodes[i] = fresh
+		}
+	}
+	return fresh
+}
+
+// RestartWiped starts a stopped node again under its name and addresses
+// with an empty data directory (its disk lost or replaced), with
+// bootstrap-expect set to expect, as an unchanged unit file would.
+func (c *Cluster) RestartWiped(n *Node, expect int) *Node {
+	c.t.Helper()
+	if !n.stopped {
+		c.t.Fatalf("%s is running", n.Name)
+	}
+	if err := os.RemoveAll(n.Dir); err != nil {
+		c.t.Fatal(err)
+	}
+	fresh := c.startNode(n.Name, expect, n.httpAddr, n.raftAddr, "")
 	for i, old := range c.Nodes {
 		if old == n {
 			c.Nodes[i] = fresh

@@ -305,8 +305,14 @@ func (a *agent) startCluster(raftAddr string) error {
 	if cfg.gossipProfile == cluster.ProfileLocal {
 		mcfg.RejoinInterval = 2 * time.Second
 	}
+	hosted, herr := a.node.HostedShards()
+	if herr != nil {
+		return herr
+	}
+	// Formed from the first gossip on, so that no peer takes this node for
+	// one that lost its data while it reopens its replicas.
 	meta := cluster.Meta{Name: cfg.name, HTTPAddr: a.advertised(cfg.advertiseHTTP, a.httpBound), RaftAddr: raftAddr,
-		Version: version(), Shards: cfg.node.Shards}
+		Version: version(), Shards: cfg.node.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0}
 	if a.members, err = cluster.NewMembership(mcfg, meta); err != nil {
 		return fmt.Errorf("scope: -gossip %s: %w", cfg.gossipAddr, err)
 	}
