@@ -113,6 +113,7 @@ func (f *countingFSM) Apply(l *raft.Log) any {
 }
 func (f *countingFSM) Snapshot() (raft.FSMSnapshot, error) { return nil, fmt.Errorf("not used") }
 func (f *countingFSM) Restore(io.ReadCloser) error         { return fmt.Errorf("not used") }
+
 // count is the number of distinct entries applied: an apply retried after
 // a lost leadership may have committed twice.
 func (f *countingFSM) count() int {
