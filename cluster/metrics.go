@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // metrics exports the cluster's counters and gauges (membership, placement,
@@ -12,8 +13,9 @@ type metrics struct {
 	additions, promotions, removals, movesDeferred prometheus.Counter
 	leaderTransfers, orphansDropped                prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
+	rounds, stepsDeferred                          prometheus.Counter
 
-	members, ledShards, replicas, movesInFlight *prometheus.Desc
+	members, ledShards, replicas, movesInFlight, peerCallsRefused *prometheus.Desc
 }
 
 func newMetrics(c *Cluster) *metrics {
@@ -31,16 +33,20 @@ func newMetrics(c *Cluster) *metrics {
 		forwards:        counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
 		forwardFailures: counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
 		forwardRetries:  counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
-		members:         prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
-		ledShards:       prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
-		replicas:        prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
-		movesInFlight:   prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
+		rounds:          counter("scope_cluster_rounds_total", "Reconciliation rounds started (each starts a step for every local replica without one running)."),
+		stepsDeferred:   counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
+		peerCallsRefused: prometheus.NewDesc("scope_cluster_peer_calls_refused_total",
+			"Background calls (replica moves, status, drops) refused at once: the bound on calls in flight to that peer was reached.", nil, nil),
+		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
+		ledShards:     prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
+		replicas:      prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
+		movesInFlight: prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
 	}
 }
 
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
-		m.forwardFailures, m.forwardRetries}
+		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred}
 }
 
 // Describe implements prometheus.Collector.
@@ -52,6 +58,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.ledShards
 	ch <- m.replicas
 	ch <- m.movesInFlight
+	ch <- m.peerCallsRefused
 }
 
 // Collect implements prometheus.Collector.
@@ -76,4 +83,32 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.ledShards, prometheus.GaugeValue, float64(led))
 	ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(total))
 	ch <- prometheus.MustNewConstMetric(m.movesInFlight, prometheus.GaugeValue, float64(len(m.c.moves)))
+	ch <- prometheus.MustNewConstMetric(m.peerCallsRefused, prometheus.CounterValue, float64(m.c.peers.refused.Load()))
+}
+
+// Stats is a snapshot of the cluster's counters on this node.
+type Stats struct {
+	Additions, Promotions, Removals uint64 // membership changes made by groups led here
+	MovesDeferred                   uint64 // additions deferred: MaxConcurrentMoves in flight
+	Rounds                          uint64 // reconciliation rounds started
+	StepsDeferred                   uint64 // shard steps deferred: maxConcurrentSteps running
+	PeerCallsRefused                uint64 // background calls refused: maxBackgroundCallsPerPeer in flight
+}
+
+// Stats returns the cluster's counters (also exported as metrics).
+func (c *Cluster) Stats() Stats {
+	m := c.metrics
+	return Stats{
+		Additions: counterValue(m.additions), Promotions: counterValue(m.promotions), Removals: counterValue(m.removals),
+		MovesDeferred: counterValue(m.movesDeferred), Rounds: counterValue(m.rounds), StepsDeferred: counterValue(m.stepsDeferred),
+		PeerCallsRefused: c.peers.refused.Load(),
+	}
+}
+
+func counterValue(c prometheus.Counter) uint64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return 0
+	}
+	return uint64(d.GetCounter().GetValue())
 }

@@ -328,15 +328,30 @@ func durabilityToProto(d node.Durability) scopev1.Durability {
 	return scopev1.Durability_DURABILITY_COMMITTED
 }
 
-// deliverNotices delivers notices to the leader of shard on another node
-// and waits for the commit there.
-func (c *Cluster) deliverNotices(shard uint32, notices []correlate.Notice) error {
-	_, addr, err := c.leaderOf(shard)
+// noticeDelivery is the node's RemoteDelivery: notices for a shard led on
+// another node go to that node's NodeService.DeliverNotices.
+type noticeDelivery struct{ c *Cluster }
+
+var _ node.RemoteDelivery = noticeDelivery{}
+
+// Route names the shard's leader (the local raft view first, then gossip).
+func (d noticeDelivery) Route(shard uint32) string {
+	name, _, err := d.c.leaderOf(shard)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+// Deliver delivers notices to the leader of shard on another node and
+// waits for the commit there, within ctx and RPCTimeout.
+func (d noticeDelivery) Deliver(ctx context.Context, shard uint32, notices []correlate.Notice) error {
+	_, addr, err := d.c.leaderOf(shard)
 	if err != nil {
 		return err
 	}
 	batch := correlate.AppendBatch(nil, &correlate.Batch{Notices: notices})
-	return c.peers.call(context.Background(), addr, func(ctx context.Context, p *peer) error {
+	return d.c.peers.call(ctx, addr, func(ctx context.Context, p *peer) error {
 		_, err := p.node.DeliverNotices(ctx, connect.NewRequest(&nodev1.DeliverNoticesRequest{Shard: shard, Batch: batch}))
 		return err
 	})
