@@ -343,13 +343,15 @@ func (d noticeDelivery) Route(shard uint32) string {
 	return name
 }
 
-// Deliver delivers notices to the leader of shard on another node and
-// waits for the commit there, within ctx and RPCTimeout.
-func (d noticeDelivery) Deliver(ctx context.Context, shard uint32, notices []correlate.Notice) error {
-	_, addr, err := d.c.leaderOf(shard)
-	if err != nil {
-		return err
+// Deliver delivers notices for shard to the node named to, which refuses
+// them unless it leads shard, and waits for the commit there, within ctx
+// and RPCTimeout.
+func (d noticeDelivery) Deliver(ctx context.Context, to string, shard uint32, notices []correlate.Notice) error {
+	m, ok := d.c.member(to)
+	if !ok || m.State != MemberAlive {
+		return fmt.Errorf("%w: %q (shard %d's leader) is not alive", ErrUnknownPeer, to, shard)
 	}
+	addr := m.Meta.HTTPAddr
 	batch := correlate.AppendBatch(nil, &correlate.Batch{Notices: notices})
 	return d.c.peers.call(ctx, addr, func(ctx context.Context, p *peer) error {
 		_, err := p.node.DeliverNotices(ctx, connect.NewRequest(&nodev1.DeliverNoticesRequest{Shard: shard, Batch: batch}))

@@ -41,10 +41,11 @@ type RemoteDelivery interface {
 	// it knows none). Deliveries with one route run one after another,
 	// different routes concurrently. It must not block.
 	Route(shard uint32) string
-	// Deliver proposes notices to shard's leader on another node and waits
-	// for the commit there, giving up when ctx ends or its own per-call
+	// Deliver proposes notices to shard on the node named to (what Route
+	// returned), which refuses them unless it leads shard, and waits for
+	// the commit there, giving up when ctx ends or its own per-call
 	// deadline passes.
-	Deliver(ctx context.Context, shard uint32, notices []correlate.Notice) error
+	Deliver(ctx context.Context, to string, shard uint32, notices []correlate.Notice) error
 }
 
 // SetRemoteDelivery installs the cluster's delivery of notices to shards

@@ -36,8 +36,12 @@ const localRoute = "\x00local"
 // gossip calls alive but that does not answer holds up only the notices
 // for the shards it leads, each call bounded by the remote delivery's
 // deadline, while every other route keeps delivering (docs/DECISIONS.md
-// D23). A (source, destination) pair is in at most one worker at a time,
-// so a notice is never delivered twice concurrently.
+// D23). A worker calls only its route's node (deliverVia). A (source,
+// destination) pair is in at most one worker per route; when the
+// destination's leadership moves while a worker waits on the old leader,
+// the new leader's route delivers the pair meanwhile, and a notice that
+// both deliver is dropped by the destination's dedup window, as after a
+// crash between delivery and acknowledgement.
 func (n *Node) deliverNotices() {
 	defer n.wg.Done()
 	retry := time.NewTicker(noticeRetry)
@@ -61,7 +65,11 @@ type noticeJob struct {
 	notices []correlate.Notice
 }
 
-type noticePair struct{ src, dest uint32 }
+// noticePair is a (source, destination) pair on one route.
+type noticePair struct {
+	route     string
+	src, dest uint32
+}
 
 // noticeWork is what the delivery workers hold: the routes with a worker
 // and the (source, destination) pairs in one.
@@ -98,13 +106,13 @@ func (n *Node) noticeRound() {
 		}
 		sort.Slice(dests, func(i, j int) bool { return dests[i] < dests[j] })
 		for _, dest := range dests {
-			if w.pairs[noticePair{src.shard, dest}] {
-				continue
-			}
 			route, err := n.noticeRoute(dest)
 			if err != nil {
 				n.metrics.noticeFailures.Inc()
 				n.logger.Debug("notice delivery: no route; will retry", "from", src.shard, "to", dest, "err", err)
+				continue
+			}
+			if w.pairs[noticePair{route, src.shard, dest}] {
 				continue
 			}
 			jobs[route] = append(jobs[route], noticeJob{src: src, dest: dest, notices: byDest[dest]})
@@ -125,7 +133,7 @@ func (n *Node) noticeRound() {
 		}
 		w.routes[route] = true
 		for _, j := range jobs[route] {
-			w.pairs[noticePair{j.src.shard, j.dest}] = true
+			w.pairs[noticePair{route, j.src.shard, j.dest}] = true
 		}
 		n.wg.Add(1)
 		go n.deliverRoute(route, jobs[route])
@@ -165,7 +173,7 @@ func (n *Node) deliverRoute(route string, jobs []noticeJob) {
 		w.mu.Lock()
 		delete(w.routes, route)
 		for _, j := range jobs {
-			delete(w.pairs, noticePair{j.src.shard, j.dest})
+			delete(w.pairs, noticePair{route, j.src.shard, j.dest})
 		}
 		w.mu.Unlock()
 		select {
@@ -179,7 +187,7 @@ func (n *Node) deliverRoute(route string, jobs []noticeJob) {
 		if n.ctx.Err() != nil {
 			return // closing: the notices stay in the outboxes
 		}
-		if err := n.deliver(n.ctx, j.dest, j.notices); err != nil {
+		if err := n.deliverVia(n.ctx, route, j.dest, j.notices); err != nil {
 			n.metrics.noticeFailures.Inc()
 			n.logger.Debug("notice delivery failed; will retry", "from", j.src.shard, "to", j.dest,
 				"notices", len(j.notices), "err", err)
@@ -205,25 +213,22 @@ func (n *Node) deliverRoute(route string, jobs []noticeJob) {
 	}
 }
 
-// deliver proposes notices to the destination shard's group and waits for
-// the commit. Only a local leader replica can take them here; the cluster
-// layer routes to remote leaders through Config.DeliverRemote, within ctx.
-func (n *Node) deliver(ctx context.Context, dest uint32, notices []correlate.Notice) error {
-	r := n.Replica(dest)
-	if r == nil || !r.IsLeader() {
-		n.mu.RLock()
-		remote := n.cfg.DeliverRemote
-		n.mu.RUnlock()
-		if remote != nil {
-			return remote.Deliver(ctx, dest, notices)
-		}
-		if r == nil {
-			return fmt.Errorf("%w: shard %d", ErrNoShard, dest)
-		}
-		addr, id := r.Leader()
-		return &NotLeaderError{Shard: dest, LeaderID: string(id), LeaderAddr: string(addr)}
+// deliverVia proposes notices to the destination shard's group through
+// route only, and waits for the commit: to the local leader replica, or
+// to the node named route, which refuses them if it no longer leads dest.
+// A worker thus only ever waits on its own route's node; notices whose
+// shard changed leader meanwhile fail and take the new route next round.
+func (n *Node) deliverVia(ctx context.Context, route string, dest uint32, notices []correlate.Notice) error {
+	if route == localRoute {
+		return n.ProposeNotices(dest, notices)
 	}
-	return n.ProposeNotices(dest, notices)
+	n.mu.RLock()
+	remote := n.cfg.DeliverRemote
+	n.mu.RUnlock()
+	if remote == nil {
+		return fmt.Errorf("%w: shard %d", ErrNoShard, dest)
+	}
+	return remote.Deliver(ctx, route, dest, notices)
 }
 
 // ProposeNotices proposes notices delivered to shard (from any node) to the

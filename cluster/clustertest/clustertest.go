@@ -44,6 +44,8 @@ type Options struct {
 	// 300 ms (short, so that tests adding or killing nodes see replicas
 	// move soon); negative disables flap damping.
 	StabilizationTime time.Duration
+	// RPCTimeout is cluster.Config.RPCTimeout (0: its default, 10 s).
+	RPCTimeout time.Duration
 }
 
 // Cluster is a running test cluster.
@@ -236,6 +238,9 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	// far less than this, and tests need not wait the default 30 s.
 	ccfg.OrphanGrace = 2 * time.Second
 	ccfg.StabilizationTime = c.opts.StabilizationTime
+	if c.opts.RPCTimeout > 0 {
+		ccfg.RPCTimeout = c.opts.RPCTimeout
+	}
 	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)

@@ -11,7 +11,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/cluster"
-	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
@@ -111,10 +110,13 @@ func TestFlappingNodeMovesNothing(t *testing.T) {
 	}
 }
 
-// stalledCallsBound is how long the work that does not involve a stalled
-// peer may take: far below the 10 s RPCTimeout a call to the stalled peer
-// waits for.
-const stalledCallsBound = 4 * time.Second
+// Stalled-peer tests run with stalledRPCTimeout, so that a call to the
+// stalled peer waits far longer than the work that does not involve it
+// may take (stalledCallsBound), even on a loaded machine.
+const (
+	stalledRPCTimeout = 60 * time.Second
+	stalledCallsBound = 10 * time.Second
+)
 
 // crossShardSend returns a SEND from a process on shard from to one on
 // shard to (origin app@host), with a payload unique to tag.
@@ -123,88 +125,120 @@ func crossShardSend(from, to uint32, shards uint32, tag string) *scopev1.Event {
 		TimestampNs: time.Now().UnixNano(), PeerOrigin: "app@host", PeerPid: pidOn(to, shards), Payload: tag}
 }
 
-// outboxHolds reports whether r's outbox holds a notice for shard dest.
-func outboxHolds(n *Node, src, dest uint32) bool {
-	r := n.Node.Replica(src)
-	if r == nil {
-		return false
+// pendingNotices returns the destination shards of the notices in the
+// outbox of n's replica of src.
+func pendingNotices(n *Node, src uint32) []uint32 {
+	var out []uint32
+	if r := n.Node.Replica(src); r != nil {
+		for _, nt := range r.Outbox() {
+			if !slices.Contains(out, nt.ToShard) {
+				out = append(out, nt.ToShard)
+			}
+		}
 	}
-	return slices.ContainsFunc(r.Outbox(), func(nt correlate.Notice) bool { return nt.ToShard == dest })
+	return out
+}
+
+// ledBy returns the shards whose leader is n.
+func ledBy(c *Cluster, n *Node, shards uint32) []uint32 {
+	var out []uint32
+	for s := range shards {
+		if c.ShardLeader(s) == n {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// stuckOnlyOn reports whether every notice waiting in the outbox of a
+// shard not led by p is for a shard p leads (false while a shard has no
+// leader).
+func stuckOnlyOn(c *Cluster, p *Node, shards uint32) bool {
+	for s := range shards {
+		l := c.ShardLeader(s)
+		if l == nil {
+			return false
+		}
+		if l == p {
+			continue
+		}
+		for _, d := range pendingNotices(l, s) {
+			if c.ShardLeader(d) != p {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// sendAll ingests, through n, one SEND from every shard to every other.
+func sendAll(t *testing.T, n *Node, shards uint32, tag string) {
+	t.Helper()
+	for s := range shards {
+		for d := range shards {
+			if d != s {
+				ingest(t, n, crossShardSend(s, d, shards, fmt.Sprintf("%s-%d-%d", tag, s, d)))
+			}
+		}
+	}
 }
 
 // TestStalledPeerDoesNotStallNotices: node P answers gossip (alive) but
-// never answers a node-to-node call. Node A, the leader of a source shard,
-// has notices for a shard P leads and is waiting on P; a notice from A's
-// shard to a shard P does not lead must still be delivered (and removed
-// from the outbox) within stalledCallsBound. Then A's node closes during
-// the stall within its context's deadline.
+// never answers a node-to-node call. Every shard sends to every other, so
+// the other nodes' leaders have notices waiting on P; notices sent next,
+// from shards P does not lead to shards P does not lead, must be delivered
+// (and leave the outboxes) within stalledCallsBound. Then a node whose
+// delivery waits on P closes its cluster and node, each within its
+// context's deadline. (Leadership may move meanwhile: only the current
+// leaders count.)
 func TestStalledPeerDoesNotStallNotices(t *testing.T) {
 	const shards = 4
-	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
-	// Leadership settled: no node leads two more shards than another.
-	WaitFor(t, "leadership balanced", 20*time.Second, func() bool {
-		led := make(map[string]int)
-		for s := range uint32(shards) {
-			l := c.ShardLeader(s)
-			if l == nil {
-				return false
-			}
-			led[l.Name]++
-		}
-		lo, hi := shards, 0
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3, RPCTimeout: stalledRPCTimeout})
+	var p *Node
+	WaitFor(t, "a node P leading a shard, another node leading another", 20*time.Second, func() bool {
 		for _, n := range c.Nodes {
-			lo, hi = min(lo, led[n.Name]), max(hi, led[n.Name])
-		}
-		return hi-lo <= 1
-	})
-	// P leads d1; A (another node) leads src; d2 is neither src nor led
-	// by P.
-	var a, p *Node
-	var src, d1, d2 uint32
-	found := false
-	for s := uint32(0); s < shards && !found; s++ {
-		for t1 := uint32(0); t1 < shards && !found; t1++ {
-			for t2 := uint32(0); t2 < shards && !found; t2++ {
-				ls, l1, l2 := c.ShardLeader(s), c.ShardLeader(t1), c.ShardLeader(t2)
-				if ls != nil && l1 != nil && l2 != nil && ls != l1 && l2 != l1 && t2 != s && t1 != s {
-					a, p, src, d1, d2, found = ls, l1, s, t1, t2, true
-				}
+			if led := len(ledBy(c, n, shards)); led > 0 && led < shards {
+				p = n
+				return true
 			}
 		}
-	}
-	if !found {
-		t.Fatal("no (source, stalled destination, free destination) shards with distinct leaders")
-	}
-	t.Logf("A=%s leads source shard %d; P=%s leads shard %d (stalled); shard %d led by %s", a.Name, src, p.Name, d1,
-		d2, c.ShardLeader(d2).Name)
-
-	c.StallNodeService(p.Name, true)
-	ingest(t, a, crossShardSend(src, d1, shards, "to-stalled"))
-	WaitFor(t, "A's notice delivery waiting on P", 10*time.Second, func() bool {
-		held, _ := c.StalledCalls(p.Name, nodev1connect.NodeServiceDeliverNoticesProcedure)
-		return held > 0
+		return false
 	})
+	c.StallNodeService(p.Name, true)
+	held := func() bool {
+		h, _ := c.StalledCalls(p.Name, nodev1connect.NodeServiceDeliverNoticesProcedure)
+		return h > 0
+	}
+	sendAll(t, c.Nodes[0], shards, "first")
+	WaitFor(t, "a notice delivery waiting on P", 20*time.Second, held)
 	start := time.Now()
-	ingest(t, a, crossShardSend(src, d2, shards, "to-free"))
-	WaitFor(t, "notice to the shard P does not lead delivered", 3*stalledCallsBound, func() bool {
-		return !outboxHolds(a, src, d2)
+	sendAll(t, c.Nodes[0], shards, "second")
+	WaitFor(t, "notices between shards P does not lead delivered", 2*stalledCallsBound, func() bool {
+		return stuckOnlyOn(c, p, shards)
 	})
 	if took := time.Since(start); took > stalledCallsBound {
-		t.Fatalf("a notice to shard %d took %v with P stalled: want under %v", d2, took, stalledCallsBound)
+		t.Fatalf("notices between shards P does not lead took %v with P stalled: want under %v", took, stalledCallsBound)
 	} else {
-		t.Logf("notice to shard %d delivered in %v while P stalls", d2, took.Round(time.Millisecond))
-	}
-	if !outboxHolds(a, src, d1) {
-		t.Fatalf("the notice for stalled P's shard %d left the outbox", d1)
+		t.Logf("notices between shards P (%s, leading %v) does not lead delivered in %v", p.Name, ledBy(c, p, shards),
+			took.Round(time.Millisecond))
 	}
 
-	// A closes while its delivery to P waits: bounded by the context.
-	if held, _ := c.StalledCalls(p.Name, nodev1connect.NodeServiceDeliverNoticesProcedure); held == 0 {
-		WaitFor(t, "A's notice delivery waiting on P again", 15*time.Second, func() bool {
-			held, _ := c.StalledCalls(p.Name, nodev1connect.NodeServiceDeliverNoticesProcedure)
-			return held > 0
-		})
-	}
+	// A node whose delivery waits on P closes, bounded by the context.
+	var a *Node
+	WaitFor(t, "a node's notice delivery waiting on P", 15*time.Second, func() bool {
+		if !held() {
+			return false
+		}
+		for s := range uint32(shards) {
+			if l := c.ShardLeader(s); l != nil && l != p && slices.ContainsFunc(pendingNotices(l, s), func(d uint32) bool {
+				return c.ShardLeader(d) == p
+			}) {
+				a = l
+				return true
+			}
+		}
+		return false
+	})
 	closeWithin(t, a, 2*time.Second)
 	c.StallNodeService(p.Name, false)
 	c.Stop(a)
@@ -237,11 +271,11 @@ func closeWithin(t *testing.T, n *Node, d time.Duration) {
 // waiting on n4, n5, healthy. Every shard whose placement never wanted n4
 // and now wants n5 must get n5 as a voter within stalledCallsBound, though
 // the same leaders keep calling n4 for their other shards (each call waits
-// out the 10 s RPCTimeout). Then a leader closes its cluster and node
+// out stalledRPCTimeout). Then a leader closes its cluster and node
 // while its calls to n4 wait, within the contexts' deadline.
 func TestStalledPeerDoesNotStallReconcile(t *testing.T) {
 	const shards = 8
-	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
+	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3, RPCTimeout: stalledRPCTimeout})
 	c.StallNodeService("n4", true)
 	n4 := c.AddNode()
 	WaitFor(t, "a leader waiting on n4's OpenReplica", 15*time.Second, func() bool {
@@ -266,7 +300,7 @@ func TestStalledPeerDoesNotStallReconcile(t *testing.T) {
 	if len(want) == 0 || stuck == 0 {
 		t.Fatalf("placement gives n5 alone %d shards and n4 %d: the test needs both", len(want), stuck)
 	}
-	WaitFor(t, fmt.Sprintf("n5 a voter of shards %v", want), 3*stalledCallsBound, func() bool {
+	WaitFor(t, fmt.Sprintf("n5 a voter of shards %v", want), 2*stalledCallsBound, func() bool {
 		for _, s := range want {
 			if !slices.Contains(c.groupConfig(s), n5.Name+"/"+raft.Voter.String()) {
 				return false
