@@ -115,7 +115,7 @@ func TestFlappingNodeMovesNothing(t *testing.T) {
 // may take (stalledCallsBound), even on a loaded machine.
 const (
 	stalledRPCTimeout = 60 * time.Second
-	stalledCallsBound = 10 * time.Second
+	stalledCallsBound = 15 * time.Second
 )
 
 // crossShardSend returns a SEND from a process on shard from to one on
