@@ -70,7 +70,7 @@ const maxConcurrentSteps = 64
 // does not (orphans.go). Steps run concurrently and this round does not
 // wait for them, so a peer that gossip calls alive but that does not
 // answer delays only the shards whose step calls it, each call bounded by
-// RPCTimeout and by maxBackgroundCallsPerPeer (docs/DECISIONS.md D23). A
+// RPCTimeout and by maxBackgroundCallsPerPeer (docs/DECISIONS.md D24). A
 // shard never has two steps at once: one membership change at a time, as
 // before. Shards beyond maxConcurrentSteps wait for a later round
 // (scope_cluster_steps_deferred_total).

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Flap damping (docs/DECISIONS.md D23). Placement is a pure function of a
+// Flap damping (docs/DECISIONS.md D24). Placement is a pure function of a
 // member list; which members a shard's placement may choose is decided
 // here, per group, so that a member whose gossip state keeps changing
 // moves nothing:

@@ -36,7 +36,7 @@ const localRoute = "\x00local"
 // gossip calls alive but that does not answer holds up only the notices
 // for the shards it leads, each call bounded by the remote delivery's
 // deadline, while every other route keeps delivering (docs/DECISIONS.md
-// D23). A worker calls only its route's node (deliverVia). A (source,
+// D24). A worker calls only its route's node (deliverVia). A (source,
 // destination) pair is in at most one worker per route; when the
 // destination's leadership moves while a worker waits on the old leader,
 // the new leader's route delivers the pair meanwhile, and a notice that

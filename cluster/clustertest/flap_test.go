@@ -15,7 +15,7 @@ import (
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
-// Flap damping and bounded background work (docs/DECISIONS.md D23).
+// Flap damping and bounded background work (docs/DECISIONS.md D24).
 
 // groupConfig returns shard's configuration as its leader has it, as
 // sorted "name/suffrage" strings, or nil if no leader is known.
