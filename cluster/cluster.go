@@ -56,6 +56,11 @@ type Config struct {
 	// groups that list it as a voter take it for a node that lost its
 	// data and replace it (identity.go).
 	LostVoterGrace time.Duration
+	// StabilizationTime is how long a member's gossip state must have
+	// lasted before placement moves replicas because of it: to a member
+	// once it has been alive that long, away from a member of a group once
+	// it has been dead that long (stability.go). 0 disables the damping.
+	StabilizationTime time.Duration
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
@@ -75,6 +80,7 @@ func DefaultConfig(name string) Config {
 		OrphanGrace:        30 * time.Second,
 		FormationWindow:    30 * time.Second,
 		LostVoterGrace:     10 * time.Second,
+		StabilizationTime:  10 * time.Second,
 		Logger:             slog.Default(),
 	}
 }
@@ -98,6 +104,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxConcurrentMoves %d: must be at least 1", ErrConfig, c.MaxConcurrentMoves)
 	case c.RPCTimeout <= 0:
 		return fmt.Errorf("%w: RPCTimeout %v: must be positive", ErrConfig, c.RPCTimeout)
+	case c.StabilizationTime < 0:
+		return fmt.Errorf("%w: StabilizationTime %v: must not be negative (0 disables flap damping)", ErrConfig, c.StabilizationTime)
 	case c.OrphanGrace <= 0:
 		return fmt.Errorf("%w: OrphanGrace %v: must be positive (at least twice RPCTimeout)", ErrConfig, c.OrphanGrace)
 	case c.FormationWindow < 0:
@@ -126,12 +134,24 @@ type Cluster struct {
 	// hostedAtStart: the data directory held replicas when Start ran.
 	hostedAtStart bool
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// ctx is cancelled by Close: the background loops' node-to-node calls
+	// give up at once.
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	// stepSlots bounds the shard steps running at once (reconcile.go).
+	stepSlots chan struct{}
 
 	mu       sync.Mutex
 	closed   bool
 	draining bool
+	steps    map[uint32]bool // shards with a step running (reconcile.go)
+
+	// balanceMu serializes leadership balancing: at most one transfer per
+	// round (lastTransfer is the round of the last one).
+	balanceMu    sync.Mutex
+	lastTransfer uint64
 }
 
 // New wires n and members into a cluster. Call Start to begin.
@@ -157,7 +177,12 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		peers:   newPeers(client, cfg.RPCTimeout),
 		moves:   make(chan struct{}, cfg.MaxConcurrentMoves),
 		stop:    make(chan struct{}),
+		steps:   make(map[uint32]bool),
+		// A step is short unless a peer is slow; the bound keeps a
+		// cluster of thousands of shards from starting thousands of calls.
+		stepSlots: make(chan struct{}, min(int(cfg.Shards), maxConcurrentSteps)),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.metrics = newMetrics(c)
 	if err := n.Metrics().Registry().Register(c.metrics); err != nil {
 		return nil, fmt.Errorf("cluster: register metrics: %w", err)
@@ -187,7 +212,7 @@ func (c *Cluster) Start() error {
 		return err
 	}
 	c.node.SetForwarder(forwarder{c})
-	c.node.SetRemoteDelivery(c.deliverNotices)
+	c.node.SetRemoteDelivery(noticeDelivery{c})
 	changes, cancel, err := c.members.Subscribe()
 	if err != nil {
 		return err
@@ -211,7 +236,7 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
 	bootstrapped := hosted || c.cfg.BootstrapExpect == 0
-	for {
+	for round := uint64(1); ; round++ {
 		select {
 		case <-c.stop:
 			return
@@ -226,8 +251,8 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 			bootstrapped = done
 			continue
 		}
-		c.reconcileAll()
-		c.sweepOrphans()
+		c.metrics.rounds.Inc()
+		c.stepAll(round)
 	}
 }
 
@@ -272,8 +297,12 @@ func (c *Cluster) publishLoop() {
 	}
 }
 
-// Close stops the loops. The node and the membership belong to the caller.
-func (c *Cluster) Close() error {
+// Close stops the loops: node-to-node calls in progress are cancelled,
+// and Close waits for the shard steps running to return, until ctx ends
+// (a step may be waiting for a raft membership change, which finishes
+// when it commits or the leadership is lost). The node and the membership
+// belong to the caller; close the node after the cluster.
+func (c *Cluster) Close(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -281,10 +310,20 @@ func (c *Cluster) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
+	c.cancel()
 	close(c.stop)
-	c.wg.Wait()
-	c.node.Metrics().Registry().Unregister(c.metrics)
-	return nil
+	done := make(chan struct{})
+	go func() {
+		c.wg.Wait()
+		close(done)
+	}()
+	defer c.node.Metrics().Registry().Unregister(c.metrics)
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("cluster: close: background work still running: %w", ctx.Err())
+	}
 }
 
 // Name is this node's name.
@@ -376,8 +415,9 @@ func (c *Cluster) Leave(ctx context.Context) error {
 	for len(c.node.Replicas()) > 0 {
 		// Leaders here hand their groups over; other leaders remove us.
 		for _, r := range c.node.Replicas() {
-			if r.IsLeader() {
-				c.reconcileShard(r)
+			if r.IsLeader() && c.claimStep(r.Shard()) {
+				c.reconcileShard(ctx, r)
+				c.releaseStep(r.Shard())
 			}
 		}
 		select {

@@ -10,8 +10,9 @@
 // wrong group.
 //
 // Placement (placement.go) is a pure function: rendezvous hashing of
-// (shard, node name) over the live members; the top R are a shard's
-// desired replicas. Moves diffs two placements into per-shard add/remove
+// (shard, node name) over the shard's candidates; the top R are a shard's
+// desired replicas. Flap damping (stability.go) picks the candidates:
+// members whose state has lasted the stabilization time. Moves diffs two placements into per-shard add/remove
 // lists for the reconciler.
 //
 // Membership (membership*.go) wraps hashicorp/memberlist: each node gossips

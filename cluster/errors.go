@@ -9,6 +9,7 @@ var (
 	ErrNoLeader    = errors.New("cluster: shard has no known leader")
 	ErrUnknownPeer = errors.New("cluster: unknown peer")
 	ErrClosed      = errors.New("cluster: closed")
+	ErrPeerBusy    = errors.New("cluster: too many background calls in flight to peer")
 
 	// Raft mux.
 	ErrMuxClosed       = errors.New("cluster: mux closed")

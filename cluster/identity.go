@@ -93,7 +93,7 @@ func (c *Cluster) replaceLostVoter(ctx context.Context, r *node.Replica, voters 
 		if err != nil || st.GetExists() {
 			continue // unreachable, or it holds the replica after all
 		}
-		c.removeServer(r, s, prevIndex, "its node holds no replica of the group (data directory lost?): it is added back as a new replica")
+		c.removeServer(ctx, r, s, prevIndex, "its node holds no replica of the group (data directory lost?): it is added back as a new replica")
 		c.metrics.lostVoters.Inc()
 		return true
 	}

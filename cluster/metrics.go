@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // metrics exports the cluster's counters and gauges (membership, placement,
@@ -13,8 +14,9 @@ type metrics struct {
 	leaderTransfers, orphansDropped, lostVoters    prometheus.Counter
 	bootstrapDeclined                              prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
+	rounds, stepsDeferred                          prometheus.Counter
 
-	members, ledShards, replicas, movesInFlight *prometheus.Desc
+	members, ledShards, replicas, movesInFlight, peerCallsRefused *prometheus.Desc
 }
 
 func newMetrics(c *Cluster) *metrics {
@@ -22,28 +24,32 @@ func newMetrics(c *Cluster) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	return &metrics{
-		c:                 c,
-		additions:         counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
-		promotions:        counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
-		removals:          counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
-		movesDeferred:     counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
-		leaderTransfers:   counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
-		orphansDropped:    counter("scope_cluster_orphans_dropped_total", "Replicas dropped here because their group's leader no longer names this node."),
+		c:               c,
+		additions:       counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
+		promotions:      counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
+		removals:        counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
+		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
+		leaderTransfers: counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
+		orphansDropped:  counter("scope_cluster_orphans_dropped_total", "Replicas dropped here because their group's leader no longer names this node."),
 		bootstrapDeclined: counter("scope_cluster_bootstrap_declined_total", "Bootstraps this node declined because the cluster was already formed (it joined instead)."),
 		lostVoters:        counter("scope_cluster_lost_voters_replaced_total", "Voters removed from groups led here because their node came back without its data (then added back as new replicas)."),
-		forwards:          counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
-		forwardFailures:   counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
-		forwardRetries:    counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
-		members:           prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
-		ledShards:         prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
-		replicas:          prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
-		movesInFlight:     prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
+		forwards:        counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
+		forwardFailures: counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
+		forwardRetries:  counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
+		rounds:          counter("scope_cluster_rounds_total", "Reconciliation rounds started (each starts a step for every local replica without one running)."),
+		stepsDeferred:   counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
+		peerCallsRefused: prometheus.NewDesc("scope_cluster_peer_calls_refused_total",
+			"Background calls (replica moves, status, drops) refused at once: the bound on calls in flight to that peer was reached.", nil, nil),
+		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
+		ledShards:     prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
+		replicas:      prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
+		movesInFlight: prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
 	}
 }
 
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
-		m.forwardFailures, m.forwardRetries, m.lostVoters, m.bootstrapDeclined}
+		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined}
 }
 
 // Describe implements prometheus.Collector.
@@ -55,6 +61,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.ledShards
 	ch <- m.replicas
 	ch <- m.movesInFlight
+	ch <- m.peerCallsRefused
 }
 
 // Collect implements prometheus.Collector.
@@ -79,4 +86,32 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.ledShards, prometheus.GaugeValue, float64(led))
 	ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(total))
 	ch <- prometheus.MustNewConstMetric(m.movesInFlight, prometheus.GaugeValue, float64(len(m.c.moves)))
+	ch <- prometheus.MustNewConstMetric(m.peerCallsRefused, prometheus.CounterValue, float64(m.c.peers.refused.Load()))
+}
+
+// Stats is a snapshot of the cluster's counters on this node.
+type Stats struct {
+	Additions, Promotions, Removals uint64 // membership changes made by groups led here
+	MovesDeferred                   uint64 // additions deferred: MaxConcurrentMoves in flight
+	Rounds                          uint64 // reconciliation rounds started
+	StepsDeferred                   uint64 // shard steps deferred: maxConcurrentSteps running
+	PeerCallsRefused                uint64 // background calls refused: maxBackgroundCallsPerPeer in flight
+}
+
+// Stats returns the cluster's counters (also exported as metrics).
+func (c *Cluster) Stats() Stats {
+	m := c.metrics
+	return Stats{
+		Additions: counterValue(m.additions), Promotions: counterValue(m.promotions), Removals: counterValue(m.removals),
+		MovesDeferred: counterValue(m.movesDeferred), Rounds: counterValue(m.rounds), StepsDeferred: counterValue(m.stepsDeferred),
+		PeerCallsRefused: c.peers.refused.Load(),
+	}
+}
+
+func counterValue(c prometheus.Counter) uint64 {
+	var d dto.Metric
+	if err := c.Write(&d); err != nil {
+		return 0
+	}
+	return uint64(d.GetCounter().GetValue())
 }

@@ -37,22 +37,8 @@ import (
 // When in doubt (no leader known, the leader unreachable, a failed
 // replica) it keeps the replica and asks again next round.
 
-// sweepOrphans drops the local replicas no group names (see above).
-func (c *Cluster) sweepOrphans() {
-	for _, r := range c.node.Replicas() {
-		select {
-		case <-c.stop:
-			return
-		default:
-		}
-		if err := c.dropIfOrphan(r); err != nil {
-			c.logger.Warn("drop orphaned replica", "shard", r.Shard(), "err", err)
-		}
-	}
-}
-
 // dropIfOrphan drops r if it is an orphan; it reports only a failed drop.
-func (c *Cluster) dropIfOrphan(r *node.Replica) error {
+func (c *Cluster) dropIfOrphan(ctx context.Context, r *node.Replica) error {
 	if r.IsLeader() || r.Retired() {
 		return nil
 	}
@@ -69,8 +55,6 @@ func (c *Cluster) dropIfOrphan(r *node.Replica) error {
 	if err != nil || leader == c.cfg.Name {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
-	defer cancel()
 	st, err := c.peers.replicaStatus(ctx, addr, shard)
 	switch {
 	case err != nil || !st.GetExists() || !st.GetLeader() || st.GetFailed():

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,6 +19,13 @@ import (
 // maxPeers bounds the cached clients (one per peer HTTP address).
 const maxPeers = 4096
 
+// maxBackgroundCallsPerPeer bounds the reconciler's calls in flight to one
+// peer (OpenReplica, ReplicaStatus, DropReplica). A peer that gossip calls
+// alive but that does not answer then holds at most this many shard steps
+// until their deadline; the other shards' steps fail fast with
+// ErrPeerBusy and try again next round, and every other peer is unaffected.
+const maxBackgroundCallsPerPeer = 4
+
 // peers caches Connect clients to other nodes, by HTTP address.
 type peers struct {
 	client  *http.Client
@@ -26,6 +34,10 @@ type peers struct {
 	mu      sync.Mutex
 	byAddr  map[string]*peer
 	evicted uint64
+	// busy counts background calls in flight per address (entries are
+	// removed at zero, so it holds only peers being called).
+	busy    map[string]int
+	refused atomic.Uint64 // background calls refused: maxBackgroundCallsPerPeer in flight
 }
 
 type peer struct {
@@ -34,7 +46,7 @@ type peer struct {
 }
 
 func newPeers(client *http.Client, timeout time.Duration) *peers {
-	return &peers{client: client, timeout: timeout, byAddr: make(map[string]*peer)}
+	return &peers{client: client, timeout: timeout, byAddr: make(map[string]*peer), busy: make(map[string]int)}
 }
 
 // get returns the clients for the node serving HTTP at addr.
@@ -80,9 +92,30 @@ func (p *peers) call(ctx context.Context, addr string, f func(context.Context, *
 	return f(ctx, c)
 }
 
+// background is call for the reconciler's calls: it fails at once with
+// ErrPeerBusy when maxBackgroundCallsPerPeer are in flight to addr.
+func (p *peers) background(ctx context.Context, addr string, f func(context.Context, *peer) error) error {
+	p.mu.Lock()
+	if p.busy[addr] >= maxBackgroundCallsPerPeer {
+		p.mu.Unlock()
+		p.refused.Add(1)
+		return fmt.Errorf("%w: %s: %d calls in flight", ErrPeerBusy, addr, maxBackgroundCallsPerPeer)
+	}
+	p.busy[addr]++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		if p.busy[addr]--; p.busy[addr] <= 0 {
+			delete(p.busy, addr)
+		}
+		p.mu.Unlock()
+	}()
+	return p.call(ctx, addr, f)
+}
+
 // openReplica asks the node at addr to open an empty replica of shard.
 func (p *peers) openReplica(ctx context.Context, addr string, shard, shards uint32) error {
-	return p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+	return p.background(ctx, addr, func(ctx context.Context, c *peer) error {
 		_, err := c.node.OpenReplica(ctx, connect.NewRequest(&nodev1.OpenReplicaRequest{Shard: shard, Shards: shards}))
 		return err
 	})
@@ -91,7 +124,7 @@ func (p *peers) openReplica(ctx context.Context, addr string, shard, shards uint
 // replicaStatus asks the node at addr about its replica of shard.
 func (p *peers) replicaStatus(ctx context.Context, addr string, shard uint32) (*nodev1.ReplicaStatusResponse, error) {
 	var out *nodev1.ReplicaStatusResponse
-	err := p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+	err := p.background(ctx, addr, func(ctx context.Context, c *peer) error {
 		resp, err := c.node.ReplicaStatus(ctx, connect.NewRequest(&nodev1.ReplicaStatusRequest{Shard: shard}))
 		if err == nil {
 			out = resp.Msg
@@ -104,7 +137,7 @@ func (p *peers) replicaStatus(ctx context.Context, addr string, shard uint32) (*
 // dropReplica asks the node at addr to delete its replica of shard, which
 // the configuration at raft index removedAt no longer lists.
 func (p *peers) dropReplica(ctx context.Context, addr string, shard uint32, removedAt uint64) error {
-	return p.call(ctx, addr, func(ctx context.Context, c *peer) error {
+	return p.background(ctx, addr, func(ctx context.Context, c *peer) error {
 		_, err := c.node.DropReplica(ctx, connect.NewRequest(&nodev1.DropReplicaRequest{Shard: shard, RemovedAt: removedAt}))
 		return err
 	})

@@ -62,20 +62,77 @@ func (c *Cluster) stillMember(r *node.Replica, removedAt uint64) bool {
 	return listed && (removedAt == 0 || f.Index() >= removedAt)
 }
 
-// reconcileAll runs one reconciliation step for every shard led here.
-func (c *Cluster) reconcileAll() {
-	transfers := 1 // leadership hand-offs per round: balance slowly, never thrash
+// maxConcurrentSteps bounds the shard steps running at once on a node.
+const maxConcurrentSteps = 64
+
+// stepAll starts one step for every local replica that has none running:
+// a reconciliation step where the replica leads, an orphan check where it
+// does not (orphans.go). Steps run concurrently and this round does not
+// wait for them, so a peer that gossip calls alive but that does not
+// answer delays only the shards whose step calls it, each call bounded by
+// RPCTimeout and by maxBackgroundCallsPerPeer (docs/DECISIONS.md D25). A
+// shard never has two steps at once: one membership change at a time, as
+// before. Shards beyond maxConcurrentSteps wait for a later round
+// (scope_cluster_steps_deferred_total).
+func (c *Cluster) stepAll(round uint64) {
 	_, byName := c.placementMembers()
 	c.unformed.update(byName, time.Now(), c.cfg.LostVoterGrace)
 	for _, r := range c.node.Replicas() {
-		select {
-		case <-c.stop:
+		if c.ctx.Err() != nil {
 			return
+		}
+		if !c.claimStep(r.Shard()) {
+			continue
+		}
+		select {
+		case c.stepSlots <- struct{}{}:
 		default:
+			c.releaseStep(r.Shard())
+			c.metrics.stepsDeferred.Inc()
+			continue
 		}
-		if r.IsLeader() && c.reconcileShard(r) && transfers > 0 && c.balanceLeadership(r) {
-			transfers--
-		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			defer func() { <-c.stepSlots }()
+			defer c.releaseStep(r.Shard())
+			if !r.IsLeader() {
+				if err := c.dropIfOrphan(c.ctx, r); err != nil {
+					c.logger.Warn("drop orphaned replica", "shard", r.Shard(), "err", err)
+				}
+				return
+			}
+			if c.reconcileShard(c.ctx, r) {
+				c.balance(r, round)
+			}
+		}()
+	}
+}
+
+// claimStep marks shard as having a step running; false if it has one.
+func (c *Cluster) claimStep(shard uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.steps[shard] {
+		return false
+	}
+	c.steps[shard] = true
+	return true
+}
+
+func (c *Cluster) releaseStep(shard uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.steps, shard)
+}
+
+// balance hands r's leadership over if no other shard did in this round:
+// balance slowly, never thrash.
+func (c *Cluster) balance(r *node.Replica, round uint64) {
+	c.balanceMu.Lock()
+	defer c.balanceMu.Unlock()
+	if c.lastTransfer != round && c.balanceLeadership(r) {
+		c.lastTransfer = round
 	}
 }
 
@@ -126,15 +183,22 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 
 // reconcileShard takes at most one step toward the shard's placement. It
 // reports whether the group already matched it (nothing to do).
-func (c *Cluster) reconcileShard(r *node.Replica) bool {
+func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 	shard := r.Shard()
 	cf := r.Raft().GetConfiguration()
 	if err := cf.Error(); err != nil {
 		return false
 	}
 	conf, prevIndex := cf.Configuration(), cf.Index()
-	live, byName := c.placementMembers()
-	desired := Placement(shard, live, c.cfg.Replicas)
+	var inGroup []string
+	for _, s := range conf.Servers {
+		inGroup = append(inGroup, string(s.ID))
+	}
+	// Placement chooses among the candidates (stability.go: flap damping);
+	// byName holds the members alive now, whom calls can reach.
+	candidates := placementCandidates(c.members.Members(), inGroup, c.cfg.Shards, c.cfg.StabilizationTime, time.Now())
+	_, byName := c.placementMembers()
+	desired := Placement(shard, candidates, c.cfg.Replicas)
 	if len(desired) == 0 {
 		return false
 	}
@@ -147,17 +211,17 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 			nonvoters = append(nonvoters, s)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
-	defer cancel()
-
 	// 2 (first: finishing a move beats starting one). Promote or drop
 	// non-voters.
 	for _, s := range nonvoters {
 		name := string(s.ID)
-		m, alive := byName[name]
-		if !slices.Contains(desired, name) || !alive {
-			c.removeServer(r, s, prevIndex, "non-voter no longer desired")
+		if !slices.Contains(desired, name) {
+			c.removeServer(ctx, r, s, prevIndex, "non-voter no longer desired")
 			return false
+		}
+		m, alive := byName[name]
+		if !alive {
+			return false // down for less than the stabilization time: wait
 		}
 		st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, shard)
 		if err != nil || !st.GetExists() {
@@ -186,18 +250,26 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 		if slices.ContainsFunc(conf.Servers, func(s raft.Server) bool { return string(s.ID) == name }) {
 			continue
 		}
-		select {
-		case c.moves <- struct{}{}:
-		default:
-			c.metrics.movesDeferred.Inc()
-			return false // enough moves in flight on this node
+		m, ok := byName[name]
+		if !ok {
+			return false // died since the candidates were listed
 		}
-		defer func() { <-c.moves }()
-		m := byName[name]
+		// The move slot is taken once the replica is open: a new member
+		// that does not answer holds no slot while its OpenReplica waits
+		// for the deadline, so moves to other members go on.
 		if err := c.peers.openReplica(ctx, m.Meta.HTTPAddr, shard, c.cfg.Shards); err != nil {
 			c.logger.Warn("open replica on new member", "shard", shard, "node", name, "err", err)
 			return false
 		}
+		select {
+		case c.moves <- struct{}{}:
+		default:
+			// The open replica waits for the next round (OpenReplica is
+			// idempotent); if no round adds it, it is dropped as an orphan.
+			c.metrics.movesDeferred.Inc()
+			return false // enough moves in flight on this node
+		}
+		defer func() { <-c.moves }()
 		id, addr := raftServer(m)
 		if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
 			c.logger.Warn("add non-voter", "shard", shard, "node", name, "err", err)
@@ -217,7 +289,7 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 		after := len(voters) - 1
 		need := c.cfg.Replicas
 		if m, known := c.member(name); known && m.State == MemberAlive {
-			need = min(c.cfg.Replicas, len(live)) // leaving or displaced: may shrink to the live count
+			need = min(c.cfg.Replicas, len(candidates)) // leaving or displaced: may shrink to the candidate count
 		}
 		if after < need || after < 1 {
 			continue
@@ -230,7 +302,7 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 			}
 			return false
 		}
-		c.removeServer(r, s, prevIndex, "voter no longer desired")
+		c.removeServer(ctx, r, s, prevIndex, "voter no longer desired")
 		return false
 	}
 	return true
@@ -238,7 +310,7 @@ func (c *Cluster) reconcileShard(r *node.Replica) bool {
 
 // removeServer removes s from r's group and, if it is reachable, tells it
 // to delete its copy.
-func (c *Cluster) removeServer(r *node.Replica, s raft.Server, prevIndex uint64, why string) {
+func (c *Cluster) removeServer(ctx context.Context, r *node.Replica, s raft.Server, prevIndex uint64, why string) {
 	shard := r.Shard()
 	f := r.Raft().RemoveServer(s.ID, prevIndex, c.cfg.RPCTimeout)
 	if err := f.Error(); err != nil {
@@ -255,14 +327,12 @@ func (c *Cluster) removeServer(r *node.Replica, s raft.Server, prevIndex uint64,
 	// The removed node learns of its removal only through this call (the
 	// leader stopped replicating to it when it appended the change).
 	for attempt := range 5 {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RPCTimeout)
 		err := c.peers.dropReplica(ctx, m.Meta.HTTPAddr, shard, removedAt)
-		cancel()
 		if err == nil {
 			return
 		}
 		select {
-		case <-c.stop:
+		case <-ctx.Done():
 			return
 		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
 		}

@@ -328,15 +328,32 @@ func durabilityToProto(d node.Durability) scopev1.Durability {
 	return scopev1.Durability_DURABILITY_COMMITTED
 }
 
-// deliverNotices delivers notices to the leader of shard on another node
-// and waits for the commit there.
-func (c *Cluster) deliverNotices(shard uint32, notices []correlate.Notice) error {
-	_, addr, err := c.leaderOf(shard)
+// noticeDelivery is the node's RemoteDelivery: notices for a shard led on
+// another node go to that node's NodeService.DeliverNotices.
+type noticeDelivery struct{ c *Cluster }
+
+var _ node.RemoteDelivery = noticeDelivery{}
+
+// Route names the shard's leader (the local raft view first, then gossip).
+func (d noticeDelivery) Route(shard uint32) string {
+	name, _, err := d.c.leaderOf(shard)
 	if err != nil {
-		return err
+		return ""
 	}
+	return name
+}
+
+// Deliver delivers notices for shard to the node named to, which refuses
+// them unless it leads shard, and waits for the commit there, within ctx
+// and RPCTimeout.
+func (d noticeDelivery) Deliver(ctx context.Context, to string, shard uint32, notices []correlate.Notice) error {
+	m, ok := d.c.member(to)
+	if !ok || m.State != MemberAlive {
+		return fmt.Errorf("%w: %q (shard %d's leader) is not alive", ErrUnknownPeer, to, shard)
+	}
+	addr := m.Meta.HTTPAddr
 	batch := correlate.AppendBatch(nil, &correlate.Batch{Notices: notices})
-	return c.peers.call(context.Background(), addr, func(ctx context.Context, p *peer) error {
+	return d.c.peers.call(ctx, addr, func(ctx context.Context, p *peer) error {
 		_, err := p.node.DeliverNotices(ctx, connect.NewRequest(&nodev1.DeliverNoticesRequest{Shard: shard, Batch: batch}))
 		return err
 	})

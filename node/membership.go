@@ -34,12 +34,26 @@ func (n *Node) SetForwarder(f Forwarder) {
 	n.forwarder = f
 }
 
+// RemoteDelivery delivers notices to shards whose leader is on another
+// node (the cluster layer). Both methods may be called concurrently.
+type RemoteDelivery interface {
+	// Route names the node that leads shard, as this node knows it ("" if
+	// it knows none). Deliveries with one route run one after another,
+	// different routes concurrently. It must not block.
+	Route(shard uint32) string
+	// Deliver proposes notices to shard on the node named to (what Route
+	// returned), which refuses them unless it leads shard, and waits for
+	// the commit there, giving up when ctx ends or its own per-call
+	// deadline passes.
+	Deliver(ctx context.Context, to string, shard uint32, notices []correlate.Notice) error
+}
+
 // SetRemoteDelivery installs the cluster's delivery of notices to shards
 // whose leader is on another node.
-func (n *Node) SetRemoteDelivery(deliver func(shard uint32, notices []correlate.Notice) error) {
+func (n *Node) SetRemoteDelivery(d RemoteDelivery) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.cfg.DeliverRemote = deliver
+	n.cfg.DeliverRemote = d
 }
 
 type noForwardKey struct{}

@@ -21,8 +21,11 @@ type Metrics struct {
 	correlator       *prometheus.CounterVec
 	noticesDelivered prometheus.Counter
 	noticeFailures   prometheus.Counter
-	forwarded        prometheus.Counter
-	lifecycleWaits   prometheus.Counter
+	// noticeRoutesDeferred counts routes that waited for a later round:
+	// maxNoticeRoutes workers were running.
+	noticeRoutesDeferred prometheus.Counter
+	forwarded            prometheus.Counter
+	lifecycleWaits       prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -48,6 +51,10 @@ func newMetrics() *Metrics {
 			Name: "scope_notice_delivery_failures_total",
 			Help: "Notice delivery attempts that failed and will be retried.",
 		}),
+		noticeRoutesDeferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_notice_routes_deferred_total",
+			Help: "Notice deliveries to a node (or to this node's leaders) deferred to a later round: the bound on concurrent delivery workers was reached.",
+		}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_ingest_forwarded_events_total",
 			Help: "Events forwarded to the leader of their shard on another node.",
@@ -59,7 +66,7 @@ func newMetrics() *Metrics {
 	}
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
-		m.noticesDelivered, m.noticeFailures, m.forwarded, m.lifecycleWaits,
+		m.noticesDelivered, m.noticeFailures, m.noticeRoutesDeferred, m.forwarded, m.lifecycleWaits,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

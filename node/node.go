@@ -62,7 +62,7 @@ type Config struct {
 	// DeliverRemote delivers notices to a shard whose leader is on another
 	// node, waiting for the commit there (set by the cluster layer; nil on
 	// a single node).
-	DeliverRemote func(shard uint32, notices []correlate.Notice) error
+	DeliverRemote RemoteDelivery
 
 	Logger *slog.Logger
 	// Transport returns the raft transport for a shard's group on this node.
@@ -153,9 +153,14 @@ type Node struct {
 	// that retireFailed has yet to retire; failSignal wakes it.
 	failing    []atomic.Bool
 	failSignal chan struct{}
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	tail       *tailHub
+	notices    noticeWork // notices.go
+	// ctx is cancelled by Close: node-to-node calls of the background
+	// loops (notice delivery) give up at once.
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	tail   *tailHub
 }
 
 // Open opens the node's store, starts the writer pool and the background
@@ -194,7 +199,9 @@ func Open(cfg Config) (*Node, error) {
 		outboxSignal: make(chan struct{}, 1),
 		stop:         make(chan struct{}),
 		tail:         newTailHub(cfg.Shards),
+		notices:      noticeWork{routes: make(map[string]bool), pairs: make(map[noticePair]bool)},
 	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.pool, err = NewPool(cfg.Pool, n, n.metrics.pool)
 	if err != nil {
 		_ = rl.Close()
@@ -627,11 +634,22 @@ func (n *Node) Close(ctx context.Context) error {
 	n.mu.Unlock()
 
 	err := n.pool.Close(ctx)
+	n.cancel()
 	close(n.stop)
 	n.wg.Wait()
 	n.tail.close()
-	for _, r := range n.Replicas() {
-		err = errors.Join(err, r.Close())
+	// Replicas shut down concurrently: each may wait for its transport to
+	// fail calls to peers that stopped answering.
+	replicas := n.Replicas()
+	errs := make([]error, len(replicas))
+	var closing sync.WaitGroup
+	for i, r := range replicas {
+		closing.Add(1)
+		go func() {
+			defer closing.Done()
+			errs[i] = r.Close()
+		}()
 	}
-	return errors.Join(err, n.raftLog.Close(), n.store.Close())
+	closing.Wait()
+	return errors.Join(err, errors.Join(errs...), n.raftLog.Close(), n.store.Close())
 }

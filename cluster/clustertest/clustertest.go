@@ -40,15 +40,22 @@ type Options struct {
 	// unsynced applies pebble reports a failed WAL write by a panic that
 	// the store does not turn into store.ErrFailed.
 	StoreFaults bool
+	// StabilizationTime is cluster.Config.StabilizationTime: 0 means
+	// 300 ms (short, so that tests adding or killing nodes see replicas
+	// move soon); negative disables flap damping.
+	StabilizationTime time.Duration
+	// RPCTimeout is cluster.Config.RPCTimeout (0: its default, 10 s).
+	RPCTimeout time.Duration
 }
 
 // Cluster is a running test cluster.
 type Cluster struct {
-	t     testing.TB
-	opts  Options
-	root  string
-	net   *network // link faults (faults.go)
-	Nodes []*Node
+	t      testing.TB
+	opts   Options
+	root   string
+	net    *network // link faults (faults.go)
+	stalls *stalls  // stalled NodeService (stall.go)
+	Nodes  []*Node
 }
 
 // Node is one running node of a test cluster.
@@ -85,7 +92,13 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Replicas == 0 {
 		opts.Replicas = 3
 	}
-	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork()}
+	switch {
+	case opts.StabilizationTime == 0:
+		opts.StabilizationTime = 300 * time.Millisecond
+	case opts.StabilizationTime < 0:
+		opts.StabilizationTime = 0
+	}
+	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork(), stalls: newStalls()}
 	t.Cleanup(c.Close)
 	for i := range opts.Nodes {
 		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("n%d", i+1), opts.Nodes, "", "", ""))
@@ -233,6 +246,10 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	// Loopback calls return in milliseconds: a leader's open-then-add takes
 	// far less than this, and tests need not wait the default 30 s.
 	ccfg.OrphanGrace = 2 * time.Second
+	ccfg.StabilizationTime = c.opts.StabilizationTime
+	if c.opts.RPCTimeout > 0 {
+		ccfg.RPCTimeout = c.opts.RPCTimeout
+	}
 	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)
@@ -249,7 +266,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	n.Server.SetResolver(n.Cluster.Resolver(rpc.LocalResolver(n.Node)))
 	n.Server.SetCluster(n.Cluster.Info())
 	n.Server.SetTailSources(n.Cluster.TailSources())
-	n.Server.Mount(n.shardReads.wrap(n.Cluster.Handler()))
+	n.Server.Mount(c.stalls.wrap(name)(n.shardReads.wrap(n.Cluster.Handler())))
 	n.HTTP = n.Server.HTTPServer(n.httpAddr)
 	go func() { _ = n.HTTP.Serve(httpLn) }()
 	if err := n.Cluster.Start(); err != nil {
@@ -326,9 +343,9 @@ func (c *Cluster) Stop(n *Node) {
 	_ = n.Members.Shutdown()
 	n.Server.Close()
 	_ = n.HTTP.Close()
-	_ = n.Cluster.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	_ = n.Cluster.Close(ctx)
 	_ = n.Node.Close(ctx)
 	_ = n.Mux.Close()
 }

@@ -34,9 +34,13 @@ const (
 	readyTimeout      = 2 * time.Minute  // every shard must elect a leader within this
 	httpShutdownLimit = 10 * time.Second // then connections are closed
 	nodeShutdownLimit = 30 * time.Second // rings drain, raft groups stop, the store closes
-	joinRetry         = 500 * time.Millisecond
-	joinLogEvery      = 20 // join attempts between two warnings
-	waitLogEvery      = 10 * time.Second
+	// clusterShutdownLimit bounds waiting for the cluster's shard steps:
+	// their node-to-node calls are cancelled at once, a raft membership
+	// change in progress ends when it commits or leadership is lost.
+	clusterShutdownLimit = 5 * time.Second
+	joinRetry            = 500 * time.Millisecond
+	joinLogEvery         = 20 // join attempts between two warnings
+	waitLogEvery         = 10 * time.Second
 )
 
 // forceExit ends the process on a second signal (a variable for tests).
@@ -322,6 +326,7 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.Shards = cfg.node.Shards
 	ccfg.Replicas = cfg.replicas
 	ccfg.BootstrapExpect = expect
+	ccfg.StabilizationTime = cfg.stabilization
 	ccfg.Logger = a.logger.With("component", "cluster")
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
 		return err
@@ -482,7 +487,9 @@ func (a *agent) shutdown() error {
 	// A plain stop is not a departure: no leave, no drain. Peers see the
 	// node fail and the groups elect other leaders; `scope leave` drains.
 	if a.cluster != nil {
-		errs = append(errs, a.cluster.Close())
+		ctx, cancel := context.WithTimeout(context.Background(), clusterShutdownLimit)
+		errs = append(errs, a.cluster.Close(ctx))
+		cancel()
 	}
 	if a.members != nil {
 		errs = append(errs, a.members.Shutdown())

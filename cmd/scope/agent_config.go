@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/node"
@@ -41,6 +42,7 @@ type agentConfig struct {
 	advertiseHTTP   string   // what other nodes and clients dial; default: the bound -http
 	advertiseRaft   string
 	advertiseGossip string
+	stabilization   time.Duration // -stabilization-time: cluster.Config.StabilizationTime
 
 	node node.Config
 	rpc  rpc.Config
@@ -86,6 +88,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		return nil
 	})
 	fs.StringVar(&c.gossipProfile, "gossip-profile", cluster.ProfileLAN, "gossip timings: lan (production) or local (loopback: failures detected within seconds)")
+	fs.DurationVar(&c.stabilization, "stabilization-time", cluster.DefaultConfig("").StabilizationTime,
+		"how long a member must have been alive (or, for a member of a shard's group, dead) before replicas move to it (away from it); 0: move at once")
 	fs.StringVar(&c.advertiseHTTP, "advertise-http", "", "HTTP address other nodes reach this one at (default: the bound -http; required if -http binds 0.0.0.0)")
 	fs.StringVar(&c.advertiseRaft, "advertise-raft", "", "Raft address other nodes reach this one at (default: the bound -raft)")
 	fs.StringVar(&c.advertiseGossip, "advertise-gossip", "", "gossip ip:port other nodes reach this one at (default: derived from -gossip)")
@@ -116,7 +120,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	if c.dev {
 		// -dev is one node bootstrapped alone: cluster flags contradict it.
 		for _, name := range []string{"join", "bootstrap-expect", "replicas", "gossip", "gossip-key", "gossip-profile",
-			"advertise-http", "advertise-raft", "advertise-gossip"} {
+			"advertise-http", "advertise-raft", "advertise-gossip", "stabilization-time"} {
 			if flagSet(fs, name) {
 				return nil, fs, usageError("-%s: -dev runs one node alone (replication 1, no gossip); drop -%s, or drop -dev to run a cluster node", name, name)
 			}
@@ -234,6 +238,9 @@ func (c *agentConfig) finishCluster() error {
 	}
 	if c.bootstrapExpect > 1 && len(c.join) == 0 {
 		return usageError("-bootstrap-expect %d: the nodes must find each other: pass -join with the gossip address of at least one other node (e.g. -join 127.0.0.1:7082)", c.bootstrapExpect)
+	}
+	if c.stabilization < 0 {
+		return usageError("-stabilization-time %v: must not be negative (0: no flap damping)", c.stabilization)
 	}
 	if c.gossipProfile != cluster.ProfileLAN && c.gossipProfile != cluster.ProfileLocal {
 		return usageError("-gossip-profile %q: want %s or %s", c.gossipProfile, cluster.ProfileLAN, cluster.ProfileLocal)

@@ -114,6 +114,7 @@ func TestAgentFlags(t *testing.T) {
 		{name: "gossip equals http", args: []string{"-gossip", "127.0.0.1:7070"}, wantErr: "must differ from -http and -raft"},
 		{name: "bad gossip key", args: []string{"-gossip-key", "c2hvcnQ="}, wantErr: "gossip key decodes to 5 bytes"},
 		{name: "bad profile", args: []string{"-gossip-profile", "wan"}, wantErr: `-gossip-profile "wan": want lan or local`},
+		{name: "negative stabilization", args: []string{"-stabilization-time", "-1s"}, wantErr: `-stabilization-time -1s: must not be negative`},
 		{name: "bad join", args: []string{"-join", "nohost"}, wantErr: `-join "nohost": want the gossip address`},
 		{name: "wildcard http needs advertise", args: []string{"-join", "127.0.0.1:1", "-http", "0.0.0.0:7070"},
 			wantErr: `-http "0.0.0.0:7070" binds every interface: pass -advertise-http`},
