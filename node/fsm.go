@@ -68,6 +68,11 @@ type shardFSM struct {
 	// onFail, if set, is called once when the replica stops applying (on
 	// the FSM goroutine, with mu held; it must not block).
 	onFail func()
+	// waitWritable, if set, blocks before a store write while the node's
+	// disk is too full (on the FSM goroutine, without mu held, so readers
+	// of the correlator are not stuck behind it); false: the replica is
+	// closing.
+	waitWritable func() bool
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -208,10 +213,18 @@ func (f *shardFSM) Apply(l *raft.Log) any {
 // write failure (a local fault) does: the correlator would be ahead of the
 // store, so the replica stops and a restart replays from the log.
 func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
+	// A full disk makes the write wait, not fail: the entries stay in the
+	// log and apply once space is back. A replica closing meanwhile
+	// applies nothing more (and is not failed: a restart replays).
+	writable := f.waitWritable == nil || f.waitWritable()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	resp := make([]any, len(logs))
 	if f.failed != nil {
+		return f.failAll(resp)
+	}
+	if !writable {
+		f.failed = fmt.Errorf("%w: shard %d: closed while waiting for disk space", ErrClosed, f.shard)
 		return f.failAll(resp)
 	}
 	f.seg.reset()
