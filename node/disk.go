@@ -103,6 +103,7 @@ type diskGuard struct {
 	avail   atomic.Uint64 // last measurement
 	total   atomic.Uint64
 	held    atomic.Uint64 // bytes of ballast present
+	waiting atomic.Int64  // store writes waiting in waitWritable
 	refused prometheus.Counter
 
 	mu      sync.Mutex    // serializes check
@@ -134,6 +135,10 @@ func newDiskGuard(cfg DiskConfig, dir string, logger *slog.Logger, reg prometheu
 			Name: "scope_disk_full",
 			Help: "1 while free space is below -min-free-disk (ingest refused), 2 while below half of it (raft appends and store writes wait too), else 0.",
 		}, func() float64 { return float64(g.level.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "scope_disk_waiting_writes",
+			Help: "Replicas whose next store write waits for free space (the disk is critical).",
+		}, func() float64 { return float64(g.waiting.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "scope_disk_reserve_bytes",
 			Help: "Bytes held by the data directory's reserve file (0 once released).",
@@ -260,11 +265,17 @@ func (g *diskGuard) condition() error {
 // waitWritable blocks while free space is critical. It returns false if
 // stop closed first.
 func (g *diskGuard) waitWritable(stop <-chan struct{}) bool {
-	logged := false
+	counted := false
+	defer func() {
+		if counted {
+			g.waiting.Add(-1)
+		}
+	}()
 	for diskLevel(g.level.Load()) == diskCritical {
-		if !logged {
+		if !counted {
 			g.logger.Warn("disk guard: store write waits for free space", "dir", g.dir)
-			logged = true
+			g.waiting.Add(1)
+			counted = true
 		}
 		g.mu.Lock()
 		ch := g.changed
@@ -281,9 +292,9 @@ func (g *diskGuard) waitWritable(stop <-chan struct{}) bool {
 	return true
 }
 
-// writeReserve writes size bytes of zeros to path (a new file, synced), so
-// the space is really taken: a sparse file would reserve nothing. A
-// partial file is removed.
+// writeReserve makes path a file of size bytes whose blocks are really
+// taken (a sparse file would reserve nothing), synced, renamed into place.
+// A partial file is removed.
 func writeReserve(path string, size uint64) (err error) {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
@@ -296,13 +307,8 @@ func writeReserve(path string, size uint64) (err error) {
 			_ = os.Remove(tmp)
 		}
 	}()
-	zeros := make([]byte, 1<<20)
-	for left := size; left > 0; {
-		n := min(left, uint64(len(zeros)))
-		if _, err = f.Write(zeros[:n]); err != nil {
-			return err
-		}
-		left -= n
+	if err = allocate(f, size); err != nil {
+		return err
 	}
 	if err = f.Sync(); err != nil {
 		return err
@@ -311,6 +317,19 @@ func writeReserve(path string, size uint64) (err error) {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// writeZeros writes size bytes of zeros to f.
+func writeZeros(f *os.File, size uint64) error {
+	zeros := make([]byte, 1<<20)
+	for left := size; left > 0; {
+		n := min(left, uint64(len(zeros)))
+		if _, err := f.Write(zeros[:n]); err != nil {
+			return err
+		}
+		left -= n
+	}
+	return nil
 }
 
 // FormatBytes renders n with a binary unit (B, KiB, MiB, GiB, TiB).

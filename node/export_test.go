@@ -13,3 +13,6 @@ func LifecycleWaits(n *Node) float64 {
 	_ = n.metrics.lifecycleWaits.Write(&m)
 	return m.GetCounter().GetValue()
 }
+
+// DiskWaiters is how many replicas' store writes wait for disk space.
+func DiskWaiters(n *Node) int64 { return n.disk.waiting.Load() }

@@ -45,7 +45,9 @@ func TestDiskFull(t *testing.T) {
 	defer api.hc.CloseIdleConnections()
 	l := &diskLoader{t: t, api: api, payload: make([]byte, 3000)}
 	start := time.Now()
-	phase := func(what string) { t.Logf("%6.2fs %s (%d MiB free)", time.Since(start).Seconds(), what, freeMiB(t, mnt)) }
+	phase := func(what string) {
+		t.Logf("%6.2fs %s (%d MiB free)", time.Since(start).Seconds(), what, freeMiB(t, mnt))
+	}
 
 	// Ingest until the guard refuses: the node's own data fills the disk.
 	deadline := time.Now().Add(2 * time.Minute)
