@@ -59,9 +59,12 @@ type DiskConfig struct {
 	Usage func(dir string) (avail, total uint64, err error)
 }
 
-// DefaultDiskConfig returns the guard a node runs with by default.
+// DefaultDiskConfig returns the guard a node runs with by default. The
+// reserve (128 MiB) is more than opening needs with the default 64 MiB
+// memtable (MinFreeFor(64 MiB)/2, 101 MiB: see Open), so a node restarted
+// on a disk with no byte free opens once it released it.
 func DefaultDiskConfig() DiskConfig {
-	return DiskConfig{MinFree: 256 << 20, Reserve: 64 << 20, Interval: 100 * time.Millisecond}
+	return DiskConfig{MinFree: 256 << 20, Reserve: 128 << 20, Interval: 100 * time.Millisecond}
 }
 
 // Validate reports the first field out of range.
