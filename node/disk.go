@@ -240,9 +240,14 @@ func (g *diskGuard) err() error {
 		ErrDiskFull, g.dir, FormatBytes(g.avail.Load()), FormatBytes(g.total.Load()), FormatBytes(g.cfg.MinFree))
 }
 
-// admit refuses n new events while free space is below MinFree.
-func (g *diskGuard) admit(n int) error {
-	if diskLevel(g.level.Load()) == diskOK {
+// admit refuses n new events while free space is below MinFree. A
+// redirect (events an old leader admitted) is refused only once free space
+// is critical: it is bounded by a ring per shard and fits in the margin,
+// but its mark is a header any client could set, so the margin is all it
+// may take.
+func (g *diskGuard) admit(n int, redirect bool) error {
+	switch level := diskLevel(g.level.Load()); {
+	case level == diskOK, level == diskFull && redirect:
 		return nil
 	}
 	g.refused.Add(float64(n))

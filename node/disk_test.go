@@ -93,6 +93,14 @@ func TestDiskFullRefusesIngestAndRecovers(t *testing.T) {
 			t.Fatalf("durability %d on a full disk: %d accepted, %d refused; want 0, 1", dur, acc, ref)
 		}
 	}
+	// A redirect carries events an old leader admitted (ACCEPTED ones
+	// acknowledged): the new leader takes it into the margin (but not
+	// once that is critical: TestDiskCriticalWaitsAndReleasesReserve).
+	redirected := call("app@h", "<0.4.0>", "m", "r", 4000)
+	ctx := node.NoForward(node.MarkRedirect(context.Background()))
+	if res := n.Ingest(ctx, []correlate.Event{redirected}, node.Committed); res.Shards[0].Err != nil {
+		t.Fatalf("redirected part on a full disk: %v, want it taken", res.Shards[0].Err)
+	}
 	if got := get(t, n.Node, stored, storedID); got.ID != storedID {
 		t.Fatalf("stored event not readable on a full disk: %+v", got)
 	}
@@ -117,6 +125,11 @@ func TestDiskCriticalWaitsAndReleasesReserve(t *testing.T) {
 
 	d.free.Store(12 * mib) // 4 MiB after the reserve; 12 MiB once it is released: critical
 	waitFor(t, "reserve released", 5*time.Second, func() bool { return reserveSize(d.dir) == -1 })
+	redirected := call("app@h", "<0.4.0>", "m", "r", 4000)
+	ctx := node.NoForward(node.MarkRedirect(context.Background()))
+	if res := n.Ingest(ctx, []correlate.Event{redirected}, node.Committed); !errors.Is(res.Shards[0].Err, node.ErrDiskFull) {
+		t.Fatalf("redirected part on a critically full disk: %v, want ErrDiskFull", res.Shards[0].Err)
+	}
 	// A leader's own entries are appended at any level (they were
 	// admitted before the refusal, or are the few the leader makes
 	// itself); applying them waits for space.

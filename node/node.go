@@ -497,14 +497,11 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		}
 		// A full disk refuses new events where they would be stored: on
 		// the shard's leader. A redirect carries events an old leader
-		// admitted (ACCEPTED ones were acknowledged) and is bounded by a
-		// ring per shard: it is let through into the margin kept for
-		// admitted writes.
-		if !IsRedirect(ctx) {
-			if err := n.disk.admit(len(part)); err != nil {
-				res.Shards[i].Err = fmt.Errorf("shard %d: %w", shard, err)
-				continue
-			}
+		// admitted (ACCEPTED ones were acknowledged): it is let into the
+		// margin kept for admitted writes, until that is critical too.
+		if err := n.disk.admit(len(part), IsRedirect(ctx)); err != nil {
+			res.Shards[i].Err = fmt.Errorf("shard %d: %w", shard, err)
+			continue
 		}
 		t, err := n.pool.Submit(ctx, shard, part, d == Committed)
 		if err != nil {
