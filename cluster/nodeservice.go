@@ -51,7 +51,7 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 	if r == nil {
 		return connect.NewResponse(&nodev1.ReplicaStatusResponse{}), nil
 	}
-	applied, _, failed := r.Status()
+	applied, failed := r.Progress()
 	resp := &nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader(),
 		Failed: failed != nil, CommitIndex: r.Raft().CommitIndex()}
 	if f := r.Raft().GetConfiguration(); f.Error() == nil {
@@ -101,7 +101,7 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 		addr, id := r.Leader()
 		return nil, internalError(&node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)})
 	}
-	if _, _, failed := r.Status(); failed != nil {
+	if _, failed := r.Progress(); failed != nil {
 		// Its store stopped at the failed write: whatever it answered
 		// would silently miss everything committed since.
 		return nil, internalError(failed)
@@ -110,6 +110,13 @@ func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.
 		// The caller gave up (a hedged read another replica answered):
 		// skip the store read.
 		return nil, internalError(err)
+	}
+	if req.Msg.GetRequireLeader() {
+		// A LEADER read is linearizable: leadership confirmed by a quorum
+		// and the store caught up with the commit index.
+		if err := r.ReadIndex(ctx); err != nil {
+			return nil, internalError(err)
+		}
 	}
 	lag := r.Lag()
 	result, err := readLocal(s.c.node.Store(), s.c.cfg.Name, shard, req.Msg.GetMethod(), req.Msg.GetArgs())

@@ -1,7 +1,7 @@
 package node
 
 // The disk guard keeps a node alive when its data directory's filesystem
-// fills up (docs/DECISIONS.md D23). Pebble cannot survive a failed write:
+// fills up (docs/DECISIONS.md D24). Pebble cannot survive a failed write:
 // a WAL write that meets ENOSPC panics inside Pebble's commit path and
 // leaves the DB's log writer broken for good, and a failed MANIFEST write
 // is fatal. So the node must never let Pebble meet a full disk; instead it

@@ -16,3 +16,10 @@ func LifecycleWaits(n *Node) float64 {
 
 // DiskWaiters is how many replicas' store writes wait for disk space.
 func DiskWaiters(n *Node) int64 { return n.disk.waiting.Load() }
+
+// ReadRounds is how many leadership confirmations r's reads have run.
+func ReadRounds(r *Replica) uint64 { return r.reads.rounds.Load() }
+
+// ReadsWaiting reports whether a leadership confirmation of r runs and how
+// many reads wait for the next one.
+func ReadsWaiting(r *Replica) (running bool, next int) { return r.reads.waiting() }

@@ -57,7 +57,7 @@ func (n *Node) retire(shard uint32) {
 func (n *Node) failedReplicas() int {
 	failed := 0
 	for _, r := range n.Replicas() {
-		if _, _, err := r.Status(); err != nil {
+		if _, err := r.Progress(); err != nil {
 			failed++
 		}
 	}

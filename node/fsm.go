@@ -74,6 +74,14 @@ type shardFSM struct {
 	// closing.
 	waitWritable func() bool
 
+	// beforeApply, if set, is called at the start of every ApplyBatch,
+	// before mu is taken (fault injection in tests).
+	beforeApply func()
+
+	// prog publishes applied and failed to readers, who must not wait
+	// for mu: it is held for a whole ApplyBatch, store write included.
+	prog progress
+
 	mu      sync.Mutex
 	corr    *correlate.Correlator
 	applied uint64
@@ -166,7 +174,7 @@ func newShardFSM(shard uint32, st *store.Store, cfg correlate.Config, logger *sl
 	if err != nil {
 		return nil, err
 	}
-	f := &shardFSM{shard: shard, store: st, logger: logger, corr: corr}
+	f := &shardFSM{shard: shard, store: st, logger: logger, corr: corr, prog: progress{advanced: make(chan struct{})}}
 	if err := f.loadLocked(); err != nil {
 		return nil, err
 	}
@@ -187,6 +195,7 @@ func (f *shardFSM) loadLocked() error {
 		return fmt.Errorf("node: shard %d: applied index: %w", f.shard, err)
 	}
 	f.applied = applied
+	f.prog.set(f.applied, f.failed)
 	return nil
 }
 
@@ -213,6 +222,9 @@ func (f *shardFSM) Apply(l *raft.Log) any {
 // write failure (a local fault) does: the correlator would be ahead of the
 // store, so the replica stops and a restart replays from the log.
 func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
+	if f.beforeApply != nil {
+		f.beforeApply()
+	}
 	// A full disk makes the write wait, not fail: the entries stay in the
 	// log and apply once space is back. A replica closing meanwhile
 	// applies nothing more (and is not failed: a restart replays).
@@ -225,6 +237,7 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 	}
 	if !writable {
 		f.failed = fmt.Errorf("%w: shard %d: closed while waiting for disk space", ErrClosed, f.shard)
+		f.prog.set(f.applied, f.failed)
 		return f.failAll(resp)
 	}
 	f.seg.reset()
@@ -288,6 +301,7 @@ func (f *shardFSM) write() error {
 		return err
 	}
 	f.applied = g.res.Index
+	f.prog.set(f.applied, nil)
 	f.totals.Add(g.res.Counters)
 	if f.onApply != nil {
 		f.onApply(&g.res, g.spans)
@@ -376,6 +390,7 @@ func (f *shardFSM) fail(resp []any, err error) []any {
 	// The correlator is now ahead of the store. Nothing more may be
 	// applied: the replica stops, and a restart replays from the log.
 	f.failed = fmt.Errorf("%w: shard %d: %w", ErrReplicaFailed, f.shard, err)
+	f.prog.set(f.applied, f.failed)
 	f.logger.Error("store failed; replica stops applying", "shard", f.shard, "err", err)
 	f.seg.reset()
 	if f.onFail != nil {
@@ -476,6 +491,31 @@ func (f *shardFSM) Status() (applied uint64, totals correlate.Counters, failed e
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.applied, f.totals, f.failed
+}
+
+// progress is an FSM's applied index and failure as readers see them,
+// with a channel closed at every change.
+type progress struct {
+	mu       sync.Mutex
+	applied  uint64
+	failed   error
+	advanced chan struct{}
+}
+
+func (p *progress) set(applied uint64, failed error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.applied, p.failed = applied, failed
+	close(p.advanced)
+	p.advanced = make(chan struct{})
+}
+
+// get returns the applied index, the failure, and a channel closed at the
+// next change.
+func (p *progress) get() (applied uint64, failed error, changed <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.applied, p.failed, p.advanced
 }
 
 // fsmSnapshot streams a store snapshot of the shard span to raft.

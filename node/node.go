@@ -69,6 +69,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Transport returns the raft transport for a shard's group on this node.
 	Transport func(shard uint32) (raft.Transport, error)
+	// BeforeApply, if set, is called on a replica's FSM goroutine before
+	// it applies committed entries: a fault-injection seam for tests (a
+	// hook that blocks stalls the replica's applies, as a slow disk does).
+	BeforeApply func(shard uint32)
 }
 
 // DefaultConfig returns a configuration for a node with the given id and
@@ -311,17 +315,18 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	cc := n.cfg.Correlator
 	cc.Shard, cc.Shards = shard, n.cfg.Shards
 	r, err := OpenReplica(ReplicaConfig{
-		Shard:      shard,
-		NodeID:     raft.ServerID(n.cfg.ID),
-		Dir:        dir,
-		Store:      n.store,
-		Logs:       n.raftLog,
-		Transport:  trans,
-		Correlator: cc,
-		Timing:     n.cfg.Raft,
-		Logger:     n.logger,
-		OnApply:    n.onApply,
-		OnFail:     n.replicaFailed,
+		Shard:       shard,
+		NodeID:      raft.ServerID(n.cfg.ID),
+		Dir:         dir,
+		Store:       n.store,
+		Logs:        n.raftLog,
+		Transport:   trans,
+		Correlator:  cc,
+		Timing:      n.cfg.Raft,
+		Logger:      n.logger,
+		OnApply:     n.onApply,
+		OnFail:      n.replicaFailed,
+		BeforeApply: n.cfg.BeforeApply,
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},

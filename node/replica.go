@@ -74,6 +74,9 @@ type ReplicaConfig struct {
 	// (the node's disk guard) and returns false if stop closed first (the
 	// replica is closing: it applies nothing more).
 	WaitWritable func(stop <-chan struct{}) bool
+	// BeforeApply, if set, is called on the FSM goroutine before each
+	// ApplyBatch (fault injection in tests; see Config.BeforeApply).
+	BeforeApply func(shard uint32)
 }
 
 // Replica is one shard's copy on this node: a hashicorp/raft group member
@@ -94,6 +97,9 @@ type Replica struct {
 	// last OpenReplica call that returned this replica (see LastOpen).
 	lastOpenSeq atomic.Uint64
 	lastOpenAt  atomic.Int64
+
+	// reads confirms leadership for linearizable reads (ReadIndex).
+	reads readIndexer
 
 	// retired: the replica failed and left its group's work (see retire).
 	retired   atomic.Bool
@@ -128,6 +134,9 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	stop := make(chan struct{})
 	if cfg.WaitWritable != nil {
 		fsm.waitWritable = func() bool { return cfg.WaitWritable(stop) }
+	}
+	if cfg.BeforeApply != nil {
+		fsm.beforeApply = func() { cfg.BeforeApply(cfg.Shard) }
 	}
 	logs, err := openReplicaLog(cfg)
 	if err != nil {
@@ -280,9 +289,18 @@ func (r *Replica) Propose(b *correlate.Batch, timeout time.Duration) raft.ApplyF
 // Outbox returns the notices this shard still has to deliver.
 func (r *Replica) Outbox() []correlate.Notice { return r.fsm.Outbox() }
 
-// Status reports the replica's applied index, counters and failure.
+// Status reports the replica's applied index, counters and failure. It
+// waits for an apply in progress; Progress does not.
 func (r *Replica) Status() (applied uint64, totals correlate.Counters, failed error) {
 	return r.fsm.Status()
+}
+
+// Progress reports the replica's applied index and the failure that
+// stopped it (nil while it applies), without waiting for an apply in
+// progress: what the read path checks.
+func (r *Replica) Progress() (applied uint64, failed error) {
+	applied, failed, _ = r.fsm.prog.get()
+	return applied, failed
 }
 
 // Lag is how far a replica may be behind its group, as the replica itself
@@ -311,17 +329,11 @@ const lagScanMax = 16
 func (r *Replica) Lag() Lag {
 	var lag Lag
 	commit := r.raft.CommitIndex()
-	applied, _, _ := r.fsm.Status()
+	applied, _ := r.Progress()
 	if commit > applied {
 		lag.Entries = commit - applied
 		if lag.Entries <= lagScanMax {
-			lag.Entries = 0
-			var l raft.Log
-			for i := applied + 1; i <= commit; i++ {
-				if err := r.logs.store.GetLog(i, &l); err != nil || l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
-					lag.Entries++ // unreadable (compacted): count it
-				}
-			}
+			lag.Entries = r.fsmEntries(applied+1, commit)
 		}
 	}
 	if r.raft.State() != raft.Leader {

@@ -99,7 +99,7 @@ func (c clusterService) Shards(_ context.Context, req *connect.Request[scopev1.S
 		info := &scopev1.ShardInfo{Shard: r.Shard()}
 		_, leaderID := r.Leader()
 		info.Leader = string(leaderID)
-		applied, _, _ := r.Status()
+		applied, _ := r.Progress()
 		stats := r.Raft().Stats()
 		info.Term = parseUint(stats["term"])
 		lastIndex := parseUint(stats["last_log_index"])

@@ -76,14 +76,14 @@ func (l localResolver) reader(shard uint32, c Consistency) (ShardReader, error) 
 	if r == nil {
 		return nil, fmt.Errorf("%w: shard %d", node.ErrNoShard, shard)
 	}
-	if _, _, failed := r.Status(); failed != nil {
+	if _, failed := r.Progress(); failed != nil {
 		return nil, fmt.Errorf("%w: shard %d: %w", node.ErrReplicaFailed, shard, failed)
 	}
 	if c == ConsistencyLeader && !r.IsLeader() {
 		addr, id := r.Leader()
 		return nil, &node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	return localReader{st: l.n.Store(), rep: r, name: l.n.ID()}, nil
+	return localReader{st: l.n.Store(), rep: r, name: l.n.ID(), linearizable: c == ConsistencyLeader}, nil
 }
 
 // localReader reads this node's store. Store calls are synchronous and
@@ -94,12 +94,21 @@ type localReader struct {
 	st   *store.Store
 	rep  *node.Replica
 	name string
+	// linearizable: every call first confirms the leadership and waits
+	// for the store to apply what was committed (Replica.ReadIndex).
+	linearizable bool
 }
 
-// begin checks ctx and reports the replica's lag.
+// begin checks ctx, confirms a linearizable read, and reports the
+// replica's lag.
 func (l localReader) begin(ctx context.Context, shard uint32) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if l.linearizable {
+		if err := l.rep.ReadIndex(ctx); err != nil {
+			return err
+		}
 	}
 	ReportLag(ctx, shard, l.name, l.rep.Lag())
 	return nil

@@ -182,7 +182,7 @@ func (s *Server) ready() error {
 		if addr, _ := r.Leader(); addr == "" {
 			errs = append(errs, fmt.Errorf("shard %d: no leader", r.Shard()))
 		}
-		if _, _, failed := r.Status(); failed != nil {
+		if _, failed := r.Progress(); failed != nil {
 			errs = append(errs, fmt.Errorf("shard %d: replica failed: %w", r.Shard(), failed))
 		}
 	}

@@ -73,6 +73,7 @@ type Node struct {
 	shardReads                     shardReadFaults // slow.go
 	storeFaults                    storeFaults     // store.go
 	disk                           *diskSeam       // disk.go
+	applyHold                      applyHold       // store.go
 }
 
 // Start starts opts.Nodes nodes that bootstrap together and waits until
@@ -164,6 +165,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	ncfg.Shards = c.opts.Shards
 	ncfg.Logger = logger
 	ncfg.Store.Logger = logger
+	ncfg.BeforeApply = n.applyHold.wait
 	if c.opts.StoreFaults {
 		ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
 		ncfg.Store.Sync = true

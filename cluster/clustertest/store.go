@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -28,3 +29,29 @@ func (f *storeFaults) wrap(fs vfs.FS) vfs.FS {
 // that stopped accepting writes would. It lasts until n restarts. The
 // cluster must have been started with Options.StoreFaults.
 func (n *Node) FailStore() { n.storeFaults.failWAL.Store(true) }
+
+// applyHold makes a node's replicas wait before applying committed entries
+// while it is held.
+type applyHold struct{ gate atomic.Pointer[chan struct{}] }
+
+func (h *applyHold) wait(uint32) {
+	if g := h.gate.Load(); g != nil {
+		<-*g
+	}
+}
+
+// HoldApplies makes n's replicas stop applying committed entries (their
+// raft logs still take entries, and they still vote and lead), as a
+// stalled disk would, until release is called. Reads are served
+// meanwhile.
+func (n *Node) HoldApplies() (release func()) {
+	g := make(chan struct{})
+	n.applyHold.gate.Store(&g)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			n.applyHold.gate.Store(nil)
+			close(g)
+		})
+	}
+}
