@@ -124,7 +124,11 @@ func TestDiskCriticalWaitsAndReleasesReserve(t *testing.T) {
 	n := diskNode(t, d, 1)
 
 	d.free.Store(12 * mib) // 4 MiB after the reserve; 12 MiB once it is released: critical
-	waitFor(t, "reserve released", 5*time.Second, func() bool { return reserveSize(d.dir) == -1 })
+	// The guard releases the reserve, then moves its level (OK to
+	// critical: 4 MiB free before the release, 12 after).
+	waitFor(t, "reserve released, writes refused", 5*time.Second, func() bool {
+		return reserveSize(d.dir) == -1 && n.DiskCondition() != nil
+	})
 	redirected := call("app@h", "<0.4.0>", "m", "r", 4000)
 	ctx := node.NoForward(node.MarkRedirect(context.Background()))
 	if res := n.Ingest(ctx, []correlate.Event{redirected}, node.Committed); !errors.Is(res.Shards[0].Err, node.ErrDiskFull) {
