@@ -40,14 +40,20 @@ func TestDiskFullCluster(t *testing.T) {
 		return true
 	})
 	for _, n := range c.Nodes {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
-			Events: []*scopev1.Event{ev(scopev1.Kind_KIND_CALL, pidOn(0, shards), 1)}}))
-		cancel()
+		// UNAVAILABLE (leadership moving: the balancer) is transient; the
+		// refusal is what must come.
+		var err error
+		WaitFor(t, "ingest via "+n.Name+" refused", 10*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, err = n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{
+				Events: []*scopev1.Event{ev(scopev1.Kind_KIND_CALL, pidOn(0, shards), 1)}}))
+			return Code(err) != connect.CodeUnavailable
+		})
 		if Code(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "disk full") {
 			t.Fatalf("ingest via %s with every disk full: %v, want RESOURCE_EXHAUSTED (disk full)", n.Name, err)
 		}
-		ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err = n.Query.Events(ctx, connect.NewRequest(&scopev1.EventsRequest{Limit: 100,
 			Consistency: scopev1.Consistency_CONSISTENCY_LEADER}))
 		cancel()
