@@ -240,6 +240,9 @@ func (f forwarder) forwardOnce(ctx context.Context, shard uint32, events []corre
 	}
 	req := connect.NewRequest(&scopev1.IngestRequest{Events: rpc.EventsToProto(events), Durability: durabilityToProto(d)})
 	req.Header().Set(rpc.ForwardedHeader, f.c.cfg.Name)
+	if node.IsRedirect(ctx) {
+		req.Header().Set(rpc.RedirectedHeader, "1")
+	}
 	err = f.c.peers.call(ctx, addr, func(ctx context.Context, c *peer) error {
 		resp, err := c.ingest.Ingest(ctx, req)
 		if err == nil {

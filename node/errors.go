@@ -19,6 +19,10 @@ var (
 	// ErrFull: a shard's ring had no room for a submission (at once, or
 	// before the submitter's deadline). The error names the shard.
 	ErrFull = errors.New("node: ring buffer full")
+	// ErrDiskFull: the data directory's free space is below the node's
+	// minimum (DiskConfig.MinFree): new events are refused until space is
+	// freed. The error names the directory and the free space.
+	ErrDiskFull = errors.New("node: disk full")
 	// ErrNotLeader: this node's replica is not the shard's leader. A
 	// proposal failing with it is never retried here: the pool redirects
 	// it to the new leader (Redirector) or fails it back at once.
@@ -59,7 +63,7 @@ var (
 
 // Refused reports whether err says that the events it concerns were
 // definitely not stored: they were never handed to the shard's log (a full
-// ring, no leader here, no such shard, closing, a proposer that panicked
+// ring, a full disk, no leader here, no such shard, closing, a proposer that panicked
 // before taking them). Any other failure, ErrOutcomeUnknown first, leaves
 // the outcome unknown.
 func Refused(err error) bool {
@@ -74,7 +78,7 @@ func Refused(err error) bool {
 	return false
 }
 
-var refusals = []error{ErrFull, ErrNotLeader, ErrNoShard, ErrClosed, ErrShardClosed, ErrPoolClosed,
+var refusals = []error{ErrFull, ErrDiskFull, ErrNotLeader, ErrNoShard, ErrClosed, ErrShardClosed, ErrPoolClosed,
 	ErrUnknownShard, ErrBatchTooLarge, ErrProposerPanic, ErrRejected}
 
 // NotLeaderError says that this node's replica of a shard is not its

@@ -14,6 +14,9 @@ func LifecycleWaits(n *Node) float64 {
 	return m.GetCounter().GetValue()
 }
 
+// DiskWaiters is how many replicas' store writes wait for disk space.
+func DiskWaiters(n *Node) int64 { return n.disk.waiting.Load() }
+
 // ReadRounds is how many leadership confirmations r's reads have run.
 func ReadRounds(r *Replica) uint64 { return r.reads.rounds.Load() }
 

@@ -68,6 +68,12 @@ type shardFSM struct {
 	// onFail, if set, is called once when the replica stops applying (on
 	// the FSM goroutine, with mu held; it must not block).
 	onFail func()
+	// waitWritable, if set, blocks before a store write while the node's
+	// disk is too full (on the FSM goroutine, without mu held, so readers
+	// of the correlator are not stuck behind it); false: the replica is
+	// closing.
+	waitWritable func() bool
+
 	// beforeApply, if set, is called at the start of every ApplyBatch,
 	// before mu is taken (fault injection in tests).
 	beforeApply func()
@@ -219,10 +225,19 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 	if f.beforeApply != nil {
 		f.beforeApply()
 	}
+	// A full disk makes the write wait, not fail: the entries stay in the
+	// log and apply once space is back. A replica closing meanwhile
+	// applies nothing more (and is not failed: a restart replays).
+	writable := f.waitWritable == nil || f.waitWritable()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	resp := make([]any, len(logs))
 	if f.failed != nil {
+		return f.failAll(resp)
+	}
+	if !writable {
+		f.failed = fmt.Errorf("%w: shard %d: closed while waiting for disk space", ErrClosed, f.shard)
+		f.prog.set(f.applied, f.failed)
 		return f.failAll(resp)
 	}
 	f.seg.reset()

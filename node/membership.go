@@ -67,6 +67,20 @@ func NoForward(ctx context.Context) context.Context {
 
 func isForwarded(ctx context.Context) bool { v, _ := ctx.Value(noForwardKey{}).(bool); return v }
 
+type redirectKey struct{}
+
+// MarkRedirect marks ctx as carrying events an old leader of their shard
+// admitted and now hands to the new one (Node.Redirect; the cluster layer
+// carries the mark to the leader's node). A redirect is not refused for a
+// full disk: its events were admitted already, and ACCEPTED ones
+// acknowledged.
+func MarkRedirect(ctx context.Context) context.Context {
+	return context.WithValue(ctx, redirectKey{}, true)
+}
+
+// IsRedirect reports whether ctx was marked by MarkRedirect.
+func IsRedirect(ctx context.Context) bool { v, _ := ctx.Value(redirectKey{}).(bool); return v }
+
 func (n *Node) replicaDir(shard uint32) string {
 	return filepath.Join(n.cfg.DataDir, "raft", fmt.Sprintf("shard-%04d", shard))
 }

@@ -49,6 +49,8 @@ type Config struct {
 	Correlator correlate.Config
 	// Store configures the node's Pebble store.
 	Store store.Options
+	// Disk is the free-space guard of DataDir (see DiskConfig).
+	Disk DiskConfig
 	// CommitTimeout bounds how long a COMMITTED ingest waits for space in
 	// a full ring buffer and for the commit itself.
 	CommitTimeout time.Duration
@@ -91,6 +93,7 @@ func DefaultConfig(id, dataDir string) Config {
 		Raft:              DefaultRaftTiming(),
 		Correlator:        correlate.DefaultConfig(0, 16),
 		Store:             store.DefaultOptions(),
+		Disk:              DefaultDiskConfig(),
 		CommitTimeout:     10 * time.Second,
 		RetentionInterval: time.Minute,
 		NoticeBatch:       1024,
@@ -119,8 +122,30 @@ func (c *Config) Validate() error {
 	if err := c.Pool.Validate(); err != nil {
 		return err
 	}
+	if err := c.Disk.Validate(); err != nil {
+		return err
+	}
+	if need := MinFreeFor(c.Store.MemTableSize); c.Disk.MinFree > 0 && c.Disk.MinFree < need {
+		return fmt.Errorf("%w: Disk.MinFree %s: must be 0 or at least %s for a Store.MemTableSize of %s: "+
+			"once ingest is refused, a memtable flush and a new preallocated WAL of the store and of the raft log must still fit",
+			ErrConfig, FormatBytes(c.Disk.MinFree), FormatBytes(need), FormatBytes(c.Store.MemTableSize))
+	}
 	return nil
 }
+
+// MinFreeFor is the least Disk.MinFree that leaves room, once ingest is
+// refused, for what Pebble may still write: for the store and for the raft
+// log, a memtable flush (at most a memtable) and the next WAL, which Pebble
+// preallocates at 110% of a memtable: 2.1 memtables each (202 MiB with the
+// default 64 MiB store memtable; the default MinFree is 256 MiB, and the
+// rest is for the events in flight).
+func MinFreeFor(storeMemTable uint64) uint64 {
+	return (storeMemTable + raftLogMemTable(storeMemTable)) * 21 / 10
+}
+
+// raftLogMemTable is the raft log's memtable size for a store memtable of
+// size m: half (32 MiB by default), at least Pebble's 1 MiB minimum.
+func raftLogMemTable(m uint64) uint64 { return max(1<<20, m/2) }
 
 // Node is one Scope node: its store, the shard replicas it hosts, the ring
 // buffers and writer pool in front of them, and the loops that deliver
@@ -132,6 +157,7 @@ type Node struct {
 	raftLog *RaftLog // every new replica's raft log (see OpenReplica)
 	pool    *Pool
 	metrics *Metrics
+	disk    *diskGuard
 
 	// lifecycle serializes OpenReplica and DropReplica of one shard (one
 	// mutex per shard, taken before mu): a drop deletes the replica's
@@ -175,12 +201,35 @@ func Open(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("node: data dir: %w", err)
+	}
+	metrics := newMetrics()
+	// Measure before opening Pebble: on a disk that filled up while the
+	// node was down, the guard releases the reserve file first, so that
+	// opening (WAL replay, a new WAL and MANIFEST) has room, and the node
+	// starts refusing writes rather than failing.
+	disk := newDiskGuard(cfg.Disk, cfg.DataDir, cfg.Logger, metrics.reg)
+	disk.check()
+	if need := MinFreeFor(cfg.Store.MemTableSize) / 2; disk.enabled() && disk.avail.Load() < need {
+		// Pebble opening on a disk this full replays its WALs into a
+		// memtable it cannot flush, and retries the flush in a loop for
+		// good: fail now, saying what to do (a supervisor restarting the
+		// agent retries).
+		return nil, fmt.Errorf("%w: data dir %s has %s free and no reserve file left to release; opening the store needs at least %s: "+
+			"free space on the volume (or grow it), then start again", ErrDiskFull, cfg.DataDir,
+			FormatBytes(disk.avail.Load()), FormatBytes(need))
+	}
 	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), cfg.Store)
 	if err != nil {
 		return nil, err
 	}
 	lo := DefaultRaftLogOptions(cfg.Shards)
 	lo.Logger = cfg.Logger
+	lo.MemTableSize = raftLogMemTable(cfg.Store.MemTableSize)
+	if disk.enabled() {
+		lo.WriteGate = disk.appendErr
+	}
 	rl, err := OpenRaftLog(filepath.Join(cfg.DataDir, "raftlog"), lo)
 	if err != nil {
 		_ = st.Close()
@@ -191,7 +240,8 @@ func Open(cfg Config) (*Node, error) {
 		logger:       cfg.Logger,
 		store:        st,
 		raftLog:      rl,
-		metrics:      newMetrics(),
+		metrics:      metrics,
+		disk:         disk,
 		replicas:     make(map[uint32]*Replica),
 		lifecycle:    make([]sync.Mutex, cfg.Shards),
 		failing:      make([]atomic.Bool, cfg.Shards),
@@ -214,6 +264,13 @@ func Open(cfg Config) (*Node, error) {
 	go n.deliverNotices()
 	go n.runRetention()
 	go n.retireFailed()
+	if disk.enabled() {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			disk.run(n.stop)
+		}()
+	}
 	return n, nil
 }
 
@@ -277,6 +334,9 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		OnApply:     n.onApply,
 		OnFail:      n.replicaFailed,
 		BeforeApply: n.cfg.BeforeApply,
+		WaitWritable: func(stop <-chan struct{}) bool {
+			return n.disk.waitWritable(stop)
+		},
 	})
 	if err != nil {
 		if c, ok := trans.(raft.WithClose); ok {
@@ -447,6 +507,14 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			forwarded[i] = true
 			continue
 		}
+		// A full disk refuses new events where they would be stored: on
+		// the shard's leader. A redirect carries events an old leader
+		// admitted (ACCEPTED ones were acknowledged): it is let into the
+		// margin kept for admitted writes, until that is critical too.
+		if err := n.disk.admit(len(part), IsRedirect(ctx)); err != nil {
+			res.Shards[i].Err = fmt.Errorf("shard %d: %w", shard, err)
+			continue
+		}
 		t, err := n.pool.Submit(ctx, shard, part, d == Committed)
 		if err != nil {
 			res.Shards[i].Err = err // counted by the pool
@@ -547,7 +615,7 @@ func (n *Node) Propose(shard uint32, events []correlate.Event) ProposalFuture {
 // completer, which is the caller. dups is the count of events the shard
 // had applied already, from the local FSM or the leader's answer.
 func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Event, _ bool) (dups int, err error) {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.CommitTimeout)
+	ctx, cancel := context.WithTimeout(MarkRedirect(ctx), n.cfg.CommitTimeout)
 	defer cancel()
 	backoff := time.Millisecond
 	for {
@@ -620,6 +688,11 @@ func (n *Node) onApply(shard uint32, res *correlate.Result, spans []EntrySpan) {
 	}
 	n.tail.publish(shard, res.Events, spans)
 }
+
+// DiskCondition is nil while the data directory has the free space the
+// node needs, else the error saying that and why writes are refused
+// (reads go on). For readiness reports.
+func (n *Node) DiskCondition() error { return n.disk.condition() }
 
 // Close stops the node gracefully: the writer pool drains its rings (so
 // accepted events are proposed), the background loops stop, every replica

@@ -52,6 +52,22 @@ type RaftLogOptions struct {
 	// MaxShards bounds the shard ids For accepts (ids 0..MaxShards-1), and
 	// so the per-shard views kept in memory.
 	MaxShards uint32
+	// WriteGate, if set, is asked before every append (StoreLogs) of a
+	// shard whose replica does not lead its group (see
+	// RaftLogShard.SetLeading), and before every truncation of a log's
+	// tail (a DeleteRange reaching its last entry); a non-nil error
+	// refuses the write with that error, before anything changes. The
+	// node's disk guard refuses them while free space is critical: Pebble
+	// cannot survive a write that meets a full disk. Raft treats a refused
+	// append as a failed one: the follower rejects the AppendEntries, and
+	// its leader retries with backoff. A leader's own appends are what
+	// the node admitted before it started refusing ingest, and the few
+	// entries a leader makes itself (the no-op of a new term,
+	// configuration changes, notices); refusing them would make every
+	// election fail and leave the node without a leader to read from.
+	// Stable-store writes (term, vote) are never refused either: they
+	// are tiny, and elections must go on.
+	WriteGate func() error
 	// MemTableSize is pebble's memtable size. Entries live in the log only
 	// until a raft snapshot truncates it, so most never leave the memtable
 	// and its first flushes.

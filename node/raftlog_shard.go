@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -43,6 +44,19 @@ type RaftLogShard struct {
 	// bmu guards first/last; readers never wait for a commit's fsync.
 	bmu         sync.Mutex
 	first, last uint64
+
+	// leading reports whether the replica using the view leads its group
+	// (SetLeading); nil: it does not (WriteGate applies).
+	leading atomic.Pointer[func() bool]
+}
+
+// SetLeading tells the view how to know whether its replica leads the
+// group: RaftLogOptions.WriteGate is asked only for a follower's appends.
+func (s *RaftLogShard) SetLeading(f func() bool) { s.leading.Store(&f) }
+
+func (s *RaftLogShard) isLeading() bool {
+	f := s.leading.Load()
+	return f != nil && (*f)()
 }
 
 var _ interface {
@@ -110,6 +124,11 @@ func (s *RaftLogShard) StoreLogs(logs []*raft.Log) error {
 	if s.log.closed.Load() {
 		return ErrRaftLogClosed
 	}
+	if g := s.log.opts.WriteGate; g != nil && !s.isLeading() {
+		if err := g(); err != nil {
+			return fmt.Errorf("node: raft log: shard %d: append refused: %w", s.shard, err)
+		}
+	}
 	start := time.Now()
 	b := s.log.db.NewBatch()
 	defer b.Close()
@@ -154,6 +173,20 @@ func (s *RaftLogShard) DeleteRange(lo, hi uint64) error {
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if g := s.log.opts.WriteGate; g != nil {
+		// Raft truncates a conflicting tail and then appends in its place;
+		// if the append is going to be refused, refuse the truncation too,
+		// or raft's idea of its last entry would outlive the entry (it
+		// updates it only after a successful append). Deleting a prefix
+		// (compaction after a snapshot) only frees space and goes on.
+		first, _ := s.FirstIndex()
+		last, _ := s.LastIndex()
+		if lo > first && hi >= last {
+			if err := g(); err != nil {
+				return fmt.Errorf("node: raft log: shard %d: truncation [%d, %d] refused: %w", s.shard, lo, hi, err)
+			}
+		}
+	}
 	start := appendLogKey(nil, s.shard, lo)
 	var end []byte
 	if hi == math.MaxUint64 {

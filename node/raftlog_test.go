@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -555,4 +556,73 @@ func TestRaftLogDeleteShard(t *testing.T) {
 	l = openTestRaftLog(t, fs, 3)
 	defer l.Close()
 	check(l)
+}
+
+// TestRaftLogWriteGate: while the gate refuses, a follower's appends and a
+// truncation of its log's tail are refused before anything changes; a
+// leader's appends, deleting a prefix and stable-store writes go on.
+func TestRaftLogWriteGate(t *testing.T) {
+	var refuse atomic.Bool
+	errFull := errors.New("disk full")
+	o := testRaftLogOptions(vfs.NewMem(), 1)
+	o.WriteGate = func() error {
+		if refuse.Load() {
+			return errFull
+		}
+		return nil
+	}
+	l, err := OpenRaftLog("raftlog", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s := mustFor(t, l, 0)
+	if err := s.StoreLogs(logsRange(1, 10, 1)); err != nil {
+		t.Fatal(err)
+	}
+	bounds := func() string {
+		first, _ := s.FirstIndex()
+		last, _ := s.LastIndex()
+		return fmt.Sprintf("[%d, %d]", first, last)
+	}
+
+	refuse.Store(true)
+	if err := s.StoreLogs(logsRange(11, 12, 1)); !errors.Is(err, errFull) {
+		t.Fatalf("follower append while refused: %v, want %v", err, errFull)
+	}
+	if err := s.DeleteRange(8, 10); !errors.Is(err, errFull) {
+		t.Fatalf("tail truncation while refused: %v, want %v", err, errFull)
+	}
+	if got := bounds(); got != "[1, 10]" {
+		t.Fatalf("bounds after refused writes: %s, want [1, 10]", got)
+	}
+	var got raft.Log
+	if err := s.GetLog(10, &got); err != nil || !sameLog(&got, testLog(10, 1)) {
+		t.Fatalf("entry 10 after a refused truncation: %v %+v", err, got)
+	}
+	if err := s.SetUint64([]byte("CurrentTerm"), 2); err != nil {
+		t.Fatalf("stable write while refused: %v", err)
+	}
+	if err := s.DeleteRange(1, 3); err != nil {
+		t.Fatalf("prefix deletion while refused: %v", err)
+	}
+	s.SetLeading(func() bool { return true })
+	if err := s.StoreLogs(logsRange(11, 12, 2)); err != nil {
+		t.Fatalf("leader append while refused: %v", err)
+	}
+	if got := bounds(); got != "[4, 12]" {
+		t.Fatalf("bounds: %s, want [4, 12]", got)
+	}
+
+	s.SetLeading(func() bool { return false })
+	refuse.Store(false)
+	if err := s.StoreLogs(logsRange(13, 13, 2)); err != nil {
+		t.Fatalf("follower append once allowed: %v", err)
+	}
+	if err := s.DeleteRange(12, 13); err != nil {
+		t.Fatalf("tail truncation once allowed: %v", err)
+	}
+	if got := bounds(); got != "[4, 11]" {
+		t.Fatalf("bounds: %s, want [4, 11]", got)
+	}
 }

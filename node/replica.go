@@ -69,6 +69,11 @@ type ReplicaConfig struct {
 	// OnFail is called once, on the FSM goroutine, when the replica stops
 	// applying because a store write failed (Status reports the error).
 	OnFail func(shard uint32)
+	// WaitWritable, if set, is called on the FSM goroutine before each
+	// store write; it blocks while the node's disk is too full to write
+	// (the node's disk guard) and returns false if stop closed first (the
+	// replica is closing: it applies nothing more).
+	WaitWritable func(stop <-chan struct{}) bool
 	// BeforeApply, if set, is called on the FSM goroutine before each
 	// ApplyBatch (fault injection in tests; see Config.BeforeApply).
 	BeforeApply func(shard uint32)
@@ -98,6 +103,7 @@ type Replica struct {
 
 	// retired: the replica failed and left its group's work (see retire).
 	retired   atomic.Bool
+	stop      chan struct{} // closed when Close starts (ends a WaitWritable)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -124,6 +130,10 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	}
 	if cfg.OnFail != nil {
 		fsm.onFail = func() { cfg.OnFail(cfg.Shard) }
+	}
+	stop := make(chan struct{})
+	if cfg.WaitWritable != nil {
+		fsm.waitWritable = func() bool { return cfg.WaitWritable(stop) }
 	}
 	if cfg.BeforeApply != nil {
 		fsm.beforeApply = func() { cfg.BeforeApply(cfg.Shard) }
@@ -159,7 +169,10 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 		_ = logs.Close()
 		return nil, fmt.Errorf("node: shard %d: start raft: %w", cfg.Shard, err)
 	}
-	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now,
+	if v, ok := logs.store.(*RaftLogShard); ok {
+		v.SetLeading(func() bool { return r.State() == raft.Leader })
+	}
+	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now, stop: stop,
 		heartbeat: cfg.Timing.HeartbeatTimeout, opened: time.Now()}, nil
 }
 
@@ -349,6 +362,7 @@ func (r *Replica) close() error {
 	// a leader's replication goroutine can be blocked in a pipelined
 	// AppendEntries on a peer that stopped answering, and only failing its
 	// connection lets it (and so Shutdown) finish.
+	close(r.stop) // an FSM waiting for disk space gives up: raft waits for it
 	shutdown := r.raft.Shutdown()
 	var err error
 	if nt, ok := r.trans.(interface{ CloseStreams() }); ok {

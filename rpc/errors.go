@@ -56,7 +56,7 @@ func codeOf(err error) connect.Code {
 		return connect.CodeNotFound
 	case errors.Is(err, ErrEventIDConflict):
 		return connect.CodeFailedPrecondition
-	case errors.Is(err, node.ErrFull), errors.Is(err, store.ErrScanLimit), errors.Is(err, node.ErrTooManySubscribers):
+	case errors.Is(err, node.ErrFull), errors.Is(err, node.ErrDiskFull), errors.Is(err, store.ErrScanLimit), errors.Is(err, node.ErrTooManySubscribers):
 		return connect.CodeResourceExhausted
 	case errors.Is(err, node.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return connect.CodeDeadlineExceeded

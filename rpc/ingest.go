@@ -24,11 +24,25 @@ var _ scopev1connect.IngestServiceHandler = ingestService{}
 // than forwarding it again, so stale routing can never make a loop.
 const ForwardedHeader = "Scope-Forwarded"
 
+// RedirectedHeader marks a forwarded request that carries events an old
+// leader of their shard had admitted (node.MarkRedirect): the new leader
+// does not refuse it for a full disk.
+const RedirectedHeader = "Scope-Redirected"
+
+// forwardedContext marks ctx as the headers say.
+func forwardedContext(ctx context.Context, h interface{ Get(string) string }) context.Context {
+	if h.Get(ForwardedHeader) != "" {
+		ctx = node.NoForward(ctx)
+		if h.Get(RedirectedHeader) != "" {
+			ctx = node.MarkRedirect(ctx)
+		}
+	}
+	return ctx
+}
+
 func (i ingestService) Ingest(ctx context.Context, req *connect.Request[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error) {
 	const proc = scopev1connect.IngestServiceIngestProcedure
-	if req.Header().Get(ForwardedHeader) != "" {
-		ctx = node.NoForward(ctx)
-	}
+	ctx = forwardedContext(ctx, req.Header())
 	resp, err := i.s.ingest(ctx, proc, req.Msg)
 	if err != nil {
 		return nil, err
@@ -42,9 +56,7 @@ func (i ingestService) Ingest(ctx context.Context, req *connect.Request[scopev1.
 // attached.
 func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientStream[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error) {
 	const proc = scopev1connect.IngestServiceIngestStreamProcedure
-	if stream.RequestHeader().Get(ForwardedHeader) != "" {
-		ctx = node.NoForward(ctx)
-	}
+	ctx = forwardedContext(ctx, stream.RequestHeader())
 	sum := &scopev1.IngestResponse{}
 	byShard := make(map[uint32]*scopev1.ShardResult)
 	add := func(r *scopev1.IngestResponse) {

@@ -123,6 +123,11 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
+		if err := s.node.DiskCondition(); err != nil {
+			// Still ready: reads are served. Ingest says the same in
+			// its errors and the IngestService health check.
+			_, _ = fmt.Fprintf(w, "writes refused: %v\n", err)
+		}
 	})
 	return mux
 }
@@ -196,6 +201,10 @@ func (h healthChecker) Check(_ context.Context, req *grpchealth.CheckRequest) (*
 	case "", scopev1connect.IngestServiceName, scopev1connect.QueryServiceName, scopev1connect.ClusterServiceName:
 	default:
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %q", req.Service))
+	}
+	if req.Service == scopev1connect.IngestServiceName && h.s.node.DiskCondition() != nil {
+		// The disk is full: ingest is refused, reads go on.
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 	}
 	if h.s.serving() {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil

@@ -79,6 +79,7 @@ type Node struct {
 	stopped                        bool
 	shardReads                     shardReadFaults // slow.go
 	storeFaults                    storeFaults     // store.go
+	disk                           *diskSeam       // disk.go
 	applyHold                      applyHold       // store.go
 }
 
@@ -168,7 +169,8 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &Node{Name: name, Dir: dir, Mux: mux, httpAddr: httpLn.Addr().String(), raftAddr: raftLn.Addr().String()}
+	n := &Node{Name: name, Dir: dir, Mux: mux, httpAddr: httpLn.Addr().String(), raftAddr: raftLn.Addr().String(),
+		disk: newDiskSeam()}
 	c.net.register(name, n.raftAddr, n.httpAddr)
 
 	ncfg := node.DefaultConfig(name, dir)
@@ -181,6 +183,9 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 		ncfg.Store.FS = n.storeFaults.wrap(vfs.Default)
 		ncfg.Store.Sync = true
 	}
+	ncfg.Disk.Usage = n.disk.usage
+	ncfg.Disk.Interval = 10 * time.Millisecond
+	ncfg.Disk.Reserve = 0 // the node tests cover it; no 64 MiB file per test node
 	ncfg.Raft.HeartbeatTimeout = 300 * time.Millisecond
 	ncfg.Raft.ElectionTimeout = 300 * time.Millisecond
 	ncfg.Raft.LeaderLeaseTimeout = 150 * time.Millisecond

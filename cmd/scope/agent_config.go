@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,6 +108,12 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		"how long an ANY shard read waits for its first replica before also asking a second (0: never)")
 	fs.DurationVar(&c.node.RetentionMaxAge, "retention-max-age", c.node.RetentionMaxAge, "delete events older than this (0: keep)")
 	fs.Uint64Var(&c.node.RetentionMaxEvents, "retention-max-events", c.node.RetentionMaxEvents, "keep at most this many newest events per shard (0: no limit)")
+	fs.Var(byteSize{&c.node.Disk.MinFree}, "min-free-disk",
+		"free space the data directory's filesystem must keep (e.g. 256MiB, 1GiB; 0: no guard): below it ingest is refused with RESOURCE_EXHAUSTED, reads go on")
+	fs.Var(byteSize{&c.node.Disk.Reserve}, "disk-reserve",
+		"size of the reserve file kept in the data directory, released when free space falls below half of -min-free-disk (0: none)")
+	fs.Var(byteSize{&c.node.Store.MemTableSize}, "memtable-size",
+		"the store's Pebble memtable (the raft log's is half): Pebble preallocates each WAL at 110% of it; -min-free-disk must be at least 3.15 times it")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (anyone who reaches it can profile the process)")
@@ -178,12 +186,62 @@ func (c *agentConfig) finish() error {
 	if err := c.node.Pool.Validate(); err != nil {
 		return usageError("%s", poolFlagError(err))
 	}
+	if err := c.node.Store.Validate(); err != nil {
+		return usageError("-memtable-size %s: must be at least 1MiB and below 4GiB", byteSize{&c.node.Store.MemTableSize})
+	}
+	if d := c.node.Disk; d.MinFree == 0 && d.Reserve > 0 {
+		return usageError("-disk-reserve %s: needs -min-free-disk (the guard releases the reserve); pass -disk-reserve 0 with -min-free-disk 0",
+			byteSize{&d.Reserve})
+	}
+	if need := node.MinFreeFor(c.node.Store.MemTableSize); c.node.Disk.MinFree > 0 && c.node.Disk.MinFree < need {
+		return usageError("-min-free-disk %s: must be 0 or at least %s with -memtable-size %s (once ingest is refused, a memtable flush and a new preallocated WAL of the store and of the raft log must still fit)",
+			byteSize{&c.node.Disk.MinFree}, node.FormatBytes(need), byteSize{&c.node.Store.MemTableSize})
+	}
 	c.node.ID = c.name
 	c.node.DataDir = c.dataDir
 	c.node.Shards = uint32(c.shards)
 	// The ingest edge validates against the correlator's own limits.
 	c.rpc.Limits = c.node.Correlator.Limits
 	c.rpc.Version = version()
+	return nil
+}
+
+// byteSize is a flag holding a byte count: a number with an optional unit
+// B, KiB, MiB, GiB or TiB ("256MiB", "1GiB", "0").
+type byteSize struct{ v *uint64 }
+
+func (b byteSize) String() string {
+	if b.v == nil {
+		return "0"
+	}
+	n := *b.v
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.size == 0 {
+			return strconv.FormatUint(n/u.size, 10) + u.name
+		}
+	}
+	return strconv.FormatUint(n, 10)
+}
+
+func (b byteSize) Set(s string) error {
+	num, mult := strings.TrimSpace(s), uint64(1)
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(num, u.name); ok {
+			num, mult = strings.TrimSpace(rest), u.size
+			break
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || (mult > 1 && n > math.MaxUint64/mult) {
+		return fmt.Errorf("%q: want a byte count such as 268435456, 256MiB or 1GiB (units B, KiB, MiB, GiB, TiB)", s)
+	}
+	*b.v = n * mult
 	return nil
 }
 

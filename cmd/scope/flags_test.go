@@ -70,6 +70,26 @@ func TestAgentFlags(t *testing.T) {
 		{name: "payload limit", args: []string{"-payload-limit", "0"}, wantErr: "-payload-limit 0"},
 		{name: "commit timeout", args: []string{"-commit-timeout", "0s"}, wantErr: "-commit-timeout 0s"},
 		{name: "negative age", args: []string{"-retention-max-age", "-1h"}, wantErr: "-retention-max-age"},
+		{name: "disk guard defaults", args: []string{"-dev"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Disk.MinFree != 256<<20 || c.node.Disk.Reserve != 128<<20 || c.node.Store.MemTableSize != 64<<20 {
+				t.Errorf("disk defaults: %+v, memtable %d", c.node.Disk, c.node.Store.MemTableSize)
+			}
+		}},
+		{name: "disk guard sizes", args: []string{"-dev", "-min-free-disk", "1GiB", "-disk-reserve", "100MiB", "-memtable-size", "8MiB"},
+			check: func(t *testing.T, c *agentConfig) {
+				if c.node.Disk.MinFree != 1<<30 || c.node.Disk.Reserve != 100<<20 || c.node.Store.MemTableSize != 8<<20 {
+					t.Errorf("disk config: %+v, memtable %d", c.node.Disk, c.node.Store.MemTableSize)
+				}
+			}},
+		{name: "disk guard off", args: []string{"-dev", "-min-free-disk", "0", "-disk-reserve", "0"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Disk.MinFree != 0 || c.node.Disk.Reserve != 0 {
+				t.Errorf("disk config: %+v", c.node.Disk)
+			}
+		}},
+		{name: "disk size unit", args: []string{"-min-free-disk", "1GB"}, wantErr: `"1GB": want a byte count`},
+		{name: "reserve without guard", args: []string{"-min-free-disk", "0"}, wantErr: "-disk-reserve 128MiB: needs -min-free-disk"},
+		{name: "min free below margin", args: []string{"-min-free-disk", "100MiB"}, wantErr: "-min-free-disk 100MiB: must be 0 or at least 201.6 MiB with -memtable-size 64MiB"},
+		{name: "memtable too small", args: []string{"-memtable-size", "4KiB"}, wantErr: "-memtable-size 4KiB"},
 		{name: "stray argument", args: []string{"-dev", "extra"}, wantErr: "unexpected arguments"},
 		{name: "unknown flag", args: []string{"-gossipp", "x"}, wantErr: "flag provided but not defined"},
 
