@@ -132,8 +132,16 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 		form, body = ledRanges, r
 	}
 	if room := limit - len(buf); len(body) > room {
+		// Partial: whichever prefix names more of the shards led, a
+		// bitmap's (dense sets) or a list's (sparse ones).
 		form, body = ledBitmap, truncatedBitmap(led, room)
-		flags |= metaFlagPartial
+		covered := bitmapCount(led, body)
+		if l, k := truncatedList(led, room); k > covered {
+			form, body, covered = ledList, l, k
+		}
+		if covered < len(led) { // a bitmap cut after the last shard led names them all
+			flags |= metaFlagPartial
+		}
 	}
 	buf[1] = flags | byte(form)<<metaFormShift
 	return append(buf, body...), nil
@@ -166,6 +174,42 @@ func bitmapOf(led []uint32, nbytes int) []byte {
 func encodeLedBitmap(led []uint32, shards uint32) []byte {
 	n := int((uint64(shards) + 7) / 8)
 	return append(binary.AppendUvarint(nil, uint64(n)), bitmapOf(led, n)...)
+}
+
+// truncatedList is the list form of the longest prefix of led (ascending)
+// that fits in room bytes, and the prefix's length.
+func truncatedList(led []uint32, room int) ([]byte, int) {
+	var tmp [binary.MaxVarintLen64]byte
+	k, gaps := 0, 0 // the longest fitting prefix, and its gaps' bytes
+	prev := uint32(0)
+	for i, s := range led {
+		gap := s
+		if i > 0 {
+			gap = s - prev
+		}
+		prev = s
+		gaps += binary.PutUvarint(tmp[:], uint64(gap))
+		if binary.PutUvarint(tmp[:], uint64(i+1))+gaps > room {
+			break
+		}
+		k = i + 1
+	}
+	return encodeLedList(led[:k]), k
+}
+
+// bitmapCount is how many of led a truncated bitmap body names.
+func bitmapCount(led []uint32, body []byte) int {
+	n, w := binary.Uvarint(body)
+	if w <= 0 {
+		return 0
+	}
+	k := 0
+	for _, s := range led {
+		if uint64(s/8) < n {
+			k++
+		}
+	}
+	return k
 }
 
 // truncatedBitmap is the longest bitmap prefix that fits in room bytes
