@@ -37,7 +37,7 @@ type Config struct {
 	// Faults enabled (default AllFaults, less the partitions on the
 	// loopback network).
 	Faults []string
-	// Writers and Readers: concurrent clients (defaults 4 and 4).
+	// Writers and Readers: concurrent clients (defaults 8 and 4).
 	Writers, Readers int
 	// CheckTimeout bounds the linearizability check of one process
 	// (default 30 s); a check that does not finish is reported.
@@ -75,7 +75,7 @@ func (c *Config) setDefaults() error {
 		c.Duration = 2 * time.Minute
 	}
 	if c.Writers == 0 {
-		c.Writers = 4
+		c.Writers = 8
 	}
 	if c.Readers == 0 {
 		c.Readers = 4
@@ -131,7 +131,7 @@ type Report struct {
 
 // OK reports whether the campaign found no safety violation.
 func (r *Report) OK() bool {
-	return r.AnomalyCount == 0 && len(r.Linearizability.Violations) == 0 && r.Linearizability.TimedOut == 0
+	return r.AnomalyCount == 0 && r.Linearizability.ViolationCount == 0 && r.Linearizability.TimedOut == 0
 }
 
 // campaign is one run.

@@ -19,7 +19,7 @@ import (
 // Client timeouts: an ingest that has not answered by then has an unknown
 // outcome; a read that has not, observed nothing.
 const (
-	ingestTimeout = 5 * time.Second
+	ingestTimeout = 3 * time.Second
 	readTimeout   = 3 * time.Second
 )
 
@@ -83,6 +83,8 @@ type workloadStats struct {
 	ReadsFailed     int `json:"reads_failed"`
 	Trees           int `json:"trees"`
 	TreesFailed     int `json:"trees_failed"`
+	Flows           int `json:"flows"`
+	FlowsFailed     int `json:"flows_failed"`
 	Conversations   int `json:"conversations"`
 }
 
@@ -204,8 +206,9 @@ func (w *workload) pick(rnd *rand.Rand) *process {
 	return p
 }
 
-// read runs LEADER reads until ctx ends: Events of a process (two in
-// three) or CallTree of one of its roots, at a random agent.
+// read runs LEADER reads until ctx ends, at a random agent: Events of a
+// process (half), CallTree of one of its roots (a third), or the
+// MessageFlow of its conversation (the rest).
 func (w *workload) read(ctx context.Context, client int) {
 	rnd := rand.New(rand.NewPCG(w.seed, 1<<32|uint64(client)))
 	for ctx.Err() == nil {
@@ -219,11 +222,14 @@ func (w *workload) read(ctx context.Context, client int) {
 			continue
 		}
 		ep := w.endpoints[rnd.IntN(len(w.endpoints))]
-		if rnd.IntN(3) < 2 {
+		switch n := rnd.IntN(6); {
+		case n < 3:
 			w.readEvents(ctx, ep, p, client)
-		} else {
+		case n < 5:
 			roots := p.roots()
 			w.readTree(ctx, ep, p, roots[rnd.IntN(len(roots))], client)
+		default:
+			_, _ = w.readFlow(ctx, ep, p.conv)
 		}
 	}
 }
@@ -341,6 +347,57 @@ func (w *workload) treeEvents(p *process, root int, f *scopev1.CallFrame) uint64
 	}
 	walk(f)
 	return mask
+}
+
+// readFlow reads the messages of a conversation at LEADER and checks
+// what the flow cannot show whatever the timing: a message's events are
+// the conversation's, a SEND and a RECEIVE shown together are the same
+// message, and no message is shown twice. It returns the SEND → RECEIVE
+// pairs shown.
+func (w *workload) readFlow(ctx context.Context, ep endpoint, c *conversation) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, readTimeout)
+	defer cancel()
+	resp, err := ep.query.MessageFlow(ctx, connect.NewRequest(&scopev1.MessageFlowRequest{
+		A: &scopev1.Process{Origin: c.p.origin, Pid: c.p.pid}, B: &scopev1.Process{Origin: c.q.origin, Pid: c.q.pid},
+		Limit: 1000, Consistency: scopev1.Consistency_CONSISTENCY_LEADER}))
+	w.mu.Lock()
+	w.stats.Flows++
+	if err != nil {
+		w.stats.FlowsFailed++
+	}
+	w.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	received := make(map[string]bool, len(c.pairs))
+	for id := range c.pairs {
+		received[c.pairs[id]] = true
+	}
+	shown := make(map[string]string)
+	seen := make(map[string]bool)
+	for _, m := range resp.Msg.GetMessages() {
+		send, recv := m.GetSend().GetEventId(), m.GetReceive().GetEventId()
+		for _, id := range []string{send, recv} {
+			if id == "" {
+				continue
+			}
+			if seen[id] {
+				w.anom.add("MessageFlow(%s/%s, %s/%s) shows event %s twice", c.p.origin, c.p.pid, c.q.origin, c.q.pid, id)
+			}
+			seen[id] = true
+		}
+		switch {
+		case send != "" && c.pairs[send] == "":
+			w.anom.add("MessageFlow(%s/%s, %s/%s) shows SEND %s, which is not one of theirs", c.p.origin, c.p.pid, c.q.origin, c.q.pid, send)
+		case recv != "" && !received[recv]:
+			w.anom.add("MessageFlow(%s/%s, %s/%s) shows RECEIVE %s, which is not one of theirs", c.p.origin, c.p.pid, c.q.origin, c.q.pid, recv)
+		case send != "" && recv != "" && c.pairs[send] != recv:
+			w.anom.add("MessageFlow(%s/%s, %s/%s) pairs SEND %s with RECEIVE %s, of another message", c.p.origin, c.p.pid, c.q.origin, c.q.pid, send, recv)
+		case send != "" && recv != "":
+			shown[send] = recv
+		}
+	}
+	return shown, nil
 }
 
 // anomalies collects safety violations found outside porcupine (bounded:

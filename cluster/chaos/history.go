@@ -134,15 +134,21 @@ func maskString(m uint64) string {
 	return s + "}"
 }
 
+// maxViolations bounds the violations a report describes.
+const maxViolations = 20
+
 // linearizability is the result of checking a history.
 type linearizability struct {
-	Processes   int      `json:"processes"`  // processes checked
-	Operations  int      `json:"operations"` // operations checked
-	Unknown     int      `json:"unknown"`    // ingests whose outcome was unknown
-	Violations  []string `json:"violations"` // one line per process whose history is not linearizable
-	TimedOut    int      `json:"timed_out"`  // processes whose check did not finish in time
-	Visualized  []string `json:"visualized"` // HTML files showing violations
-	CheckTimeNs int64    `json:"check_time_ns"`
+	Processes  int `json:"processes"`  // processes checked
+	Operations int `json:"operations"` // operations checked
+	Unknown    int `json:"unknown"`    // ingests whose outcome was unknown
+	// ViolationCount processes have a history that is not linearizable;
+	// Violations describes the first maxViolations.
+	ViolationCount int      `json:"violation_count"`
+	Violations     []string `json:"violations"`
+	TimedOut       int      `json:"timed_out"`  // processes whose check did not finish in time
+	Visualized     []string `json:"visualized"` // HTML files showing violations
+	CheckTimeNs    int64    `json:"check_time_ns"`
 }
 
 // check checks every process's history. Violations are visualized into
@@ -176,6 +182,10 @@ func (h *history) check(procs []*process, dir string, timeout time.Duration) lin
 			continue
 		case porcupine.Unknown:
 			res.TimedOut++
+			continue
+		}
+		res.ViolationCount++
+		if len(res.Violations) >= maxViolations {
 			continue
 		}
 		res.Violations = append(res.Violations, fmt.Sprintf("process %s/%s (key %d): %d operations are not linearizable",

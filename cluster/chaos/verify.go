@@ -19,7 +19,9 @@ import (
 //  1. every process is read once more at LEADER (these reads join the
 //     history), and every acknowledged event's correlations are checked:
 //     a RETURN or EXCEPTION completes its CALL, a nested CALL names its
-//     caller, a RECEIVE is linked to its SEND and back;
+//     caller, a RECEIVE is linked to its SEND and back, and every
+//     conversation's MessageFlow pairs each acknowledged SEND with its
+//     acknowledged RECEIVE;
 //  2. the history is checked for linearizability;
 //  3. the agents are stopped gracefully and every replica's store is
 //     opened directly: each acknowledged event is on every replica of its
@@ -28,7 +30,7 @@ import (
 //     digest of the shard's whole key span).
 func (c *campaign) verify(ctx context.Context, w *workload, hist *history) error {
 	events := c.finalReads(ctx, w, hist)
-	c.checkCorrelations(w, events)
+	c.checkCorrelations(ctx, w, events)
 	c.report.Linearizability = hist.check(w.procs, c.cfg.Dir, c.cfg.CheckTimeout)
 	c.logf("linearizability: %d processes, %d operations (%d of unknown outcome), %d violations, checked in %v",
 		c.report.Linearizability.Processes, c.report.Linearizability.Operations, c.report.Linearizability.Unknown,
@@ -75,7 +77,7 @@ func (c *campaign) finalReads(ctx context.Context, w *workload, hist *history) m
 }
 
 // checkCorrelations checks what Scope linked among acknowledged events.
-func (c *campaign) checkCorrelations(w *workload, events map[string]*scopev1.Event) {
+func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events map[string]*scopev1.Event) {
 	w.mu.Lock()
 	acked, refusedIDs := w.acked, w.refusedIDs
 	w.mu.Unlock()
@@ -126,11 +128,25 @@ func (c *campaign) checkCorrelations(w *workload, events map[string]*scopev1.Eve
 		}
 	}
 	for _, conv := range w.convs {
+		var flow map[string]string
+		var err error
+		for range 10 {
+			if flow, err = w.readFlow(ctx, c.endpoints[rand.IntN(len(c.endpoints))], conv); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			c.anom.add("final MessageFlow of %s/%s and %s/%s failed 10 times: %v", conv.p.origin, conv.p.pid, conv.q.origin, conv.q.pid, err)
+		}
 		for _, m := range conv.messages {
 			sendID, recvID := m.from.events[m.send].GetEventId(), m.to.events[m.received].GetEventId()
 			send, recv := events[sendID], events[recvID]
 			if !acked[sendID] || !acked[recvID] || send == nil || recv == nil {
 				continue
+			}
+			if err == nil && flow[sendID] != recvID {
+				c.anom.add("MessageFlow of %s/%s and %s/%s does not pair acknowledged SEND %s with its RECEIVE %s",
+					conv.p.origin, conv.p.pid, conv.q.origin, conv.q.pid, sendID, recvID)
 			}
 			if !hasLink(recv, scopev1.LinkType_LINK_TYPE_RECEIVED_FROM, sendID) || !hasLink(send, scopev1.LinkType_LINK_TYPE_DELIVERED_TO, recvID) {
 				c.anom.add("RECEIVE %s (%s/%s) and SEND %s (%s/%s) are not linked: receive links %v, send links %v",

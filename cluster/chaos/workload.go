@@ -57,6 +57,8 @@ type process struct {
 	// parents[i], for a nested CALL i: its caller's CALL.
 	parents map[int]int
 
+	conv *conversation
+
 	mu      sync.Mutex
 	invoked uint64 // events sent so far (any outcome)
 }
@@ -103,6 +105,7 @@ type conversation struct {
 	p, q     *process
 	steps    []step
 	messages []message
+	pairs    map[string]string // SEND id → the RECEIVE id of the same message
 }
 
 // scriptBuilder builds conversations.
@@ -119,7 +122,8 @@ func (b *scriptBuilder) newConversation(pKey int, throw func(round int) bool) *c
 		return &process{key: key, origin: origin, pid: fmt.Sprintf("<0.%d.0>", b.serial),
 			treeMask: make(map[int]uint64), ends: make(map[int]int), parents: make(map[int]int)}
 	}
-	c := &conversation{p: newProc(pKey, "client@chaos"), q: newProc(pKey+1, "server@chaos")}
+	c := &conversation{p: newProc(pKey, "client@chaos"), q: newProc(pKey+1, "server@chaos"), pairs: make(map[string]string)}
+	c.p.conv, c.q.conv = c, c
 	add := func(p *process, e *scopev1.Event) int {
 		e.EventId = ulid.Make().String()
 		e.Origin, e.Pid = p.origin, p.pid
@@ -164,6 +168,8 @@ func (b *scriptBuilder) newConversation(pKey int, throw func(round int) bool) *c
 		p.treeMask[root] = 1<<root | 1<<ask | 1<<askEnd | 1<<rootEnd
 		q.treeMask[handle] = 1<<handle | 1<<handleEnd
 		c.messages = append(c.messages, message{from: p, send: s1, to: q, received: r1}, message{from: q, send: s2, to: p, received: r2})
+		c.pairs[p.events[s1].GetEventId()] = q.events[r1].GetEventId()
+		c.pairs[q.events[s2].GetEventId()] = p.events[r2].GetEventId()
 	}
 	return c
 }

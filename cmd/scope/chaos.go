@@ -30,7 +30,7 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Nodes, "nodes", 4, "agents (3..9)")
 	fs.IntVar(&cfg.Shards, "shards", 4, "shards")
 	fs.IntVar(&cfg.Replicas, "replicas", 3, "replicas per shard (3..nodes)")
-	fs.IntVar(&cfg.Writers, "writers", 4, "concurrent ingest clients")
+	fs.IntVar(&cfg.Writers, "writers", 8, "concurrent ingest clients")
 	fs.IntVar(&cfg.Readers, "readers", 4, "concurrent LEADER readers")
 	fs.StringVar(&cfg.Network, "net", chaos.NetNetns, "network: netns (partitions; needs root and iproute2) or loopback (no partitions)")
 	fs.StringVar(&faults, "faults", "", "comma-separated faults (default all the network allows): "+strings.Join(chaos.AllFaults, ","))
@@ -79,7 +79,7 @@ func runChaos(args []string, stdout, stderr io.Writer) int {
 	}
 	if !rep.OK() {
 		fmt.Fprintf(stderr, "scope chaos: %d anomalies, %d linearizability violations; logs and visualizations in %s\n",
-			rep.AnomalyCount, len(rep.Linearizability.Violations), cfg.Dir)
+			rep.AnomalyCount, rep.Linearizability.ViolationCount, cfg.Dir)
 		return exitError
 	}
 	fmt.Fprintf(stdout, "no anomaly found (%s)\n", time.Since(start).Round(time.Second))
