@@ -152,3 +152,22 @@ func TestCheckerCatchesStaleReads(t *testing.T) {
 	}
 	t.Logf("found, as it must: %s", rep.Linearizability.Violations[0])
 }
+
+// TestCheckerCatchesDivergentReplicas runs the harness against a build
+// whose replicas each skip an entry now and then: the final comparison of
+// the replicas must report it.
+func TestCheckerCatchesDivergentReplicas(t *testing.T) {
+	rep := runCampaign(t, Config{Binary: buildScope(t, "scope_weak_apply"), Network: testNetwork(t), Seed: 13,
+		Duration: 10 * time.Second, Faults: []string{FaultPause}})
+	differ := 0
+	for _, a := range rep.Anomalies {
+		if strings.Contains(a, "replicas differ") {
+			differ++
+		}
+	}
+	if differ == 0 {
+		t.Fatalf("the replica check found no divergence in a build whose replicas skip entries: %+v", rep)
+	}
+	t.Logf("found, as it must: %d anomalies, %d replica mismatches, %d linearizability violations",
+		rep.AnomalyCount, differ, rep.Linearizability.ViolationCount)
+}
