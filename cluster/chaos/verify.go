@@ -29,8 +29,24 @@ import (
 //     of each shard hold identical content (same applied index, same
 //     digest of the shard's whole key span).
 func (c *campaign) verify(ctx context.Context, w *workload, hist *history) error {
-	events := c.finalReads(ctx, w, hist)
-	c.checkCorrelations(ctx, w, events)
+	// Links across shards are made when the sender shard's notice reaches
+	// the receiver's shard, which may be delayed by a fault just repaired:
+	// the correlation checks are repeated until they pass or a minute has
+	// gone, and only the last round's problems count.
+	var events map[string]*scopev1.Event
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var problems []string
+		events, problems = c.finalReads(ctx, w, hist)
+		problems = append(problems, c.checkCorrelations(ctx, w, events)...)
+		if len(problems) == 0 || time.Now().After(deadline) || !sleepCtx(ctx, 2*time.Second) {
+			for _, p := range problems {
+				c.anom.add("%s", p)
+			}
+			break
+		}
+		c.logf("final check: %d correlation problems, e.g. %s; reading again", len(problems), problems[0])
+	}
 	c.report.Linearizability = hist.check(w.procs, c.cfg.Dir, c.cfg.CheckTimeout)
 	c.logf("linearizability: %d processes, %d operations (%d of unknown outcome), %d violations, checked in %v",
 		c.report.Linearizability.Processes, c.report.Linearizability.Operations, c.report.Linearizability.Unknown,
@@ -45,9 +61,11 @@ func (c *campaign) verify(ctx context.Context, w *workload, hist *history) error
 }
 
 // finalReads reads every process at LEADER, retrying a failed read a few
-// times (the cluster is whole by now). It returns the events read by id.
-func (c *campaign) finalReads(ctx context.Context, w *workload, hist *history) map[string]*scopev1.Event {
+// times (the cluster is whole by now). It returns the events read by id,
+// and the reads that failed.
+func (c *campaign) finalReads(ctx context.Context, w *workload, hist *history) (map[string]*scopev1.Event, []string) {
 	out := make(map[string]*scopev1.Event)
+	var problems []string
 	rnd := rand.New(rand.NewPCG(c.cfg.Seed, 0xf1a1))
 	for _, p := range w.procs {
 		if p.invokedCount() == 0 {
@@ -70,14 +88,17 @@ func (c *campaign) finalReads(ctx context.Context, w *workload, hist *history) m
 			sleepCtx(ctx, 200*time.Millisecond)
 		}
 		if err != nil {
-			c.anom.add("final read of %s/%s failed 10 times: %v", p.origin, p.pid, err)
+			problems = append(problems, fmt.Sprintf("final read of %s/%s failed 10 times: %v", p.origin, p.pid, err))
 		}
 	}
-	return out
+	return out, problems
 }
 
-// checkCorrelations checks what Scope linked among acknowledged events.
-func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events map[string]*scopev1.Event) {
+// checkCorrelations checks what Scope linked among acknowledged events and
+// returns the problems found.
+func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events map[string]*scopev1.Event) []string {
+	var problems []string
+	problem := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 	w.mu.Lock()
 	acked, refusedIDs := w.acked, w.refusedIDs
 	w.mu.Unlock()
@@ -93,10 +114,10 @@ func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events ma
 		for _, e := range p.events {
 			id := e.GetEventId()
 			if acked[id] && events[id] == nil {
-				c.anom.add("acknowledged event %s (%s of %s/%s) is missing from the final read", id, e.GetKind(), p.origin, p.pid)
+				problem("acknowledged event %s (%s of %s/%s) is missing from the final read", id, e.GetKind(), p.origin, p.pid)
 			}
 			if refusedIDs[id] && events[id] != nil {
-				c.anom.add("refused event %s (%s of %s/%s) was stored", id, e.GetKind(), p.origin, p.pid)
+				problem("refused event %s (%s of %s/%s) was stored", id, e.GetKind(), p.origin, p.pid)
 			}
 		}
 		for call, end := range p.ends {
@@ -111,7 +132,7 @@ func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events ma
 			}
 			if got.GetCorrelationId() != callID || got.GetOrphan() || got.GetOutcome() != want ||
 				!hasLink(got, scopev1.LinkType_LINK_TYPE_COMPLETES, callID) {
-				c.anom.add("%s %s of %s/%s does not complete its CALL %s: correlation %q, orphan %v, outcome %s, links %v",
+				problem("%s %s of %s/%s does not complete its CALL %s: correlation %q, orphan %v, outcome %s, links %v",
 					got.GetKind(), endID, p.origin, p.pid, callID, got.GetCorrelationId(), got.GetOrphan(), got.GetOutcome(), got.GetLinks())
 			}
 		}
@@ -122,7 +143,7 @@ func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events ma
 				continue
 			}
 			if got.GetParentId() != parentID || !hasLink(got, scopev1.LinkType_LINK_TYPE_CALLED_FROM, parentID) {
-				c.anom.add("CALL %s of %s/%s does not name its caller %s: parent %q, links %v",
+				problem("CALL %s of %s/%s does not name its caller %s: parent %q, links %v",
 					childID, p.origin, p.pid, parentID, got.GetParentId(), got.GetLinks())
 			}
 		}
@@ -136,7 +157,7 @@ func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events ma
 			}
 		}
 		if err != nil {
-			c.anom.add("final MessageFlow of %s/%s and %s/%s failed 10 times: %v", conv.p.origin, conv.p.pid, conv.q.origin, conv.q.pid, err)
+			problem("final MessageFlow of %s/%s and %s/%s failed 10 times: %v", conv.p.origin, conv.p.pid, conv.q.origin, conv.q.pid, err)
 		}
 		for _, m := range conv.messages {
 			sendID, recvID := m.from.events[m.send].GetEventId(), m.to.events[m.received].GetEventId()
@@ -145,15 +166,16 @@ func (c *campaign) checkCorrelations(ctx context.Context, w *workload, events ma
 				continue
 			}
 			if err == nil && flow[sendID] != recvID {
-				c.anom.add("MessageFlow of %s/%s and %s/%s does not pair acknowledged SEND %s with its RECEIVE %s",
+				problem("MessageFlow of %s/%s and %s/%s does not pair acknowledged SEND %s with its RECEIVE %s",
 					conv.p.origin, conv.p.pid, conv.q.origin, conv.q.pid, sendID, recvID)
 			}
 			if !hasLink(recv, scopev1.LinkType_LINK_TYPE_RECEIVED_FROM, sendID) || !hasLink(send, scopev1.LinkType_LINK_TYPE_DELIVERED_TO, recvID) {
-				c.anom.add("RECEIVE %s (%s/%s) and SEND %s (%s/%s) are not linked: receive links %v, send links %v",
+				problem("RECEIVE %s (%s/%s) and SEND %s (%s/%s) are not linked: receive links %v, send links %v",
 					recvID, m.to.origin, m.to.pid, sendID, m.from.origin, m.from.pid, recv.GetLinks(), send.GetLinks())
 			}
 		}
 	}
+	return problems
 }
 
 // quiesce waits until every replica of every shard has applied what its
