@@ -65,12 +65,14 @@ func (loopbackNet) heal() error        { return nil }
 func (loopbackNet) canPartition() bool { return false }
 func (loopbackNet) close() error       { return nil }
 
-// netnsNet is n namespaces on one bridge, subnet 10.a.b.0/24: agent i is
-// 10.a.b.(i+1), the bridge (the harness's side) 10.a.b.254.
+// netnsNet is n namespaces on one bridge, on a /24 of 198.18.0.0/15 (the
+// block reserved for network benchmarks, RFC 2544, so it collides with no
+// real network the machine is on): agent i is .(i+1), the bridge (the
+// harness's side) .254.
 type netnsNet struct {
 	n      int
 	tag    string // unique per run: namespace and interface names
-	subnet string // "10.a.b."
+	subnet string // "198.x.y."
 	bridge string
 
 	mu      sync.Mutex
@@ -89,14 +91,33 @@ func newNetns(n int, rnd *rand.Rand) (*netnsNet, error) {
 	removeStaleNamespaces()
 	// Interface names are limited to 15 bytes: "sc" + 5 hex + role + index.
 	tag := fmt.Sprintf("%05x", rnd.IntN(1<<20))
-	id := rnd.IntN(100 * 256)
-	nw := &netnsNet{n: n, tag: tag, subnet: fmt.Sprintf("10.%d.%d.", 100+id%100, id/100),
-		bridge: "sc" + tag + "br", blocked: make(map[[2]int]bool)}
+	subnet, err := freeSubnet(rnd)
+	if err != nil {
+		return nil, err
+	}
+	nw := &netnsNet{n: n, tag: tag, subnet: subnet, bridge: "sc" + tag + "br", blocked: make(map[[2]int]bool)}
 	if err := nw.setup(); err != nil {
 		_ = nw.close()
 		return nil, err
 	}
 	return nw, nil
+}
+
+// freeSubnet picks a /24 of 198.18.0.0/15 that no interface of this
+// namespace has an address in (another run's bridge, say).
+func freeSubnet(rnd *rand.Rand) (string, error) {
+	out, err := exec.Command("ip", "-o", "-4", "addr", "show").Output()
+	if err != nil {
+		return "", fmt.Errorf("chaos: netns network: ip addr: %w", err)
+	}
+	for range 64 {
+		id := rnd.IntN(512)
+		subnet := fmt.Sprintf("198.%d.%d.", 18+id/256, id%256)
+		if !strings.Contains(string(out), " "+subnet) {
+			return subnet, nil
+		}
+	}
+	return "", errors.New("chaos: netns network: no free /24 in 198.18.0.0/15")
 }
 
 func (nw *netnsNet) ns(i int) string {
