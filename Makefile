@@ -8,7 +8,7 @@ TEST_FLAGS ?= -race -count=1 -timeout 30m
 BENCH     ?= .
 BENCHTIME ?= 1s
 
-.PHONY: help build run test soak bench generate checkgenerate lint clean
+.PHONY: help build run test soak chaos bench generate checkgenerate lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -24,6 +24,15 @@ test: ## the whole test suite with -race (what CI runs)
 
 soak: ## long fault-injection and stress variants
 	SCOPE_SOAK=1 $(GO) test -race -count=1 -timeout 60m $(PKGS)
+
+# A long nemesis campaign (cluster/chaos): DURATION of faults, SEED fixes the
+# schedule. Network namespaces need root and iproute2; NET=loopback runs
+# without partitions. `make test` runs a short campaign (TestCampaign).
+DURATION ?= 30m
+SEED     ?= 1
+NET      ?= netns
+chaos: build ## long fault-injection campaign (DURATION=30m SEED=1 NET=netns), checked with porcupine
+	$(BIN) chaos -duration $(DURATION) -seed $(SEED) -net $(NET) -json chaos-report.json
 
 bench: ## Go benchmarks (BENCH=regexp, BENCHTIME=1s)
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchmem -benchtime $(BENCHTIME) $(PKGS)

@@ -52,9 +52,10 @@ type Config struct {
 	// an existing cluster. A node that held replicas when it started is
 	// formed at once.
 	FormationWindow time.Duration
-	// LostVoterGrace is how long a member must hold no replica before the
-	// groups that list it as a voter take it for a node that lost its
-	// data and replace it (identity.go).
+	// LostVoterGrace is how long a member must hold no replica, or have
+	// started empty and not yet be formed, before the groups that list it
+	// as a voter ask it whether it lost their data, and replace it if it
+	// did (identity.go). It must be shorter than FormationWindow.
 	LostVoterGrace time.Duration
 	// StabilizationTime is how long a member's gossip state must have
 	// lasted before placement moves replicas because of it: to a member
@@ -112,6 +113,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: FormationWindow %v: must not be negative", ErrConfig, c.FormationWindow)
 	case c.LostVoterGrace <= 0:
 		return fmt.Errorf("%w: LostVoterGrace %v: must be positive", ErrConfig, c.LostVoterGrace)
+	case c.LostVoterGrace >= c.FormationWindow:
+		return fmt.Errorf("%w: LostVoterGrace %v: must be shorter than FormationWindow %v (a node that came back empty must be suspect before it counts as formed)",
+			ErrConfig, c.LostVoterGrace, c.FormationWindow)
 	}
 	return nil
 }

@@ -20,9 +20,11 @@ import (
 // usual non-voter, catch-up and promotion steps (docs/DECISIONS.md D24).
 //
 // A node that holds no replica says so in gossip (Meta.HoldsReplicas false) from
-// its first message. At formation every node is in that state until it
-// bootstraps, so a member becomes suspect only after it has gone without
-// replicas for Config.LostVoterGrace. It stays suspect for lostVoterWindow (its
+// its first message, and a node that started empty says so until it has held
+// replicas for Config.FormationWindow (Meta.Formed false). At formation every
+// node is in that state for a while, so a member becomes suspect only after it
+// has been unsettled for Config.LostVoterGrace, and a group replaces a suspect
+// voter only if it confirms it holds no replica of that group. It stays suspect for lostVoterWindow (its
 // groups are replaced one by one, and once the first is, it holds a
 // replica again: HoldsReplicas no longer tells), or until it dies or leaves; a
 // group replaces it only after the node confirms it holds no replica of
@@ -49,7 +51,7 @@ func (u *unformedSince) update(byName map[string]Member, now time.Time, grace ti
 		u.since, u.suspect = make(map[string]time.Time), make(map[string]time.Time)
 	}
 	for name := range u.since {
-		if m, ok := byName[name]; !ok || m.Meta.HoldsReplicas {
+		if m, ok := byName[name]; !ok || settled(m) {
 			delete(u.since, name)
 		}
 	}
@@ -59,7 +61,7 @@ func (u *unformedSince) update(byName map[string]Member, now time.Time, grace ti
 		}
 	}
 	for name, m := range byName {
-		if m.Meta.HoldsReplicas {
+		if settled(m) {
 			continue
 		}
 		t, ok := u.since[name]
@@ -70,6 +72,14 @@ func (u *unformedSince) update(byName map[string]Member, now time.Time, grace ti
 		}
 	}
 }
+
+// settled reports whether a member has held replicas since it started, or
+// for long enough (Meta.Formed), and holds some now. A node that came back
+// empty is unsettled for at least FormationWindow after its first new
+// replica, which is longer than LostVoterGrace: that first replica (a group
+// it was never a voter of may add it within seconds) must not hide it from
+// the groups that still list it as a voter with the data it lost.
+func settled(m Member) bool { return m.Meta.Formed && m.Meta.HoldsReplicas }
 
 // lost reports whether name is suspect of having lost its data.
 func (u *unformedSince) lost(name string) bool {

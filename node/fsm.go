@@ -246,7 +246,7 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 			continue // replayed after a restart: already in the store
 		}
 		f.seg.res.Index = l.Index
-		if l.Type != raft.LogCommand {
+		if l.Type != raft.LogCommand || weakSkipEntry() {
 			continue
 		}
 		b, err := decodeEntry(l.Data)

@@ -79,11 +79,12 @@ func (l localResolver) reader(shard uint32, c Consistency) (ShardReader, error) 
 	if _, failed := r.Progress(); failed != nil {
 		return nil, fmt.Errorf("%w: shard %d: %w", node.ErrReplicaFailed, shard, failed)
 	}
-	if c == ConsistencyLeader && !r.IsLeader() {
+	leader := c == ConsistencyLeader && !weakLeaderReads
+	if leader && !r.IsLeader() {
 		addr, id := r.Leader()
 		return nil, &node.NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	return localReader{st: l.n.Store(), rep: r, name: l.n.ID(), linearizable: c == ConsistencyLeader}, nil
+	return localReader{st: l.n.Store(), rep: r, name: l.n.ID(), linearizable: leader}, nil
 }
 
 // localReader reads this node's store. Store calls are synchronous and
