@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,6 +52,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.Is(err, errInsecure):
+		fmt.Fprintf(stderr, "scope agent: %s\n", strings.TrimPrefix(err.Error(), errInsecure.Error()+": "))
+		return exitUsage
 	case errors.Is(err, errUsage):
 		return reportError(stderr, fs, err)
 	case err != nil:

@@ -168,10 +168,12 @@ func (c *agentConfig) finish() error {
 	if _, port, _ := net.SplitHostPort(c.httpAddr); c.httpAddr == c.raftAddr && port != "0" {
 		return usageError("-http and -raft are both %q: they must differ", c.httpAddr)
 	}
-	if err := c.finishCluster(); err != nil {
+	// Before the cluster flags: whether to serve plaintext at all comes
+	// first.
+	if err := c.tls.check(c); err != nil {
 		return err
 	}
-	if err := c.tls.check(c); err != nil {
+	if err := c.finishCluster(); err != nil {
 		return err
 	}
 	if _, err := parseLevel(c.logLevel); err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -54,7 +55,8 @@ func (t *tlsFlags) check(c *agentConfig) error {
 	}
 	for _, a := range addrs {
 		if host, _, _ := net.SplitHostPort(a.v); !loopbackHost(host) {
-			return usageError("-%s %s is not a loopback address and TLS is off: pass -tls-cert/-tls-key/-tls-ca to serve TLS, or -insecure to serve plaintext anyway", a.flag, a.v)
+			return fmt.Errorf("%w: -%s %s is not a loopback address and TLS is off: pass -tls-cert/-tls-key/-tls-ca to serve TLS, or -insecure to serve plaintext anyway",
+				errInsecure, a.flag, a.v)
 		}
 	}
 	return nil
