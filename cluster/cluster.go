@@ -66,8 +66,8 @@ type Config struct {
 	HTTPClient *http.Client
 	// TLS makes node-to-node calls go to https:// addresses; HTTPClient
 	// must then dial mutual TLS (tlsconf.Reloader.NodeHTTPClient).
-	TLS bool
-	Logger     *slog.Logger
+	TLS    bool
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns defaults for a node named name.

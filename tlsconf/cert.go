@@ -37,7 +37,9 @@ const (
 )
 
 // NodeFiles returns the certificate and key file names of node name.
-func NodeFiles(name string) (cert, key string) { return "node." + name + ".crt", "node." + name + ".key" }
+func NodeFiles(name string) (cert, key string) {
+	return "node." + name + ".crt", "node." + name + ".key"
+}
 
 // ClientFiles returns the certificate and key file names of client name.
 func ClientFiles(name string) (cert, key string) {
