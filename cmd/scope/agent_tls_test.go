@@ -281,3 +281,40 @@ func TestAgentRefusesPlaintextOnPublicAddress(t *testing.T) {
 		t.Errorf("exit %d, stderr:\n%s\nwant exit %d and:\n%s", code, stderr.String(), exitUsage, want)
 	}
 }
+
+// TestCertCommand: scope cert writes a CA and node and client pairs the
+// agent and the clients load, refuses to overwrite them without -force,
+// and the client flags turn host:port into https with -ca or SCOPE_CA.
+func TestCertCommand(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "certs")
+	for _, args := range [][]string{
+		{"cert", "init", "-dir", dir},
+		{"cert", "node", "-dir", dir, "-name", "n1", "-host", "127.0.0.1, localhost"},
+		{"cert", "client", "-dir", dir, "-name", "alice"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != exitOK || !strings.HasPrefix(stdout.String(), "wrote ") {
+			t.Fatalf("%q: exit %d\n%s%s", args, code, stdout.String(), stderr.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"cert", "node", "-dir", dir, "-name", "n1", "-host", "127.0.0.1"}, &stdout, &stderr); code != exitError ||
+		!strings.Contains(stderr.String(), "node.n1.crt exists: pass -force") {
+		t.Errorf("overwrite without -force: exit %d, %s", code, stderr.String())
+	}
+	if _, err := tlsconf.NewReloader(tlsconf.Files{Cert: filepath.Join(dir, "node.n1.crt"), Key: filepath.Join(dir, "node.n1.key"),
+		CA: filepath.Join(dir, "ca.crt"), Node: "n1"}); err != nil {
+		t.Errorf("the agent cannot load what scope cert wrote: %v", err)
+	}
+
+	t.Setenv("SCOPE_CA", filepath.Join(dir, "ca.crt"))
+	fs := newFlagSet("query", "", io.Discard)
+	var c clientFlags
+	c.register(fs)
+	if err := fs.Parse([]string{"-addr", "127.0.0.1:7070"}); err != nil {
+		t.Fatal(err)
+	}
+	if base, err := c.baseURL(); err != nil || base != "https://127.0.0.1:7070" || c.ca != filepath.Join(dir, "ca.crt") {
+		t.Errorf("SCOPE_CA: base %q ca %q %v", base, c.ca, err)
+	}
+}
