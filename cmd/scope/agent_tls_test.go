@@ -14,11 +14,11 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/rpc"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
-	"github.com/elixirscope/scope/rpc"
 	"github.com/elixirscope/scope/tlsconf"
 )
 
