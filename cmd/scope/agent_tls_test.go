@@ -318,3 +318,32 @@ func TestCertCommand(t *testing.T) {
 		t.Errorf("SCOPE_CA: base %q ca %q %v", base, c.ca, err)
 	}
 }
+
+// TestAgentRefusesAnotherNodesCertificate: a node started with the
+// certificate of another node (or of another CA) does not start.
+func TestAgentRefusesAnotherNodesCertificate(t *testing.T) {
+	d, other := newCertDir(t), newCertDir(t)
+	n2 := d.node(t, "n2", false)
+	n1Other := other.node(t, "n1", false)
+	for _, tc := range []struct {
+		name string
+		tls  []string
+		want string
+	}{
+		{"another node's certificate", n2, `names node n2, not node "n1" (-name)`},
+		{"another CA", append(n1Other[:4:4], "-tls-ca", d.ca()), "is not a server certificate of -tls-ca"},
+	} {
+		args := append([]string{"-name", "n1", "-data-dir", filepath.Join(t.TempDir(), "d"), "-http", "127.0.0.1:0", "-raft", "127.0.0.1:0",
+			"-gossip", "127.0.0.1:0", "-bootstrap-expect", "1"}, tc.tls...)
+		cfg, _, err := parseAgentFlags(args, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, err := startAgent(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+			_ = a.shutdown()
+			t.Errorf("%s: agent started", tc.name)
+		} else if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
