@@ -249,6 +249,7 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		}
 	}
 	a.http = a.srv.HTTPServer(a.httpBound)
+	a.httpTLS()
 	go func() { a.served <- a.serveHTTP(httpLn) }()
 	if a.cluster != nil {
 		// After the HTTP server: bootstrapping and moves call peers' node

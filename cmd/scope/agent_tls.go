@@ -152,16 +152,23 @@ func (a *agent) nodeOnly(path string, h http.Handler) (string, http.Handler) {
 	return path, tlsconf.RequireNode(h, a.tls.nodeRefused.Inc)
 }
 
-// serveHTTP serves the API on ln: TLS when configured, where a forwarded
-// ingest must come with the certificate of the node it names.
-func (a *agent) serveHTTP(ln net.Listener) error {
+// httpTLS configures the API server for TLS, where a forwarded ingest
+// must come with the certificate of the node it names.
+func (a *agent) httpTLS() {
 	if a.tls == nil {
-		return a.http.Serve(ln)
+		return
 	}
 	a.http.Handler = tlsconf.RequireNodeClaim(a.http.Handler, rpc.ForwardedHeader, a.tls.nodeRefused.Inc)
 	a.http.TLSConfig = a.tls.r.APIServerConfig()
 	a.http.Protocols.SetUnencryptedHTTP2(false)
 	a.http.Protocols.SetHTTP2(true)
+}
+
+// serveHTTP serves the API on ln, over TLS when configured.
+func (a *agent) serveHTTP(ln net.Listener) error {
+	if a.tls == nil {
+		return a.http.Serve(ln)
+	}
 	return a.http.ServeTLS(ln, "", "")
 }
 
