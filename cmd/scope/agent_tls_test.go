@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -345,5 +346,35 @@ func TestAgentRefusesAnotherNodesCertificate(t *testing.T) {
 		} else if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestSIGHUPReloadsCertificate: a real agent process serves a replaced
+// certificate after SIGHUP, without a restart.
+func TestSIGHUPReloadsCertificate(t *testing.T) {
+	d := newCertDir(t)
+	httpAddr := freeAddr(t)
+	a := spawnAgent(t, httpAddr, append([]string{"agent", "-dev", "-shards", "1", "-data-dir", filepath.Join(t.TempDir(), "d"),
+		"-http", httpAddr, "-raft", freeAddr(t)}, d.node(t, "dev", false)...))
+	a.waitReady(t)
+	serial := func() string {
+		c, err := tls.Dial("tcp", httpAddr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	before := serial()
+	d.node(t, "dev", true)
+	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new certificate served after SIGHUP", func() bool { return serial() != before })
+	if !strings.Contains(a.stderr.String(), "SIGHUP: certificates reloaded") {
+		t.Errorf("no reload line in the log:\n%s", a.stderr)
+	}
+	if err := a.signal(t, syscall.SIGTERM); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
 	}
 }
