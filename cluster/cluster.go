@@ -65,7 +65,10 @@ type Config struct {
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// TLS makes node-to-node calls go to https:// addresses; HTTPClient
+	// must then dial mutual TLS (tlsconf.Reloader.NodeHTTPClient).
+	TLS    bool
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns defaults for a node named name.
@@ -178,7 +181,7 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		node:    n,
 		members: members,
 		logger:  cfg.Logger,
-		peers:   newPeers(client, cfg.RPCTimeout),
+		peers:   newPeers(client, cfg.RPCTimeout, cfg.TLS),
 		moves:   make(chan struct{}, cfg.MaxConcurrentMoves),
 		stop:    make(chan struct{}),
 		steps:   make(map[uint32]bool),

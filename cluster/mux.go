@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -39,7 +41,15 @@ type MuxConfig struct {
 	// AcceptBacklog bounds connections dispatched to a shard whose raft
 	// transport has not yet accepted them.
 	AcceptBacklog int
-	Logger        *slog.Logger
+	// TLS, when set, is the server configuration every accepted
+	// connection must complete a handshake with, within HandshakeTimeout,
+	// before its header is read: it decides which peers pass (a node
+	// certificate of the cluster CA, see tlsconf.NodeServerConfig).
+	TLS *tls.Config
+	// Dial opens this node's outgoing raft connections (nil: plain TCP).
+	// With TLS it must dial TLS too (tlsconf.Reloader.DialNode).
+	Dial   func(ctx context.Context, addr string) (net.Conn, error)
+	Logger *slog.Logger
 }
 
 // DefaultMuxConfig returns defaults sized for a few hundred raft groups.
@@ -68,6 +78,7 @@ type MuxStats struct {
 	BadHeader       uint64 // closed: unknown protocol or short/slow header
 	HandshakeRefuse uint64 // closed: too many handshakes in progress
 	BacklogFull     uint64 // closed: the shard's accept backlog was full
+	TLSRefused      uint64 // closed: the TLS handshake failed (not a node of the CA, plaintext, slow)
 }
 
 // Mux multiplexes one TCP listener between many raft groups (one per
@@ -86,7 +97,7 @@ type Mux struct {
 	handshakes chan struct{} // semaphore: MaxHandshakes
 	wg         sync.WaitGroup
 
-	accepted, unknownShard, badHeader, handshakeRefuse, backlogFull atomic.Uint64
+	accepted, unknownShard, badHeader, handshakeRefuse, backlogFull, tlsRefused atomic.Uint64
 }
 
 // NewMux starts serving ln. Close stops it and closes ln.
@@ -111,7 +122,7 @@ func (m *Mux) Addr() net.Addr { return m.addr }
 func (m *Mux) Stats() MuxStats {
 	return MuxStats{Accepted: m.accepted.Load(), UnknownShard: m.unknownShard.Load(),
 		BadHeader: m.badHeader.Load(), HandshakeRefuse: m.handshakeRefuse.Load(),
-		BacklogFull: m.backlogFull.Load()}
+		BacklogFull: m.backlogFull.Load(), TLSRefused: m.tlsRefused.Load()}
 }
 
 // Close stops accepting, closes every shard stream layer and waits for the
@@ -186,6 +197,19 @@ func (m *Mux) serve() {
 
 // dispatch reads conn's header and hands it to its shard.
 func (m *Mux) dispatch(conn net.Conn) {
+	if m.cfg.TLS != nil {
+		tc := tls.Server(conn, m.cfg.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.HandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			m.tlsRefused.Add(1)
+			m.cfg.Logger.Debug("raft mux: TLS handshake refused", "remote", conn.RemoteAddr(), "err", err)
+			_ = conn.Close()
+			return
+		}
+		conn = tc
+	}
 	var hdr [muxHeaderLen]byte
 	_ = conn.SetReadDeadline(time.Now().Add(m.cfg.HandshakeTimeout))
 	if _, err := io.ReadFull(conn, hdr[:]); err != nil || Protocol(hdr[0]) != ProtoRaft {
@@ -306,7 +330,7 @@ func (s *shardStream) Addr() net.Addr { return s.mux.addr }
 
 // Dial opens a connection to the node at address and selects this shard.
 func (s *shardStream) Dial(address raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	c, err := DialRaft(address, s.shard, timeout)
+	c, err := dialRaft(s.mux.cfg.Dial, address, s.shard, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -325,7 +349,18 @@ func (s *shardStream) Dial(address raft.ServerAddress, timeout time.Duration) (n
 
 // DialRaft connects to a node's mux and selects shard's raft group.
 func DialRaft(address raft.ServerAddress, shard uint32, timeout time.Duration) (net.Conn, error) {
-	conn, err := net.DialTimeout("tcp", string(address), timeout)
+	return dialRaft(nil, address, shard, timeout)
+}
+
+// dialRaft is DialRaft through dial (nil: plain TCP).
+func dialRaft(dial func(context.Context, string) (net.Conn, error), address raft.ServerAddress, shard uint32, timeout time.Duration) (net.Conn, error) {
+	if dial == nil {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	conn, err := dial(ctx, string(address))
+	cancel()
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ const maxBackgroundCallsPerPeer = 4
 type peers struct {
 	client  *http.Client
 	timeout time.Duration
+	scheme  string // of addresses given without one: "http://" or "https://"
 
 	mu      sync.Mutex
 	byAddr  map[string]*peer
@@ -45,8 +46,12 @@ type peer struct {
 	ingest scopev1connect.IngestServiceClient
 }
 
-func newPeers(client *http.Client, timeout time.Duration) *peers {
-	return &peers{client: client, timeout: timeout, byAddr: make(map[string]*peer), busy: make(map[string]int)}
+func newPeers(client *http.Client, timeout time.Duration, tls bool) *peers {
+	scheme := "http://"
+	if tls {
+		scheme = "https://"
+	}
+	return &peers{client: client, timeout: timeout, scheme: scheme, byAddr: make(map[string]*peer), busy: make(map[string]int)}
 }
 
 // get returns the clients for the node serving HTTP at addr.
@@ -67,7 +72,7 @@ func (p *peers) get(addr string) (*peer, error) {
 	}
 	base := addr
 	if !strings.Contains(base, "://") {
-		base = "http://" + base
+		base = p.scheme + base
 	}
 	// No gzip between nodes: on a LAN compressing every shard read's
 	// answer cost more CPU than the bytes it saved (BenchmarkRemoteEvents:

@@ -244,7 +244,10 @@ func planAgents(spec clusterSpec, nw network) ([]*agent, error) {
 			"-http", a.http, "-raft", a.raft, "-gossip", a.gossip, "-gossip-profile", "local",
 			"-bootstrap-expect", strconv.Itoa(spec.nodes), "-join", strings.Join(peers, ","),
 			"-shards", strconv.Itoa(spec.shards), "-replicas", strconv.Itoa(spec.replicas),
-			"-stabilization-time", spec.stabilization.String(), "-log-level", "warn"}
+			"-stabilization-time", spec.stabilization.String(), "-log-level", "warn",
+			// The agents listen on the namespaces' addresses, not loopback: without
+			// TLS that has to be said out loud.
+			"-insecure"}
 		args = append(args, spec.extraArgs...)
 		a.argv = nw.command(a.index, args)
 	}

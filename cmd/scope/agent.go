@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,6 +52,9 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.Is(err, errInsecure):
+		fmt.Fprintf(stderr, "scope agent: %s\n", strings.TrimPrefix(err.Error(), errInsecure.Error()+": "))
+		return exitUsage
 	case errors.Is(err, errUsage):
 		return reportError(stderr, fs, err)
 	case err != nil:
@@ -81,6 +85,7 @@ type agent struct {
 	httpBound string
 
 	srv *rpc.Server
+	tls *agentTLS // nil without -tls-cert
 
 	// Cluster mode only (nil with -dev).
 	members *cluster.Membership
@@ -119,6 +124,9 @@ func runAgentUntil(cfg *agentConfig, logger *slog.Logger, stdout io.Writer, sigs
 	if err != nil {
 		return err
 	}
+	hupStop, hupDone := make(chan struct{}), make(chan struct{})
+	go func() { defer close(hupDone); a.reloadOnHUP(hupStop) }()
+	defer func() { close(hupStop); <-hupDone }()
 	cfg.banner(stdout, a.httpAddr(), a.raftAddr(), a.gossipAddr())
 	start := time.Now()
 	if err := a.waitReady(ctx); err != nil {
@@ -164,12 +172,22 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		}
 	}()
 
+	if cfg.dev && !cfg.tls.on() {
+		logger.Warn("-dev: serving plaintext without authentication, for development only; a cluster node needs -tls-cert/-tls-key/-tls-ca")
+	}
 	raftLn, err := net.Listen("tcp", cfg.raftAddr)
 	if err != nil {
 		return nil, fmt.Errorf("scope: -raft %s: %w", cfg.raftAddr, err)
 	}
 	mc := cluster.DefaultMuxConfig()
 	mc.Logger = logger.With("component", "raft-mux")
+	// The certificates first: the mux needs them; their counter is
+	// registered once the node (and its registry) exists.
+	if err := a.startTLS(); err != nil {
+		_ = raftLn.Close()
+		return nil, err
+	}
+	a.muxTLS(&mc)
 	if a.mux, err = cluster.NewMux(raftLn, mc); err != nil {
 		_ = raftLn.Close()
 		return nil, err
@@ -194,6 +212,14 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 	// Before any raft group starts, so no early metric goes elsewhere.
 	if err := installRaftMetrics(a.node.Metrics().Registry()); err != nil {
 		return nil, err
+	}
+	if err := a.registerMuxMetrics(a.node.Metrics().Registry()); err != nil {
+		return nil, err
+	}
+	if a.tls != nil {
+		if err := a.node.Metrics().Registry().Register(a.tls.nodeRefused); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.dev {
 		if err := a.node.Bootstrap(); err != nil {
@@ -223,7 +249,8 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		}
 	}
 	a.http = a.srv.HTTPServer(a.httpBound)
-	go func() { a.served <- a.http.Serve(httpLn) }()
+	a.httpTLS()
+	go func() { a.served <- a.serveHTTP(httpLn) }()
 	if a.cluster != nil {
 		// After the HTTP server: bootstrapping and moves call peers' node
 		// API, and peers call ours.
@@ -328,13 +355,14 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.BootstrapExpect = expect
 	ccfg.StabilizationTime = cfg.stabilization
 	ccfg.Logger = a.logger.With("component", "cluster")
+	a.clusterTLS(&ccfg)
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
 		return err
 	}
 	a.srv.SetResolver(a.cluster.Resolver(rpc.LocalResolver(a.node)))
 	a.srv.SetTailSources(a.cluster.TailSources())
 	a.srv.SetCluster(leaveNotifier{ClusterInfo: a.cluster.Info(), left: a.left, once: new(sync.Once)})
-	a.srv.Mount(a.cluster.Handler())
+	a.srv.Mount(a.nodeOnly(a.cluster.Handler()))
 	return nil
 }
 

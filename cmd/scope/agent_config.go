@@ -46,6 +46,8 @@ type agentConfig struct {
 	advertiseGossip string
 	stabilization   time.Duration // -stabilization-time: cluster.Config.StabilizationTime
 
+	tls tlsFlags // -tls-*, -insecure (agent_tls.go)
+
 	node node.Config
 	rpc  rpc.Config
 }
@@ -117,6 +119,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (anyone who reaches it can profile the process)")
+	c.tls.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
 	}
@@ -164,6 +167,11 @@ func (c *agentConfig) finish() error {
 	}
 	if _, port, _ := net.SplitHostPort(c.httpAddr); c.httpAddr == c.raftAddr && port != "0" {
 		return usageError("-http and -raft are both %q: they must differ", c.httpAddr)
+	}
+	// Before the cluster flags: whether to serve plaintext at all comes
+	// first.
+	if err := c.tls.check(c); err != nil {
+		return err
 	}
 	if err := c.finishCluster(); err != nil {
 		return err
@@ -365,7 +373,11 @@ func (c *agentConfig) banner(w io.Writer, httpAddr, raftAddr, gossipAddr string)
 	if err != nil {
 		abs = c.dataDir
 	}
-	fmt.Fprintf(w, "scope agent %s (%s)\n  name:     %s\n  http:     http://%s\n  raft:     %s\n", version(), mode, c.name, httpAddr, raftAddr)
+	scheme := "http"
+	if c.tls.on() {
+		scheme = "https"
+	}
+	fmt.Fprintf(w, "scope agent %s (%s)\n  name:     %s\n  http:     %s://%s\n  raft:     %s\n", version(), mode, c.name, scheme, httpAddr, raftAddr)
 	if !c.dev {
 		fmt.Fprintf(w, "  gossip:   %s\n", gossipAddr)
 	}

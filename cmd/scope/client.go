@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/tlsconf"
 )
 
 // defaultAddr is the agent's default public HTTP address (docs/OPERATIONS.md).
@@ -89,10 +91,16 @@ type clientFlags struct {
 	addr    string
 	json    bool
 	timeout time.Duration
+	// TLS (-ca, -cert, -key; SCOPE_CA, SCOPE_CERT, SCOPE_KEY): with -ca
+	// a host:port address means https://.
+	ca, cert, key string
 }
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.addr, "addr", defaultAddr, "a node's HTTP address (host:port or http://host:port)")
+	fs.StringVar(&c.addr, "addr", defaultAddr, "a node's HTTP address (host:port, http://host:port or https://host:port; host:port is https with -ca)")
+	fs.StringVar(&c.ca, "ca", os.Getenv("SCOPE_CA"), "PEM CA certificate verifying the node (its -tls-ca); implies https (env SCOPE_CA)")
+	fs.StringVar(&c.cert, "cert", os.Getenv("SCOPE_CERT"), "PEM client certificate (scope cert client), for nodes run with -tls-client-auth (env SCOPE_CERT)")
+	fs.StringVar(&c.key, "key", os.Getenv("SCOPE_KEY"), "PEM private key of -cert (env SCOPE_KEY)")
 	fs.BoolVar(&c.json, "json", false, "print responses as proto3 JSON, one message per line")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each request (0: none)")
 }
@@ -103,28 +111,51 @@ func (c *clientFlags) baseURL() (string, error) {
 	switch {
 	case addr == "":
 		return "", usageError("-addr: required")
-	case strings.HasPrefix(addr, "https://"):
-		return "", usageError("-addr %q: TLS is not supported yet; use http://host:port", c.addr)
-	case strings.HasPrefix(addr, "http://"):
+	case strings.HasPrefix(addr, "https://"), strings.HasPrefix(addr, "http://"):
 		return addr, nil
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return "", usageError("-addr %q: want host:port or http://host:port", c.addr)
+		return "", usageError("-addr %q: want host:port, http://host:port or https://host:port", c.addr)
+	}
+	if c.ca != "" || c.cert != "" {
+		return "https://" + addr, nil
 	}
 	return "http://" + addr, nil
 }
 
-// newHTTPClient returns an HTTP client speaking HTTP/2 without TLS (h2c,
-// prior knowledge): the agent serves gRPC on the same port, so h2c is always
-// available, and it lets one connection carry many concurrent streams.
-func newHTTPClient() *http.Client {
+// newHTTPClient returns an HTTP client speaking HTTP/2: over TLS (ALPN)
+// when tlsCfg is set, else without TLS (h2c, prior knowledge: the agent
+// serves gRPC on the same port, so h2c is always available). HTTP/2 lets
+// one connection carry many concurrent streams.
+func newHTTPClient(tlsCfg *tls.Config) *http.Client {
 	t := &http.Transport{
 		Protocols:           new(http.Protocols),
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	t.Protocols.SetUnencryptedHTTP2(true)
+	if tlsCfg != nil {
+		t.TLSClientConfig = tlsCfg
+		t.Protocols.SetHTTP2(true)
+		t.Protocols.SetHTTP1(true)
+	} else {
+		t.Protocols.SetUnencryptedHTTP2(true)
+	}
 	return &http.Client{Transport: t}
+}
+
+// tlsConfig is the client's TLS configuration for base (nil for http://).
+func (c *clientFlags) tlsConfig(base string) (*tls.Config, error) {
+	if !strings.HasPrefix(base, "https://") {
+		if c.cert != "" {
+			return nil, usageError("-cert: the address %q is not https", base)
+		}
+		return nil, nil
+	}
+	cfg, err := tlsconf.ClientConfig(c.ca, c.cert, c.key)
+	if err != nil {
+		return nil, usageError("%s", strings.TrimPrefix(err.Error(), tlsconf.ErrCert.Error()+": "))
+	}
+	return cfg, nil
 }
 
 // api holds the three service clients of one node.
@@ -140,7 +171,11 @@ func (c *clientFlags) dial() (*api, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc := newHTTPClient()
+	tlsCfg, err := c.tlsConfig(base)
+	if err != nil {
+		return nil, err
+	}
+	hc := newHTTPClient(tlsCfg)
 	// No gzip: the CLI talks to a node on the same machine or LAN, where
 	// compressing a large query answer costs the node more CPU than the
 	// bytes save (about 20% of a 1,000-event time-range query).

@@ -20,8 +20,8 @@ type clusterNode struct {
 
 // startClusterProcs starts n agents that form a cluster with
 // -bootstrap-expect n on free loopback ports and waits until every one is
-// ready.
-func startClusterProcs(t *testing.T, n int) []*clusterNode {
+// ready. extra, when given, adds flags for the node named by its argument.
+func startClusterProcs(t *testing.T, n int, extra ...func(name string) []string) []*clusterNode {
 	t.Helper()
 	root := t.TempDir()
 	nodes := make([]*clusterNode, n)
@@ -39,6 +39,9 @@ func startClusterProcs(t *testing.T, n int) []*clusterNode {
 		nd.args = []string{"agent", "-name", nd.name, "-data-dir", nd.dir, "-http", nd.http, "-raft", nd.raft,
 			"-gossip", nd.gossip, "-gossip-profile", "local", "-bootstrap-expect", fmt.Sprint(n), "-shards", "4",
 			"-join", strings.Join(peers, ","), "-log-level", "info"}
+		for _, f := range extra {
+			nd.args = append(nd.args, f(nd.name)...)
+		}
 		nd.proc = spawnAgent(t, nd.http, nd.args)
 	}
 	for _, nd := range nodes {
@@ -54,7 +57,19 @@ func startClusterProcs(t *testing.T, n int) []*clusterNode {
 // it resumes) and finally leaves with `scope leave`, which drains it and
 // stops its agent.
 func TestClusterFailover(t *testing.T) {
-	nodes := startClusterProcs(t, 3)
+	clusterFailover(t, startClusterProcs(t, 3))
+}
+
+// TestClusterFailoverTLS is TestClusterFailover with every node run with
+// TLS (certificates from scope cert): the API over TLS, node-to-node calls
+// and raft over mutual TLS. The clients find the CA in SCOPE_CA.
+func TestClusterFailoverTLS(t *testing.T) {
+	d := newCertDir(t)
+	t.Setenv("SCOPE_CA", d.ca())
+	clusterFailover(t, startClusterProcs(t, 3, func(name string) []string { return d.node(t, name, false) }))
+}
+
+func clusterFailover(t *testing.T, nodes []*clusterNode) {
 	byName := map[string]*clusterNode{}
 	for _, nd := range nodes {
 		byName[nd.name] = nd

@@ -350,7 +350,7 @@ func hostedReplicas(ctx context.Context, c *api, addr string) (string, int, erro
 	}
 	name := "the node at " + addr
 	for _, mb := range mresp.Msg.GetMembers() {
-		if mb.GetHttpAddr() == strings.TrimPrefix(addr, "http://") {
+		if a := strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "https://"); mb.GetHttpAddr() == a {
 			name = mb.GetName()
 		}
 	}

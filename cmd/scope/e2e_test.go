@@ -10,11 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/elixirscope/scope/tlsconf"
 )
 
 // The end-to-end tests build the scope binary once per test binary and run
@@ -108,6 +111,7 @@ func (s *syncBuffer) String() string {
 type agentProc struct {
 	cmd            *exec.Cmd
 	http           string
+	ca             string // the agent's -tls-ca: it serves https
 	stdout, stderr *syncBuffer
 	done           chan struct{} // closed when the process has exited
 	waitErr        error
@@ -128,6 +132,9 @@ func spawnAgent(t *testing.T, httpAddr string, args []string) *agentProc {
 	t.Helper()
 	a := &agentProc{cmd: exec.Command(scopeBinary(t), args...), http: httpAddr,
 		stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	if i := slices.Index(args, "-tls-ca"); i >= 0 && i+1 < len(args) {
+		a.ca = args[i+1]
+	}
 	a.cmd.Stdout, a.cmd.Stderr = a.stdout, a.stderr
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -154,11 +161,19 @@ func (a *agentProc) waitReady(t *testing.T) {
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: time.Second}
+	scheme := "http://"
+	if a.ca != "" {
+		cfg, err := tlsconf.ClientConfig(a.ca, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.TLSClientConfig, scheme = cfg, "https://"
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		resp, err := hc.Get("http://" + a.http + "/readyz")
+		resp, err := hc.Get(scheme + a.http + "/readyz")
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()

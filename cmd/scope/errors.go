@@ -19,6 +19,10 @@ var (
 	errNewDataDir = errors.New("scope: new data directory needs -bootstrap-expect, -join or -dev")
 	// errBadMeta: the data directory's metadata file cannot be used.
 	errBadMeta = errors.New("scope: unreadable data directory metadata")
+	// errInsecure: an agent without TLS was told to listen on a
+	// non-loopback address without -insecure. It exits with exitUsage
+	// and one line, no flag listing.
+	errInsecure = errors.New("scope: plaintext on a non-loopback address")
 	// errNotReady: the agent's shards did not all elect a leader in time.
 	errNotReady = errors.New("scope: agent not ready")
 )

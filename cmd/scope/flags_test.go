@@ -44,7 +44,7 @@ func TestAgentFlags(t *testing.T) {
 				t.Errorf("name %q dataDir %q", c.name, c.dataDir)
 			}
 		}},
-		{name: "explicit everything", args: []string{"-dev", "-name", "n1", "-data-dir", "/tmp/x", "-http", ":0",
+		{name: "explicit everything", args: []string{"-dev", "-name", "n1", "-data-dir", "/tmp/x", "-http", ":0", "-insecure",
 			"-raft", "127.0.0.1:0", "-shards", "8", "-ring-capacity", "1024", "-batch-size", "128",
 			"-flush-interval", "5ms", "-writers", "3", "-commit-timeout", "2s", "-payload-limit", "100",
 			"-retention-max-age", "1h", "-retention-max-events", "5000", "-log-level", "debug", "-log-format", "json"},
@@ -104,7 +104,7 @@ func TestAgentFlags(t *testing.T) {
 			"-join", "127.0.0.1:3", "-bootstrap-expect", "3", "-replicas", "5", "-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg==",
 			"-gossip-key", "ZmVkY2JhOTg3NjU0MzIxMA==", "-gossip-profile", "local", "-http", "0.0.0.0:7070",
 			"-advertise-http", "10.0.0.2:7070", "-raft", "0.0.0.0:7071", "-advertise-raft", "10.0.0.2:7071",
-			"-advertise-gossip", "10.0.0.2:7072"},
+			"-advertise-gossip", "10.0.0.2:7072", "-insecure"},
 			check: func(t *testing.T, c *agentConfig) {
 				if c.replicas != 5 || !c.replicasSet || c.bootstrapExpect != 3 || len(c.join) != 3 || c.join[2] != "127.0.0.1:3" ||
 					len(c.gossipKeys) != 2 || string(c.gossipKeys[0]) != "0123456789abcdef" || c.gossipProfile != "local" ||
@@ -136,10 +136,34 @@ func TestAgentFlags(t *testing.T) {
 		{name: "bad profile", args: []string{"-gossip-profile", "wan"}, wantErr: `-gossip-profile "wan": want lan or local`},
 		{name: "negative stabilization", args: []string{"-stabilization-time", "-1s"}, wantErr: `-stabilization-time -1s: must not be negative`},
 		{name: "bad join", args: []string{"-join", "nohost"}, wantErr: `-join "nohost": want the gossip address`},
-		{name: "wildcard http needs advertise", args: []string{"-join", "127.0.0.1:1", "-http", "0.0.0.0:7070"},
+		{name: "wildcard http needs advertise", args: []string{"-join", "127.0.0.1:1", "-http", "0.0.0.0:7070", "-insecure"},
 			wantErr: `-http "0.0.0.0:7070" binds every interface: pass -advertise-http`},
-		{name: "wildcard raft needs advertise", args: []string{"-join", "127.0.0.1:1", "-raft", ":7071"},
+		{name: "wildcard raft needs advertise", args: []string{"-join", "127.0.0.1:1", "-raft", ":7071", "-insecure"},
 			wantErr: `-raft ":7071" binds every interface: pass -advertise-raft`},
+		// Secure by default (agent_tls.go).
+		{name: "plaintext on a public http address", args: []string{"-join", "127.0.0.1:1", "-http", "0.0.0.0:7070", "-advertise-http", "10.0.0.2:7070"},
+			wantErr: "-http 0.0.0.0:7070 is not a loopback address and TLS is off: pass -tls-cert/-tls-key/-tls-ca to serve TLS, or -insecure to serve plaintext anyway"},
+		{name: "plaintext on a public raft address", args: []string{"-join", "127.0.0.1:1", "-raft", "10.0.0.2:7071"},
+			wantErr: "-raft 10.0.0.2:7071 is not a loopback address and TLS is off"},
+		{name: "plaintext on a public gossip address", args: []string{"-join", "127.0.0.1:1", "-gossip", "10.0.0.2:7072"},
+			wantErr: "-gossip 10.0.0.2:7072 is not a loopback address and TLS is off"},
+		{name: "dev on a public address", args: []string{"-dev", "-http", "0.0.0.0:7070"}, wantErr: "-http 0.0.0.0:7070 is not a loopback address"},
+		{name: "dev insecure on a public address", args: []string{"-dev", "-http", "0.0.0.0:7070", "-insecure"}, check: func(t *testing.T, c *agentConfig) {
+			if !c.tls.insecure || c.tls.on() {
+				t.Errorf("tls flags: %+v", c.tls)
+			}
+		}},
+		{name: "localhost is loopback", args: []string{"-dev", "-http", "localhost:7070", "-raft", "[::1]:7071"}, check: func(t *testing.T, c *agentConfig) {}},
+		{name: "tls flags go together", args: []string{"-dev", "-tls-cert", "c.crt", "-tls-ca", "ca.crt"}, wantErr: "-tls-cert, -tls-key and -tls-ca go together"},
+		{name: "client auth needs tls", args: []string{"-dev", "-tls-client-auth"}, wantErr: "-tls-client-auth: needs -tls-cert"},
+		{name: "insecure contradicts tls", args: []string{"-dev", "-insecure", "-tls-cert", "c", "-tls-key", "k", "-tls-ca", "ca"},
+			wantErr: "-insecure: contradicts -tls-cert"},
+		{name: "tls on a public address", args: []string{"-join", "127.0.0.1:1", "-http", "10.0.0.2:7070", "-raft", "10.0.0.2:7071",
+			"-tls-cert", "c", "-tls-key", "k", "-tls-ca", "ca"}, check: func(t *testing.T, c *agentConfig) {
+			if !c.tls.on() || c.tls.cert != "c" || c.tls.key != "k" || c.tls.ca != "ca" {
+				t.Errorf("tls flags: %+v", c.tls)
+			}
+		}},
 		{name: "advertise port zero", args: []string{"-advertise-http", "10.0.0.1:0"}, wantErr: "-advertise-http \"10.0.0.1:0\": want a reachable host:port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -320,7 +344,13 @@ func TestClientCommandUsageErrors(t *testing.T) {
 		{[]string{"ingest", "-batch", "0"}, "-batch 0"},
 		{[]string{"ingest", "-durability", "maybe"}, `-durability "maybe"`},
 		{[]string{"ingest", "a", "b"}, "at most one file"},
-		{[]string{"query", "-addr", "https://x:1"}, "TLS is not supported"},
+		{[]string{"query", "-addr", "https://x:1", "-ca", "/nonexistent/ca.crt"}, "-ca: open /nonexistent/ca.crt"},
+		{[]string{"query", "-addr", "x:1", "-cert", "c.crt"}, "-cert and -key go together"},
+		{[]string{"query", "-addr", "http://x:1", "-cert", "c.crt", "-key", "k"}, `-cert: the address "http://x:1" is not https`},
+		{[]string{"cert", "node", "-dir", "d"}, "-name: required"},
+		{[]string{"cert", "node", "-dir", "d", "-name", "n1"}, "-host: required"},
+		{[]string{"cert", "client", "-dir", "d"}, "-name: required"},
+		{[]string{"cert", "nope"}, "usage: scope cert init"},
 		{[]string{"query", "-addr", "nohost"}, `-addr "nohost"`},
 		{[]string{"tree"}, "missing event id"},
 		{[]string{"tree", "a", "b"}, "want one event id"},
