@@ -278,7 +278,6 @@ func linkTo(e *scopev1.Event, typ scopev1.LinkType) string {
 // crossed the nodes in both directions.
 func checkBeamTrace(t *testing.T, addr string, stats map[string]beamStats) {
 	t.Helper()
-	var evs []*scopev1.Event
 	for origin, st := range stats {
 		if st.Acked != st.Traced || st.Dropped != 0 || st.Refused != 0 || st.Queued != 0 {
 			t.Errorf("%s: stats %+v: want every traced event acked", origin, st)
@@ -286,11 +285,33 @@ func checkBeamTrace(t *testing.T, addr string, stats map[string]beamStats) {
 		if st.Traced != st.Acked+st.Dropped+st.Refused+st.Queued {
 			t.Errorf("%s: stats %+v do not add up", origin, st)
 		}
-		got := allEvents(t, addr, origin)
-		if len(got) != st.Acked {
-			t.Errorf("%s: %d events stored, %d acknowledged", origin, len(got), st.Acked)
+	}
+	// A SEND's notice reaches its receiver's shard asynchronously (the
+	// sender shard's outbox): read until every pair is linked, or report
+	// what is still missing at the deadline.
+	var evs []*scopev1.Event
+	var pr pairs
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		evs = nil
+		for origin := range stats {
+			evs = append(evs, allEvents(t, addr, origin)...)
 		}
-		evs = append(evs, got...)
+		if pr = pairing(evs); len(pr.problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for origin, st := range stats {
+		n := 0
+		for _, e := range evs {
+			if e.GetOrigin() == origin {
+				n++
+			}
+		}
+		if n != st.Acked {
+			t.Errorf("%s: %d events stored, %d acknowledged", origin, n, st.Acked)
+		}
 	}
 	byID := map[string]*scopev1.Event{}
 	byProc := map[procKey][]*scopev1.Event{}
@@ -346,51 +367,13 @@ func checkBeamTrace(t *testing.T, addr string, stats map[string]beamStats) {
 			}
 		}
 	}
-	// Sends by traced processes, by (receiver, hash).
-	type msgKey struct {
-		to   procKey
-		hash uint64
-	}
-	sends := map[msgKey][]*scopev1.Event{}
-	for _, e := range evs {
-		if e.GetKind() == scopev1.Kind_KIND_SEND && e.GetPeerPid() != "" {
-			mk := msgKey{procKey{e.GetPeerOrigin(), e.GetPeerPid()}, e.GetMessageHash()}
-			sends[mk] = append(sends[mk], e)
-		}
-	}
-	var paired, crossAB, crossBA int
-	for _, e := range evs {
-		if e.GetKind() != scopev1.Kind_KIND_RECEIVE {
-			continue
-		}
-		if len(sends[msgKey{procKey{e.GetOrigin(), e.GetPid()}, e.GetMessageHash()}]) == 0 {
-			continue // from an untraced sender (the shell, a system process, an exit signal)
-		}
-		from := linkTo(e, scopev1.LinkType_LINK_TYPE_RECEIVED_FROM)
-		s := byID[from]
-		if s == nil {
-			t.Errorf("RECEIVE %s on %s %s (%s) of a traced send is not paired", e.GetEventId(), e.GetOrigin(), e.GetPid(), e.GetPayload())
-			continue
-		}
-		if s.GetPeerPid() != e.GetPid() || s.GetPeerOrigin() != e.GetOrigin() || s.GetMessageHash() != e.GetMessageHash() {
-			t.Errorf("RECEIVE %s paired with SEND %s to %s %s", e.GetEventId(), from, s.GetPeerOrigin(), s.GetPeerPid())
-		}
-		if linkTo(s, scopev1.LinkType_LINK_TYPE_DELIVERED_TO) != e.GetEventId() {
-			t.Errorf("SEND %s has no DELIVERED_TO %s", from, e.GetEventId())
-		}
-		paired++
-		if s.GetOrigin() != e.GetOrigin() {
-			if strings.Contains(s.GetOrigin(), "_a_") {
-				crossAB++
-			} else {
-				crossBA++
-			}
-		}
+	for _, p := range pr.problems {
+		t.Error(p)
 	}
 	t.Logf("%d events, %d calls, %d frames closed (%d by exceptions), %d receives paired, cross-node %d a→b and %d b→a",
-		len(evs), calls, closes, exceptions, paired, crossAB, crossBA)
-	if calls == 0 || exceptions < 6 || paired == 0 || crossAB == 0 || crossBA == 0 {
-		t.Errorf("workload too thin: %d calls, %d exceptions, %d paired, cross %d/%d", calls, exceptions, paired, crossAB, crossBA)
+		len(evs), calls, closes, exceptions, pr.paired, pr.crossAB, pr.crossBA)
+	if calls == 0 || exceptions < 6 || pr.paired == 0 || pr.crossAB == 0 || pr.crossBA == 0 {
+		t.Errorf("workload too thin: %d calls, %d exceptions, %d paired, cross %d/%d", calls, exceptions, pr.paired, pr.crossAB, pr.crossBA)
 	}
 }
 
@@ -446,4 +429,65 @@ func TestElixirWrapper(t *testing.T) {
 	if !strings.Contains(string(out), "2 tests, 0 failures") {
 		t.Fatalf("elixir tests: want 2 tests, 0 failures:\n%s", out)
 	}
+}
+
+// pairs is what pairing found.
+type pairs struct {
+	problems                 []string
+	paired, crossAB, crossBA int
+}
+
+// pairing checks that every RECEIVE of a message a traced process sent to
+// it is linked to such a SEND, and counts the pairs across nodes.
+func pairing(evs []*scopev1.Event) (p pairs) {
+	byID := map[string]*scopev1.Event{}
+	for _, e := range evs {
+		byID[e.GetEventId()] = e
+	}
+	// Sends by traced processes, by (receiver, hash).
+	type msgKey struct {
+		to   procKey
+		hash uint64
+	}
+	sends := map[msgKey][]*scopev1.Event{}
+	for _, e := range evs {
+		if e.GetKind() == scopev1.Kind_KIND_SEND && e.GetPeerPid() != "" {
+			mk := msgKey{procKey{e.GetPeerOrigin(), e.GetPeerPid()}, e.GetMessageHash()}
+			sends[mk] = append(sends[mk], e)
+		}
+	}
+	for _, e := range evs {
+		if e.GetKind() != scopev1.Kind_KIND_RECEIVE {
+			continue
+		}
+		if len(sends[msgKey{procKey{e.GetOrigin(), e.GetPid()}, e.GetMessageHash()}]) == 0 {
+			continue // from an untraced sender (the shell, a system process, an exit signal)
+		}
+		from := linkTo(e, scopev1.LinkType_LINK_TYPE_RECEIVED_FROM)
+		s := byID[from]
+		if s == nil {
+			var cands []string
+			for _, c := range sends[msgKey{procKey{e.GetOrigin(), e.GetPid()}, e.GetMessageHash()}] {
+				cands = append(cands, fmt.Sprintf("%s from %s at %+dns delivered to %q", c.GetEventId(), c.GetPid(),
+					c.GetTimestampNs()-e.GetTimestampNs(), linkTo(c, scopev1.LinkType_LINK_TYPE_DELIVERED_TO)))
+			}
+			p.problems = append(p.problems, fmt.Sprintf("RECEIVE %s on %s %s (%s) of a traced send is not paired; sends: %s", e.GetEventId(), e.GetOrigin(), e.GetPid(), e.GetPayload(), strings.Join(cands, "; ")))
+			continue
+		}
+		if s.GetPeerPid() != e.GetPid() || s.GetPeerOrigin() != e.GetOrigin() || s.GetMessageHash() != e.GetMessageHash() {
+			p.problems = append(p.problems, fmt.Sprintf("RECEIVE %s paired with SEND %s to %s %s", e.GetEventId(), from, s.GetPeerOrigin(), s.GetPeerPid()))
+		}
+		if linkTo(s, scopev1.LinkType_LINK_TYPE_DELIVERED_TO) != e.GetEventId() {
+			p.problems = append(p.problems, fmt.Sprintf("SEND %s has no DELIVERED_TO %s", from, e.GetEventId()))
+		}
+		p.paired++
+		if s.GetOrigin() != e.GetOrigin() {
+			if strings.Contains(s.GetOrigin(), "_a_") {
+				p.crossAB++
+			} else {
+				p.crossBA++
+			}
+		}
+	}
+	return p
 }

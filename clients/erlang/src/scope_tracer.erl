@@ -520,7 +520,16 @@ target(To, _S) ->
     {#{}, #{to => fmt_to(To)}}.
 
 peer(P) ->
-    #{peerOrigin => atom_to_binary(node(P)), peerPid => list_to_binary(pid_to_list(P))}.
+    #{peerOrigin => atom_to_binary(node(P)), peerPid => pid_text(P)}.
+
+%% pid_text/1 prints a pid as its own node prints it: "<0.X.Y>". A pid of
+%% another node prints here as "<N.X.Y>", N a number local to this node;
+%% the origin already names the node, and the receive traced there says
+%% "<0.X.Y>", so that is what a SEND's peerPid must say to pair.
+pid_text(P) ->
+    "<" ++ Rest = pid_to_list(P),
+    [_Node, Local] = string:split(Rest, "."),
+    list_to_binary("<0." ++ Local).
 
 fmt_to(To) -> unicode:characters_to_binary(io_lib:format("~0tp", [To])).
 
@@ -597,7 +606,7 @@ ev(Pid, Ts, Fields0, Attrs0, S) ->
     Seq = maps:get(Pid, S#m.seq, 0) + 1,
     {Fields, Attrs} = untrunc(Fields0, Attrs0),
     Wall = Ts + erlang:time_offset(nanosecond),
-    Ev0 = Fields#{origin => atom_to_binary(node(Pid)), pid => list_to_binary(pid_to_list(Pid)),
+    Ev0 = Fields#{origin => atom_to_binary(node(Pid)), pid => pid_text(Pid),
                   timestampNs => integer_to_binary(Wall), seq => integer_to_binary(Seq),
                   eventId => scope_ulid:new(Wall div 1000000)},
     Ev = case map_size(Attrs) of

@@ -55,6 +55,16 @@ send_to_name_test_() ->
      ?_assertMatch(#{peerOrigin := <<"b@h">>, attributes := #{to_resolved := <<"remote">>, to_node := <<"b@h">>}}, Rem),
      ?_assertNot(maps:is_key(peerPid, Rem))].
 
+%% A pid of another node is printed as that node prints it, <0.X.Y>, so
+%% the SEND names the process its RECEIVE (traced there) names.
+remote_pid_test() ->
+    Node = <<"b@h">>,
+    Remote = binary_to_term(<<131, 88, 119, (byte_size(Node)), Node/binary, 77:32, 3:32, 1:32>>),
+    ?assertEqual('b@h', node(Remote)),
+    ?assertNotMatch("<0." ++ _, pid_to_list(Remote)),
+    {[S], _} = map({trace_ts, self(), send, hi, Remote, ts()}),
+    ?assertMatch(#{peerOrigin := <<"b@h">>, peerPid := <<"<0.77.3>">>}, S).
+
 gen_call_alias_test() ->
     Caller = spawn(fun() -> ok end),
     Alias = make_ref(),
