@@ -188,9 +188,13 @@ validate(O) ->
         {[], false, false} -> {error, {missing_option, endpoint, "give endpoint (or file)"}};
         {[], true, true} -> {error, {bad_option, file, "give endpoint or file, not both"}};
         {[], true, false} ->
-            try [scope_sender:parse_endpoint(E) || E <- endpoint_list(maps:get(endpoint, O))] of
-                _ -> {ok, O}
-            catch error:{bad_endpoint, E, Why} -> {error, {bad_option, endpoint, E, Why}}
+            Bad1 = [{E, Why} || E <- endpoint_list(maps:get(endpoint, O)),
+                                {error, Why} <- [try scope_sender:parse_endpoint(E), ok
+                                                 catch error:{bad_endpoint, _, W} -> {error, W}
+                                                 end]],
+            case Bad1 of
+                [] -> {ok, O};
+                [{E, Why} | _] -> {error, {bad_option, endpoint, E, Why}}
             end;
         {[], false, true} -> {ok, O}
     end.

@@ -100,7 +100,8 @@ invariant(#{traced := T, acked := A, dropped := D, refused := R, queued := Q}) -
 %% The worker's events: receive go, N sends, N receives, send done, exit
 %% (2N + 3). Here 203 in batches of 50, answered
 %% with chunked bodies; every event acknowledged once.
-batches_test() ->
+batches_test_() -> {timeout, 60, fun batches/0}.
+batches() ->
     {Url, _} = server(fun(_) -> {chunked, 200, <<"{\"accepted\":50,\"eventIds\":[]}">>} end),
     Stats = run(#{endpoint => Url, batch => 50}, 100),
     invariant(Stats),
@@ -111,7 +112,8 @@ batches_test() ->
 
 %% The first endpoint refuses connections and the second fails twice:
 %% the batch is resent with the same ids until acknowledged.
-failover_and_retry_test() ->
+failover_and_retry_test_() -> {timeout, 60, fun failover_and_retry/0}.
+failover_and_retry() ->
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
     {ok, DeadPort} = inet:port(L),
     ok = gen_tcp:close(L),
@@ -128,7 +130,8 @@ failover_and_retry_test() ->
     ?assertEqual(3, length(Rest) + 1),
     [?assertEqual(ids(B1), ids(B)) || {_, B} <- Rest].
 
-refused_test() ->
+refused_test_() -> {timeout, 60, fun refused/0}.
+refused() ->
     {Url, _} = server(fun(_) -> {400, <<"{\"code\":\"invalid_argument\",\"message\":\"events[0].kind\"}">>} end),
     Stats = run(#{endpoint => Url}, 3),
     invariant(Stats),
@@ -137,7 +140,8 @@ refused_test() ->
 
 %% No server: the queue keeps the newest max_queue events, the rest are
 %% dropped; stop/0 gives up after stop_timeout and reports them queued.
-away_test() ->
+away_test_() -> {timeout, 60, fun away/0}.
+away() ->
     {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
     {ok, DeadPort} = inet:port(L),
     ok = gen_tcp:close(L),
@@ -150,7 +154,8 @@ away_test() ->
 
 %% procs => all traces every process but the tracer and its sender: none
 %% of their events reach the server.
-never_traces_itself_test() ->
+never_traces_itself_test_() -> {timeout, 60, fun never_traces_itself/0}.
+never_traces_itself() ->
     _ = reqs(),
     {Url, _} = server(fun(_) -> {200, <<"{}">>} end),
     {ok, Tracer} = scope_tracer:start(#{endpoint => Url, procs => all, batch => 10, flush_ms => 5}),

@@ -121,7 +121,8 @@ deep(N, How) -> 1 + deep(N - 1, How).
 %% The offline mode traces a process tree into a file: a call chain that
 %% raises through every frame gives one EXCEPTION per frame, and the
 %% tracer's own processes never appear.
-file_mode_test() ->
+file_mode_test_() -> {timeout, 60, fun file_mode/0}.
+file_mode() ->
     File = filename:join("/tmp", "scope_tracer_file_" ++ integer_to_list(erlang:unique_integer([positive])) ++ ".jsonl"),
     Self = self(),
     W = spawn(fun() -> receive go -> ok end, catch deep(3, error), Self ! done end),
@@ -144,7 +145,8 @@ file_mode_test() ->
 
 %% Past max_rate trace messages per second tracing stops by itself: the
 %% traced process's flags are cleared and what it does next is not traced.
-max_rate_test() ->
+max_rate_test_() -> {timeout, 60, fun max_rate/0}.
+max_rate() ->
     File = "/tmp/scope_tracer_rate_" ++ integer_to_list(erlang:unique_integer([positive])),
     Self = self(),
     Burst = fun(K) -> [self() ! {n, I} || I <- lists:seq(1, K)], [receive {n, _} -> ok end || _ <- lists:seq(1, K)] end,
@@ -165,7 +167,8 @@ max_rate_test() ->
     ?assert(maps:get(traced, Stats) =< 2 * 300 + 2).
 
 %% A tracer's mailbox deeper than max_mailbox stops tracing (overload).
-overload_test() ->
+overload_test_() -> {timeout, 60, fun overload/0}.
+overload() ->
     File = "/tmp/scope_tracer_over_" ++ integer_to_list(erlang:unique_integer([positive])),
     Self = self(),
     W = spawn(fun() -> receive go -> ok end,
