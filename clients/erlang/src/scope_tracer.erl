@@ -107,7 +107,9 @@ start1(Opts0) ->
             Ref = monitor(process, Pid),
             receive
                 {Pid, started} -> demonitor(Ref, [flush]), {ok, Pid};
-                {Pid, {error, _} = E} -> demonitor(Ref, [flush]), E;
+                {Pid, {error, _} = E} ->
+                    %% Return once the name is free again.
+                    receive {'DOWN', Ref, process, Pid, _} -> E end;
                 {'DOWN', Ref, process, Pid, R} -> {error, R}
             end;
         {error, _} = E -> E
@@ -229,7 +231,12 @@ init(Caller, Opts) ->
     catch
         C:R:Stack ->
             catch trace_off(#st{opts = Opts}),
-            Caller ! {self(), {error, {C, R, Stack}}}
+            Reason = case R of
+                         {not_registered, _} -> R;
+                         {already_traced, _, _} -> R;
+                         _ -> {C, R, Stack}
+                     end,
+            Caller ! {self(), {error, Reason}}
     end.
 
 flags() -> [call, send, 'receive', procs, set_on_spawn, monotonic_timestamp, {tracer, self()}].
@@ -244,7 +251,15 @@ trace_on(#st{opts = Opts, excluded = Ex}) ->
             %% The tracer and its sender are never traced; whatever they
             %% caused before this line is dropped in handle/2.
             [catch erlang:trace(P, false, [all]) || P <- maps:keys(Ex)];
-        L -> [erlang:trace(resolve(P), true, flags()) || P <- L]
+        L ->
+            Ps = [resolve(P) || P <- L],
+            %% One tracer per process: say which process is taken, and
+            %% by whom, rather than fail with badarg.
+            [case erlang:trace_info(P, tracer) of
+                 {tracer, T} when T =/= [] -> error({already_traced, P, T});
+                 _ -> ok
+             end || P <- Ps],
+            [erlang:trace(P, true, flags()) || P <- Ps]
     end,
     ok.
 

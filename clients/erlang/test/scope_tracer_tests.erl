@@ -114,6 +114,21 @@ bad_options_test_() ->
      ?_assertMatch({error, {bad_option, endpoint, "ftp://x", _}}, scope_tracer:start(#{endpoint => "ftp://x"})),
      ?_assertMatch({error, {bad_option, match, x}}, scope_tracer:start(#{file => "/dev/null", match => x}))].
 
+%% A process another tracer traces, or a name nobody has, is refused by
+%% name; nothing stays traced.
+taken_test() ->
+    Other = spawn(fun() -> receive stop -> ok end end),
+    W = spawn(fun() -> receive stop -> ok end end),
+    erlang:trace(W, true, [send, {tracer, Other}]),
+    ?assertEqual({error, {already_traced, W, Other}},
+                 scope_tracer:start(#{file => "/dev/null", procs => [self(), W]})),
+    ?assertEqual({flags, []}, erlang:trace_info(self(), flags)),
+    ?assertEqual({error, {not_registered, no_such_name}},
+                 scope_tracer:start(#{file => "/dev/null", procs => [no_such_name]})),
+    ?assertEqual(undefined, whereis(scope_tracer)),
+    erlang:trace(W, false, [all]),
+    W ! stop, Other ! stop.
+
 %% deep/2 recurses N frames and raises at the bottom.
 deep(0, How) -> erlang:How(bottom);
 deep(N, How) -> 1 + deep(N - 1, How).
