@@ -71,16 +71,28 @@ deliver(Ref, Body, N, Attempt, S) ->
             S1#s.tracer ! {sender, Ref, done, acked},
             S1#s{fails = 0};
         refuse ->
-            S1#s.tracer ! {sender, Ref, done, {refused, Result}},
+            S1#s.tracer ! {sender, Ref, done, {refused, summary(Result)}},
             S1#s{fails = 0};
         retry ->
-            S1#s.tracer ! {sender, Ref, retry, Result},
+            S1#s.tracer ! {sender, Ref, retry, summary(Result)},
             S2 = next_endpoint(close(S1)),
             Fails = S2#s.fails + 1,
             timer:sleep(backoff(Fails, maps:get(backoff_ms, S#s.opts, 100),
                                 maps:get(max_backoff_ms, S#s.opts, 5000))),
             deliver(Ref, Body, N, Attempt + 1, S2#s{fails = Fails})
     end.
+
+%% summary/1: what stats' last_error shows of a failed attempt:
+%% {http, Status, ConnectCode, Message} (the message cut at 300 bytes) or
+%% {error, Reason}.
+summary({ok, Status, Body}) ->
+    {Code, Msg} = try scope_json:decode(Body) of
+                      #{<<"code">> := C} = M -> {C, maps:get(<<"message">>, M, <<>>)};
+                      _ -> {undefined, Body}
+                  catch _:_ -> {undefined, Body}
+                  end,
+    {http, Status, Code, binary:part(Msg, 0, min(300, byte_size(Msg)))};
+summary(E) -> E.
 
 classify_result({ok, 200, _}) -> ack;
 classify_result({ok, Status, Body}) -> classify(Status, Body);

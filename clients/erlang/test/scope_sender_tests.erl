@@ -136,7 +136,7 @@ refused() ->
     Stats = run(#{endpoint => Url}, 3),
     invariant(Stats),
     ?assertMatch(#{traced := 9, refused := 9, acked := 0, queued := 0}, Stats),
-    ?assertMatch({ok, 400, _}, maps:get(last_error, Stats)).
+    ?assertEqual({http, 400, <<"invalid_argument">>, <<"events[0].kind">>}, maps:get(last_error, Stats)).
 
 %% No server: the queue keeps the newest max_queue events, the rest are
 %% dropped; stop/0 gives up after stop_timeout and reports them queued.
