@@ -423,7 +423,7 @@ func TestElixirWrapper(t *testing.T) {
 		}
 		t.Skipf("elixir not on PATH: %v", err)
 	}
-	cmd := exec.Command("elixir", "-pa", ebin, "-r", "lib/scope/tracer.ex", "test/scope_tracer_test.exs")
+	cmd := exec.Command("elixir", "-pa", ebin, "-r", "lib/scope/tracer.ex", "-r", "test/test_helper.exs", "test/scope_tracer_test.exs")
 	cmd.Dir = "../../clients/elixir"
 	out, err := cmd.CombinedOutput()
 	if err != nil {

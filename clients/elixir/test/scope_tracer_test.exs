@@ -1,7 +1,8 @@
-# Run with the Erlang client on the code path, e.g.
-#   erlc -o /tmp/ebin ../erlang/src/*.erl && elixir -pa /tmp/ebin -r lib/scope/tracer.ex test/scope_tracer_test.exs
-# or `mix test` in this directory. cmd/scope TestElixirWrapper runs it.
-ExUnit.start()
+# `mix test` in this directory (compiles ../erlang/src too), or with the
+# Erlang client compiled elsewhere:
+#   erlc -o /tmp/ebin ../erlang/src/*.erl
+#   elixir -pa /tmp/ebin -r lib/scope/tracer.ex -r test/test_helper.exs test/scope_tracer_test.exs
+# (what cmd/scope TestElixirWrapper runs).
 
 defmodule Scope.TracerTest do
   use ExUnit.Case
