@@ -4,6 +4,7 @@
 %% traced = acked + dropped + refused + queued.
 -module(scope_sender_tests).
 -include_lib("eunit/include/eunit.hrl").
+-include_lib("public_key/include/public_key.hrl").
 
 %% server/1 starts a server whose answer to the Nth request is Script(N):
 %% {Status, Body} (Content-Length), {chunked, Status, Body}, or close (drop
@@ -171,6 +172,70 @@ never_traces_itself() ->
     ?assert(lists:any(fun(E) -> maps:get(<<"pid">>, E) =:= list_to_binary(pid_to_list(W)) end, Evs)),
     [?assertNot(lists:member(maps:get(<<"pid">>, E), Pids)) || E <- Evs],
     ?assertEqual([], [P || P <- erlang:processes(), erlang:trace_info(P, tracer) =:= {tracer, Tracer}]).
+
+%% https with cacertfile: the peer and its host name are verified; the
+%% processes ssl starts for the connection are never traced (procs => new
+%% would trace them) and none of their events is sent.
+https_test_() -> {timeout, 60, fun https/0}.
+https() ->
+    _ = reqs(),
+    {ok, _} = application:ensure_all_started(ssl),
+    SAN = #'Extension'{extnID = ?'id-ce-subjectAltName', extnValue = [{dNSName, "localhost"}], critical = false},
+    Key = [{digest, sha256}, {key, {namedCurve, secp256r1}}],
+    #{server_config := SC, client_config := CC} =
+        public_key:pkix_test_data(#{server_chain => #{root => Key, intermediates => [], peer => [{extensions, [SAN]} | Key]},
+                                    client_chain => #{root => Key, intermediates => [], peer => Key}}),
+    CaFile = "/tmp/scope_sender_ca_" ++ integer_to_list(erlang:unique_integer([positive])) ++ ".pem",
+    ok = file:write_file(CaFile, public_key:pem_encode([{'Certificate', C, not_encrypted}
+                                                        || C <- proplists:get_value(cacerts, CC)])),
+    {ok, L} = ssl:listen(0, [binary, {active, false}, {reuseaddr, true}, {ip, {127, 0, 0, 1}} | SC]),
+    {ok, {_, Port}} = ssl:sockname(L),
+    Test = self(),
+    spawn_link(fun() -> tls_accept(L, Test) end),
+    Self = self(),
+    {ok, Tracer} = scope_tracer:start(#{endpoint => "https://localhost:" ++ integer_to_list(Port),
+                                        cacertfile => CaFile, procs => new, batch => 5, flush_ms => 5}),
+    W = spawn(fun() -> receive go -> ok end, [self() ! {m, I} || I <- lists:seq(1, 20)], Self ! done end),
+    W ! go,
+    receive done -> ok end,
+    {ok, Stats} = scope_tracer:stop(),
+    ok = file:delete(CaFile),
+    invariant(Stats),
+    ?assertMatch(#{acked := N, queued := 0, refused := 0} when N > 0, Stats),
+    Evs = lists:append([maps:get(<<"events">>, scope_json:decode(B)) || {_, B} <- reqs()]),
+    ?assertEqual(maps:get(acked, Stats), length(Evs)),
+    %% Besides W, the only processes spawned while tracing are ssl's
+    %% connection processes: none of their events may be sent.
+    Pids = lists:usort([maps:get(<<"pid">>, E) || E <- Evs]),
+    ?assertEqual([list_to_binary(pid_to_list(W))], Pids),
+    ?assertEqual([], [P || P <- erlang:processes(), erlang:trace_info(P, tracer) =:= {tracer, Tracer}]),
+    ssl:close(L).
+
+tls_accept(L, Test) ->
+    {ok, T} = ssl:transport_accept(L),
+    {ok, S} = ssl:handshake(T),
+    tls_serve(S, <<>>, Test, 0).
+
+tls_serve(S, Buf, Test, N) ->
+    case binary:split(Buf, <<"\r\n\r\n">>) of
+        [Head, Rest] ->
+            {match, [Len0]} = re:run(Head, "Content-Length: (\\d+)", [{capture, all_but_first, binary}]),
+            Len = binary_to_integer(Len0),
+            case Rest of
+                <<Body:Len/binary, More/binary>> ->
+                    Test ! {req, N + 1, Body},
+                    ok = ssl:send(S, ["HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"]),
+                    tls_serve(S, More, Test, N + 1);
+                _ -> tls_more(S, Buf, Test, N)
+            end;
+        [_] -> tls_more(S, Buf, Test, N)
+    end.
+
+tls_more(S, Buf, Test, N) ->
+    case ssl:recv(S, 0) of
+        {ok, More} -> tls_serve(S, <<Buf/binary, More/binary>>, Test, N);
+        {error, _} -> ok
+    end.
 
 backoff_test() ->
     [?assert(B >= 1 andalso B =< min(1000, 10 bsl (F - 1))) || F <- lists:seq(1, 30),
