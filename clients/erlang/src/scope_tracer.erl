@@ -145,13 +145,19 @@ call(What, Timeout) ->
 %% Scope pairs. Returns [{Node, {ok, Pid} | {error, Reason}}].
 start_cluster(Nodes, Opts) ->
     [{N, case load_on(N) of
-             ok -> rpc:call(N, ?MODULE, start, [Opts]);
+             ok -> on(N, start, [Opts]);
              E -> E
          end} || N <- Nodes].
 
 %% stop_cluster/1 stops the tracer of every node: [{Node, {ok, Stats} | {error, R}}].
 stop_cluster(Nodes) ->
-    [{N, rpc:call(N, ?MODULE, stop, [])} || N <- Nodes].
+    [{N, on(N, stop, [])} || N <- Nodes].
+
+on(N, F, Args) ->
+    case rpc:call(N, ?MODULE, F, Args) of
+        {badrpc, R} -> {error, {badrpc, R}};
+        Other -> Other
+    end.
 
 load_on(N) when N =:= node() -> ok;
 load_on(N) ->

@@ -129,6 +129,14 @@ taken_test() ->
     erlang:trace(W, false, [all]),
     W ! stop, Other ! stop.
 
+%% start_cluster/2 reports each node's outcome; an unreachable node is an
+%% error for that node only.
+start_cluster_unreachable_test() ->
+    ?assertMatch([{'scope_nosuch@nohost', {error, {load, 'scope_nosuch@nohost', _, _}}}],
+                 scope_tracer:start_cluster(['scope_nosuch@nohost'], #{file => "/dev/null"})),
+    ?assertEqual([{'scope_nosuch@nohost', {error, {badrpc, nodedown}}}],
+                 scope_tracer:stop_cluster(['scope_nosuch@nohost'])).
+
 %% deep/2 recurses N frames and raises at the bottom.
 deep(0, How) -> erlang:How(bottom);
 deep(N, How) -> 1 + deep(N - 1, How).
