@@ -13,6 +13,7 @@ func TestMain(m *testing.M) {
 	if binDir != "" {
 		_ = os.RemoveAll(binDir)
 	}
+	removeBeamDir()
 	if code == 0 {
 		// go-metrics' global sink (installed by TestRaftMetricsReachRegistry)
 		// runs no goroutine of its own; everything else must have ended.

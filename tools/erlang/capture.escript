@@ -2,9 +2,10 @@
 %%! -sname scope_capture
 %% capture.escript OUT.jsonl [Workers Rounds Depth Pings [exception_trace|return_trace]]
 %%
-%% Compiles scope_trace.erl and scope_workload.erl (next to this script),
-%% traces the workload in its own process tree and writes the Scope events
-%% to OUT.jsonl. See README.md.
+%% Compiles the Scope client (clients/erlang/src) and scope_workload.erl
+%% (next to this script), traces the workload in its own process tree with
+%% the client's offline mode and writes the Scope events to OUT.jsonl. See
+%% README.md.
 -mode(compile).
 
 main([Out | Rest]) ->
@@ -15,7 +16,8 @@ main([Out | Rest]) ->
             [_, _, _, _, M] -> {[list_to_integer(A) || A <- lists:sublist(Rest, 4)], list_to_existing_atom(M)}
         end,
     Dir = filename:dirname(escript:script_name()),
-    [load(filename:join(Dir, M)) || M <- ["scope_trace.erl", "scope_workload.erl"]],
+    Client = filelib:wildcard(filename:join([Dir, "..", "..", "clients", "erlang", "src", "*.erl"])),
+    [load(F) || F <- Client ++ [filename:join(Dir, "scope_workload.erl")]],
     Self = self(),
     Root = spawn(fun() ->
                          receive go -> ok end,
@@ -23,10 +25,10 @@ main([Out | Rest]) ->
                                                       depth => Depth, pings => Pings}),
                          Self ! {done, Exits}
                  end),
-    {ok, _} = scope_trace:start(Out, #{procs => [Root], modules => [scope_workload], match => Match}),
+    {ok, _} = scope_tracer:start(#{file => Out, procs => [Root], modules => [scope_workload], match => Match}),
     Root ! go,
     Exits = receive {done, E} -> E after 60000 -> error(workload_timeout) end,
-    {ok, Stats} = scope_trace:stop(),
+    {ok, Stats} = scope_tracer:stop(),
     io:format("~ts: workers exited ~0tp~n~0tp~n", [Out, Exits, Stats]);
 main(_) ->
     io:format(standard_error, "usage: capture.escript OUT.jsonl [Workers Rounds Depth Pings [exception_trace|return_trace]]~n", []),

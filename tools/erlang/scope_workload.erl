@@ -1,5 +1,5 @@
 %% scope_workload: a small, realistic OTP workload for capturing Scope
-%% fixtures with scope_trace (see capture.escript and README.md).
+%% fixtures with the Scope client's offline mode (see capture.escript and README.md).
 %%
 %% run/1, in the calling process (the "supervisor"):
 %%   - starts scope_kv, a gen_server registered under a name (calls, casts,
