@@ -67,6 +67,7 @@ func runIngest(args []string, stdout, stderr io.Writer) int {
 type ingestSummary struct {
 	lines, events, requests int
 	accepted, refused       uint64
+	retries                 int
 	duplicates              uint64 // already stored (same id, same event): not stored again
 }
 
@@ -115,13 +116,9 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 	start := time.Now()
 	var sum ingestSummary
 	send := func(events []*scopev1.Event) error {
-		rctx, cancel := ctx, context.CancelFunc(func() {})
-		if reqTimeout > 0 {
-			rctx, cancel = context.WithTimeout(ctx, reqTimeout)
-		}
-		defer cancel()
 		sum.requests++
-		resp, err := c.ingest.Ingest(rctx, connect.NewRequest(&scopev1.IngestRequest{Events: events, Durability: d}))
+		resp, retries, err := ingestRetrying(ctx, c.ingest, &scopev1.IngestRequest{Events: events, Durability: d}, reqTimeout)
+		sum.retries += retries
 		if err != nil {
 			if ir := ingestDetail(err); ir != nil {
 				sum.accepted += uint64(ir.GetAccepted())
@@ -157,11 +154,56 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 			err = perr
 		}
 	} else {
-		fmt.Fprintf(stdout, "%d events in %d requests from %s in %s: accepted %d, refused %d, duplicates %d (%s)\n",
+		retried := ""
+		if sum.retries > 0 {
+			retried = fmt.Sprintf(", %d requests retried", sum.retries)
+		}
+		fmt.Fprintf(stdout, "%d events in %d requests from %s in %s: accepted %d, refused %d, duplicates %d%s (%s)\n",
 			sum.events, sum.requests, name, elapsed.Round(time.Millisecond), sum.accepted, sum.refused,
-			sum.duplicates, strings.TrimPrefix(d.String(), "DURABILITY_"))
+			sum.duplicates, retried, strings.TrimPrefix(d.String(), "DURABILITY_"))
 	}
 	return err
+}
+
+// Ingest requests that fail with UNAVAILABLE (no leader known for a shard,
+// a leadership changing hands: what the API tells clients to retry) are
+// sent again, the same request, after a growing pause. Every event has an
+// id (the client's, or one the server derives from its content), so a
+// resend stores nothing twice: what an earlier attempt stored comes back
+// as duplicates.
+const (
+	ingestAttempts     = 6
+	ingestFirstBackoff = 100 * time.Millisecond
+	ingestMaxBackoff   = 2 * time.Second
+)
+
+// ingester is the one IngestService method `scope ingest` calls.
+type ingester interface {
+	Ingest(context.Context, *connect.Request[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error)
+}
+
+// ingestRetrying sends req, each attempt bounded by timeout (0: none),
+// retrying UNAVAILABLE; it returns the last attempt's answer and how many
+// retries it took.
+func ingestRetrying(ctx context.Context, c ingester, req *scopev1.IngestRequest, timeout time.Duration) (*connect.Response[scopev1.IngestResponse], int, error) {
+	backoff := ingestFirstBackoff
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			rctx, cancel = context.WithTimeout(ctx, timeout)
+		}
+		resp, err := c.Ingest(rctx, connect.NewRequest(req))
+		cancel()
+		if err == nil || connect.CodeOf(err) != connect.CodeUnavailable || attempt == ingestAttempts || ctx.Err() != nil {
+			return resp, attempt - 1, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, attempt - 1, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, ingestMaxBackoff)
+	}
 }
 
 // ingestDetail returns the IngestResponse attached to an Ingest error.
