@@ -383,6 +383,15 @@ func (c *Cluster) dropRestored() {
 	c.mu.Unlock()
 	failed := false
 	for _, rs := range restored {
+		if !c.otherVoters(rs.r) {
+			// Its group has no other voter (R = 1, or the others were
+			// removed) or its configuration cannot be read: the old copy
+			// may be all there is, and dropping it would lose the shard.
+			c.logger.Error("keeping a replica of the old data directory copy: its group has no other voter to "+
+				"catch up from (entries acknowledged after the copy was made are lost unless the newer directory "+
+				"is put back)", "shard", rs.r.Shard())
+			continue
+		}
 		if _, err := c.node.DropReplicaUnopened(rs.r.Shard(), rs.r, rs.seq); err != nil {
 			failed = true
 			c.logger.Error("drop a replica of the old data directory", "shard", rs.r.Shard(), "err", err)
@@ -394,6 +403,21 @@ func (c *Cluster) dropRestored() {
 	if err := c.id.endResync(); err != nil {
 		c.logger.Error("record the resynchronization", "err", err)
 	}
+}
+
+// otherVoters reports whether r's latest configuration lists a voter other
+// than this node (false when unknown: never drop on a guess).
+func (c *Cluster) otherVoters(r *node.Replica) bool {
+	f := r.Raft().GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != c.cfg.Name {
+			return true
+		}
+	}
+	return false
 }
 
 // restoredReplica is a replica reopened from the data directory at Start,
