@@ -239,11 +239,13 @@ func TestRestoredDataDirIsResynced(t *testing.T) {
 		t.Fatal(err)
 	}
 	copyDir(t, backup, victim.Dir)
+	restarted := time.Now()
 	victim = c.Restart(victim)
 
 	WaitFor(t, "the victim learns that its data directory is an old copy", 60*time.Second, func() bool {
 		return counterValue(t, victim, "scope_cluster_resyncs_total") == 1
 	})
+	t.Logf("old copy detected %v after the restart began", time.Since(restarted).Round(time.Millisecond))
 	detected := 0.0
 	for _, n := range c.Live() {
 		if n != victim {
@@ -255,6 +257,7 @@ func TestRestoredDataDirIsResynced(t *testing.T) {
 	}
 	c.WaitPlacement([]string{"n1", "n2", "n3"}, 90*time.Second)
 	c.WaitReplicasIdentical(3, 90*time.Second)
+	t.Logf("three identical voters per group again %v after the restart began", time.Since(restarted).Round(time.Millisecond))
 	if got := victim.Identity.Get(); got.NodeID != first.NodeID || got.Resync || got.Epoch <= first.Epoch+1 {
 		t.Fatalf("after the resynchronization the identity is %+v; want node id %x, no resync pending, epoch above %d",
 			got, first.NodeID, first.Epoch+1)
