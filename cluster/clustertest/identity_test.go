@@ -1,12 +1,16 @@
 package clustertest
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/elixirscope/scope/cluster"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
@@ -113,8 +117,8 @@ func TestForeignClusterMemberRefused(t *testing.T) {
 		t.Fatalf("cluster ids: a %x and %x, b %x: want one non-zero id per cluster, distinct",
 			ida, a.Nodes[1].Identity.Get().ClusterID, idb)
 	}
-	ingest(t, a.Nodes[0], ev(scopev1.Kind_KIND_CALL, "<0.1.0>", 1))
-	ingest(t, b.Nodes[0], ev(scopev1.Kind_KIND_CALL, "<0.1.0>", 1))
+	ingestPatient(t, a.Nodes[0], "<0.1.0>", 1)
+	ingestPatient(t, b.Nodes[0], "<0.1.0>", 1)
 
 	if _, err := b.Nodes[0].Members.Join(a.seeds()); err != nil {
 		t.Fatal(err)
@@ -163,11 +167,33 @@ func TestForeignClusterMemberRefused(t *testing.T) {
 			gaugeValue(t, b.Nodes[0], "scope_cluster_foreign_members") == 2
 	})
 	// Both clusters still serve.
-	ingest(t, a.Nodes[1], ev(scopev1.Kind_KIND_CALL, "<0.2.0>", 2))
-	ingest(t, b.Nodes[0], ev(scopev1.Kind_KIND_CALL, "<0.2.0>", 2))
+	ingestPatient(t, a.Nodes[1], "<0.2.0>", 2)
+	ingestPatient(t, b.Nodes[0], "<0.2.0>", 2)
 	if got := len(ScanIDs(t, b.Nodes[0])); got != 2 {
 		t.Fatalf("cluster b stores %d events, want its own 2", got)
 	}
+}
+
+// ingestPatient ingests one CALL through n as ingest does, but retries
+// any failure until a minute has passed: the event carries its id, so a
+// retry of an outcome unknown cannot store it twice, and a loaded machine
+// (elections slowed by -race and other tests) does not fail the test. It
+// returns the event's id once acknowledged.
+func ingestPatient(t *testing.T, n *Node, pid string, ts int64) string {
+	t.Helper()
+	e := ev(scopev1.Kind_KIND_CALL, pid, ts)
+	e.EventId = ulid.Make().String()
+	var last error
+	WaitFor(t, "event acknowledged via "+n.Name, 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, last = n.Ingest.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: []*scopev1.Event{e}}))
+		if last != nil {
+			t.Logf("ingest via %s: %v (retrying)", n.Name, last)
+		}
+		return last == nil
+	})
+	return e.EventId
 }
 
 // copyDir copies the directory tree src to dst (which must not exist).
@@ -209,7 +235,7 @@ func TestRestoredDataDirIsResynced(t *testing.T) {
 	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
 	var ids []string
 	for i := range 8 {
-		ids = append(ids, ingest(t, c.Nodes[i%3], ev(scopev1.Kind_KIND_CALL, fmt.Sprintf("<0.%d.0>", i), int64(i+1)))...)
+		ids = append(ids, ingestPatient(t, c.Nodes[i%3], fmt.Sprintf("<0.%d.0>", i), int64(i+1)))
 	}
 	victim := c.Nodes[1]
 	first := victim.Identity.Get()
@@ -231,7 +257,7 @@ func TestRestoredDataDirIsResynced(t *testing.T) {
 		return true
 	})
 	for i := 8; i < 24; i++ {
-		ids = append(ids, ingest(t, c.Nodes[i%3], ev(scopev1.Kind_KIND_CALL, fmt.Sprintf("<0.%d.0>", i), int64(i+1)))...)
+		ids = append(ids, ingestPatient(t, c.Nodes[i%3], fmt.Sprintf("<0.%d.0>", i), int64(i+1)))
 	}
 	c.WaitReplicasIdentical(3, 60*time.Second)
 	c.Stop(victim)
