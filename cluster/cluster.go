@@ -141,6 +141,9 @@ type Cluster struct {
 	// per node id (identity.go).
 	id     *IdentityStore
 	epochs epochTable
+	// twoClustersWarned: the pair of cluster ids last logged as both in
+	// this node's gossip (used by the run loop only).
+	twoClustersWarned uint64
 
 	// ctx is cancelled by Close: the background loops' node-to-node calls
 	// give up at once.

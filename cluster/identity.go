@@ -302,8 +302,12 @@ func (c *Cluster) learnClusterID(alive []Member) {
 			continue
 		}
 		if found != 0 && m.Meta.ClusterID != found {
-			c.logger.Warn("members of two clusters are in this node's gossip: not adopting a cluster id until one is left",
-				"cluster_id", FormatID(found), "other_cluster_id", FormatID(m.Meta.ClusterID), "member", m.Name)
+			if pair := found ^ m.Meta.ClusterID; pair != c.twoClustersWarned {
+				c.twoClustersWarned = pair // logged once per pair of ids
+				c.logger.Warn("members of two clusters are in this node's gossip: not adopting a cluster id until one is left "+
+					"(check this node's -join addresses)",
+					"cluster_id", FormatID(found), "other_cluster_id", FormatID(m.Meta.ClusterID), "member", m.Name)
+			}
 			return
 		}
 		found = m.Meta.ClusterID
