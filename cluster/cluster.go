@@ -62,6 +62,10 @@ type Config struct {
 	// once it has been alive that long, away from a member of a group once
 	// it has been dead that long (stability.go). 0 disables the damping.
 	StabilizationTime time.Duration
+	// Identity is the data directory's identity (node id, cluster id,
+	// epoch: identity.go); nil: a new one in memory, which no restart
+	// keeps.
+	Identity *IdentityStore
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
@@ -140,6 +144,13 @@ type Cluster struct {
 	unformed unformedSince
 	// hostedAtStart: the data directory held replicas when Start ran.
 	hostedAtStart bool
+	// id is the data directory's identity; epochs the highest start seen
+	// per node id (identity.go).
+	id     *IdentityStore
+	epochs epochTable
+	// twoClustersWarned: the pair of cluster ids last logged as both in
+	// this node's gossip (used by the run loop only).
+	twoClustersWarned uint64
 
 	// ctx is cancelled by Close: the background loops' node-to-node calls
 	// give up at once.
@@ -154,6 +165,11 @@ type Cluster struct {
 	closed   bool
 	draining bool
 	steps    map[uint32]bool // shards with a step running (reconcile.go)
+	// restored: the replicas reopened from the data directory at Start,
+	// dropped if it turns out to be an old copy (identity.go).
+	restored []restoredReplica
+	// foreignWarned: the cluster id last logged per foreign member.
+	foreignWarned map[string]uint64
 
 	// balanceMu serializes leadership balancing: at most one transfer per
 	// round (lastTransfer is the round of the last one).
@@ -176,7 +192,11 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 	if client == nil {
 		client = defaultHTTPClient()
 	}
+	if cfg.Identity == nil {
+		cfg.Identity = NewMemoryIdentity()
+	}
 	c := &Cluster{
+		id:      cfg.Identity,
 		cfg:     cfg,
 		node:    n,
 		members: members,
@@ -214,8 +234,26 @@ func (c *Cluster) Start() error {
 	if err != nil {
 		return err
 	}
+	for _, s := range hosted {
+		if r := c.node.Replica(s); r != nil {
+			seq, _ := r.LastOpen()
+			c.restored = append(c.restored, restoredReplica{r: r, seq: seq})
+		}
+	}
+	if c.id.Get().Resync {
+		// The last run learned that this directory is an old copy and
+		// stopped before it had dropped every replica.
+		c.logger.Warn("finishing the resynchronization of an old data directory copy: dropping its replicas",
+			"replicas", len(hosted))
+		c.dropRestored()
+		hosted = nil
+	}
 	c.hostedAtStart = len(hosted) > 0
-	if err := c.members.UpdateMeta(func(m *Meta) { m.Formed, m.HoldsReplicas = c.hostedAtStart, c.hostedAtStart }); err != nil {
+	id := c.id.Get()
+	if err := c.members.UpdateMeta(func(m *Meta) {
+		m.Formed, m.HoldsReplicas = c.hostedAtStart, c.hostedAtStart
+		m.NodeID, m.ClusterID, m.Epoch, m.Run = id.NodeID, id.ClusterID, id.Epoch, c.id.Run()
+	}); err != nil {
 		return err
 	}
 	c.node.SetForwarder(forwarder{c})
@@ -250,6 +288,7 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 		case <-changes:
 		case <-tick.C:
 		}
+		c.identityRound()
 		if !bootstrapped {
 			done, err := c.bootstrap()
 			if err != nil {
@@ -269,6 +308,7 @@ func (c *Cluster) publishLoop() {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	var last []uint32
+	var lastStale []StaleRun
 	lastReady, lastFormed, lastHolds := false, false, false
 	var heldSince time.Time // when this node first held a replica
 	for {
@@ -293,14 +333,17 @@ func (c *Cluster) publishLoop() {
 				ready = false
 			}
 		}
-		if slices.Equal(led, last) && ready == lastReady && formed == lastFormed && holds == lastHolds {
+		stale := c.staleRuns()
+		if slices.Equal(led, last) && ready == lastReady && formed == lastFormed && holds == lastHolds && slices.Equal(stale, lastStale) {
 			continue
 		}
-		if err := c.members.UpdateMeta(func(m *Meta) { m.Led, m.Ready, m.Formed, m.HoldsReplicas = led, ready, formed, holds }); err != nil {
+		if err := c.members.UpdateMeta(func(m *Meta) {
+			m.Led, m.Ready, m.Formed, m.HoldsReplicas, m.Stale = led, ready, formed, holds, stale
+		}); err != nil {
 			c.logger.Warn("publish metadata", "err", err)
 			continue
 		}
-		last, lastReady, lastFormed, lastHolds = led, ready, formed, holds
+		last, lastReady, lastFormed, lastHolds, lastStale = led, ready, formed, holds, stale
 	}
 }
 
@@ -347,7 +390,7 @@ func (c *Cluster) Join(addrs []string) (int, error) { return c.members.Join(addr
 func (c *Cluster) placementMembers() (names []string, byName map[string]Member) {
 	byName = make(map[string]Member)
 	for _, m := range c.members.Members() {
-		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards {
+		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards || c.foreign(m) {
 			continue
 		}
 		byName[m.Name] = m
@@ -370,7 +413,7 @@ func (c *Cluster) leaderOf(shard uint32) (name, httpAddr string, err error) {
 			}
 		}
 	}
-	for _, m := range c.members.Members() {
+	for _, m := range c.sameCluster(c.members.Members()) {
 		if m.State == MemberAlive && m.Name != c.cfg.Name && slices.Contains(m.Meta.Led, shard) {
 			return m.Name, m.Meta.HTTPAddr, nil
 		}
@@ -387,7 +430,7 @@ func (c *Cluster) replicaHolders(shard uint32) []Member {
 		if seen[name] || name == c.cfg.Name {
 			return
 		}
-		if m, ok := c.member(name); ok && m.State == MemberAlive {
+		if m, ok := c.member(name); ok && m.State == MemberAlive && !c.foreign(m) {
 			seen[name] = true
 			out = append(out, m)
 		}

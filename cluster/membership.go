@@ -117,6 +117,7 @@ func NewMembership(cfg MembershipConfig, meta Meta) (*Membership, error) {
 		cfg.Logger = slog.Default()
 	}
 	meta.Name = cfg.Name
+	meta.ReadsIdentity = true
 	mb, err := meta.Encode(memberlist.MetaMaxSize)
 	if err != nil {
 		return nil, err
@@ -265,7 +266,7 @@ func (m *Membership) UpdateMeta(update func(*Meta)) error {
 	if meta.Name != m.cfg.Name {
 		return fmt.Errorf("%w: Name %q: a node's name is fixed (%q)", ErrMetaInvalid, meta.Name, m.cfg.Name)
 	}
-	b, err := meta.Encode(memberlist.MetaMaxSize)
+	b, err := m.encodeLocked(meta)
 	if err != nil {
 		return err
 	}
@@ -276,6 +277,23 @@ func (m *Membership) UpdateMeta(update func(*Meta)) error {
 		m.coalesced.Add(1)
 	}
 	return nil
+}
+
+// encodeLocked encodes meta for gossip, with its identity section only
+// while every other live member reads one (Meta.ReadsIdentity): a node
+// older than the section cannot decode metadata that carries it.
+func (m *Membership) encodeLocked(meta Meta) ([]byte, error) {
+	meta.omitIdentity = !m.allReadIdentityLocked()
+	return meta.Encode(memberlist.MetaMaxSize)
+}
+
+func (m *Membership) allReadIdentityLocked() bool {
+	for name, mem := range m.members {
+		if name != m.cfg.Name && mem.State == MemberAlive && mem.MetaErr == nil && !mem.Meta.ReadsIdentity {
+			return false
+		}
+	}
+	return true
 }
 
 // Subscribe returns a channel that receives a value whenever the member
@@ -324,7 +342,7 @@ func (m *Membership) Leave(timeout time.Duration) error {
 	m.stopping = true
 	if !m.meta.Leaving {
 		m.meta.Leaving = true
-		if b, err := m.meta.Encode(memberlist.MetaMaxSize); err == nil {
+		if b, err := m.encodeLocked(m.meta); err == nil {
 			m.metaBytes = b
 		}
 	}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -143,6 +144,18 @@ func (m *Membership) observe(n *memberlist.Node, gone bool, counter *atomic.Uint
 	mem.State, mem.Addr = state, n.Address()
 	if err == nil || !gone {
 		mem.Meta, mem.MetaErr = meta, err
+	}
+	// A member that cannot read identity sections arrived, or the last
+	// one went: re-encode this node's metadata (publishLoop sends it).
+	if n.Name != m.cfg.Name && m.metaBytes != nil {
+		if b, err := m.encodeLocked(m.meta); err == nil && !bytes.Equal(b, m.metaBytes) {
+			m.metaBytes = b
+			select {
+			case m.publish <- struct{}{}:
+			default:
+				m.coalesced.Add(1)
+			}
+		}
 	}
 	for _, c := range m.subs {
 		select {

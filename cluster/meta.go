@@ -37,7 +37,33 @@ type Meta struct {
 	// that is a voter of groups and holds none lost its data
 	// (Cluster.replaceLostVoter).
 	HoldsReplicas bool
+
+	// Identity (docs/DECISIONS.md D27), all zero from a node older than
+	// it. NodeID is the data directory's id, random and written once;
+	// ClusterID the cluster's, 0 until this node learns it; Epoch counts
+	// the starts of the data directory; Run is random per start, so that
+	// two starts at the same epoch (a restored old copy) differ.
+	NodeID, ClusterID, Epoch, Run uint64
+	// Stale lists, at most MaxStaleRuns, the members whose current run this
+	// node takes for a start from an old copy of their data directory.
+	Stale []StaleRun
+	// ReadsIdentity says the node decodes the identity section: nodes
+	// older than D27 reject it, so a node sends its own only while every
+	// live member reads it (Membership). Set whenever NodeID is.
+	ReadsIdentity bool
+	// omitIdentity leaves the identity section out of the encoding.
+	omitIdentity bool
 }
+
+// StaleRun names a member started from an old copy of its data directory:
+// its node id, and the highest epoch seen for that id (the member must
+// resynchronize and take a higher one, see identity.go).
+type StaleRun struct {
+	NodeID, Epoch uint64
+}
+
+// MaxStaleRuns bounds Meta.Stale.
+const MaxStaleRuns = 4
 
 // Gossip metadata wire format, version 1 (all integers unsigned varints
 // unless stated):
@@ -56,6 +82,15 @@ type Meta struct {
 //	          ceil(S/8) bytes whatever the set
 //	  ranges: count, then per run of consecutive shards (gap from the end
 //	          of the previous run, length-1): tiny for "all shards" (-dev)
+//	identity section, optional (D27), present only with flag bit 7:
+//	  NodeID, ClusterID: 8 bytes each, big-endian; Epoch; Run: 8 bytes;
+//	  stale count (at most MaxStaleRuns), then per entry NodeID (8
+//	  bytes) and Epoch
+//
+// Flag bit 7 says the sender reads identity sections. Readers older than
+// the section reject it as trailing bytes, so a node appends its own only
+// while every live member sets bit 7 (Membership.encodeLocked); the Led
+// gets the room the section leaves.
 //
 // If no form fits the limit (memberlist allows 512 bytes, and a balanced
 // node of a 4096-shard cluster leads ~1/N of 4096 scattered shards: the
@@ -76,6 +111,7 @@ const (
 	metaFlagLeaving = 1 << 4
 	metaFlagFormed  = 1 << 5
 	metaFlagHolds   = 1 << 6
+	metaFlagIdent   = 1 << 7
 
 	ledList   = 0
 	ledBitmap = 1
@@ -112,6 +148,16 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	if m.HoldsReplicas {
 		flags |= metaFlagHolds
 	}
+	if m.ReadsIdentity || m.NodeID != 0 {
+		flags |= metaFlagIdent
+	}
+	if len(m.Stale) > MaxStaleRuns {
+		return nil, fmt.Errorf("%w: %d Stale entries: at most %d", ErrMetaInvalid, len(m.Stale), MaxStaleRuns)
+	}
+	var ident []byte
+	if m.NodeID != 0 && !m.omitIdentity {
+		ident = m.appendIdentity(nil)
+	}
 	buf := []byte{metaFormatV1, 0}
 	for _, s := range []string{m.Name, m.HTTPAddr, m.RaftAddr, m.Version} {
 		buf = binary.AppendUvarint(buf, uint64(len(s)))
@@ -119,9 +165,9 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	}
 	buf = binary.AppendUvarint(buf, uint64(m.Shards))
 	// The +1 keeps room for the shortest Led (an empty list or bitmap).
-	if len(buf)+1 > limit {
-		return nil, fmt.Errorf("%w: name, addresses and version take %d bytes: the limit is %d",
-			ErrMetaTooLarge, len(buf)+1, limit)
+	if len(buf)+1+len(ident) > limit {
+		return nil, fmt.Errorf("%w: name, addresses, version and identity take %d bytes: the limit is %d",
+			ErrMetaTooLarge, len(buf)+1+len(ident), limit)
 	}
 
 	form, body := ledList, encodeLedList(led)
@@ -131,7 +177,7 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	if r := encodeLedRanges(led); len(r) < len(body) {
 		form, body = ledRanges, r
 	}
-	if room := limit - len(buf); len(body) > room {
+	if room := limit - len(buf) - len(ident); len(body) > room {
 		// Partial: whichever prefix names more of the shards led, a
 		// bitmap's (dense sets) or a list's (sparse ones).
 		form, body = ledBitmap, truncatedBitmap(led, room)
@@ -144,7 +190,20 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 		}
 	}
 	buf[1] = flags | byte(form)<<metaFormShift
-	return append(buf, body...), nil
+	return append(append(buf, body...), ident...), nil
+}
+
+func (m Meta) appendIdentity(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.NodeID)
+	b = binary.BigEndian.AppendUint64(b, m.ClusterID)
+	b = binary.AppendUvarint(b, m.Epoch)
+	b = binary.BigEndian.AppendUint64(b, m.Run)
+	b = binary.AppendUvarint(b, uint64(len(m.Stale)))
+	for _, s := range m.Stale {
+		b = binary.BigEndian.AppendUint64(b, s.NodeID)
+		b = binary.AppendUvarint(b, s.Epoch)
+	}
+	return b
 }
 
 func encodeLedList(led []uint32) []byte {
@@ -258,6 +317,7 @@ func DecodeMeta(b []byte) (Meta, error) {
 	m.Leaving = flags&metaFlagLeaving != 0
 	m.Formed = flags&metaFlagFormed != 0
 	m.HoldsReplicas = flags&metaFlagHolds != 0
+	m.ReadsIdentity = flags&metaFlagIdent != 0
 	m.Name, m.HTTPAddr, m.RaftAddr, m.Version = d.str(), d.str(), d.str(), d.str()
 	m.Shards = d.u32()
 	if m.Shards > MaxMetaShards {
@@ -309,6 +369,19 @@ func DecodeMeta(b []byte) (Meta, error) {
 		}
 	default:
 		d.fail(fmt.Sprintf("unknown Led form %d", form))
+	}
+	if d.err == nil && len(d.b) != 0 && m.ReadsIdentity {
+		m.NodeID, m.ClusterID, m.Epoch, m.Run = d.u64(), d.u64(), d.uvarint(), d.u64()
+		if m.NodeID == 0 {
+			d.fail("identity section with node id 0")
+		}
+		n := d.count()
+		if n > MaxStaleRuns {
+			d.fail(fmt.Sprintf("%d stale entries, at most %d", n, MaxStaleRuns))
+		}
+		for i := 0; i < n && d.err == nil; i++ {
+			m.Stale = append(m.Stale, StaleRun{NodeID: d.u64(), Epoch: d.uvarint()})
+		}
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
@@ -377,6 +450,14 @@ func (d *metaDecoder) take(n int) []byte {
 	out := d.b[:n]
 	d.b = d.b[n:]
 	return out
+}
+
+func (d *metaDecoder) u64() uint64 {
+	b := d.take(8)
+	if b == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(b)
 }
 
 func (d *metaDecoder) str() string { return string(d.take(d.count())) }

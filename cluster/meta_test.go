@@ -96,7 +96,10 @@ func checkDecoded(t interface{ Fatalf(string, ...any) }, want, got Meta) {
 
 func metaEqualIgnoringLed(a, b Meta) bool {
 	return a.Name == b.Name && a.HTTPAddr == b.HTTPAddr && a.RaftAddr == b.RaftAddr &&
-		a.Version == b.Version && a.Shards == b.Shards && a.Ready == b.Ready && a.Leaving == b.Leaving
+		a.Version == b.Version && a.Shards == b.Shards && a.Ready == b.Ready && a.Leaving == b.Leaving &&
+		a.Formed == b.Formed && a.HoldsReplicas == b.HoldsReplicas &&
+		a.NodeID == b.NodeID && a.ClusterID == b.ClusterID && a.Epoch == b.Epoch && a.Run == b.Run &&
+		slices.Equal(a.Stale, b.Stale) && a.ReadsIdentity == b.ReadsIdentity
 }
 
 // TestMetaWireFormatPinned pins the encoding: nodes of different versions
@@ -113,6 +116,74 @@ func TestMetaWireFormatPinned(t *testing.T) {
 	}
 }
 
+// TestMetaIdentityWireFormatPinned pins the identity section (D27): the
+// fields of TestMetaWireFormatPinned, flag bit 7, then the section.
+func TestMetaIdentityWireFormatPinned(t *testing.T) {
+	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true,
+		NodeID: 0x0102030405060708, ClusterID: 0xa0a1a2a3a4a5a6a7, Epoch: 300, Run: 0xff, Stale: []StaleRun{{NodeID: 5, Epoch: 7}}}
+	b, err := m.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "0181" + "026e31" + "03683a31" + "03723a32" + "027631" + "10" + "020207" +
+		"0102030405060708" + "a0a1a2a3a4a5a6a7" + "ac02" + "00000000000000ff" + "01" + "0000000000000005" + "07"
+	if got := hex.EncodeToString(b); got != want {
+		t.Fatalf("encoding %s, want %s", got, want)
+	}
+	// A node older than the section reads this as trailing bytes; the
+	// encoding without it is the old one, with flag bit 7 (which such a
+	// node ignores).
+	m.omitIdentity = true
+	if b, err = m.Encode(memberlist.MetaMaxSize); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hex.EncodeToString(b), "0181"+"026e31"+"03683a31"+"03723a32"+"027631"+"10"+"020207"; got != want {
+		t.Fatalf("encoding without the section %s, want %s", got, want)
+	}
+	got, err := DecodeMeta(b)
+	if err != nil || !got.ReadsIdentity || got.NodeID != 0 {
+		t.Fatalf("decoded %+v, %v: want ReadsIdentity and no node id", got, err)
+	}
+}
+
+// TestMembershipOmitsIdentityForOldReaders: a node sends its identity
+// section only while every live member reads it (flag bit 7).
+func TestMembershipOmitsIdentityForOldReaders(t *testing.T) {
+	m := &Membership{cfg: MembershipConfig{Name: "self"}, members: map[string]*Member{
+		"self": {Name: "self", State: MemberAlive},
+		"new":  {Name: "new", State: MemberAlive, Meta: Meta{ReadsIdentity: true}},
+	}}
+	meta := Meta{Name: "self", Shards: 4, NodeID: 9, Epoch: 1, Run: 2}
+	for _, tt := range []struct {
+		name     string
+		old      *Member
+		sections bool
+	}{
+		{"all-read-it", nil, true},
+		{"an-old-member-alive", &Member{Name: "old", State: MemberAlive}, false},
+		{"an-old-member-dead", &Member{Name: "old", State: MemberDead}, true},
+		{"an-undecodable-member", &Member{Name: "old", State: MemberAlive, MetaErr: ErrMetaVersion}, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			delete(m.members, "old")
+			if tt.old != nil {
+				m.members["old"] = tt.old
+			}
+			b, err := m.encodeLocked(meta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := DecodeMeta(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (got.NodeID == 9) != tt.sections || !got.ReadsIdentity {
+				t.Fatalf("decoded %+v: identity section sent %v, want %v", got, got.NodeID == 9, tt.sections)
+			}
+		})
+	}
+}
+
 func TestMetaEncodeErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -123,6 +194,9 @@ func TestMetaEncodeErrors(t *testing.T) {
 		{"led-duplicate", Meta{Shards: 4, Led: []uint32{1, 1}}, ErrMetaInvalid},
 		{"shards-too-many", Meta{Shards: MaxMetaShards + 1}, ErrMetaInvalid},
 		{"fixed-part-too-large", Meta{Name: strings.Repeat("x", 400), HTTPAddr: strings.Repeat("y", 200)}, ErrMetaTooLarge},
+		{"identity-too-large", Meta{Name: strings.Repeat("x", 440), NodeID: 1, Epoch: 1 << 60, Run: 1,
+			Stale: []StaleRun{{1, 1 << 60}, {2, 1 << 60}, {3, 1 << 60}, {4, 1 << 60}}}, ErrMetaTooLarge},
+		{"stale-too-many", Meta{NodeID: 1, Stale: make([]StaleRun, MaxStaleRuns+1)}, ErrMetaInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,6 +222,12 @@ func TestDecodeMetaRejectsCorruption(t *testing.T) {
 		{"truncated", good[:len(good)-1], ErrMetaCorrupt},
 		{"trailing", append(slices.Clone(good), 0), ErrMetaCorrupt},
 		{"unknown-form", append([]byte{1, 3 << metaFormShift}, good[2:]...), ErrMetaCorrupt},
+		// flag bit 7, an identity section cut short, with node id 0, or
+		// with more stale entries than allowed.
+		{"identity-truncated", append([]byte{1, metaFlagIdent}, append(good[2:], 0, 0, 0, 0, 0, 0, 0, 1, 0)...), ErrMetaCorrupt},
+		{"identity-node-0", append([]byte{1, metaFlagIdent}, append(good[2:], make([]byte, 8+8+1+8+1)...)...), ErrMetaCorrupt},
+		{"identity-stale-many", append([]byte{1, metaFlagIdent}, append(good[2:],
+			append(append([]byte{0, 0, 0, 0, 0, 0, 0, 1}, make([]byte, 8+1+8)...), 5)...)...), ErrMetaCorrupt},
 		// list form, 8 shards, Led {1, 1}: not ascending.
 		{"list-repeat", []byte{1, 0, 0, 0, 0, 0, 8, 2, 1, 0}, ErrMetaCorrupt},
 		// list form, 8 shards, Led {9}: beyond Shards.
@@ -184,7 +264,20 @@ func TestMetaRoundTripProperty(t *testing.T) {
 			RaftAddr: rapid.StringMatching(`[0-9.]{7,15}:[0-9]{1,5}`).Draw(t, "raft"),
 			Version:  rapid.StringMatching(`v[0-9]\.[0-9]{1,2}\.[0-9]`).Draw(t, "version"),
 			Shards:   shards, Led: rapid.Permutation(led).Draw(t, "order"), Ready: rapid.Bool().Draw(t, "ready"),
-			Leaving: rapid.Bool().Draw(t, "leaving"),
+			Leaving: rapid.Bool().Draw(t, "leaving"), Formed: rapid.Bool().Draw(t, "formed"),
+			HoldsReplicas: rapid.Bool().Draw(t, "holds"),
+		}
+		// Identity (D27): absent (a node older than it), or present with
+		// any epoch and up to MaxStaleRuns stale entries; sent or left out
+		// (a live member cannot read it).
+		if rapid.Bool().Draw(t, "identity") {
+			m.NodeID = rapid.Uint64Min(1).Draw(t, "node id")
+			m.ClusterID, m.Epoch, m.Run = rapid.Uint64().Draw(t, "cluster id"), rapid.Uint64().Draw(t, "epoch"), rapid.Uint64().Draw(t, "run")
+			for range rapid.IntRange(0, MaxStaleRuns).Draw(t, "stale") {
+				m.Stale = append(m.Stale, StaleRun{NodeID: rapid.Uint64().Draw(t, "stale id"), Epoch: rapid.Uint64().Draw(t, "stale epoch")})
+			}
+			m.ReadsIdentity = true
+			m.omitIdentity = rapid.Bool().Draw(t, "omit")
 		}
 		b, err := m.Encode(memberlist.MetaMaxSize)
 		if err != nil {
@@ -196,6 +289,9 @@ func TestMetaRoundTripProperty(t *testing.T) {
 		got, err := DecodeMeta(b)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if m.omitIdentity {
+			m.NodeID, m.ClusterID, m.Epoch, m.Run, m.Stale = 0, 0, 0, 0, nil
 		}
 		checkDecoded(t, m, got)
 	})

@@ -15,8 +15,10 @@ type metrics struct {
 	bootstrapDeclined                              prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
 	rounds, stepsDeferred                          prometheus.Counter
+	epochEvictions, staleRuns, resyncs             prometheus.Counter
+	staleRunsUnsent                                prometheus.Gauge
 
-	members, ledShards, replicas, movesInFlight, peerCallsRefused *prometheus.Desc
+	members, ledShards, replicas, movesInFlight, peerCallsRefused, foreignMembers *prometheus.Desc
 }
 
 func newMetrics(c *Cluster) *metrics {
@@ -38,6 +40,16 @@ func newMetrics(c *Cluster) *metrics {
 		forwardRetries:    counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
 		rounds:            counter("scope_cluster_rounds_total", "Reconciliation rounds started (each starts a step for every local replica without one running)."),
 		stepsDeferred:     counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
+		epochEvictions: counter("scope_cluster_identity_records_evicted_total",
+			"Node ids whose highest epoch this node forgot: the bound on remembered node ids was reached (D27)."),
+		staleRuns: counter("scope_cluster_stale_runs_detected_total",
+			"Starts of members from an old copy of their data directory seen by this node (D27)."),
+		resyncs: counter("scope_cluster_resyncs_total",
+			"Times this node learned that its data directory is an old copy and dropped the replicas reopened from it (D27)."),
+		staleRunsUnsent: prometheus.NewGauge(prometheus.GaugeOpts{Name: "scope_cluster_stale_runs_unsent",
+			Help: "Members running from an old data directory copy that did not fit this node's gossip (at most 4 are named at once)."}),
+		foreignMembers: prometheus.NewDesc("scope_cluster_foreign_members",
+			"Alive members whose cluster id differs from this node's: refused, never given replicas (D27).", nil, nil),
 		peerCallsRefused: prometheus.NewDesc("scope_cluster_peer_calls_refused_total",
 			"Background calls (replica moves, status, drops) refused at once: the bound on calls in flight to that peer was reached.", nil, nil),
 		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
@@ -49,7 +61,8 @@ func newMetrics(c *Cluster) *metrics {
 
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
-		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined}
+		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined,
+		m.epochEvictions, m.staleRuns, m.resyncs}
 }
 
 // Describe implements prometheus.Collector.
@@ -62,6 +75,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.replicas
 	ch <- m.movesInFlight
 	ch <- m.peerCallsRefused
+	ch <- m.foreignMembers
+	m.staleRunsUnsent.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -70,9 +85,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		c.Collect(ch)
 	}
 	byState := map[MemberState]int{MemberAlive: 0, MemberDead: 0, MemberLeft: 0}
+	foreign := 0
 	for _, mem := range m.c.members.Members() {
 		byState[mem.State]++
+		if mem.State == MemberAlive && m.c.foreign(mem) {
+			foreign++
+		}
 	}
+	ch <- prometheus.MustNewConstMetric(m.foreignMembers, prometheus.GaugeValue, float64(foreign))
+	m.staleRunsUnsent.Collect(ch)
 	for s, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.members, prometheus.GaugeValue, float64(n), s.String())
 	}

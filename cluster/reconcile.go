@@ -196,7 +196,7 @@ func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 	}
 	// Placement chooses among the candidates (stability.go: flap damping);
 	// byName holds the members alive now, whom calls can reach.
-	candidates := placementCandidates(c.members.Members(), inGroup, c.cfg.Shards, c.cfg.StabilizationTime, time.Now())
+	candidates := placementCandidates(c.sameCluster(c.members.Members()), inGroup, c.cfg.Shards, c.cfg.StabilizationTime, time.Now())
 	_, byName := c.placementMembers()
 	desired := Placement(shard, candidates, c.cfg.Replicas)
 	if len(desired) == 0 {
@@ -371,6 +371,17 @@ func (c *Cluster) bootstrap() (bool, error) {
 		return false, fmt.Errorf("cluster: %d members live, -bootstrap-expect is %d: start exactly that many, or join the others later",
 			len(live), c.cfg.BootstrapExpect)
 	}
+	founders := make([]Member, 0, len(live))
+	for _, name := range live {
+		founders = append(founders, byName[name])
+	}
+	clusterID, ok := bootstrapClusterID(founders)
+	if !ok {
+		return false, nil // a founder's node id has not reached this node yet
+	}
+	if clusterID != 0 {
+		c.adoptClusterID(clusterID, "created at bootstrap")
+	}
 	for shard := range c.cfg.Shards {
 		want := Placement(shard, live, c.cfg.Replicas)
 		if !slices.Contains(want, c.cfg.Name) {
@@ -389,6 +400,7 @@ func (c *Cluster) bootstrap() (bool, error) {
 			return false, fmt.Errorf("cluster: bootstrap shard %d: %w", shard, err)
 		}
 	}
-	c.logger.Info("cluster bootstrapped", "members", live, "shards", c.cfg.Shards, "replicas", c.cfg.Replicas)
+	c.logger.Info("cluster bootstrapped", "members", live, "shards", c.cfg.Shards, "replicas", c.cfg.Replicas,
+		"cluster_id", FormatID(clusterID))
 	return true, nil
 }

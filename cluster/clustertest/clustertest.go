@@ -46,6 +46,9 @@ type Options struct {
 	StabilizationTime time.Duration
 	// RPCTimeout is cluster.Config.RPCTimeout (0: its default, 10 s).
 	RPCTimeout time.Duration
+	// NamePrefix names the nodes (default "n": n1, n2, ...); two clusters
+	// whose gossip meets need different names.
+	NamePrefix string
 }
 
 // Cluster is a running test cluster.
@@ -62,6 +65,9 @@ type Cluster struct {
 type Node struct {
 	Name string
 	Dir  string
+	// Identity is the data directory's identity (node id, cluster id,
+	// epoch), as the node opened it.
+	Identity *cluster.IdentityStore
 
 	Node    *node.Node
 	Mux     *cluster.Mux
@@ -93,6 +99,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if opts.Replicas == 0 {
 		opts.Replicas = 3
 	}
+	if opts.NamePrefix == "" {
+		opts.NamePrefix = "n"
+	}
 	switch {
 	case opts.StabilizationTime == 0:
 		opts.StabilizationTime = 300 * time.Millisecond
@@ -102,7 +111,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork(), stalls: newStalls()}
 	t.Cleanup(c.Close)
 	for i := range opts.Nodes {
-		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("n%d", i+1), opts.Nodes, "", "", ""))
+		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("%s%d", opts.NamePrefix, i+1), opts.Nodes, "", "", ""))
 	}
 	c.WaitReady(60 * time.Second)
 	return c
@@ -112,7 +121,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 // node's gossip address.
 func (c *Cluster) AddNode() *Node {
 	c.t.Helper()
-	n := c.startNode(fmt.Sprintf("n%d", len(c.Nodes)+1), 0, "", "", "")
+	n := c.startNode(fmt.Sprintf("%s%d", c.opts.NamePrefix, len(c.Nodes)+1), 0, "", "", "")
 	c.Nodes = append(c.Nodes, n)
 	return n
 }
@@ -225,8 +234,13 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	if err != nil {
 		t.Fatal(err)
 	}
+	if n.Identity, err = cluster.OpenIdentity(dir); err != nil {
+		t.Fatal(err)
+	}
+	id := n.Identity.Get()
 	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
-		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0})
+		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0,
+		NodeID: id.NodeID, ClusterID: id.ClusterID, Epoch: id.Epoch, Run: n.Identity.Run()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -255,6 +269,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	if c.opts.RPCTimeout > 0 {
 		ccfg.RPCTimeout = c.opts.RPCTimeout
 	}
+	ccfg.Identity = n.Identity
 	ccfg.HTTPClient = c.peerClient(name)
 	ccfg.Logger = logger
 	n.Cluster, err = cluster.New(ccfg, n.Node, n.Members)

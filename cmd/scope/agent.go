@@ -86,6 +86,9 @@ type agent struct {
 
 	srv *rpc.Server
 	tls *agentTLS // nil without -tls-cert
+	// identity is the data directory's node id, cluster id and start
+	// epoch (cluster.IdentityFile, beside metaFile).
+	identity *cluster.IdentityStore
 
 	// Cluster mode only (nil with -dev).
 	members *cluster.Membership
@@ -285,6 +288,13 @@ func (a *agent) openDataDir() error {
 		return err
 	}
 	a.meta = m
+	// A directory from before node ids gets one now; every start counts.
+	if a.identity, err = cluster.OpenIdentity(cfg.dataDir); err != nil {
+		return fmt.Errorf("scope: -data-dir %s: %w", cfg.dataDir, err)
+	}
+	id := a.identity.Get()
+	a.logger.Info("data directory identity", "node_id", cluster.FormatID(id.NodeID),
+		"cluster_id", cluster.FormatID(id.ClusterID), "epoch", id.Epoch, "data_dir", cfg.dataDir)
 	if m.Shards != cfg.node.Shards {
 		a.logger.Info("using the data directory's shard count", "shards", m.Shards, "data_dir", cfg.dataDir)
 		cfg.node.Shards, cfg.shards = m.Shards, uint(m.Shards)
@@ -342,8 +352,10 @@ func (a *agent) startCluster(raftAddr string) error {
 	}
 	// Formed from the first gossip on, so that no peer takes this node for
 	// one that lost its data while it reopens its replicas.
+	id := a.identity.Get()
 	meta := cluster.Meta{Name: cfg.name, HTTPAddr: a.advertised(cfg.advertiseHTTP, a.httpBound), RaftAddr: raftAddr,
-		Version: version(), Shards: cfg.node.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0}
+		Version: version(), Shards: cfg.node.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0,
+		NodeID: id.NodeID, ClusterID: id.ClusterID, Epoch: id.Epoch, Run: a.identity.Run()}
 	if a.members, err = cluster.NewMembership(mcfg, meta); err != nil {
 		return fmt.Errorf("scope: -gossip %s: %w", cfg.gossipAddr, err)
 	}
@@ -354,6 +366,7 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.Replicas = cfg.replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.StabilizationTime = cfg.stabilization
+	ccfg.Identity = a.identity
 	ccfg.Logger = a.logger.With("component", "cluster")
 	a.clusterTLS(&ccfg)
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/tlsconf"
 )
 
@@ -400,13 +401,32 @@ func httpGet(t *testing.T, url string) string {
 	return string(b)
 }
 
+// dirIdentity reads dir's identity file (written before the agent serves).
+func dirIdentity(t *testing.T, dir string) (nodeID string, epoch uint64) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, cluster.IdentityFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id struct {
+		NodeID string `json:"node_id"`
+		Epoch  uint64 `json:"epoch"`
+	}
+	if err := json.Unmarshal(b, &id); err != nil || len(id.NodeID) != 16 {
+		t.Fatalf("%s: %v: %s", cluster.IdentityFile, err, b)
+	}
+	return id.NodeID, id.Epoch
+}
+
 // TestDurabilityAcrossKill: a CALL acknowledged as COMMITTED survives a
 // SIGKILL of the agent, and so does the correlator's open frame: the
-// RETURN sent after the restart is matched to it.
+// RETURN sent after the restart is matched to it. The data directory's
+// node id survives too, and the restart counts one more start.
 func TestDurabilityAcrossKill(t *testing.T) {
 	dir := t.TempDir()
 	httpAddr, raftAddr := freeAddr(t), freeAddr(t)
 	a := startAgentProc(t, dir, httpAddr, raftAddr)
+	nodeID, epoch := dirIdentity(t, dir)
 	addr := []string{"-addr", httpAddr}
 	const call = "01HZZZZZZZZZZZZZZZZZZZZZC1"
 	const ret = "01HZZZZZZZZZZZZZZZZZZZZZC2"
@@ -417,6 +437,9 @@ func TestDurabilityAcrossKill(t *testing.T) {
 		t.Fatal("agent exited cleanly after SIGKILL?")
 	}
 	a = startAgentProc(t, dir, httpAddr, raftAddr)
+	if id, e := dirIdentity(t, dir); id != nodeID || e != epoch+1 {
+		t.Fatalf("after a restart: node id %s, epoch %d; want %s (unchanged), %d", id, e, nodeID, epoch+1)
+	}
 
 	out := mustScope(t, "", append([]string{"get", "-json", call}, addr...)...)
 	if !strings.Contains(out, call) {

@@ -1,0 +1,46 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+)
+
+// A member becomes suspect of having lost its data once it has been
+// unsettled — holding no replica, or started empty and not yet formed —
+// for the grace. The case that failed before: a node that came back empty
+// was given a replica of another group within the grace (HoldsReplicas
+// true), so it never became suspect, and a group that still listed it as
+// a voter kept a voter without the data for good (seen in a chaos campaign:
+// a shard ran on two real copies of three until the end).
+func TestUnformedSince(t *testing.T) {
+	const grace = 10 * time.Second
+	t0 := time.Unix(1_700_000_000, 0)
+	member := func(formed, holds bool) Member {
+		return Member{Name: "n4", Meta: Meta{Formed: formed, HoldsReplicas: holds}}
+	}
+	for _, tc := range []struct {
+		name    string
+		states  []Member // one per second from t0, then checked at t0+len+grace
+		suspect bool
+	}{
+		{"formed and holding", []Member{member(true, true)}, false},
+		{"holds nothing", []Member{member(true, false)}, true},
+		{"came back empty, holds nothing", []Member{member(false, false)}, true},
+		{"came back empty, given a replica within the grace", []Member{member(false, false), member(false, true)}, true},
+		{"came back empty and became formed", []Member{member(false, false), member(true, true)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var u unformedSince
+			now := t0
+			for _, m := range tc.states {
+				u.update(map[string]Member{"n4": m}, now, grace)
+				now = now.Add(time.Second)
+			}
+			last := tc.states[len(tc.states)-1]
+			u.update(map[string]Member{"n4": last}, now.Add(grace), grace)
+			if got := u.lost("n4"); got != tc.suspect {
+				t.Fatalf("suspect = %v, want %v", got, tc.suspect)
+			}
+		})
+	}
+}
