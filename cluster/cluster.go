@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
 )
 
 // Config configures a node's part in the cluster.
@@ -64,7 +65,11 @@ type Config struct {
 	// HTTPClient carries node-to-node calls (nil: a default that speaks
 	// HTTP/1.1 and cleartext HTTP/2).
 	HTTPClient *http.Client
-	Logger     *slog.Logger
+	// Auth, when set, supplies the node credential sent on every
+	// node-to-node call (rpc.Auth.NodeTransport); the server side checks it
+	// in the rpc server's middleware.
+	Auth   *rpc.Auth
+	Logger *slog.Logger
 }
 
 // DefaultConfig returns defaults for a node named name.
@@ -168,6 +173,11 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 	client := cfg.HTTPClient
 	if client == nil {
 		client = defaultHTTPClient()
+	}
+	if cfg.Auth != nil {
+		c := *client
+		c.Transport = cfg.Auth.NodeTransport(client.Transport)
+		client = &c
 	}
 	c := &Cluster{
 		cfg:     cfg,

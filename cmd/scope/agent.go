@@ -80,7 +80,9 @@ type agent struct {
 	// httpBound is the address the HTTP listener bound (-http may say port 0).
 	httpBound string
 
-	srv *rpc.Server
+	srv  *rpc.Server
+	auth *rpc.Auth // tokens and node credentials, replaced on SIGHUP
+	hup  chan os.Signal
 
 	// Cluster mode only (nil with -dev).
 	members *cluster.Membership
@@ -201,8 +203,18 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		}
 	}
 
+	a.auth = &rpc.Auth{}
+	if cfg.tokens != nil {
+		a.auth.SetTokens(cfg.tokens)
+	}
+	if !cfg.dev {
+		// The node API (and forwarded ingest) accepts this credential,
+		// derived from the gossip keyring, and never a client token.
+		a.auth.SetNodeCredentials(rpc.NodeCredentials(cfg.gossipKeys))
+	}
 	rc := cfg.rpc
 	rc.Logger = logger
+	rc.Auth = a.auth
 	if a.srv, err = rpc.NewServer(a.node, rc); err != nil {
 		return nil, err
 	}
@@ -224,6 +236,20 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 	}
 	a.http = a.srv.HTTPServer(a.httpBound)
 	go func() { a.served <- a.http.Serve(httpLn) }()
+	a.hup = make(chan os.Signal, 1)
+	signal.Notify(a.hup, syscall.SIGHUP)
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		for {
+			select {
+			case <-a.stopBg:
+				return
+			case <-a.hup:
+				a.reload()
+			}
+		}
+	}()
 	if a.cluster != nil {
 		// After the HTTP server: bootstrapping and moves call peers' node
 		// API, and peers call ours.
@@ -328,6 +354,7 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.BootstrapExpect = expect
 	ccfg.StabilizationTime = cfg.stabilization
 	ccfg.Logger = a.logger.With("component", "cluster")
+	ccfg.Auth = a.auth
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
 		return err
 	}
@@ -336,6 +363,36 @@ func (a *agent) startCluster(raftAddr string) error {
 	a.srv.SetCluster(leaveNotifier{ClusterInfo: a.cluster.Info(), left: a.left, once: new(sync.Once)})
 	a.srv.Mount(a.cluster.Handler())
 	return nil
+}
+
+// reload rereads the -auth-tokens and -gossip-keyring files (SIGHUP). A
+// file that does not parse leaves the running set in place and is logged.
+func (a *agent) reload() {
+	cfg := a.cfg
+	if cfg.authTokens == "" && cfg.gossipKeyring == "" {
+		a.logger.Info("SIGHUP: nothing to reload (no -auth-tokens, no -gossip-keyring)")
+	}
+	if cfg.authTokens != "" {
+		set, err := rpc.LoadTokens(cfg.authTokens)
+		if err != nil {
+			a.logger.Error("SIGHUP: -auth-tokens not reloaded; keeping the previous tokens", "err", err)
+		} else {
+			a.auth.SetTokens(set)
+			a.logger.Info("SIGHUP: tokens reloaded", "file", cfg.authTokens, "tokens", set.Len())
+		}
+	}
+	if cfg.gossipKeyring != "" && a.members != nil {
+		keys, err := loadKeyring(cfg.gossipKeyring)
+		if err == nil {
+			err = a.members.SetGossipKeys(keys)
+		}
+		if err != nil {
+			a.logger.Error("SIGHUP: -gossip-keyring not reloaded; keeping the previous keys", "err", err)
+			return
+		}
+		a.auth.SetNodeCredentials(rpc.NodeCredentials(keys))
+		a.logger.Info("SIGHUP: gossip keyring reloaded", "file", cfg.gossipKeyring, "keys", len(keys))
+	}
 }
 
 // joinTargets is the seed list without this node's own gossip address.
@@ -474,6 +531,9 @@ func (a *agent) shutdown() error {
 		close(a.stopBg)
 	}
 	a.bg.Wait()
+	if a.hup != nil {
+		signal.Stop(a.hup)
+	}
 	if a.srv != nil {
 		a.srv.Close()
 	}

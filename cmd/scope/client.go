@@ -89,12 +89,38 @@ type clientFlags struct {
 	addr    string
 	json    bool
 	timeout time.Duration
+	token   string // -token, else $SCOPE_TOKEN
 }
+
+// tokenEnv names the environment variable holding the client's token
+// when -token is not given (so that it stays out of shell history and ps).
+const tokenEnv = "SCOPE_TOKEN"
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", defaultAddr, "a node's HTTP address (host:port or http://host:port)")
 	fs.BoolVar(&c.json, "json", false, "print responses as proto3 JSON, one message per line")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each request (0: none)")
+	fs.StringVar(&c.token, "token", "", "bearer token sent to the node (default: $"+tokenEnv+"); `scope token new` makes one")
+}
+
+// bearer returns the token to send: -token, else $SCOPE_TOKEN.
+func (c *clientFlags) bearer() string {
+	if c.token != "" {
+		return c.token
+	}
+	return strings.TrimSpace(os.Getenv(tokenEnv))
+}
+
+// bearerTransport adds `Authorization: Bearer TOKEN` to every request.
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+t.token)
+	return t.base.RoundTrip(r)
 }
 
 // baseURL turns -addr into the base URL of the Connect services.
@@ -141,6 +167,9 @@ func (c *clientFlags) dial() (*api, error) {
 		return nil, err
 	}
 	hc := newHTTPClient()
+	if tok := c.bearer(); tok != "" {
+		hc.Transport = bearerTransport{token: tok, base: hc.Transport}
+	}
 	// No gzip: the CLI talks to a node on the same machine or LAN, where
 	// compressing a large query answer costs the node more CPU than the
 	// bytes save (about 20% of a 1,000-event time-range query).

@@ -33,6 +33,7 @@ var commands = []command{
 	{"members", "cluster members: status, addresses, shards led", runMembers},
 	{"join", "make a node join a cluster through members' gossip addresses", runJoin},
 	{"leave", "drain a node (its replicas move away), then it leaves and stops", runLeave},
+	{"token", "make a bearer token: 'token new -role ingest|query|admin [-name N]' prints it and its -auth-tokens line", runToken},
 	{"dev-cluster", "run an n-node cluster of local agent processes (-n 3)", runDevCluster},
 	{"bench", "load generator: ingest throughput and latency; 'bench queries': query latency", runBench},
 	{"version", "print the version of this binary", runVersion},
