@@ -165,11 +165,11 @@ func (l *limiter) acquire(caller string) (release func(), reason string, err err
 	switch {
 	case l.n >= l.total:
 		return nil, l.totalReason, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
-			"%d %s in flight on this node: the limit (scope agent %s); retry later", l.n, l.what, l.totalFlag))
+			"%d %s in flight on this node: the limit (scope agent %s %d); retry later", l.n, l.what, l.totalFlag, l.total))
 	case l.byName[caller] >= l.perCaller:
 		return nil, l.perCallerReason, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
-			"caller %q has %d %s in flight: the limit per caller (scope agent %s); retry later",
-			caller, l.byName[caller], l.what, l.perCallerFlag))
+			"caller %q has %d %s in flight: the limit per caller (scope agent %s %d); retry later",
+			caller, l.byName[caller], l.what, l.perCallerFlag, l.perCaller))
 	}
 	l.n++
 	l.byName[caller]++
