@@ -15,6 +15,7 @@ type metrics struct {
 	bootstrapDeclined                              prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
 	rounds, stepsDeferred                          prometheus.Counter
+	dropsRefused                                   prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight, peerCallsRefused *prometheus.Desc
 }
@@ -37,6 +38,7 @@ func newMetrics(c *Cluster) *metrics {
 		forwardFailures:   counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
 		forwardRetries:    counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
 		rounds:            counter("scope_cluster_rounds_total", "Reconciliation rounds started (each starts a step for every local replica without one running)."),
+		dropsRefused:      counter("scope_cluster_drops_refused_total", "DropReplica calls refused here because the shard's leader did not confirm that its group no longer names this node."),
 		stepsDeferred:     counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
 		peerCallsRefused: prometheus.NewDesc("scope_cluster_peer_calls_refused_total",
 			"Background calls (replica moves, status, drops) refused at once: the bound on calls in flight to that peer was reached.", nil, nil),
@@ -49,7 +51,7 @@ func newMetrics(c *Cluster) *metrics {
 
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
-		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined}
+		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined, m.dropsRefused}
 }
 
 // Describe implements prometheus.Collector.

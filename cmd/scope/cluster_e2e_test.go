@@ -20,8 +20,8 @@ type clusterNode struct {
 
 // startClusterProcs starts n agents that form a cluster with
 // -bootstrap-expect n on free loopback ports and waits until every one is
-// ready.
-func startClusterProcs(t *testing.T, n int) []*clusterNode {
+// ready. extra flags are given to every agent.
+func startClusterProcs(t *testing.T, n int, extra ...string) []*clusterNode {
 	t.Helper()
 	root := t.TempDir()
 	nodes := make([]*clusterNode, n)
@@ -39,6 +39,7 @@ func startClusterProcs(t *testing.T, n int) []*clusterNode {
 		nd.args = []string{"agent", "-name", nd.name, "-data-dir", nd.dir, "-http", nd.http, "-raft", nd.raft,
 			"-gossip", nd.gossip, "-gossip-profile", "local", "-bootstrap-expect", fmt.Sprint(n), "-shards", "4",
 			"-join", strings.Join(peers, ","), "-log-level", "info"}
+		nd.args = append(nd.args, extra...)
 		nd.proc = spawnAgent(t, nd.http, nd.args)
 	}
 	for _, nd := range nodes {
