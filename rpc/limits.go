@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
 
@@ -69,7 +70,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			refuse(w, r, err)
 			return
 		}
-		if r.ContentLength > limit+envelopePrefix {
+		if r.ContentLength > limit+envelopePrefix && !isNodeAPI(r.URL.Path) {
 			s.metrics.refusals.WithLabelValues(reasonRequestBytes).Inc()
 			refuse(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
 				"request of %d bytes is larger than the maximum request size %d bytes (scope agent -max-request-bytes)",
@@ -77,7 +78,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, caller))
-		if !isUnaryWrite(r) {
+		if !isUnaryWrite(r) || isNodeAPI(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -96,6 +97,12 @@ func (s *Server) guard(next http.Handler) http.Handler {
 // isRPCPath reports whether path names a Connect/gRPC procedure.
 func isRPCPath(path string) bool {
 	return strings.HasPrefix(path, "/scope.") || strings.HasPrefix(path, "/grpc.")
+}
+
+// isNodeAPI reports whether path is the node-to-node API, which bounds
+// its messages itself (larger: shard reads and notice batches).
+func isNodeAPI(path string) bool {
+	return strings.HasPrefix(path, "/"+nodev1connect.NodeServiceName+"/")
 }
 
 // isUnaryWrite reports whether r is a POST of a unary procedure of ours
