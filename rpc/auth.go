@@ -366,8 +366,9 @@ func (a *Auth) check(r *http.Request) (Caller, authRefusal, *connect.Error) {
 	if tokens == nil {
 		return Caller{Name: ip}, "", nil
 	}
-	bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || bearer == "" {
+	h := r.Header.Get("Authorization")
+	scheme, bearer, _ := strings.Cut(h, " ")
+	if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(bearer) == "" {
 		return Caller{}, refuseUnauthenticated, connect.NewError(connect.CodeUnauthenticated,
 			errors.New("this node requires a token: send Authorization: Bearer TOKEN (scope: -token or SCOPE_TOKEN)"))
 	}

@@ -13,6 +13,7 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
 
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/rpc"
@@ -256,6 +257,18 @@ func TestTokenRoles(t *testing.T) {
 	hc := grpchealth.NewClient(n.HTTP1, n.URL)
 	if resp, err := hc.Check(ctx, &grpchealth.CheckRequest{}); err != nil || resp.Status != grpchealth.StatusServing {
 		t.Errorf("gRPC health without a token: %v %v", resp, err)
+	}
+	// Reflection needs a token of any role.
+	for _, c := range []struct {
+		token string
+		want  connect.Code
+	}{{"", unauth}, {n.ingest, ok}, {n.query, ok}} {
+		rs := grpcreflect.NewClient(withToken(n.H2C, c.token), n.URL, connect.WithGRPC()).NewStream(ctx)
+		_, err := rs.ListServices()
+		_, _ = rs.Close()
+		if got := authCodes(err); got != c.want || (c.want == ok && err != nil) {
+			t.Errorf("reflection with %q: %v, want %v", c.token, err, c.want)
+		}
 	}
 	for _, c := range []struct {
 		path, token string
