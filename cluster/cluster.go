@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
 )
 
 // Config configures a node's part in the cluster.
@@ -71,7 +72,11 @@ type Config struct {
 	HTTPClient *http.Client
 	// TLS makes node-to-node calls go to https:// addresses; HTTPClient
 	// must then dial mutual TLS (tlsconf.Reloader.NodeHTTPClient).
-	TLS    bool
+	TLS bool
+	// Auth, when set, supplies the node credential sent on every
+	// node-to-node call (rpc.Auth.NodeTransport); the server side checks it
+	// in the rpc server's middleware.
+	Auth   *rpc.Auth
 	Logger *slog.Logger
 }
 
@@ -194,6 +199,11 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 	}
 	if cfg.Identity == nil {
 		cfg.Identity = NewMemoryIdentity()
+	}
+	if cfg.Auth != nil {
+		c := *client
+		c.Transport = cfg.Auth.NodeTransport(client.Transport)
+		client = &c
 	}
 	c := &Cluster{
 		id:      cfg.Identity,

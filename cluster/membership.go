@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -80,6 +81,8 @@ type Membership struct {
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
 	addr string // this node's advertised gossip address
+	// keyring is memberlist's (nil: gossip is not encrypted).
+	keyring *memberlist.Keyring
 
 	mu        sync.Mutex
 	meta      Meta
@@ -141,6 +144,7 @@ func NewMembership(cfg MembershipConfig, meta Meta) (*Membership, error) {
 		return nil, fmt.Errorf("cluster: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	m.ml = ml
+	m.keyring = mc.Keyring
 	m.mu.Lock()
 	if self, ok := m.members[cfg.Name]; ok {
 		m.addr = self.Addr
@@ -158,6 +162,37 @@ func NewMembership(cfg MembershipConfig, meta Meta) (*Membership, error) {
 
 // Name is this node's name.
 func (m *Membership) Name() string { return m.cfg.Name }
+
+// SetGossipKeys replaces the gossip keyring with keys, the first the
+// primary (it encrypts; all decrypt): keys not yet installed are added, the
+// primary is switched, and installed keys not in keys are removed, so a
+// rotation is three reloads of every node's keyring file (add the new key,
+// make it first, drop the old one). Gossip that started unencrypted cannot
+// be encrypted without a restart.
+func (m *Membership) SetGossipKeys(keys [][]byte) error {
+	if m.keyring == nil {
+		return fmt.Errorf("%w: gossip started without a key: restart to turn encryption on", ErrMembershipConfig)
+	}
+	if len(keys) == 0 {
+		return fmt.Errorf("%w: no gossip key", ErrMembershipConfig)
+	}
+	for i, k := range keys {
+		if err := m.keyring.AddKey(k); err != nil {
+			return fmt.Errorf("%w: key %d: %v", ErrMembershipConfig, i, err)
+		}
+	}
+	if err := m.keyring.UseKey(keys[0]); err != nil {
+		return fmt.Errorf("%w: primary key: %v", ErrMembershipConfig, err)
+	}
+	for _, k := range slices.Clone(m.keyring.GetKeys()) {
+		if !slices.ContainsFunc(keys, func(w []byte) bool { return bytes.Equal(w, k) }) {
+			if err := m.keyring.RemoveKey(k); err != nil {
+				return fmt.Errorf("%w: remove key: %v", ErrMembershipConfig, err)
+			}
+		}
+	}
+	return nil
+}
 
 // Addr is this node's advertised gossip address (ip:port), with the port
 // actually bound when the configured one was 0.

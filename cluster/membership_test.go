@@ -476,3 +476,44 @@ func TestSlogWriterMapsMemberlistLevels(t *testing.T) {
 		}
 	}
 }
+
+// TestMembershipKeyRotation: a running cluster rotates its gossip key with
+// SetGossipKeys, as three reloads of every node's keyring file: install
+// the new key, make it primary, remove the old one. Members stay together
+// throughout; afterwards a node with only the new key joins, and one with
+// only the old key is not admitted.
+func TestMembershipKeyRotation(t *testing.T) {
+	oldKey, newKey := bytes.Repeat([]byte{3}, 32), bytes.Repeat([]byte{4}, 32)
+	withKeys := func(name string, keys ...[]byte) *Membership {
+		cfg := testMembershipConfig(name)
+		cfg.GossipKeys = keys
+		return startMember(t, cfg)
+	}
+	a, b := withKeys("a", oldKey), withKeys("b", oldKey)
+	if _, err := b.Join([]string{a.Addr()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a and b together", 10*time.Second, func() bool { return len(a.LiveNames()) == 2 && len(b.LiveNames()) == 2 })
+	for _, step := range [][][]byte{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {
+		for _, m := range []*Membership{a, b} {
+			if err := m.SetGossipKeys(step); err != nil {
+				t.Fatalf("%s: SetGossipKeys: %v", m.Name(), err)
+			}
+		}
+	}
+	if _, err := withKeys("old-only", oldKey).Join([]string{a.Addr()}); err == nil {
+		t.Fatal("a node with only the removed key joined")
+	}
+	c := withKeys("c", newKey)
+	if _, err := c.Join([]string{a.Addr()}); err != nil {
+		t.Fatalf("a node with the new key: %v", err)
+	}
+	waitFor(t, "b sees c (gossip under the new key)", 10*time.Second, func() bool { return len(b.LiveNames()) == 3 })
+	if got := b.LiveNames(); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Fatalf("b sees %q", got)
+	}
+	plain := startMember(t, testMembershipConfig("plain"))
+	if err := plain.SetGossipKeys([][]byte{newKey}); err == nil {
+		t.Fatal("SetGossipKeys turned encryption on at runtime")
+	}
+}

@@ -62,18 +62,48 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 	return connect.NewResponse(resp), nil
 }
 
-func (s nodeService) DropReplica(_ context.Context, req *connect.Request[nodev1.DropReplicaRequest]) (*connect.Response[nodev1.DropReplicaResponse], error) {
-	shard := req.Msg.GetShard()
-	if r := s.c.node.Replica(shard); r != nil && s.c.stillMember(r, req.Msg.GetRemovedAt()) {
-		// A stale or misdirected call must not destroy a live copy.
+// DropReplica deletes this node's replica of a shard whose group removed
+// it. The caller's word is not enough (a stale, misdirected or forged call
+// must not destroy a live copy: D29): the replica must not lead, and the
+// shard's leader, asked by this node, must confirm that its group no
+// longer names this node, with a commit index covering the replica's log
+// and the claimed removal index (leaderDisowns). The drop itself is
+// cancelled if an OpenReplica returned the replica meanwhile (a leader
+// re-adding this node). When in doubt it refuses; the orphan check
+// (orphans.go) drops a replica that really was removed later.
+func (s nodeService) DropReplica(ctx context.Context, req *connect.Request[nodev1.DropReplicaRequest]) (*connect.Response[nodev1.DropReplicaResponse], error) {
+	shard, removedAt := req.Msg.GetShard(), req.Msg.GetRemovedAt()
+	r := s.c.node.Replica(shard)
+	if r == nil {
+		// Nothing open: clear what an interrupted drop may have left.
+		if err := s.c.node.DropReplica(shard); err != nil {
+			return nil, internalError(err)
+		}
+		return connect.NewResponse(&nodev1.DropReplicaResponse{}), nil
+	}
+	if s.c.stillMember(r, removedAt) {
 		return nil, connect.NewError(connect.CodeFailedPrecondition,
 			fmt.Errorf("cluster: shard %d lists this node as a member in a configuration newer than its removal (index %d)",
-				shard, req.Msg.GetRemovedAt()))
+				shard, removedAt))
 	}
-	if err := s.c.node.DropReplica(shard); err != nil {
+	seq, _ := r.LastOpen()
+	leader, commit, why := s.c.leaderDisowns(ctx, r, removedAt)
+	if why != "" {
+		s.c.metrics.dropsRefused.Inc()
+		s.c.logger.Warn("refused DropReplica: the shard's leader does not confirm the removal", "shard", shard,
+			"removed_at", removedAt, "why", why)
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("cluster: shard %d: not dropped: %s", shard, why))
+	}
+	dropped, err := s.c.node.DropReplicaUnopened(shard, r, seq)
+	if err != nil {
 		return nil, internalError(err)
 	}
-	s.c.logger.Info("dropped replica", "shard", shard)
+	if !dropped {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("cluster: shard %d: not dropped: reopened meanwhile (a leader is adding this node back)", shard))
+	}
+	s.c.logger.Info("dropped replica", "shard", shard, "leader", leader, "leader_commit", commit)
 	return connect.NewResponse(&nodev1.DropReplicaResponse{}), nil
 }
 

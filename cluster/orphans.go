@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -50,25 +51,49 @@ func (c *Cluster) dropIfOrphan(ctx context.Context, r *node.Replica) error {
 	if contact := r.Raft().LastContact(); !contact.IsZero() && now.Sub(contact) < c.cfg.OrphanGrace {
 		return nil
 	}
+	leader, commit, why := c.leaderDisowns(ctx, r, 0)
+	if why != "" {
+		return nil
+	}
 	shard := r.Shard()
-	leader, addr, err := c.leaderOf(shard)
-	if err != nil || leader == c.cfg.Name {
-		return nil
-	}
-	st, err := c.peers.replicaStatus(ctx, addr, shard)
-	switch {
-	case err != nil || !st.GetExists() || !st.GetLeader() || st.GetFailed():
-		return nil
-	case slices.Contains(st.GetMembers(), c.cfg.Name):
-		return nil
-	case st.GetCommitIndex() < r.LastIndex():
-		return nil
-	}
 	dropped, err := c.node.DropReplicaUnopened(shard, r, seq)
 	if dropped {
 		c.metrics.orphansDropped.Inc()
 		c.logger.Info("dropped orphaned replica: its group's leader no longer names this node",
-			"shard", shard, "leader", leader, "leader_commit", st.GetCommitIndex())
+			"shard", shard, "leader", leader, "leader_commit", commit)
 	}
 	return err
+}
+
+// leaderDisowns asks the leader of r's shard (another node, answering as
+// leader, its replica healthy) whether its latest configuration, committed
+// or not, still names this node. It disowns r only if it does not, and its
+// commit index covers both r's whole log (so its configuration supersedes
+// every one r ever held) and removedAt (the removal a caller claims is
+// committed). why says what is missing ("" when disowned).
+func (c *Cluster) leaderDisowns(ctx context.Context, r *node.Replica, removedAt uint64) (leader string, commit uint64, why string) {
+	shard := r.Shard()
+	leader, addr, err := c.leaderOf(shard)
+	switch {
+	case err != nil:
+		return "", 0, "no leader known: " + err.Error()
+	case leader == c.cfg.Name:
+		return leader, 0, "this node is the leader"
+	}
+	st, err := c.peers.replicaStatus(ctx, addr, shard)
+	switch {
+	case err != nil:
+		return leader, 0, "the leader " + leader + " did not answer: " + err.Error()
+	case !st.GetExists() || !st.GetLeader() || st.GetFailed():
+		return leader, 0, "the node " + leader + " does not answer as the shard's healthy leader"
+	case slices.Contains(st.GetMembers(), c.cfg.Name):
+		return leader, 0, "the leader " + leader + " still names this node in the shard's group"
+	case st.GetCommitIndex() < r.LastIndex():
+		return leader, 0, fmt.Sprintf("the leader %s's commit index %d is below this replica's last index %d",
+			leader, st.GetCommitIndex(), r.LastIndex())
+	case st.GetCommitIndex() < removedAt:
+		return leader, 0, fmt.Sprintf("the leader %s's commit index %d is below the claimed removal index %d",
+			leader, st.GetCommitIndex(), removedAt)
+	}
+	return leader, st.GetCommitIndex(), ""
 }

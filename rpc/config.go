@@ -55,6 +55,21 @@ type Config struct {
 	// UNAVAILABLE naming the shard.
 	TailReplanTimeout time.Duration
 
+	// QueryTimeout is the server's deadline on every QueryService unary
+	// call; a client's shorter deadline wins.
+	QueryTimeout time.Duration
+	// MaxQueries bounds QueryService unary calls in flight on this node,
+	// MaxQueriesPerCaller those of one caller (a token's name, or the
+	// remote IP when tokens are off). MaxTails and MaxTailsPerCaller bound
+	// Tail streams the same way.
+	MaxQueries          int
+	MaxQueriesPerCaller int
+	MaxTails            int
+	MaxTailsPerCaller   int
+	// Auth checks tokens and node credentials (auth.go); nil lets every
+	// caller in.
+	Auth *Auth
+
 	// Version is reported in Members and Stats.
 	Version string
 	Logger  *slog.Logger
@@ -75,6 +90,11 @@ func DefaultConfig() Config {
 		TailBuffer:          4096,
 		MaxTailBackfill:     10_000,
 		TailReplanTimeout:   30 * time.Second,
+		QueryTimeout:        60 * time.Second,
+		MaxQueries:          256,
+		MaxQueriesPerCaller: 64,
+		MaxTails:            256,
+		MaxTailsPerCaller:   16,
 		Version:             "dev",
 		Logger:              slog.Default(),
 	}
@@ -105,6 +125,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: TailBuffer %d: must be at least 2", ErrConfig, c.TailBuffer)
 	case c.TailReplanTimeout <= 0:
 		return fmt.Errorf("%w: TailReplanTimeout %v: must be positive", ErrConfig, c.TailReplanTimeout)
+	case c.QueryTimeout <= 0:
+		return fmt.Errorf("%w: QueryTimeout %v: must be positive", ErrConfig, c.QueryTimeout)
+	case c.MaxQueries < 1 || c.MaxQueriesPerCaller < 1 || c.MaxQueriesPerCaller > c.MaxQueries:
+		return fmt.Errorf("%w: MaxQueriesPerCaller %d, MaxQueries %d: want 1 <= MaxQueriesPerCaller <= MaxQueries",
+			ErrConfig, c.MaxQueriesPerCaller, c.MaxQueries)
+	case c.MaxTails < 1 || c.MaxTailsPerCaller < 1 || c.MaxTailsPerCaller > c.MaxTails:
+		return fmt.Errorf("%w: MaxTailsPerCaller %d, MaxTails %d: want 1 <= MaxTailsPerCaller <= MaxTails",
+			ErrConfig, c.MaxTailsPerCaller, c.MaxTails)
 	case c.MaxTailBackfill < 0 || c.MaxTailBackfill > c.MaxQueryLimit:
 		return fmt.Errorf("%w: MaxTailBackfill %d: must be within [0, MaxQueryLimit %d]",
 			ErrConfig, c.MaxTailBackfill, c.MaxQueryLimit)

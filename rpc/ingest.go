@@ -113,6 +113,9 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 		}
 	}
 	if err := stream.Err(); err != nil {
+		if connect.CodeOf(err) == connect.CodeResourceExhausted {
+			i.s.metrics.refusals.WithLabelValues(reasonRequestBytes).Inc()
+		}
 		return nil, err
 	}
 	return connect.NewResponse(finish()), nil
@@ -133,8 +136,9 @@ func (s *Server) ingest(ctx context.Context, proc string, req *scopev1.IngestReq
 	n := len(req.GetEvents())
 	s.metrics.eventsPerRequest.Observe(float64(n))
 	if n > s.cfg.MaxEventsPerRequest {
+		s.metrics.refusals.WithLabelValues(reasonEventsPerRequest).Inc()
 		return nil, s.fail(proc, invalid("events", fmt.Sprintf("%d events", n),
-			fmt.Sprintf("at most %d events per request (MaxEventsPerRequest)", s.cfg.MaxEventsPerRequest)))
+			fmt.Sprintf("at most %d events per request (scope agent -max-events-per-request)", s.cfg.MaxEventsPerRequest)))
 	}
 	var d node.Durability
 	durability := req.GetDurability()

@@ -23,6 +23,7 @@ type metrics struct {
 	tailDropped      prometheus.Counter
 	tailGaps         prometheus.Counter
 	eventIDConflicts prometheus.Counter
+	refusals         *prometheus.CounterVec
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -73,6 +74,10 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "scope_rpc_event_id_conflicts_total",
 			Help: "Lookups by event id that found the id stored on several shards (one id reused for another process's event); answered FAILED_PRECONDITION.",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_rpc_refusals_total",
+			Help: "Requests refused by a bound or by authentication, by reason: unauthenticated, permission_denied, node_credential, request_bytes, events_per_request, query_deadline, queries_per_caller, queries_total, tails_per_caller, tails_total.",
+		}, []string{"reason"}),
 	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
@@ -107,6 +112,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.eventIDConflicts, err = register(reg, m.eventIDConflicts)
+	}
+	if err == nil {
+		m.refusals, err = register(reg, m.refusals)
 	}
 	return m, err
 }

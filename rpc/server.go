@@ -44,6 +44,9 @@ type Server struct {
 	ingested, refused atomic.Uint64 // events, for NodeStats
 	tails             prometheus.Gauge
 
+	// queries and tailLimit bound calls in flight (limits.go).
+	queries, tailLimit *limiter
+
 	done      chan struct{} // closed by Close: ends Tail streams
 	closeOnce sync.Once
 }
@@ -66,6 +69,10 @@ func NewServer(n *node.Node, cfg Config) (*Server, error) {
 	}
 	s := &Server{node: n, cfg: cfg, logger: cfg.Logger, metrics: m, started: time.Now(),
 		tails: m.tails, done: make(chan struct{})}
+	s.queries = newLimiter("queries", cfg.MaxQueries, cfg.MaxQueriesPerCaller, "-max-queries", "-max-queries-per-caller",
+		reasonQueriesTotal, reasonQueriesPerCaller)
+	s.tailLimit = newLimiter("Tail streams", cfg.MaxTails, cfg.MaxTailsPerCaller, "-max-tails", "-max-tails-per-caller",
+		reasonTailsTotal, reasonTailsPerCaller)
 	s.planner = &planner{res: localResolver{n: n}, shards: n.Shards(), cfg: &s.cfg, logger: cfg.Logger,
 		hedges: m.hedges, hedgeWins: m.hedgeWins}
 	return s, nil
@@ -92,7 +99,7 @@ const compressMinBytes = 1024
 func (s *Server) Handler() http.Handler {
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(s.cfg.MaxRequestBytes),
-		connect.WithInterceptors(s.metrics.interceptor()),
+		connect.WithInterceptors(s.metrics.interceptor(), limitsInterceptor{s}),
 		// Compress (when the client accepts gzip) only answers big enough
 		// for it to pay: small ones cost CPU and save nothing.
 		connect.WithCompressMinBytes(compressMinBytes),
@@ -129,7 +136,9 @@ func (s *Server) Handler() http.Handler {
 			_, _ = fmt.Fprintf(w, "writes refused: %v\n", err)
 		}
 	})
-	return mux
+	// Authentication and request bounds apply to every path, mounted
+	// handlers included (limits.go, auth.go).
+	return s.guard(mux)
 }
 
 type mount struct {

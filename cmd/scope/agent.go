@@ -84,8 +84,9 @@ type agent struct {
 	// httpBound is the address the HTTP listener bound (-http may say port 0).
 	httpBound string
 
-	srv *rpc.Server
-	tls *agentTLS // nil without -tls-cert
+	srv  *rpc.Server
+	tls  *agentTLS // nil without -tls-cert
+	auth *rpc.Auth // tokens and node credentials, replaced on SIGHUP
 	// identity is the data directory's node id, cluster id and start
 	// epoch (cluster.IdentityFile, beside metaFile).
 	identity *cluster.IdentityStore
@@ -230,8 +231,18 @@ func startAgent(cfg *agentConfig, logger *slog.Logger) (_ *agent, err error) {
 		}
 	}
 
+	a.auth = &rpc.Auth{}
+	if cfg.tokens != nil {
+		a.auth.SetTokens(cfg.tokens)
+	}
+	if !cfg.dev {
+		// The node API (and forwarded ingest) accepts this credential,
+		// derived from the gossip keyring, and never a client token.
+		a.auth.SetNodeCredentials(rpc.NodeCredentials(cfg.gossipKeys))
+	}
 	rc := cfg.rpc
 	rc.Logger = logger
+	rc.Auth = a.auth
 	if a.srv, err = rpc.NewServer(a.node, rc); err != nil {
 		return nil, err
 	}
@@ -369,6 +380,7 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.Identity = a.identity
 	ccfg.Logger = a.logger.With("component", "cluster")
 	a.clusterTLS(&ccfg)
+	ccfg.Auth = a.auth
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
 		return err
 	}
@@ -377,6 +389,40 @@ func (a *agent) startCluster(raftAddr string) error {
 	a.srv.SetCluster(leaveNotifier{ClusterInfo: a.cluster.Info(), left: a.left, once: new(sync.Once)})
 	a.srv.Mount(a.nodeOnly(a.cluster.Handler()))
 	return nil
+}
+
+// reload rereads, on SIGHUP, the certificates, the -auth-tokens file and
+// the -gossip-keyring file; each that fails to load keeps what is in use.
+func (a *agent) reload() {
+	a.reloadTLS()
+	a.reloadAuth()
+}
+
+// reloadAuth rereads the -auth-tokens and -gossip-keyring files (SIGHUP). A
+// file that does not parse leaves the running set in place and is logged.
+func (a *agent) reloadAuth() {
+	cfg := a.cfg
+	if cfg.authTokens != "" {
+		set, err := rpc.LoadTokens(cfg.authTokens)
+		if err != nil {
+			a.logger.Error("SIGHUP: -auth-tokens not reloaded; keeping the previous tokens", "err", err)
+		} else {
+			a.auth.SetTokens(set)
+			a.logger.Info("SIGHUP: tokens reloaded", "file", cfg.authTokens, "tokens", set.Len())
+		}
+	}
+	if cfg.gossipKeyring != "" && a.members != nil {
+		keys, err := loadKeyring(cfg.gossipKeyring)
+		if err == nil {
+			err = a.members.SetGossipKeys(keys)
+		}
+		if err != nil {
+			a.logger.Error("SIGHUP: -gossip-keyring not reloaded; keeping the previous keys", "err", err)
+			return
+		}
+		a.auth.SetNodeCredentials(rpc.NodeCredentials(keys))
+		a.logger.Info("SIGHUP: gossip keyring reloaded", "file", cfg.gossipKeyring, "keys", len(keys))
+	}
 }
 
 // joinTargets is the seed list without this node's own gossip address.

@@ -45,6 +45,11 @@ type agentConfig struct {
 	advertiseRaft   string
 	advertiseGossip string
 	stabilization   time.Duration // -stabilization-time: cluster.Config.StabilizationTime
+	gossipKeyring   string        // -gossip-keyring FILE: gossipKeys read from it (reloaded on SIGHUP)
+
+	authTokens string        // -auth-tokens FILE (reloaded on SIGHUP)
+	tokens     *rpc.TokenSet // read from authTokens at start
+	maxReqSize uint64        // -max-request-bytes
 
 	tls tlsFlags // -tls-*, -insecure (agent_tls.go)
 
@@ -91,6 +96,16 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		c.gossipKeys = append(c.gossipKeys, k)
 		return nil
 	})
+	fs.StringVar(&c.gossipKeyring, "gossip-keyring", "", "file of base64 gossip keys, one a line (# comments): the first encrypts, all decrypt; reloaded on SIGHUP (rotation); also derives the node-to-node credential")
+	fs.StringVar(&c.authTokens, "auth-tokens", "", "file of client tokens, one a line: ROLE SHA256HEX [NAME] (roles ingest, query, admin; `scope token new` prints lines); reloaded on SIGHUP")
+	c.maxReqSize = uint64(c.rpc.MaxRequestBytes)
+	fs.Var(byteSize{&c.maxReqSize}, "max-request-bytes", "largest request message (one stream message for IngestStream), e.g. 16MiB; larger: RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.rpc.MaxEventsPerRequest, "max-events-per-request", c.rpc.MaxEventsPerRequest, "most events in one ingest request (stream message); more: INVALID_ARGUMENT")
+	fs.DurationVar(&c.rpc.QueryTimeout, "query-timeout", c.rpc.QueryTimeout, "the server's deadline on every query (a client's shorter deadline wins)")
+	fs.IntVar(&c.rpc.MaxQueries, "max-queries", c.rpc.MaxQueries, "queries in flight on this node; more: RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.rpc.MaxQueriesPerCaller, "max-queries-per-caller", c.rpc.MaxQueriesPerCaller, "queries in flight per caller (token name, or remote IP without tokens)")
+	fs.IntVar(&c.rpc.MaxTails, "max-tails", c.rpc.MaxTails, "Tail streams open on this node; more: RESOURCE_EXHAUSTED")
+	fs.IntVar(&c.rpc.MaxTailsPerCaller, "max-tails-per-caller", c.rpc.MaxTailsPerCaller, "Tail streams open per caller (token name, or remote IP without tokens)")
 	fs.StringVar(&c.gossipProfile, "gossip-profile", cluster.ProfileLAN, "gossip timings: lan (production) or local (loopback: failures detected within seconds)")
 	fs.DurationVar(&c.stabilization, "stabilization-time", cluster.DefaultConfig("").StabilizationTime,
 		"how long a member must have been alive (or, for a member of a shard's group, dead) before replicas move to it (away from it); 0: move at once")
@@ -118,7 +133,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		"the store's Pebble memtable (the raft log's is half): Pebble preallocates each WAL at 110% of it; -min-free-disk must be at least 3.15 times it")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
-	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (anyone who reaches it can profile the process)")
+	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (needs an admin token with -auth-tokens; without, anyone who reaches it can profile the process)")
 	c.tls.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, fs, err
@@ -130,7 +145,7 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	c.replicasSet = flagSet(fs, "replicas")
 	if c.dev {
 		// -dev is one node bootstrapped alone: cluster flags contradict it.
-		for _, name := range []string{"join", "bootstrap-expect", "replicas", "gossip", "gossip-key", "gossip-profile",
+		for _, name := range []string{"join", "bootstrap-expect", "replicas", "gossip", "gossip-key", "gossip-keyring", "gossip-profile",
 			"advertise-http", "advertise-raft", "advertise-gossip", "stabilization-time"} {
 			if flagSet(fs, name) {
 				return nil, fs, usageError("-%s: -dev runs one node alone (replication 1, no gossip); drop -%s, or drop -dev to run a cluster node", name, name)
@@ -205,6 +220,9 @@ func (c *agentConfig) finish() error {
 		return usageError("-min-free-disk %s: must be 0 or at least %s with -memtable-size %s (once ingest is refused, a memtable flush and a new preallocated WAL of the store and of the raft log must still fit)",
 			byteSize{&c.node.Disk.MinFree}, node.FormatBytes(need), byteSize{&c.node.Store.MemTableSize})
 	}
+	if err := c.finishSecurity(); err != nil {
+		return err
+	}
 	c.node.ID = c.name
 	c.node.DataDir = c.dataDir
 	c.node.Shards = uint32(c.shards)
@@ -212,6 +230,85 @@ func (c *agentConfig) finish() error {
 	c.rpc.Limits = c.node.Correlator.Limits
 	c.rpc.Version = version()
 	return nil
+}
+
+// finishSecurity reads -auth-tokens and -gossip-keyring and checks the
+// request bounds.
+func (c *agentConfig) finishSecurity() error {
+	if c.maxReqSize < 1<<10 || c.maxReqSize > 1<<30 {
+		return usageError("-max-request-bytes %s: must be in 1KiB..1GiB", byteSize{&c.maxReqSize})
+	}
+	c.rpc.MaxRequestBytes = int(c.maxReqSize)
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"max-events-per-request", c.rpc.MaxEventsPerRequest}, {"max-queries", c.rpc.MaxQueries},
+		{"max-queries-per-caller", c.rpc.MaxQueriesPerCaller}, {"max-tails", c.rpc.MaxTails}, {"max-tails-per-caller", c.rpc.MaxTailsPerCaller}} {
+		if f.v < 1 {
+			return usageError("-%s %d: must be at least 1", f.name, f.v)
+		}
+	}
+	if c.rpc.MaxQueriesPerCaller > c.rpc.MaxQueries {
+		return usageError("-max-queries-per-caller %d: must not exceed -max-queries %d", c.rpc.MaxQueriesPerCaller, c.rpc.MaxQueries)
+	}
+	if c.rpc.MaxTailsPerCaller > c.rpc.MaxTails {
+		return usageError("-max-tails-per-caller %d: must not exceed -max-tails %d", c.rpc.MaxTailsPerCaller, c.rpc.MaxTails)
+	}
+	if c.rpc.QueryTimeout <= 0 {
+		return usageError("-query-timeout %v: must be positive", c.rpc.QueryTimeout)
+	}
+	if c.gossipKeyring != "" {
+		if len(c.gossipKeys) > 0 {
+			return usageError("-gossip-keyring and -gossip-key: give the keys one way (the keyring file can be reloaded)")
+		}
+		keys, err := loadKeyring(c.gossipKeyring)
+		if err != nil {
+			return usageError("-gossip-keyring %s", err)
+		}
+		c.gossipKeys = keys
+	}
+	if c.authTokens != "" {
+		set, err := rpc.LoadTokens(c.authTokens)
+		if err != nil {
+			return usageError("-auth-tokens %v", err)
+		}
+		c.tokens = set
+		if !c.dev && len(c.gossipKeys) == 0 {
+			return usageError("-auth-tokens: nodes call each other's node API, which accepts no client token: pass -gossip-keyring FILE " +
+				"(the node credential is derived from the gossip key), or drop -auth-tokens")
+		}
+	}
+	return nil
+}
+
+// loadKeyring reads a gossip keyring file: one base64 key a line, blank
+// lines and # comments ignored; the first key is the primary.
+func loadKeyring(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var keys [][]byte
+	for i, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := cluster.ParseGossipKey(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s: line %d: %v", path, i+1, err)
+		}
+		for _, prev := range keys {
+			if string(prev) == string(k) {
+				return nil, fmt.Errorf("%s: line %d: the key is listed twice", path, i+1)
+			}
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: no key (want base64 keys of 16, 24 or 32 bytes, one a line; the first encrypts)", path)
+	}
+	return keys, nil
 }
 
 // byteSize is a flag holding a byte count: a number with an optional unit

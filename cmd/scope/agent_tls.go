@@ -188,10 +188,9 @@ func (a *agent) reloadOnHUP(stop <-chan struct{}) {
 	}
 }
 
-// reload rereads the certificate files (SIGHUP).
-func (a *agent) reload() {
+// reloadTLS rereads the certificate files (SIGHUP).
+func (a *agent) reloadTLS() {
 	if a.tls == nil {
-		a.logger.Info("SIGHUP: nothing to reload (no -tls-cert)")
 		return
 	}
 	if err := a.tls.r.Reload(); err != nil {

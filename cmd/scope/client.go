@@ -94,7 +94,12 @@ type clientFlags struct {
 	// TLS (-ca, -cert, -key; SCOPE_CA, SCOPE_CERT, SCOPE_KEY): with -ca
 	// a host:port address means https://.
 	ca, cert, key string
+	token         string // -token, else $SCOPE_TOKEN
 }
+
+// tokenEnv names the environment variable holding the client's token
+// when -token is not given (so that it stays out of shell history and ps).
+const tokenEnv = "SCOPE_TOKEN"
 
 func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.addr, "addr", defaultAddr, "a node's HTTP address (host:port, http://host:port or https://host:port; host:port is https with -ca)")
@@ -103,6 +108,27 @@ func (c *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.key, "key", os.Getenv("SCOPE_KEY"), "PEM private key of -cert (env SCOPE_KEY)")
 	fs.BoolVar(&c.json, "json", false, "print responses as proto3 JSON, one message per line")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "deadline of each request (0: none)")
+	fs.StringVar(&c.token, "token", "", "bearer token sent to the node (default: $"+tokenEnv+"); `scope token new` makes one")
+}
+
+// bearer returns the token to send: -token, else $SCOPE_TOKEN.
+func (c *clientFlags) bearer() string {
+	if c.token != "" {
+		return c.token
+	}
+	return strings.TrimSpace(os.Getenv(tokenEnv))
+}
+
+// bearerTransport adds `Authorization: Bearer TOKEN` to every request.
+type bearerTransport struct {
+	token string
+	base  http.RoundTripper
+}
+
+func (t bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+t.token)
+	return t.base.RoundTrip(r)
 }
 
 // baseURL turns -addr into the base URL of the Connect services.
@@ -176,6 +202,9 @@ func (c *clientFlags) dial() (*api, error) {
 		return nil, err
 	}
 	hc := newHTTPClient(tlsCfg)
+	if tok := c.bearer(); tok != "" {
+		hc.Transport = bearerTransport{token: tok, base: hc.Transport}
+	}
 	// No gzip: the CLI talks to a node on the same machine or LAN, where
 	// compressing a large query answer costs the node more CPU than the
 	// bytes save (about 20% of a 1,000-event time-range query).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/elixirscope/scope/node"
+	"github.com/elixirscope/scope/rpc"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
@@ -443,6 +445,104 @@ func TestParseFlagsInterspersed(t *testing.T) {
 		}
 		if cf.addr != tc.addr || cf.json != tc.json || strings.Join(fs.Args(), " ") != strings.Join(tc.position, " ") {
 			t.Errorf("%q: addr %q json %v args %q", tc.args, cf.addr, cf.json, fs.Args())
+		}
+	}
+}
+
+func TestSecurityFlags(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tokens := file("tokens", "# ops\nadmin "+strings.Repeat("ab", 32)+" ops\n")
+	badTokens := file("bad-tokens", "admin "+strings.Repeat("ab", 32)+"\nsuperuser "+strings.Repeat("cd", 32)+"\n")
+	keyring := file("keyring", "# primary first\n"+base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"+
+		base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 16))+"\n")
+	badKeyring := file("bad-keyring", base64.StdEncoding.EncodeToString(make([]byte, 32))+"\nc2hvcnQ=\n")
+	cluster := []string{"-join", "127.0.0.1:1"}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(t *testing.T, c *agentConfig)
+	}{
+		{name: "defaults", args: []string{"-dev"}, check: func(t *testing.T, c *agentConfig) {
+			if c.rpc.MaxRequestBytes != 16<<20 || c.rpc.MaxEventsPerRequest != 10_000 || c.rpc.QueryTimeout != time.Minute ||
+				c.rpc.MaxQueries != 256 || c.rpc.MaxQueriesPerCaller != 64 || c.rpc.MaxTails != 256 || c.rpc.MaxTailsPerCaller != 16 || c.tokens != nil {
+				t.Errorf("defaults: %+v", c.rpc)
+			}
+		}},
+		{name: "limits", args: []string{"-dev", "-max-request-bytes", "1MiB", "-max-events-per-request", "100", "-query-timeout", "5s",
+			"-max-queries", "10", "-max-queries-per-caller", "2", "-max-tails", "4", "-max-tails-per-caller", "1"},
+			check: func(t *testing.T, c *agentConfig) {
+				r := c.rpc
+				if r.MaxRequestBytes != 1<<20 || r.MaxEventsPerRequest != 100 || r.QueryTimeout != 5*time.Second ||
+					r.MaxQueries != 10 || r.MaxQueriesPerCaller != 2 || r.MaxTails != 4 || r.MaxTailsPerCaller != 1 {
+					t.Errorf("limits: %+v", r)
+				}
+			}},
+		{name: "tokens in dev", args: []string{"-dev", "-auth-tokens", tokens}, check: func(t *testing.T, c *agentConfig) {
+			if c.tokens == nil || c.tokens.Len() != 1 {
+				t.Errorf("tokens %v", c.tokens)
+			}
+		}},
+		{name: "tokens and keyring in a cluster", args: append([]string{"-auth-tokens", tokens, "-gossip-keyring", keyring}, cluster...),
+			check: func(t *testing.T, c *agentConfig) {
+				if len(c.gossipKeys) != 2 || len(c.gossipKeys[0]) != 32 || c.tokens.Len() != 1 {
+					t.Errorf("keys %d, tokens %v", len(c.gossipKeys), c.tokens)
+				}
+			}},
+		{name: "tokens need a node credential", args: append([]string{"-auth-tokens", tokens}, cluster...),
+			wantErr: "-auth-tokens: nodes call each other's node API, which accepts no client token: pass -gossip-keyring"},
+		{name: "bad token line", args: []string{"-dev", "-auth-tokens", badTokens}, wantErr: `line 2: unknown role "superuser"`},
+		{name: "missing token file", args: []string{"-dev", "-auth-tokens", filepath.Join(dir, "none")}, wantErr: "-auth-tokens open"},
+		{name: "bad keyring line", args: append([]string{"-gossip-keyring", badKeyring}, cluster...), wantErr: "bad-keyring: line 2:"},
+		{name: "keyring and key", args: append([]string{"-gossip-keyring", keyring, "-gossip-key", base64.StdEncoding.EncodeToString(make([]byte, 16))}, cluster...),
+			wantErr: "-gossip-keyring and -gossip-key"},
+		{name: "keyring in dev", args: []string{"-dev", "-gossip-keyring", keyring}, wantErr: "-gossip-keyring: -dev runs one node alone"},
+		{name: "request bytes", args: []string{"-dev", "-max-request-bytes", "100"}, wantErr: "-max-request-bytes 100: must be in 1KiB..1GiB"},
+		{name: "events per request", args: []string{"-dev", "-max-events-per-request", "0"}, wantErr: "-max-events-per-request 0: must be at least 1"},
+		{name: "per caller above total", args: []string{"-dev", "-max-queries", "4", "-max-queries-per-caller", "5"},
+			wantErr: "-max-queries-per-caller 5: must not exceed -max-queries 4"},
+		{name: "tails per caller above total", args: []string{"-dev", "-max-tails", "1", "-max-tails-per-caller", "2"},
+			wantErr: "-max-tails-per-caller 2: must not exceed -max-tails 1"},
+		{name: "query timeout", args: []string{"-dev", "-query-timeout", "0s"}, wantErr: "-query-timeout 0s: must be positive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			c, _, err := parseAgentFlags(tc.args, &stderr)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v (stderr %q), want %q", err, stderr.String(), tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			tc.check(t, c)
+		})
+	}
+}
+
+func TestTokenCommand(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"token", "new", "-role", "ingest", "-name", "loader"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	out := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	tok := strings.TrimPrefix(out[0], "token: ")
+	if want := "ingest " + rpc.HashToken(tok) + " loader"; out[len(out)-1] != want {
+		t.Fatalf("output %q: last line want %q", stdout.String(), want)
+	}
+	for _, args := range [][]string{{"token"}, {"token", "new"}, {"token", "new", "-role", "root"}, {"token", "new", "-role", "query", "-name", "a#b"}} {
+		stderr.Reset()
+		if code := run(args, io.Discard, &stderr); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d (%s)", args, code, exitUsage, stderr.String())
 		}
 	}
 }
