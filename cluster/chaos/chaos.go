@@ -135,6 +135,10 @@ func (r *Report) OK() bool {
 	return r.AnomalyCount == 0 && r.Linearizability.ViolationCount == 0 && r.Linearizability.TimedOut == 0
 }
 
+// formationWait is how long after the cluster formed the first wipe or
+// leave may come: the agents' formation window (30 s) and some margin.
+const formationWait = 35 * time.Second
+
 // campaign is one run.
 type campaign struct {
 	cfg       Config
@@ -202,6 +206,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	for i := range cfg.Readers {
 		wg.Go(func() { w.read(load, cfg.Writers+i) })
+	}
+	if slices.Contains(cfg.Faults, FaultWipe) || slices.Contains(cfg.Faults, FaultLeave) {
+		// A node counts as formed once it has held replicas for the
+		// formation window (30 s; docs/DECISIONS.md D24). A node that comes
+		// back empty before any member is formed bootstraps a cluster of its
+		// own and is then refused as another cluster's (D27): safe, but
+		// never whole again without an operator. The load runs meanwhile.
+		c.logf("waiting %v for the cluster to count as formed before wiping or draining nodes", formationWait)
+		sleepCtx(ctx, formationWait)
 	}
 	nem := &nemesis{c: c, rnd: rand.New(rand.NewPCG(cfg.Seed, 0xfa17)), faults: cfg.Faults}
 	nem.run(ctx, time.Now().Add(cfg.Duration))

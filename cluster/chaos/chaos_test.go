@@ -22,7 +22,7 @@ import (
 // namespaces (CI sets it, and the test fails without root and iproute2);
 // unset, namespaces are used when they can be, else loopback (no
 // partition faults). SCOPE_CHAOS_DURATION overrides the fault phase of
-// TestCampaign (default 60s).
+// TestCampaign (default 45s).
 
 var binDir string
 
@@ -118,7 +118,7 @@ func runCampaign(t *testing.T, cfg Config) *Report {
 // TestCampaign is CI's short seeded campaign against the real build: no
 // anomaly, no linearizability violation.
 func TestCampaign(t *testing.T) {
-	duration := 60 * time.Second
+	duration := 45 * time.Second
 	if s := os.Getenv("SCOPE_CHAOS_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
