@@ -57,7 +57,10 @@ run() ->
     2 = length(Stats),
     Json = scope_json:encode(maps:from_list([{atom_to_binary(N), printable(S)} || {N, S} <- Stats])),
     io:format("STATS ~s~n", [Json]),
-    rpc:cast(B, erlang, halt, []),
+    %% A call, not a cast: a cast can still be in flight when this node
+    %% halts, and B would then never get it (seen: "B did not halt").
+    %% B halts while answering, so the call ends with nodedown.
+    _ = rpc:call(B, erlang, halt, [], 10000),
     ok.
 
 wait_pong(_B, 0) -> error(peer_unreachable);
