@@ -281,7 +281,10 @@ func TestRestoredDataDirIsResynced(t *testing.T) {
 	if detected == 0 {
 		t.Fatal("no peer counted the victim's start from an old copy")
 	}
-	c.WaitPlacement([]string{"n1", "n2", "n3"}, 90*time.Second)
+	// Usually 10–15 s; up to 45 s seen on a loaded machine, and once more
+	// than 90 s in a clean CI run (clustertest beside cmd/scope's agent
+	// processes): the bound is generous while that case is looked into.
+	c.WaitPlacement([]string{"n1", "n2", "n3"}, 180*time.Second)
 	c.WaitReplicasIdentical(3, 90*time.Second)
 	t.Logf("three identical voters per group again %v after the restart began", time.Since(restarted).Round(time.Millisecond))
 	if got := victim.Identity.Get(); got.NodeID != first.NodeID || got.Resync || got.Epoch <= first.Epoch+1 {
