@@ -125,9 +125,13 @@ type Report struct {
 	// deadline after a fault was repaired (the nemesis goes on, without
 	// wipes and leaves until it is). Not whole at the end is an anomaly.
 	Unrecovered []string `json:"unrecovered"`
-	// Replicas compared at the end: shard → replicas with equal content.
-	ReplicasCompared int `json:"replicas_compared"`
-	EventsVerified   int `json:"events_verified"`
+	// ReplicasCompared counts the replicas whose stores were compared at
+	// the end; ReplicaMismatches those whose applied index or digest
+	// differs from the first replica of their shard (each is also an
+	// anomaly, counted here apart from the capped list).
+	ReplicasCompared  int `json:"replicas_compared"`
+	ReplicaMismatches int `json:"replica_mismatches"`
+	EventsVerified    int `json:"events_verified"`
 }
 
 // OK reports whether the campaign found no safety violation.

@@ -159,12 +159,10 @@ func TestCheckerCatchesStaleReads(t *testing.T) {
 func TestCheckerCatchesDivergentReplicas(t *testing.T) {
 	rep := runCampaign(t, Config{Binary: buildScope(t, "scope_weak_apply"), Network: testNetwork(t), Seed: 13,
 		Duration: 10 * time.Second, Faults: []string{FaultPause}})
-	differ := 0
-	for _, a := range rep.Anomalies {
-		if strings.Contains(a, "replicas differ") {
-			differ++
-		}
-	}
+	// Counted apart from the anomaly list, which keeps only the first 200
+	// lines: the skipped entries' missing events can fill it before the
+	// comparison of the replicas reports (CI once failed so).
+	differ := rep.ReplicaMismatches
 	if differ == 0 {
 		t.Fatalf("the replica check found no divergence in a build whose replicas skip entries: %+v", rep)
 	}

@@ -260,6 +260,7 @@ func (c *campaign) checkReplicas(w *workload, events map[string]*scopev1.Event, 
 				continue
 			}
 			if rc.applied != first.applied || rc.digest != first.digest {
+				c.report.ReplicaMismatches++
 				c.anom.add("shard %d: replicas differ: %s applied %d digest %s, %s applied %d digest %s",
 					shard, first.node, first.applied, first.digest, rc.node, rc.applied, rc.digest)
 			}
