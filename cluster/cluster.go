@@ -73,6 +73,10 @@ type Config struct {
 	// TLS makes node-to-node calls go to https:// addresses; HTTPClient
 	// must then dial mutual TLS (tlsconf.Reloader.NodeHTTPClient).
 	TLS bool
+	// Keyring is this node's gossip keyring file (-gossip-keyring), which
+	// the node API's Keyring changes; nil: the keys cannot change at run
+	// time.
+	Keyring *KeyringFile
 	// Auth, when set, supplies the node credential sent on every
 	// node-to-node call (rpc.Auth.NodeTransport); the server side checks it
 	// in the rpc server's middleware.
@@ -147,8 +151,6 @@ type Cluster struct {
 	metrics *metrics
 	// unformed tracks members that advertise no replica (identity.go).
 	unformed unformedSince
-	// hostedAtStart: the data directory held replicas when Start ran.
-	hostedAtStart bool
 	// id is the data directory's identity; epochs the highest start seen
 	// per node id (identity.go).
 	id     *IdentityStore
@@ -175,6 +177,13 @@ type Cluster struct {
 	restored []restoredReplica
 	// foreignWarned: the cluster id last logged per foreign member.
 	foreignWarned map[string]uint64
+	// formedAtStart and heldSince decide Meta.Formed (formedNow):
+	// formedAtStart, the data directory held replicas when Start ran and
+	// they were not dropped as an old copy since; heldSince, when this node
+	// first held a replica since it started or was emptied by a
+	// resynchronization.
+	formedAtStart bool
+	heldSince     time.Time
 
 	// balanceMu serializes leadership balancing: at most one transfer per
 	// round (lastTransfer is the round of the last one).
@@ -258,10 +267,12 @@ func (c *Cluster) Start() error {
 		c.dropRestored()
 		hosted = nil
 	}
-	c.hostedAtStart = len(hosted) > 0
+	c.mu.Lock()
+	c.formedAtStart = len(hosted) > 0
+	c.mu.Unlock()
 	id := c.id.Get()
 	if err := c.members.UpdateMeta(func(m *Meta) {
-		m.Formed, m.HoldsReplicas = c.hostedAtStart, c.hostedAtStart
+		m.Formed, m.HoldsReplicas = len(hosted) > 0, len(hosted) > 0
 		m.NodeID, m.ClusterID, m.Epoch, m.Run = id.NodeID, id.ClusterID, id.Epoch, c.id.Run()
 	}); err != nil {
 		return err
@@ -320,7 +331,6 @@ func (c *Cluster) publishLoop() {
 	var last []uint32
 	var lastStale []StaleRun
 	lastReady, lastFormed, lastHolds := false, false, false
-	var heldSince time.Time // when this node first held a replica
 	for {
 		select {
 		case <-c.stop:
@@ -331,10 +341,7 @@ func (c *Cluster) publishLoop() {
 		ready := true
 		reps := c.node.Replicas()
 		holds := len(reps) > 0
-		if holds && heldSince.IsZero() {
-			heldSince = time.Now()
-		}
-		formed := c.hostedAtStart || holds && time.Since(heldSince) >= c.cfg.FormationWindow
+		formed := c.formedNow(holds, time.Now())
 		for _, r := range reps {
 			if r.IsLeader() {
 				led = append(led, r.Shard())
@@ -355,6 +362,26 @@ func (c *Cluster) publishLoop() {
 		}
 		last, lastReady, lastFormed, lastHolds, lastStale = led, ready, formed, holds, stale
 	}
+}
+
+// formedNow is Meta.Formed at now for a node that holds replicas or not:
+// it held replicas when it started (and did not drop them as an old copy),
+// or it has held replicas for the formation window.
+func (c *Cluster) formedNow(holds bool, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if holds && c.heldSince.IsZero() {
+		c.heldSince = now
+	}
+	return c.formedAtStart || holds && now.Sub(c.heldSince) >= c.cfg.FormationWindow
+}
+
+// unform makes this node count as one that came back empty: its replicas
+// were dropped as an old copy (identity.go).
+func (c *Cluster) unform() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.formedAtStart, c.heldSince = false, time.Time{}
 }
 
 // Close stops the loops: node-to-node calls in progress are cancelled,

@@ -24,48 +24,58 @@ import (
 // usual non-voter, catch-up and promotion steps (docs/DECISIONS.md D24).
 //
 // A node that holds no replica says so in gossip (Meta.HoldsReplicas false) from
-// its first message, and a node that started empty says so until it has held
-// replicas for Config.FormationWindow (Meta.Formed false). At formation every
+// its first message, and a node that started empty, or dropped its replicas
+// as an old copy (resync), says so until it has held replicas for
+// Config.FormationWindow (Meta.Formed false). At formation every
 // node is in that state for a while, so a member becomes suspect only after it
 // has been unsettled for Config.LostVoterGrace, and a group replaces a suspect
 // voter only if it confirms it holds no replica of that group. It stays suspect for lostVoterWindow (its
 // groups are replaced one by one, and once the first is, it holds a
-// replica again: HoldsReplicas no longer tells), or until it dies or leaves; a
+// replica again: HoldsReplicas no longer tells), or until it leaves; a
 // group replaces it only after the node confirms it holds no replica of
 // that shard.
 
 // lostVoterWindow is how long a member stays suspect.
 const lostVoterWindow = 10 * time.Minute
 
-// unformedSince tracks, per member, since when it has advertised no
-// replica, and until when it is suspect. Both maps are bounded by the
-// member list: entries of members that are no longer alive are deleted on
-// every update.
+// unformedSince tracks, per member, since when it has been unsettled, and
+// until when it is suspect. Both survive a member's death (a node that
+// came back empty and flaps stays unsettled and suspect through its short
+// deaths: a death must not restart its grace while its first replicas make
+// it formed) and end when it leaves or is no longer in the member list, so
+// both maps are bounded by the member list.
 type unformedSince struct {
 	mu      sync.Mutex
 	since   map[string]time.Time
 	suspect map[string]time.Time // until
 }
 
-// update records the alive members' states as of now.
-func (u *unformedSince) update(byName map[string]Member, now time.Time, grace time.Duration) {
+// update records the members' states (every member in the list, in any
+// state) as of now.
+func (u *unformedSince) update(members []Member, now time.Time, grace time.Duration) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.since == nil {
 		u.since, u.suspect = make(map[string]time.Time), make(map[string]time.Time)
 	}
+	known := make(map[string]Member, len(members))
+	for _, m := range members {
+		if m.State != MemberLeft {
+			known[m.Name] = m
+		}
+	}
 	for name := range u.since {
-		if m, ok := byName[name]; !ok || settled(m) {
+		if m, ok := known[name]; !ok || m.State == MemberAlive && settled(m) {
 			delete(u.since, name)
 		}
 	}
 	for name, until := range u.suspect {
-		if _, ok := byName[name]; !ok || now.After(until) {
+		if _, ok := known[name]; !ok || now.After(until) {
 			delete(u.suspect, name)
 		}
 	}
-	for name, m := range byName {
-		if settled(m) {
+	for name, m := range known {
+		if m.State != MemberAlive || m.MetaErr != nil || settled(m) {
 			continue
 		}
 		t, ok := u.since[name]
@@ -382,7 +392,16 @@ func (c *Cluster) resync(peer string, seen uint64) {
 		"new_epoch", c.id.Get().Epoch)
 	c.metrics.resyncs.Inc()
 	c.dropRestored()
-	if err := c.members.UpdateMeta(func(m *Meta) { m.Epoch = c.id.Get().Epoch }); err != nil {
+	// From now on this node is one that came back empty (unformed until it
+	// has held replicas for the formation window), at once in gossip: a
+	// group it was a voter of must find it unsettled, ask it, and replace
+	// it, even if other groups give it new replicas within LostVoterGrace.
+	// Still formed, it would stay a voter with no replica of that group.
+	c.unform()
+	holds := len(c.node.Replicas()) > 0
+	if err := c.members.UpdateMeta(func(m *Meta) {
+		m.Epoch, m.Formed, m.HoldsReplicas = c.id.Get().Epoch, false, holds
+	}); err != nil {
 		c.logger.Warn("publish the new epoch", "err", err)
 	}
 }

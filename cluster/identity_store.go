@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+
+	"github.com/elixirscope/scope/internal/atomicfile"
 )
 
 // IdentityFile is the name of the file, in a node's data directory, that
@@ -170,32 +172,8 @@ func (s *IdentityStore) writeLocked(id Identity) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
+	if err := atomicfile.Write(s.path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("cluster: identity: %w", err)
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("cluster: identity: write %s: %w", s.path, err)
-	}
-	d, err := os.Open(filepath.Dir(s.path))
-	if err != nil {
-		return fmt.Errorf("cluster: identity: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("cluster: identity: sync %s: %w", filepath.Dir(s.path), err)
 	}
 	return nil
 }

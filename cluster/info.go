@@ -17,6 +17,10 @@ func (i info) ReplicationFactor() int           { return i.c.cfg.Replicas }
 func (i info) Join(addrs []string) (int, error) { return i.c.Join(addrs) }
 func (i info) Leave(ctx context.Context) error  { return i.c.Leave(ctx) }
 
+func (i info) Keyring(ctx context.Context, op scopev1.KeyringOperation, key []byte) *scopev1.KeyringResponse {
+	return i.c.Keyring(ctx, op, key)
+}
+
 func (i info) ShardLeader(shard uint32) string {
 	name, _, err := i.c.leaderOf(shard)
 	if err != nil {

@@ -16,8 +16,9 @@ func TestUnformedSince(t *testing.T) {
 	const grace = 10 * time.Second
 	t0 := time.Unix(1_700_000_000, 0)
 	member := func(formed, holds bool) Member {
-		return Member{Name: "n4", Meta: Meta{Formed: formed, HoldsReplicas: holds}}
+		return Member{Name: "n4", State: MemberAlive, Meta: Meta{Formed: formed, HoldsReplicas: holds}}
 	}
+	in := func(state MemberState, m Member) Member { m.State = state; return m }
 	for _, tc := range []struct {
 		name    string
 		states  []Member // one per second from t0, then checked at t0+len+grace
@@ -28,16 +29,31 @@ func TestUnformedSince(t *testing.T) {
 		{"came back empty, holds nothing", []Member{member(false, false)}, true},
 		{"came back empty, given a replica within the grace", []Member{member(false, false), member(false, true)}, true},
 		{"came back empty and became formed", []Member{member(false, false), member(true, true)}, false},
+		{"came back empty and left", []Member{member(false, false), in(MemberLeft, member(false, false))}, false},
+		// The case that failed before: memberlist marked the node dead for a
+		// moment after its restart (a new gossip address), the death reset
+		// its grace, and it became formed before the grace ran out again.
+		{"came back empty, flapped, then formed", func() []Member {
+			ms := []Member{member(false, false), member(false, true)}
+			for range grace / time.Second {
+				ms = append(ms, member(false, true))
+			}
+			ms = append(ms, in(MemberDead, member(false, true)))
+			for range grace/time.Second - 2 {
+				ms = append(ms, member(false, true))
+			}
+			return append(ms, member(true, true))
+		}(), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var u unformedSince
 			now := t0
 			for _, m := range tc.states {
-				u.update(map[string]Member{"n4": m}, now, grace)
+				u.update([]Member{m}, now, grace)
 				now = now.Add(time.Second)
 			}
 			last := tc.states[len(tc.states)-1]
-			u.update(map[string]Member{"n4": last}, now.Add(grace), grace)
+			u.update([]Member{last}, now.Add(grace), grace)
 			if got := u.lost("n4"); got != tc.suspect {
 				t.Fatalf("suspect = %v, want %v", got, tc.suspect)
 			}

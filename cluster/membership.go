@@ -194,6 +194,15 @@ func (m *Membership) SetGossipKeys(keys [][]byte) error {
 	return nil
 }
 
+// GossipKeys returns the gossip keys in use, the primary first (nil when
+// gossip is not encrypted).
+func (m *Membership) GossipKeys() [][]byte {
+	if m.keyring == nil {
+		return nil
+	}
+	return slices.Clone(m.keyring.GetKeys())
+}
+
 // Addr is this node's advertised gossip address (ip:port), with the port
 // actually bound when the configured one was 0.
 func (m *Membership) Addr() string { return m.addr }

@@ -165,6 +165,9 @@ func ParseGossipKey(s string) ([]byte, error) {
 	return k, nil
 }
 
+// encodeGossipKey is ParseGossipKey's inverse.
+func encodeGossipKey(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
 // splitIPPort parses an ip:port that memberlist can bind or advertise
 // (memberlist wants IP literals there, not host names).
 func splitIPPort(field, addr string) (string, int, error) {

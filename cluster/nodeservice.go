@@ -13,6 +13,7 @@ import (
 	"github.com/elixirscope/scope/node"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/store"
 )
 
@@ -308,6 +309,28 @@ func readLocal(st *store.Store, self string, shard uint32, method string, args [
 		return msgpack.Marshal(&stats)
 	}
 	return nil, fmt.Errorf("%w: unknown shard read %q", store.ErrInvalidQuery, method)
+}
+
+// Keyring changes or lists this node's gossip keyring (keyring.go).
+func (s nodeService) Keyring(_ context.Context, req *connect.Request[nodev1.KeyringRequest]) (*connect.Response[nodev1.KeyringResponse], error) {
+	op, key := req.Msg.GetOperation(), req.Msg.GetKey()
+	if op != scopev1.KeyringOperation_KEYRING_OPERATION_LIST {
+		if _, err := ParseGossipKey(encodeGossipKey(key)); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+	}
+	keys, err := s.c.changeKeyringLocal(op, key)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrNoKeyring), errors.Is(err, ErrKeyringRefused):
+		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+	default:
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	if op != scopev1.KeyringOperation_KEYRING_OPERATION_LIST {
+		s.c.logger.Info("gossip keyring changed", "op", op.String(), "key", KeyFingerprint(key), "keys", keys)
+	}
+	return connect.NewResponse(&nodev1.KeyringResponse{Keys: keys}), nil
 }
 
 // internalError maps a node or store error to the Connect code the calling

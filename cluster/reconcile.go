@@ -75,8 +75,7 @@ const maxConcurrentSteps = 64
 // before. Shards beyond maxConcurrentSteps wait for a later round
 // (scope_cluster_steps_deferred_total).
 func (c *Cluster) stepAll(round uint64) {
-	_, byName := c.placementMembers()
-	c.unformed.update(byName, time.Now(), c.cfg.LostVoterGrace)
+	c.unformed.update(c.sameCluster(c.members.Members()), time.Now(), c.cfg.LostVoterGrace)
 	for _, r := range c.node.Replicas() {
 		if c.ctx.Err() != nil {
 			return

@@ -185,6 +185,11 @@ func TestTokenRoles(t *testing.T) {
 		_, err := scopev1connect.NewClusterServiceClient(hc, n.URL, opts...).Join(ctx, connect.NewRequest(&scopev1.JoinRequest{Addrs: []string{"127.0.0.1:1"}}))
 		return err
 	}
+	keyring := func(hc *http.Client, opts ...connect.ClientOption) error {
+		_, err := scopev1connect.NewClusterServiceClient(hc, n.URL, opts...).Keyring(ctx,
+			connect.NewRequest(&scopev1.KeyringRequest{Operation: scopev1.KeyringOperation_KEYRING_OPERATION_LIST}))
+		return err
+	}
 	nodeAPI := func(hc *http.Client, opts ...connect.ClientOption) error {
 		_, err := nodev1connect.NewNodeServiceClient(hc, n.URL, opts...).ReplicaStatus(ctx, connect.NewRequest(&nodev1.ReplicaStatusRequest{}))
 		return err
@@ -213,6 +218,7 @@ func TestTokenRoles(t *testing.T) {
 		{"Tail", tail, [5]connect.Code{unauth, unauth, denied, ok, ok}},
 		{"Members", members, [5]connect.Code{unauth, unauth, denied, ok, ok}},
 		{"Join", join, [5]connect.Code{unauth, unauth, denied, denied, ok}},
+		{"Keyring", keyring, [5]connect.Code{unauth, unauth, denied, denied, ok}},
 		// The node API takes the node credential only.
 		{"NodeService", nodeAPI, [5]connect.Code{unauth, unauth, unauth, unauth, unauth}},
 	}

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,6 +25,9 @@ type ClusterInfo interface {
 	Join(addrs []string) (int, error)
 	// Leave drains this node (moves its replicas away) and leaves.
 	Leave(ctx context.Context) error
+	// Keyring applies a keyring operation on every alive member (key is
+	// decoded; nil for LIST) and reports each member's outcome.
+	Keyring(ctx context.Context, op scopev1.KeyringOperation, key []byte) *scopev1.KeyringResponse
 	// Name is this node's name.
 	Name() string
 	// ReplicationFactor is the desired number of replicas per shard (R).
@@ -162,4 +166,37 @@ func (c clusterService) Leave(ctx context.Context, req *connect.Request[scopev1.
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
 	return connect.NewResponse(&scopev1.LeaveResponse{}), nil
+}
+
+func (c clusterService) Keyring(ctx context.Context, req *connect.Request[scopev1.KeyringRequest]) (*connect.Response[scopev1.KeyringResponse], error) {
+	const proc = scopev1connect.ClusterServiceKeyringProcedure
+	if c.s.cluster == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			errors.New("this node runs as a single node (scope agent -dev): it has no gossip keyring"))
+	}
+	op, text := req.Msg.GetOperation(), req.Msg.GetKey()
+	var key []byte
+	switch op {
+	case scopev1.KeyringOperation_KEYRING_OPERATION_LIST:
+		if text != "" {
+			return nil, c.s.fail(proc, invalid("key", "(not shown)", "LIST takes no key"))
+		}
+	case scopev1.KeyringOperation_KEYRING_OPERATION_INSTALL, scopev1.KeyringOperation_KEYRING_OPERATION_USE,
+		scopev1.KeyringOperation_KEYRING_OPERATION_REMOVE:
+		if text == "" {
+			return nil, c.s.fail(proc, missing("key"))
+		}
+		var err error
+		if key, err = base64.StdEncoding.DecodeString(text); err != nil {
+			return nil, c.s.fail(proc, invalid("key", "(not shown)", "not standard base64"))
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			return nil, c.s.fail(proc, invalid("key", "(not shown)", fmt.Sprintf("decodes to %d bytes: want 16, 24 or 32", n)))
+		}
+	case scopev1.KeyringOperation_KEYRING_OPERATION_UNSPECIFIED:
+		return nil, c.s.fail(proc, missing("operation"))
+	default:
+		return nil, c.s.fail(proc, invalid("operation", op, "unknown: want LIST, INSTALL, USE or REMOVE"))
+	}
+	return connect.NewResponse(c.s.cluster.Keyring(ctx, op, key)), nil
 }

@@ -33,7 +33,8 @@ type Options struct {
 	Nodes    int    // nodes started at once (bootstrap-expect)
 	Shards   uint32 // default 4
 	Replicas int    // default 3
-	// Verbose sends node logs to stderr.
+	// Verbose sends node logs to stderr (so does SCOPE_TEST_LOG=1 in the
+	// environment, for every cluster a test run starts).
 	Verbose bool
 	// StoreFaults puts every store on the fault seam Node.FailStore uses
 	// (an errorfs wrapper) and makes every store apply fsync its WAL: with
@@ -160,7 +161,7 @@ func listen(t testing.TB, addr string) net.Listener {
 }
 
 func (c *Cluster) logger(name string) *slog.Logger {
-	if c.opts.Verbose {
+	if c.opts.Verbose || os.Getenv("SCOPE_TEST_LOG") == "1" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -459,6 +460,23 @@ func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// WaitForWhy is WaitFor for a condition that says why it does not hold
+// yet ("" once it holds): a timeout reports the last reason.
+func WaitForWhy(t testing.TB, what string, timeout time.Duration, why func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		reason := why()
+		if reason == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, reason)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -119,20 +119,20 @@ func identical(states []ShardState) bool {
 func (c *Cluster) WaitPlacement(names []string, timeout time.Duration) {
 	c.t.Helper()
 	names = slices.Sorted(slices.Values(names))
-	WaitFor(c.t, fmt.Sprintf("groups converge to the placement over %v", names), timeout, func() bool {
+	WaitForWhy(c.t, fmt.Sprintf("groups converge to the placement over %v", names), timeout, func() string {
 		for s := range c.opts.Shards {
 			leader := c.ShardLeader(s)
 			if leader == nil {
-				return false
+				return fmt.Sprintf("shard %d has no leader", s)
 			}
 			f := leader.Node.Replica(s).Raft().GetConfiguration()
-			if f.Error() != nil {
-				return false
+			if err := f.Error(); err != nil {
+				return fmt.Sprintf("shard %d: configuration: %v", s, err)
 			}
 			var voters []string
 			for _, srv := range f.Configuration().Servers {
 				if srv.Suffrage != raft.Voter {
-					return false
+					return fmt.Sprintf("shard %d (leader %s): %s is a non-voter", s, leader.Name, srv.ID)
 				}
 				voters = append(voters, string(srv.ID))
 			}
@@ -140,15 +140,15 @@ func (c *Cluster) WaitPlacement(names []string, timeout time.Duration) {
 			sort.Strings(voters)
 			sort.Strings(desired)
 			if !slices.Equal(voters, desired) {
-				return false
+				return fmt.Sprintf("shard %d (leader %s): voters %v, want %v", s, leader.Name, voters, desired)
 			}
 			for _, n := range c.Live() {
-				if (n.Node.Replica(s) != nil) != slices.Contains(desired, n.Name) {
-					return false
+				if has := n.Node.Replica(s) != nil; has != slices.Contains(desired, n.Name) {
+					return fmt.Sprintf("shard %d: %s holds a replica: %v, want %v", s, n.Name, has, !has)
 				}
 			}
 		}
-		return true
+		return ""
 	})
 }
 

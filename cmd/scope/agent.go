@@ -93,6 +93,7 @@ type agent struct {
 
 	// Cluster mode only (nil with -dev).
 	members *cluster.Membership
+	keyring *cluster.KeyringFile // -gossip-keyring; nil without it
 	cluster *cluster.Cluster
 	seeds   []string      // gossip addresses to join at start
 	left    chan struct{} // closed once a ClusterService.Leave has drained this node
@@ -381,6 +382,12 @@ func (a *agent) startCluster(raftAddr string) error {
 	ccfg.Logger = a.logger.With("component", "cluster")
 	a.clusterTLS(&ccfg)
 	ccfg.Auth = a.auth
+	if cfg.gossipKeyring != "" {
+		a.keyring = cluster.NewKeyringFile(cfg.gossipKeyring, a.members, func(keys [][]byte) {
+			a.auth.SetNodeCredentials(rpc.NodeCredentials(keys))
+		})
+		ccfg.Keyring = a.keyring
+	}
 	if a.cluster, err = cluster.New(ccfg, a.node, a.members); err != nil {
 		return err
 	}
@@ -411,17 +418,13 @@ func (a *agent) reloadAuth() {
 			a.logger.Info("SIGHUP: tokens reloaded", "file", cfg.authTokens, "tokens", set.Len())
 		}
 	}
-	if cfg.gossipKeyring != "" && a.members != nil {
-		keys, err := loadKeyring(cfg.gossipKeyring)
-		if err == nil {
-			err = a.members.SetGossipKeys(keys)
-		}
+	if a.keyring != nil {
+		keys, err := a.keyring.Reload()
 		if err != nil {
 			a.logger.Error("SIGHUP: -gossip-keyring not reloaded; keeping the previous keys", "err", err)
 			return
 		}
-		a.auth.SetNodeCredentials(rpc.NodeCredentials(keys))
-		a.logger.Info("SIGHUP: gossip keyring reloaded", "file", cfg.gossipKeyring, "keys", len(keys))
+		a.logger.Info("SIGHUP: gossip keyring reloaded", "file", a.keyring.Path(), "keys", len(keys))
 	}
 }
 

@@ -261,7 +261,7 @@ func (c *agentConfig) finishSecurity() error {
 		if len(c.gossipKeys) > 0 {
 			return usageError("-gossip-keyring and -gossip-key: give the keys one way (the keyring file can be reloaded)")
 		}
-		keys, err := loadKeyring(c.gossipKeyring)
+		keys, err := cluster.ReadKeyringFile(c.gossipKeyring)
 		if err != nil {
 			return usageError("-gossip-keyring %s", err)
 		}
@@ -279,36 +279,6 @@ func (c *agentConfig) finishSecurity() error {
 		}
 	}
 	return nil
-}
-
-// loadKeyring reads a gossip keyring file: one base64 key a line, blank
-// lines and # comments ignored; the first key is the primary.
-func loadKeyring(path string) ([][]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var keys [][]byte
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, err := cluster.ParseGossipKey(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s: line %d: %v", path, i+1, err)
-		}
-		for _, prev := range keys {
-			if string(prev) == string(k) {
-				return nil, fmt.Errorf("%s: line %d: the key is listed twice", path, i+1)
-			}
-		}
-		keys = append(keys, k)
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s: no key (want base64 keys of 16, 24 or 32 bytes, one a line; the first encrypts)", path)
-	}
-	return keys, nil
 }
 
 // byteSize is a flag holding a byte count: a number with an optional unit

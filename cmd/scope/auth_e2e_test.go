@@ -16,6 +16,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/rpc"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
@@ -27,7 +28,10 @@ import (
 // reads every shard (scatter-gather over the node API); no token is
 // UNAUTHENTICATED, a query token on ingest or leave PERMISSION_DENIED; the
 // node API refuses an admin token; SIGHUP reloads the token file, and a
-// bad file keeps the old tokens.
+// bad file keeps the old tokens. Then `scope keyring` rotates the gossip
+// key of every node (install, use, remove, with the admin token): each
+// node's keyring file ends with the new key alone, and forwarding and
+// scatter-gather keep working under the rotated node credential.
 func TestClusterTokens(t *testing.T) {
 	dir := t.TempDir()
 	var ingestTok, queryTok, adminTok string
@@ -46,10 +50,15 @@ func TestClusterTokens(t *testing.T) {
 	writeFile(t, tokens, "# test tokens\n"+strings.Join(lines, "\n")+"\n")
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
-	keyring := filepath.Join(dir, "keyring")
-	writeFile(t, keyring, base64.StdEncoding.EncodeToString(key)+"\n")
+	oldKey := base64.StdEncoding.EncodeToString(key)
+	keyring := func(name string) string { return filepath.Join(dir, name+".keyring") }
+	for _, name := range []string{"n1", "n2", "n3"} {
+		writeFile(t, keyring(name), oldKey+"\n")
+	}
 
-	nodes := startClusterProcs(t, 3, func(string) []string { return []string{"-auth-tokens", tokens, "-gossip-keyring", keyring} })
+	nodes := startClusterProcs(t, 3, func(name string) []string {
+		return []string{"-auth-tokens", tokens, "-gossip-keyring", keyring(name)}
+	})
 
 	var batch strings.Builder
 	var ids []string
@@ -124,6 +133,66 @@ func TestClusterTokens(t *testing.T) {
 		return code == 1 && strings.Contains(errOut, "unauthenticated")
 	})
 	mustScope(t, "", "members", "-token", adminTok, "-addr", n1.http)
+
+	// Gossip key rotation through the admin API.
+	oldPrint, newKey := keyFingerprint(t, oldKey), strings.TrimSpace(mustScope(t, "", "keyring", "new"))
+	newPrint := keyFingerprint(t, newKey)
+	if _, errOut, code := scope(t, "", "keyring", "list", "-token", queryTok, "-addr", nodes[1].http); code != 1 || !strings.Contains(errOut, "permission_denied") {
+		t.Errorf("keyring list with a query token: exit %d, %s", code, errOut)
+	}
+	if out := mustScope(t, "", "keyring", "list", "-token", adminTok, "-addr", n1.http); !strings.Contains(out, "key "+oldPrint+": installed on 3/3 nodes, primary on 3") {
+		t.Errorf("keyring list:\n%s", out)
+	}
+	if out, errOut, code := scope(t, "", "keyring", "use", newKey, "-token", adminTok, "-addr", n1.http); code != 1 ||
+		strings.Count(out, "not installed on this node") != 3 || !strings.Contains(errOut, "failed on 3 node(s)") {
+		t.Errorf("use of a key not installed: exit %d\n%s%s", code, out, errOut)
+	}
+	mustScope(t, newKey+"\n", "keyring", "install", "-", "-token", adminTok, "-addr", nodes[1].http)
+	mustScope(t, "", "keyring", "use", newKey, "-token", adminTok, "-addr", nodes[2].http)
+	if out, _, code := scope(t, "", "keyring", "remove", newKey, "-token", adminTok, "-addr", n1.http); code != 1 || strings.Count(out, "is the primary key") != 3 {
+		t.Errorf("removing the primary key: exit %d\n%s", code, out)
+	}
+	out = []byte(mustScope(t, "", "keyring", "remove", oldKey, "-token", adminTok, "-addr", n1.http))
+	if !strings.Contains(string(out), "key "+newPrint+": installed on 3/3 nodes, primary on 3") || strings.Contains(string(out), oldPrint) {
+		t.Errorf("after the rotation:\n%s", out)
+	}
+	for _, name := range []string{"n1", "n2", "n3"} {
+		keys, err := cluster.ReadKeyringFile(keyring(name))
+		if err != nil || len(keys) != 1 || base64.StdEncoding.EncodeToString(keys[0]) != newKey {
+			t.Errorf("%s's keyring file after the rotation: %d keys, %v; want the new key alone", name, len(keys), err)
+		}
+	}
+	// Node-to-node calls carry the credential of the new key: ingest
+	// through n2 reaches every shard's leader, a query through n3 reads
+	// every shard, and the members are all alive.
+	batch.Reset()
+	ids = ids[:0]
+	for i := range 12 {
+		id := fmt.Sprintf("01HZZZZZZZZZZZZZZZZZZZZK%02d", i)
+		ids = append(ids, id)
+		fmt.Fprintf(&batch, `{"eventId":"%s","origin":"rot@h","pid":"<0.%d.0>","kind":"KIND_STATE_CHANGE","timestampNs":"%d"}`+"\n",
+			id, i, 1700000000000000000+i)
+	}
+	mustScope(t, batch.String(), "ingest", "-durability", "committed", "-token", ingestTok, "-addr", nodes[1].http)
+	out = []byte(mustScope(t, "", "query", "-json", "-origin", "rot@h", "-token", queryTok, "-addr", nodes[2].http))
+	for _, id := range ids {
+		if !strings.Contains(string(out), id) {
+			t.Errorf("query through n3 after the rotation misses %s", id)
+		}
+	}
+	if out := mustScope(t, "", "members", "-token", queryTok, "-addr", nodes[2].http); strings.Count(out, "ALIVE") != 3 {
+		t.Errorf("members after the rotation:\n%s", out)
+	}
+}
+
+// keyFingerprint is cluster.KeyFingerprint of a base64 key.
+func keyFingerprint(t *testing.T, key string) string {
+	t.Helper()
+	k, err := cluster.ParseGossipKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cluster.KeyFingerprint(k)
 }
 
 func writeFile(t *testing.T, path, content string) {

@@ -34,6 +34,7 @@ var commands = []command{
 	{"join", "make a node join a cluster through members' gossip addresses", runJoin},
 	{"leave", "drain a node (its replicas move away), then it leaves and stops", runLeave},
 	{"cert", "create a cluster CA and node and client certificates (init, node, client)", runCert},
+	{"keyring", "gossip keys: 'keyring new' makes one; list, install, use, remove change every member's keyring (admin)", runKeyring},
 	{"token", "make a bearer token: 'token new -role ingest|query|admin [-name N]' prints it and its -auth-tokens line", runToken},
 	{"dev-cluster", "run an n-node cluster of local agent processes (-n 3)", runDevCluster},
 	{"chaos", "fault-injection campaign on local agent processes, checked for linearizability and replica agreement", runChaos},

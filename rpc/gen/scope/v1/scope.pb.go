@@ -600,6 +600,70 @@ func (Suffrage) EnumDescriptor() ([]byte, []int) {
 	return file_scope_v1_scope_proto_rawDescGZIP(), []int{8}
 }
 
+// KeyringOperation is what Keyring does on every node. Rotating a key is
+// INSTALL (every node decrypts with it), USE (every node encrypts with
+// it), REMOVE of the old key.
+type KeyringOperation int32
+
+const (
+	KeyringOperation_KEYRING_OPERATION_UNSPECIFIED KeyringOperation = 0
+	// Report each node's keys; change nothing.
+	KeyringOperation_KEYRING_OPERATION_LIST KeyringOperation = 1
+	// Add the key after the others: it decrypts, it does not encrypt yet.
+	// A node that has it already succeeds.
+	KeyringOperation_KEYRING_OPERATION_INSTALL KeyringOperation = 2
+	// Make an installed key the primary key, the one that encrypts.
+	KeyringOperation_KEYRING_OPERATION_USE KeyringOperation = 3
+	// Remove a key that is not the primary key. A node that does not have it
+	// succeeds.
+	KeyringOperation_KEYRING_OPERATION_REMOVE KeyringOperation = 4
+)
+
+// Enum value maps for KeyringOperation.
+var (
+	KeyringOperation_name = map[int32]string{
+		0: "KEYRING_OPERATION_UNSPECIFIED",
+		1: "KEYRING_OPERATION_LIST",
+		2: "KEYRING_OPERATION_INSTALL",
+		3: "KEYRING_OPERATION_USE",
+		4: "KEYRING_OPERATION_REMOVE",
+	}
+	KeyringOperation_value = map[string]int32{
+		"KEYRING_OPERATION_UNSPECIFIED": 0,
+		"KEYRING_OPERATION_LIST":        1,
+		"KEYRING_OPERATION_INSTALL":     2,
+		"KEYRING_OPERATION_USE":         3,
+		"KEYRING_OPERATION_REMOVE":      4,
+	}
+)
+
+func (x KeyringOperation) Enum() *KeyringOperation {
+	p := new(KeyringOperation)
+	*p = x
+	return p
+}
+
+func (x KeyringOperation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyringOperation) Descriptor() protoreflect.EnumDescriptor {
+	return file_scope_v1_scope_proto_enumTypes[9].Descriptor()
+}
+
+func (KeyringOperation) Type() protoreflect.EnumType {
+	return &file_scope_v1_scope_proto_enumTypes[9]
+}
+
+func (x KeyringOperation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyringOperation.Descriptor instead.
+func (KeyringOperation) EnumDescriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{9}
+}
+
 // Event is one execution event. Fields 1–16 are given by the client; fields
 // from 20 on are set by Scope and ignored when a client sets them.
 type Event struct {
@@ -4336,6 +4400,253 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_scope_v1_scope_proto_rawDescGZIP(), []int{46}
 }
 
+type KeyringRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Required.
+	Operation KeyringOperation `protobuf:"varint,1,opt,name=operation,proto3,enum=scope.v1.KeyringOperation" json:"operation,omitempty"`
+	// The key, base64 of 16, 24 or 32 bytes: required for INSTALL, USE and
+	// REMOVE, empty for LIST. Send it over TLS only.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringRequest) Reset() {
+	*x = KeyringRequest{}
+	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringRequest) ProtoMessage() {}
+
+func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
+func (*KeyringRequest) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *KeyringRequest) GetOperation() KeyringOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return KeyringOperation_KEYRING_OPERATION_UNSPECIFIED
+}
+
+func (x *KeyringRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type KeyringResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per alive member of the cluster, ordered by name.
+	Nodes []*NodeKeyring `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Every key some node holds after the operation, by fingerprint, in
+	// fingerprint order.
+	Keys []*KeyringKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// How many nodes the operation failed on (their error is set).
+	Failed        uint32 `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringResponse) Reset() {
+	*x = KeyringResponse{}
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringResponse) ProtoMessage() {}
+
+func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
+func (*KeyringResponse) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *KeyringResponse) GetNodes() []*NodeKeyring {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *KeyringResponse) GetKeys() []*KeyringKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *KeyringResponse) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+type NodeKeyring struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Node name.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Fingerprints of the node's keys after the operation, the primary key
+	// first. Empty when the operation failed.
+	Keys []string `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// Why the operation failed on this node; empty on success.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeKeyring) Reset() {
+	*x = NodeKeyring{}
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeKeyring) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeKeyring) ProtoMessage() {}
+
+func (x *NodeKeyring) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeKeyring.ProtoReflect.Descriptor instead.
+func (*NodeKeyring) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *NodeKeyring) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeKeyring) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *NodeKeyring) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type KeyringKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The first 8 bytes of the key's SHA-256, in hex. Keys themselves are
+	// never sent back.
+	Fingerprint string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// Nodes holding the key.
+	Installed uint32 `protobuf:"varint,2,opt,name=installed,proto3" json:"installed,omitempty"`
+	// Nodes encrypting with it (their primary key).
+	Primary       uint32 `protobuf:"varint,3,opt,name=primary,proto3" json:"primary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringKey) Reset() {
+	*x = KeyringKey{}
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringKey) ProtoMessage() {}
+
+func (x *KeyringKey) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringKey.ProtoReflect.Descriptor instead.
+func (*KeyringKey) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *KeyringKey) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *KeyringKey) GetInstalled() uint32 {
+	if x != nil {
+		return x.Installed
+	}
+	return 0
+}
+
+func (x *KeyringKey) GetPrimary() uint32 {
+	if x != nil {
+		return x.Primary
+	}
+	return 0
+}
+
 var File_scope_v1_scope_proto protoreflect.FileDescriptor
 
 const file_scope_v1_scope_proto_rawDesc = "" +
@@ -4640,7 +4951,23 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\tcontacted\x18\x01 \x01(\rR\tcontacted\"\"\n" +
 	"\fLeaveRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x0f\n" +
-	"\rLeaveResponse*\xa7\x01\n" +
+	"\rLeaveResponse\"\\\n" +
+	"\x0eKeyringRequest\x128\n" +
+	"\toperation\x18\x01 \x01(\x0e2\x1a.scope.v1.KeyringOperationR\toperation\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"\x80\x01\n" +
+	"\x0fKeyringResponse\x12+\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x15.scope.v1.NodeKeyringR\x05nodes\x12(\n" +
+	"\x04keys\x18\x02 \x03(\v2\x14.scope.v1.KeyringKeyR\x04keys\x12\x16\n" +
+	"\x06failed\x18\x03 \x01(\rR\x06failed\"K\n" +
+	"\vNodeKeyring\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04keys\x18\x02 \x03(\tR\x04keys\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"f\n" +
+	"\n" +
+	"KeyringKey\x12 \n" +
+	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x12\x1c\n" +
+	"\tinstalled\x18\x02 \x01(\rR\tinstalled\x12\x18\n" +
+	"\aprimary\x18\x03 \x01(\rR\aprimary*\xa7\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tKIND_CALL\x10\x01\x12\x0f\n" +
@@ -4697,7 +5024,13 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\bSuffrage\x12\x18\n" +
 	"\x14SUFFRAGE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eSUFFRAGE_VOTER\x10\x01\x12\x15\n" +
-	"\x11SUFFRAGE_NONVOTER\x10\x022\x91\x01\n" +
+	"\x11SUFFRAGE_NONVOTER\x10\x02*\xa9\x01\n" +
+	"\x10KeyringOperation\x12!\n" +
+	"\x1dKEYRING_OPERATION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16KEYRING_OPERATION_LIST\x10\x01\x12\x1d\n" +
+	"\x19KEYRING_OPERATION_INSTALL\x10\x02\x12\x19\n" +
+	"\x15KEYRING_OPERATION_USE\x10\x03\x12\x1c\n" +
+	"\x18KEYRING_OPERATION_REMOVE\x10\x042\x91\x01\n" +
 	"\rIngestService\x12;\n" +
 	"\x06Ingest\x12\x17.scope.v1.IngestRequest\x1a\x18.scope.v1.IngestResponse\x12C\n" +
 	"\fIngestStream\x12\x17.scope.v1.IngestRequest\x1a\x18.scope.v1.IngestResponse(\x012\xfe\x04\n" +
@@ -4710,12 +5043,13 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\aStateAt\x12\x18.scope.v1.StateAtRequest\x1a\x19.scope.v1.StateAtResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x05Trace\x12\x16.scope.v1.TraceRequest\x1a\x17.scope.v1.TraceResponse\"\x03\x90\x02\x01\x127\n" +
 	"\x04Tail\x12\x15.scope.v1.TailRequest\x1a\x16.scope.v1.TailResponse0\x01\x12=\n" +
-	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\x88\x02\n" +
+	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\xc8\x02\n" +
 	"\x0eClusterService\x12C\n" +
 	"\aMembers\x12\x18.scope.v1.MembersRequest\x1a\x19.scope.v1.MembersResponse\"\x03\x90\x02\x01\x12@\n" +
 	"\x06Shards\x12\x17.scope.v1.ShardsRequest\x1a\x18.scope.v1.ShardsResponse\"\x03\x90\x02\x01\x125\n" +
 	"\x04Join\x12\x15.scope.v1.JoinRequest\x1a\x16.scope.v1.JoinResponse\x128\n" +
-	"\x05Leave\x12\x16.scope.v1.LeaveRequest\x1a\x17.scope.v1.LeaveResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
+	"\x05Leave\x12\x16.scope.v1.LeaveRequest\x1a\x17.scope.v1.LeaveResponse\x12>\n" +
+	"\aKeyring\x12\x18.scope.v1.KeyringRequest\x1a\x19.scope.v1.KeyringResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
 
 var (
 	file_scope_v1_scope_proto_rawDescOnce sync.Once
@@ -4729,8 +5063,8 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 	return file_scope_v1_scope_proto_rawDescData
 }
 
-var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_scope_v1_scope_proto_goTypes = []any{
 	(Kind)(0),                   // 0: scope.v1.Kind
 	(Outcome)(0),                // 1: scope.v1.Outcome
@@ -4741,156 +5075,166 @@ var file_scope_v1_scope_proto_goTypes = []any{
 	(TraceDirection)(0),         // 6: scope.v1.TraceDirection
 	(MemberStatus)(0),           // 7: scope.v1.MemberStatus
 	(Suffrage)(0),               // 8: scope.v1.Suffrage
-	(*Event)(nil),               // 9: scope.v1.Event
-	(*Link)(nil),                // 10: scope.v1.Link
-	(*Edge)(nil),                // 11: scope.v1.Edge
-	(*Process)(nil),             // 12: scope.v1.Process
-	(*MissingShard)(nil),        // 13: scope.v1.MissingShard
-	(*ReadLag)(nil),             // 14: scope.v1.ReadLag
-	(*ShardLag)(nil),            // 15: scope.v1.ShardLag
-	(*IngestRequest)(nil),       // 16: scope.v1.IngestRequest
-	(*IngestResponse)(nil),      // 17: scope.v1.IngestResponse
-	(*ShardResult)(nil),         // 18: scope.v1.ShardResult
-	(*GetEventRequest)(nil),     // 19: scope.v1.GetEventRequest
-	(*GetEventResponse)(nil),    // 20: scope.v1.GetEventResponse
-	(*EventsRequest)(nil),       // 21: scope.v1.EventsRequest
-	(*EventsResponse)(nil),      // 22: scope.v1.EventsResponse
-	(*CallTreeRequest)(nil),     // 23: scope.v1.CallTreeRequest
-	(*CallTreeResponse)(nil),    // 24: scope.v1.CallTreeResponse
-	(*CallFrame)(nil),           // 25: scope.v1.CallFrame
-	(*CallStackAtRequest)(nil),  // 26: scope.v1.CallStackAtRequest
-	(*CallStackAtResponse)(nil), // 27: scope.v1.CallStackAtResponse
-	(*MessageFlowRequest)(nil),  // 28: scope.v1.MessageFlowRequest
-	(*MessageFlowResponse)(nil), // 29: scope.v1.MessageFlowResponse
-	(*Message)(nil),             // 30: scope.v1.Message
-	(*StateAtRequest)(nil),      // 31: scope.v1.StateAtRequest
-	(*StateAtResponse)(nil),     // 32: scope.v1.StateAtResponse
-	(*TraceRequest)(nil),        // 33: scope.v1.TraceRequest
-	(*TraceResponse)(nil),       // 34: scope.v1.TraceResponse
-	(*TailRequest)(nil),         // 35: scope.v1.TailRequest
-	(*TailResponse)(nil),        // 36: scope.v1.TailResponse
-	(*TailStarted)(nil),         // 37: scope.v1.TailStarted
-	(*Lagged)(nil),              // 38: scope.v1.Lagged
-	(*StatsRequest)(nil),        // 39: scope.v1.StatsRequest
-	(*StatsResponse)(nil),       // 40: scope.v1.StatsResponse
-	(*KindCount)(nil),           // 41: scope.v1.KindCount
-	(*ShardStats)(nil),          // 42: scope.v1.ShardStats
-	(*FunctionStats)(nil),       // 43: scope.v1.FunctionStats
-	(*NodeStats)(nil),           // 44: scope.v1.NodeStats
-	(*MembersRequest)(nil),      // 45: scope.v1.MembersRequest
-	(*MembersResponse)(nil),     // 46: scope.v1.MembersResponse
-	(*Member)(nil),              // 47: scope.v1.Member
-	(*ShardsRequest)(nil),       // 48: scope.v1.ShardsRequest
-	(*ShardsResponse)(nil),      // 49: scope.v1.ShardsResponse
-	(*ShardInfo)(nil),           // 50: scope.v1.ShardInfo
-	(*Replica)(nil),             // 51: scope.v1.Replica
-	(*JoinRequest)(nil),         // 52: scope.v1.JoinRequest
-	(*JoinResponse)(nil),        // 53: scope.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 54: scope.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 55: scope.v1.LeaveResponse
-	nil,                         // 56: scope.v1.Event.AttributesEntry
+	(KeyringOperation)(0),       // 9: scope.v1.KeyringOperation
+	(*Event)(nil),               // 10: scope.v1.Event
+	(*Link)(nil),                // 11: scope.v1.Link
+	(*Edge)(nil),                // 12: scope.v1.Edge
+	(*Process)(nil),             // 13: scope.v1.Process
+	(*MissingShard)(nil),        // 14: scope.v1.MissingShard
+	(*ReadLag)(nil),             // 15: scope.v1.ReadLag
+	(*ShardLag)(nil),            // 16: scope.v1.ShardLag
+	(*IngestRequest)(nil),       // 17: scope.v1.IngestRequest
+	(*IngestResponse)(nil),      // 18: scope.v1.IngestResponse
+	(*ShardResult)(nil),         // 19: scope.v1.ShardResult
+	(*GetEventRequest)(nil),     // 20: scope.v1.GetEventRequest
+	(*GetEventResponse)(nil),    // 21: scope.v1.GetEventResponse
+	(*EventsRequest)(nil),       // 22: scope.v1.EventsRequest
+	(*EventsResponse)(nil),      // 23: scope.v1.EventsResponse
+	(*CallTreeRequest)(nil),     // 24: scope.v1.CallTreeRequest
+	(*CallTreeResponse)(nil),    // 25: scope.v1.CallTreeResponse
+	(*CallFrame)(nil),           // 26: scope.v1.CallFrame
+	(*CallStackAtRequest)(nil),  // 27: scope.v1.CallStackAtRequest
+	(*CallStackAtResponse)(nil), // 28: scope.v1.CallStackAtResponse
+	(*MessageFlowRequest)(nil),  // 29: scope.v1.MessageFlowRequest
+	(*MessageFlowResponse)(nil), // 30: scope.v1.MessageFlowResponse
+	(*Message)(nil),             // 31: scope.v1.Message
+	(*StateAtRequest)(nil),      // 32: scope.v1.StateAtRequest
+	(*StateAtResponse)(nil),     // 33: scope.v1.StateAtResponse
+	(*TraceRequest)(nil),        // 34: scope.v1.TraceRequest
+	(*TraceResponse)(nil),       // 35: scope.v1.TraceResponse
+	(*TailRequest)(nil),         // 36: scope.v1.TailRequest
+	(*TailResponse)(nil),        // 37: scope.v1.TailResponse
+	(*TailStarted)(nil),         // 38: scope.v1.TailStarted
+	(*Lagged)(nil),              // 39: scope.v1.Lagged
+	(*StatsRequest)(nil),        // 40: scope.v1.StatsRequest
+	(*StatsResponse)(nil),       // 41: scope.v1.StatsResponse
+	(*KindCount)(nil),           // 42: scope.v1.KindCount
+	(*ShardStats)(nil),          // 43: scope.v1.ShardStats
+	(*FunctionStats)(nil),       // 44: scope.v1.FunctionStats
+	(*NodeStats)(nil),           // 45: scope.v1.NodeStats
+	(*MembersRequest)(nil),      // 46: scope.v1.MembersRequest
+	(*MembersResponse)(nil),     // 47: scope.v1.MembersResponse
+	(*Member)(nil),              // 48: scope.v1.Member
+	(*ShardsRequest)(nil),       // 49: scope.v1.ShardsRequest
+	(*ShardsResponse)(nil),      // 50: scope.v1.ShardsResponse
+	(*ShardInfo)(nil),           // 51: scope.v1.ShardInfo
+	(*Replica)(nil),             // 52: scope.v1.Replica
+	(*JoinRequest)(nil),         // 53: scope.v1.JoinRequest
+	(*JoinResponse)(nil),        // 54: scope.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 55: scope.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 56: scope.v1.LeaveResponse
+	(*KeyringRequest)(nil),      // 57: scope.v1.KeyringRequest
+	(*KeyringResponse)(nil),     // 58: scope.v1.KeyringResponse
+	(*NodeKeyring)(nil),         // 59: scope.v1.NodeKeyring
+	(*KeyringKey)(nil),          // 60: scope.v1.KeyringKey
+	nil,                         // 61: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	56, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
-	10, // 2: scope.v1.Event.links:type_name -> scope.v1.Link
+	61, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	11, // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
 	3,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
 	3,  // 5: scope.v1.Edge.type:type_name -> scope.v1.LinkType
-	15, // 6: scope.v1.ReadLag.shards:type_name -> scope.v1.ShardLag
-	9,  // 7: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
+	16, // 6: scope.v1.ReadLag.shards:type_name -> scope.v1.ShardLag
+	10, // 7: scope.v1.IngestRequest.events:type_name -> scope.v1.Event
 	4,  // 8: scope.v1.IngestRequest.durability:type_name -> scope.v1.Durability
-	18, // 9: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
+	19, // 9: scope.v1.IngestResponse.shards:type_name -> scope.v1.ShardResult
 	4,  // 10: scope.v1.IngestResponse.durability:type_name -> scope.v1.Durability
 	5,  // 11: scope.v1.GetEventRequest.consistency:type_name -> scope.v1.Consistency
-	9,  // 12: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
-	14, // 13: scope.v1.GetEventResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 12: scope.v1.GetEventResponse.event:type_name -> scope.v1.Event
+	15, // 13: scope.v1.GetEventResponse.lag:type_name -> scope.v1.ReadLag
 	0,  // 14: scope.v1.EventsRequest.kinds:type_name -> scope.v1.Kind
 	5,  // 15: scope.v1.EventsRequest.consistency:type_name -> scope.v1.Consistency
-	9,  // 16: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
-	13, // 17: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
-	14, // 18: scope.v1.EventsResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 16: scope.v1.EventsResponse.events:type_name -> scope.v1.Event
+	14, // 17: scope.v1.EventsResponse.missing:type_name -> scope.v1.MissingShard
+	15, // 18: scope.v1.EventsResponse.lag:type_name -> scope.v1.ReadLag
 	5,  // 19: scope.v1.CallTreeRequest.consistency:type_name -> scope.v1.Consistency
-	25, // 20: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
-	14, // 21: scope.v1.CallTreeResponse.lag:type_name -> scope.v1.ReadLag
-	9,  // 22: scope.v1.CallFrame.call:type_name -> scope.v1.Event
-	9,  // 23: scope.v1.CallFrame.end:type_name -> scope.v1.Event
+	26, // 20: scope.v1.CallTreeResponse.root:type_name -> scope.v1.CallFrame
+	15, // 21: scope.v1.CallTreeResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 22: scope.v1.CallFrame.call:type_name -> scope.v1.Event
+	10, // 23: scope.v1.CallFrame.end:type_name -> scope.v1.Event
 	1,  // 24: scope.v1.CallFrame.outcome:type_name -> scope.v1.Outcome
-	25, // 25: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
+	26, // 25: scope.v1.CallFrame.children:type_name -> scope.v1.CallFrame
 	2,  // 26: scope.v1.CallFrame.abandon_reason:type_name -> scope.v1.AbandonReason
 	5,  // 27: scope.v1.CallStackAtRequest.consistency:type_name -> scope.v1.Consistency
-	25, // 28: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
-	14, // 29: scope.v1.CallStackAtResponse.lag:type_name -> scope.v1.ReadLag
-	12, // 30: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
-	12, // 31: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
+	26, // 28: scope.v1.CallStackAtResponse.frames:type_name -> scope.v1.CallFrame
+	15, // 29: scope.v1.CallStackAtResponse.lag:type_name -> scope.v1.ReadLag
+	13, // 30: scope.v1.MessageFlowRequest.a:type_name -> scope.v1.Process
+	13, // 31: scope.v1.MessageFlowRequest.b:type_name -> scope.v1.Process
 	5,  // 32: scope.v1.MessageFlowRequest.consistency:type_name -> scope.v1.Consistency
-	30, // 33: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
-	13, // 34: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
-	14, // 35: scope.v1.MessageFlowResponse.lag:type_name -> scope.v1.ReadLag
-	9,  // 36: scope.v1.Message.send:type_name -> scope.v1.Event
-	9,  // 37: scope.v1.Message.receive:type_name -> scope.v1.Event
+	31, // 33: scope.v1.MessageFlowResponse.messages:type_name -> scope.v1.Message
+	14, // 34: scope.v1.MessageFlowResponse.missing:type_name -> scope.v1.MissingShard
+	15, // 35: scope.v1.MessageFlowResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 36: scope.v1.Message.send:type_name -> scope.v1.Event
+	10, // 37: scope.v1.Message.receive:type_name -> scope.v1.Event
 	5,  // 38: scope.v1.StateAtRequest.consistency:type_name -> scope.v1.Consistency
-	9,  // 39: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
-	14, // 40: scope.v1.StateAtResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 39: scope.v1.StateAtResponse.event:type_name -> scope.v1.Event
+	15, // 40: scope.v1.StateAtResponse.lag:type_name -> scope.v1.ReadLag
 	6,  // 41: scope.v1.TraceRequest.direction:type_name -> scope.v1.TraceDirection
 	5,  // 42: scope.v1.TraceRequest.consistency:type_name -> scope.v1.Consistency
-	9,  // 43: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
-	11, // 44: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
-	13, // 45: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
-	14, // 46: scope.v1.TraceResponse.lag:type_name -> scope.v1.ReadLag
+	10, // 43: scope.v1.TraceResponse.nodes:type_name -> scope.v1.Event
+	12, // 44: scope.v1.TraceResponse.edges:type_name -> scope.v1.Edge
+	14, // 45: scope.v1.TraceResponse.missing:type_name -> scope.v1.MissingShard
+	15, // 46: scope.v1.TraceResponse.lag:type_name -> scope.v1.ReadLag
 	0,  // 47: scope.v1.TailRequest.kinds:type_name -> scope.v1.Kind
 	5,  // 48: scope.v1.TailRequest.consistency:type_name -> scope.v1.Consistency
-	9,  // 49: scope.v1.TailResponse.event:type_name -> scope.v1.Event
-	38, // 50: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
-	37, // 51: scope.v1.TailResponse.started:type_name -> scope.v1.TailStarted
+	10, // 49: scope.v1.TailResponse.event:type_name -> scope.v1.Event
+	39, // 50: scope.v1.TailResponse.lagged:type_name -> scope.v1.Lagged
+	38, // 51: scope.v1.TailResponse.started:type_name -> scope.v1.TailStarted
 	5,  // 52: scope.v1.StatsRequest.consistency:type_name -> scope.v1.Consistency
-	41, // 53: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
-	42, // 54: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
-	43, // 55: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
-	44, // 56: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
-	13, // 57: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
-	14, // 58: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
+	42, // 53: scope.v1.StatsResponse.kinds:type_name -> scope.v1.KindCount
+	43, // 54: scope.v1.StatsResponse.shards:type_name -> scope.v1.ShardStats
+	44, // 55: scope.v1.StatsResponse.top_functions:type_name -> scope.v1.FunctionStats
+	45, // 56: scope.v1.StatsResponse.nodes:type_name -> scope.v1.NodeStats
+	14, // 57: scope.v1.StatsResponse.missing:type_name -> scope.v1.MissingShard
+	15, // 58: scope.v1.StatsResponse.lag:type_name -> scope.v1.ReadLag
 	0,  // 59: scope.v1.KindCount.kind:type_name -> scope.v1.Kind
-	47, // 60: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
+	48, // 60: scope.v1.MembersResponse.members:type_name -> scope.v1.Member
 	7,  // 61: scope.v1.Member.status:type_name -> scope.v1.MemberStatus
-	50, // 62: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
-	51, // 63: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
+	51, // 62: scope.v1.ShardsResponse.shards:type_name -> scope.v1.ShardInfo
+	52, // 63: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
 	8,  // 64: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
-	16, // 65: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
-	16, // 66: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
-	19, // 67: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
-	21, // 68: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
-	23, // 69: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
-	26, // 70: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
-	28, // 71: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
-	31, // 72: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
-	33, // 73: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
-	35, // 74: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
-	39, // 75: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
-	45, // 76: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
-	48, // 77: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
-	52, // 78: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
-	54, // 79: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	17, // 80: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	17, // 81: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	20, // 82: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	22, // 83: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	24, // 84: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	27, // 85: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	29, // 86: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	32, // 87: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	34, // 88: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	36, // 89: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	40, // 90: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	46, // 91: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	49, // 92: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	53, // 93: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	55, // 94: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	80, // [80:95] is the sub-list for method output_type
-	65, // [65:80] is the sub-list for method input_type
-	65, // [65:65] is the sub-list for extension type_name
-	65, // [65:65] is the sub-list for extension extendee
-	0,  // [0:65] is the sub-list for field type_name
+	9,  // 65: scope.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
+	59, // 66: scope.v1.KeyringResponse.nodes:type_name -> scope.v1.NodeKeyring
+	60, // 67: scope.v1.KeyringResponse.keys:type_name -> scope.v1.KeyringKey
+	17, // 68: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
+	17, // 69: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
+	20, // 70: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
+	22, // 71: scope.v1.QueryService.Events:input_type -> scope.v1.EventsRequest
+	24, // 72: scope.v1.QueryService.CallTree:input_type -> scope.v1.CallTreeRequest
+	27, // 73: scope.v1.QueryService.CallStackAt:input_type -> scope.v1.CallStackAtRequest
+	29, // 74: scope.v1.QueryService.MessageFlow:input_type -> scope.v1.MessageFlowRequest
+	32, // 75: scope.v1.QueryService.StateAt:input_type -> scope.v1.StateAtRequest
+	34, // 76: scope.v1.QueryService.Trace:input_type -> scope.v1.TraceRequest
+	36, // 77: scope.v1.QueryService.Tail:input_type -> scope.v1.TailRequest
+	40, // 78: scope.v1.QueryService.Stats:input_type -> scope.v1.StatsRequest
+	46, // 79: scope.v1.ClusterService.Members:input_type -> scope.v1.MembersRequest
+	49, // 80: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
+	53, // 81: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
+	55, // 82: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
+	57, // 83: scope.v1.ClusterService.Keyring:input_type -> scope.v1.KeyringRequest
+	18, // 84: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	18, // 85: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	21, // 86: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	23, // 87: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	25, // 88: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	28, // 89: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	30, // 90: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	33, // 91: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	35, // 92: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	37, // 93: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	41, // 94: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	47, // 95: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	50, // 96: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	54, // 97: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	56, // 98: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	58, // 99: scope.v1.ClusterService.Keyring:output_type -> scope.v1.KeyringResponse
+	84, // [84:100] is the sub-list for method output_type
+	68, // [68:84] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_scope_v1_scope_proto_init() }
@@ -4911,8 +5255,8 @@ func file_scope_v1_scope_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   48,
+			NumEnums:      10,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -17,6 +17,7 @@
 package nodev1
 
 import (
+	v1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -1052,11 +1053,109 @@ func (x *TailGone) GetReason() string {
 	return ""
 }
 
+type KeyringRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Operation v1.KeyringOperation    `protobuf:"varint,1,opt,name=operation,proto3,enum=scope.v1.KeyringOperation" json:"operation,omitempty"`
+	// The key (16, 24 or 32 bytes); empty for LIST.
+	Key           []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringRequest) Reset() {
+	*x = KeyringRequest{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringRequest) ProtoMessage() {}
+
+func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
+func (*KeyringRequest) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KeyringRequest) GetOperation() v1.KeyringOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return v1.KeyringOperation(0)
+}
+
+func (x *KeyringRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type KeyringResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fingerprints of this node's keys after the operation, primary first.
+	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyringResponse) Reset() {
+	*x = KeyringResponse{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyringResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyringResponse) ProtoMessage() {}
+
+func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
+func (*KeyringResponse) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *KeyringResponse) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
 var File_scope_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x18scope/node/v1/node.proto\x12\rscope.node.v1\"B\n" +
+	"\x18scope/node/v1/node.proto\x12\rscope.node.v1\x1a\x14scope/v1/scope.proto\"B\n" +
 	"\x12OpenReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
 	"\x06shards\x18\x02 \x01(\rR\x06shards\":\n" +
@@ -1122,14 +1221,20 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\vstart_index\x18\x02 \x01(\x04R\n" +
 	"startIndex\"\"\n" +
 	"\bTailGone\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason2\x87\x04\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\\\n" +
+	"\x0eKeyringRequest\x128\n" +
+	"\toperation\x18\x01 \x01(\x0e2\x1a.scope.v1.KeyringOperationR\toperation\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"%\n" +
+	"\x0fKeyringResponse\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys2\xd1\x04\n" +
 	"\vNodeService\x12T\n" +
 	"\vOpenReplica\x12!.scope.node.v1.OpenReplicaRequest\x1a\".scope.node.v1.OpenReplicaResponse\x12Z\n" +
 	"\rReplicaStatus\x12#.scope.node.v1.ReplicaStatusRequest\x1a$.scope.node.v1.ReplicaStatusResponse\x12T\n" +
 	"\vDropReplica\x12!.scope.node.v1.DropReplicaRequest\x1a\".scope.node.v1.DropReplicaResponse\x12]\n" +
 	"\x0eDeliverNotices\x12$.scope.node.v1.DeliverNoticesRequest\x1a%.scope.node.v1.DeliverNoticesResponse\x12N\n" +
 	"\tShardRead\x12\x1f.scope.node.v1.ShardReadRequest\x1a .scope.node.v1.ShardReadResponse\x12A\n" +
-	"\x04Tail\x12\x1a.scope.node.v1.TailRequest\x1a\x1b.scope.node.v1.TailResponse0\x01B;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
+	"\x04Tail\x12\x1a.scope.node.v1.TailRequest\x1a\x1b.scope.node.v1.TailResponse0\x01\x12H\n" +
+	"\aKeyring\x12\x1d.scope.node.v1.KeyringRequest\x1a\x1e.scope.node.v1.KeyringResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
 
 var (
 	file_scope_node_v1_node_proto_rawDescOnce sync.Once
@@ -1143,7 +1248,7 @@ func file_scope_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_scope_node_v1_node_proto_rawDescData
 }
 
-var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_scope_node_v1_node_proto_goTypes = []any{
 	(*OpenReplicaRequest)(nil),     // 0: scope.node.v1.OpenReplicaRequest
 	(*OpenReplicaResponse)(nil),    // 1: scope.node.v1.OpenReplicaResponse
@@ -1161,29 +1266,35 @@ var file_scope_node_v1_node_proto_goTypes = []any{
 	(*TailEvent)(nil),              // 13: scope.node.v1.TailEvent
 	(*TailGap)(nil),                // 14: scope.node.v1.TailGap
 	(*TailGone)(nil),               // 15: scope.node.v1.TailGone
+	(*KeyringRequest)(nil),         // 16: scope.node.v1.KeyringRequest
+	(*KeyringResponse)(nil),        // 17: scope.node.v1.KeyringResponse
+	(v1.KeyringOperation)(0),       // 18: scope.v1.KeyringOperation
 }
 var file_scope_node_v1_node_proto_depIdxs = []int32{
 	11, // 0: scope.node.v1.TailRequest.shards:type_name -> scope.node.v1.TailShard
 	13, // 1: scope.node.v1.TailResponse.event:type_name -> scope.node.v1.TailEvent
 	14, // 2: scope.node.v1.TailResponse.gap:type_name -> scope.node.v1.TailGap
 	15, // 3: scope.node.v1.TailResponse.gone:type_name -> scope.node.v1.TailGone
-	0,  // 4: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
-	2,  // 5: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
-	4,  // 6: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
-	6,  // 7: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
-	8,  // 8: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
-	10, // 9: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
-	1,  // 10: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
-	3,  // 11: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
-	5,  // 12: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
-	7,  // 13: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
-	9,  // 14: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
-	12, // 15: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
-	10, // [10:16] is the sub-list for method output_type
-	4,  // [4:10] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	18, // 4: scope.node.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
+	0,  // 5: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
+	2,  // 6: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
+	4,  // 7: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
+	6,  // 8: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
+	8,  // 9: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
+	10, // 10: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
+	16, // 11: scope.node.v1.NodeService.Keyring:input_type -> scope.node.v1.KeyringRequest
+	1,  // 12: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
+	3,  // 13: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
+	5,  // 14: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
+	7,  // 15: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
+	9,  // 16: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
+	12, // 17: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
+	17, // 18: scope.node.v1.NodeService.Keyring:output_type -> scope.node.v1.KeyringResponse
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_scope_node_v1_node_proto_init() }
@@ -1204,7 +1315,7 @@ func file_scope_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_node_v1_node_proto_rawDesc), len(file_scope_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -92,6 +92,8 @@ const (
 	ClusterServiceJoinProcedure = "/scope.v1.ClusterService/Join"
 	// ClusterServiceLeaveProcedure is the fully-qualified name of the ClusterService's Leave RPC.
 	ClusterServiceLeaveProcedure = "/scope.v1.ClusterService/Leave"
+	// ClusterServiceKeyringProcedure is the fully-qualified name of the ClusterService's Keyring RPC.
+	ClusterServiceKeyringProcedure = "/scope.v1.ClusterService/Keyring"
 )
 
 // IngestServiceClient is a client for the scope.v1.IngestService service.
@@ -554,6 +556,12 @@ type ClusterServiceClient interface {
 	// Leave makes a node leave the cluster gracefully: its shards get new
 	// replicas and leaders first, then it leaves gossip.
 	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
+	// Keyring lists or changes the gossip keyring of every alive member
+	// (admin). A change is written to each node's -gossip-keyring file and
+	// takes effect at once, as editing the file and sending SIGHUP would.
+	// The answer holds every node's outcome: the call itself fails only for
+	// an invalid request or a node without a cluster.
+	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the scope.v1.ClusterService service. By default,
@@ -593,6 +601,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("Leave")),
 			connect.WithClientOptions(opts...),
 		),
+		keyring: connect.NewClient[v1.KeyringRequest, v1.KeyringResponse](
+			httpClient,
+			baseURL+ClusterServiceKeyringProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Keyring")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -602,6 +616,7 @@ type clusterServiceClient struct {
 	shards  *connect.Client[v1.ShardsRequest, v1.ShardsResponse]
 	join    *connect.Client[v1.JoinRequest, v1.JoinResponse]
 	leave   *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
+	keyring *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
 }
 
 // Members calls scope.v1.ClusterService.Members.
@@ -624,6 +639,11 @@ func (c *clusterServiceClient) Leave(ctx context.Context, req *connect.Request[v
 	return c.leave.CallUnary(ctx, req)
 }
 
+// Keyring calls scope.v1.ClusterService.Keyring.
+func (c *clusterServiceClient) Keyring(ctx context.Context, req *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
+	return c.keyring.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the scope.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Members lists the nodes the answering node knows through gossip.
@@ -636,6 +656,12 @@ type ClusterServiceHandler interface {
 	// Leave makes a node leave the cluster gracefully: its shards get new
 	// replicas and leaders first, then it leaves gossip.
 	Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error)
+	// Keyring lists or changes the gossip keyring of every alive member
+	// (admin). A change is written to each node's -gossip-keyring file and
+	// takes effect at once, as editing the file and sending SIGHUP would.
+	// The answer holds every node's outcome: the call itself fails only for
+	// an invalid request or a node without a cluster.
+	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -671,6 +697,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("Leave")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceKeyringHandler := connect.NewUnaryHandler(
+		ClusterServiceKeyringProcedure,
+		svc.Keyring,
+		connect.WithSchema(clusterServiceMethods.ByName("Keyring")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceMembersProcedure:
@@ -681,6 +713,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceJoinHandler.ServeHTTP(w, r)
 		case ClusterServiceLeaveProcedure:
 			clusterServiceLeaveHandler.ServeHTTP(w, r)
+		case ClusterServiceKeyringProcedure:
+			clusterServiceKeyringHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -704,4 +738,8 @@ func (UnimplementedClusterServiceHandler) Join(context.Context, *connect.Request
 
 func (UnimplementedClusterServiceHandler) Leave(context.Context, *connect.Request[v1.LeaveRequest]) (*connect.Response[v1.LeaveResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.Leave is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.Keyring is not implemented"))
 }

@@ -57,6 +57,8 @@ const (
 	NodeServiceShardReadProcedure = "/scope.node.v1.NodeService/ShardRead"
 	// NodeServiceTailProcedure is the fully-qualified name of the NodeService's Tail RPC.
 	NodeServiceTailProcedure = "/scope.node.v1.NodeService/Tail"
+	// NodeServiceKeyringProcedure is the fully-qualified name of the NodeService's Keyring RPC.
+	NodeServiceKeyringProcedure = "/scope.node.v1.NodeService/Keyring"
 )
 
 // NodeServiceClient is a client for the scope.node.v1.NodeService service.
@@ -81,6 +83,9 @@ type NodeServiceClient interface {
 	// subscription started is reported as a gap. Neither ends the stream
 	// while other shards remain.
 	Tail(context.Context, *connect.Request[v1.TailRequest]) (*connect.ServerStreamForClient[v1.TailResponse], error)
+	// Keyring lists or changes this node's gossip keyring (the node that
+	// answers ClusterService.Keyring calls it on every member).
+	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the scope.node.v1.NodeService service. By default,
@@ -130,6 +135,12 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("Tail")),
 			connect.WithClientOptions(opts...),
 		),
+		keyring: connect.NewClient[v1.KeyringRequest, v1.KeyringResponse](
+			httpClient,
+			baseURL+NodeServiceKeyringProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("Keyring")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -141,6 +152,7 @@ type nodeServiceClient struct {
 	deliverNotices *connect.Client[v1.DeliverNoticesRequest, v1.DeliverNoticesResponse]
 	shardRead      *connect.Client[v1.ShardReadRequest, v1.ShardReadResponse]
 	tail           *connect.Client[v1.TailRequest, v1.TailResponse]
+	keyring        *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
 }
 
 // OpenReplica calls scope.node.v1.NodeService.OpenReplica.
@@ -173,6 +185,11 @@ func (c *nodeServiceClient) Tail(ctx context.Context, req *connect.Request[v1.Ta
 	return c.tail.CallServerStream(ctx, req)
 }
 
+// Keyring calls scope.node.v1.NodeService.Keyring.
+func (c *nodeServiceClient) Keyring(ctx context.Context, req *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
+	return c.keyring.CallUnary(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the scope.node.v1.NodeService service.
 type NodeServiceHandler interface {
 	// OpenReplica opens an empty replica of a shard on this node (or keeps
@@ -195,6 +212,9 @@ type NodeServiceHandler interface {
 	// subscription started is reported as a gap. Neither ends the stream
 	// while other shards remain.
 	Tail(context.Context, *connect.Request[v1.TailRequest], *connect.ServerStream[v1.TailResponse]) error
+	// Keyring lists or changes this node's gossip keyring (the node that
+	// answers ClusterService.Keyring calls it on every member).
+	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -240,6 +260,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("Tail")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceKeyringHandler := connect.NewUnaryHandler(
+		NodeServiceKeyringProcedure,
+		svc.Keyring,
+		connect.WithSchema(nodeServiceMethods.ByName("Keyring")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.node.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceOpenReplicaProcedure:
@@ -254,6 +280,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceShardReadHandler.ServeHTTP(w, r)
 		case NodeServiceTailProcedure:
 			nodeServiceTailHandler.ServeHTTP(w, r)
+		case NodeServiceKeyringProcedure:
+			nodeServiceKeyringHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -285,4 +313,8 @@ func (UnimplementedNodeServiceHandler) ShardRead(context.Context, *connect.Reque
 
 func (UnimplementedNodeServiceHandler) Tail(context.Context, *connect.Request[v1.TailRequest], *connect.ServerStream[v1.TailResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Tail is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Keyring is not implemented"))
 }
