@@ -2,6 +2,7 @@ package correlate
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -194,6 +195,23 @@ type Event struct {
 	Shard            uint32
 	PayloadTruncated bool
 	PayloadSize      uint32 // original payload size in bytes when truncated
+}
+
+// memSizeFixed is MemSize's estimate of an event's fields other than its
+// strings, attributes and links (the struct itself and the string
+// headers).
+const memSizeFixed = 256
+
+// MemSize estimates the bytes the event holds in memory: its strings, its
+// attributes and links, and a fixed part for the rest. Query memory
+// budgets count events with it; it is an estimate, not an exact size.
+func (e *Event) MemSize() int {
+	n := memSizeFixed + len(e.Origin) + len(e.PID) + len(e.Module) + len(e.Function) + len(e.CallID) +
+		len(e.Payload) + len(e.PeerOrigin) + len(e.PeerPID) + len(e.Reason) + len(e.CorrelationID)
+	for k, v := range e.Attributes {
+		n += 48 + len(k) + len(v) // map entry and string headers
+	}
+	return n + len(e.Links)*int(unsafe.Sizeof(Link{}))
 }
 
 // Process identifies a traced process: the pair (origin, pid).

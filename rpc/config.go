@@ -37,6 +37,11 @@ type Config struct {
 	MaxMergeRounds int
 	// MaxFanout bounds the shard calls one query runs at once.
 	MaxFanout int
+	// QueryMemory bounds the bytes of events one query buffers
+	// (correlate.Event.MemSize): an Events page (and a Tail backfill) is
+	// cut where the budget runs out, its cursor exact; a CallTree, Trace
+	// or MessageFlow that would hold more is refused (RESOURCE_EXHAUSTED).
+	QueryMemory int
 	// HedgeDelay is how long an ANY shard read waits for its first replica
 	// before asking a second one too (hedge.go); 0 disables hedging. The
 	// default, 50 ms, is well above a healthy remote read on a LAN (a few
@@ -86,6 +91,7 @@ func DefaultConfig() Config {
 		QueryShardTimeout:   5 * time.Second,
 		MaxMergeRounds:      16,
 		MaxFanout:           16,
+		QueryMemory:         64 << 20,
 		HedgeDelay:          50 * time.Millisecond,
 		TailBuffer:          4096,
 		MaxTailBackfill:     10_000,
@@ -118,6 +124,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: MaxMergeRounds %d: must be at least 1", ErrConfig, c.MaxMergeRounds)
 	case c.MaxFanout < 1:
 		return fmt.Errorf("%w: MaxFanout %d: must be at least 1", ErrConfig, c.MaxFanout)
+	case c.QueryMemory < 1<<20:
+		return fmt.Errorf("%w: QueryMemory %d: must be at least 1 MiB", ErrConfig, c.QueryMemory)
 	case c.HedgeDelay < 0 || c.HedgeDelay >= c.QueryShardTimeout:
 		return fmt.Errorf("%w: HedgeDelay %v: must be within [0, QueryShardTimeout %v)",
 			ErrConfig, c.HedgeDelay, c.QueryShardTimeout)

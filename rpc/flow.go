@@ -67,6 +67,13 @@ func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scop
 		more = more || page.More
 		return nil
 	})
+	bytes := 0
+	for i := range events {
+		bytes += events[i].MemSize()
+	}
+	if err := q.s.overBudget("message flow", bytes, "ask for fewer messages (limit) or a shorter time range (from_ns, to_ns)"); err != nil {
+		return nil, err
+	}
 	failures = append(failures, q.s.addPeerLinks(ctx, eventPtrs(events), c)...)
 	missing, err := q.s.planner.settle(proc, failures, m.GetAllowPartial())
 	if err != nil {

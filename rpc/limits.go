@@ -32,7 +32,21 @@ const (
 	reasonQueriesTotal     = "queries_total"
 	reasonTailsPerCaller   = "tails_per_caller"
 	reasonTailsTotal       = "tails_total"
+	reasonQueryMemory      = "query_memory"
 )
+
+// overBudget refuses an answer that cannot be paged (a call tree, a trace,
+// a message flow) whose events hold more than the query memory budget;
+// narrow says how to ask for less.
+func (s *Server) overBudget(what string, bytes int, narrow string) error {
+	if bytes <= s.cfg.QueryMemory {
+		return nil
+	}
+	s.metrics.refusals.WithLabelValues(reasonQueryMemory).Inc()
+	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+		"the %s holds about %d bytes of events, above this node's query memory budget of %d bytes (-query-memory): %s",
+		what, bytes, s.cfg.QueryMemory, narrow))
+}
 
 // envelopePrefix is the gRPC/Connect streaming frame header before each
 // message.

@@ -163,3 +163,76 @@ func TestQueryDeadline(t *testing.T) {
 		t.Fatalf("query_deadline refusals %d, want 1", got)
 	}
 }
+
+// TestQueryMemoryBudget: with a 1 MiB query memory budget and 2 MiB of
+// events in one call tree, Events pages are cut short but page through
+// every event exactly once; the whole CallTree is refused with
+// RESOURCE_EXHAUSTED naming -query-memory and max_frames (counted), and a
+// smaller one is answered.
+func TestQueryMemoryBudget(t *testing.T) {
+	n := startAuthNode(t, func(c *rpc.Config) { c.QueryMemory = 1 << 20 })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p := correlate.Process{Origin: "mem@h", PID: "<0.1.0>"}
+	payload := strings.Repeat("p", 4000)
+	mk := func(kind scopev1.Kind, ts int64, fn string) *scopev1.Event {
+		e := ev(p, kind, ts)
+		e.Module, e.Function, e.Payload = "m", fn, payload
+		return e
+	}
+	root := mk(scopev1.Kind_KIND_CALL, 1, "root")
+	events := []*scopev1.Event{root}
+	for i := range 250 {
+		events = append(events, mk(scopev1.Kind_KIND_CALL, int64(2+2*i), "child"), mk(scopev1.Kind_KIND_RETURN, int64(3+2*i), "child"))
+	}
+	events = append(events, mk(scopev1.Kind_KIND_RETURN, 1000, "root"))
+	ingestClient := scopev1connect.NewIngestServiceClient(withToken(n.HTTP1, n.ingest), n.URL)
+	if _, err := ingestClient.Ingest(ctx, connect.NewRequest(&scopev1.IngestRequest{Events: events,
+		Durability: scopev1.Durability_DURABILITY_COMMITTED})); err != nil {
+		t.Fatal(err)
+	}
+	query := scopev1connect.NewQueryServiceClient(withToken(n.HTTP1, n.query), n.URL)
+
+	seen := make(map[string]bool)
+	cursor, pages, short := "", 0, false
+	for {
+		resp, err := query.Events(ctx, connect.NewRequest(&scopev1.EventsRequest{Origin: p.Origin, Pid: p.PID,
+			Limit: 10_000, Cursor: cursor}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		if resp.Msg.GetNextCursor() != "" && len(resp.Msg.GetEvents()) < len(events) {
+			short = true
+		}
+		for _, e := range resp.Msg.GetEvents() {
+			if seen[e.GetEventId()] {
+				t.Fatalf("event %s on two pages", e.GetEventId())
+			}
+			seen[e.GetEventId()] = true
+		}
+		if cursor = resp.Msg.GetNextCursor(); cursor == "" {
+			break
+		}
+	}
+	if len(seen) != len(events) || !short {
+		t.Fatalf("paged %d of %d events in %d pages (a page cut by the budget: %v)", len(seen), len(events), pages, short)
+	}
+
+	before := refusals(t, n, "query_memory")
+	_, err := query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{EventId: root.GetEventId()}))
+	if msg := errMessage(err); connect.CodeOf(err) != connect.CodeResourceExhausted ||
+		!strings.Contains(msg, "-query-memory") || !strings.Contains(msg, "max_frames") {
+		t.Fatalf("the whole call tree: %v, want RESOURCE_EXHAUSTED naming -query-memory and max_frames", err)
+	}
+	if got := refusals(t, n, "query_memory"); got != before+1 {
+		t.Fatalf("query_memory refusals %d -> %d, want one more", before, got)
+	}
+	resp, err := query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{EventId: root.GetEventId(), MaxFrames: 100}))
+	if err != nil {
+		t.Fatalf("a call tree of 100 frames: %v", err)
+	}
+	if !resp.Msg.GetTruncated() {
+		t.Fatal("a call tree of 100 frames of 251: not marked truncated")
+	}
+}

@@ -24,6 +24,7 @@ type metrics struct {
 	tailGaps         prometheus.Counter
 	eventIDConflicts prometheus.Counter
 	refusals         *prometheus.CounterVec
+	memoryCuts       prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -76,8 +77,12 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scope_rpc_refusals_total",
-			Help: "Requests refused by a bound or by authentication, by reason: unauthenticated, permission_denied, node_credential, request_bytes, events_per_request, query_deadline, queries_per_caller, queries_total, tails_per_caller, tails_total.",
+			Help: "Requests refused by a bound or by authentication, by reason: unauthenticated, permission_denied, node_credential, request_bytes, events_per_request, query_deadline, queries_per_caller, queries_total, tails_per_caller, tails_total, query_memory.",
 		}, []string{"reason"}),
+		memoryCuts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_query_memory_cuts_total",
+			Help: "Events pages and Tail backfills cut short because the events the query buffered reached -query-memory (each page still has an exact cursor).",
+		}),
 	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
@@ -115,6 +120,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.refusals, err = register(reg, m.refusals)
+	}
+	if err == nil {
+		m.memoryCuts, err = register(reg, m.memoryCuts)
 	}
 	return m, err
 }

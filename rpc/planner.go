@@ -35,6 +35,8 @@ type planner struct {
 	// hedges counts hedged calls sent to a second replica, hedgeWins those
 	// that answered first (nil in tests that do not look).
 	hedges, hedgeWins prometheus.Counter
+	// memoryCuts counts pages cut by the query memory budget.
+	memoryCuts prometheus.Counter
 }
 
 // count increments c if it is set.
@@ -296,7 +298,11 @@ func readyBefore(streams []*shardStream, bound store.Position, desc bool) int {
 }
 
 // merge answers mq with a k-way merge of every shard's page on
-// (timestamp, id). The invariant that makes cursors exact: an event is
+// (timestamp, id). The events it buffers are bounded by the query memory
+// budget (Config.QueryMemory, counted with correlate.Event.MemSize): each
+// read asks its shard for at most an even share of what is left of it
+// (store.Query.MaxBytes), and no round starts once it is spent; the page
+// is then cut at the frontier like a page cut by MaxMergeRounds. The invariant that makes cursors exact: an event is
 // emitted only if it lies at or before the frontier — the smallest
 // position any shard with more results has been read up to — so no shard
 // can still hold an unread event before an emitted one. The first round
@@ -315,9 +321,12 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 		}
 	}
 	var failures []shardFailure
+	used := 0 // bytes of the events buffered (written by fetch only)
+	spent := func() bool { return used >= p.cfg.QueryMemory }
 	// fetch reads the next page of each stream in which, of limitOf(stream)
-	// events.
+	// events and an even share of the memory budget left.
 	fetch := func(which []*shardStream, limitOf func(*shardStream) int) error {
+		share := max(1, (p.cfg.QueryMemory-used)/max(1, len(which)))
 		byShard := make(map[uint32]*shardStream, len(which))
 		ids := make([]uint32, len(which))
 		for i, st := range which {
@@ -327,7 +336,7 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 		failed := p.each(ctx, ids, mq.consistency, func(ctx context.Context, r ShardReader, shard uint32) error {
 			st := byShard[shard]
 			q := mq.q
-			q.Limit = limitOf(st)
+			q.Limit, q.MaxBytes = limitOf(st), share
 			if st.asked {
 				after := st.next
 				q.After = &after
@@ -341,6 +350,7 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 			for i := range page.Events {
 				if mq.keep == nil || mq.keep(&page.Events[i]) {
 					st.buf = append(st.buf, page.Events[i])
+					used += page.Events[i].MemSize()
 				}
 			}
 			st.asked, st.read = true, st.read+len(page.Events)
@@ -361,7 +371,7 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 	if err := fetch(streams, func(*shardStream) int { return first }); err != nil {
 		return mergedPage{}, err
 	}
-	if first < limit {
+	if first < limit && !spent() {
 		if bound, bounded := frontier(streams, desc); bounded && readyBefore(streams, bound, desc) < limit {
 			var again []*shardStream
 			for _, st := range streams {
@@ -386,6 +396,10 @@ func (p *planner) merge(ctx context.Context, procedure string, mq mergeQuery) (m
 			break
 		}
 		if readyBefore(streams, bound, desc) >= limit {
+			break
+		}
+		if spent() {
+			p.count(p.memoryCuts)
 			break
 		}
 		var again []*shardStream

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/node"
@@ -25,6 +27,7 @@ type fakeShards struct {
 	scan   int
 	down   map[uint32]bool
 	served atomic.Int64 // events returned by Events, all shards
+	bytes  atomic.Int64 // their MemSize
 }
 
 func (f *fakeShards) Readers(shard uint32, _ Consistency) ([]ShardReader, error) {
@@ -42,7 +45,7 @@ func (r fakeReader) Events(_ context.Context, shard uint32, q store.Query) (stor
 		slices.Reverse(es)
 	}
 	var page store.Page
-	scanned := 0
+	scanned, bytes := 0, 0
 	for i := range es {
 		p := posOf(&es[i])
 		if q.After != nil && !posLess(*q.After, p, q.Descending) {
@@ -58,12 +61,14 @@ func (r fakeReader) Events(_ context.Context, shard uint32, q store.Query) (stor
 			continue
 		}
 		page.Events = append(page.Events, es[i])
-		if len(page.Events) == q.Limit {
+		bytes += es[i].MemSize()
+		if len(page.Events) == q.Limit || q.MaxBytes > 0 && bytes >= q.MaxBytes {
 			page.More = i < len(es)-1
 			break
 		}
 	}
 	r.f.served.Add(int64(len(page.Events)))
+	r.f.bytes.Add(int64(bytes))
 	return page, nil
 }
 
@@ -223,6 +228,66 @@ func TestMergeFirstRoundShare(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMergeMemoryBudget pages through events far larger in total than
+// the query memory budget: no merge reads more than the budget and one
+// event per shard beyond it, pages are cut where it runs out (and counted),
+// and the pages together are exactly the events in order, both ways.
+func TestMergeMemoryBudget(t *testing.T) {
+	const shards, n, limit, budget, maxPayload = 8, 600, 200, 40_000, 3000
+	rng := rand.New(rand.NewPCG(3, 4))
+	f := &fakeShards{events: map[uint32][]correlate.Event{}, scan: 100_000}
+	var all []correlate.Event
+	for i := range n {
+		e := correlate.Event{TimestampNs: int64(i / 2), Kind: correlate.KindCall}
+		e.Payload = string(make([]byte, 100+rng.IntN(maxPayload-100)))
+		e.ID[14], e.ID[15] = byte(i>>8), byte(i)
+		s := uint32(rng.IntN(shards))
+		f.events[s] = append(f.events[s], e)
+		all = append(all, e)
+	}
+	cfg := DefaultConfig()
+	cfg.QueryMemory = budget
+	cuts := prometheus.NewCounter(prometheus.CounterOpts{Name: "cuts"})
+	p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger, memoryCuts: cuts}
+	maxEvent := (&correlate.Event{Payload: string(make([]byte, maxPayload))}).MemSize()
+	for _, desc := range []bool{false, true} {
+		want := slices.Clone(all)
+		if desc {
+			slices.Reverse(want)
+		}
+		q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: limit, Descending: desc}
+		var got []correlate.Event
+		for page := 0; ; page++ {
+			if page > n {
+				t.Fatalf("desc=%v: no progress", desc)
+			}
+			f.bytes.Store(0)
+			res, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if read := f.bytes.Load(); read > budget+shards*int64(maxEvent) {
+				t.Fatalf("desc=%v page %d: the merge read %d bytes of events, budget %d", desc, page, read, budget)
+			}
+			if res.next != nil && len(res.events) == 0 {
+				t.Fatalf("desc=%v page %d: empty page with a cursor", desc, page)
+			}
+			got = append(got, res.events...)
+			if res.next == nil {
+				break
+			}
+			q.After = res.next
+		}
+		if !slices.EqualFunc(got, want, func(a, b correlate.Event) bool { return a.ID == b.ID }) {
+			t.Fatalf("desc=%v: paged %d events, want %d in order", desc, len(got), len(want))
+		}
+	}
+	var m dto.Metric
+	if err := cuts.Write(&m); err != nil || m.GetCounter().GetValue() == 0 {
+		t.Fatal("no page was counted as cut by the budget")
 	}
 }
 

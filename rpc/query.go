@@ -261,8 +261,24 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if len(failures) > 0 {
 		return nil, q.s.fail(proc, failures[0].err)
 	}
+	if err := q.s.overBudget("call tree", frameBytes(tree.Root), "ask for fewer frames (max_frames)"); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(&scopev1.CallTreeResponse{Root: frameToProto(tree.Root, true), Truncated: tree.Truncated,
 		Lag: lag.proto()}), nil
+}
+
+// frameBytes is the MemSize of the events of the tree under f (bounded by
+// max_frames, so the recursion is too).
+func frameBytes(f *store.Frame) int {
+	n := f.Call.MemSize()
+	if f.End != nil {
+		n += f.End.MemSize()
+	}
+	for _, c := range f.Children {
+		n += frameBytes(c)
+	}
+	return n
 }
 
 // frameToProto converts a frame, with its children when deep. A tree is

@@ -46,6 +46,9 @@ type traceWalk struct {
 	order               bool // also follow process order (process_order)
 	maxDepth, maxEvents int
 	allowPartial        bool
+	// bytes of the events visited (MemSize); the walk stops adding events
+	// once they reach the query memory budget, as at maxEvents.
+	bytes int
 
 	nodes     map[correlate.EventID]*located
 	edges     map[edgeKey]bool
@@ -149,7 +152,7 @@ func (w *traceWalk) walk(ctx context.Context, start *located) error {
 					w.edges[n.edge] = true
 					continue
 				}
-				if depth >= w.maxDepth || len(w.nodes) >= w.maxEvents {
+				if depth >= w.maxDepth || len(w.nodes) >= w.maxEvents || w.bytes >= w.s.cfg.QueryMemory {
 					w.truncated = true
 					continue
 				}
@@ -164,6 +167,7 @@ func (w *traceWalk) walk(ctx context.Context, start *located) error {
 					continue // deleted by retention, or on a shard that did not answer
 				}
 				w.nodes[n.id] = found
+				w.bytes += found.e.MemSize()
 				w.edges[n.edge] = true
 				next = append(next, found)
 			}

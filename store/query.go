@@ -26,6 +26,10 @@ type Query struct {
 	Descending    bool
 	Limit         int       // 1..Options.MaxLimit
 	After         *Position // exclusive resume point in the query's order
+	// MaxBytes, when > 0, ends the page once its events' MemSize adds up
+	// to MaxBytes (it still holds at least one event); More and Next then
+	// resume after its last event. Query memory budgets set it.
+	MaxBytes int
 }
 
 // Position is a point in (timestamp, id) order.
@@ -56,6 +60,8 @@ func (s *Store) validate(q *Query) error {
 	switch {
 	case q.Limit < 1 || q.Limit > s.opts.MaxLimit:
 		return fmt.Errorf("%w: Limit %d: must be within [1, %d]", ErrInvalidQuery, q.Limit, s.opts.MaxLimit)
+	case q.MaxBytes < 0:
+		return fmt.Errorf("%w: MaxBytes %d: must not be negative", ErrInvalidQuery, q.MaxBytes)
 	case q.Arity != nil && (q.Module == "" || q.Function == ""):
 		return fmt.Errorf("%w: Arity %d: requires Module and Function", ErrInvalidQuery, *q.Arity)
 	case q.Process != nil && (q.Process.Origin == "" || q.Process.PID == ""):
@@ -123,6 +129,7 @@ func (s *Store) Events(shard uint32, q Query) (Page, error) {
 
 func (v *view) events(q *Query) (Page, error) {
 	var page Page
+	bytes := 0
 	sp := plan(q)
 	r, err := v.scan(sp, func(b uint64, ts int64, id correlate.EventID, val []byte) (bool, error) {
 		if sp.sec == secFunc && q.Arity != nil && (len(val) != 4 || binary.BigEndian.Uint32(val) != *q.Arity) {
@@ -147,7 +154,8 @@ func (v *view) events(q *Query) (Page, error) {
 		}
 		e.Links = links
 		page.Events = append(page.Events, e)
-		return len(page.Events) == q.Limit, nil
+		bytes += e.MemSize()
+		return len(page.Events) == q.Limit || q.MaxBytes > 0 && bytes >= q.MaxBytes, nil
 	})
 	if err != nil {
 		return Page{}, err

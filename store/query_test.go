@@ -389,3 +389,57 @@ func TestDuplicateAcrossBatchesChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestEventsMaxBytes pages through queries with a byte bound: every page
+// stops at the first event that reaches MaxBytes (so it holds at least one
+// event and every event before its last is under the bound), and the pages
+// together are exactly the unbounded answer, in order.
+func TestEventsMaxBytes(t *testing.T) {
+	s := openMem(t)
+	g := newGen(3, 6)
+	r := fill(t, s, 2, g, 20, 40)
+	all := queries(g, r)
+	for _, name := range []string{"all asc", "all desc", "process", "kinds", "range inclusive"} {
+		t.Run(strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
+			q := all[name]
+			q.Limit = 1000
+			whole, err := s.Events(2, q)
+			if err != nil || whole.More {
+				t.Fatalf("unbounded: more %v, %v", whole.More, err)
+			}
+			const maxBytes = 1200 // three or four events of the generator
+			q.MaxBytes = maxBytes
+			var got []correlate.Event
+			for pages := 0; ; pages++ {
+				if pages > 1000 {
+					t.Fatal("no progress")
+				}
+				page, err := s.Events(2, q)
+				if err != nil {
+					t.Fatal(err)
+				}
+				size := 0
+				for i := range page.Events {
+					if size >= maxBytes {
+						t.Fatalf("page %d goes on after %d bytes (event %d of %d)", pages, size, i, len(page.Events))
+					}
+					size += page.Events[i].MemSize()
+				}
+				if page.More && len(page.Events) == 0 {
+					t.Fatalf("page %d is empty but says more", pages)
+				}
+				got = append(got, page.Events...)
+				if !page.More {
+					break
+				}
+				q.After = &page.Next
+			}
+			if !reflect.DeepEqual(ids(got), ids(whole.Events)) {
+				t.Fatalf("paged by bytes:\n%v\nwant\n%v", ids(got), ids(whole.Events))
+			}
+		})
+	}
+	if _, err := s.Events(2, Query{Limit: 1, MaxBytes: -1}); !errors.Is(err, ErrInvalidQuery) {
+		t.Fatalf("MaxBytes -1: %v", err)
+	}
+}

@@ -50,6 +50,7 @@ type agentConfig struct {
 	authTokens string        // -auth-tokens FILE (reloaded on SIGHUP)
 	tokens     *rpc.TokenSet // read from authTokens at start
 	maxReqSize uint64        // -max-request-bytes
+	queryMem   uint64        // -query-memory
 
 	tls tlsFlags // -tls-*, -insecure (agent_tls.go)
 
@@ -100,6 +101,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.StringVar(&c.authTokens, "auth-tokens", "", "file of client tokens, one a line: ROLE SHA256HEX [NAME] (roles ingest, query, admin; `scope token new` prints lines); reloaded on SIGHUP")
 	c.maxReqSize = uint64(c.rpc.MaxRequestBytes)
 	fs.Var(byteSize{&c.maxReqSize}, "max-request-bytes", "largest request message (one stream message for IngestStream), e.g. 16MiB; larger: RESOURCE_EXHAUSTED")
+	c.queryMem = uint64(c.rpc.QueryMemory)
+	fs.Var(byteSize{&c.queryMem}, "query-memory", "bytes of events one query may buffer on the node that answers it: an Events page is cut there (with its cursor), a larger CallTree or MessageFlow is refused (RESOURCE_EXHAUSTED), a Trace truncated")
 	fs.IntVar(&c.rpc.MaxEventsPerRequest, "max-events-per-request", c.rpc.MaxEventsPerRequest, "most events in one ingest request (stream message); more: INVALID_ARGUMENT")
 	fs.DurationVar(&c.rpc.QueryTimeout, "query-timeout", c.rpc.QueryTimeout, "the server's deadline on every query (a client's shorter deadline wins)")
 	fs.IntVar(&c.rpc.MaxQueries, "max-queries", c.rpc.MaxQueries, "queries in flight on this node; more: RESOURCE_EXHAUSTED")
@@ -239,6 +242,10 @@ func (c *agentConfig) finishSecurity() error {
 		return usageError("-max-request-bytes %s: must be in 1KiB..1GiB", byteSize{&c.maxReqSize})
 	}
 	c.rpc.MaxRequestBytes = int(c.maxReqSize)
+	if c.queryMem < 1<<20 || c.queryMem > 1<<40 {
+		return usageError("-query-memory %s: must be in 1MiB..1TiB", byteSize{&c.queryMem})
+	}
+	c.rpc.QueryMemory = int(c.queryMem)
 	for _, f := range []struct {
 		name string
 		v    int
