@@ -61,12 +61,24 @@ func TestClusterFailover(t *testing.T) {
 }
 
 // TestClusterFailoverTLS is TestClusterFailover with every node run with
-// TLS (certificates from scope cert): the API over TLS, node-to-node calls
-// and raft over mutual TLS. The clients find the CA in SCOPE_CA.
+// tokens, an encrypted gossip keyring and TLS (certificates from scope
+// cert): the API over TLS, node-to-node calls and raft over mutual TLS.
+// The clients find the CA in SCOPE_CA and the token in SCOPE_TOKEN.
 func TestClusterFailoverTLS(t *testing.T) {
 	d := newCertDir(t)
 	t.Setenv("SCOPE_CA", d.ca())
-	clusterFailover(t, startClusterProcs(t, 3, func(name string) []string { return d.node(t, name, false) }))
+	// Tokens on too: every CLI call sends the admin token (SCOPE_TOKEN),
+	// node-to-node calls their node certificates.
+	out := mustScope(t, "", "token", "new", "-role", "admin", "-name", "ops")
+	token, _, _ := strings.Cut(strings.TrimPrefix(out, "token: "), "\n")
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	writeFile(t, tokens, out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])
+	keyring := filepath.Join(t.TempDir(), "keyring")
+	writeFile(t, keyring, strings.TrimSpace(mustScope(t, "", "keyring", "new"))+"\n")
+	t.Setenv("SCOPE_TOKEN", token)
+	clusterFailover(t, startClusterProcs(t, 3, func(name string) []string {
+		return append(d.node(t, name, false), "-auth-tokens", tokens, "-gossip-keyring", keyring)
+	}))
 }
 
 func clusterFailover(t *testing.T, nodes []*clusterNode) {
