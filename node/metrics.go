@@ -99,6 +99,10 @@ type poolMetrics struct {
 	restarts                             prometheus.Counter
 	batchSize, applyLatency              prometheus.Histogram
 	ringUsed, redirectBacklog            *prometheus.GaugeVec
+	writersActive, writersBusy           prometheus.Gauge
+	scaling                              *prometheus.CounterVec
+	shardMoves                           prometheus.Counter
+	acceptedToApplied                    prometheus.Histogram
 }
 
 func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
@@ -135,8 +139,23 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 			Help: "Events waiting to be redirected to a shard's new leader after this node lost its leadership, or being redirected."},
 			[]string{"shard"}),
 	}
+	p.writersActive = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "scope_writers_active", Help: "Writer goroutines running and not retiring."})
+	p.writersBusy = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "scope_writers_busy_ratio",
+		Help: "The writers' mean busy fraction over the scaler's last sample (only with -writers-max)."})
+	p.scaling = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "scope_writer_scaling_total", Help: "Writer pool scaling decisions, by direction (up, down)."},
+		[]string{"direction"})
+	p.shardMoves = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "scope_writer_shard_moves_total", Help: "Shards handed from one writer to another by the scaler."})
+	p.acceptedToApplied = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "scope_ingest_accepted_to_applied_seconds",
+		Help:    "Time from events' acceptance into a ring to their commit and apply on this node (a LEADER read sees them), per submission and batch.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)})
 	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
-		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog)
+		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog,
+		p.writersActive, p.writersBusy, p.scaling, p.shardMoves, p.acceptedToApplied)
 	return p
 }
 
@@ -185,6 +204,19 @@ func (p *poolMetrics) RedirectBacklog(shard uint32, events int) {
 }
 func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
 	p.ringUsed.WithLabelValues(shardLabel(shard)).Set(float64(used))
+}
+func (p *poolMetrics) WritersActive(n int)            { p.writersActive.Set(float64(n)) }
+func (p *poolMetrics) WriterUtilisation(busy float64) { p.writersBusy.Set(busy) }
+func (p *poolMetrics) ShardMoved(uint32)              { p.shardMoves.Inc() }
+func (p *poolMetrics) WritersScaled(up bool) {
+	if up {
+		p.scaling.WithLabelValues("up").Inc()
+	} else {
+		p.scaling.WithLabelValues("down").Inc()
+	}
+}
+func (p *poolMetrics) AcceptedToApplied(_ uint32, d time.Duration) {
+	p.acceptedToApplied.Observe(d.Seconds())
 }
 
 // applied records a durable apply's counters.

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/ring"
@@ -35,18 +37,23 @@ type Pool struct {
 
 	// shards is an immutable map replaced on every change (copy on write),
 	// so Submit looks a shard up with one atomic load.
-	shards  atomic.Pointer[map[uint32]*poolShard]
-	writers []*poolWriter
+	shards atomic.Pointer[map[uint32]*poolShard]
 
 	closing  atomic.Bool // no new submissions; writers flush and exit when idle
 	abort    atomic.Bool // Close's deadline passed: fail what is left
 	restarts atomic.Uint64
 
-	mu        sync.Mutex // serialises Start, Close, AddShard, RemoveShard
-	started   bool
-	closed    chan struct{} // closed when writers and completers have exited
-	writersWG sync.WaitGroup
-	complWG   sync.WaitGroup
+	mu sync.Mutex // serialises Start, Close, AddShard, RemoveShard, scaling and handoffs
+	// writers are the running writers (guarded by mu); nextWriter numbers
+	// the next one started.
+	writers    []*poolWriter
+	nextWriter int
+	scale      scaleState    // the scaler's own state (pool_scale.go)
+	stopScale  chan struct{} // closed by Close: the scaler exits
+	started    bool
+	closed     chan struct{} // closed when writers and completers have exited
+	writersWG  sync.WaitGroup
+	complWG    sync.WaitGroup
 
 	// hook, when set (tests only), is called at named points of a writer's
 	// work; it may panic to simulate a writer crash.
@@ -70,14 +77,15 @@ func NewPool(cfg PoolConfig, p Proposer, m PoolMetrics) (*Pool, error) {
 		logger = slog.Default()
 	}
 	pool := &Pool{cfg: cfg, prop: p, m: m, log: logger.With("component", "writer-pool"),
-		closed: make(chan struct{})}
+		closed: make(chan struct{}), stopScale: make(chan struct{})}
 	pool.redirect, _ = p.(Redirector)
 	pool.ctx, pool.cancel = context.WithCancel(context.Background())
 	empty := map[uint32]*poolShard{}
 	pool.shards.Store(&empty)
-	for i := range cfg.Writers {
-		pool.writers = append(pool.writers, &poolWriter{id: i, p: pool, wake: make(chan struct{}, 1)})
+	for range cfg.initialWriters() {
+		pool.newWriterLocked()
 	}
+	m.WritersActive(len(pool.writers))
 	for _, s := range cfg.Shards {
 		if err := pool.AddShard(s); err != nil {
 			pool.abort.Store(true)
@@ -104,6 +112,10 @@ func (p *Pool) startLocked() {
 	for _, w := range p.writers {
 		p.writersWG.Add(1)
 		go w.run()
+	}
+	if p.cfg.scaling() {
+		p.complWG.Add(1)
+		go p.scaler()
 	}
 	go func() {
 		p.writersWG.Wait()
@@ -146,6 +158,7 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 	// Counted before the put: a writer may resolve the events before the
 	// put returns.
 	sh.outstanding.Add(int64(len(events)))
+	t.accepted = time.Now()
 	// The ring copies the items; the staging buffer is recycled (cleared, so
 	// that it keeps no event alive) instead of allocated per call.
 	bp := itemBufs.Get().(*[]poolItem)
@@ -202,12 +215,7 @@ func (p *Pool) AddShard(shard uint32) error {
 	if len(cur) >= p.cfg.MaxShards {
 		return fmt.Errorf("%w: MaxShards = %d reached, cannot add shard %d", ErrPoolConfig, p.cfg.MaxShards, shard)
 	}
-	w := p.writers[0]
-	for _, o := range p.writers[1:] {
-		if o.load() < w.load() {
-			w = o
-		}
-	}
+	w := p.leastLoadedLocked(nil)
 	r, err := ring.NewWithNotify[poolItem](p.cfg.RingCapacity, w.wake)
 	if err != nil {
 		return err
@@ -215,13 +223,13 @@ func (p *Pool) AddShard(shard uint32) error {
 	sh := &poolShard{
 		id:        shard,
 		ring:      r,
-		w:         w,
 		items:     make([]poolItem, 0, p.cfg.BatchSize),
 		dispatch:  make(chan *proposal, p.cfg.MaxInflight),
 		redirects: newRedirectQueue(),
 		inflight:  make(chan *proposal, p.cfg.MaxInflight),
 		released:  make(chan struct{}),
 	}
+	sh.owner.Store(w)
 	p.complWG.Add(3)
 	go p.dispatch(sh)
 	go p.complete(sh)
@@ -261,12 +269,15 @@ func (p *Pool) RemoveShard(shard uint32) error {
 	sh.ring.Close()
 	if !p.started {
 		// No writer runs: release inline (p.mu keeps Start out).
-		sh.w.releaseInline(sh, fmt.Errorf("%w: shard %d", ErrShardClosed, shard))
+		sh.owner.Load().releaseInline(sh, fmt.Errorf("%w: shard %d", ErrShardClosed, shard))
 		p.mu.Unlock()
 		return nil
 	}
+	// Under mu: no handoff is under way, and none starts (handOff checks
+	// removing under mu), so the owner read here is the one that releases.
+	owner := sh.owner.Load()
 	p.mu.Unlock()
-	sh.w.wakeUp()
+	owner.wakeUp()
 	<-sh.released
 	return nil
 }
@@ -281,11 +292,17 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closing.Store(true)
 	p.startLocked()
+	select {
+	case <-p.stopScale:
+	default:
+		close(p.stopScale)
+	}
 	for _, sh := range *p.shards.Load() {
 		sh.ring.Close()
 	}
+	writers := slices.Clone(p.writers)
 	p.mu.Unlock()
-	for _, w := range p.writers {
+	for _, w := range writers {
 		w.wakeUp()
 	}
 	select {
@@ -295,7 +312,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	}
 	p.abort.Store(true)
 	p.cancel() // redirects in progress give up
-	for _, w := range p.writers {
+	for _, w := range writers {
 		w.wakeUp()
 	}
 	p.writersWG.Wait()

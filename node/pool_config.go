@@ -53,6 +53,20 @@ type PoolConfig struct {
 	FlushInterval time.Duration
 	// Writers is the number of writer goroutines; each shard is owned by one.
 	Writers int
+	// MinWriters and MaxWriters, when MaxWriters > 0, make the number of
+	// writers follow the backlog between them, starting at MinWriters
+	// (pool_scale.go); Writers is then ignored. MaxWriters 0: Writers,
+	// fixed.
+	MinWriters, MaxWriters int
+	// ScaleInterval is how often the scaler samples the rings and writers.
+	ScaleInterval time.Duration
+	// ScaleUpFill (0..1]: a ring at least this full on two samples in a row
+	// adds a writer.
+	ScaleUpFill float64
+	// ScaleDownAfter: the pool quiet (every ring under ScaleUpFill/8, the
+	// writers busy under a quarter of the time) for this long retires a
+	// writer.
+	ScaleDownAfter time.Duration
 	// MaxInflight bounds, per shard, the proposals made and not yet resolved
 	// (the depth of the pipeline).
 	MaxInflight int
@@ -82,12 +96,15 @@ const (
 // per shard, 3 attempts per batch with 10 ms..1 s backoff.
 func DefaultPoolConfig() PoolConfig {
 	return PoolConfig{
-		MaxShards:     1024,
-		RingCapacity:  defaultRingCap,
-		BatchSize:     defaultBatchSize,
-		FlushInterval: defaultFlush,
-		Writers:       runtime.GOMAXPROCS(0),
-		MaxInflight:   defaultMaxInflight,
+		MaxShards:      1024,
+		RingCapacity:   defaultRingCap,
+		BatchSize:      defaultBatchSize,
+		FlushInterval:  defaultFlush,
+		Writers:        runtime.GOMAXPROCS(0),
+		MaxInflight:    defaultMaxInflight,
+		ScaleInterval:  100 * time.Millisecond,
+		ScaleUpFill:    0.25,
+		ScaleDownAfter: 5 * time.Second,
 		Retry: RetryPolicy{
 			MaxAttempts:    3,
 			InitialBackoff: 10 * time.Millisecond,
@@ -115,8 +132,18 @@ func (c *PoolConfig) Validate() error {
 		return bad("BatchSize", c.BatchSize, fmt.Sprintf("1..RingCapacity (%d)", c.RingCapacity))
 	case c.FlushInterval < 0 || c.FlushInterval > poolMaxFlush:
 		return bad("FlushInterval", c.FlushInterval, fmt.Sprintf("0..%v", poolMaxFlush))
-	case c.Writers < 1 || c.Writers > poolMaxWriters:
+	case c.MaxWriters == 0 && (c.Writers < 1 || c.Writers > poolMaxWriters):
 		return bad("Writers", c.Writers, fmt.Sprintf("1..%d", poolMaxWriters))
+	case c.MaxWriters < 0 || c.MaxWriters > poolMaxWriters:
+		return bad("MaxWriters", c.MaxWriters, fmt.Sprintf("0 (fixed: Writers) or 1..%d", poolMaxWriters))
+	case c.MaxWriters > 0 && (c.MinWriters < 1 || c.MinWriters > c.MaxWriters):
+		return bad("MinWriters", c.MinWriters, fmt.Sprintf("1..MaxWriters (%d)", c.MaxWriters))
+	case c.MaxWriters > 0 && (c.ScaleInterval < time.Millisecond || c.ScaleInterval > time.Minute):
+		return bad("ScaleInterval", c.ScaleInterval, "1ms..1m")
+	case c.MaxWriters > 0 && (c.ScaleUpFill <= 0 || c.ScaleUpFill > 1):
+		return bad("ScaleUpFill", c.ScaleUpFill, "(0, 1]")
+	case c.MaxWriters > 0 && c.ScaleDownAfter < c.ScaleInterval:
+		return bad("ScaleDownAfter", c.ScaleDownAfter, fmt.Sprintf("at least ScaleInterval (%v)", c.ScaleInterval))
 	case c.MaxInflight < 1 || c.MaxInflight > poolMaxInflight:
 		return bad("MaxInflight", c.MaxInflight, fmt.Sprintf("1..%d", poolMaxInflight))
 	case c.Retry.MaxAttempts < 1 || c.Retry.MaxAttempts > poolMaxAttempts:

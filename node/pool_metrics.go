@@ -36,6 +36,20 @@ type PoolMetrics interface {
 	WriterRestart(writer int)
 	// RingFill reports a shard's ring occupancy after a writer took from it.
 	RingFill(shard uint32, used, capacity int)
+	// WritersActive reports the writers running and not retiring.
+	WritersActive(n int)
+	// WritersScaled counts a scaling decision: a writer added (up) or
+	// retired.
+	WritersScaled(up bool)
+	// WriterUtilisation reports the writers' mean busy fraction (0..1)
+	// over the scaler's last sample.
+	WriterUtilisation(busy float64)
+	// ShardMoved counts a shard handed from one writer to another.
+	ShardMoved(shard uint32)
+	// AcceptedToApplied observes, per submission and batch, the time from
+	// the events' acceptance into the ring to their proposal's commit and
+	// apply on this node (where a LEADER read sees them).
+	AcceptedToApplied(shard uint32, d time.Duration)
 }
 
 // NopPoolMetrics discards every measurement.
@@ -43,15 +57,20 @@ type NopPoolMetrics struct{}
 
 var _ PoolMetrics = NopPoolMetrics{}
 
-func (NopPoolMetrics) EventsIn(uint32, int)               {}
-func (NopPoolMetrics) EventsRefused(uint32, int)          {}
-func (NopPoolMetrics) EventsCommitted(uint32, int)        {}
-func (NopPoolMetrics) EventsFailed(uint32, int)           {}
-func (NopPoolMetrics) Batch(uint32, int)                  {}
-func (NopPoolMetrics) ApplyLatency(uint32, time.Duration) {}
-func (NopPoolMetrics) ProposalError(uint32, error)        {}
-func (NopPoolMetrics) Retry(uint32)                       {}
-func (NopPoolMetrics) Redirected(uint32, int, error)      {}
-func (NopPoolMetrics) RedirectBacklog(uint32, int)        {}
-func (NopPoolMetrics) WriterRestart(int)                  {}
-func (NopPoolMetrics) RingFill(uint32, int, int)          {}
+func (NopPoolMetrics) EventsIn(uint32, int)                    {}
+func (NopPoolMetrics) EventsRefused(uint32, int)               {}
+func (NopPoolMetrics) EventsCommitted(uint32, int)             {}
+func (NopPoolMetrics) EventsFailed(uint32, int)                {}
+func (NopPoolMetrics) Batch(uint32, int)                       {}
+func (NopPoolMetrics) ApplyLatency(uint32, time.Duration)      {}
+func (NopPoolMetrics) ProposalError(uint32, error)             {}
+func (NopPoolMetrics) Retry(uint32)                            {}
+func (NopPoolMetrics) Redirected(uint32, int, error)           {}
+func (NopPoolMetrics) RedirectBacklog(uint32, int)             {}
+func (NopPoolMetrics) WriterRestart(int)                       {}
+func (NopPoolMetrics) RingFill(uint32, int, int)               {}
+func (NopPoolMetrics) WritersActive(int)                       {}
+func (NopPoolMetrics) WritersScaled(bool)                      {}
+func (NopPoolMetrics) WriterUtilisation(float64)               {}
+func (NopPoolMetrics) ShardMoved(uint32)                       {}
+func (NopPoolMetrics) AcceptedToApplied(uint32, time.Duration) {}

@@ -20,7 +20,20 @@ import (
 type countingMetrics struct {
 	in, refused, committed, failed, batches, errs, retries, restarts atomic.Int64
 	redirected                                                       atomic.Int64
+	ups, downs, moves, active, applied                               atomic.Int64
 }
+
+func (m *countingMetrics) WritersActive(n int) { m.active.Store(int64(n)) }
+func (m *countingMetrics) WritersScaled(up bool) {
+	if up {
+		m.ups.Add(1)
+	} else {
+		m.downs.Add(1)
+	}
+}
+func (m *countingMetrics) WriterUtilisation(float64)               {}
+func (m *countingMetrics) ShardMoved(uint32)                       { m.moves.Add(1) }
+func (m *countingMetrics) AcceptedToApplied(uint32, time.Duration) { m.applied.Add(1) }
 
 func (m *countingMetrics) EventsIn(_ uint32, n int)              { m.in.Add(int64(n)) }
 func (m *countingMetrics) EventsRefused(_ uint32, n int)         { m.refused.Add(int64(n)) }

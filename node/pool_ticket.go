@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/elixirscope/scope/correlate"
 )
@@ -23,6 +24,7 @@ type Ticket struct {
 	// False for a COMMITTED part another node forwarded here: that node
 	// waits and retries it itself.
 	redirect  bool
+	accepted  time.Time // when Submit began putting the events in the ring (AcceptedToApplied)
 	remaining atomic.Int64
 	dups      atomic.Int64 // events the shard had applied already (see Duplicates)
 	done      chan struct{}

@@ -19,9 +19,14 @@ import (
 type poolShard struct {
 	id   uint32
 	ring *ring.Ring[poolItem]
-	w    *poolWriter // the owner; fixed for the shard's life in the pool
+	// owner is the writer that drains the ring; moveTo, when set, the
+	// writer it is to be handed to (pool_scale.go). Only the owner touches
+	// the fields below marked so; a handoff happens in the owner's
+	// goroutine, between two services of the shard, under Pool.mu.
+	owner  atomic.Pointer[poolWriter]
+	moveTo atomic.Pointer[poolWriter]
 
-	// Owned by w: only w's goroutine touches these.
+	// Owned by the owner: only its goroutine touches these.
 	items      []poolItem // taken from the ring, not yet proposed; cap BatchSize
 	itemsAt    time.Time  // when the first of items was taken
 	itemsTries int        // proposals of items that panicked
@@ -73,6 +78,13 @@ type poolWriter struct {
 	id   int
 	p    *Pool
 	wake chan struct{}
+
+	// retiring: the scaler is moving this writer's shards away; it exits
+	// once it owns none (pool_scale.go).
+	retiring atomic.Bool
+	// busyNs accumulates the time the writer spent working rather than
+	// asleep, read and reset by the scaler.
+	busyNs atomic.Int64
 
 	mu     sync.Mutex
 	shards []*poolShard
@@ -156,12 +168,19 @@ type serviceResult struct {
 func (w *poolWriter) loop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	awake := time.Now()
 	for {
 		now := time.Now()
+		w.busyNs.Add(int64(now.Sub(awake)))
+		awake = now
 		closing := w.p.closing.Load()
 		var next time.Time
 		busy, live := false, 0
 		shards := w.owned()
+		if len(shards) == 0 && w.retiring.Load() {
+			w.p.writerExited(w)
+			return
+		}
 		take := shards[:0:0]
 		for _, sh := range shards {
 			res := w.service(sh, now, closing)
@@ -197,16 +216,24 @@ func (w *poolWriter) loop() {
 			timer.Reset(time.Until(next))
 			due = timer.C
 		}
+		w.busyNs.Add(int64(time.Since(awake)))
 		select {
 		case <-w.wake:
 		case <-due:
 		}
+		awake = time.Now()
 	}
 }
 
 // service does one step of work on sh.
 func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res serviceResult) {
 	p := w.p
+	if to := sh.moveTo.Load(); to != nil && w.handOff(sh, to) {
+		// busy: the loop runs again, and a retiring writer that owns
+		// nothing now exits.
+		res.idle, res.busy = true, true
+		return res
+	}
 	if sh.removing.Load() {
 		res.busy = w.release(sh, fmt.Errorf("%w: shard %d", ErrShardClosed, sh.id))
 		res.idle, res.canTake = true, !res.busy
@@ -472,18 +499,21 @@ func (p *Pool) complete(sh *poolShard) {
 			}
 			if pr == nil {
 				sh.inflightN.Add(-1)
-				sh.w.wakeUp()
+				sh.owner.Load().wakeUp()
 				continue
 			}
 			pr.cause = err
 			p.m.RedirectBacklog(sh.id, sh.redirects.push(pr)) // never waits: see redirectQueue
 			sh.inflightN.Add(-1)
-			sh.w.wakeUp()
+			sh.owner.Load().wakeUp()
 			continue
 		}
 		switch {
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
+			for _, r := range pr.runs {
+				p.m.AcceptedToApplied(sh.id, time.Since(r.t.accepted))
+			}
 			if dr, ok := pr.f.(DuplicateReporter); ok {
 				attributeDuplicates(pr.runs, dr.Duplicates())
 			}
@@ -498,7 +528,7 @@ func (p *Pool) complete(sh *poolShard) {
 				sh.id, n, pr.attempts, err))
 		}
 		sh.inflightN.Add(-1)
-		sh.w.wakeUp()
+		sh.owner.Load().wakeUp()
 	}
 }
 

@@ -45,7 +45,7 @@ type Ring[T any] struct {
 	// Read-mostly fields, shared by everyone.
 	slots  []slot[T]
 	mask   uint64
-	notify chan struct{} // consumer wake-up tokens (capacity >= 1)
+	notify atomic.Pointer[chan struct{}] // consumer wake-up tokens (capacity >= 1); SetNotify replaces it
 	_      [cacheLine]byte
 
 	head atomic.Uint64 // positions claimed | closedBit
@@ -96,12 +96,28 @@ func NewWithNotify[T any](capacity int, notify chan struct{}) (*Ring[T], error) 
 	if notify == nil || cap(notify) < 1 {
 		return nil, fmt.Errorf("%w: notify channel must be buffered (capacity >= 1)", ErrCapacity)
 	}
-	return &Ring[T]{
-		slots:  make([]slot[T], capacity),
-		mask:   uint64(capacity - 1),
-		notify: notify,
-		space:  make(chan struct{}),
-	}, nil
+	r := &Ring[T]{
+		slots: make([]slot[T], capacity),
+		mask:  uint64(capacity - 1),
+		space: make(chan struct{}),
+	}
+	r.notify.Store(&notify)
+	return r, nil
+}
+
+// SetNotify hands the ring to a consumer that sleeps on notify (capacity >=
+// 1): later publications send their tokens there, and a token is sent at
+// once so that the new consumer looks. The caller must ensure that the old
+// consumer has stopped using the ring before the new one starts (one
+// consumer at a time); a token racing with the change may still reach the
+// old channel, where it means "re-check" to a consumer with nothing to do.
+func (r *Ring[T]) SetNotify(notify chan struct{}) error {
+	if notify == nil || cap(notify) < 1 {
+		return fmt.Errorf("%w: notify channel must be buffered (capacity >= 1)", ErrCapacity)
+	}
+	r.notify.Store(&notify)
+	r.signal()
+	return nil
 }
 
 // Cap returns the number of slots.
@@ -296,7 +312,7 @@ func (r *Ring[T]) write(pos uint64, items []T) {
 
 func (r *Ring[T]) signal() {
 	select {
-	case r.notify <- struct{}{}:
+	case *r.notify.Load() <- struct{}{}:
 	default: // a token is already pending
 	}
 }
@@ -364,7 +380,7 @@ func (r *Ring[T]) Wait(ctx context.Context) error {
 			return ErrClosed
 		}
 		select {
-		case <-r.notify:
+		case <-*r.notify.Load():
 		case <-ctx.Done():
 			r.armed.Store(0)
 			return ctx.Err()

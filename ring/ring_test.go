@@ -367,3 +367,41 @@ func stress(t *testing.T, producers, capacity, perProducer int) {
 		t.Fatalf("stats %+v after %d items read", st, total)
 	}
 }
+
+// TestSetNotify hands a ring from one consumer's channel to another's: the
+// new channel gets a token at once, and an armed ring's next publication
+// signals the new channel, not the old one.
+func TestSetNotify(t *testing.T) {
+	oldCh, newCh := make(chan struct{}, 1), make(chan struct{}, 1)
+	r, err := NewWithNotify[int](MinCapacity, oldCh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetNotify(make(chan struct{})); err == nil {
+		t.Fatal("an unbuffered channel was accepted")
+	}
+	if err := r.SetNotify(newCh); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-newCh:
+	default:
+		t.Fatal("no token on the new channel after SetNotify")
+	}
+	if r.Arm() {
+		t.Fatal("Arm on an empty ring reported work")
+	}
+	if err := r.TryPutAll([]int{1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-newCh:
+	default:
+		t.Fatal("the publication did not signal the new channel")
+	}
+	select {
+	case <-oldCh:
+		t.Fatal("the publication signalled the old channel")
+	default:
+	}
+}

@@ -120,7 +120,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.IntVar(&p.RingCapacity, "ring-capacity", p.RingCapacity, "events buffered per shard before ingest is refused (a power of two)")
 	fs.IntVar(&p.BatchSize, "batch-size", p.BatchSize, "most events per Raft entry")
 	fs.DurationVar(&p.FlushInterval, "flush-interval", p.FlushInterval, "longest a partial batch waits for more events")
-	fs.IntVar(&p.Writers, "writers", p.Writers, "writer goroutines proposing batches (default GOMAXPROCS)")
+	fs.IntVar(&p.Writers, "writers", p.Writers, "writer goroutines proposing batches, fixed (default GOMAXPROCS; see -writers-max)")
+	fs.IntVar(&p.MinWriters, "writers-min", 1, "with -writers-max: the fewest writers the pool shrinks to")
+	fs.IntVar(&p.MaxWriters, "writers-max", 0, "the most writers the pool grows to when rings fill or writers are busy (0: -writers, fixed)")
 	fs.DurationVar(&c.node.CommitTimeout, "commit-timeout", c.node.CommitTimeout, "how long a COMMITTED ingest waits for buffer space and commit")
 	fs.IntVar(&c.node.Correlator.Limits.MaxPayloadBytes, "payload-limit", c.node.Correlator.Limits.MaxPayloadBytes,
 		"payload bytes kept per event; longer payloads are truncated and marked")
@@ -143,6 +145,12 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	}
 	if fs.NArg() > 0 {
 		return nil, fs, usageError("unexpected arguments %q", fs.Args())
+	}
+	if flagSet(fs, "writers") && (flagSet(fs, "writers-min") || flagSet(fs, "writers-max")) {
+		return nil, fs, usageError("-writers is a fixed count: drop it, or drop -writers-min and -writers-max")
+	}
+	if flagSet(fs, "writers-min") && !flagSet(fs, "writers-max") {
+		return nil, fs, usageError("-writers-min needs -writers-max (the pool scales between them)")
 	}
 	c.shardsSet = flagSet(fs, "shards")
 	c.replicasSet = flagSet(fs, "replicas")
@@ -331,7 +339,8 @@ func (b byteSize) Set(s string) error {
 // flags that set them.
 func poolFlagError(err error) string {
 	return strings.NewReplacer("RingCapacity", "-ring-capacity", "BatchSize", "-batch-size",
-		"FlushInterval", "-flush-interval", "Writers", "-writers").Replace(err.Error())
+		"FlushInterval", "-flush-interval", "MinWriters", "-writers-min", "MaxWriters", "-writers-max",
+		"Writers", "-writers").Replace(err.Error())
 }
 
 // hostName is the default node name: the host name up to its first dot.

@@ -158,9 +158,11 @@ func clusterFailover(t *testing.T, nodes []*clusterNode) {
 	// Restart on the same data directory with the same flags: resumes.
 	leader.proc = spawnAgent(t, leader.http, leader.args)
 	leader.proc.waitReady(t)
-	if !strings.Contains(leader.proc.stderr.String(), "ignoring -bootstrap-expect") {
-		t.Errorf("restart did not log that -bootstrap-expect is ignored:\n%s", leader.proc.stderr)
-	}
+	// stderr is copied by its own goroutine: the line may land after the
+	// readiness seen on stdout.
+	waitFor(t, "the restart logs that -bootstrap-expect is ignored", func() bool {
+		return strings.Contains(leader.proc.stderr.String(), "ignoring -bootstrap-expect")
+	})
 	waitFor(t, "three members alive", func() bool {
 		out, _, code := scope(t, "", "members", "-addr", leader.http)
 		return code == 0 && strings.Count(out, "ALIVE") == 3

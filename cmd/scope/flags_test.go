@@ -65,6 +65,14 @@ func TestAgentFlags(t *testing.T) {
 		{name: "ring not power of two", args: []string{"-ring-capacity", "1000"}, wantErr: "-ring-capacity = 1000"},
 		{name: "batch above ring", args: []string{"-ring-capacity", "1024", "-batch-size", "2048"}, wantErr: "-batch-size = 2048"},
 		{name: "writers zero", args: []string{"-writers", "0"}, wantErr: "-writers = 0"},
+		{name: "writers and writers-max", args: []string{"-writers", "2", "-writers-max", "4"}, wantErr: "-writers is a fixed count"},
+		{name: "writers-min alone", args: []string{"-writers-min", "2"}, wantErr: "-writers-min needs -writers-max"},
+		{name: "writers-min above max", args: []string{"-writers-min", "5", "-writers-max", "4"}, wantErr: "-writers-min = 5, want 1..-writers-max (4)"},
+		{name: "scaling writers", args: []string{"-dev", "-writers-min", "2", "-writers-max", "6"}, check: func(t *testing.T, c *agentConfig) {
+			if p := c.node.Pool; p.MinWriters != 2 || p.MaxWriters != 6 {
+				t.Fatalf("pool writers %d..%d, want 2..6", p.MinWriters, p.MaxWriters)
+			}
+		}},
 		{name: "bad http", args: []string{"-http", "7070"}, wantErr: `-http "7070": want host:port`},
 		{name: "same addrs", args: []string{"-http", "127.0.0.1:9", "-raft", "127.0.0.1:9"}, wantErr: "must differ"},
 		{name: "log level", args: []string{"-log-level", "loud"}, wantErr: `-log-level "loud"`},
