@@ -10,10 +10,12 @@
 // and reported as ErrFull naming the shard. Submit returns a Ticket that
 // resolves when each of its events is committed or failed.
 //
-// A fixed set of writers (default GOMAXPROCS) drains the rings. Each shard is
-// owned by exactly one writer for its whole life in the pool (the writer
-// with the fewest shards when it was added), so a shard's batches are made
-// by one goroutine, in ring order. A writer takes up to BatchSize events
+// A set of writers drains the rings: a fixed number (default GOMAXPROCS), or,
+// with MaxWriters, between MinWriters and MaxWriters as the scaler decides
+// (pool_scale.go). Each shard is owned by exactly one writer at a time (the
+// writer with the fewest shards when it was added; the scaler may hand it to
+// another between two of its batches, never while a batch is staged), so a
+// shard's batches are made by one goroutine at a time, in ring order. A writer takes up to BatchSize events
 // into the shard's staged batch and hands it on when it is full, when its
 // first event has waited FlushInterval, or at once when the pool is closing.
 // A writer never calls the Proposer itself: a per-shard dispatcher proposes

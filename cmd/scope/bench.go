@@ -28,6 +28,7 @@ type benchFlags struct {
 	concurrency int
 	durability  string
 	rate        float64
+	visibility  bool
 	duration    time.Duration
 	unary       bool
 	streamLen   int
@@ -57,6 +58,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.Float64Var(&b.rate, "rate", 0, "target events/s over all workers (0: as fast as possible)")
 	fs.DurationVar(&b.duration, "duration", 0, "stop after this long (0: after -events)")
 	fs.BoolVar(&b.unary, "unary", false, "one Ingest call per batch instead of IngestStream")
+	fs.BoolVar(&b.visibility, "visibility", false, "also probe, every 20ms, the time from an ingest's answer to a LEADER read that sees the event")
 	fs.IntVar(&b.streamLen, "stream-len", 8, "batches per IngestStream before it is closed and acknowledged")
 	fs.Uint64Var(&b.seed, "seed", 1, "generator seed (same seed: same events)")
 	fs.BoolVar(&b.baseline, "baseline", false, "also run the same events through correlate+store.Apply on a temp dir (no RPC, no Raft)")
@@ -113,6 +115,8 @@ type benchResult struct {
 		P50, P90, P99, Max float64 // milliseconds
 	} `json:"latency_ms"`
 	FirstError string `json:"first_error,omitempty"`
+	// Visibility: the -visibility probe (benchvisible.go).
+	Visibility *visibility `json:"visibility,omitempty"`
 }
 
 // latencies is a bounded reservoir of samples shared by workers.
@@ -198,6 +202,9 @@ func (b *benchFlags) run(stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%-10s %10d %10d %8d %7d %9s %12.0f %9s %9s %9s %9s\n", r.Name, r.Events, r.Accepted,
 			r.Refused, r.Errors, r.Elapsed.Round(time.Millisecond), r.EventsPerSec, lat(r.P50), lat(r.P90), lat(r.P99), lat(r.Max))
 	}
+	if res.Visibility != nil {
+		fmt.Fprintln(stdout, res.Visibility)
+	}
 	if res.FirstError != "" {
 		fmt.Fprintf(stderr, "first error: %s\n", res.FirstError)
 	}
@@ -228,6 +235,12 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*bench
 	var firstErr atomic.Pointer[string]
 	var wg sync.WaitGroup
 	perWorker := b.events / b.concurrency
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	probed := make(chan *visibility, 1)
+	if b.visibility {
+		go func() { probed <- probeVisibility(probeCtx, c, d) }()
+	}
 	start := time.Now()
 	for w := range b.concurrency {
 		quota := perWorker
@@ -256,6 +269,10 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*bench
 	}
 	wg.Wait()
 	res.Elapsed = time.Since(start)
+	if b.visibility {
+		stopProbe()
+		res.Visibility = <-probed
+	}
 	res.Events, res.Accepted, res.Refused, res.Errors = sent.Load(), accepted.Load(), refused.Load(), errs.Load()
 	if p := firstErr.Load(); p != nil {
 		res.FirstError = *p
