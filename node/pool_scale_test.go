@@ -25,18 +25,6 @@ func scalingConfig(shards int) PoolConfig {
 	return cfg
 }
 
-// waitUntil polls cond until it holds or the deadline passes.
-func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestPoolScalesWithBacklog: a burst that fills the rings (the proposals'
 // futures held back, so the writers cannot hand batches over) grows the
 // pool; once the futures resolve and the load stops, it shrinks back to
@@ -56,13 +44,13 @@ func TestPoolScalesWithBacklog(t *testing.T) {
 		defer close(done)
 		runProducers(t, pool, shards, producers, perProducer)
 	}()
-	waitUntil(t, "the pool to grow under the burst", 10*time.Second, func() bool {
+	waitFor(t, "the pool to grow under the burst", func() bool {
 		running, _ := pool.Writers()
 		return running > 1 && m.ups.Load() > 0
 	})
 	close(g.gate)
 	<-done
-	waitUntil(t, "the pool to shrink back to one writer once quiet", 10*time.Second, func() bool {
+	waitFor(t, "the pool to shrink back to one writer once quiet", func() bool {
 		running, retiring := pool.Writers()
 		return running == 1 && retiring == 0 && m.downs.Load() > 0
 	})
@@ -129,7 +117,9 @@ func TestPoolScalingKeepsOrderAndExactlyOnce(t *testing.T) {
 	}
 }
 
-// runProducersFrom is runProducers for events numbered from seq0.
+// runProducersFrom runs producers submitters on every shard, each sending
+// its events numbered from seq0 (perProducer of them, in submissions of
+// 1..9) and waiting for their tickets.
 func runProducersFrom(t *testing.T, pool *Pool, shards, producers, seq0, perProducer int) {
 	t.Helper()
 	done := make(chan struct{})
@@ -182,10 +172,10 @@ func TestPoolWriterPanicDuringScaleDown(t *testing.T) {
 		defer close(done)
 		runProducers(t, pool, shards, producers, perProducer)
 	}()
-	waitUntil(t, "the pool to grow", 10*time.Second, func() bool { return m.ups.Load() > 0 })
+	waitFor(t, "the pool to grow", func() bool { return m.ups.Load() > 0 })
 	close(g.gate)
 	<-done
-	waitUntil(t, "the pool to shrink back to one writer", 10*time.Second, func() bool {
+	waitFor(t, "the pool to shrink back to one writer", func() bool {
 		running, retiring := pool.Writers()
 		return running == 1 && retiring == 0
 	})

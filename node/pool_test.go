@@ -186,33 +186,7 @@ func TestRetryBackoff(t *testing.T) {
 // each in random-sized requests, waiting for room, and waits for all tickets.
 func runProducers(t *testing.T, pool *Pool, shards, producers, perProducer int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	for s := range shards {
-		for p := range producers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				prod := strconv.Itoa(p)
-				var tickets []*Ticket
-				for seq := 0; seq < perProducer; {
-					n := min(1+(seq*7+p)%9, perProducer-seq)
-					tk, err := pool.Submit(context.Background(), uint32(s), events(prod, seq, n), true)
-					if err != nil {
-						t.Errorf("Submit: %v", err)
-						return
-					}
-					tickets = append(tickets, tk)
-					seq += n
-				}
-				for _, tk := range tickets {
-					if err := waitTicket(t, tk); err != nil {
-						t.Errorf("shard %d producer %d: ticket failed: %v", s, p, err)
-					}
-				}
-			}()
-		}
-	}
-	wg.Wait()
+	runProducersFrom(t, pool, shards, producers, 0, perProducer)
 }
 
 func wantAll(producers, perProducer int) map[string]int {
