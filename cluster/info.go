@@ -17,6 +17,14 @@ func (i info) ReplicationFactor() int           { return i.c.cfg.Replicas }
 func (i info) Join(addrs []string) (int, error) { return i.c.Join(addrs) }
 func (i info) Leave(ctx context.Context) error  { return i.c.Leave(ctx) }
 
+func (i info) TransferLeadership(ctx context.Context, shard uint32, to string) (string, string, error) {
+	from, leader, err := i.c.TransferLeadership(ctx, shard, to)
+	if err != nil {
+		return "", "", transferError(err)
+	}
+	return from, leader, nil
+}
+
 func (i info) Keyring(ctx context.Context, op scopev1.KeyringOperation, key []byte) *scopev1.KeyringResponse {
 	return i.c.Keyring(ctx, op, key)
 }

@@ -17,7 +17,7 @@ type metrics struct {
 	rounds, stepsDeferred                          prometheus.Counter
 	epochEvictions, staleRuns, resyncs             prometheus.Counter
 	staleRunsUnsent                                prometheus.Gauge
-	dropsRefused                                   prometheus.Counter
+	dropsRefused, transfers                        prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight, peerCallsRefused, foreignMembers *prometheus.Desc
 }
@@ -40,6 +40,7 @@ func newMetrics(c *Cluster) *metrics {
 		forwardFailures:   counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
 		forwardRetries:    counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),
 		rounds:            counter("scope_cluster_rounds_total", "Reconciliation rounds started (each starts a step for every local replica without one running)."),
+		transfers:         counter("scope_cluster_requested_transfers_total", "Leaderships of shards led here handed over on request (ClusterService.TransferLeadership)."),
 		dropsRefused:      counter("scope_cluster_drops_refused_total", "DropReplica calls refused here because the shard's leader did not confirm that its group no longer names this node."),
 		stepsDeferred:     counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
 		epochEvictions: counter("scope_cluster_identity_records_evicted_total",
@@ -64,7 +65,7 @@ func newMetrics(c *Cluster) *metrics {
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
 		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined,
-		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused}
+		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused, m.transfers}
 }
 
 // Describe implements prometheus.Collector.

@@ -333,6 +333,35 @@ func (s nodeService) Keyring(_ context.Context, req *connect.Request[nodev1.Keyr
 	return connect.NewResponse(&nodev1.KeyringResponse{Keys: keys}), nil
 }
 
+// TransferLeadership hands the leadership of a shard this node leads to
+// another voter (transfer.go).
+func (s nodeService) TransferLeadership(_ context.Context, req *connect.Request[nodev1.TransferLeadershipRequest]) (*connect.Response[nodev1.TransferLeadershipResponse], error) {
+	r := s.c.node.Replica(req.Msg.GetShard())
+	if r == nil || !r.IsLeader() {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			fmt.Errorf("%w: shard %d: this node does not lead it", node.ErrNotLeader, req.Msg.GetShard()))
+	}
+	leader, err := s.c.transferLocal(r, req.Msg.GetTo())
+	if err != nil {
+		return nil, transferError(err)
+	}
+	return connect.NewResponse(&nodev1.TransferLeadershipResponse{Leader: leader}), nil
+}
+
+// transferError maps a transfer's failure to its Connect code.
+func transferError(err error) error {
+	var ce *connect.Error
+	switch {
+	case errors.As(err, &ce):
+		return ce
+	case errors.Is(err, ErrNotVoter), errors.Is(err, ErrConfig):
+		return connect.NewError(connect.CodeInvalidArgument, err)
+	case errors.Is(err, ErrNoOtherVoter):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	return connect.NewError(connect.CodeUnavailable, err)
+}
+
 // internalError maps a node or store error to the Connect code the calling
 // node classifies back (see remoteError).
 func internalError(err error) *connect.Error {

@@ -28,6 +28,9 @@ type ClusterInfo interface {
 	// Keyring applies a keyring operation on every alive member (key is
 	// decoded; nil for LIST) and reports each member's outcome.
 	Keyring(ctx context.Context, op scopev1.KeyringOperation, key []byte) *scopev1.KeyringResponse
+	// TransferLeadership hands shard's leadership to the voter named to
+	// ("" for any); its errors are Connect errors.
+	TransferLeadership(ctx context.Context, shard uint32, to string) (from, leader string, err error)
 	// Name is this node's name.
 	Name() string
 	// ReplicationFactor is the desired number of replicas per shard (R).
@@ -199,4 +202,20 @@ func (c clusterService) Keyring(ctx context.Context, req *connect.Request[scopev
 		return nil, c.s.fail(proc, invalid("operation", op, "unknown: want LIST, INSTALL, USE or REMOVE"))
 	}
 	return connect.NewResponse(c.s.cluster.Keyring(ctx, op, key)), nil
+}
+
+func (c clusterService) TransferLeadership(ctx context.Context, req *connect.Request[scopev1.TransferLeadershipRequest]) (*connect.Response[scopev1.TransferLeadershipResponse], error) {
+	const proc = scopev1connect.ClusterServiceTransferLeadershipProcedure
+	if c.s.cluster == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition,
+			errors.New("this node runs as a single node (scope agent -dev): its shards have no other voter"))
+	}
+	if shard := req.Msg.GetShard(); shard >= c.s.node.Shards() {
+		return nil, c.s.fail(proc, invalid("shard", shard, fmt.Sprintf("must be below the shard count %d", c.s.node.Shards())))
+	}
+	from, leader, err := c.s.cluster.TransferLeadership(ctx, req.Msg.GetShard(), req.Msg.GetTo())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&scopev1.TransferLeadershipResponse{From: from, Leader: leader}), nil
 }

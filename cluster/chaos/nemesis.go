@@ -23,11 +23,12 @@ const (
 	FaultBridge          = "bridge"           // two sides that see a bridge node but not each other
 	FaultWipe            = "wipe"             // SIGKILL a node, delete its data directory, restart it with its old flags
 	FaultLeave           = "leave"            // drain a node with Leave; it stops; it comes back wiped under its name
+	FaultTransferStorm   = "transfer-storm"   // for the hold, hand a random shard's leadership to another voter every 100-400 ms
 )
 
 // AllFaults lists every fault kind; the partitions need the netns network.
 var AllFaults = []string{FaultKill, FaultPause, FaultPartitionOne, FaultPartitionLeader,
-	FaultPartitionHalves, FaultBridge, FaultWipe, FaultLeave}
+	FaultPartitionHalves, FaultBridge, FaultWipe, FaultLeave, FaultTransferStorm}
 
 func isPartition(kind string) bool {
 	switch kind {
@@ -174,8 +175,40 @@ func (n *nemesis) inject(ctx context.Context, kind string, hold time.Duration) (
 			return "", err
 		}
 		return "leave " + a.name + ", then rejoin empty", c.restart(ctx, a)
+	case FaultTransferStorm:
+		moved, err := n.transferStorm(ctx, hold)
+		return fmt.Sprintf("transfer storm (%d leaderships moved)", moved), err
 	}
 	return "", fmt.Errorf("unknown fault %q", kind)
+}
+
+// transferStorm hands a random shard's leadership to another voter every
+// 100-400 ms for hold, through a random node (which forwards to the
+// leader). A transfer refused because leadership moved meanwhile is part
+// of the storm; it fails only if none succeeded.
+func (n *nemesis) transferStorm(ctx context.Context, hold time.Duration) (int, error) {
+	c := n.c
+	until := time.Now().Add(hold)
+	moved, tried := 0, 0
+	var lastErr error
+	for time.Now().Before(until) && ctx.Err() == nil {
+		ep := c.endpoints[n.rnd.IntN(len(c.endpoints))]
+		shard := uint32(n.rnd.IntN(c.cfg.Shards))
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := ep.cluster.TransferLeadership(tctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: shard}))
+		cancel()
+		tried++
+		if err == nil {
+			moved++
+		} else {
+			lastErr = err
+		}
+		sleepCtx(ctx, n.between(100*time.Millisecond, 400*time.Millisecond))
+	}
+	if moved == 0 && tried > 0 {
+		return 0, fmt.Errorf("no transfer succeeded of %d: %w", tried, lastErr)
+	}
+	return moved, nil
 }
 
 // partitionFor cuts the groups apart for hold, then heals.

@@ -262,3 +262,54 @@ func TestOrphanedReplicaIsDropped(t *testing.T) {
 		t.Fatalf("%s left with %d replicas", name, n)
 	}
 }
+
+// TestTransferLeadershipOnRequest: ClusterService.TransferLeadership sent
+// to a node that does not lead the shard is carried out by the leader,
+// which hands the leadership to the named voter; a target that is not a
+// voter and a shard out of range are INVALID_ARGUMENT.
+func TestTransferLeadershipOnRequest(t *testing.T) {
+	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
+	const shard = 2
+	old := c.ShardLeader(shard)
+	if old == nil {
+		t.Fatal("shard 2 has no leader")
+	}
+	var target, asked *Node
+	for _, n := range c.Nodes {
+		if n != old && (target == nil || len(ledBy(c, n, 4)) < len(ledBy(c, target, 4))) {
+			target = n
+		}
+	}
+	for _, n := range c.Nodes {
+		if n != old && n != target {
+			asked = n
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := asked.Admin.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: shard, To: target.Name}))
+	if err != nil {
+		t.Fatalf("transfer through %s: %v", asked.Name, err)
+	}
+	if resp.Msg.GetFrom() != old.Name {
+		t.Fatalf("from %q, want the old leader %s", resp.Msg.GetFrom(), old.Name)
+	}
+	if got := counterValue(t, old, "scope_cluster_requested_transfers_total"); got != 1 {
+		t.Fatalf("%s counted %v requested transfers, want 1", old.Name, got)
+	}
+	WaitFor(t, "the named voter leading the shard", 10*time.Second, func() bool {
+		l := c.ShardLeader(shard)
+		return l != nil && l.Name == target.Name
+	})
+	for _, tc := range []struct {
+		req  *scopev1.TransferLeadershipRequest
+		want connect.Code
+	}{
+		{&scopev1.TransferLeadershipRequest{Shard: shard, To: "nobody"}, connect.CodeInvalidArgument},
+		{&scopev1.TransferLeadershipRequest{Shard: 4}, connect.CodeInvalidArgument},
+	} {
+		if _, err := asked.Admin.TransferLeadership(ctx, connect.NewRequest(tc.req)); connect.CodeOf(err) != tc.want {
+			t.Errorf("%v: %v, want %v", tc.req, err, tc.want)
+		}
+	}
+}

@@ -356,3 +356,46 @@ func hostedReplicas(ctx context.Context, c *api, addr string) (string, int, erro
 	}
 	return name, groups, nil
 }
+
+// runTransferLeadership is `scope transfer-leadership -shard N [-to NODE]`.
+func runTransferLeadership(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	fs := newFlagSet("transfer-leadership", "", stderr)
+	cf.register(fs)
+	shard := fs.Int("shard", -1, "the shard whose leadership moves (required)")
+	to := fs.String("to", "", "the voter that takes it (default: the most up to date)")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	err := func() error {
+		if fs.NArg() > 0 {
+			return usageError("unexpected arguments %q", fs.Args())
+		}
+		if *shard < 0 {
+			return usageError("-shard: required")
+		}
+		c, err := cf.dial()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := cf.context()
+		defer cancel()
+		resp, err := c.cluster.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: uint32(*shard), To: *to}))
+		if err != nil {
+			return err
+		}
+		if cf.json {
+			return printJSON(stdout, resp.Msg)
+		}
+		leader := resp.Msg.GetLeader()
+		if leader == "" {
+			leader = "(electing)"
+		}
+		fmt.Fprintf(stdout, "shard %d: %s stepped down; leader now %s\n", *shard, resp.Msg.GetFrom(), leader)
+		return nil
+	}()
+	if err != nil {
+		return reportError(stderr, fs, err)
+	}
+	return exitOK
+}

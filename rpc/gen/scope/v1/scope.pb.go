@@ -4400,6 +4400,115 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_scope_v1_scope_proto_rawDescGZIP(), []int{46}
 }
 
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard. Required to be below the cluster's shard count.
+	Shard uint32 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The voter to hand the leadership to; empty: the most up-to-date voter.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *TransferLeadershipRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node that led the shard and stepped down.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// The shard's leader as known when the call returns (empty while the
+	// election is still under way).
+	Leader        string `protobuf:"bytes,2,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *TransferLeadershipResponse) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *TransferLeadershipResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 type KeyringRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required.
@@ -4413,7 +4522,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4425,7 +4534,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[47]
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4438,7 +4547,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{47}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *KeyringRequest) GetOperation() KeyringOperation {
@@ -4470,7 +4579,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4482,7 +4591,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4495,7 +4604,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{48}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *KeyringResponse) GetNodes() []*NodeKeyring {
@@ -4534,7 +4643,7 @@ type NodeKeyring struct {
 
 func (x *NodeKeyring) Reset() {
 	*x = NodeKeyring{}
-	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	mi := &file_scope_v1_scope_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4546,7 +4655,7 @@ func (x *NodeKeyring) String() string {
 func (*NodeKeyring) ProtoMessage() {}
 
 func (x *NodeKeyring) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	mi := &file_scope_v1_scope_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4559,7 +4668,7 @@ func (x *NodeKeyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeKeyring.ProtoReflect.Descriptor instead.
 func (*NodeKeyring) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{49}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *NodeKeyring) GetNode() string {
@@ -4598,7 +4707,7 @@ type KeyringKey struct {
 
 func (x *KeyringKey) Reset() {
 	*x = KeyringKey{}
-	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	mi := &file_scope_v1_scope_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4610,7 +4719,7 @@ func (x *KeyringKey) String() string {
 func (*KeyringKey) ProtoMessage() {}
 
 func (x *KeyringKey) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	mi := &file_scope_v1_scope_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4623,7 +4732,7 @@ func (x *KeyringKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringKey.ProtoReflect.Descriptor instead.
 func (*KeyringKey) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{50}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *KeyringKey) GetFingerprint() string {
@@ -4951,7 +5060,13 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\tcontacted\x18\x01 \x01(\rR\tcontacted\"\"\n" +
 	"\fLeaveRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x0f\n" +
-	"\rLeaveResponse\"\\\n" +
+	"\rLeaveResponse\"A\n" +
+	"\x19TransferLeadershipRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"H\n" +
+	"\x1aTransferLeadershipResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\tR\x04from\x12\x16\n" +
+	"\x06leader\x18\x02 \x01(\tR\x06leader\"\\\n" +
 	"\x0eKeyringRequest\x128\n" +
 	"\toperation\x18\x01 \x01(\x0e2\x1a.scope.v1.KeyringOperationR\toperation\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\"\x80\x01\n" +
@@ -5043,13 +5158,14 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\aStateAt\x12\x18.scope.v1.StateAtRequest\x1a\x19.scope.v1.StateAtResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x05Trace\x12\x16.scope.v1.TraceRequest\x1a\x17.scope.v1.TraceResponse\"\x03\x90\x02\x01\x127\n" +
 	"\x04Tail\x12\x15.scope.v1.TailRequest\x1a\x16.scope.v1.TailResponse0\x01\x12=\n" +
-	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\xc8\x02\n" +
+	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\xa9\x03\n" +
 	"\x0eClusterService\x12C\n" +
 	"\aMembers\x12\x18.scope.v1.MembersRequest\x1a\x19.scope.v1.MembersResponse\"\x03\x90\x02\x01\x12@\n" +
 	"\x06Shards\x12\x17.scope.v1.ShardsRequest\x1a\x18.scope.v1.ShardsResponse\"\x03\x90\x02\x01\x125\n" +
 	"\x04Join\x12\x15.scope.v1.JoinRequest\x1a\x16.scope.v1.JoinResponse\x128\n" +
 	"\x05Leave\x12\x16.scope.v1.LeaveRequest\x1a\x17.scope.v1.LeaveResponse\x12>\n" +
-	"\aKeyring\x12\x18.scope.v1.KeyringRequest\x1a\x19.scope.v1.KeyringResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
+	"\aKeyring\x12\x18.scope.v1.KeyringRequest\x1a\x19.scope.v1.KeyringResponse\x12_\n" +
+	"\x12TransferLeadership\x12#.scope.v1.TransferLeadershipRequest\x1a$.scope.v1.TransferLeadershipResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
 
 var (
 	file_scope_v1_scope_proto_rawDescOnce sync.Once
@@ -5064,74 +5180,76 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 }
 
 var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_scope_v1_scope_proto_goTypes = []any{
-	(Kind)(0),                   // 0: scope.v1.Kind
-	(Outcome)(0),                // 1: scope.v1.Outcome
-	(AbandonReason)(0),          // 2: scope.v1.AbandonReason
-	(LinkType)(0),               // 3: scope.v1.LinkType
-	(Durability)(0),             // 4: scope.v1.Durability
-	(Consistency)(0),            // 5: scope.v1.Consistency
-	(TraceDirection)(0),         // 6: scope.v1.TraceDirection
-	(MemberStatus)(0),           // 7: scope.v1.MemberStatus
-	(Suffrage)(0),               // 8: scope.v1.Suffrage
-	(KeyringOperation)(0),       // 9: scope.v1.KeyringOperation
-	(*Event)(nil),               // 10: scope.v1.Event
-	(*Link)(nil),                // 11: scope.v1.Link
-	(*Edge)(nil),                // 12: scope.v1.Edge
-	(*Process)(nil),             // 13: scope.v1.Process
-	(*MissingShard)(nil),        // 14: scope.v1.MissingShard
-	(*ReadLag)(nil),             // 15: scope.v1.ReadLag
-	(*ShardLag)(nil),            // 16: scope.v1.ShardLag
-	(*IngestRequest)(nil),       // 17: scope.v1.IngestRequest
-	(*IngestResponse)(nil),      // 18: scope.v1.IngestResponse
-	(*ShardResult)(nil),         // 19: scope.v1.ShardResult
-	(*GetEventRequest)(nil),     // 20: scope.v1.GetEventRequest
-	(*GetEventResponse)(nil),    // 21: scope.v1.GetEventResponse
-	(*EventsRequest)(nil),       // 22: scope.v1.EventsRequest
-	(*EventsResponse)(nil),      // 23: scope.v1.EventsResponse
-	(*CallTreeRequest)(nil),     // 24: scope.v1.CallTreeRequest
-	(*CallTreeResponse)(nil),    // 25: scope.v1.CallTreeResponse
-	(*CallFrame)(nil),           // 26: scope.v1.CallFrame
-	(*CallStackAtRequest)(nil),  // 27: scope.v1.CallStackAtRequest
-	(*CallStackAtResponse)(nil), // 28: scope.v1.CallStackAtResponse
-	(*MessageFlowRequest)(nil),  // 29: scope.v1.MessageFlowRequest
-	(*MessageFlowResponse)(nil), // 30: scope.v1.MessageFlowResponse
-	(*Message)(nil),             // 31: scope.v1.Message
-	(*StateAtRequest)(nil),      // 32: scope.v1.StateAtRequest
-	(*StateAtResponse)(nil),     // 33: scope.v1.StateAtResponse
-	(*TraceRequest)(nil),        // 34: scope.v1.TraceRequest
-	(*TraceResponse)(nil),       // 35: scope.v1.TraceResponse
-	(*TailRequest)(nil),         // 36: scope.v1.TailRequest
-	(*TailResponse)(nil),        // 37: scope.v1.TailResponse
-	(*TailStarted)(nil),         // 38: scope.v1.TailStarted
-	(*Lagged)(nil),              // 39: scope.v1.Lagged
-	(*StatsRequest)(nil),        // 40: scope.v1.StatsRequest
-	(*StatsResponse)(nil),       // 41: scope.v1.StatsResponse
-	(*KindCount)(nil),           // 42: scope.v1.KindCount
-	(*ShardStats)(nil),          // 43: scope.v1.ShardStats
-	(*FunctionStats)(nil),       // 44: scope.v1.FunctionStats
-	(*NodeStats)(nil),           // 45: scope.v1.NodeStats
-	(*MembersRequest)(nil),      // 46: scope.v1.MembersRequest
-	(*MembersResponse)(nil),     // 47: scope.v1.MembersResponse
-	(*Member)(nil),              // 48: scope.v1.Member
-	(*ShardsRequest)(nil),       // 49: scope.v1.ShardsRequest
-	(*ShardsResponse)(nil),      // 50: scope.v1.ShardsResponse
-	(*ShardInfo)(nil),           // 51: scope.v1.ShardInfo
-	(*Replica)(nil),             // 52: scope.v1.Replica
-	(*JoinRequest)(nil),         // 53: scope.v1.JoinRequest
-	(*JoinResponse)(nil),        // 54: scope.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 55: scope.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 56: scope.v1.LeaveResponse
-	(*KeyringRequest)(nil),      // 57: scope.v1.KeyringRequest
-	(*KeyringResponse)(nil),     // 58: scope.v1.KeyringResponse
-	(*NodeKeyring)(nil),         // 59: scope.v1.NodeKeyring
-	(*KeyringKey)(nil),          // 60: scope.v1.KeyringKey
-	nil,                         // 61: scope.v1.Event.AttributesEntry
+	(Kind)(0),                          // 0: scope.v1.Kind
+	(Outcome)(0),                       // 1: scope.v1.Outcome
+	(AbandonReason)(0),                 // 2: scope.v1.AbandonReason
+	(LinkType)(0),                      // 3: scope.v1.LinkType
+	(Durability)(0),                    // 4: scope.v1.Durability
+	(Consistency)(0),                   // 5: scope.v1.Consistency
+	(TraceDirection)(0),                // 6: scope.v1.TraceDirection
+	(MemberStatus)(0),                  // 7: scope.v1.MemberStatus
+	(Suffrage)(0),                      // 8: scope.v1.Suffrage
+	(KeyringOperation)(0),              // 9: scope.v1.KeyringOperation
+	(*Event)(nil),                      // 10: scope.v1.Event
+	(*Link)(nil),                       // 11: scope.v1.Link
+	(*Edge)(nil),                       // 12: scope.v1.Edge
+	(*Process)(nil),                    // 13: scope.v1.Process
+	(*MissingShard)(nil),               // 14: scope.v1.MissingShard
+	(*ReadLag)(nil),                    // 15: scope.v1.ReadLag
+	(*ShardLag)(nil),                   // 16: scope.v1.ShardLag
+	(*IngestRequest)(nil),              // 17: scope.v1.IngestRequest
+	(*IngestResponse)(nil),             // 18: scope.v1.IngestResponse
+	(*ShardResult)(nil),                // 19: scope.v1.ShardResult
+	(*GetEventRequest)(nil),            // 20: scope.v1.GetEventRequest
+	(*GetEventResponse)(nil),           // 21: scope.v1.GetEventResponse
+	(*EventsRequest)(nil),              // 22: scope.v1.EventsRequest
+	(*EventsResponse)(nil),             // 23: scope.v1.EventsResponse
+	(*CallTreeRequest)(nil),            // 24: scope.v1.CallTreeRequest
+	(*CallTreeResponse)(nil),           // 25: scope.v1.CallTreeResponse
+	(*CallFrame)(nil),                  // 26: scope.v1.CallFrame
+	(*CallStackAtRequest)(nil),         // 27: scope.v1.CallStackAtRequest
+	(*CallStackAtResponse)(nil),        // 28: scope.v1.CallStackAtResponse
+	(*MessageFlowRequest)(nil),         // 29: scope.v1.MessageFlowRequest
+	(*MessageFlowResponse)(nil),        // 30: scope.v1.MessageFlowResponse
+	(*Message)(nil),                    // 31: scope.v1.Message
+	(*StateAtRequest)(nil),             // 32: scope.v1.StateAtRequest
+	(*StateAtResponse)(nil),            // 33: scope.v1.StateAtResponse
+	(*TraceRequest)(nil),               // 34: scope.v1.TraceRequest
+	(*TraceResponse)(nil),              // 35: scope.v1.TraceResponse
+	(*TailRequest)(nil),                // 36: scope.v1.TailRequest
+	(*TailResponse)(nil),               // 37: scope.v1.TailResponse
+	(*TailStarted)(nil),                // 38: scope.v1.TailStarted
+	(*Lagged)(nil),                     // 39: scope.v1.Lagged
+	(*StatsRequest)(nil),               // 40: scope.v1.StatsRequest
+	(*StatsResponse)(nil),              // 41: scope.v1.StatsResponse
+	(*KindCount)(nil),                  // 42: scope.v1.KindCount
+	(*ShardStats)(nil),                 // 43: scope.v1.ShardStats
+	(*FunctionStats)(nil),              // 44: scope.v1.FunctionStats
+	(*NodeStats)(nil),                  // 45: scope.v1.NodeStats
+	(*MembersRequest)(nil),             // 46: scope.v1.MembersRequest
+	(*MembersResponse)(nil),            // 47: scope.v1.MembersResponse
+	(*Member)(nil),                     // 48: scope.v1.Member
+	(*ShardsRequest)(nil),              // 49: scope.v1.ShardsRequest
+	(*ShardsResponse)(nil),             // 50: scope.v1.ShardsResponse
+	(*ShardInfo)(nil),                  // 51: scope.v1.ShardInfo
+	(*Replica)(nil),                    // 52: scope.v1.Replica
+	(*JoinRequest)(nil),                // 53: scope.v1.JoinRequest
+	(*JoinResponse)(nil),               // 54: scope.v1.JoinResponse
+	(*LeaveRequest)(nil),               // 55: scope.v1.LeaveRequest
+	(*LeaveResponse)(nil),              // 56: scope.v1.LeaveResponse
+	(*TransferLeadershipRequest)(nil),  // 57: scope.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 58: scope.v1.TransferLeadershipResponse
+	(*KeyringRequest)(nil),             // 59: scope.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 60: scope.v1.KeyringResponse
+	(*NodeKeyring)(nil),                // 61: scope.v1.NodeKeyring
+	(*KeyringKey)(nil),                 // 62: scope.v1.KeyringKey
+	nil,                                // 63: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	61, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	63, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
 	11, // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
 	3,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
@@ -5196,8 +5314,8 @@ var file_scope_v1_scope_proto_depIdxs = []int32{
 	52, // 63: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
 	8,  // 64: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
 	9,  // 65: scope.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
-	59, // 66: scope.v1.KeyringResponse.nodes:type_name -> scope.v1.NodeKeyring
-	60, // 67: scope.v1.KeyringResponse.keys:type_name -> scope.v1.KeyringKey
+	61, // 66: scope.v1.KeyringResponse.nodes:type_name -> scope.v1.NodeKeyring
+	62, // 67: scope.v1.KeyringResponse.keys:type_name -> scope.v1.KeyringKey
 	17, // 68: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
 	17, // 69: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
 	20, // 70: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
@@ -5213,25 +5331,27 @@ var file_scope_v1_scope_proto_depIdxs = []int32{
 	49, // 80: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
 	53, // 81: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
 	55, // 82: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	57, // 83: scope.v1.ClusterService.Keyring:input_type -> scope.v1.KeyringRequest
-	18, // 84: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	18, // 85: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	21, // 86: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	23, // 87: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	25, // 88: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	28, // 89: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	30, // 90: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	33, // 91: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	35, // 92: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	37, // 93: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	41, // 94: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	47, // 95: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	50, // 96: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	54, // 97: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	56, // 98: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	58, // 99: scope.v1.ClusterService.Keyring:output_type -> scope.v1.KeyringResponse
-	84, // [84:100] is the sub-list for method output_type
-	68, // [68:84] is the sub-list for method input_type
+	59, // 83: scope.v1.ClusterService.Keyring:input_type -> scope.v1.KeyringRequest
+	57, // 84: scope.v1.ClusterService.TransferLeadership:input_type -> scope.v1.TransferLeadershipRequest
+	18, // 85: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	18, // 86: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	21, // 87: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	23, // 88: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	25, // 89: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	28, // 90: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	30, // 91: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	33, // 92: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	35, // 93: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	37, // 94: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	41, // 95: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	47, // 96: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	50, // 97: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	54, // 98: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	56, // 99: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	60, // 100: scope.v1.ClusterService.Keyring:output_type -> scope.v1.KeyringResponse
+	58, // 101: scope.v1.ClusterService.TransferLeadership:output_type -> scope.v1.TransferLeadershipResponse
+	85, // [85:102] is the sub-list for method output_type
+	68, // [68:85] is the sub-list for method input_type
 	68, // [68:68] is the sub-list for extension type_name
 	68, // [68:68] is the sub-list for extension extendee
 	0,  // [0:68] is the sub-list for field type_name
@@ -5256,7 +5376,7 @@ func file_scope_v1_scope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

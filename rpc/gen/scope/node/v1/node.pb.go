@@ -1151,6 +1151,104 @@ func (x *KeyringResponse) GetKeys() []string {
 	return nil
 }
 
+type TransferLeadershipRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The voter to hand the leadership to; empty: the most up to date.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipRequest) Reset() {
+	*x = TransferLeadershipRequest{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipRequest) ProtoMessage() {}
+
+func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *TransferLeadershipRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TransferLeadershipRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+type TransferLeadershipResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard's leader when the transfer returned ("" while electing).
+	Leader        string `protobuf:"bytes,1,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeadershipResponse) Reset() {
+	*x = TransferLeadershipResponse{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeadershipResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeadershipResponse) ProtoMessage() {}
+
+func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *TransferLeadershipResponse) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
 var File_scope_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_scope_node_v1_node_proto_rawDesc = "" +
@@ -1226,7 +1324,12 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\toperation\x18\x01 \x01(\x0e2\x1a.scope.v1.KeyringOperationR\toperation\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"%\n" +
 	"\x0fKeyringResponse\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys2\xd1\x04\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"A\n" +
+	"\x19TransferLeadershipRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"4\n" +
+	"\x1aTransferLeadershipResponse\x12\x16\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader2\xbc\x05\n" +
 	"\vNodeService\x12T\n" +
 	"\vOpenReplica\x12!.scope.node.v1.OpenReplicaRequest\x1a\".scope.node.v1.OpenReplicaResponse\x12Z\n" +
 	"\rReplicaStatus\x12#.scope.node.v1.ReplicaStatusRequest\x1a$.scope.node.v1.ReplicaStatusResponse\x12T\n" +
@@ -1234,7 +1337,8 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x0eDeliverNotices\x12$.scope.node.v1.DeliverNoticesRequest\x1a%.scope.node.v1.DeliverNoticesResponse\x12N\n" +
 	"\tShardRead\x12\x1f.scope.node.v1.ShardReadRequest\x1a .scope.node.v1.ShardReadResponse\x12A\n" +
 	"\x04Tail\x12\x1a.scope.node.v1.TailRequest\x1a\x1b.scope.node.v1.TailResponse0\x01\x12H\n" +
-	"\aKeyring\x12\x1d.scope.node.v1.KeyringRequest\x1a\x1e.scope.node.v1.KeyringResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
+	"\aKeyring\x12\x1d.scope.node.v1.KeyringRequest\x1a\x1e.scope.node.v1.KeyringResponse\x12i\n" +
+	"\x12TransferLeadership\x12(.scope.node.v1.TransferLeadershipRequest\x1a).scope.node.v1.TransferLeadershipResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
 
 var (
 	file_scope_node_v1_node_proto_rawDescOnce sync.Once
@@ -1248,34 +1352,36 @@ func file_scope_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_scope_node_v1_node_proto_rawDescData
 }
 
-var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_scope_node_v1_node_proto_goTypes = []any{
-	(*OpenReplicaRequest)(nil),     // 0: scope.node.v1.OpenReplicaRequest
-	(*OpenReplicaResponse)(nil),    // 1: scope.node.v1.OpenReplicaResponse
-	(*ReplicaStatusRequest)(nil),   // 2: scope.node.v1.ReplicaStatusRequest
-	(*ReplicaStatusResponse)(nil),  // 3: scope.node.v1.ReplicaStatusResponse
-	(*DropReplicaRequest)(nil),     // 4: scope.node.v1.DropReplicaRequest
-	(*DropReplicaResponse)(nil),    // 5: scope.node.v1.DropReplicaResponse
-	(*DeliverNoticesRequest)(nil),  // 6: scope.node.v1.DeliverNoticesRequest
-	(*DeliverNoticesResponse)(nil), // 7: scope.node.v1.DeliverNoticesResponse
-	(*ShardReadRequest)(nil),       // 8: scope.node.v1.ShardReadRequest
-	(*ShardReadResponse)(nil),      // 9: scope.node.v1.ShardReadResponse
-	(*TailRequest)(nil),            // 10: scope.node.v1.TailRequest
-	(*TailShard)(nil),              // 11: scope.node.v1.TailShard
-	(*TailResponse)(nil),           // 12: scope.node.v1.TailResponse
-	(*TailEvent)(nil),              // 13: scope.node.v1.TailEvent
-	(*TailGap)(nil),                // 14: scope.node.v1.TailGap
-	(*TailGone)(nil),               // 15: scope.node.v1.TailGone
-	(*KeyringRequest)(nil),         // 16: scope.node.v1.KeyringRequest
-	(*KeyringResponse)(nil),        // 17: scope.node.v1.KeyringResponse
-	(v1.KeyringOperation)(0),       // 18: scope.v1.KeyringOperation
+	(*OpenReplicaRequest)(nil),         // 0: scope.node.v1.OpenReplicaRequest
+	(*OpenReplicaResponse)(nil),        // 1: scope.node.v1.OpenReplicaResponse
+	(*ReplicaStatusRequest)(nil),       // 2: scope.node.v1.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 3: scope.node.v1.ReplicaStatusResponse
+	(*DropReplicaRequest)(nil),         // 4: scope.node.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),        // 5: scope.node.v1.DropReplicaResponse
+	(*DeliverNoticesRequest)(nil),      // 6: scope.node.v1.DeliverNoticesRequest
+	(*DeliverNoticesResponse)(nil),     // 7: scope.node.v1.DeliverNoticesResponse
+	(*ShardReadRequest)(nil),           // 8: scope.node.v1.ShardReadRequest
+	(*ShardReadResponse)(nil),          // 9: scope.node.v1.ShardReadResponse
+	(*TailRequest)(nil),                // 10: scope.node.v1.TailRequest
+	(*TailShard)(nil),                  // 11: scope.node.v1.TailShard
+	(*TailResponse)(nil),               // 12: scope.node.v1.TailResponse
+	(*TailEvent)(nil),                  // 13: scope.node.v1.TailEvent
+	(*TailGap)(nil),                    // 14: scope.node.v1.TailGap
+	(*TailGone)(nil),                   // 15: scope.node.v1.TailGone
+	(*KeyringRequest)(nil),             // 16: scope.node.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 17: scope.node.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 18: scope.node.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 19: scope.node.v1.TransferLeadershipResponse
+	(v1.KeyringOperation)(0),           // 20: scope.v1.KeyringOperation
 }
 var file_scope_node_v1_node_proto_depIdxs = []int32{
 	11, // 0: scope.node.v1.TailRequest.shards:type_name -> scope.node.v1.TailShard
 	13, // 1: scope.node.v1.TailResponse.event:type_name -> scope.node.v1.TailEvent
 	14, // 2: scope.node.v1.TailResponse.gap:type_name -> scope.node.v1.TailGap
 	15, // 3: scope.node.v1.TailResponse.gone:type_name -> scope.node.v1.TailGone
-	18, // 4: scope.node.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
+	20, // 4: scope.node.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
 	0,  // 5: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
 	2,  // 6: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
 	4,  // 7: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
@@ -1283,15 +1389,17 @@ var file_scope_node_v1_node_proto_depIdxs = []int32{
 	8,  // 9: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
 	10, // 10: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
 	16, // 11: scope.node.v1.NodeService.Keyring:input_type -> scope.node.v1.KeyringRequest
-	1,  // 12: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
-	3,  // 13: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
-	5,  // 14: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
-	7,  // 15: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
-	9,  // 16: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
-	12, // 17: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
-	17, // 18: scope.node.v1.NodeService.Keyring:output_type -> scope.node.v1.KeyringResponse
-	12, // [12:19] is the sub-list for method output_type
-	5,  // [5:12] is the sub-list for method input_type
+	18, // 12: scope.node.v1.NodeService.TransferLeadership:input_type -> scope.node.v1.TransferLeadershipRequest
+	1,  // 13: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
+	3,  // 14: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
+	5,  // 15: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
+	7,  // 16: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
+	9,  // 17: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
+	12, // 18: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
+	17, // 19: scope.node.v1.NodeService.Keyring:output_type -> scope.node.v1.KeyringResponse
+	19, // 20: scope.node.v1.NodeService.TransferLeadership:output_type -> scope.node.v1.TransferLeadershipResponse
+	13, // [13:21] is the sub-list for method output_type
+	5,  // [5:13] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1315,7 +1423,7 @@ func file_scope_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_node_v1_node_proto_rawDesc), len(file_scope_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -94,6 +94,9 @@ const (
 	ClusterServiceLeaveProcedure = "/scope.v1.ClusterService/Leave"
 	// ClusterServiceKeyringProcedure is the fully-qualified name of the ClusterService's Keyring RPC.
 	ClusterServiceKeyringProcedure = "/scope.v1.ClusterService/Keyring"
+	// ClusterServiceTransferLeadershipProcedure is the fully-qualified name of the ClusterService's
+	// TransferLeadership RPC.
+	ClusterServiceTransferLeadershipProcedure = "/scope.v1.ClusterService/TransferLeadership"
 )
 
 // IngestServiceClient is a client for the scope.v1.IngestService service.
@@ -562,6 +565,11 @@ type ClusterServiceClient interface {
 	// The answer holds every node's outcome: the call itself fails only for
 	// an invalid request or a node without a cluster.
 	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
+	// TransferLeadership hands a shard's leadership to another voter of its
+	// group (admin): the named node, or the voter most up to date. Any node
+	// takes the call; the shard's leader carries it out. It returns once the
+	// old leader has stepped down.
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the scope.v1.ClusterService service. By default,
@@ -607,16 +615,23 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("Keyring")),
 			connect.WithClientOptions(opts...),
 		),
+		transferLeadership: connect.NewClient[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse](
+			httpClient,
+			baseURL+ClusterServiceTransferLeadershipProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	members *connect.Client[v1.MembersRequest, v1.MembersResponse]
-	shards  *connect.Client[v1.ShardsRequest, v1.ShardsResponse]
-	join    *connect.Client[v1.JoinRequest, v1.JoinResponse]
-	leave   *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
-	keyring *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
+	members            *connect.Client[v1.MembersRequest, v1.MembersResponse]
+	shards             *connect.Client[v1.ShardsRequest, v1.ShardsResponse]
+	join               *connect.Client[v1.JoinRequest, v1.JoinResponse]
+	leave              *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
+	keyring            *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
+	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
 }
 
 // Members calls scope.v1.ClusterService.Members.
@@ -644,6 +659,11 @@ func (c *clusterServiceClient) Keyring(ctx context.Context, req *connect.Request
 	return c.keyring.CallUnary(ctx, req)
 }
 
+// TransferLeadership calls scope.v1.ClusterService.TransferLeadership.
+func (c *clusterServiceClient) TransferLeadership(ctx context.Context, req *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return c.transferLeadership.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the scope.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Members lists the nodes the answering node knows through gossip.
@@ -662,6 +682,11 @@ type ClusterServiceHandler interface {
 	// The answer holds every node's outcome: the call itself fails only for
 	// an invalid request or a node without a cluster.
 	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
+	// TransferLeadership hands a shard's leadership to another voter of its
+	// group (admin): the named node, or the voter most up to date. Any node
+	// takes the call; the shard's leader carries it out. It returns once the
+	// old leader has stepped down.
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -703,6 +728,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("Keyring")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceTransferLeadershipHandler := connect.NewUnaryHandler(
+		ClusterServiceTransferLeadershipProcedure,
+		svc.TransferLeadership,
+		connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceMembersProcedure:
@@ -715,6 +746,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceLeaveHandler.ServeHTTP(w, r)
 		case ClusterServiceKeyringProcedure:
 			clusterServiceKeyringHandler.ServeHTTP(w, r)
+		case ClusterServiceTransferLeadershipProcedure:
+			clusterServiceTransferLeadershipHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -742,4 +775,8 @@ func (UnimplementedClusterServiceHandler) Leave(context.Context, *connect.Reques
 
 func (UnimplementedClusterServiceHandler) Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.Keyring is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.TransferLeadership is not implemented"))
 }

@@ -59,6 +59,9 @@ const (
 	NodeServiceTailProcedure = "/scope.node.v1.NodeService/Tail"
 	// NodeServiceKeyringProcedure is the fully-qualified name of the NodeService's Keyring RPC.
 	NodeServiceKeyringProcedure = "/scope.node.v1.NodeService/Keyring"
+	// NodeServiceTransferLeadershipProcedure is the fully-qualified name of the NodeService's
+	// TransferLeadership RPC.
+	NodeServiceTransferLeadershipProcedure = "/scope.node.v1.NodeService/TransferLeadership"
 )
 
 // NodeServiceClient is a client for the scope.node.v1.NodeService service.
@@ -86,6 +89,10 @@ type NodeServiceClient interface {
 	// Keyring lists or changes this node's gossip keyring (the node that
 	// answers ClusterService.Keyring calls it on every member).
 	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
+	// TransferLeadership hands the leadership of a shard this node leads to
+	// another voter (ClusterService.TransferLeadership on another node
+	// forwards here).
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the scope.node.v1.NodeService service. By default,
@@ -141,18 +148,25 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("Keyring")),
 			connect.WithClientOptions(opts...),
 		),
+		transferLeadership: connect.NewClient[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse](
+			httpClient,
+			baseURL+NodeServiceTransferLeadershipProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("TransferLeadership")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // nodeServiceClient implements NodeServiceClient.
 type nodeServiceClient struct {
-	openReplica    *connect.Client[v1.OpenReplicaRequest, v1.OpenReplicaResponse]
-	replicaStatus  *connect.Client[v1.ReplicaStatusRequest, v1.ReplicaStatusResponse]
-	dropReplica    *connect.Client[v1.DropReplicaRequest, v1.DropReplicaResponse]
-	deliverNotices *connect.Client[v1.DeliverNoticesRequest, v1.DeliverNoticesResponse]
-	shardRead      *connect.Client[v1.ShardReadRequest, v1.ShardReadResponse]
-	tail           *connect.Client[v1.TailRequest, v1.TailResponse]
-	keyring        *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
+	openReplica        *connect.Client[v1.OpenReplicaRequest, v1.OpenReplicaResponse]
+	replicaStatus      *connect.Client[v1.ReplicaStatusRequest, v1.ReplicaStatusResponse]
+	dropReplica        *connect.Client[v1.DropReplicaRequest, v1.DropReplicaResponse]
+	deliverNotices     *connect.Client[v1.DeliverNoticesRequest, v1.DeliverNoticesResponse]
+	shardRead          *connect.Client[v1.ShardReadRequest, v1.ShardReadResponse]
+	tail               *connect.Client[v1.TailRequest, v1.TailResponse]
+	keyring            *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
+	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
 }
 
 // OpenReplica calls scope.node.v1.NodeService.OpenReplica.
@@ -190,6 +204,11 @@ func (c *nodeServiceClient) Keyring(ctx context.Context, req *connect.Request[v1
 	return c.keyring.CallUnary(ctx, req)
 }
 
+// TransferLeadership calls scope.node.v1.NodeService.TransferLeadership.
+func (c *nodeServiceClient) TransferLeadership(ctx context.Context, req *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return c.transferLeadership.CallUnary(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the scope.node.v1.NodeService service.
 type NodeServiceHandler interface {
 	// OpenReplica opens an empty replica of a shard on this node (or keeps
@@ -215,6 +234,10 @@ type NodeServiceHandler interface {
 	// Keyring lists or changes this node's gossip keyring (the node that
 	// answers ClusterService.Keyring calls it on every member).
 	Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error)
+	// TransferLeadership hands the leadership of a shard this node leads to
+	// another voter (ClusterService.TransferLeadership on another node
+	// forwards here).
+	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -266,6 +289,12 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("Keyring")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceTransferLeadershipHandler := connect.NewUnaryHandler(
+		NodeServiceTransferLeadershipProcedure,
+		svc.TransferLeadership,
+		connect.WithSchema(nodeServiceMethods.ByName("TransferLeadership")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.node.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceOpenReplicaProcedure:
@@ -282,6 +311,8 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceTailHandler.ServeHTTP(w, r)
 		case NodeServiceKeyringProcedure:
 			nodeServiceKeyringHandler.ServeHTTP(w, r)
+		case NodeServiceTransferLeadershipProcedure:
+			nodeServiceTransferLeadershipHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -317,4 +348,8 @@ func (UnimplementedNodeServiceHandler) Tail(context.Context, *connect.Request[v1
 
 func (UnimplementedNodeServiceHandler) Keyring(context.Context, *connect.Request[v1.KeyringRequest]) (*connect.Response[v1.KeyringResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Keyring is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.TransferLeadership is not implemented"))
 }
