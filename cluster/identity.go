@@ -43,11 +43,21 @@ const lostVoterWindow = 10 * time.Minute
 // came back empty and flaps stays unsettled and suspect through its short
 // deaths: a death must not restart its grace while its first replicas make
 // it formed) and end when it leaves or is no longer in the member list, so
-// both maps are bounded by the member list.
+// both maps are bounded by the member list. Suspicion also ends when the
+// member starts again (another run) and is settled at once: it came back
+// with its data, and asking it about a replica it is still reopening must
+// not have it replaced.
 type unformedSince struct {
 	mu      sync.Mutex
 	since   map[string]time.Time
-	suspect map[string]time.Time // until
+	suspect map[string]suspicion
+}
+
+// suspicion is one suspect member's: until when, and the run it was seen
+// unsettled in.
+type suspicion struct {
+	until time.Time
+	run   uint64
 }
 
 // update records the members' states (every member in the list, in any
@@ -56,7 +66,7 @@ func (u *unformedSince) update(members []Member, now time.Time, grace time.Durat
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.since == nil {
-		u.since, u.suspect = make(map[string]time.Time), make(map[string]time.Time)
+		u.since, u.suspect = make(map[string]time.Time), make(map[string]suspicion)
 	}
 	known := make(map[string]Member, len(members))
 	for _, m := range members {
@@ -69,8 +79,10 @@ func (u *unformedSince) update(members []Member, now time.Time, grace time.Durat
 			delete(u.since, name)
 		}
 	}
-	for name, until := range u.suspect {
-		if _, ok := known[name]; !ok || now.After(until) {
+	for name, sus := range u.suspect {
+		m, ok := known[name]
+		restarted := ok && m.State == MemberAlive && m.MetaErr == nil && settled(m) && m.Meta.Run != sus.run
+		if !ok || now.After(sus.until) || restarted {
 			delete(u.suspect, name)
 		}
 	}
@@ -82,7 +94,7 @@ func (u *unformedSince) update(members []Member, now time.Time, grace time.Durat
 		if !ok {
 			u.since[name] = now
 		} else if now.Sub(t) >= grace {
-			u.suspect[name] = now.Add(lostVoterWindow)
+			u.suspect[name] = suspicion{until: now.Add(lostVoterWindow), run: m.Meta.Run}
 		}
 	}
 }

@@ -19,6 +19,7 @@ func TestUnformedSince(t *testing.T) {
 		return Member{Name: "n4", State: MemberAlive, Meta: Meta{Formed: formed, HoldsReplicas: holds}}
 	}
 	in := func(state MemberState, m Member) Member { m.State = state; return m }
+	run := func(r uint64, m Member) Member { m.Meta.Run = r; return m }
 	for _, tc := range []struct {
 		name    string
 		states  []Member // one per second from t0, then checked at t0+len+grace
@@ -43,6 +44,23 @@ func TestUnformedSince(t *testing.T) {
 				ms = append(ms, member(false, true))
 			}
 			return append(ms, member(true, true))
+		}(), true},
+		// Suspect, then restarted with its data (another run, formed at
+		// start): not lost; asked while it reopens its replicas it would
+		// say it has none.
+		{"came back empty, then restarted with data", func() []Member {
+			ms := []Member{run(1, member(false, false))}
+			for range grace/time.Second + 1 {
+				ms = append(ms, run(1, member(false, true)))
+			}
+			return append(ms, in(MemberDead, run(1, member(false, true))), run(2, member(true, true)))
+		}(), false},
+		{"came back empty, flapped in the same run, then formed", func() []Member {
+			ms := []Member{run(1, member(false, false))}
+			for range grace/time.Second + 1 {
+				ms = append(ms, run(1, member(false, true)))
+			}
+			return append(ms, in(MemberDead, run(1, member(false, true))), run(1, member(true, true)))
 		}(), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
