@@ -153,6 +153,8 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 		Name:    "scope_ingest_accepted_to_applied_seconds",
 		Help:    "Time from events' acceptance into a ring to their commit and apply on this node (a LEADER read sees them), per submission and batch.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)})
+	p.scaling.WithLabelValues("up")
+	p.scaling.WithLabelValues("down")
 	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
 		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog,
 		p.writersActive, p.writersBusy, p.scaling, p.shardMoves, p.acceptedToApplied)
@@ -205,6 +207,25 @@ func (p *poolMetrics) RedirectBacklog(shard uint32, events int) {
 func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
 	p.ringUsed.WithLabelValues(shardLabel(shard)).Set(float64(used))
 }
+
+// ShardAdded creates the shard's series at zero, so that a dashboard or an
+// alert sees 0 rather than nothing before the first event, error or
+// redirect.
+func (p *poolMetrics) ShardAdded(shard uint32) {
+	l := shardLabel(shard)
+	for _, v := range []*prometheus.CounterVec{p.eventsIn, p.refused, p.committed, p.failed, p.retries} {
+		v.WithLabelValues(l)
+	}
+	for _, kind := range []string{"not_leader", "leadership_lost", "other"} {
+		p.proposalErrors.WithLabelValues(l, kind)
+	}
+	for _, outcome := range []string{"ok", "refused", "unknown"} {
+		p.redirected.WithLabelValues(l, outcome)
+	}
+	p.ringUsed.WithLabelValues(l)
+	p.redirectBacklog.WithLabelValues(l)
+}
+
 func (p *poolMetrics) WritersActive(n int)            { p.writersActive.Set(float64(n)) }
 func (p *poolMetrics) WriterUtilisation(busy float64) { p.writersBusy.Set(busy) }
 func (p *poolMetrics) ShardMoved(uint32)              { p.shardMoves.Inc() }

@@ -230,6 +230,7 @@ func (p *Pool) AddShard(shard uint32) error {
 		released:  make(chan struct{}),
 	}
 	sh.owner.Store(w)
+	p.m.ShardAdded(shard)
 	p.complWG.Add(3)
 	go p.dispatch(sh)
 	go p.complete(sh)

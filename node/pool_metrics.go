@@ -36,6 +36,9 @@ type PoolMetrics interface {
 	WriterRestart(writer int)
 	// RingFill reports a shard's ring occupancy after a writer took from it.
 	RingFill(shard uint32, used, capacity int)
+	// ShardAdded tells that the pool hosts shard from now on (a metrics
+	// backend creates its per-shard series at zero).
+	ShardAdded(shard uint32)
 	// WritersActive reports the writers running and not retiring.
 	WritersActive(n int)
 	// WritersScaled counts a scaling decision: a writer added (up) or
@@ -69,6 +72,7 @@ func (NopPoolMetrics) Redirected(uint32, int, error)           {}
 func (NopPoolMetrics) RedirectBacklog(uint32, int)             {}
 func (NopPoolMetrics) WriterRestart(int)                       {}
 func (NopPoolMetrics) RingFill(uint32, int, int)               {}
+func (NopPoolMetrics) ShardAdded(uint32)                       {}
 func (NopPoolMetrics) WritersActive(int)                       {}
 func (NopPoolMetrics) WritersScaled(bool)                      {}
 func (NopPoolMetrics) WriterUtilisation(float64)               {}

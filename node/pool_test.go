@@ -31,6 +31,7 @@ func (m *countingMetrics) WritersScaled(up bool) {
 		m.downs.Add(1)
 	}
 }
+func (m *countingMetrics) ShardAdded(uint32)                       {}
 func (m *countingMetrics) WriterUtilisation(float64)               {}
 func (m *countingMetrics) ShardMoved(uint32)                       { m.moves.Add(1) }
 func (m *countingMetrics) AcceptedToApplied(uint32, time.Duration) { m.applied.Add(1) }

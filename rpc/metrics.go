@@ -84,6 +84,13 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Help: "Events pages and Tail backfills cut short because the events the query buffered reached -query-memory (each page still has an exact cursor).",
 		}),
 	}
+	// Every refusal reason at zero: an alert on a reason sees 0 before the
+	// first refusal.
+	for _, r := range []string{string(refuseUnauthenticated), string(refusePermission), string(refuseNode),
+		reasonRequestBytes, reasonEventsPerRequest, reasonQueryDeadline, reasonQueriesPerCaller,
+		reasonQueriesTotal, reasonTailsPerCaller, reasonTailsTotal, reasonQueryMemory} {
+		m.refusals.WithLabelValues(r)
+	}
 	// A second server on the same node (tests, restarts in-process) shares
 	// the collectors already registered.
 	var err error
