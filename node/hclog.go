@@ -39,6 +39,7 @@ func slogLevel(level hclog.Level) slog.Level {
 }
 
 func (a *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
+	level = routine(level, msg, args)
 	if level == hclog.Off || level < a.level {
 		return
 	}
@@ -99,4 +100,42 @@ func (w slogWriter) Write(p []byte) (int, error) {
 	}
 	w.a.Log(hclog.Info, msg)
 	return len(p), nil
+}
+
+// routine is the level of a raft message in Scope: hashicorp/raft logs at
+// WARN or ERROR some events that are routine here — a new group's first
+// election, a leader stepping down because the leadership moved (Scope
+// balances leaders and transfers them on request), a restarting peer's
+// pre-vote, a non-voter catching up — and an operator who learns to ignore
+// WARN and ERROR misses the ones that matter. Those are logged at INFO;
+// every other message keeps raft's level.
+func routine(level hclog.Level, msg string, args []any) hclog.Level {
+	if level < hclog.Warn {
+		return level
+	}
+	switch msg {
+	case "heartbeat timeout reached, starting election":
+		if argString(args, "last-leader-id") == "" {
+			return hclog.Info // the group's first election: it never had a leader
+		}
+	case "peer has newer term, stopping replication",
+		"rejecting pre-vote request since we have a leader",
+		"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election":
+		return hclog.Info
+	}
+	return level
+}
+
+// argString is the string value of key in hclog's key/value args ("" if
+// absent).
+func argString(args []any, key string) string {
+	for i := 0; i+1 < len(args); i += 2 {
+		if k, ok := args[i].(string); ok && k == key {
+			if v, ok := args[i+1].(string); ok {
+				return v
+			}
+			return ""
+		}
+	}
+	return ""
 }

@@ -220,7 +220,11 @@ func Open(cfg Config) (*Node, error) {
 			"free space on the volume (or grow it), then start again", ErrDiskFull, cfg.DataDir,
 			FormatBytes(disk.avail.Load()), FormatBytes(need))
 	}
-	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), cfg.Store)
+	so := cfg.Store
+	if so.Logger == nil {
+		so.Logger = cfg.Logger // the node's handler and format, not slog.Default's
+	}
+	st, err := store.Open(filepath.Join(cfg.DataDir, "store"), so)
 	if err != nil {
 		return nil, err
 	}

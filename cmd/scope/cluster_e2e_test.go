@@ -91,6 +91,9 @@ func clusterFailover(t *testing.T, nodes []*clusterNode) {
 	if strings.Count(members, "ALIVE") != 3 {
 		t.Fatalf("members:\n%s", members)
 	}
+	for _, nd := range nodes {
+		quietLog(t, nd.name, nd.proc.stderr.String())
+	}
 
 	const call = "01HZZZZZZZZZZZZZZZZZZZZZF1"
 	const ret = "01HZZZZZZZZZZZZZZZZZZZZZF2"

@@ -285,6 +285,9 @@ func TestEndToEnd(t *testing.T) {
 		t.Errorf("ingest summary: %q", out)
 	}
 
+	// A healthy start logs nothing an operator should act on.
+	quietLog(t, "the dev agent", a.stderr.String())
+
 	// A bad line names its line number and the field, and nothing after it
 	// is sent.
 	_, errOut, code := scope(t, `{"origin":"app@h","pid":"<0.9.0>","kind":"KIND_CALL","timestampNs":"1"}`+"\n",
@@ -460,5 +463,20 @@ func TestDurabilityAcrossKill(t *testing.T) {
 	}
 	if err := a.signal(t, syscall.SIGINT); err != nil {
 		t.Fatalf("agent exit after SIGINT: %v", err)
+	}
+}
+
+// quietLog fails the test for every WARN or ERROR line of an agent's log:
+// a healthy agent logs only what an operator should act on (an operator
+// who learns to ignore WARN and ERROR misses the ones that matter).
+func quietLog(t *testing.T, who, log string) {
+	t.Helper()
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `msg="-dev: serving plaintext`) {
+			continue // -dev says once that it is for development only, on purpose
+		}
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") {
+			t.Errorf("%s logged on a healthy start: %s", who, line)
+		}
 	}
 }
