@@ -385,9 +385,6 @@ func (c *agentConfig) finishCluster() error {
 	if c.bootstrapExpect < 0 || c.bootstrapExpect > 64 {
 		return usageError("-bootstrap-expect %d: must be in 0..64 (0: join a running cluster with -join)", c.bootstrapExpect)
 	}
-	if c.bootstrapExpect > 1 && len(c.join) == 0 {
-		return usageError("-bootstrap-expect %d: the nodes must find each other: pass -join with the gossip address of at least one other node (e.g. -join 127.0.0.1:7082)", c.bootstrapExpect)
-	}
 	if c.stabilization < 0 {
 		return usageError("-stabilization-time %v: must not be negative (0: no flap damping)", c.stabilization)
 	}

@@ -261,3 +261,33 @@ func readEvent(t *testing.T, id, addr string) string {
 	}
 	return out
 }
+
+// TestBootstrapFirstNodeWithoutJoin forms a cluster the Consul way: every
+// founder has -bootstrap-expect 3, the first has no -join and the others
+// join it. The cluster forms, every shard elects, and an event commits.
+func TestBootstrapFirstNodeWithoutJoin(t *testing.T) {
+	root := t.TempDir()
+	var nodes []*clusterNode
+	for i := range 3 {
+		nd := &clusterNode{name: fmt.Sprintf("n%d", i+1), http: freeAddr(t), raft: freeAddr(t), gossip: freeAddr(t),
+			dir: filepath.Join(root, fmt.Sprintf("n%d", i+1))}
+		nd.args = []string{"agent", "-name", nd.name, "-data-dir", nd.dir, "-http", nd.http, "-raft", nd.raft,
+			"-gossip", nd.gossip, "-gossip-profile", "local", "-bootstrap-expect", "3", "-shards", "2", "-log-level", "info"}
+		if i > 0 {
+			nd.args = append(nd.args, "-join", nodes[0].gossip)
+		}
+		nd.proc = spawnAgent(t, nd.http, nd.args)
+		nodes = append(nodes, nd)
+	}
+	for _, nd := range nodes {
+		nd.proc.waitReady(t)
+	}
+	if out := mustScope(t, "", "members", "-addr", nodes[0].http); strings.Count(out, "ALIVE") != 3 {
+		t.Fatalf("members:\n%s", out)
+	}
+	mustScope(t, `{"origin":"boot@h","pid":"<0.1.0>","kind":"KIND_EXIT","timestampNs":"1"}`+"\n",
+		"ingest", "-durability", "committed", "-addr", nodes[2].http)
+	for _, nd := range nodes {
+		quietLog(t, nd.name, nd.proc.stderr.String())
+	}
+}

@@ -131,7 +131,12 @@ func TestAgentFlags(t *testing.T) {
 		{name: "dev with expect", args: []string{"-dev", "-bootstrap-expect", "3"}, wantErr: "-bootstrap-expect: -dev runs one node alone"},
 		{name: "dev with replicas", args: []string{"-dev", "-replicas", "3"}, wantErr: "-replicas: -dev"},
 		{name: "dev with gossip key", args: []string{"-dev", "-gossip-key", "MDEyMzQ1Njc4OWFiY2RlZg=="}, wantErr: "-gossip-key: -dev"},
-		{name: "expect without join", args: []string{"-bootstrap-expect", "3"}, wantErr: "pass -join with the gossip address"},
+		// The Consul way: the first founder waits for the others to join it.
+		{name: "expect without join", args: []string{"-bootstrap-expect", "3"}, check: func(t *testing.T, c *agentConfig) {
+			if c.bootstrapExpect != 3 || len(c.join) != 0 {
+				t.Errorf("expect %d, join %q", c.bootstrapExpect, c.join)
+			}
+		}},
 		{name: "expect one alone", args: []string{"-bootstrap-expect", "1"}, check: func(t *testing.T, c *agentConfig) {
 			if c.bootstrapExpect != 1 {
 				t.Errorf("expect %d", c.bootstrapExpect)
