@@ -73,6 +73,12 @@ func EventFromProto(p *scopev1.Event) (correlate.Event, error) {
 		return correlate.Event{}, fieldError("kind", p.GetKind().String(),
 			"must be one of KIND_CALL, KIND_RETURN, KIND_EXCEPTION, KIND_SEND, KIND_RECEIVE, KIND_SPAWN, KIND_EXIT, KIND_STATE_CHANGE")
 	}
+	peerOrigin := p.GetPeerOrigin()
+	if peerOrigin == "" && p.GetPeerPid() != "" {
+		// A pid printed <0.X.Y> is local to the node that printed it: a
+		// peer given by its pid alone is on the event's own origin.
+		peerOrigin = p.GetOrigin()
+	}
 	return correlate.Event{
 		ID:          id,
 		Origin:      p.GetOrigin(),
@@ -85,7 +91,7 @@ func EventFromProto(p *scopev1.Event) (correlate.Event, error) {
 		Arity:       p.GetArity(),
 		CallID:      p.GetCallId(),
 		Payload:     p.GetPayload(),
-		PeerOrigin:  p.GetPeerOrigin(),
+		PeerOrigin:  peerOrigin,
 		PeerPID:     p.GetPeerPid(),
 		MessageHash: p.GetMessageHash(),
 		Reason:      p.GetReason(),

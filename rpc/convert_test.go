@@ -345,7 +345,7 @@ func drawClientEvent(t *rapid.T) correlate.Event {
 	if len(attrs) == 0 {
 		attrs = nil // the conversion normalises empty maps to nil
 	}
-	return correlate.Event{
+	e := correlate.Event{
 		ID:          id,
 		Origin:      rapid.String().Draw(t, "origin"),
 		PID:         rapid.String().Draw(t, "pid"),
@@ -363,6 +363,10 @@ func drawClientEvent(t *rapid.T) correlate.Event {
 		Reason:      rapid.String().Draw(t, "reason"),
 		Attributes:  attrs,
 	}
+	if e.PeerPID != "" && e.PeerOrigin == "" {
+		e.PeerOrigin = e.Origin // what the API makes of a peer given by pid alone
+	}
+	return e
 }
 
 // eventsEqual compares events deeply, treating nil and empty attribute

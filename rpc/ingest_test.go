@@ -59,7 +59,6 @@ func TestIngestRejectsInvalidInput(t *testing.T) {
 		{"bad event id", func(e *scopev1.Event) { e.EventId = "not-a-ulid" }, "event_id"},
 		{"origin too long", func(e *scopev1.Event) { e.Origin = long }, "origin"},
 		{"SPAWN without child", func(e *scopev1.Event) { e.Kind = scopev1.Kind_KIND_SPAWN }, "peer_origin"},
-		{"peer pid without origin", func(e *scopev1.Event) { e.Kind, e.PeerPid = scopev1.Kind_KIND_SEND, "<0.2.0>" }, "peer_origin"},
 		{"too many attributes", func(e *scopev1.Event) {
 			e.Attributes = map[string]string{}
 			for i := range 40 {
@@ -247,5 +246,36 @@ func TestBackpressure(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Fatalf("metrics lack %s", want)
 		}
+	}
+}
+
+// TestIngestPeerPidAloneIsOnTheOrigin: a SEND whose receiver is given by
+// its pid alone (a BEAM pid <0.X.Y> is local to the node that printed it)
+// is stored with peer_origin set to the event's own origin, and pairs with
+// the receiver's RECEIVE.
+func TestIngestPeerPidAloneIsOnTheOrigin(t *testing.T) {
+	n := rpctest.Start(t, rpctest.Options{Shards: 2})
+	a := correlate.Process{Origin: "app@h", PID: "<0.1.0>"}
+	b := correlate.Process{Origin: "app@h", PID: "<0.2.0>"}
+	send := ev(a, scopev1.Kind_KIND_SEND, 10)
+	send.PeerPid, send.Payload = b.PID, "hello"
+	recv := ev(b, scopev1.Kind_KIND_RECEIVE, 20)
+	recv.PeerPid, recv.Payload = a.PID, "hello"
+	ingest(t, n, send, recv)
+	ctx := context.Background()
+	got, err := n.Query.GetEvent(ctx, connect.NewRequest(&scopev1.GetEventRequest{EventId: send.GetEventId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if po := got.Msg.GetEvent().GetPeerOrigin(); po != a.Origin {
+		t.Fatalf("stored peer_origin %q, want the event's origin %q", po, a.Origin)
+	}
+	flow, err := n.Query.MessageFlow(ctx, connect.NewRequest(&scopev1.MessageFlowRequest{
+		A: &scopev1.Process{Origin: a.Origin, Pid: a.PID}, B: &scopev1.Process{Origin: b.Origin, Pid: b.PID}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms := flow.Msg.GetMessages(); len(ms) != 1 || ms[0].GetReceive() == nil {
+		t.Fatalf("flow %v: want the send paired with its receive", ms)
 	}
 }

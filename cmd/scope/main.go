@@ -48,9 +48,23 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	switch {
+	case len(args) == 0:
+		usage(stderr)
+		return exitUsage
+	case args[0] == "help" && len(args) > 1:
+		// `scope help CMD` is `scope CMD -h`.
+		for _, c := range commands {
+			if c.name == args[1] {
+				return c.run([]string{"-h"}, stdout, stderr)
+			}
+		}
+		fmt.Fprintf(stderr, "scope help: unknown command %q\n\n", args[1])
+		usage(stderr)
+		return exitUsage
+	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
 		usage(stdout)
-		return 0
+		return exitOK
 	}
 	for _, c := range commands {
 		if c.name == args[0] {
@@ -64,10 +78,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: scope <command> [flags]\n\ncommands:")
+	width := 0
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
+		width = max(width, len(c.name))
 	}
-	fmt.Fprintln(w, "\nRun 'scope <command> -h' for a command's flags.")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'scope help <command>' or 'scope <command> -h' for a command's flags.")
 }
 
 // version is the module version of this build, or "devel".
@@ -78,7 +96,14 @@ func version() string {
 	return "devel"
 }
 
-func runVersion(_ []string, stdout, _ io.Writer) int {
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("version", "", stderr)
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return reportError(stderr, fs, usageError("unexpected arguments %q", fs.Args()))
+	}
 	fmt.Fprintf(stdout, "scope %s\n", version())
-	return 0
+	return exitOK
 }

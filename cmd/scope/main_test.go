@@ -13,9 +13,12 @@ func TestRunDispatch(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{nil, 0, "usage: scope", ""},
+		{nil, 2, "", "usage: scope"},
 		{[]string{"help"}, 0, "version", ""},
+		{[]string{"help", "tree"}, 0, "", "usage: scope tree"},
+		{[]string{"help", "nope"}, 2, "", `unknown command "nope"`},
 		{[]string{"version"}, 0, "scope ", ""},
+		{[]string{"version", "-h"}, 0, "", "usage: scope version"},
 		{[]string{"nope"}, 2, "", `unknown command "nope"`},
 	} {
 		var out, errOut bytes.Buffer

@@ -701,7 +701,8 @@ type Event struct {
 	Payload string `protobuf:"bytes,11,opt,name=payload,proto3" json:"payload,omitempty"`
 	// SEND: the receiver. RECEIVE: the sender (optional). SPAWN: the child.
 	// A SEND without peer_pid (e.g. to a registered name) is stored but cannot
-	// be paired with its RECEIVE.
+	// be paired with its RECEIVE. Empty with peer_pid set: the event's own
+	// origin (a BEAM pid <0.X.Y> is local to the node that printed it).
 	PeerOrigin string `protobuf:"bytes,12,opt,name=peer_origin,json=peerOrigin,proto3" json:"peer_origin,omitempty"`
 	PeerPid    string `protobuf:"bytes,13,opt,name=peer_pid,json=peerPid,proto3" json:"peer_pid,omitempty"`
 	// SEND and RECEIVE: hash of the message (e.g. erlang:phash2). Computed
