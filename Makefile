@@ -8,7 +8,7 @@ TEST_FLAGS ?= -race -count=1 -timeout 30m
 BENCH     ?= .
 BENCHTIME ?= 1s
 
-.PHONY: help build run test soak chaos bench generate checkgenerate lint clean
+.PHONY: help build run test soak chaos bench generate checkgenerate breaking lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ checkgenerate: generate ## fail if generated code differs from what is committed
 	@out=$$(git status --porcelain --untracked-files=all -- rpc/gen); \
 		test -z "$$out" || { echo "generated code is out of date (run make generate and commit):"; \
 		echo "$$out"; git --no-pager diff --stat -- rpc/gen; exit 1; }
+
+breaking: generate ## fail if the API breaks compatibility with main's (buf breaking, FILE rules)
+	cd rpc && ../bin/buf breaking --against '../.git#branch=main,subdir=rpc'
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); test -z "$$out" || { echo "gofmt:"; echo "$$out"; exit 1; }

@@ -113,17 +113,37 @@ func routine(level hclog.Level, msg string, args []any) hclog.Level {
 	if level < hclog.Warn {
 		return level
 	}
-	switch msg {
-	case "heartbeat timeout reached, starting election":
+	if msg == "heartbeat timeout reached, starting election" {
 		if argString(args, "last-leader-id") == "" {
 			return hclog.Info // the group's first election: it never had a leader
 		}
-	case "peer has newer term, stopping replication",
-		"rejecting pre-vote request since we have a leader",
-		"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election":
+		return level
+	}
+	if routineRaft[msg] {
 		return hclog.Info
 	}
 	return level
+}
+
+// routineRaft are raft's WARN and ERROR messages that describe the normal
+// course of elections, leadership transfers and a new replica's catch-up.
+var routineRaft = map[string]bool{
+	// Elections: split votes, competing candidates, a leader found.
+	"Election timeout reached, restarting election":              true,
+	"new leader elected, stepping down":                          true,
+	"duplicate requestVote from":                                 true,
+	"rejecting vote request since we have a leader":              true,
+	"rejecting vote request since our last term is greater":      true,
+	"rejecting vote request since our last index is greater":     true,
+	"rejecting pre-vote request since we have a leader":          true,
+	"rejecting pre-vote request since our last term is greater":  true,
+	"rejecting pre-vote request since our last index is greater": true,
+	"peer has newer term, stopping replication":                  true, // the leadership moved
+	// A non-voter (a new replica) waits for its promotion.
+	"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election": true,
+	// A new or returning replica catching up.
+	"failed to get previous log":                 true,
+	"appendEntries rejected, sending older logs": true,
 }
 
 // argString is the string value of key in hclog's key/value args ("" if

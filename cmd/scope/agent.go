@@ -455,7 +455,12 @@ func (a *agent) joinLoop() {
 			a.logger.Info("joined the cluster", "contacted", n, "seeds", targets)
 			return
 		}
-		if attempt == 1 || attempt%joinLogEvery == 0 {
+		switch {
+		case attempt == 1:
+			// The others may simply not be up yet: routine at a first start.
+			a.logger.Info("no seed reachable yet; retrying", "seeds", targets, "err", err)
+		case attempt%joinLogEvery == 0:
+			// Still none after joinLogEvery attempts (10 s): worth a look.
 			a.logger.Warn("no seed reachable yet; retrying", "seeds", targets, "attempt", attempt, "err", err)
 		}
 		select {
