@@ -237,6 +237,9 @@ func (c *agentConfig) finish() error {
 	c.node.ID = c.name
 	c.node.DataDir = c.dataDir
 	c.node.Shards = uint32(c.shards)
+	// The pool hosts at most MaxShards rings (default 1024): every shard
+	// the node may host must fit (-shards goes up to 4096).
+	c.node.Pool.MaxShards = max(c.node.Pool.MaxShards, int(c.shards))
 	// The ingest edge validates against the correlator's own limits.
 	c.rpc.Limits = c.node.Correlator.Limits
 	c.rpc.Version = version()

@@ -61,6 +61,14 @@ func TestAgentFlags(t *testing.T) {
 				}
 			}},
 		{name: "shards zero", args: []string{"-shards", "0"}, wantErr: "-shards 0: must be in 1..4096"},
+		{name: "shards above the pool's default bound", args: []string{"-dev", "-shards", "2048"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Pool.MaxShards < 2048 {
+				t.Fatalf("Pool.MaxShards %d with -shards 2048: the node would refuse to start", c.node.Pool.MaxShards)
+			}
+			if err := c.node.Pool.Validate(); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{name: "shards too many", args: []string{"-shards", "5000"}, wantErr: "-shards 5000"},
 		{name: "ring not power of two", args: []string{"-ring-capacity", "1000"}, wantErr: "-ring-capacity = 1000"},
 		{name: "batch above ring", args: []string{"-ring-capacity", "1024", "-batch-size", "2048"}, wantErr: "-batch-size = 2048"},
