@@ -58,7 +58,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return reportError(stderr, fs, err)
 	case err != nil:
-		return exitUsage // the flag package has printed the error and usage
+		return exitUsage // the flag package has printed the error, parseAgentFlags the hint
 	}
 	logger := cfg.logger(stderr)
 	sigs := make(chan os.Signal, 2)

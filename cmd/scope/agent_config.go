@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -140,7 +141,16 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (needs an admin token with -auth-tokens; without, anyone who reaches it can profile the process)")
 	c.tls.register(fs)
-	if err := fs.Parse(args); err != nil {
+	usage := fs.Usage
+	fs.Usage = func() {} // called on -h and on errors alike: told apart below
+	err := fs.Parse(args)
+	fs.Usage = usage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		usage()
+		return nil, fs, err
+	case err != nil:
+		flagHint(fs)
 		return nil, fs, err
 	}
 	if fs.NArg() > 0 {

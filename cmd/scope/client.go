@@ -53,13 +53,21 @@ func newFlagSet(name, args string, stderr io.Writer) *flag.FlagSet {
 // parseFlags parses args; ok is false when the command must exit with code.
 // Flags may follow positional arguments (`scope tree <id> -addr x`): the
 // positionals are collected and left in fs.Args().
+//
+// -h prints the command's usage and flags; a bad flag prints the error and
+// one line saying how to see them, not the whole listing.
 func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	usage := fs.Usage
+	fs.Usage = func() {} // the flag package calls it on -h and on errors alike
+	defer func() { fs.Usage = usage }()
 	var positional []string
 	for {
 		switch err := fs.Parse(args); {
 		case errors.Is(err, flag.ErrHelp):
+			usage()
 			return exitOK, false
 		case err != nil:
+			flagHint(fs)
 			return exitUsage, false
 		}
 		rest := fs.Args()
@@ -78,6 +86,11 @@ func parseFlags(fs *flag.FlagSet, args []string) (code int, ok bool) {
 		return exitUsage, false
 	}
 	return exitOK, true
+}
+
+// flagHint tells, after a usage error, how to list the command's flags.
+func flagHint(fs *flag.FlagSet) {
+	fmt.Fprintf(fs.Output(), "run 'scope %s -h' for its flags\n", fs.Name())
 }
 
 // flagSet reports whether the flag name was given on the command line.
@@ -234,7 +247,7 @@ func (c *clientFlags) context() (context.Context, context.CancelFunc) {
 func reportError(stderr io.Writer, fs *flag.FlagSet, err error) int {
 	if errors.Is(err, errUsage) {
 		fmt.Fprintf(stderr, "scope %s: %s\n", fs.Name(), strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
-		fs.Usage()
+		flagHint(fs)
 		return exitUsage
 	}
 	var ce *connect.Error
