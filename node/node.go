@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/correlate"
@@ -264,6 +265,8 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.pool.Start()
 	n.metrics.watchReplicas(n.failedReplicas)
+	n.metrics.reg.MustRegister(newPebbleCollector(map[string]func() (*pebble.Metrics, uint64){
+		"store": st.PebbleMetrics, "raftlog": rl.PebbleMetrics}))
 	n.wg.Add(3)
 	go n.deliverNotices()
 	go n.runRetention()

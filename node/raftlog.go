@@ -10,6 +10,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/elixirscope/scope/store"
 )
 
 // RaftLog is the raft log and stable store of every shard replica of a node,
@@ -35,6 +37,7 @@ import (
 // share fsyncs). Reads take no lock beyond the cached first/last index.
 type RaftLog struct {
 	db     *pebble.DB
+	stalls *atomic.Uint64 // write stalls (PebbleMetrics)
 	opts   RaftLogOptions
 	closed atomic.Bool
 
@@ -128,12 +131,18 @@ func OpenRaftLog(dir string, opts RaftLogOptions) (*RaftLog, error) {
 		MemTableSize:       opts.MemTableSize,
 		Logger:             raftLogPebbleLogger{opts.Logger},
 	}
+	stalls := new(atomic.Uint64)
+	po.EventListener = store.StallListener(stalls)
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("node: raft log: open %s: %w", dir, err)
 	}
-	return &RaftLog{db: db, opts: opts, shards: make(map[uint32]*RaftLogShard)}, nil
+	return &RaftLog{db: db, opts: opts, stalls: stalls, shards: make(map[uint32]*RaftLogShard)}, nil
 }
+
+// PebbleMetrics returns the raft log's Pebble metrics and the write stalls
+// counted since it opened.
+func (l *RaftLog) PebbleMetrics() (*pebble.Metrics, uint64) { return l.db.Metrics(), l.stalls.Load() }
 
 // Close closes the DB. Every write it acknowledged is already durable. The
 // caller stops every raft group using a view first.

@@ -22,6 +22,7 @@ import (
 // Store is a node's event store. It is safe for concurrent use.
 type Store struct {
 	db     *pebble.DB
+	stalls *atomic.Uint64 // write stalls Pebble began (PebbleMetrics)
 	po     *pebble.Options
 	opts   Options
 	fs     vfs.FS
@@ -77,12 +78,14 @@ func Open(dir string, opts Options) (*Store, error) {
 		defer c.Unref()
 		po.Cache = c
 	}
+	stalls := new(atomic.Uint64)
+	po.EventListener = StallListener(stalls)
 	po.EnsureDefaults() // ImportShard derives its sstable writer options from po
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", dir, err)
 	}
-	s := &Store{db: db, po: po, opts: opts, fs: opts.FS, dir: dir, shift: opts.BucketShift}
+	s := &Store{db: db, po: po, opts: opts, fs: opts.FS, dir: dir, shift: opts.BucketShift, stalls: stalls}
 	if err := s.checkMeta(); err != nil {
 		_ = db.Close()
 		return nil, err
@@ -187,3 +190,13 @@ func readApplied(r pebble.Reader, shard uint32) (uint64, error) {
 func corruptKey(k []byte, format string, args ...any) error {
 	return fmt.Errorf("%w: key %x: %s", ErrCorrupt, k, fmt.Sprintf(format, args...))
 }
+
+// StallListener is a Pebble event listener that counts write stalls (Pebble
+// delaying writes while compactions catch up) in n.
+func StallListener(n *atomic.Uint64) *pebble.EventListener {
+	return &pebble.EventListener{WriteStallBegin: func(pebble.WriteStallBeginInfo) { n.Add(1) }}
+}
+
+// PebbleMetrics returns the store's Pebble metrics and the write stalls
+// counted since it opened.
+func (s *Store) PebbleMetrics() (*pebble.Metrics, uint64) { return s.db.Metrics(), s.stalls.Load() }
