@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -39,6 +42,7 @@ type benchFlags struct {
 
 // Bench bounds.
 const (
+	progressEvery      = 5 * time.Second
 	maxLatencySamples  = 1 << 20 // reservoir of per-batch latencies
 	maxConsecutiveErrs = 100     // a worker gives up after this many failures in a row
 )
@@ -69,8 +73,13 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	if flagSet(fs, "duration") && !flagSet(fs, "events") {
 		b.events = 1 << 40 // bounded by -duration only
 	}
-	if err := b.run(stdout, stderr); err != nil {
+	failed, err := b.run(stdout, stderr)
+	if err != nil {
 		return reportError(stderr, fs, err)
+	}
+	if failed > 0 {
+		fmt.Fprintf(stderr, "scope bench: %d requests failed\n", failed)
+		return exitError
 	}
 	return exitOK
 }
@@ -112,7 +121,10 @@ type benchResult struct {
 	P50, P90, P99 time.Duration `json:"-"`
 	Max           time.Duration `json:"-"`
 	Latency       struct {
-		P50, P90, P99, Max float64 // milliseconds
+		P50 float64 `json:"p50"`
+		P90 float64 `json:"p90"`
+		P99 float64 `json:"p99"`
+		Max float64 `json:"max"`
 	} `json:"latency_ms"`
 	FirstError string `json:"first_error,omitempty"`
 	// Visibility: the -visibility probe (benchvisible.go).
@@ -153,25 +165,27 @@ func (r *benchResult) finish(l *latencies) {
 	r.Latency.P50, r.Latency.P90, r.Latency.P99, r.Latency.Max = ms(r.P50), ms(r.P90), ms(r.P99), ms(r.Max)
 }
 
-func (b *benchFlags) run(stdout, stderr io.Writer) error {
+// run runs the benchmark and prints its summary; failed is the number of
+// requests that failed.
+func (b *benchFlags) run(stdout, stderr io.Writer) (failed uint64, err error) {
 	d, err := b.validate()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	c, err := b.dial()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	startNs := time.Now().UnixNano()
-	res, err := b.runRPC(c, d, startNs)
+	res, err := b.runRPC(c, d, startNs, stderr)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	results := []*benchResult{res}
 	if b.baseline {
 		base, err := runBaseline(b, startNs, uint32(b.shards))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		results = append(results, base)
 	}
@@ -179,10 +193,10 @@ func (b *benchFlags) run(stdout, stderr io.Writer) error {
 		enc := json.NewEncoder(stdout)
 		for _, r := range results {
 			if err := enc.Encode(r); err != nil {
-				return err
+				return 0, err
 			}
 		}
-		return nil
+		return res.Errors, nil
 	}
 	mode := "IngestStream"
 	if b.unary {
@@ -211,7 +225,7 @@ func (b *benchFlags) run(stdout, stderr io.Writer) error {
 	if len(results) == 2 && results[1].EventsPerSec > 0 {
 		fmt.Fprintf(stdout, "agent/baseline throughput: %.2f\n", res.EventsPerSec/results[1].EventsPerSec)
 	}
-	return nil
+	return res.Errors, nil
 }
 
 func rateText(r float64) string {
@@ -222,8 +236,11 @@ func rateText(r float64) string {
 }
 
 // runRPC drives the agent with b.concurrency workers.
-func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*benchResult, error) {
-	ctx, cancel := context.WithCancel(context.Background())
+//
+// SIGINT or SIGTERM ends the run early, like -duration: the summary covers
+// what was sent. Every progressEvery a line on stderr says how far it got.
+func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr io.Writer) (*benchResult, error) {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if b.duration > 0 {
 		ctx, cancel = context.WithTimeout(ctx, b.duration)
@@ -242,6 +259,23 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*bench
 		go func() { probed <- probeVisibility(probeCtx, c, d) }()
 	}
 	start := time.Now()
+	var progress atomic.Uint64 // events acknowledged so far, all workers
+	progressDone := make(chan struct{})
+	defer close(progressDone)
+	go func() {
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-progressDone:
+				return
+			case <-t.C:
+				el := time.Since(start)
+				n := progress.Load()
+				fmt.Fprintf(stderr, "  %6s  %d events acknowledged (%.0f/s)\n", el.Round(time.Second), n, float64(n)/el.Seconds())
+			}
+		}
+	}()
 	for w := range b.concurrency {
 		quota := perWorker
 		if w == 0 {
@@ -256,7 +290,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64) (*bench
 		go func() {
 			defer wg.Done()
 			wk := benchWorker{b: b, c: c, d: d, g: g, quota: quota, lat: lat, start: start,
-				rate: b.rate / float64(b.concurrency)}
+				rate: b.rate / float64(b.concurrency), progress: &progress}
 			wk.run(ctx)
 			sent.Add(wk.sent)
 			accepted.Add(wk.accepted)
@@ -291,6 +325,9 @@ type benchWorker struct {
 	rate  float64
 	start time.Time
 	lat   *latencies
+	// progress counts the events acknowledged by every worker (the
+	// progress lines).
+	progress *atomic.Uint64
 
 	sent, accepted, refused, errors uint64
 	consecutive                     int
@@ -356,14 +393,25 @@ func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err er
 	w.consecutive = 0
 	w.accepted += uint64(resp.GetAccepted())
 	w.refused += uint64(resp.GetRefused())
+	w.progress.Add(uint64(resp.GetAccepted()))
 	w.lat.add(time.Since(began))
+}
+
+// requestContext bounds one request or stream by -timeout (0: none).
+func (w *benchWorker) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if w.b.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, w.b.timeout)
 }
 
 func (w *benchWorker) unary(ctx context.Context, req *scopev1.IngestRequest) {
 	n := uint64(len(req.GetEvents()))
 	w.pace(ctx, w.sent+n)
 	began := time.Now()
-	resp, err := w.c.ingest.Ingest(ctx, connect.NewRequest(req))
+	rctx, cancel := w.requestContext(ctx)
+	defer cancel()
+	resp, err := w.c.ingest.Ingest(rctx, connect.NewRequest(req))
 	if err != nil && ctx.Err() != nil {
 		return // -duration ended the run mid-request: neither sent nor an error
 	}
@@ -383,7 +431,9 @@ func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest)
 	for _, r := range reqs {
 		n += uint64(len(r.GetEvents()))
 	}
-	s := w.c.ingest.IngestStream(ctx)
+	rctx, cancel := w.requestContext(ctx)
+	defer cancel()
+	s := w.c.ingest.IngestStream(rctx)
 	sendTimes := make([]time.Time, 0, len(reqs))
 	var sendErr error
 	total := w.sent
@@ -408,6 +458,7 @@ func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest)
 	}
 	w.sent += n
 	w.consecutive = 0
+	w.progress.Add(uint64(resp.Msg.GetAccepted()))
 	w.accepted += uint64(resp.Msg.GetAccepted())
 	w.refused += uint64(resp.Msg.GetRefused())
 	for _, t := range sendTimes {
