@@ -57,7 +57,7 @@ func startClusterProcs(t *testing.T, n int, extra ...func(name string) []string)
 // it resumes) and finally leaves with `scope leave`, which drains it and
 // stops its agent.
 func TestClusterFailover(t *testing.T) {
-	clusterFailover(t, startClusterProcs(t, 3))
+	clusterFailover(t, startClusterProcs(t, 3), false)
 }
 
 // TestClusterFailoverTLS is TestClusterFailover with every node run with
@@ -78,10 +78,12 @@ func TestClusterFailoverTLS(t *testing.T) {
 	t.Setenv("SCOPE_TOKEN", token)
 	clusterFailover(t, startClusterProcs(t, 3, func(name string) []string {
 		return append(d.node(t, name, false), "-auth-tokens", tokens, "-gossip-keyring", keyring)
-	}))
+	}), true)
 }
 
-func clusterFailover(t *testing.T, nodes []*clusterNode) {
+// clusterFailover runs the scenario on nodes; jsonLeave makes `scope
+// leave` report in JSON lines.
+func clusterFailover(t *testing.T, nodes []*clusterNode, jsonLeave bool) {
 	byName := map[string]*clusterNode{}
 	for _, nd := range nodes {
 		byName[nd.name] = nd
@@ -180,9 +182,17 @@ func clusterFailover(t *testing.T, nodes []*clusterNode) {
 	// voters. This step used to hang: a removed server never receives the
 	// configuration that removes it, so it refused DropReplica; the leader
 	// now sends the removal's index (DropReplicaRequest.removed_at).
-	out = mustScope(t, "", "leave", "-addr", leader.http)
-	if !strings.Contains(out, "draining") || !strings.Contains(out, leader.name+" left the cluster") {
-		t.Errorf("leave output:\n%s", out)
+	if jsonLeave {
+		out = mustScope(t, "", "leave", "-json", "-addr", leader.http)
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if !strings.Contains(lines[0], `"state":"draining"`) || !strings.Contains(lines[len(lines)-1], `{"node":"`+leader.name+`","state":"left"`) {
+			t.Errorf("leave -json output:\n%s", out)
+		}
+	} else {
+		out = mustScope(t, "", "leave", "-addr", leader.http)
+		if !strings.Contains(out, "draining") || !strings.Contains(out, leader.name+" left the cluster") {
+			t.Errorf("leave output:\n%s", out)
+		}
 	}
 	select {
 	case <-leader.proc.done:

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -294,8 +295,22 @@ func runLeave(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "%s: draining %d replicas, then leaving\n", name, hosted)
 		start := time.Now()
+		// With -json every line is an object: the drain's start, each
+		// change of the replicas left, the end.
+		emit := func(state string, replicas int) {
+			_ = json.NewEncoder(stdout).Encode(struct {
+				Node      string `json:"node"`
+				State     string `json:"state"`
+				Replicas  int    `json:"replicas"`
+				ElapsedMs int64  `json:"elapsed_ms"`
+			}{name, state, replicas, time.Since(start).Milliseconds()})
+		}
+		if cf.json {
+			emit("draining", hosted)
+		} else {
+			fmt.Fprintf(stdout, "%s: draining %d replicas, then leaving\n", name, hosted)
+		}
 		done := make(chan error, 1)
 		go func() {
 			_, err := c.cluster.Leave(ctx, connect.NewRequest(&scopev1.LeaveRequest{}))
@@ -310,6 +325,10 @@ func runLeave(args []string, stdout, stderr io.Writer) int {
 				if err != nil {
 					return err
 				}
+				if cf.json {
+					emit("left", 0)
+					return nil
+				}
 				fmt.Fprintf(stdout, "%s left the cluster after %s; its agent stops\n", name, time.Since(start).Round(100*time.Millisecond))
 				return nil
 			case <-tick.C:
@@ -318,6 +337,10 @@ func runLeave(args []string, stdout, stderr io.Writer) int {
 				pcancel()
 				if err == nil && n != last {
 					last = n
+					if cf.json {
+						emit("draining", n)
+						continue
+					}
 					fmt.Fprintf(stdout, "  %d replicas still on %s (%s)\n", n, name, time.Since(start).Round(100*time.Millisecond))
 				}
 			}

@@ -96,21 +96,46 @@ func eventIDs(e *scopev1.Event) string {
 }
 
 // eventTable prints events as the query table.
-type eventTable struct{ tw *tabwriter.Writer }
+// eventTable prints events as a table. Its header is written with the
+// first row, or by flush, so that a call that fails before any answer
+// prints the error alone.
+type eventTable struct {
+	tw     *tabwriter.Writer
+	header bool
+}
 
 func newEventTable(w io.Writer) *eventTable {
-	t := &eventTable{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
-	fmt.Fprintln(t.tw, "TIME\tSHARD\tKIND\tPROCESS\tM:F/A\tDURATION\tOUTCOME\tIDS")
-	return t
+	return &eventTable{tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+}
+
+func (t *eventTable) writeHeader() {
+	if !t.header {
+		t.header = true
+		fmt.Fprintln(t.tw, "TIME\tSHARD\tKIND\tPROCESS\tM:F/A\tDURATION\tOUTCOME\tIDS")
+	}
 }
 
 func (t *eventTable) add(e *scopev1.Event) {
+	t.writeHeader()
 	fmt.Fprintf(t.tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", fmtTime(e.GetTimestampNs()), e.GetShard(),
 		kindName(e.GetKind()), process(e.GetOrigin(), e.GetPid()), mfa(e), fmtDuration(e.GetDurationNs()),
 		eventOutcome(e), eventIDs(e))
 }
 
-func (t *eventTable) flush() error { return t.tw.Flush() }
+// flush writes the table (the header alone when there is no row: an
+// empty answer).
+func (t *eventTable) flush() error {
+	t.writeHeader()
+	return t.tw.Flush()
+}
+
+// flushRows writes the rows added so far, if any (after a failed page).
+func (t *eventTable) flushRows() error {
+	if !t.header {
+		return nil
+	}
+	return t.tw.Flush()
+}
 
 // percentile returns the q-quantile (0..1) of sorted values by the
 // nearest-rank method; 0 for no values.

@@ -166,7 +166,7 @@ func (q *queryFlags) run(stdout, stderr io.Writer) error {
 		resp, err := c.query.Events(ctx, connect.NewRequest(req))
 		if err != nil {
 			if table != nil {
-				_ = table.flush()
+				_ = table.flushRows() // the pages that came before, if any
 			}
 			return err
 		}
