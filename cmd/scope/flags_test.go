@@ -381,7 +381,7 @@ func TestClientCommandUsageErrors(t *testing.T) {
 		{[]string{"state", "-origin", "o", "-pid", "p"}, "-at: required"},
 		{[]string{"flow", "-a", "o/p", "-b", "nopid"}, `-b "nopid": want origin/pid`},
 		{[]string{"trace", "-direction", "up", "X"}, `-direction "up"`},
-		{[]string{"tail", "-from", "1"}, "-from: does not apply to tail"},
+		{[]string{"tail", "-from", "1"}, "flag provided but not defined: -from"},
 		{[]string{"bench", "-procs", "3", "-concurrency", "2"}, "-procs 3"},
 		{[]string{"bench", "-batch", "0"}, "-batch 0"},
 		{[]string{"bench", "-durability", "x"}, `-durability "x"`},

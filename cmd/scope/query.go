@@ -82,6 +82,20 @@ type queryFlags struct {
 }
 
 func (q *queryFlags) register(fs *flag.FlagSet) {
+	q.registerFilters(fs)
+	fs.StringVar(&q.from, "from", "", "from this time, inclusive (RFC 3339 or ns since the epoch)")
+	fs.StringVar(&q.to, "to", "", "up to this time, exclusive (RFC 3339 or ns since the epoch)")
+	fs.BoolVar(&q.desc, "desc", false, "newest first")
+	fs.UintVar(&q.limit, "limit", 100, "events per page (server maximum 10000)")
+	fs.StringVar(&q.cursor, "cursor", "", "resume from a previous page's cursor")
+	fs.BoolVar(&q.all, "all", false, "follow cursors until the last page")
+	fs.BoolVar(&q.partial, "partial", false, "answer without shards that cannot answer (listed on stderr)")
+}
+
+// registerFilters registers the client flags and the event filters, which
+// `scope tail` shares with `scope query` (time range, order and paging do
+// not apply to a live stream).
+func (q *queryFlags) registerFilters(fs *flag.FlagSet) {
 	q.clientFlags.register(fs)
 	fs.StringVar(&q.origin, "origin", "", "only events of this origin (application node)")
 	fs.StringVar(&q.pid, "pid", "", "only events of this pid (needs -origin)")
@@ -89,15 +103,8 @@ func (q *queryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&q.module, "module", "", "only events of this module")
 	fs.StringVar(&q.function, "function", "", "only events of this function (needs -module)")
 	fs.Var(&q.arity, "arity", "only events of this arity (needs -function)")
-	fs.StringVar(&q.from, "from", "", "from this time, inclusive (RFC 3339 or ns since the epoch)")
-	fs.StringVar(&q.to, "to", "", "up to this time, exclusive (RFC 3339 or ns since the epoch)")
 	fs.StringVar(&q.correlation, "correlation", "", "only events with this correlation id")
 	fs.StringVar(&q.root, "root", "", "only events under this root call id")
-	fs.BoolVar(&q.desc, "desc", false, "newest first")
-	fs.UintVar(&q.limit, "limit", 100, "events per page (server maximum 10000)")
-	fs.StringVar(&q.cursor, "cursor", "", "resume from a previous page's cursor")
-	fs.BoolVar(&q.all, "all", false, "follow cursors until the last page")
-	fs.BoolVar(&q.partial, "partial", false, "answer without shards that cannot answer (listed on stderr)")
 }
 
 // request builds the EventsRequest, checking the flags' combinations.

@@ -80,7 +80,8 @@ func runTail(args []string, stdout, stderr io.Writer) int {
 	var q queryFlags
 	var backfill uint
 	fs := newFlagSet("tail", "", stderr)
-	q.register(fs)
+	q.registerFilters(fs)
+	q.limit = 100 // the request's page size, unused by a stream but checked
 	fs.UintVar(&backfill, "backfill", 0, "first print this many of the newest stored matches (max 10000)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
@@ -89,13 +90,6 @@ func runTail(args []string, stdout, stderr io.Writer) int {
 		q.timeout = 0 // a tail runs until interrupted unless told otherwise
 	}
 	err := func() error {
-		// Tail shares the Events filters; time range, order and paging do
-		// not apply to a live stream.
-		for _, name := range []string{"from", "to", "desc", "cursor", "all", "limit", "partial"} {
-			if flagSet(fs, name) {
-				return usageError("-%s: does not apply to tail", name)
-			}
-		}
 		req, err := q.request()
 		if err != nil {
 			return err
