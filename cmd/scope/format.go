@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -95,7 +96,6 @@ func eventIDs(e *scopev1.Event) string {
 	return strings.Join(parts, " ")
 }
 
-// eventTable prints events as the query table.
 // eventTable prints events as a table. Its header is written with the
 // first row, or by flush, so that a call that fails before any answer
 // prints the error alone.
@@ -145,4 +145,60 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 	}
 	rank := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[max(0, min(rank, len(sorted)-1))]
+}
+
+// printEventDetail prints one event as aligned "FIELD value" lines, the
+// fields it has only (scope get).
+func printEventDetail(w io.Writer, e *scopev1.Event) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	line := func(field, value string) {
+		if value != "" {
+			fmt.Fprintf(tw, "%s\t%s\n", field, value)
+		}
+	}
+	orEmpty := func(s string) string {
+		if s == "-" {
+			return ""
+		}
+		return s
+	}
+	line("ID", e.GetEventId())
+	line("KIND", kindName(e.GetKind()))
+	line("PROCESS", process(e.GetOrigin(), e.GetPid()))
+	line("TIME", fmt.Sprintf("%s (%d)", fmtTime(e.GetTimestampNs()), e.GetTimestampNs()))
+	if e.GetSeq() != 0 {
+		line("SEQ", fmt.Sprint(e.GetSeq()))
+	}
+	line("FUNCTION", orEmpty(mfa(e)))
+	line("CALL ID", e.GetCallId())
+	line("CORRELATION", e.GetCorrelationId())
+	line("PARENT", e.GetParentId())
+	line("ROOT", e.GetRootId())
+	line("DURATION", orEmpty(fmtDuration(e.GetDurationNs())))
+	line("OUTCOME", orEmpty(eventOutcome(e)))
+	if e.GetPeerOrigin() != "" || e.GetPeerPid() != "" {
+		line("PEER", process(e.GetPeerOrigin(), e.GetPeerPid()))
+	}
+	if e.GetMessageHash() != 0 {
+		line("MESSAGE HASH", fmt.Sprintf("%#x", e.GetMessageHash()))
+	}
+	payload := e.GetPayload()
+	if e.GetPayloadTruncated() {
+		payload += fmt.Sprintf("  (truncated: %d bytes in all)", e.GetPayloadSize())
+	}
+	line("PAYLOAD", payload)
+	line("REASON", e.GetReason())
+	keys := make([]string, 0, len(e.GetAttributes()))
+	for k := range e.GetAttributes() {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		line("ATTRIBUTE", k+"="+e.GetAttributes()[k])
+	}
+	for _, l := range e.GetLinks() {
+		line("LINK", linkName(l.GetType())+" "+l.GetTargetEventId())
+	}
+	line("SHARD", fmt.Sprint(e.GetShard()))
+	return tw.Flush()
 }

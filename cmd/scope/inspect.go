@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
@@ -65,12 +64,7 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 		if cf.json {
 			return printJSON(stdout, resp.Msg)
 		}
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(resp.Msg.GetEvent())
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		return printEventDetail(stdout, resp.Msg.GetEvent())
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
