@@ -191,17 +191,20 @@ func mergeShards(base *scopev1.ShardsResponse, views map[string]*scopev1.ShardsR
 	slices.Sort(names)
 	for _, b := range base.GetShards() {
 		shard := b.GetShard()
+		// The answer of the highest term knows the newest leader (a node cut
+		// off, or a deposed leader that has not heard of the election, may
+		// still name an old one, even itself); in that term the leader's
+		// own answer, else any node's that lists the group.
 		info := b
-		// Prefer the leader's own answer; else any node's that lists the
-		// group.
-		if s, ok := byNode[b.GetLeader()][shard]; ok && len(s.GetReplicas()) > 0 {
-			info = s
-		} else if len(info.GetReplicas()) == 0 {
-			for _, name := range names {
-				if s := byNode[name][shard]; s != nil && len(s.GetReplicas()) > 0 {
-					info = s
-					break
-				}
+		for _, name := range names {
+			s := byNode[name][shard]
+			if s == nil || len(s.GetReplicas()) == 0 {
+				continue
+			}
+			switch {
+			case len(info.GetReplicas()) == 0, s.GetTerm() > info.GetTerm(),
+				s.GetTerm() == info.GetTerm() && s.GetLeader() == name && info.GetLeader() != name:
+				info = s
 			}
 		}
 		merged := &scopev1.ShardInfo{Shard: shard, Leader: info.GetLeader(), Term: info.GetTerm(), Events: info.GetEvents()}

@@ -52,6 +52,31 @@ func TestMergeShards(t *testing.T) {
 	}
 }
 
+// TestMergeShardsTakesTheHighestTerm: a node cut off (or a deposed leader)
+// that still names an old leader does not make the table show it; the
+// answer of the highest term does.
+func TestMergeShardsTakesTheHighestTerm(t *testing.T) {
+	voter := scopev1.Suffrage_SUFFRAGE_VOTER
+	view := func(leader string, term uint64) *scopev1.ShardsResponse {
+		var reps []*scopev1.Replica
+		for _, n := range []string{"a", "b", "c"} {
+			reps = append(reps, &scopev1.Replica{Node: n, Suffrage: voter})
+		}
+		return &scopev1.ShardsResponse{ShardCount: 1, Shards: []*scopev1.ShardInfo{{Shard: 0, Leader: leader, Term: term, Replicas: reps}}}
+	}
+	views := map[string]*scopev1.ShardsResponse{
+		"a": view("a", 3), // the old leader, cut off: still thinks it leads
+		"b": view("b", 4),
+		"c": view("b", 4),
+	}
+	for _, base := range []string{"a", "b", "c"} {
+		got := mergeShards(views[base], views)
+		if s := got.GetShards()[0]; s.GetLeader() != "b" || s.GetTerm() != 4 {
+			t.Errorf("asked %s first: leader %s term %d, want b in term 4", base, s.GetLeader(), s.GetTerm())
+		}
+	}
+}
+
 func TestDevClusterPlan(t *testing.T) {
 	cfg := devClusterConfig{n: 3, basePort: 7070, dataDir: "d", shards: 16, replicas: 3, logLevel: "info"}
 	nodes := cfg.plan()
