@@ -14,6 +14,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/fftoml"
+
 	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
@@ -141,15 +144,26 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (needs an admin token with -auth-tokens; without, anyone who reaches it can profile the process)")
 	c.tls.register(fs)
+	fs.String("config", "", "TOML file of flag values (name = value; a list for a repeatable flag); "+
+		"the command line wins over SCOPE_* environment variables, which win over the file")
 	usage := fs.Usage
 	fs.Usage = func() {} // called on -h and on errors alike: told apart below
-	err := fs.Parse(args)
+	// Every flag may also come from SCOPE_<NAME> (-gossip-keyring:
+	// SCOPE_GOSSIP_KEYRING) or from -config: secrets need not be on the
+	// command line, where ps shows them.
+	err := ff.Parse(fs, args, ff.WithEnvVarPrefix("SCOPE"), ff.WithConfigFileFlag("config"),
+		ff.WithConfigFileParser(fftoml.Parser))
 	fs.Usage = usage
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		usage()
 		return nil, fs, err
 	case err != nil:
+		// The flag package printed command-line errors; the environment's
+		// and the config file's are ff's.
+		if !strings.HasPrefix(err.Error(), "error parsing commandline arguments") {
+			fmt.Fprintf(stderr, "scope agent: %v\n", err)
+		}
 		flagHint(fs)
 		return nil, fs, err
 	}

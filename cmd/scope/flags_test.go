@@ -567,3 +567,52 @@ func TestTokenCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentConfigSources: every agent flag may come from the command line,
+// a SCOPE_* environment variable or a -config TOML file, in that order of
+// precedence; a bad value or an unknown key in either names it.
+func TestAgentConfigSources(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "agent.toml")
+	writeFile(t, cfgFile, "dev = true\nshards = 8\nname = \"from-file\"\nhttp = \"127.0.0.1:7001\"\npayload-limit = 100\n")
+	t.Setenv("SCOPE_SHARDS", "4")
+	t.Setenv("SCOPE_PAYLOAD_LIMIT", "200")
+	var stderr strings.Builder
+	c, _, err := parseAgentFlags([]string{"-config", cfgFile, "-payload-limit", "300"}, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if !c.dev || c.name != "from-file" || c.httpAddr != "127.0.0.1:7001" {
+		t.Errorf("from the file: dev %v name %q http %q", c.dev, c.name, c.httpAddr)
+	}
+	if c.shards != 4 {
+		t.Errorf("-shards %d: want 4, the environment over the file", c.shards)
+	}
+	if got := c.node.Correlator.Limits.MaxPayloadBytes; got != 300 {
+		t.Errorf("-payload-limit %d: want 300, the command line over both", got)
+	}
+
+	for _, tc := range []struct {
+		name, env, file, want string
+	}{
+		{"bad env value", "SCOPE_SHARDS=many", "", `"SCOPE_SHARDS"`},
+		{"unknown file key", "", "bogus = 1\n", `config file flag "bogus" not defined`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := []string{"-dev"}
+			if tc.env != "" {
+				k, v, _ := strings.Cut(tc.env, "=")
+				t.Setenv(k, v)
+			}
+			if tc.file != "" {
+				f := filepath.Join(t.TempDir(), "bad.toml")
+				writeFile(t, f, tc.file)
+				args = append(args, "-config", f)
+			}
+			var stderr strings.Builder
+			if _, _, err := parseAgentFlags(args, &stderr); err == nil || !strings.Contains(stderr.String(), tc.want) {
+				t.Fatalf("err %v, stderr %q: want an error naming %s", err, stderr.String(), tc.want)
+			}
+		})
+	}
+}
