@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -71,6 +72,47 @@ func TestDocsNameRealMetrics(t *testing.T) {
 	if len(exported) < 20 {
 		t.Fatalf("the agent exports only %d scope_ metrics:\n%s", len(exported), body)
 	}
+	// The Grafana dashboard: every metric its queries name must exist.
+	dashboards, err := filepath.Glob("../../docs/grafana/*.json")
+	if err != nil || len(dashboards) == 0 {
+		t.Fatalf("no dashboard in docs/grafana (%v)", err)
+	}
+	for _, path := range dashboards {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dash struct {
+			Panels []struct {
+				Title   string
+				Targets []struct{ Expr string }
+			}
+		}
+		if err := json.Unmarshal(b, &dash); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		queries := 0
+		for _, p := range dash.Panels {
+			for _, q := range p.Targets {
+				queries++
+				for _, name := range regexp.MustCompile(`scope_[a-zA-Z0-9_]+`).FindAllString(q.Expr, -1) {
+					base := name
+					for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+						if b, ok := strings.CutSuffix(name, suffix); ok && exported[b] {
+							base = b
+						}
+					}
+					if !exported[base] {
+						t.Errorf("%s, panel %q: %s names %s, which a fresh agent does not export", path, p.Title, q.Expr, name)
+					}
+				}
+			}
+		}
+		if queries == 0 {
+			t.Errorf("%s: no query found (the dashboard format changed?)", path)
+		}
+	}
+
 	for file, text := range docFiles(t) {
 		for _, m := range docMetric.FindAllStringSubmatch(text, -1) {
 			name := m[1]
