@@ -292,6 +292,34 @@ func protoText(m proto.Message) string {
 }
 
 // printJSON writes m as one line of proto3 JSON.
+// unaryCall is the shape every one-request command shares: dial the node,
+// make the request with the command's context (SIGINT, -timeout), and
+// print the answer as JSON with -json, else with show.
+func unaryCall[R proto.Message](cf *clientFlags, stdout io.Writer, do func(context.Context, *api) (R, error), show func(R) error) error {
+	c, err := cf.dial()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := cf.context()
+	defer cancel()
+	resp, err := do(ctx, c)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		return printJSON(stdout, resp)
+	}
+	return show(resp)
+}
+
+// msg is a Connect response's message, or the call's error.
+func msg[T any](r *connect.Response[T], err error) (*T, error) {
+	if err != nil {
+		return nil, err
+	}
+	return r.Msg, nil
+}
+
 func printJSON(w io.Writer, m proto.Message) error {
 	b, err := jsonLine.Marshal(m)
 	if err != nil {

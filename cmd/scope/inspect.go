@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -51,20 +52,11 @@ func runGet(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.query.GetEvent(ctx, connect.NewRequest(&scopev1.GetEventRequest{EventId: id, Origin: origin, Pid: pid}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		return printEventDetail(stdout, resp.Msg.GetEvent())
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.GetEventResponse, error) {
+			return msg(c.query.GetEvent(ctx, connect.NewRequest(&scopev1.GetEventRequest{EventId: id, Origin: origin, Pid: pid})))
+		}, func(m *scopev1.GetEventResponse) error {
+			return printEventDetail(stdout, m.GetEvent())
+		})
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
@@ -92,25 +84,16 @@ func runTree(args []string, stdout, stderr io.Writer) int {
 		if maxFrames == 0 || maxFrames > 100000 {
 			return usageError("-max-frames %d: must be in 1..100000", maxFrames)
 		}
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{
-			EventId: id, MaxFrames: uint32(maxFrames), Origin: origin, Pid: pid}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		printFrame(stdout, resp.Msg.GetRoot(), 0)
-		if resp.Msg.GetTruncated() {
-			fmt.Fprintf(stderr, "tree truncated at %d frames (-max-frames)\n", maxFrames)
-		}
-		return nil
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.CallTreeResponse, error) {
+			return msg(c.query.CallTree(ctx, connect.NewRequest(&scopev1.CallTreeRequest{
+				EventId: id, MaxFrames: uint32(maxFrames), Origin: origin, Pid: pid})))
+		}, func(m *scopev1.CallTreeResponse) error {
+			printFrame(stdout, m.GetRoot(), 0)
+			if m.GetTruncated() {
+				fmt.Fprintf(stderr, "tree truncated at %d frames (-max-frames)\n", maxFrames)
+			}
+			return nil
+		})
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
@@ -185,32 +168,21 @@ func runStack(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	err := func() error {
-		c, err := p.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := p.context()
-		defer cancel()
-		resp, err := c.query.CallStackAt(ctx, connect.NewRequest(&scopev1.CallStackAtRequest{
-			Origin: p.origin, Pid: p.pid, AtNs: at}))
-		if err != nil {
-			return err
-		}
-		if p.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		if len(resp.Msg.GetFrames()) == 0 {
+	err := unaryCall(&p.clientFlags, stdout, func(ctx context.Context, c *api) (*scopev1.CallStackAtResponse, error) {
+		return msg(c.query.CallStackAt(ctx, connect.NewRequest(&scopev1.CallStackAtRequest{
+			Origin: p.origin, Pid: p.pid, AtNs: at})))
+	}, func(m *scopev1.CallStackAtResponse) error {
+		if len(m.GetFrames()) == 0 {
 			fmt.Fprintf(stdout, "no open frames on %s at %s\n", process(p.origin, p.pid), fmtTime(at))
 			return nil
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "DEPTH\tSINCE\tM:F/A\tCALL")
-		for i, f := range resp.Msg.GetFrames() {
+		for i, f := range m.GetFrames() {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", i, fmtTime(f.GetCall().GetTimestampNs()), mfa(f.GetCall()), f.GetCall().GetEventId())
 		}
 		return tw.Flush()
-	}()
+	})
 	if err != nil {
 		return reportError(stderr, fs, err)
 	}
@@ -223,22 +195,11 @@ func runState(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return code
 	}
-	err := func() error {
-		c, err := p.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := p.context()
-		defer cancel()
-		resp, err := c.query.StateAt(ctx, connect.NewRequest(&scopev1.StateAtRequest{
-			Origin: p.origin, Pid: p.pid, AtNs: at}))
-		if err != nil {
-			return err
-		}
-		if p.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		e := resp.Msg.GetEvent()
+	err := unaryCall(&p.clientFlags, stdout, func(ctx context.Context, c *api) (*scopev1.StateAtResponse, error) {
+		return msg(c.query.StateAt(ctx, connect.NewRequest(&scopev1.StateAtRequest{
+			Origin: p.origin, Pid: p.pid, AtNs: at})))
+	}, func(m *scopev1.StateAtResponse) error {
+		e := m.GetEvent()
 		if e == nil {
 			fmt.Fprintf(stdout, "no state change on %s at or before %s\n", process(p.origin, p.pid), fmtTime(at))
 			return nil
@@ -246,7 +207,7 @@ func runState(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "state of %s at %s (set %s by %s):\n%s\n", process(p.origin, p.pid), fmtTime(at),
 			fmtTime(e.GetTimestampNs()), e.GetEventId(), e.GetPayload())
 		return nil
-	}()
+	})
 	if err != nil {
 		return reportError(stderr, fs, err)
 	}
@@ -289,48 +250,39 @@ func runFlow(args []string, stdout, stderr io.Writer) int {
 		if limit == 0 || limit > 10000 {
 			return usageError("-limit %d: must be in 1..10000", limit)
 		}
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.query.MessageFlow(ctx, connect.NewRequest(&scopev1.MessageFlowRequest{
-			A: pa, B: pb, FromNs: fromNs, ToNs: toNs, Limit: uint32(limit), AllowPartial: partial}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SENT\tFROM\tTO\tLATENCY\tSEND\tRECEIVE\tPAYLOAD")
-		for _, m := range resp.Msg.GetMessages() {
-			s, r := m.GetSend(), m.GetReceive()
-			at, fromP, toP, sendID, recvID, payload := "-", "?", "?", "-", "-", ""
-			if s != nil {
-				at, fromP, toP, sendID, payload = fmtTime(s.GetTimestampNs()), process(s.GetOrigin(), s.GetPid()),
-					process(s.GetPeerOrigin(), s.GetPeerPid()), s.GetEventId(), s.GetPayload()
-			}
-			if r != nil {
-				toP, recvID = process(r.GetOrigin(), r.GetPid()), r.GetEventId()
-				if s == nil {
-					at, payload = fmtTime(r.GetTimestampNs()), r.GetPayload()
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.MessageFlowResponse, error) {
+			return msg(c.query.MessageFlow(ctx, connect.NewRequest(&scopev1.MessageFlowRequest{
+				A: pa, B: pb, FromNs: fromNs, ToNs: toNs, Limit: uint32(limit), AllowPartial: partial})))
+		}, func(m *scopev1.MessageFlowResponse) error {
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SENT\tFROM\tTO\tLATENCY\tSEND\tRECEIVE\tPAYLOAD")
+			for _, m := range m.GetMessages() {
+				s, r := m.GetSend(), m.GetReceive()
+				at, fromP, toP, sendID, recvID, payload := "-", "?", "?", "-", "-", ""
+				if s != nil {
+					at, fromP, toP, sendID, payload = fmtTime(s.GetTimestampNs()), process(s.GetOrigin(), s.GetPid()),
+						process(s.GetPeerOrigin(), s.GetPeerPid()), s.GetEventId(), s.GetPayload()
 				}
+				if r != nil {
+					toP, recvID = process(r.GetOrigin(), r.GetPid()), r.GetEventId()
+					if s == nil {
+						at, payload = fmtTime(r.GetTimestampNs()), r.GetPayload()
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", at, fromP, toP, fmtDuration(m.GetLatencyNs()),
+					sendID, recvID, clip(payload, 40))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", at, fromP, toP, fmtDuration(m.GetLatencyNs()),
-				sendID, recvID, clip(payload, 40))
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		for _, miss := range resp.Msg.GetMissing() {
-			fmt.Fprintf(stderr, "shard %d missing: %s: %s\n", miss.GetShard(), miss.GetCode(), miss.GetReason())
-		}
-		if resp.Msg.GetTruncated() {
-			fmt.Fprintf(stderr, "flow truncated at %d messages (-limit)\n", limit)
-		}
-		return nil
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, miss := range m.GetMissing() {
+				fmt.Fprintf(stderr, "shard %d missing: %s: %s\n", miss.GetShard(), miss.GetCode(), miss.GetReason())
+			}
+			if m.GetTruncated() {
+				fmt.Fprintf(stderr, "flow truncated at %d messages (-limit)\n", limit)
+			}
+			return nil
+		})
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
@@ -375,40 +327,31 @@ func runTrace(args []string, stdout, stderr io.Writer) int {
 		if !ok || dir == 0 {
 			return usageError("-direction %q: want backward, forward or both", direction)
 		}
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.query.Trace(ctx, connect.NewRequest(&scopev1.TraceRequest{
-			EventId: id, Direction: scopev1.TraceDirection(dir), MaxDepth: uint32(maxDepth),
-			MaxEvents: uint32(maxEvents), AllowPartial: partial, Origin: origin, Pid: pid,
-			ProcessOrder: processOrder}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		t := newEventTable(stdout)
-		for _, e := range resp.Msg.GetNodes() {
-			t.add(e)
-		}
-		if err := t.flush(); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, "\nEDGES")
-		for _, e := range resp.Msg.GetEdges() {
-			fmt.Fprintf(stdout, "%s --%s--> %s\n", e.GetFromEventId(), linkName(e.GetType()), e.GetToEventId())
-		}
-		for _, miss := range resp.Msg.GetMissing() {
-			fmt.Fprintf(stderr, "shard %d missing: %s: %s\n", miss.GetShard(), miss.GetCode(), miss.GetReason())
-		}
-		if resp.Msg.GetTruncated() {
-			fmt.Fprintln(stderr, "trace truncated (-max-depth / -max-events)")
-		}
-		return nil
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.TraceResponse, error) {
+			return msg(c.query.Trace(ctx, connect.NewRequest(&scopev1.TraceRequest{
+				EventId: id, Direction: scopev1.TraceDirection(dir), MaxDepth: uint32(maxDepth),
+				MaxEvents: uint32(maxEvents), AllowPartial: partial, Origin: origin, Pid: pid,
+				ProcessOrder: processOrder})))
+		}, func(m *scopev1.TraceResponse) error {
+			t := newEventTable(stdout)
+			for _, e := range m.GetNodes() {
+				t.add(e)
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, "\nEDGES")
+			for _, e := range m.GetEdges() {
+				fmt.Fprintf(stdout, "%s --%s--> %s\n", e.GetFromEventId(), linkName(e.GetType()), e.GetToEventId())
+			}
+			for _, miss := range m.GetMissing() {
+				fmt.Fprintf(stderr, "shard %d missing: %s: %s\n", miss.GetShard(), miss.GetCode(), miss.GetReason())
+			}
+			if m.GetTruncated() {
+				fmt.Fprintln(stderr, "trace truncated (-max-depth / -max-events)")
+			}
+			return nil
+		})
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
