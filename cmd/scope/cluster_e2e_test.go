@@ -212,6 +212,10 @@ func clusterFailover(t *testing.T, nodes []*clusterNode, jsonLeave bool) {
 			t.Errorf("%s after %s left cannot read the RETURN matched to the CALL: %s", nd.name, leader.name, out)
 		}
 	}
+	// A leadership handed over on request, through either survivor.
+	if out := mustScope(t, "", "transfer-leadership", "-shard", "0", "-addr", survivors[1].http); !strings.Contains(out, "stepped down") {
+		t.Errorf("transfer-leadership: %s", out)
+	}
 	for _, nd := range survivors {
 		if err := nd.proc.signal(t, syscall.SIGTERM); err != nil {
 			t.Errorf("%s exit after SIGTERM: %v", nd.name, err)

@@ -400,25 +400,16 @@ func runTransferLeadership(args []string, stdout, stderr io.Writer) int {
 		if *shard < 0 {
 			return usageError("-shard: required")
 		}
-		c, err := cf.dial()
-		if err != nil {
-			return err
-		}
-		ctx, cancel := cf.context()
-		defer cancel()
-		resp, err := c.cluster.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: uint32(*shard), To: *to}))
-		if err != nil {
-			return err
-		}
-		if cf.json {
-			return printJSON(stdout, resp.Msg)
-		}
-		leader := resp.Msg.GetLeader()
-		if leader == "" {
-			leader = "(electing)"
-		}
-		fmt.Fprintf(stdout, "shard %d: %s stepped down; leader now %s\n", *shard, resp.Msg.GetFrom(), leader)
-		return nil
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.TransferLeadershipResponse, error) {
+			return msg(c.cluster.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: uint32(*shard), To: *to})))
+		}, func(m *scopev1.TransferLeadershipResponse) error {
+			leader := m.GetLeader()
+			if leader == "" {
+				leader = "(electing)"
+			}
+			fmt.Fprintf(stdout, "shard %d: %s stepped down; leader now %s\n", *shard, m.GetFrom(), leader)
+			return nil
+		})
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
