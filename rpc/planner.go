@@ -302,10 +302,12 @@ func readyBefore(streams []*shardStream, bound store.Position, desc bool) int {
 // budget (Config.QueryMemory, counted with correlate.Event.MemSize): each
 // read asks its shard for at most an even share of what is left of it
 // (store.Query.MaxBytes), and no round starts once it is spent; the page
-// is then cut at the frontier like a page cut by MaxMergeRounds. The invariant that makes cursors exact: an event is
-// emitted only if it lies at or before the frontier — the smallest
-// position any shard with more results has been read up to — so no shard
-// can still hold an unread event before an emitted one. The first round
+// is then cut at the frontier like a page cut by MaxMergeRounds.
+//
+// The invariant that makes cursors exact: an event is emitted only if it
+// lies at or before the frontier — the smallest position any shard with
+// more results has been read up to — so no shard can still hold an unread
+// event before an emitted one. The first round
 // asks each shard for its share of the page only (firstRoundLimit); if the
 // frontier then leaves fewer than a page, every shard with more is read on
 // up to the whole page. A shard whose page came back partial (scan limit
