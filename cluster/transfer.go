@@ -8,6 +8,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
+	"github.com/elixirscope/scope/node"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 )
 
@@ -55,7 +56,7 @@ func (c *Cluster) TransferLeadership(ctx context.Context, shard uint32, to strin
 }
 
 // transferLocal transfers the leadership of a replica this node leads.
-func (c *Cluster) transferLocal(r interface{ Raft() *raft.Raft }, to string) (string, error) {
+func (c *Cluster) transferLocal(r *node.Replica, to string) (string, error) {
 	rf := r.Raft()
 	f := rf.GetConfiguration()
 	if err := f.Error(); err != nil {
