@@ -441,11 +441,15 @@ func (c *Cluster) placementMembers() (names []string, byName map[string]Member) 
 func (c *Cluster) member(name string) (Member, bool) { return c.members.Member(name) }
 
 // leaderOf returns the HTTP address and name of shard's leader: the local
-// replica's view first (raft knows best), then gossip.
+// replica's view first (raft knows best), then gossip. Raft's leader is
+// taken whatever gossip thinks of the member, short of having left: raft
+// has heard from it within an election timeout, while membership can call
+// it dead for a minute after a partition heals (raft reconnects at once,
+// gossip only when its rejoin loop merges the member tables again).
 func (c *Cluster) leaderOf(shard uint32) (name, httpAddr string, err error) {
 	if r := c.node.Replica(shard); r != nil {
 		if _, id := r.Leader(); id != "" {
-			if m, ok := c.member(string(id)); ok && m.State == MemberAlive {
+			if m, ok := c.member(string(id)); ok && m.State != MemberLeft && m.Meta.HTTPAddr != "" && !c.foreign(m) {
 				return m.Name, m.Meta.HTTPAddr, nil
 			}
 		}

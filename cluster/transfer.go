@@ -55,8 +55,12 @@ func (c *Cluster) TransferLeadership(ctx context.Context, shard uint32, to strin
 	return name, leader, err
 }
 
-// transferLocal transfers the leadership of a replica this node leads.
+// transferLocal transfers the leadership of a replica this node leads. A
+// transfer to this node itself is done already.
 func (c *Cluster) transferLocal(r *node.Replica, to string) (string, error) {
+	if to == c.cfg.Name {
+		return c.cfg.Name, nil
+	}
 	rf := r.Raft()
 	f := rf.GetConfiguration()
 	if err := f.Error(); err != nil {

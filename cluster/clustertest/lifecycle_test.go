@@ -270,29 +270,37 @@ func TestOrphanedReplicaIsDropped(t *testing.T) {
 func TestTransferLeadershipOnRequest(t *testing.T) {
 	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
 	const shard = 2
-	old := c.ShardLeader(shard)
-	if old == nil {
-		t.Fatal("shard 2 has no leader")
-	}
-	var target, asked *Node
-	for _, n := range c.Nodes {
-		if n != old && (target == nil || len(ledBy(c, n, 4)) < len(ledBy(c, target, 4))) {
-			target = n
-		}
-	}
-	for _, n := range c.Nodes {
-		if n != old && n != target {
-			asked = n
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := asked.Admin.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: shard, To: target.Name}))
-	if err != nil {
-		t.Fatalf("transfer through %s: %v", asked.Name, err)
-	}
-	if resp.Msg.GetFrom() != old.Name {
-		t.Fatalf("from %q, want the old leader %s", resp.Msg.GetFrom(), old.Name)
+	// Leader balancing may move the leadership between the look and the
+	// call: then the call finds the target leading already (from = the
+	// target), and the test picks again.
+	var old, target, asked *Node
+	for attempt := 0; ; attempt++ {
+		old, target, asked = c.ShardLeader(shard), nil, nil
+		if old == nil {
+			t.Fatal("shard 2 has no leader")
+		}
+		for _, n := range c.Nodes {
+			if n != old && (target == nil || len(ledBy(c, n, 4)) < len(ledBy(c, target, 4))) {
+				target = n
+			}
+		}
+		for _, n := range c.Nodes {
+			if n != old && n != target {
+				asked = n
+			}
+		}
+		resp, err := asked.Admin.TransferLeadership(ctx, connect.NewRequest(&scopev1.TransferLeadershipRequest{Shard: shard, To: target.Name}))
+		if err != nil {
+			t.Fatalf("transfer through %s: %v", asked.Name, err)
+		}
+		if resp.Msg.GetFrom() == old.Name {
+			break
+		}
+		if attempt == 5 {
+			t.Fatalf("from %q, want the old leader %s (the leadership kept moving)", resp.Msg.GetFrom(), old.Name)
+		}
 	}
 	if got := counterValue(t, old, "scope_cluster_requested_transfers_total"); got != 1 {
 		t.Fatalf("%s counted %v requested transfers, want 1", old.Name, got)
@@ -308,7 +316,14 @@ func TestTransferLeadershipOnRequest(t *testing.T) {
 		{&scopev1.TransferLeadershipRequest{Shard: shard, To: "nobody"}, connect.CodeInvalidArgument},
 		{&scopev1.TransferLeadershipRequest{Shard: 4}, connect.CodeInvalidArgument},
 	} {
-		if _, err := asked.Admin.TransferLeadership(ctx, connect.NewRequest(tc.req)); connect.CodeOf(err) != tc.want {
+		// Only the leader can tell whether `to` is a voter: while the node
+		// asked does not yet know the new leader, the call is UNAVAILABLE.
+		var err error
+		WaitFor(t, "an answer from the shard's leader", 10*time.Second, func() bool {
+			_, err = asked.Admin.TransferLeadership(ctx, connect.NewRequest(tc.req))
+			return connect.CodeOf(err) != connect.CodeUnavailable
+		})
+		if connect.CodeOf(err) != tc.want {
 			t.Errorf("%v: %v, want %v", tc.req, err, tc.want)
 		}
 	}
