@@ -215,7 +215,7 @@ func (p *Pool) AddShard(shard uint32) error {
 	if len(cur) >= p.cfg.MaxShards {
 		return fmt.Errorf("%w: MaxShards = %d reached, cannot add shard %d", ErrPoolConfig, p.cfg.MaxShards, shard)
 	}
-	w := p.leastLoadedLocked(nil)
+	w := p.leastLoadedLocked(nil, p.incomingLocked())
 	r, err := ring.NewWithNotify[poolItem](p.cfg.RingCapacity, w.wake)
 	if err != nil {
 		return err

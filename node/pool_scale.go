@@ -67,9 +67,9 @@ func (p *Pool) newWriterLocked() *poolWriter {
 }
 
 // leastLoadedLocked is the writer, not retiring and not except, that owns
-// or is about to receive the fewest shards. p.mu held.
-func (p *Pool) leastLoadedLocked(except *poolWriter) *poolWriter {
-	incoming := p.incomingLocked()
+// or is about to receive (incoming, from incomingLocked) the fewest shards.
+// p.mu held.
+func (p *Pool) leastLoadedLocked(except *poolWriter, incoming map[*poolWriter]int) *poolWriter {
 	var best *poolWriter
 	bestLoad := 0
 	for _, w := range p.writers {
@@ -290,9 +290,11 @@ func (p *Pool) shrinkLocked(s scaleSample) {
 	}
 	owned := v.owned()
 	v.retiring.Store(true)
+	incoming := p.incomingLocked() // counted once, kept up to date below
 	for _, sh := range owned {
-		if to := p.leastLoadedLocked(v); to != nil {
+		if to := p.leastLoadedLocked(v, incoming); to != nil {
 			sh.moveTo.Store(to)
+			incoming[to]++
 		}
 	}
 	v.wakeUp()
