@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/node"
@@ -177,6 +178,13 @@ type Cluster struct {
 	restored []restoredReplica
 	// foreignWarned: the cluster id last logged per foreign member.
 	foreignWarned map[string]uint64
+	// protocol is the cluster's protocol version as last computed (0
+	// before any), protocolErr why this node cannot speak it, and
+	// protocolWarned the range last logged per member that cannot
+	// (protocol.go).
+	protocol       uint8
+	protocolErr    error
+	protocolWarned map[string]ProtocolRange
 	// formedAtStart and heldSince decide Meta.Formed (formedNow):
 	// formedAtStart, the data directory held replicas when Start ran and
 	// they were not dropped as an old copy since; heldSince, when this node
@@ -220,7 +228,6 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		node:    n,
 		members: members,
 		logger:  cfg.Logger,
-		peers:   newPeers(client, cfg.RPCTimeout, cfg.TLS),
 		moves:   make(chan struct{}, cfg.MaxConcurrentMoves),
 		stop:    make(chan struct{}),
 		steps:   make(map[uint32]bool),
@@ -228,6 +235,7 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		// cluster of thousands of shards from starting thousands of calls.
 		stepSlots: make(chan struct{}, min(int(cfg.Shards), maxConcurrentSteps)),
 	}
+	c.peers = newPeers(client, cfg.RPCTimeout, cfg.TLS, connect.WithInterceptors(protocolInterceptor{c}))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.metrics = newMetrics(c)
 	if err := n.Metrics().Registry().Register(c.metrics); err != nil {
@@ -310,6 +318,7 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 		case <-tick.C:
 		}
 		c.identityRound()
+		c.protocolRound()
 		if !bootstrapped {
 			done, err := c.bootstrap()
 			if err != nil {
@@ -423,11 +432,15 @@ func (c *Cluster) Members() []Member { return c.members.Members() }
 func (c *Cluster) Join(addrs []string) (int, error) { return c.members.Join(addrs) }
 
 // placementMembers returns the names of live members that take replicas:
-// alive, serving the same shard count, not leaving.
+// alive, serving the same shard count, not leaving, of this cluster and
+// speaking its protocol.
 func (c *Cluster) placementMembers() (names []string, byName map[string]Member) {
 	byName = make(map[string]Member)
-	for _, m := range c.members.Members() {
-		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards || c.foreign(m) {
+	members := c.members.Members()
+	v := clusterProtocol(c.sameCluster(members))
+	for _, m := range members {
+		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards || c.foreign(m) ||
+			!speaksProtocol(m, v) {
 			continue
 		}
 		byName[m.Name] = m

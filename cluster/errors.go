@@ -23,4 +23,7 @@ var (
 	ErrMetaTooLarge     = errors.New("cluster: node metadata too large for gossip")
 	ErrMetaCorrupt      = errors.New("cluster: corrupt node metadata")
 	ErrMetaVersion      = errors.New("cluster: unknown node metadata format")
+	// ErrProtocol: this node, or a request, does not speak the protocol
+	// version the cluster does (protocol.go).
+	ErrProtocol = errors.New("cluster: protocol version mismatch")
 )

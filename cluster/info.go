@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/elixirscope/scope/rpc"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
@@ -29,6 +30,13 @@ func (i info) Keyring(ctx context.Context, op scopev1.KeyringOperation, key []by
 	return i.c.Keyring(ctx, op, key)
 }
 
+func (i info) Protocol() uint32 {
+	v, _ := i.c.Protocol()
+	return uint32(v)
+}
+
+func (i info) ProtocolError() error { return i.c.ProtocolError() }
+
 func (i info) ShardLeader(shard uint32) string {
 	name, _, err := i.c.leaderOf(shard)
 	if err != nil {
@@ -39,14 +47,28 @@ func (i info) ShardLeader(shard uint32) string {
 
 func (i info) Members() []*scopev1.Member {
 	var out []*scopev1.Member
-	for _, m := range i.c.members.Members() {
+	members := i.c.members.Members()
+	v := clusterProtocol(i.c.sameCluster(members))
+	for _, m := range members {
 		pm := &scopev1.Member{
-			Name:       m.Name,
-			HttpAddr:   m.Meta.HTTPAddr,
-			RaftAddr:   m.Meta.RaftAddr,
-			GossipAddr: m.Addr,
-			Version:    m.Meta.Version,
-			ShardsLed:  m.Meta.Led,
+			Name:        m.Name,
+			HttpAddr:    m.Meta.HTTPAddr,
+			RaftAddr:    m.Meta.RaftAddr,
+			GossipAddr:  m.Addr,
+			Version:     m.Meta.Version,
+			ShardsLed:   m.Meta.Led,
+			ProtocolMin: uint32(m.Meta.Protocol.Min),
+			ProtocolMax: uint32(m.Meta.Protocol.Max),
+		}
+		if m.State == MemberAlive {
+			switch {
+			case m.MetaErr != nil:
+				pm.Excluded = "metadata unreadable: " + m.MetaErr.Error()
+			case i.c.foreign(m):
+				pm.Excluded = "member of another cluster"
+			case !speaksProtocol(m, v):
+				pm.Excluded = fmt.Sprintf("reads protocol %s, the cluster speaks %d", m.Meta.Protocol, v)
+			}
 		}
 		switch {
 		case m.State == MemberAlive:

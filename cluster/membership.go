@@ -52,6 +52,9 @@ type Member struct {
 	// MetaErr is set when the member's metadata could not be decoded (a
 	// newer format, corruption); Meta is then zero.
 	MetaErr error
+	// readsMeta is the newest metadata format the member reads: memberlist's
+	// delegate protocol maximum, 0 from a node that predates format 2.
+	readsMeta uint8
 }
 
 // MembershipStats counts what membership did and refused.
@@ -121,6 +124,9 @@ func NewMembership(cfg MembershipConfig, meta Meta) (*Membership, error) {
 	}
 	meta.Name = cfg.Name
 	meta.ReadsIdentity = true
+	if meta.Protocol == (ProtocolRange{}) {
+		meta.Protocol = BuildProtocol
+	}
 	mb, err := meta.Encode(memberlist.MetaMaxSize)
 	if err != nil {
 		return nil, err
@@ -323,17 +329,23 @@ func (m *Membership) UpdateMeta(update func(*Meta)) error {
 	return nil
 }
 
-// encodeLocked encodes meta for gossip, with its identity section only
-// while every other live member reads one (Meta.ReadsIdentity): a node
-// older than the section cannot decode metadata that carries it.
+// encodeLocked encodes meta for gossip in the newest format every other
+// live member reads: format 2 once all do, else format 1 (which carries no
+// protocol range: it says 1-1, so a node whose range lacks 1 sends format
+// 2 anyway and older nodes refuse it, as they must), with its identity
+// section only while every live member reads one (Meta.ReadsIdentity).
 func (m *Membership) encodeLocked(meta Meta) ([]byte, error) {
-	meta.omitIdentity = !m.allReadIdentityLocked()
+	meta.legacy = !m.allReadLocked(func(mem *Member) bool { return mem.readsMeta >= metaFormatV2 }) &&
+		(meta.Protocol == (ProtocolRange{}) || meta.Protocol.Contains(1))
+	meta.omitIdentity = !m.allReadLocked(func(mem *Member) bool { return mem.Meta.ReadsIdentity })
 	return meta.Encode(memberlist.MetaMaxSize)
 }
 
-func (m *Membership) allReadIdentityLocked() bool {
+// allReadLocked reports whether reads holds for every other live member
+// whose metadata decodes.
+func (m *Membership) allReadLocked(reads func(*Member) bool) bool {
 	for name, mem := range m.members {
-		if name != m.cfg.Name && mem.State == MemberAlive && mem.MetaErr == nil && !mem.Meta.ReadsIdentity {
+		if name != m.cfg.Name && mem.State == MemberAlive && mem.MetaErr == nil && !reads(mem) {
 			return false
 		}
 	}

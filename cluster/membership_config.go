@@ -195,6 +195,12 @@ func (c MembershipConfig) memberlistConfig() (*memberlist.Config, error) {
 		mc = memberlist.DefaultLANConfig()
 	}
 	mc.Name = c.Name
+	// The delegate protocol maximum says which gossip metadata formats this
+	// node reads (Membership.encodeLocked). Minimum and current stay 0, as
+	// every Scope node has them: memberlist refuses a push-pull when a
+	// node's current version is outside every node's [min, max], a check
+	// Scope leaves to its own protocol versions (protocol.go).
+	mc.DelegateProtocolMin, mc.DelegateProtocolVersion, mc.DelegateProtocolMax = 0, 0, metaFormatRead
 	mc.DeadNodeReclaimTime = c.DeadNodeReclaimTime
 	host, port, _ := splitIPPort("BindAddr", c.BindAddr)
 	mc.BindAddr, mc.BindPort = host, port

@@ -141,12 +141,13 @@ func (m *Membership) observe(n *memberlist.Node, gone bool, counter *atomic.Uint
 	if mem.State != state {
 		mem.Since = time.Now()
 	}
-	mem.State, mem.Addr = state, n.Address()
+	mem.State, mem.Addr, mem.readsMeta = state, n.Address(), n.DMax
 	if err == nil || !gone {
 		mem.Meta, mem.MetaErr = meta, err
 	}
-	// A member that cannot read identity sections arrived, or the last
-	// one went: re-encode this node's metadata (publishLoop sends it).
+	// A member that cannot read metadata format 2 or identity sections
+	// arrived, or the last one went: re-encode this node's metadata
+	// (publishLoop sends it).
 	if n.Name != m.cfg.Name && m.metaBytes != nil {
 		if b, err := m.encodeLocked(m.meta); err == nil && !bytes.Equal(b, m.metaBytes) {
 			m.metaBytes = b

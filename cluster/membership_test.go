@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // testMembershipConfig is a loopback member with short timings: memberlist's
@@ -86,7 +88,7 @@ func formClusterWith(t *testing.T, n int, adjust func(*MembershipConfig)) []*Mem
 		}
 	}
 	for _, m := range ms {
-		waitFor(t, m.Name()+" sees everyone alive", 10*time.Second, func() bool { return len(m.LiveNames()) == n })
+		testwait.For(t, m.Name()+" sees everyone alive", 10*time.Second, func() bool { return len(m.LiveNames()) == n })
 	}
 	return ms
 }
@@ -121,7 +123,7 @@ func TestMembershipFormsAndGossipsMeta(t *testing.T) {
 		t.Fatalf("local Meta = %+v after update", got)
 	}
 	for _, m := range ms {
-		waitFor(t, m.Name()+" sees m2's new metadata", 10*time.Second, func() bool {
+		testwait.For(t, m.Name()+" sees m2's new metadata", 10*time.Second, func() bool {
 			mem, _ := memberView(m, "m2")
 			return mem.Meta.Ready && slices.Equal(mem.Meta.Led, []uint32{1, 3})
 		})
@@ -154,13 +156,13 @@ func TestMembershipDetectsDeathAndDeparture(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range ms[:2] {
-		waitFor(t, m.Name()+" sees m3 dead", 20*time.Second, seesState(m, "m3", MemberDead))
+		testwait.For(t, m.Name()+" sees m3 dead", 20*time.Second, seesState(m, "m3", MemberDead))
 	}
 	// m2 leaves gracefully: m1 lists it as left, not dead.
 	if err := ms[1].Leave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "m1 sees m2 left", 10*time.Second, seesState(ms[0], "m2", MemberLeft))
+	testwait.For(t, "m1 sees m2 left", 10*time.Second, seesState(ms[0], "m2", MemberLeft))
 	if got := ms[0].LiveNames(); !slices.Equal(got, []string{"m1"}) {
 		t.Fatalf("LiveNames = %q, want only m1", got)
 	}
@@ -183,14 +185,14 @@ func TestMembershipGroupsMergeViaSeeds(t *testing.T) {
 	if _, err := b2.Join([]string{b1.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "two groups of two", 10*time.Second, func() bool {
+	testwait.For(t, "two groups of two", 10*time.Second, func() bool {
 		return len(a1.LiveNames()) == 2 && len(b1.LiveNames()) == 2
 	})
 	if n, err := b2.Join([]string{a2.Addr(), "127.0.0.1:1"}); err != nil || n != 1 {
 		t.Fatalf("Join reached %d, err %v; want 1 reached, no error", n, err)
 	}
 	for _, m := range []*Membership{a1, a2, b1, b2} {
-		waitFor(t, m.Name()+" sees all four", 15*time.Second, func() bool {
+		testwait.For(t, m.Name()+" sees all four", 15*time.Second, func() bool {
 			return slices.Equal(m.LiveNames(), []string{"a1", "a2", "b1", "b2"})
 		})
 	}
@@ -228,17 +230,17 @@ func TestMembershipRejoinsAfterRestart(t *testing.T) {
 	}
 	// Both survivors must have declared m3 dead: one that still thinks it
 	// alive keeps probing its address and finds the restarted m3.
-	waitFor(t, "m1 sees m3 dead", 20*time.Second, seesState(ms[0], "m3", MemberDead))
-	waitFor(t, "m2 sees m3 dead", 20*time.Second, seesState(ms[1], "m3", MemberDead))
+	testwait.For(t, "m1 sees m3 dead", 20*time.Second, seesState(ms[0], "m3", MemberDead))
+	testwait.For(t, "m2 sees m3 dead", 20*time.Second, seesState(ms[1], "m3", MemberDead))
 	failedBefore := ms[0].Stats().RejoinFailures
-	waitFor(t, "two failed rejoin attempts by m1 while m3 is down", 20*time.Second, func() bool {
+	testwait.For(t, "two failed rejoin attempts by m1 while m3 is down", 20*time.Second, func() bool {
 		return ms[0].Stats().RejoinFailures >= failedBefore+2
 	})
 	cfg := testMembershipConfig("m3")
 	cfg.BindAddr = addr3
 	victim := startMember(t, cfg)
 	for _, m := range []*Membership{ms[0], ms[1], victim} {
-		waitFor(t, m.Name()+" sees m3 rejoined", 20*time.Second, func() bool { return len(m.LiveNames()) == 3 })
+		testwait.For(t, m.Name()+" sees m3 rejoined", 20*time.Second, func() bool { return len(m.LiveNames()) == 3 })
 	}
 
 	// m2 dies and restarts on a new port with m1 as its seed, without
@@ -246,12 +248,12 @@ func TestMembershipRejoinsAfterRestart(t *testing.T) {
 	if err := ms[1].Shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "m1 sees m2 dead", 20*time.Second, seesState(ms[0], "m2", MemberDead))
+	testwait.For(t, "m1 sees m2 dead", 20*time.Second, seesState(ms[0], "m2", MemberDead))
 	cfg = testMembershipConfig("m2")
 	cfg.Seeds = []string{ms[0].Addr()}
 	m2 := startMember(t, cfg)
-	waitFor(t, "restarted m2 sees everyone", 20*time.Second, func() bool { return len(m2.LiveNames()) == 3 })
-	waitFor(t, "m1 sees m2 alive at its new address", 20*time.Second, func() bool {
+	testwait.For(t, "restarted m2 sees everyone", 20*time.Second, func() bool { return len(m2.LiveNames()) == 3 })
+	testwait.For(t, "m1 sees m2 alive at its new address", 20*time.Second, func() bool {
 		mem, _ := memberView(ms[0], "m2")
 		return mem.State == MemberAlive && mem.Addr == m2.Addr()
 	})
@@ -268,7 +270,7 @@ func TestMembershipEncryption(t *testing.T) {
 	if _, err := b.Join([]string{a.Addr()}); err != nil {
 		t.Fatalf("same key: %v", err)
 	}
-	waitFor(t, "a and b together", 10*time.Second, func() bool { return len(a.LiveNames()) == 2 })
+	testwait.For(t, "a and b together", 10*time.Second, func() bool { return len(a.LiveNames()) == 2 })
 
 	// A rotating node (new primary k2, still accepting k1) is understood
 	// only once the cluster knows k2 too; here it does not.
@@ -282,7 +284,7 @@ func TestMembershipEncryption(t *testing.T) {
 	if _, err := c.Join([]string{a.Addr()}); err != nil {
 		t.Fatalf("keyring with the cluster's primary key: %v", err)
 	}
-	waitFor(t, "a sees c", 10*time.Second, func() bool { return len(a.LiveNames()) == 3 })
+	testwait.For(t, "a sees c", 10*time.Second, func() bool { return len(a.LiveNames()) == 3 })
 	if got := a.LiveNames(); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("a sees %q: an outsider got in", got)
 	}
@@ -309,7 +311,7 @@ func TestMembershipSubscribers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "updates coalesced", 10*time.Second, func() bool { return m.Stats().Coalesced > 0 })
+	testwait.For(t, "updates coalesced", 10*time.Second, func() bool { return m.Stats().Coalesced > 0 })
 	if len(ch1) != 1 {
 		t.Fatalf("subscriber buffer holds %d signals, want 1", len(ch1))
 	}
@@ -493,7 +495,7 @@ func TestMembershipKeyRotation(t *testing.T) {
 	if _, err := b.Join([]string{a.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a and b together", 10*time.Second, func() bool { return len(a.LiveNames()) == 2 && len(b.LiveNames()) == 2 })
+	testwait.For(t, "a and b together", 10*time.Second, func() bool { return len(a.LiveNames()) == 2 && len(b.LiveNames()) == 2 })
 	for _, step := range [][][]byte{{oldKey, newKey}, {newKey, oldKey}, {newKey}} {
 		for _, m := range []*Membership{a, b} {
 			if err := m.SetGossipKeys(step); err != nil {
@@ -508,7 +510,7 @@ func TestMembershipKeyRotation(t *testing.T) {
 	if _, err := c.Join([]string{a.Addr()}); err != nil {
 		t.Fatalf("a node with the new key: %v", err)
 	}
-	waitFor(t, "b sees c (gossip under the new key)", 10*time.Second, func() bool { return len(b.LiveNames()) == 3 })
+	testwait.For(t, "b sees c (gossip under the new key)", 10*time.Second, func() bool { return len(b.LiveNames()) == 3 })
 	if got := b.LiveNames(); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Fatalf("b sees %q", got)
 	}

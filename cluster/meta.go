@@ -16,6 +16,10 @@ type Meta struct {
 	HTTPAddr string // public Connect/HTTP address
 	RaftAddr string // internal TCP mux address (raft and internal RPC)
 	Version  string // software version
+	// Protocol is the range of protocol versions the node reads and writes
+	// (protocol.go). Decoded from a node older than protocol versions, it
+	// is 1-1, what such a node speaks; zero encodes no protocol section.
+	Protocol ProtocolRange
 	Shards   uint32 // the cluster's shard count S, as this node knows it
 	// Led lists the shards this node currently leads, ascending, each
 	// below Shards. Decoded values are ascending and unique.
@@ -53,6 +57,9 @@ type Meta struct {
 	ReadsIdentity bool
 	// omitIdentity leaves the identity section out of the encoding.
 	omitIdentity bool
+	// legacy encodes format version 1 (no protocol), for members that
+	// read no other (Membership.encodeLocked).
+	legacy bool
 }
 
 // StaleRun names a member started from an old copy of its data directory:
@@ -65,10 +72,10 @@ type StaleRun struct {
 // MaxStaleRuns bounds Meta.Stale.
 const MaxStaleRuns = 4
 
-// Gossip metadata wire format, version 1 (all integers unsigned varints
-// unless stated):
+// Gossip metadata wire format, versions 1 and 2 (all integers unsigned
+// varints unless stated):
 //
-//	byte    format version (1)
+//	byte    format version (1 or 2)
 //	byte    flags: bit 0 Ready, bit 3 Led partial, bit 4 Leaving, bit 5
 //	        Formed, bit 6 HoldsReplicas, bits 1-2
 //	        the Led form (0 list, 1 bitmap, 2 ranges); readers ignore
@@ -82,15 +89,23 @@ const MaxStaleRuns = 4
 //	          ceil(S/8) bytes whatever the set
 //	  ranges: count, then per run of consecutive shards (gap from the end
 //	          of the previous run, length-1): tiny for "all shards" (-dev)
-//	identity section, optional (D27), present only with flag bit 7:
+//	version 1: the identity section, optional (D27), present only with
+//	flag bit 7:
 //	  NodeID, ClusterID: 8 bytes each, big-endian; Epoch; Run: 8 bytes;
 //	  stale count (at most MaxStaleRuns), then per entry NodeID (8
 //	  bytes) and Epoch
+//	version 2: sections to the end, each a tag, a byte length and the
+//	body; readers skip tags they do not know, so a field can be added
+//	without a new format version:
+//	  tag 1, identity: the version 1 identity section
+//	  tag 2, protocol: Min, Max
 //
-// Flag bit 7 says the sender reads identity sections. Readers older than
-// the section reject it as trailing bytes, so a node appends its own only
-// while every live member sets bit 7 (Membership.encodeLocked); the Led
-// gets the room the section leaves.
+// Flag bit 7 says the sender reads identity sections. Readers of version 1
+// older than the section reject it as trailing bytes, so a node appends its
+// own only while every live member sets bit 7 (Membership.encodeLocked);
+// the Led gets the room the sections leave. Version 1 readers reject
+// version 2, so a node sends version 2 only while every live member reads
+// it (memberlist's delegate protocol maximum, see metaFormatRead).
 //
 // If no form fits the limit (memberlist allows 512 bytes, and a balanced
 // node of a 4096-shard cluster leads ~1/N of 4096 scattered shards: the
@@ -103,6 +118,13 @@ const MaxMetaShards = 1 << 20
 
 const (
 	metaFormatV1 = 1
+	metaFormatV2 = 2
+
+	// metaFormatRead is the newest format this build reads.
+	metaFormatRead = metaFormatV2
+
+	metaSectionIdentity = 1
+	metaSectionProtocol = 2
 
 	metaFlagReady   = 1 << 0
 	metaFormShift   = 1
@@ -154,11 +176,26 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	if len(m.Stale) > MaxStaleRuns {
 		return nil, fmt.Errorf("%w: %d Stale entries: at most %d", ErrMetaInvalid, len(m.Stale), MaxStaleRuns)
 	}
-	var ident []byte
-	if m.NodeID != 0 && !m.omitIdentity {
-		ident = m.appendIdentity(nil)
+	if m.Protocol != (ProtocolRange{}) && !m.Protocol.Valid() {
+		return nil, fmt.Errorf("%w: Protocol %d-%d: want 1 <= Min <= Max", ErrMetaInvalid, m.Protocol.Min, m.Protocol.Max)
 	}
-	buf := []byte{metaFormatV1, 0}
+	format := byte(metaFormatV2)
+	var ident []byte // what follows the Led
+	switch {
+	case m.legacy:
+		format = metaFormatV1
+		if m.NodeID != 0 && !m.omitIdentity {
+			ident = m.appendIdentity(nil)
+		}
+	default:
+		if m.NodeID != 0 {
+			ident = appendSection(ident, metaSectionIdentity, m.appendIdentity(nil))
+		}
+		if m.Protocol != (ProtocolRange{}) {
+			ident = appendSection(ident, metaSectionProtocol, []byte{m.Protocol.Min, m.Protocol.Max})
+		}
+	}
+	buf := []byte{format, 0}
 	for _, s := range []string{m.Name, m.HTTPAddr, m.RaftAddr, m.Version} {
 		buf = binary.AppendUvarint(buf, uint64(len(s)))
 		buf = append(buf, s...)
@@ -166,7 +203,7 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 	buf = binary.AppendUvarint(buf, uint64(m.Shards))
 	// The +1 keeps room for the shortest Led (an empty list or bitmap).
 	if len(buf)+1+len(ident) > limit {
-		return nil, fmt.Errorf("%w: name, addresses, version and identity take %d bytes: the limit is %d",
+		return nil, fmt.Errorf("%w: name, addresses, version, identity and protocol take %d bytes: the limit is %d",
 			ErrMetaTooLarge, len(buf)+1+len(ident), limit)
 	}
 
@@ -204,6 +241,12 @@ func (m Meta) appendIdentity(b []byte) []byte {
 		b = binary.AppendUvarint(b, s.Epoch)
 	}
 	return b
+}
+
+func appendSection(b []byte, tag byte, body []byte) []byte {
+	b = append(b, tag)
+	b = binary.AppendUvarint(b, uint64(len(body)))
+	return append(b, body...)
 }
 
 func encodeLedList(led []uint32) []byte {
@@ -307,8 +350,9 @@ func DecodeMeta(b []byte) (Meta, error) {
 	if len(b) < 2 {
 		return m, fmt.Errorf("%w: %d bytes, want at least 2", ErrMetaCorrupt, len(b))
 	}
-	if b[0] != metaFormatV1 {
-		return m, fmt.Errorf("%w: format version %d, this node reads %d", ErrMetaVersion, b[0], metaFormatV1)
+	format := b[0]
+	if format != metaFormatV1 && format != metaFormatV2 {
+		return m, fmt.Errorf("%w: format version %d, this node reads %d and %d", ErrMetaVersion, format, metaFormatV1, metaFormatV2)
 	}
 	flags := b[1]
 	d.b = b[2:]
@@ -370,18 +414,14 @@ func DecodeMeta(b []byte) (Meta, error) {
 	default:
 		d.fail(fmt.Sprintf("unknown Led form %d", form))
 	}
-	if d.err == nil && len(d.b) != 0 && m.ReadsIdentity {
-		m.NodeID, m.ClusterID, m.Epoch, m.Run = d.u64(), d.u64(), d.uvarint(), d.u64()
-		if m.NodeID == 0 {
-			d.fail("identity section with node id 0")
+	m.Protocol = legacyProtocol
+	switch {
+	case format == metaFormatV1:
+		if d.err == nil && len(d.b) != 0 && m.ReadsIdentity {
+			d.identity(&m)
 		}
-		n := d.count()
-		if n > MaxStaleRuns {
-			d.fail(fmt.Sprintf("%d stale entries, at most %d", n, MaxStaleRuns))
-		}
-		for i := 0; i < n && d.err == nil; i++ {
-			m.Stale = append(m.Stale, StaleRun{NodeID: d.u64(), Epoch: d.uvarint()})
-		}
+	default:
+		d.sections(&m)
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.fail(fmt.Sprintf("%d trailing bytes", len(d.b)))
@@ -393,6 +433,59 @@ func DecodeMeta(b []byte) (Meta, error) {
 		return Meta{}, d.err
 	}
 	return m, nil
+}
+
+// identity reads an identity section into m.
+func (d *metaDecoder) identity(m *Meta) {
+	m.NodeID, m.ClusterID, m.Epoch, m.Run = d.u64(), d.u64(), d.uvarint(), d.u64()
+	if d.err == nil && m.NodeID == 0 {
+		d.fail("identity section with node id 0")
+	}
+	n := d.count()
+	if n > MaxStaleRuns {
+		d.fail(fmt.Sprintf("%d stale entries, at most %d", n, MaxStaleRuns))
+	}
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Stale = append(m.Stale, StaleRun{NodeID: d.u64(), Epoch: d.uvarint()})
+	}
+}
+
+// sections reads format 2's sections to the end, skipping unknown tags.
+// Each known section must be whole and appear once.
+func (d *metaDecoder) sections(m *Meta) {
+	var seen [256]bool
+	for d.err == nil && len(d.b) > 0 {
+		tag := d.take(1)[0]
+		body := metaDecoder{b: d.take(d.count())}
+		if d.err != nil {
+			return
+		}
+		if seen[tag] {
+			d.fail(fmt.Sprintf("section %d twice", tag))
+			return
+		}
+		seen[tag] = true
+		switch tag {
+		case metaSectionIdentity:
+			body.identity(m)
+		case metaSectionProtocol:
+			b := body.take(2)
+			if b != nil {
+				m.Protocol = ProtocolRange{Min: b[0], Max: b[1]}
+				if !m.Protocol.Valid() {
+					body.fail(fmt.Sprintf("protocol %d-%d: want 1 <= Min <= Max", b[0], b[1]))
+				}
+			}
+		default:
+			continue // a section from a newer node
+		}
+		if body.err == nil && len(body.b) != 0 {
+			body.fail(fmt.Sprintf("%d trailing bytes in section %d", len(body.b), tag))
+		}
+		if body.err != nil {
+			d.err = body.err
+		}
+	}
 }
 
 // metaDecoder reads varints and strings, remembering the first error so

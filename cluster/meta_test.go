@@ -99,13 +99,22 @@ func metaEqualIgnoringLed(a, b Meta) bool {
 		a.Version == b.Version && a.Shards == b.Shards && a.Ready == b.Ready && a.Leaving == b.Leaving &&
 		a.Formed == b.Formed && a.HoldsReplicas == b.HoldsReplicas &&
 		a.NodeID == b.NodeID && a.ClusterID == b.ClusterID && a.Epoch == b.Epoch && a.Run == b.Run &&
-		slices.Equal(a.Stale, b.Stale) && a.ReadsIdentity == b.ReadsIdentity
+		slices.Equal(a.Stale, b.Stale) && a.ReadsIdentity == b.ReadsIdentity && protocolOf(a) == protocolOf(b)
+}
+
+// protocolOf is m's protocol range as a decoder sees it: none sent is 1-1.
+func protocolOf(m Meta) ProtocolRange {
+	if m.Protocol == (ProtocolRange{}) {
+		return legacyProtocol
+	}
+	return m.Protocol
 }
 
 // TestMetaWireFormatPinned pins the encoding: nodes of different versions
 // read each other's metadata, so a change must be a new format version.
 func TestMetaWireFormatPinned(t *testing.T) {
-	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true}
+	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true,
+		Protocol: ProtocolRange{1, 3}, legacy: true}
 	b, err := m.Encode(memberlist.MetaMaxSize)
 	if err != nil {
 		t.Fatal(err)
@@ -116,11 +125,37 @@ func TestMetaWireFormatPinned(t *testing.T) {
 	}
 }
 
+// TestMetaV2WireFormatPinned pins format 2: the fields of format 1, then
+// the identity section (tag 1) and the protocol section (tag 2).
+func TestMetaV2WireFormatPinned(t *testing.T) {
+	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true,
+		Protocol: ProtocolRange{1, 3}, NodeID: 0x0102030405060708, ClusterID: 0xa0a1a2a3a4a5a6a7, Epoch: 300, Run: 0xff,
+		ReadsIdentity: true}
+	b, err := m.Encode(memberlist.MetaMaxSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = "0281" + "026e31" + "03683a31" + "03723a32" + "027631" + "10" + "020207" +
+		"01" + "1b" + "0102030405060708" + "a0a1a2a3a4a5a6a7" + "ac02" + "00000000000000ff" + "00" +
+		"02" + "02" + "0103"
+	if got := hex.EncodeToString(b); got != want {
+		t.Fatalf("encoding %s, want %s", got, want)
+	}
+	// A section this node does not know is skipped: a newer node may add one.
+	withUnknown := append(slices.Clone(b), 0x07, 0x03, 0xaa, 0xbb, 0xcc)
+	got, err := DecodeMeta(withUnknown)
+	if err != nil {
+		t.Fatalf("with an unknown section: %v", err)
+	}
+	checkDecoded(t, m, got)
+}
+
 // TestMetaIdentityWireFormatPinned pins the identity section (D27): the
 // fields of TestMetaWireFormatPinned, flag bit 7, then the section.
 func TestMetaIdentityWireFormatPinned(t *testing.T) {
 	m := Meta{Name: "n1", HTTPAddr: "h:1", RaftAddr: "r:2", Version: "v1", Shards: 16, Led: []uint32{9, 2}, Ready: true,
-		NodeID: 0x0102030405060708, ClusterID: 0xa0a1a2a3a4a5a6a7, Epoch: 300, Run: 0xff, Stale: []StaleRun{{NodeID: 5, Epoch: 7}}}
+		NodeID: 0x0102030405060708, ClusterID: 0xa0a1a2a3a4a5a6a7, Epoch: 300, Run: 0xff, Stale: []StaleRun{{NodeID: 5, Epoch: 7}},
+		legacy: true}
 	b, err := m.Encode(memberlist.MetaMaxSize)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +253,15 @@ func TestDecodeMetaRejectsCorruption(t *testing.T) {
 		want error
 	}{
 		{"empty", nil, ErrMetaCorrupt},
-		{"future-version", append([]byte{2}, good[1:]...), ErrMetaVersion},
+		{"future-version", append([]byte{3}, good[1:]...), ErrMetaVersion},
+		// format 2 sections: cut short, twice, a protocol range that is
+		// empty or starts at 0, a known section with bytes left over.
+		{"section-truncated", append(slices.Clone(good), metaSectionProtocol, 2, 1), ErrMetaCorrupt},
+		{"section-twice", append(slices.Clone(good), metaSectionProtocol, 2, 1, 1, metaSectionProtocol, 2, 1, 1), ErrMetaCorrupt},
+		{"protocol-empty", append(slices.Clone(good), metaSectionProtocol, 2, 2, 1), ErrMetaCorrupt},
+		{"protocol-zero", append(slices.Clone(good), metaSectionProtocol, 2, 0, 1), ErrMetaCorrupt},
+		{"protocol-long", append(slices.Clone(good), metaSectionProtocol, 3, 1, 1, 0), ErrMetaCorrupt},
+		{"section-huge", append(slices.Clone(good), 9, 0xff, 0xff, 0x03), ErrMetaCorrupt},
 		{"truncated", good[:len(good)-1], ErrMetaCorrupt},
 		{"trailing", append(slices.Clone(good), 0), ErrMetaCorrupt},
 		{"unknown-form", append([]byte{1, 3 << metaFormShift}, good[2:]...), ErrMetaCorrupt},
@@ -277,7 +320,14 @@ func TestMetaRoundTripProperty(t *testing.T) {
 				m.Stale = append(m.Stale, StaleRun{NodeID: rapid.Uint64().Draw(t, "stale id"), Epoch: rapid.Uint64().Draw(t, "stale epoch")})
 			}
 			m.ReadsIdentity = true
-			m.omitIdentity = rapid.Bool().Draw(t, "omit")
+		}
+		// Format 1 (a member reads no other; identity left out if a
+		// member cannot read it) or 2, with or without a protocol range.
+		m.legacy = rapid.Bool().Draw(t, "format 1")
+		m.omitIdentity = m.legacy && rapid.Bool().Draw(t, "omit")
+		if rapid.Bool().Draw(t, "protocol") {
+			lo := rapid.Uint8Min(1).Draw(t, "protocol min")
+			m.Protocol = ProtocolRange{lo, rapid.Uint8Min(lo).Draw(t, "protocol max")}
 		}
 		b, err := m.Encode(memberlist.MetaMaxSize)
 		if err != nil {
@@ -293,12 +343,16 @@ func TestMetaRoundTripProperty(t *testing.T) {
 		if m.omitIdentity {
 			m.NodeID, m.ClusterID, m.Epoch, m.Run, m.Stale = 0, 0, 0, 0, nil
 		}
+		if m.legacy {
+			m.Protocol = ProtocolRange{} // format 1 carries none: 1-1
+		}
 		checkDecoded(t, m, got)
 	})
 }
 
 func FuzzDecodeMeta(f *testing.F) {
-	for _, m := range []Meta{{}, {Name: "a", Shards: 4096, Led: span(0, 4096)}, {Shards: 300, Led: everyThird(300)}} {
+	for _, m := range []Meta{{}, {Name: "a", Shards: 4096, Led: span(0, 4096)}, {Shards: 300, Led: everyThird(300)},
+		{Shards: 4, Protocol: ProtocolRange{1, 2}, NodeID: 3}, {Shards: 4, legacy: true, NodeID: 3}} {
 		b, err := m.Encode(memberlist.MetaMaxSize)
 		if err != nil {
 			f.Fatal(err)

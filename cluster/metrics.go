@@ -17,9 +17,10 @@ type metrics struct {
 	rounds, stepsDeferred                          prometheus.Counter
 	epochEvictions, staleRuns, resyncs             prometheus.Counter
 	staleRunsUnsent                                prometheus.Gauge
-	dropsRefused, transfers                        prometheus.Counter
+	dropsRefused, transfers, protocolRefused       prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight, peerCallsRefused, foreignMembers *prometheus.Desc
+	protocol, protocolMismatched                                                  *prometheus.Desc
 }
 
 func newMetrics(c *Cluster) *metrics {
@@ -43,6 +44,8 @@ func newMetrics(c *Cluster) *metrics {
 		transfers:         counter("scope_cluster_requested_transfers_total", "Leaderships of shards led here handed over on request (ClusterService.TransferLeadership)."),
 		dropsRefused:      counter("scope_cluster_drops_refused_total", "DropReplica calls refused here because the shard's leader did not confirm that its group no longer names this node."),
 		stepsDeferred:     counter("scope_cluster_steps_deferred_total", "Shard steps deferred to a later round: the bound on concurrent steps was reached."),
+		protocolRefused: counter("scope_cluster_protocol_refused_total",
+			"Node-to-node requests refused here: written in a protocol version this node does not read (D34)."),
 		epochEvictions: counter("scope_cluster_identity_records_evicted_total",
 			"Node ids whose highest epoch this node forgot: the bound on remembered node ids was reached (D27)."),
 		staleRuns: counter("scope_cluster_stale_runs_detected_total",
@@ -55,6 +58,10 @@ func newMetrics(c *Cluster) *metrics {
 			"Alive members whose cluster id differs from this node's: refused, never given replicas (D27).", nil, nil),
 		peerCallsRefused: prometheus.NewDesc("scope_cluster_peer_calls_refused_total",
 			"Background calls (replica moves, status, drops) refused at once: the bound on calls in flight to that peer was reached.", nil, nil),
+		protocol: prometheus.NewDesc("scope_cluster_protocol_version",
+			"The protocol version the cluster speaks, as this node computes it (0 before it knows; D34).", nil, nil),
+		protocolMismatched: prometheus.NewDesc("scope_cluster_protocol_mismatched_members",
+			"Alive members, this node included, that cannot speak the cluster's protocol version: never given replicas (D34).", nil, nil),
 		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
 		ledShards:     prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
 		replicas:      prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
@@ -65,7 +72,7 @@ func newMetrics(c *Cluster) *metrics {
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
 		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined,
-		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused, m.transfers}
+		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused, m.transfers, m.protocolRefused}
 }
 
 // Describe implements prometheus.Collector.
@@ -79,6 +86,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.movesInFlight
 	ch <- m.peerCallsRefused
 	ch <- m.foreignMembers
+	ch <- m.protocol
+	ch <- m.protocolMismatched
 	m.staleRunsUnsent.Describe(ch)
 }
 
@@ -96,6 +105,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(m.foreignMembers, prometheus.GaugeValue, float64(foreign))
+	same := m.c.sameCluster(m.c.members.Members())
+	v := clusterProtocol(same)
+	mismatched := 0
+	for _, mem := range same {
+		if mem.State == MemberAlive && mem.MetaErr == nil && !speaksProtocol(mem, v) {
+			mismatched++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(m.protocol, prometheus.GaugeValue, float64(v))
+	ch <- prometheus.MustNewConstMetric(m.protocolMismatched, prometheus.GaugeValue, float64(mismatched))
 	m.staleRunsUnsent.Collect(ch)
 	for s, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.members, prometheus.GaugeValue, float64(n), s.String())

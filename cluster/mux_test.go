@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 func newTestMux(t *testing.T) *Mux {
@@ -25,18 +27,6 @@ func newTestMux(t *testing.T) *Mux {
 	}
 	t.Cleanup(func() { _ = m.Close() })
 	return m
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestMuxDispatchesByShard(t *testing.T) {
@@ -79,7 +69,7 @@ func TestMuxDispatchesByShard(t *testing.T) {
 	}
 	defer garbage.Close()
 	_, _ = garbage.Write([]byte{0xff, 0, 0, 0, 1})
-	waitFor(t, "refusals counted", 5*time.Second, func() bool {
+	testwait.For(t, "refusals counted", 5*time.Second, func() bool {
 		st := m.Stats()
 		return st.UnknownShard == 1 && st.BadHeader == 1
 	})
@@ -178,7 +168,7 @@ func TestMuxCarriesRealRaftGroups(t *testing.T) {
 			// so one that committed after all is counted once).
 			for {
 				var leader *raft.Raft
-				waitFor(t, fmt.Sprintf("shard %d leader", shard), 10*time.Second, func() bool {
+				testwait.For(t, fmt.Sprintf("shard %d leader", shard), 10*time.Second, func() bool {
 					for _, r := range rafts[shard] {
 						if r.State() == raft.Leader {
 							leader = r
@@ -197,7 +187,7 @@ func TestMuxCarriesRealRaftGroups(t *testing.T) {
 			}
 		}
 		for i, f := range fsms[shard] {
-			waitFor(t, fmt.Sprintf("shard %d node %d applied", shard, i), 10*time.Second,
+			testwait.For(t, fmt.Sprintf("shard %d node %d applied", shard, i), 10*time.Second,
 				func() bool { return f.count() == 3 })
 		}
 	}

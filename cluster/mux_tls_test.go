@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/tlsconf"
 )
 
@@ -94,7 +95,7 @@ func TestMuxTLSAcceptsOnlyNodesOfItsCA(t *testing.T) {
 	if _, err := tlsNode(t, otherDir, "n2").DialNode(context.Background(), string(addr), nil); err == nil {
 		t.Error("a node of another CA completed a handshake with the mux")
 	}
-	waitFor(t, "two TLS refusals", 5*time.Second, func() bool { return m1.Stats().TLSRefused == 2 })
+	testwait.For(t, "two TLS refusals", 5*time.Second, func() bool { return m1.Stats().TLSRefused == 2 })
 	if st := m1.Stats(); st.Accepted != 1 || st.BadHeader != 0 {
 		t.Fatalf("stats %+v: want 1 accepted, nothing read from refused connections", st)
 	}

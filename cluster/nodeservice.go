@@ -23,7 +23,8 @@ const maxInternalMessage = 64 << 20
 // Handler returns the node-to-node API (scope.node.v1.NodeService), to be
 // mounted on the node's HTTP mux.
 func (c *Cluster) Handler() (string, http.Handler) {
-	return nodev1connect.NewNodeServiceHandler(nodeService{c}, connect.WithReadMaxBytes(maxInternalMessage))
+	return nodev1connect.NewNodeServiceHandler(nodeService{c}, connect.WithReadMaxBytes(maxInternalMessage),
+		connect.WithInterceptors(protocolInterceptor{c}))
 }
 
 // nodeService implements scope.node.v1.NodeService over the local node.

@@ -29,6 +29,7 @@ const maxBackgroundCallsPerPeer = 4
 // peers caches Connect clients to other nodes, by HTTP address.
 type peers struct {
 	client  *http.Client
+	opts    []connect.ClientOption // for NodeService clients
 	timeout time.Duration
 	scheme  string // of addresses given without one: "http://" or "https://"
 
@@ -46,12 +47,12 @@ type peer struct {
 	ingest scopev1connect.IngestServiceClient
 }
 
-func newPeers(client *http.Client, timeout time.Duration, tls bool) *peers {
+func newPeers(client *http.Client, timeout time.Duration, tls bool, opts ...connect.ClientOption) *peers {
 	scheme := "http://"
 	if tls {
 		scheme = "https://"
 	}
-	return &peers{client: client, timeout: timeout, scheme: scheme, byAddr: make(map[string]*peer), busy: make(map[string]int)}
+	return &peers{client: client, opts: opts, timeout: timeout, scheme: scheme, byAddr: make(map[string]*peer), busy: make(map[string]int)}
 }
 
 // get returns the clients for the node serving HTTP at addr.
@@ -79,7 +80,7 @@ func (p *peers) get(addr string) (*peer, error) {
 	// deflate was 18% of a remote Events query's CPU).
 	noGzip := connect.WithAcceptCompression("gzip", nil, nil)
 	c := &peer{
-		node:   nodev1connect.NewNodeServiceClient(p.client, base, connect.WithGRPC(), noGzip),
+		node:   nodev1connect.NewNodeServiceClient(p.client, base, append([]connect.ClientOption{connect.WithGRPC(), noGzip}, p.opts...)...),
 		ingest: scopev1connect.NewIngestServiceClient(p.client, base, connect.WithGRPC(), noGzip),
 	}
 	p.byAddr[addr] = c

@@ -195,7 +195,7 @@ func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 	}
 	// Placement chooses among the candidates (stability.go: flap damping);
 	// byName holds the members alive now, whom calls can reach.
-	candidates := placementCandidates(c.sameCluster(c.members.Members()), inGroup, c.cfg.Shards, c.cfg.StabilizationTime, time.Now())
+	candidates := placementCandidates(c.placeable(c.members.Members()), inGroup, c.cfg.Shards, c.cfg.StabilizationTime, time.Now())
 	_, byName := c.placementMembers()
 	desired := Placement(shard, candidates, c.cfg.Replicas)
 	if len(desired) == 0 {

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -81,7 +82,7 @@ func TestDiskFullRefusesIngestAndRecovers(t *testing.T) {
 	storedID := mustIngest(t, n.Node, node.Committed, stored).IDs[0]
 
 	d.free.Store(30 * mib) // 22 MiB after the reserve: below 32 MiB, above the critical 16 MiB
-	waitFor(t, "disk condition reported", 5*time.Second, func() bool { return n.DiskCondition() != nil })
+	testwait.For(t, "disk condition reported", 5*time.Second, func() bool { return n.DiskCondition() != nil })
 	for _, dur := range []node.Durability{node.Committed, node.Accepted} {
 		res := n.Ingest(context.Background(), []correlate.Event{call("app@h", "<0.2.0>", "m", "g", 2000)}, dur)
 		err := res.Shards[0].Err
@@ -109,7 +110,7 @@ func TestDiskFullRefusesIngestAndRecovers(t *testing.T) {
 	}
 
 	d.free.Store(512 * mib)
-	waitFor(t, "disk condition cleared", 5*time.Second, func() bool { return n.DiskCondition() == nil })
+	testwait.For(t, "disk condition cleared", 5*time.Second, func() bool { return n.DiskCondition() == nil })
 	mustIngest(t, n.Node, node.Committed, call("app@h", "<0.2.0>", "m", "g", 2000))
 }
 
@@ -126,7 +127,7 @@ func TestDiskCriticalWaitsAndReleasesReserve(t *testing.T) {
 	d.free.Store(12 * mib) // 4 MiB after the reserve; 12 MiB once it is released: critical
 	// The guard releases the reserve, then moves its level (OK to
 	// critical: 4 MiB free before the release, 12 after).
-	waitFor(t, "reserve released, writes refused", 5*time.Second, func() bool {
+	testwait.For(t, "reserve released, writes refused", 5*time.Second, func() bool {
 		return reserveSize(d.dir) == -1 && n.DiskCondition() != nil
 	})
 	redirected := call("app@h", "<0.4.0>", "m", "r", 4000)
@@ -143,7 +144,7 @@ func TestDiskCriticalWaitsAndReleasesReserve(t *testing.T) {
 	f := n.Propose(0, []correlate.Event{e})
 	done := make(chan error, 1)
 	go func() { done <- f.Wait() }()
-	waitFor(t, "the store write waiting for space", 5*time.Second, func() bool { return node.DiskWaiters(n.Node) == 1 })
+	testwait.For(t, "the store write waiting for space", 5*time.Second, func() bool { return node.DiskWaiters(n.Node) == 1 })
 	select {
 	case err := <-done:
 		t.Fatalf("entry applied while the disk is critical: %v", err)
@@ -166,7 +167,7 @@ func TestDiskCriticalWaitsAndReleasesReserve(t *testing.T) {
 	if got := get(t, n.Node, e, e.ID); got.ID != e.ID {
 		t.Fatalf("entry not stored: %+v", got)
 	}
-	waitFor(t, "reserve written back", 5*time.Second, func() bool { return reserveSize(d.dir) == 8*mib })
+	testwait.For(t, "reserve written back", 5*time.Second, func() bool { return reserveSize(d.dir) == 8*mib })
 }
 
 // TestOpenOnFullDisk: a node opening on a disk too full to open its store

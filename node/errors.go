@@ -7,11 +7,14 @@ import (
 
 // Errors of the node, its shard replicas and its writer pool.
 var (
-	ErrConfig             = errors.New("node: invalid config")
-	ErrClosed             = errors.New("node: closed")
-	ErrNoShard            = errors.New("node: shard not hosted on this node")
-	ErrTimeout            = errors.New("node: deadline exceeded")
-	ErrBadEntry           = errors.New("node: bad raft entry")
+	ErrConfig   = errors.New("node: invalid config")
+	ErrClosed   = errors.New("node: closed")
+	ErrNoShard  = errors.New("node: shard not hosted on this node")
+	ErrTimeout  = errors.New("node: deadline exceeded")
+	ErrBadEntry = errors.New("node: bad raft entry")
+	// ErrEntryVersion: a raft entry in a version this build does not read
+	// (written by a newer one). The replica stops rather than skip it.
+	ErrEntryVersion       = errors.New("node: raft entry of an unknown version")
 	ErrReplicaFailed      = errors.New("node: replica failed")
 	ErrTooManySubscribers = errors.New("node: too many tail subscriptions")
 

@@ -14,8 +14,8 @@ import (
 )
 
 // entryVersion is the first byte of every Raft command entry: the encoding
-// of the rest (a correlate batch). A replica refuses entries of a version it
-// does not know rather than guessing.
+// of the rest (a correlate batch). A replica stops at an entry of a version
+// it does not know rather than guessing (ErrEntryVersion).
 const entryVersion byte = 1
 
 // encodeEntry encodes b as a Raft command entry.
@@ -25,10 +25,17 @@ func encodeEntry(b *correlate.Batch) []byte {
 
 // decodeEntry decodes a Raft command entry.
 func decodeEntry(data []byte) (correlate.Batch, error) {
-	if len(data) == 0 || data[0] != entryVersion {
-		return correlate.Batch{}, fmt.Errorf("%w: unknown entry version", ErrBadEntry)
+	if len(data) == 0 {
+		return correlate.Batch{}, fmt.Errorf("%w: empty", ErrBadEntry)
 	}
-	return correlate.DecodeBatch(data[1:])
+	if data[0] != entryVersion {
+		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d", ErrEntryVersion, data[0], entryVersion)
+	}
+	b, err := correlate.DecodeBatch(data[1:])
+	if err != nil {
+		return b, fmt.Errorf("%w: %w", ErrBadEntry, err)
+	}
+	return b, nil
 }
 
 // ApplyResult is what a committed entry's ApplyFuture.Response() holds on
@@ -250,6 +257,12 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 			continue
 		}
 		b, err := decodeEntry(l.Data)
+		if errors.Is(err, ErrEntryVersion) {
+			// A leader of a newer build wrote it: the replicas that read
+			// it apply it, so skipping would diverge from them. Stop; a
+			// build that reads the version replays it (D34).
+			return f.fail(resp, err)
+		}
 		if err != nil {
 			// Every replica has the same bytes and skips the same entry.
 			f.logger.Error("skipping undecodable raft entry", "shard", f.shard, "index", l.Index, "err", err)

@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -21,7 +22,7 @@ func TestMalformedEntryAppliesOnEveryReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra := a.Replica(0)
-	waitFor(t, "leader", 10*time.Second, ra.IsLeader)
+	testwait.For(t, "leader", 10*time.Second, ra.IsLeader)
 	b := openTestNode(t, "b", t.TempDir(), 1, nil)
 	_, err := b.OpenReplica(0)
 	if err != nil {
@@ -49,7 +50,7 @@ func TestMalformedEntryAppliesOnEveryReplica(t *testing.T) {
 	last := f.Index()
 	for _, n := range []*testNode{a, b} {
 		r := n.Replica(0)
-		waitFor(t, n.ID()+" applies the later entry", 10*time.Second, func() bool {
+		testwait.For(t, n.ID()+" applies the later entry", 10*time.Second, func() bool {
 			applied, _, _ := r.Status()
 			return applied >= last
 		})

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -92,7 +93,11 @@ func applyGrouped(t testing.TB, f *shardFSM, log []*raft.Log, cuts []int) {
 }
 
 func isBadEntry(l *raft.Log) bool {
-	return l.Type == raft.LogCommand && (len(l.Data) == 0 || l.Data[0] != entryVersion)
+	if l.Type != raft.LogCommand {
+		return false
+	}
+	_, err := decodeEntry(l.Data)
+	return err != nil
 }
 
 // fsmState is everything a replica holds for a shard: the store span as
@@ -263,7 +268,7 @@ func (g *logGen) entry() {
 		g.add(raft.LogNoop, nil)
 		return
 	case r == 1:
-		g.add(raft.LogCommand, []byte{entryVersion + 1, 1, 2, 3}) // undecodable: skipped everywhere
+		g.add(raft.LogCommand, []byte{entryVersion, 0xff, 0xff, 0xff}) // undecodable: skipped everywhere
 		return
 	case r < 5:
 		b.Retention = &correlate.Retention{MaxEvents: uint64(5 + g.rng.IntN(40))}
@@ -471,5 +476,44 @@ func TestMalformedContentIsSkippedAndCounted(t *testing.T) {
 		if _, err := f.store.Get(0, e.ID); err != nil {
 			t.Fatalf("event %s not stored: %v", e.ID, err)
 		}
+	}
+}
+
+// TestUnknownEntryVersionStopsTheReplica: an entry whose version this build
+// does not read was written by a newer leader, and the replicas that read it
+// apply it: skipping it would diverge from them (D34). The replica stops at
+// it, with what precedes it stored, while an entry of a known version that
+// does not decode (the same bytes everywhere, the same decoder) is skipped.
+func TestUnknownEntryVersionStopsTheReplica(t *testing.T) {
+	g := newLogGen(5)
+	e := g.event()
+	e.Kind = correlate.KindStateChange
+	g.add(raft.LogCommand, encodeEntry(&correlate.Batch{LogTime: g.logTime, Events: []correlate.Event{e}}))
+	g.add(raft.LogCommand, []byte{entryVersion, 0xff, 0xff, 0xff})
+	g.add(raft.LogCommand, []byte{entryVersion + 1, 1, 2, 3})
+
+	f := openFSM(t, fsmTestConfig(64))
+	resp := f.ApplyBatch(g.log[:2])
+	if r := resp[1].(ApplyResult); !errors.Is(r.Err, ErrBadEntry) {
+		t.Fatalf("undecodable entry of a known version: %v, want ErrBadEntry", r.Err)
+	}
+	if _, _, failed := f.Status(); failed != nil {
+		t.Fatalf("an undecodable entry of a known version stopped the replica: %v", failed)
+	}
+	resp = f.ApplyBatch(g.log[2:])
+	if r := resp[0].(ApplyResult); !errors.Is(r.Err, ErrEntryVersion) || !errors.Is(r.Err, ErrReplicaFailed) {
+		t.Fatalf("entry of an unknown version: %v, want ErrEntryVersion and ErrReplicaFailed", r.Err)
+	}
+	applied, _, failed := f.Status()
+	if !errors.Is(failed, ErrEntryVersion) || applied != 2 {
+		t.Fatalf("status: applied %d, failed %v; want stopped at 2", applied, failed)
+	}
+	// Stopped for good: nothing after it is applied.
+	g.add(raft.LogCommand, encodeEntry(&correlate.Batch{LogTime: g.logTime}))
+	if r := f.ApplyBatch(g.log[3:])[0].(ApplyResult); !errors.Is(r.Err, ErrReplicaFailed) {
+		t.Fatalf("entry after the stop: %v, want ErrReplicaFailed", r.Err)
+	}
+	if _, err := f.store.Get(0, e.ID); err != nil {
+		t.Fatalf("the event before the unknown entry was not stored: %v", err)
 	}
 }

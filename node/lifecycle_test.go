@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -40,7 +41,7 @@ func TestDropAndReopenAreSerialized(t *testing.T) {
 		reopened <- opened{r, err}
 	}()
 	// Either the open ran inside the drop (the bug) or it waits for it.
-	waitFor(t, "the open to finish or to wait for the drop", 10*time.Second, func() bool {
+	testwait.For(t, "the open to finish or to wait for the drop", 10*time.Second, func() bool {
 		return len(reopened) > 0 || node.LifecycleWaits(n.Node) > 0
 	})
 	// Shard 1 is not held up by shard 0's drop.
@@ -68,7 +69,7 @@ func TestDropAndReopenAreSerialized(t *testing.T) {
 	if err := o.r.Bootstrap(self); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "shard 0 led again", 10*time.Second, o.r.IsLeader)
+	testwait.For(t, "shard 0 led again", 10*time.Second, o.r.IsLeader)
 	e := call(a.Origin, a.PID, "m", "g", 2)
 	id := mustIngest(t, n.Node, node.Committed, e).IDs[0]
 	get(t, n.Node, e, id)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/store"
 )
@@ -96,7 +97,7 @@ func bootstrapped(t testing.TB, id, dir string, shards uint32) *testNode {
 	if err := tn.WaitLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "every shard led", 10*time.Second, func() bool {
+	testwait.For(t, "every shard led", 10*time.Second, func() bool {
 		for _, r := range tn.Replicas() {
 			if !r.IsLeader() {
 				return false
@@ -105,17 +106,6 @@ func bootstrapped(t testing.TB, id, dir string, shards uint32) *testNode {
 		return true
 	})
 	return tn
-}
-
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func mustIngest(t *testing.T, n *node.Node, d node.Durability, events ...correlate.Event) node.IngestResult {
@@ -212,7 +202,7 @@ func TestCrossShardMessagesPair(t *testing.T) {
 	sendID := mustIngest(t, n.Node, node.Committed, send).IDs[0]
 
 	recvShard := correlate.ShardOf(b.Origin, b.PID, 4)
-	waitFor(t, "receive linked to send", 10*time.Second, func() bool {
+	testwait.For(t, "receive linked to send", 10*time.Second, func() bool {
 		got, err := n.Store().Get(recvShard, recvID)
 		return err == nil && hasLink(got, correlate.LinkReceivedFrom, sendID)
 	})
@@ -225,7 +215,7 @@ func TestCrossShardMessagesPair(t *testing.T) {
 	}
 	// The outbox drains once the notice is acknowledged.
 	sendShard := n.Replica(correlate.ShardOf(a.Origin, a.PID, 4))
-	waitFor(t, "outbox drained", 10*time.Second, func() bool { return len(sendShard.Outbox()) == 0 })
+	testwait.For(t, "outbox drained", 10*time.Second, func() bool { return len(sendShard.Outbox()) == 0 })
 }
 
 // TestIngestIsIdempotent sends the same batch twice: stored once.
@@ -265,7 +255,7 @@ func TestSnapshotInstallsOnNewReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra := a.Replica(0)
-	waitFor(t, "leader", 10*time.Second, ra.IsLeader)
+	testwait.For(t, "leader", 10*time.Second, ra.IsLeader)
 	c := call("app@h", "<0.7.0>", "m", "f", 100)
 	callID := mustIngest(t, a.Node, node.Committed, c).IDs[0]
 	for i := range 20 {
@@ -283,7 +273,7 @@ func TestSnapshotInstallsOnNewReplica(t *testing.T) {
 	if err := ra.Raft().AddVoter("b", raft.ServerAddress(b.mux.Addr().String()), 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b catches up", 20*time.Second, func() bool {
+	testwait.For(t, "b catches up", 20*time.Second, func() bool {
 		ai, _, _ := ra.Status()
 		bi, _, _ := rb.Status()
 		return bi == ai
@@ -305,7 +295,7 @@ func TestSnapshotInstallsOnNewReplica(t *testing.T) {
 	if err := ra.Raft().LeadershipTransferToServer("b", raft.ServerAddress(b.mux.Addr().String())).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b leads", 10*time.Second, rb.IsLeader)
+	testwait.For(t, "b leads", 10*time.Second, rb.IsLeader)
 	r := ret("app@h", "<0.7.0>", "m", "f", 400)
 	retID := mustIngest(t, b.Node, node.Committed, r).IDs[0]
 	if got := get(t, b.Node, r, retID); got.CorrelationID != callID.String() || got.DurationNs != 300 {

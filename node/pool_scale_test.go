@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // scalingConfig is testConfig with a pool of 1..4 writers that samples
@@ -44,13 +45,13 @@ func TestPoolScalesWithBacklog(t *testing.T) {
 		defer close(done)
 		runProducers(t, pool, shards, producers, perProducer)
 	}()
-	waitFor(t, "the pool to grow under the burst", func() bool {
+	testwait.For(t, "the pool to grow under the burst", 10*time.Second, func() bool {
 		running, _ := pool.Writers()
 		return running > 1 && m.ups.Load() > 0
 	})
 	close(g.gate)
 	<-done
-	waitFor(t, "the pool to shrink back to one writer once quiet", func() bool {
+	testwait.For(t, "the pool to shrink back to one writer once quiet", 10*time.Second, func() bool {
 		running, retiring := pool.Writers()
 		return running == 1 && retiring == 0 && m.downs.Load() > 0
 	})
@@ -172,10 +173,10 @@ func TestPoolWriterPanicDuringScaleDown(t *testing.T) {
 		defer close(done)
 		runProducers(t, pool, shards, producers, perProducer)
 	}()
-	waitFor(t, "the pool to grow", func() bool { return m.ups.Load() > 0 })
+	testwait.For(t, "the pool to grow", 10*time.Second, func() bool { return m.ups.Load() > 0 })
 	close(g.gate)
 	<-done
-	waitFor(t, "the pool to shrink back to one writer", func() bool {
+	testwait.For(t, "the pool to shrink back to one writer", 10*time.Second, func() bool {
 		running, retiring := pool.Writers()
 		return running == 1 && retiring == 0
 	})

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // countingMetrics counts what the pool reports.
@@ -521,7 +522,7 @@ func TestPoolRemoveShard(t *testing.T) {
 	}
 	// One batch is in flight (gated); the writer then stages the next one
 	// and waits for the window.
-	waitFor(t, "first proposal", func() bool { p, _ := g.mem.Counts(); return p == 1 })
+	testwait.For(t, "first proposal", 10*time.Second, func() bool { p, _ := g.mem.Counts(); return p == 1 })
 	if err := pool.RemoveShard(0); err != nil {
 		t.Fatal(err)
 	}
@@ -663,16 +664,5 @@ func TestPoolBatchesUpToBatchSize(t *testing.T) {
 	case <-tickets[24].Done():
 		t.Fatal("a partial batch was proposed before FlushInterval")
 	default:
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Microsecond)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -32,7 +33,7 @@ func TestReadIndexBatchesConcurrentReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := a.Replica(0)
-	waitFor(t, "a leads", 10*time.Second, r.IsLeader)
+	testwait.For(t, "a leads", 10*time.Second, r.IsLeader)
 
 	held := make(chan struct{})
 	gate.Store(&held)
@@ -44,11 +45,11 @@ func TestReadIndexBatchesConcurrentReads(t *testing.T) {
 	const readers = 32
 	errs := make(chan error, readers)
 	go func() { errs <- r.ReadIndex(ctx) }()
-	waitFor(t, "the first round to run", 10*time.Second, func() bool { running, _ := node.ReadsWaiting(r); return running })
+	testwait.For(t, "the first round to run", 10*time.Second, func() bool { running, _ := node.ReadsWaiting(r); return running })
 	for range readers - 1 {
 		go func() { errs <- r.ReadIndex(ctx) }()
 	}
-	waitFor(t, "every later read to wait for the next round", 10*time.Second, func() bool {
+	testwait.For(t, "every later read to wait for the next round", 10*time.Second, func() bool {
 		_, next := node.ReadsWaiting(r)
 		return next == readers-1
 	})
@@ -78,7 +79,7 @@ func TestReadIndexOnFollower(t *testing.T) {
 	if err := a.Replica(0).Raft().AddVoter("b", raft.ServerAddress(b.mux.Addr().String()), 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b knows the leader", 10*time.Second, func() bool { _, id := rb.Leader(); return id == "a" })
+	testwait.For(t, "b knows the leader", 10*time.Second, func() bool { _, id := rb.Leader(); return id == "a" })
 	err = rb.ReadIndex(context.Background())
 	var nl *node.NotLeaderError
 	if !errors.As(err, &nl) || nl.LeaderID != "a" {

@@ -8,6 +8,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -47,7 +48,7 @@ func TestRedirectReportsDuplicates(t *testing.T) {
 	if err := ra.Raft().AddVoter("b", raft.ServerAddress(b.mux.Addr().String()), 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b catches up", 20*time.Second, func() bool {
+	testwait.For(t, "b catches up", 20*time.Second, func() bool {
 		ai, _, _ := ra.Status()
 		bi, _, _ := rb.Status()
 		return bi == ai
@@ -55,7 +56,7 @@ func TestRedirectReportsDuplicates(t *testing.T) {
 	if err := ra.Raft().LeadershipTransferToServer("b", raft.ServerAddress(b.mux.Addr().String())).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "b leads", 10*time.Second, rb.IsLeader)
+	testwait.For(t, "b leads", 10*time.Second, rb.IsLeader)
 	// Each forwards to the other, so the checks hold even if an election
 	// under load moves the leadership back: the count does not depend on
 	// which node leads.

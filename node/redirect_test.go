@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // redirectingProposer fails every proposal with cause and redirects: it
@@ -213,7 +214,7 @@ func TestPoolPipelineNeverWaitsForRedirects(t *testing.T) {
 		}
 		accepted = append(accepted, tk)
 		// One at a time, so that each event is its own batch.
-		waitFor(t, "the event to leave the ring", func() bool {
+		testwait.For(t, "the event to leave the ring", 10*time.Second, func() bool {
 			st := pool.Stats().Shards[0]
 			return st.Ring.Len == 0 && st.Inflight == 0
 		})

@@ -13,6 +13,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 )
 
@@ -124,7 +125,7 @@ func TestTailReplicaFailed(t *testing.T) {
 	if err := tn.WaitLeaders(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "shard led", 10*time.Second, func() bool { return tn.Replica(0).IsLeader() })
+	testwait.For(t, "shard led", 10*time.Second, func() bool { return tn.Replica(0).IsLeader() })
 	sub, err := tn.Subscribe(node.TailSpec{})
 	if err != nil {
 		t.Fatal(err)

@@ -10,19 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-}
+	"github.com/elixirscope/scope/internal/testwait"
+)
 
 func mustNew[T any](t testing.TB, capacity int) *Ring[T] {
 	t.Helper()
@@ -130,7 +120,7 @@ func TestPutAllWaitsForWholeBatch(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.PutAll(context.Background(), seqs(8, 4)) }()
-	eventually(t, "producer registered as waiter", func() bool { return r.waiters.Load() == 1 })
+	testwait.For(t, "producer registered as waiter", 10*time.Second, func() bool { return r.waiters.Load() == 1 })
 
 	dst := make([]int, 3)
 	if n := r.Read(dst); n != 3 {
@@ -139,7 +129,7 @@ func TestPutAllWaitsForWholeBatch(t *testing.T) {
 	// 3 free, 4 needed: the producer is woken, must fail its claim and sleep
 	// again. Wait until it has re-registered on a fresh channel and check it
 	// claimed nothing.
-	eventually(t, "producer re-armed", func() bool {
+	testwait.For(t, "producer re-armed", 10*time.Second, func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		return r.waiters.Load() == 1 && len(done) == 0
@@ -184,11 +174,11 @@ func TestPutPartialThenDeadline(t *testing.T) {
 		n, err := r.Put(ctx, seqs(4, 5))
 		done <- res{n, err}
 	}()
-	eventually(t, "producer waiting", func() bool { return r.waiters.Load() == 1 })
+	testwait.For(t, "producer waiting", 10*time.Second, func() bool { return r.waiters.Load() == 1 })
 	if n := r.Read(make([]int, 2)); n != 2 {
 		t.Fatalf("Read = %d", n)
 	}
-	eventually(t, "2 items written into freed space", func() bool { return r.Stats().Accepted == 6 })
+	testwait.For(t, "2 items written into freed space", 10*time.Second, func() bool { return r.Stats().Accepted == 6 })
 	cancel()
 	got := <-done
 	if got.n != 2 || !errors.Is(got.err, context.Canceled) {
@@ -224,7 +214,7 @@ func TestCloseRefusesProducersAndDrains(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.PutAll(context.Background(), seqs(4, 1)) }()
-	eventually(t, "producer waiting", func() bool { return r.waiters.Load() == 1 })
+	testwait.For(t, "producer waiting", 10*time.Second, func() bool { return r.waiters.Load() == 1 })
 	r.Close()
 	r.Close() // idempotent
 	if err := <-done; !errors.Is(err, ErrClosed) {
@@ -265,7 +255,7 @@ func TestWaitWakesOnPublishAndContext(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- r.Wait(context.Background()) }()
-	eventually(t, "consumer armed", func() bool { return r.armed.Load() == 1 })
+	testwait.For(t, "consumer armed", 10*time.Second, func() bool { return r.armed.Load() == 1 })
 	r.Offer([]int{1})
 	if err := <-done; err != nil {
 		t.Fatalf("Wait = %v", err)

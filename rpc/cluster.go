@@ -35,6 +35,10 @@ type ClusterInfo interface {
 	Name() string
 	// ReplicationFactor is the desired number of replicas per shard (R).
 	ReplicationFactor() int
+	// Protocol is the protocol version the cluster speaks (0 while
+	// unknown); ProtocolError says why this node cannot speak it, or nil.
+	Protocol() uint32
+	ProtocolError() error
 }
 
 // SetCluster installs the cluster layer's view of membership.
@@ -47,7 +51,7 @@ var _ scopev1connect.ClusterServiceHandler = clusterService{}
 
 func (c clusterService) Members(context.Context, *connect.Request[scopev1.MembersRequest]) (*connect.Response[scopev1.MembersResponse], error) {
 	if c.s.cluster != nil {
-		return connect.NewResponse(&scopev1.MembersResponse{Members: c.s.cluster.Members()}), nil
+		return connect.NewResponse(&scopev1.MembersResponse{Members: c.s.cluster.Members(), Protocol: c.s.cluster.Protocol()}), nil
 	}
 	n := c.s.node
 	m := &scopev1.Member{Name: n.ID(), Status: scopev1.MemberStatus_MEMBER_STATUS_ALIVE, Version: c.s.cfg.Version}

@@ -13,6 +13,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/store"
 )
@@ -141,13 +142,12 @@ func TestHedgedReads(t *testing.T) {
 		t.Fatalf("hedges %v wins %v, want %d each", h, w, reads)
 	}
 	// Every stalled call ends by cancellation once its hedge has won.
-	deadline := time.Now().Add(5 * time.Second)
-	for slow.cancelled.Load() != reads {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d stalled calls cancelled", slow.cancelled.Load(), reads)
+	testwait.ForWhy(t, "every stalled call cancelled", 5*time.Second, func() string {
+		if n := slow.cancelled.Load(); n != int64(reads) {
+			return fmt.Sprintf("%d of %d cancelled", n, reads)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return ""
+	})
 	rl := lag.proto()
 	if rl.GetMaxEntries() != 7 || len(rl.GetShards()) != shards || rl.GetShards()[0].GetNode() != "fast" {
 		t.Fatalf("lag: %v", rl)

@@ -180,6 +180,9 @@ func (s *Server) ready() error {
 	}
 	var errs []error
 	if s.cluster != nil {
+		if err := s.cluster.ProtocolError(); err != nil {
+			return err
+		}
 		// Shards hosted elsewhere are served through their leaders.
 		for shard := range s.node.Shards() {
 			if s.node.Replica(shard) == nil && s.cluster.ShardLeader(shard) == "" {

@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/cluster"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
@@ -60,6 +61,9 @@ type Cluster struct {
 	net    *network // link faults (faults.go)
 	stalls *stalls  // stalled NodeService (stall.go)
 	Nodes  []*Node
+	// protocols: the protocol range a node advertises, by name, where it
+	// is not this build's (AddNodeSpeaking); kept across restarts.
+	protocols map[string]cluster.ProtocolRange
 }
 
 // Node is one running node of a test cluster.
@@ -125,6 +129,18 @@ func (c *Cluster) AddNode() *Node {
 	n := c.startNode(fmt.Sprintf("%s%d", c.opts.NamePrefix, len(c.Nodes)+1), 0, "", "", "")
 	c.Nodes = append(c.Nodes, n)
 	return n
+}
+
+// AddNodeSpeaking is AddNode for a node that advertises the protocol range
+// r instead of this build's: a node of another release, as far as the
+// cluster's version negotiation can tell (its formats stay this build's).
+func (c *Cluster) AddNodeSpeaking(r cluster.ProtocolRange) *Node {
+	c.t.Helper()
+	if c.protocols == nil {
+		c.protocols = make(map[string]cluster.ProtocolRange)
+	}
+	c.protocols[fmt.Sprintf("%s%d", c.opts.NamePrefix, len(c.Nodes)+1)] = r
+	return c.AddNode()
 }
 
 // seeds returns the gossip addresses of the live nodes.
@@ -241,7 +257,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	id := n.Identity.Get()
 	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
 		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0,
-		NodeID: id.NodeID, ClusterID: id.ClusterID, Epoch: id.Epoch, Run: n.Identity.Run()})
+		NodeID: id.NodeID, ClusterID: id.ClusterID, Epoch: id.Epoch, Run: n.Identity.Run(), Protocol: c.protocols[name]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,33 +469,18 @@ func (c *Cluster) ShardLeader(shard uint32) *Node {
 	return nil
 }
 
-// WaitFor polls cond until it holds or timeout passes.
+// WaitFor polls cond until it holds, failing t after timeout
+// (testwait.For, for the tests that use this package).
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.For(t, what, timeout, cond)
 }
 
 // WaitForWhy is WaitFor for a condition that says why it does not hold
 // yet ("" once it holds): a timeout reports the last reason.
 func WaitForWhy(t testing.TB, what string, timeout time.Duration, why func() string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		reason := why()
-		if reason == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, reason)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.ForWhy(t, what, timeout, why)
 }
 
 // Code returns err's Connect code (connect.CodeUnknown for non-Connect

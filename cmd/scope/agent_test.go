@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // startInProcess parses agent flags for a temp data dir on free ports and
@@ -29,23 +31,12 @@ func startInProcess(t *testing.T) (chan os.Signal, *syncBuffer, chan error) {
 	return sigs, out, done
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestAgentGracefulSignal: one signal after ready shuts the agent down
 // cleanly (runAgentUntil returns nil; goleak in TestMain checks that every
 // goroutine of the node, raft groups and HTTP server ended).
 func TestAgentGracefulSignal(t *testing.T) {
 	sigs, out, done := startInProcess(t)
-	waitFor(t, "ready line", func() bool { return strings.Contains(out.String(), "scope agent ready") })
+	testwait.For(t, "ready line", 30*time.Second, func() bool { return strings.Contains(out.String(), "scope agent ready") })
 	sigs <- syscall.SIGTERM
 	select {
 	case err := <-done:

@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/rpc"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
@@ -370,10 +371,10 @@ func TestSIGHUPReloadsCertificate(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new certificate served after SIGHUP", func() bool { return serial() != before })
+	testwait.For(t, "the new certificate served after SIGHUP", 30*time.Second, func() bool { return serial() != before })
 	// The line is logged after the swap: a handshake may see the new
 	// certificate first (a one-shot check failed so in CI).
-	waitFor(t, "the reload logged", func() bool {
+	testwait.For(t, "the reload logged", 30*time.Second, func() bool {
 		return strings.Contains(a.stderr.String(), "SIGHUP: certificates reloaded")
 	})
 	if err := a.signal(t, syscall.SIGTERM); err != nil {

@@ -17,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/elixirscope/scope/cluster"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/rpc"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
@@ -74,7 +75,7 @@ func TestClusterTokens(t *testing.T) {
 	if _, errOut, code := scope(t, batch.String(), "ingest", "-token", queryTok, "-addr", nodes[0].http); code != 1 || !strings.Contains(errOut, "permission_denied") {
 		t.Fatalf("ingest with a query token: exit %d, %s", code, errOut)
 	}
-	waitFor(t, "ingest through n1 with the ingest token", func() bool {
+	testwait.For(t, "ingest through n1 with the ingest token", 30*time.Second, func() bool {
 		_, _, code := scope(t, batch.String(), "ingest", "-durability", "committed", "-token", ingestTok, "-addr", nodes[0].http)
 		return code == 0
 	})
@@ -120,7 +121,7 @@ func TestClusterTokens(t *testing.T) {
 	if err := n1.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the bad token file logged", func() bool {
+	testwait.For(t, "the bad token file logged", 30*time.Second, func() bool {
 		return strings.Contains(n1.proc.stderr.String(), "-auth-tokens not reloaded")
 	})
 	mustScope(t, "", "members", "-token", queryTok, "-addr", n1.http)
@@ -128,7 +129,7 @@ func TestClusterTokens(t *testing.T) {
 	if err := n1.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the query token refused after the reload", func() bool {
+	testwait.For(t, "the query token refused after the reload", 30*time.Second, func() bool {
 		_, errOut, code := scope(t, "", "members", "-token", queryTok, "-addr", n1.http)
 		return code == 1 && strings.Contains(errOut, "unauthenticated")
 	})

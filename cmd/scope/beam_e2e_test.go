@@ -19,6 +19,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/elixirscope/scope/internal/testwait"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
@@ -239,7 +240,7 @@ func allEvents(t *testing.T, addr, origin string) []*scopev1.Event {
 	defer tr.CloseIdleConnections()
 	q := scopev1connect.NewQueryServiceClient(&http.Client{Transport: tr}, "http://"+addr)
 	var out []*scopev1.Event
-	waitFor(t, "events of "+origin, func() bool {
+	testwait.For(t, "events of "+origin, 30*time.Second, func() bool {
 		out = nil
 		cursor := ""
 		for {

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/elixirscope/scope/internal/testwait"
 )
 
 // clusterNode is one agent of a subprocess cluster with its fixed
@@ -118,7 +120,7 @@ func clusterFailover(t *testing.T, nodes []*clusterNode, jsonLeave bool) {
 	// (this test read it once and failed with "no leader for shard").
 	var leader *clusterNode
 	var last string
-	waitFor(t, fmt.Sprintf("shard %d led by a member with 3 voters", shard), func() bool {
+	testwait.For(t, fmt.Sprintf("shard %d led by a member with 3 voters", shard), 30*time.Second, func() bool {
 		out, _, code := scope(t, "", "shards", "-json", "-addr", nodes[0].http)
 		last = out
 		if code != 0 {
@@ -142,7 +144,7 @@ func clusterFailover(t *testing.T, nodes []*clusterNode, jsonLeave bool) {
 	// (the same event id makes the retry idempotent).
 	killed := time.Now()
 	retLine := `{"eventId":"` + ret + `","origin":"app@h","pid":"<0.7.0>","kind":"KIND_RETURN","timestampNs":"1700000000000500000"}` + "\n"
-	waitFor(t, "RETURN accepted after the leader's SIGKILL", func() bool {
+	testwait.For(t, "RETURN accepted after the leader's SIGKILL", 30*time.Second, func() bool {
 		_, _, code := scope(t, retLine, "ingest", "-durability", "committed", "-timeout", "5s", "-addr", survivors[1].http)
 		return code == 0
 	})
@@ -165,10 +167,10 @@ func clusterFailover(t *testing.T, nodes []*clusterNode, jsonLeave bool) {
 	leader.proc.waitReady(t)
 	// stderr is copied by its own goroutine: the line may land after the
 	// readiness seen on stdout.
-	waitFor(t, "the restart logs that -bootstrap-expect is ignored", func() bool {
+	testwait.For(t, "the restart logs that -bootstrap-expect is ignored", 30*time.Second, func() bool {
 		return strings.Contains(leader.proc.stderr.String(), "ignoring -bootstrap-expect")
 	})
-	waitFor(t, "three members alive", func() bool {
+	testwait.For(t, "three members alive", 30*time.Second, func() bool {
 		out, _, code := scope(t, "", "members", "-addr", leader.http)
 		return code == 0 && strings.Count(out, "ALIVE") == 3
 	})
@@ -266,7 +268,7 @@ func readEvent(t *testing.T, id, addr string) string {
 	t.Helper()
 	var out, errOut string
 	var code int
-	waitFor(t, "scope get "+id+" through "+addr, func() bool {
+	testwait.For(t, "scope get "+id+" through "+addr, 30*time.Second, func() bool {
 		out, errOut, code = scope(t, "", "get", "-json", id, "-addr", addr)
 		return code == 0
 	})

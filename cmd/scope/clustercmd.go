@@ -40,18 +40,42 @@ func runMembers(args []string, stdout, stderr io.Writer) int {
 			return printJSON(stdout, resp.Msg)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tSTATUS\tHTTP\tRAFT\tGOSSIP\tVERSION\tLEADS")
+		fmt.Fprintln(tw, "NAME\tSTATUS\tHTTP\tRAFT\tGOSSIP\tVERSION\tPROTOCOL\tLEADS")
+		var excluded []string
 		for _, mb := range resp.Msg.GetMembers() {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mb.GetName(),
-				strings.TrimPrefix(mb.GetStatus().String(), "MEMBER_STATUS_"), dash(mb.GetHttpAddr()), dash(mb.GetRaftAddr()),
-				dash(mb.GetGossipAddr()), dash(mb.GetVersion()), shardList(mb.GetShardsLed()))
+			status := strings.TrimPrefix(mb.GetStatus().String(), "MEMBER_STATUS_")
+			if mb.GetExcluded() != "" {
+				status += "*"
+				excluded = append(excluded, fmt.Sprintf("* %s takes no replicas: %s", mb.GetName(), mb.GetExcluded()))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mb.GetName(), status,
+				dash(mb.GetHttpAddr()), dash(mb.GetRaftAddr()), dash(mb.GetGossipAddr()), dash(mb.GetVersion()),
+				protocolRange(mb.GetProtocolMin(), mb.GetProtocolMax()), shardList(mb.GetShardsLed()))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		for _, line := range excluded {
+			fmt.Fprintln(stdout, line)
+		}
+		return nil
 	}()
 	if err != nil {
 		return reportError(stderr, fs, err)
 	}
 	return exitOK
+}
+
+// protocolRange prints a member's protocol versions: "1", "1-2", or "-"
+// when unknown.
+func protocolRange(lo, hi uint32) string {
+	switch {
+	case lo == 0:
+		return "-"
+	case lo == hi:
+		return fmt.Sprint(lo)
+	}
+	return fmt.Sprintf("%d-%d", lo, hi)
 }
 
 func dash(s string) string {

@@ -20,6 +20,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/elixirscope/scope/internal/testwait"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 )
 
@@ -68,7 +69,7 @@ func TestDiskFull(t *testing.T) {
 	// critical 24 MiB; it refuses writes either way.
 	holdFull := func() { fill(t, filler, mnt, 28) }
 	holdFull()
-	waitFor(t, "writes refused", func() bool { return strings.Contains(httpGet(t, "http://"+httpAddr+"/readyz"), "writes refused") })
+	testwait.For(t, "writes refused", 30*time.Second, func() bool { return strings.Contains(httpGet(t, "http://"+httpAddr+"/readyz"), "writes refused") })
 	err = l.send()
 	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "disk full") ||
 		!strings.Contains(err.Error(), dir) {
@@ -89,14 +90,14 @@ func TestDiskFull(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ingest accepted after space was freed", func() bool { return l.send() == nil })
+	testwait.For(t, "ingest accepted after space was freed", 30*time.Second, func() bool { return l.send() == nil })
 	phase("space freed: writes accepted")
 
 	// Critically full (below half the minimum) while running: the node
 	// releases its reserve file; then it is killed and restarted still
 	// full.
 	fill(t, filler, mnt, 12)
-	waitFor(t, "reserve released", func() bool {
+	testwait.For(t, "reserve released", 30*time.Second, func() bool {
 		_, err := os.Stat(filepath.Join(dir, "disk-reserve"))
 		return errors.Is(err, os.ErrNotExist)
 	})
@@ -107,7 +108,7 @@ func TestDiskFull(t *testing.T) {
 	fill(t, filler, mnt, 12)
 	a = startAgentProc(t, dir, httpAddr, raftAddr, flags...)
 	holdFull() // opening may have freed space (obsolete logs)
-	waitFor(t, "writes refused after the restart", func() bool {
+	testwait.For(t, "writes refused after the restart", 30*time.Second, func() bool {
 		return strings.Contains(httpGet(t, "http://"+httpAddr+"/readyz"), "writes refused")
 	})
 	if err := l.send(); connect.CodeOf(err) != connect.CodeResourceExhausted {
@@ -118,8 +119,8 @@ func TestDiskFull(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "ingest accepted after a restart and freed space", func() bool { return l.send() == nil })
-	waitFor(t, "reserve written back", func() bool {
+	testwait.For(t, "ingest accepted after a restart and freed space", 30*time.Second, func() bool { return l.send() == nil })
+	testwait.For(t, "reserve written back", 30*time.Second, func() bool {
 		st, err := os.Stat(filepath.Join(dir, "disk-reserve"))
 		return err == nil && st.Size() == 8<<20
 	})
@@ -136,7 +137,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("reserve file after a start with 0 bytes free: %v, want it released", err)
 	}
 	holdFull()
-	waitFor(t, "writes refused after the restart", func() bool {
+	testwait.For(t, "writes refused after the restart", 30*time.Second, func() bool {
 		return strings.Contains(httpGet(t, "http://"+httpAddr+"/readyz"), "writes refused")
 	})
 	if err := l.send(); connect.CodeOf(err) != connect.CodeResourceExhausted {
@@ -166,7 +167,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	a = startAgentProc(t, dir, httpAddr, raftAddr, flags...)
-	waitFor(t, "ingest accepted after a restart with space", func() bool { return l.send() == nil })
+	testwait.For(t, "ingest accepted after a restart with space", 30*time.Second, func() bool { return l.send() == nil })
 	phase("space freed, restarted: writes accepted")
 	l.checkStored()
 	if err := a.signal(t, syscall.SIGINT); err != nil {

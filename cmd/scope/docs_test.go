@@ -43,14 +43,23 @@ func docFiles(t *testing.T) map[string]string {
 // `scope_tracer`, an Erlang module, is not taken for one).
 var docMetric = regexp.MustCompile("`(scope_[a-zA-Z0-9_]+)")
 
-// TestDocsNameRealMetrics starts a one-node cluster agent, ingests and
-// queries once, and checks that every metric the docs name is exported.
-func TestDocsNameRealMetrics(t *testing.T) {
+// TestDocsAgainstAnAgent starts a one-node cluster agent and checks the
+// docs against it: the metrics they name (docsNameRealMetrics), then the
+// example requests they show (docsExamplesAreAccepted).
+func TestDocsAgainstAnAgent(t *testing.T) {
 	httpAddr := freeAddr(t)
 	a := spawnAgent(t, httpAddr, []string{"agent", "-name", "n1", "-data-dir", filepath.Join(t.TempDir(), "n1"),
 		"-http", httpAddr, "-raft", freeAddr(t), "-gossip", freeAddr(t), "-bootstrap-expect", "1", "-replicas", "1",
 		"-shards", "2"})
 	a.waitReady(t)
+	t.Run("metrics", func(t *testing.T) { docsNameRealMetrics(t, httpAddr) })
+	t.Run("examples", func(t *testing.T) { docsExamplesAreAccepted(t, httpAddr) })
+}
+
+// docsNameRealMetrics ingests and queries once, and checks that every
+// metric the docs name (and every metric the Grafana dashboard queries) is
+// exported.
+func docsNameRealMetrics(t *testing.T, httpAddr string) {
 	mustScope(t, `{"origin":"docs@h","pid":"<0.1.0>","kind":"KIND_CALL","timestampNs":"1","module":"m","function":"f"}`+"\n",
 		"ingest", "-durability", "committed", "-addr", httpAddr)
 	mustScope(t, "", "query", "-origin", "docs@h", "-addr", httpAddr)

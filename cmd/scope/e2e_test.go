@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/elixirscope/scope/cluster"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/tlsconf"
 )
 
@@ -275,7 +276,7 @@ func TestEndToEnd(t *testing.T) {
 	a := startAgentProc(t, dir, freeAddr(t), freeAddr(t))
 	// /readyz (the server's view) may answer before the agent prints its
 	// own ready line.
-	waitFor(t, "the ready line", func() bool {
+	testwait.For(t, "the ready line", 30*time.Second, func() bool {
 		return strings.Contains(a.stdout.String(), "scope agent ready: 16 shards have a leader")
 	})
 	addr := []string{"-addr", a.http}

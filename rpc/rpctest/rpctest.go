@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/elixirscope/scope/cluster"
+	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
@@ -202,14 +203,9 @@ func (n *Node) Close(t testing.TB) {
 	_ = n.Mux.Close()
 }
 
-// WaitFor polls cond every 10 ms until it holds, failing t after timeout.
+// WaitFor polls cond until it holds, failing t after timeout
+// (testwait.For, for the tests that use this package).
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("rpctest: timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.For(t, what, timeout, cond)
 }

@@ -3831,7 +3831,10 @@ func (*MembersRequest) Descriptor() ([]byte, []int) {
 type MembersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ordered by name.
-	Members       []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	Members []*Member `protobuf:"bytes,1,rep,name=members,proto3" json:"members,omitempty"`
+	// The protocol version the cluster speaks, as the answering node
+	// computes it (0 before it knows).
+	Protocol      uint32 `protobuf:"varint,2,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3873,6 +3876,13 @@ func (x *MembersResponse) GetMembers() []*Member {
 	return nil
 }
 
+func (x *MembersResponse) GetProtocol() uint32 {
+	if x != nil {
+		return x.Protocol
+	}
+	return 0
+}
+
 type Member struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Unique node name (-name).
@@ -3887,7 +3897,15 @@ type Member struct {
 	// Scope version the node runs.
 	Version string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
 	// Shards the node leads, ascending, as last gossiped.
-	ShardsLed     []uint32 `protobuf:"varint,7,rep,packed,name=shards_led,json=shardsLed,proto3" json:"shards_led,omitempty"`
+	ShardsLed []uint32 `protobuf:"varint,7,rep,packed,name=shards_led,json=shardsLed,proto3" json:"shards_led,omitempty"`
+	// The range of protocol versions the node reads and writes
+	// (docs/OPERATIONS.md, Upgrades).
+	ProtocolMin uint32 `protobuf:"varint,8,opt,name=protocol_min,json=protocolMin,proto3" json:"protocol_min,omitempty"`
+	ProtocolMax uint32 `protobuf:"varint,9,opt,name=protocol_max,json=protocolMax,proto3" json:"protocol_max,omitempty"`
+	// Why the cluster gives this alive member no replicas, empty if it may:
+	// it belongs to another cluster, or does not speak the cluster's
+	// protocol version.
+	Excluded      string `protobuf:"bytes,10,opt,name=excluded,proto3" json:"excluded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3969,6 +3987,27 @@ func (x *Member) GetShardsLed() []uint32 {
 		return x.ShardsLed
 	}
 	return nil
+}
+
+func (x *Member) GetProtocolMin() uint32 {
+	if x != nil {
+		return x.ProtocolMin
+	}
+	return 0
+}
+
+func (x *Member) GetProtocolMax() uint32 {
+	if x != nil {
+		return x.ProtocolMax
+	}
+	return 0
+}
+
+func (x *Member) GetExcluded() string {
+	if x != nil {
+		return x.Excluded
+	}
+	return ""
 }
 
 type ShardsRequest struct {
@@ -5024,9 +5063,10 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\arefused\x18\a \x01(\x04R\arefused\x12\x1d\n" +
 	"\n" +
 	"started_ns\x18\b \x01(\x03R\tstartedNs\"\x10\n" +
-	"\x0eMembersRequest\"=\n" +
+	"\x0eMembersRequest\"Y\n" +
 	"\x0fMembersResponse\x12*\n" +
-	"\amembers\x18\x01 \x03(\v2\x10.scope.v1.MemberR\amembers\"\xe0\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x10.scope.v1.MemberR\amembers\x12\x1a\n" +
+	"\bprotocol\x18\x02 \x01(\rR\bprotocol\"\xc2\x02\n" +
 	"\x06Member\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\thttp_addr\x18\x02 \x01(\tR\bhttpAddr\x12\x1b\n" +
@@ -5036,7 +5076,11 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\x06status\x18\x05 \x01(\x0e2\x16.scope.v1.MemberStatusR\x06status\x12\x18\n" +
 	"\aversion\x18\x06 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
-	"shards_led\x18\a \x03(\rR\tshardsLed\"'\n" +
+	"shards_led\x18\a \x03(\rR\tshardsLed\x12!\n" +
+	"\fprotocol_min\x18\b \x01(\rR\vprotocolMin\x12!\n" +
+	"\fprotocol_max\x18\t \x01(\rR\vprotocolMax\x12\x1a\n" +
+	"\bexcluded\x18\n" +
+	" \x01(\tR\bexcluded\"'\n" +
 	"\rShardsRequest\x12\x16\n" +
 	"\x06shards\x18\x01 \x03(\rR\x06shards\"\x8d\x01\n" +
 	"\x0eShardsResponse\x12+\n" +

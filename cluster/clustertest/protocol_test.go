@@ -1,0 +1,137 @@
+package clustertest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/elixirscope/scope/cluster"
+	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
+	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+)
+
+// member returns what n's ClusterService says of the member called name.
+func member(t *testing.T, n *Node, name string) (*scopev1.Member, uint32) {
+	t.Helper()
+	resp, err := n.Admin.Members(context.Background(), connect.NewRequest(&scopev1.MembersRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range resp.Msg.GetMembers() {
+		if m.GetName() == name {
+			return m, resp.Msg.GetProtocol()
+		}
+	}
+	return nil, resp.Msg.GetProtocol()
+}
+
+// replicaStatus calls n's NodeService as a node writing protocol version
+// (nothing: a node from before protocol versions).
+func replicaStatus(n *Node, version string) error {
+	client := nodev1connect.NewNodeServiceClient(http.DefaultClient, n.URL)
+	req := connect.NewRequest(&nodev1.ReplicaStatusRequest{Shard: 0})
+	if version != "" {
+		req.Header().Set(cluster.ProtocolHeader, version)
+	}
+	_, err := client.ReplicaStatus(context.Background(), req)
+	return err
+}
+
+// TestVersionNegotiation: a node advertising only a protocol version newer
+// than the cluster's is refused with a clear error everywhere (never given
+// a replica, its node-to-node requests refused, itself not ready and
+// saying why), while a node that also speaks the cluster's version joins
+// as any other and the cluster keeps speaking the version every replica
+// holder reads (docs/DECISIONS.md D34).
+func TestVersionNegotiation(t *testing.T) {
+	c := Start(t, Options{Nodes: 3})
+	n1 := c.Nodes[0]
+	newer := c.AddNodeSpeaking(cluster.ProtocolRange{Min: 2, Max: 2})
+
+	WaitForWhy(t, "n1 lists "+newer.Name+" as excluded", 30*time.Second, func() string {
+		m, v := member(t, n1, newer.Name)
+		if m == nil || m.GetStatus() != scopev1.MemberStatus_MEMBER_STATUS_ALIVE || m.GetProtocolMin() != 2 ||
+			!strings.Contains(m.GetExcluded(), "protocol") || v != 1 {
+			return fmt.Sprintf("member %v, cluster protocol %d", m, v)
+		}
+		return ""
+	})
+	WaitFor(t, newer.Name+" knows it cannot take part", 30*time.Second, func() bool {
+		return errors.Is(newer.Cluster.ProtocolError(), cluster.ErrProtocol)
+	})
+	resp, err := http.Get(newer.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "protocol 2, the cluster speaks 1") {
+		t.Fatalf("/readyz of %s: %d %q; want 503 naming both versions", newer.Name, resp.StatusCode, body)
+	}
+
+	// Node-to-node requests in a version the receiver does not read are
+	// refused, naming it; a request without a version is version 1.
+	refusedBefore := counterValue(t, n1, "scope_cluster_protocol_refused_total")
+	for _, tt := range []struct {
+		to      *Node
+		version string
+		refused bool
+	}{
+		{n1, "1", false}, {n1, "", false}, {n1, "2", true}, {n1, "x", true},
+		{newer, "2", false}, {newer, "1", true}, {newer, "", true},
+	} {
+		err := replicaStatus(tt.to, tt.version)
+		if refused := Code(err) == connect.CodeFailedPrecondition && strings.Contains(err.Error(), "protocol"); refused != tt.refused {
+			t.Fatalf("request in protocol %q to %s: %v; want refused %v", tt.version, tt.to.Name, err, tt.refused)
+		}
+	}
+	if got := counterValue(t, n1, "scope_cluster_protocol_refused_total") - refusedBefore; got != 2 {
+		t.Fatalf("n1 counted %v refusals, want 2", got)
+	}
+	// The newer node's own reads go out in its version: refused, not
+	// misread. A query through it names the protocol.
+	_, err = newer.Query.Events(context.Background(), connect.NewRequest(&scopev1.EventsRequest{Limit: 1,
+		Consistency: scopev1.Consistency_CONSISTENCY_LEADER}))
+	if Code(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "protocol version mismatch") {
+		t.Fatalf("query through %s: %v; want UNAVAILABLE naming the protocol", newer.Name, err)
+	}
+
+	// Placement never picks it: after several rounds on every node, it
+	// holds no replica.
+	rounds := make([]float64, 3)
+	for i, n := range c.Nodes[:3] {
+		rounds[i] = counterValue(t, n, "scope_cluster_rounds_total")
+	}
+	WaitFor(t, "five more rounds on every node", 30*time.Second, func() bool {
+		for i, n := range c.Nodes[:3] {
+			if counterValue(t, n, "scope_cluster_rounds_total") < rounds[i]+5 {
+				return false
+			}
+		}
+		return true
+	})
+	if reps := newer.Node.Replicas(); len(reps) != 0 {
+		t.Fatalf("%s holds %d replicas", newer.Name, len(reps))
+	}
+
+	// A node of the next release (it also speaks 1) is placed as usual;
+	// the cluster keeps speaking 1, which every holder reads.
+	next := c.AddNodeSpeaking(cluster.ProtocolRange{Min: 1, Max: 2})
+	WaitFor(t, next.Name+" holds a replica", 60*time.Second, func() bool { return len(next.Node.Replicas()) > 0 })
+	m, v := member(t, n1, next.Name)
+	if m.GetExcluded() != "" || v != 1 || next.Cluster.ProtocolError() != nil {
+		t.Fatalf("%s: excluded %q, cluster protocol %d, its error %v; want included at 1", next.Name, m.GetExcluded(), v,
+			next.Cluster.ProtocolError())
+	}
+	if cv, writes := next.Cluster.Protocol(); cv != 1 || writes != 1 {
+		t.Fatalf("%s: cluster protocol %d, writes %d; want 1, 1", next.Name, cv, writes)
+	}
+}
