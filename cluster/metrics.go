@@ -20,7 +20,7 @@ type metrics struct {
 	dropsRefused, transfers, protocolRefused       prometheus.Counter
 
 	members, ledShards, replicas, movesInFlight, peerCallsRefused, foreignMembers *prometheus.Desc
-	protocol, protocolMismatched                                                  *prometheus.Desc
+	protocol, protocolMismatched, membership                                      *prometheus.Desc
 }
 
 func newMetrics(c *Cluster) *metrics {
@@ -62,6 +62,9 @@ func newMetrics(c *Cluster) *metrics {
 			"The protocol version the cluster speaks, as this node computes it (0 before it knows; D34).", nil, nil),
 		protocolMismatched: prometheus.NewDesc("scope_cluster_protocol_mismatched_members",
 			"Alive members, this node included, that cannot speak the cluster's protocol version: never given replicas (D34).", nil, nil),
+		membership: prometheus.NewDesc("scope_membership_events_total",
+			"Gossip membership events on this node: memberlist notifications (join, leave, update), metadata that did not decode, rejoin attempts and failures, members forgotten, members or seeds not kept (bounds reached), metadata re-advertisements and their timeouts, change signals coalesced.",
+			[]string{"event"}, nil),
 		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
 		ledShards:     prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
 		replicas:      prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
@@ -88,6 +91,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.foreignMembers
 	ch <- m.protocol
 	ch <- m.protocolMismatched
+	ch <- m.membership
 	m.staleRunsUnsent.Describe(ch)
 }
 
@@ -115,6 +119,13 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.protocol, prometheus.GaugeValue, float64(v))
 	ch <- prometheus.MustNewConstMetric(m.protocolMismatched, prometheus.GaugeValue, float64(mismatched))
+	ms := m.c.members.Stats()
+	for event, n := range map[string]uint64{"join": ms.Joins, "leave": ms.Leaves, "update": ms.Updates,
+		"meta_decode_error": ms.MetaDecodeErrors, "rejoin": ms.Rejoins, "rejoin_failure": ms.RejoinFailures,
+		"forgotten": ms.Forgotten, "members_overflow": ms.MembersOverflow, "seeds_overflow": ms.SeedsOverflow,
+		"meta_publish": ms.MetaPublishes, "meta_publish_timeout": ms.MetaPublishTimeouts, "coalesced": ms.Coalesced} {
+		ch <- prometheus.MustNewConstMetric(m.membership, prometheus.CounterValue, float64(n), event)
+	}
 	m.staleRunsUnsent.Collect(ch)
 	for s, n := range byState {
 		ch <- prometheus.MustNewConstMetric(m.members, prometheus.GaugeValue, float64(n), s.String())

@@ -164,10 +164,7 @@ func TestLeaderLossKeepsCallStacks(t *testing.T) {
 	shard := correlate.ShardOf("app@host", pid, 4)
 	callID := ingest(t, c.Nodes[0], ev(scopev1.Kind_KIND_CALL, pid, 100))[0]
 
-	leader := c.ShardLeader(shard)
-	if leader == nil {
-		t.Fatal("no leader")
-	}
+	leader := c.WaitShardLeader(shard)
 	c.Stop(leader)
 	var survivor *Node
 	for _, n := range c.Live() {

@@ -459,6 +459,20 @@ func (c *Cluster) WaitReady(timeout time.Duration) {
 	})
 }
 
+// WaitShardLeader waits up to 30 s for a live node to lead shard and
+// returns it. Use it rather than ShardLeader outside a wait: leadership
+// balancing moves leaders after a start or a join, and a shard has no
+// leader for the moment of each transfer.
+func (c *Cluster) WaitShardLeader(shard uint32) *Node {
+	c.t.Helper()
+	var l *Node
+	WaitFor(c.t, fmt.Sprintf("a leader of shard %d", shard), 30*time.Second, func() bool {
+		l = c.ShardLeader(shard)
+		return l != nil
+	})
+	return l
+}
+
 // ShardLeader returns the live node whose replica leads shard, or nil.
 func (c *Cluster) ShardLeader(shard uint32) *Node {
 	for _, n := range c.Live() {

@@ -233,10 +233,11 @@ func partitionRound(t *testing.T, c *Cluster, shard uint32, links Link, res **Lo
 	case err == nil:
 		forwarded = resp.Msg.GetEventIds()
 		id, _ := correlate.ParseEventID(forwarded[0])
-		leader := c.ShardLeader(shard)
-		if leader == nil || leader == x {
-			t.Fatalf("shard %d: no leader on the majority side after a forwarded ingest", shard)
-		}
+		var leader *Node
+		WaitFor(t, fmt.Sprintf("a leader of shard %d on the majority side", shard), 30*time.Second, func() bool {
+			leader = c.ShardLeader(shard)
+			return leader != nil && leader != x
+		})
 		if _, err := leader.Node.Store().Get(shard, id); err != nil {
 			t.Fatalf("ingest via the isolated %s acknowledged, but not stored by the majority's leader: %v", x.Name, err)
 		}

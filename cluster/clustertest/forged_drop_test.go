@@ -23,10 +23,7 @@ func TestForgedDropReplicaKeepsLiveReplica(t *testing.T) {
 	const shards = 2
 	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
 	const shard = 0
-	leader := c.ShardLeader(shard)
-	if leader == nil {
-		t.Fatal("no leader")
-	}
+	leader := c.WaitShardLeader(shard)
 	var follower *Node
 	for _, n := range c.Nodes {
 		if n != leader && n.Node.Replica(shard) != nil {

@@ -135,7 +135,7 @@ func TestAnyReadReportsLag(t *testing.T) {
 	c := Start(t, Options{Nodes: 3, Shards: shards, Replicas: 3})
 	pid := "<0.42.0>"
 	s := correlate.ShardOf("app@host", pid, shards)
-	leader := c.ShardLeader(s)
+	leader := c.WaitShardLeader(s)
 	var follower *Node
 	for _, n := range c.Nodes {
 		if n != leader {

@@ -134,8 +134,8 @@ func TestTailClusterWide(t *testing.T) {
 
 	// Find a node the tail follows for the shard the tailer lacks (LEADER:
 	// the leader), to stop mid-load.
-	victim := c.ShardLeader(uint32(missing))
-	if victim == nil || victim == tailer {
+	victim := c.WaitShardLeader(uint32(missing))
+	if victim == tailer {
 		t.Fatalf("shard %d: leader %v", missing, victim)
 	}
 	var via []*Node
