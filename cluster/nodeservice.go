@@ -390,6 +390,10 @@ func remoteError(addr string, err error) error {
 	if !errors.As(err, &ce) {
 		return fmt.Errorf("%w: %s: %w", node.ErrNoShard, addr, err)
 	}
+	if ce.Code() == connect.CodeFailedPrecondition && ce.Meta().Get(ProtocolHeader) != "" {
+		// A protocol refusal: no retry or other replica changes it.
+		return connect.NewError(ce.Code(), fmt.Errorf("%s: %s", addr, ce.Message()))
+	}
 	var sentinel error
 	switch ce.Code() {
 	case connect.CodeNotFound:

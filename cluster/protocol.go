@@ -230,9 +230,13 @@ func (p protocolInterceptor) check(h http.Header) error {
 		return nil
 	}
 	p.c.metrics.protocolRefused.Inc()
-	return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
+	err := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
 		"%w: the request is in protocol %q, node %s reads %s: the sending node must run a release that speaks protocol %s (docs/OPERATIONS.md, Upgrades)",
 		ErrProtocol, h.Get(ProtocolHeader), p.c.cfg.Name, self, self))
+	// The refusal says which versions this node reads: the caller then
+	// knows it is final, not a shard between leaders (remoteError).
+	err.Meta().Set(ProtocolHeader, self.String())
+	return err
 }
 
 func (p protocolInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

@@ -100,8 +100,8 @@ func TestVersionNegotiation(t *testing.T) {
 	// misread. A query through it names the protocol.
 	_, err = newer.Query.Events(context.Background(), connect.NewRequest(&scopev1.EventsRequest{Limit: 1,
 		Consistency: scopev1.Consistency_CONSISTENCY_LEADER}))
-	if Code(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "protocol version mismatch") {
-		t.Fatalf("query through %s: %v; want UNAVAILABLE naming the protocol", newer.Name, err)
+	if Code(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "protocol version mismatch") {
+		t.Fatalf("query through %s: %v; want FAILED_PRECONDITION naming the protocol", newer.Name, err)
 	}
 
 	// Placement never picks it: after several rounds on every node, it
