@@ -64,6 +64,9 @@ type Edge struct {
 	From EventID
 	Type LinkType
 	To   EventID
+	// FromOtherShard says From is stored on another shard (the SEND or
+	// SPAWN of a notice from it), so the store need not look for it here.
+	FromOtherShard bool
 }
 
 // StateRecord is one mutation of the correlator's persisted state: put Key

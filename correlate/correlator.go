@@ -1,6 +1,7 @@
 package correlate
 
 import (
+	"cmp"
 	"slices"
 	"strings"
 )
@@ -299,6 +300,7 @@ func (c *Correlator) orderBySeq(evs []Event) {
 		clear(c.seqMax)
 	}
 	var disordered []Process
+	var positions map[Process][]int // the disordered processes' event positions, made at the first disorder
 	for i := range evs {
 		e := &evs[i]
 		if e.Seq == 0 {
@@ -311,29 +313,42 @@ func (c *Correlator) orderBySeq(evs []Event) {
 			c.seqMax[k] = e.Seq
 		default:
 			c.cur.OutOfOrder++
-			if !slices.Contains(disordered, k) {
+			if positions == nil {
+				positions = make(map[Process][]int)
+			}
+			if _, listed := positions[k]; !listed {
+				positions[k] = nil
 				disordered = append(disordered, k)
 			}
 		}
 	}
-	for _, k := range disordered {
-		var pos []int
-		var sorted []Event
-		for i := range evs {
-			if evs[i].Seq != 0 && evs[i].Origin == k.Origin && evs[i].PID == k.PID {
-				pos = append(pos, i)
-				sorted = append(sorted, evs[i])
-			}
+	if len(disordered) == 0 {
+		return
+	}
+	// One pass collects the positions of every disordered process's
+	// seq-carrying events (a batch where many processes are out of order
+	// cost events × processes scanning once per process).
+	for i := range evs {
+		if evs[i].Seq == 0 {
+			continue
 		}
-		slices.SortStableFunc(sorted, func(a, b Event) int {
-			switch {
-			case a.Seq < b.Seq:
-				return -1
-			case a.Seq > b.Seq:
-				return 1
-			}
-			return 0
-		})
+		k := Process{evs[i].Origin, evs[i].PID}
+		if pos, ok := positions[k]; ok {
+			positions[k] = append(pos, i)
+		}
+	}
+	// Positions are sorted, not events (hundreds of bytes each): every
+	// event then moves twice, whatever the sort does.
+	var order []int
+	var sorted []Event
+	for _, k := range disordered {
+		pos := positions[k]
+		order = append(order[:0], pos...)
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(evs[a].Seq, evs[b].Seq) })
+		sorted = sorted[:0]
+		for _, i := range order {
+			sorted = append(sorted, evs[i])
+		}
 		for j, i := range pos {
 			evs[i] = sorted[j]
 		}
@@ -358,13 +373,14 @@ func (c *Correlator) addLink(e *Event, l Link) {
 
 // link records From --t--> to. When the source event is in this batch
 // (idx >= 0) the link goes on the event itself; otherwise it becomes an
-// edge record, so stored events are never rewritten.
-func (c *Correlator) link(idx int, from EventID, t LinkType, to EventID) {
+// edge record, so stored events are never rewritten. fromShard is the
+// shard the source event belongs to.
+func (c *Correlator) link(idx int, from EventID, fromShard uint32, t LinkType, to EventID) {
 	if idx >= 0 {
 		c.addLink(&c.batch[idx], Link{Type: t, Target: to})
 		return
 	}
-	c.res.Edges = append(c.res.Edges, Edge{From: from, Type: t, To: to})
+	c.res.Edges = append(c.res.Edges, Edge{From: from, Type: t, To: to, FromOtherShard: fromShard != c.cfg.Shard})
 }
 
 // idText returns id's 26-character text form. The bytes live in an

@@ -1,6 +1,9 @@
 package correlate
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
 // State-record tags: the first byte of every state key.
 const (
@@ -168,15 +171,7 @@ func keyOf(p *pending) msgKey {
 
 func (c *Correlator) removePending(t *pendingTable, p *pending) {
 	k := keyOf(p)
-	q := t.byKey[k]
-	for i, x := range q {
-		if x == p {
-			copy(q[i:], q[i+1:])
-			q[len(q)-1] = nil
-			q = q[:len(q)-1]
-			break
-		}
-	}
+	q := removeEntry(t.byKey[k], p)
 	if len(q) == 0 {
 		delete(t.byKey, k)
 	} else {
@@ -186,6 +181,30 @@ func (c *Correlator) removePending(t *pendingTable, p *pending) {
 	t.bytes -= pendingSize(&p.n)
 	p.dead = true
 	c.markPending(p)
+}
+
+// removeEntry removes p from q, keeping the others in order, and returns
+// the shortened slice. It moves the shorter side of q over p's slot: the
+// entry removed is most often the oldest (an eviction, or the oldest send
+// pairing), which then costs nothing however many wait under the key (a
+// timer's identical ticks to one process, whose receives are not traced,
+// pile up to the table's bound). The slot left at an end is cleared so
+// that the backing array pins no removed entry; appends reallocate it in
+// time, so a key's slice never holds more than twice its live entries.
+func removeEntry(q []*pending, p *pending) []*pending {
+	i := slices.Index(q, p)
+	switch {
+	case i < 0:
+		return q
+	case i < len(q)/2:
+		copy(q[1:i+1], q[:i])
+		q[0] = nil
+		return q[1:]
+	default:
+		copy(q[i:], q[i+1:])
+		q[len(q)-1] = nil
+		return q[:len(q)-1]
+	}
 }
 
 func (c *Correlator) markPending(p *pending) {
@@ -211,7 +230,7 @@ func (c *Correlator) deliver(n Notice, idx int) {
 	case NoticeSend:
 		k := msgKey{recv: n.Receiver, hash: n.MessageHash}
 		if r := c.matchReceive(k, &n); r != nil {
-			c.pair(n.EventID, idx, r.n.EventID, r.idxIn(c.epoch))
+			c.pair(n.EventID, n.FromShard, idx, r.n.EventID, r.idxIn(c.epoch))
 			c.removePending(&c.recvs, r)
 			return
 		}
@@ -252,7 +271,7 @@ func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
 		Sender: e.Peer(), Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
 	if s := c.matchSend(k, &n); s != nil {
-		c.pair(s.n.EventID, s.idxIn(c.epoch), e.ID, idx)
+		c.pair(s.n.EventID, s.n.FromShard, s.idxIn(c.epoch), e.ID, idx)
 		c.removePending(&c.sends, s)
 		return
 	}
@@ -264,17 +283,18 @@ func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	c.addPending(&c.recvs, n, idx)
 }
 
-// pair links a SEND and the RECEIVE that consumed it, both ways.
-func (c *Correlator) pair(send EventID, sendIdx int, recv EventID, recvIdx int) {
-	c.link(recvIdx, recv, LinkReceivedFrom, send)
-	c.link(sendIdx, send, LinkDeliveredTo, recv)
+// pair links a SEND (of shard sendShard) and the RECEIVE that consumed
+// it, both ways.
+func (c *Correlator) pair(send EventID, sendShard uint32, sendIdx int, recv EventID, recvIdx int) {
+	c.link(recvIdx, recv, c.cfg.Shard, LinkReceivedFrom, send)
+	c.link(sendIdx, send, sendShard, LinkDeliveredTo, recv)
 	c.cur.Matched++
 }
 
 // linkSpawn links a SPAWN and the child's event, both ways.
 func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childIdx int) {
-	c.link(childIdx, child, LinkSpawnedBy, n.EventID)
-	c.link(spawnIdx, n.EventID, LinkSpawned, child)
+	c.link(childIdx, child, c.cfg.Shard, LinkSpawnedBy, n.EventID)
+	c.link(spawnIdx, n.EventID, n.FromShard, LinkSpawned, child)
 	c.cur.SpawnsLinked++
 }
 

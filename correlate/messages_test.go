@@ -2,6 +2,7 @@ package correlate
 
 import (
 	"errors"
+	"fmt"
 	"maps"
 	"strings"
 	"testing"
@@ -342,5 +343,49 @@ func TestOutboxByteBound(t *testing.T) {
 	}
 	if r.outbox.bytes != c.outbox.bytes {
 		t.Fatalf("restored charge %d bytes, want %d", r.outbox.bytes, c.outbox.bytes)
+	}
+}
+
+// TestEdgesSayWhoseSourceIsElsewhere: an edge whose source is a SEND or
+// SPAWN of another shard (it came in a notice) says so, so the store does
+// not look for it on this shard; one whose source is this shard's does not.
+func TestEdgesSayWhoseSourceIsElsewhere(t *testing.T) {
+	const shards = 4
+	procOn := func(shard uint32, name string) Process {
+		for i := 0; ; i++ {
+			p := Process{name + "@h", fmt.Sprintf("<0.%d.0>", i)}
+			if ShardOf(p.Origin, p.PID, shards) == shard {
+				return p
+			}
+		}
+	}
+	c, err := New(DefaultConfig(0, shards))
+	if err != nil {
+		t.Fatal(err)
+	}
+	here, there := procOn(0, "here"), procOn(1, "there")
+	sender := procOn(0, "sender")
+	// Batch 1: a remote SEND's notice, and a local SEND to here, both
+	// waiting for their RECEIVEs.
+	c.Apply(Batch{LogTime: 1,
+		Notices: []Notice{{Kind: NoticeSend, EventID: testID(1, 1), FromShard: 1, ToShard: 0, Sender: there, Receiver: here,
+			MessageHash: 7, TimestampNs: 5}},
+		Events: []Event{{ID: testID(1, 2), Origin: sender.Origin, PID: sender.PID, Kind: KindSend, TimestampNs: 5,
+			PeerOrigin: here.Origin, PeerPID: here.PID, MessageHash: 8}},
+	})
+	// Batch 2: the two RECEIVEs; both SENDs are stored already, so each
+	// pairing's DELIVERED_TO becomes an edge record.
+	res := c.Apply(Batch{LogTime: 2, Events: []Event{
+		{ID: testID(2, 1), Origin: here.Origin, PID: here.PID, Kind: KindReceive, TimestampNs: 6, MessageHash: 7},
+		{ID: testID(2, 2), Origin: here.Origin, PID: here.PID, Kind: KindReceive, TimestampNs: 7, MessageHash: 8},
+	}})
+	want := map[EventID]bool{testID(1, 1): true, testID(1, 2): false}
+	if len(res.Edges) != len(want) {
+		t.Fatalf("edges %+v, want one per stored SEND", res.Edges)
+	}
+	for _, e := range res.Edges {
+		if other, ok := want[e.From]; !ok || e.Type != LinkDeliveredTo || e.FromOtherShard != other {
+			t.Errorf("edge %+v: want DELIVERED_TO with FromOtherShard %v", e, other)
+		}
 	}
 }

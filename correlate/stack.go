@@ -57,7 +57,10 @@ type lruEntry struct {
 
 func (l *lruLog) push(p *proc, live int) {
 	l.q = append(l.q, lruEntry{p: p, tick: p.tick})
-	if len(l.q)-l.head > 2*live+1024 {
+	// The whole slice counts, the prefix oldest skipped included: a few
+	// hot processes keep the part after head short, and the prefix would
+	// otherwise grow without bound (TestLRULogBounded).
+	if len(l.q) > 2*live+1024 {
 		n := 0
 		for _, e := range l.q[l.head:] {
 			if !e.p.dead && e.p.tick == e.tick {

@@ -189,3 +189,97 @@ func BenchmarkQueries(b *testing.B) {
 	})
 	_ = math.MaxInt64
 }
+
+// BenchmarkApplyRemoteEdges applies batches of 256 RECEIVEs and the 256
+// DELIVERED_TO edges of their SENDs, stored on other shards, into a shard
+// with 600 live buckets: "probed" looks for each source among the buckets
+// (how every such edge was stored before Edge.FromOtherShard), "flagged"
+// trusts the correlator's flag, "local" is the baseline of sources stored in
+// the batch's own bucket.
+func BenchmarkApplyRemoteEdges(b *testing.B) {
+	const buckets, size = 600, 256
+	for _, mode := range []string{"probed", "flagged", "local"} {
+		b.Run(mode, func(b *testing.B) {
+			s, _ := benchStore(b)
+			g := newGen(7, 64)
+			width := int64(1) << s.shift
+			old := &correlate.Result{Index: 1}
+			for i := range buckets {
+				e := g.event()
+				e.TimestampNs = int64(i) * width
+				old.Events = append(old.Events, e)
+			}
+			if err := s.Apply(0, old); err != nil {
+				b.Fatal(err)
+			}
+			ts := int64(buckets) * width
+			idx := uint64(1)
+			b.ReportAllocs()
+			for b.Loop() {
+				idx++
+				res := &correlate.Result{Index: idx}
+				for range size {
+					ts++
+					recv := correlate.Event{ID: g.id(ts), Origin: "app@h", PID: "<0.1.0>", Kind: correlate.KindReceive,
+						TimestampNs: ts, MessageHash: 1}
+					res.Events = append(res.Events, recv)
+					from := g.id(ts) // a SEND of another shard
+					if mode == "local" {
+						send := correlate.Event{ID: from, Origin: "app@h", PID: "<0.2.0>", Kind: correlate.KindSend,
+							TimestampNs: ts, PeerOrigin: "app@h", PeerPID: "<0.1.0>", MessageHash: 1}
+						res.Events = append(res.Events, send)
+					}
+					res.Edges = append(res.Edges, correlate.Edge{From: from, Type: correlate.LinkDeliveredTo, To: recv.ID,
+						FromOtherShard: mode == "flagged"})
+				}
+				if err := s.Apply(0, res); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*size), "ns/edge")
+		})
+	}
+}
+
+// BenchmarkRetentionCountCut applies a count rule that cuts inside one
+// bucket holding 20,000 events with an edge each: half of them go, event by
+// event (the cut's bucket cannot be deleted by range).
+func BenchmarkRetentionCountCut(b *testing.B) {
+	const n = 20_000
+	for b.Loop() {
+		b.StopTimer()
+		dir := b.TempDir()
+		o := DefaultOptions()
+		o.FS = vfs.Default
+		o.Logger = testOptions(nil).Logger
+		s, err := Open(dir, o)
+		if err != nil {
+			b.Fatal(err)
+		}
+		g := newGen(11, 64)
+		idx := uint64(0)
+		for start := 0; start < n; start += 1000 {
+			idx++
+			res := &correlate.Result{Index: idx}
+			for i := range 1000 {
+				e := g.event()
+				e.TimestampNs = int64(start + i + 1) // one bucket (2^38 ns wide)
+				e.Links = []correlate.Link{{Type: correlate.LinkDeliveredTo, Target: g.id(e.TimestampNs)}}
+				res.Events = append(res.Events, e)
+			}
+			if err := s.Apply(0, res); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		if err := s.Apply(0, &correlate.Result{Index: idx + 1, Retention: &correlate.Retention{MaxEvents: n / 2}}); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if st, err := s.Stats(0); err != nil || st.Events != n/2 {
+			b.Fatalf("after the cut: %+v, %v; want %d events", st, err, n/2)
+		}
+		_ = s.Close()
+		b.StartTimer()
+	}
+}

@@ -443,3 +443,39 @@ func TestEventsMaxBytes(t *testing.T) {
 		t.Fatalf("MaxBytes -1: %v", err)
 	}
 }
+
+// TestEdgeFromOtherShardStoredAlike: an edge whose source the correlator
+// says is on another shard skips the lookup of its source, and is stored
+// exactly as the same edge found missing by that lookup.
+func TestEdgeFromOtherShardStoredAlike(t *testing.T) {
+	digests := make([]uint64, 2)
+	for i, flagged := range []bool{false, true} {
+		s := openMem(t)
+		g := newGen(9, 4)
+		res := g.batch(1, 60)
+		mustApply(t, s, 2, res)
+		var edges []correlate.Edge
+		for _, e := range res.Events {
+			if e.Kind == correlate.KindReceive {
+				edges = append(edges, correlate.Edge{From: g.id(0), Type: correlate.LinkDeliveredTo, To: e.ID, FromOtherShard: flagged})
+			}
+		}
+		if len(edges) == 0 {
+			t.Fatal("the batch has no RECEIVE")
+		}
+		mustApply(t, s, 2, &correlate.Result{Index: 2, Edges: edges})
+		for _, e := range edges {
+			if links, err := s.Edges(2, e.From); err != nil || len(links) != 1 || links[0].Target != e.To {
+				t.Fatalf("flagged %v: edges of %s: %v, %v", flagged, e.From, links, err)
+			}
+		}
+		d, err := s.Digest(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests[i] = d
+	}
+	if digests[0] != digests[1] {
+		t.Fatal("the flag changed what the shard stores")
+	}
+}
