@@ -83,6 +83,14 @@ func (m *Metrics) watchReplicas(failed func() int) {
 	}, func() float64 { return float64(failed()) }))
 }
 
+// watchTail registers the tail hub's dispatch counters.
+func (m *Metrics) watchTail(h *tailHub) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "scope_tail_dispatch_dropped_events_total",
+		Help: "Applied events not fanned out to Tail subscriptions because the node's dispatch queue was full (each subscription watching the shard reports them as lagged).",
+	}, func() float64 { return float64(h.overflow.Load()) }))
+}
+
 func shardLabel(shard uint32) string { return strconv.FormatUint(uint64(shard), 10) }
 
 func (m *Metrics) ingested(shard uint32, n int) {

@@ -265,6 +265,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.pool.Start()
 	n.metrics.watchReplicas(n.failedReplicas)
+	n.metrics.watchTail(n.tail)
 	n.metrics.reg.MustRegister(newPebbleCollector(map[string]func() (*pebble.Metrics, uint64){
 		"store": st.PebbleMetrics, "raftlog": rl.PebbleMetrics}))
 	n.wg.Add(3)

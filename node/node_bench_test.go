@@ -32,9 +32,65 @@ func BenchmarkNodeIngest(b *testing.B) {
 	}
 }
 
+// BenchmarkNodeIngestTails is BenchmarkNodeIngest with 200 Tail
+// subscriptions of the whole node, each filtering on a module: stalled
+// (never read: their buffers fill and every later event is dropped and
+// counted) or reading (a goroutine each, reading as fast as it can). A
+// reader must cost only itself: ingest with them should stay near the
+// figure without.
+//
+//	go test -run '^$' -bench NodeIngestTails -benchtime 100000x ./node/
+func BenchmarkNodeIngestTails(b *testing.B) {
+	for _, mode := range []string{"none", "stalled", "reading"} {
+		b.Run("tails="+mode, func(b *testing.B) {
+			benchNodeIngestWith(b, 16, 512, func(tn *node.Node) func() {
+				if mode == "none" {
+					return func() {}
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				var wg sync.WaitGroup
+				var subs []*node.Subscription
+				for i := range 200 {
+					module := benchFuncs[i%len(benchFuncs)].m
+					sub, err := tn.Subscribe(node.TailSpec{Match: func(e *correlate.Event) bool { return e.Module == module }})
+					if err != nil {
+						b.Fatal(err)
+					}
+					subs = append(subs, sub)
+					if mode == "reading" {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							for {
+								if _, err := sub.Next(ctx); err != nil {
+									return
+								}
+							}
+						}()
+					}
+				}
+				return func() {
+					cancel()
+					for _, s := range subs {
+						s.Close()
+					}
+					wg.Wait()
+				}
+			})
+		})
+	}
+}
+
 func benchNodeIngest(b *testing.B, shards uint32, batch int) {
+	benchNodeIngestWith(b, shards, batch, func(*node.Node) func() { return func() {} })
+}
+
+// benchNodeIngestWith runs the ingest benchmark after setup(node), and
+// calls what setup returns once the measurement ends.
+func benchNodeIngestWith(b *testing.B, shards uint32, batch int, setup func(*node.Node) func()) {
 	const submitters = 4
 	tn := bootstrapped(b, "bench", b.TempDir(), shards)
+	defer setup(tn.Node)()
 	reqs := make([][][]correlate.Event, submitters)
 	for g := range reqs {
 		gen := newBenchGen(uint64(g), 250)

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -15,6 +16,11 @@ const maxSubscribers = 1024
 // DefaultTailBuffer is a subscription's buffer when TailSpec.Buffer is 0.
 const DefaultTailBuffer = 1024
 
+// maxDispatchEvents bounds the applied events published to the tail hub
+// and not yet fanned out to subscriptions. Beyond it an apply's events are
+// not queued: each subscription watching the shard counts them as dropped.
+const maxDispatchEvents = 1 << 15
+
 // TailKind says what a TailItem carries.
 type TailKind uint8
 
@@ -22,7 +28,9 @@ const (
 	// TailEvent: a matching event, at (Index, Offset).
 	TailEvent TailKind = iota
 	// TailLagged: Dropped matching events of Shard were dropped here
-	// because the subscription's buffer was full. It follows every event
+	// because the subscription's buffer was full (or, when the node could
+	// not fan out applied events as fast as they came, events of the shard
+	// that were never examined: an upper bound on the matching ones). It follows every event
 	// of the shard delivered before the drops and precedes every later
 	// one; Next delivers it as soon as the buffer has room, without
 	// waiting for the shard's next event.
@@ -79,8 +87,9 @@ type TailSpec struct {
 	// it before the subscription started. Other shards start with the
 	// next entry applied.
 	After map[uint32]TailPosition
-	// Match selects events (nil: all). It runs on replica FSM goroutines
-	// and must be fast and must not block.
+	// Match selects events (nil: all). It runs on the node's tail
+	// dispatcher goroutine, shared by every subscription: it must be fast
+	// and must not block.
 	Match func(*correlate.Event) bool
 	// Buffer bounds the events (and lag reports) held for a slow reader;
 	// 0: DefaultTailBuffer.
@@ -108,21 +117,26 @@ type Subscription struct {
 	// sends never block.
 	c chan TailItem
 
-	// Written under hub.mu (exclusive); read under hub.mu (shared).
-	state  []uint8
+	// Fixed at creation.
 	resume []bool
 	after  []TailPosition
 
-	// mu orders sends to c with the lag counts: the shard's FSM goroutine
-	// (publish), the reader (Next flushing lag reports) and gone.
-	mu sync.Mutex
+	// mu guards what follows and orders sends to c with the lag counts:
+	// the dispatcher, the reader (Next flushing lag reports), watch and
+	// gone. Nothing is sent to c once closed is set (c is closed then).
+	mu     sync.Mutex
+	closed bool
+	state  []uint8
+	// start[shard]: the applied index when the shard was watched; entries
+	// up to it were applied before and are not delivered (they may still
+	// be queued for dispatch when the watch starts).
+	start []uint64
 	// lagged[shard]: matching events dropped since the shard's last
 	// delivered item. Guarded by mu.
 	lagged []uint64
 	// lagging counts shards with lagged > 0 (written under mu): Next's
 	// fast path reads it without the lock.
 	lagging atomic.Int32
-	once    sync.Once
 }
 
 // Next returns the subscription's next item, waiting for one. A lag report
@@ -153,6 +167,9 @@ func (s *Subscription) Next(ctx context.Context) (TailItem, error) {
 func (s *Subscription) flushLagged() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
 	for shard, n := range s.lagged {
 		if n == 0 {
 			continue
@@ -174,16 +191,166 @@ func (s *Subscription) sendLaggedLocked(shard uint32) {
 // Close ends the subscription.
 func (s *Subscription) Close() { s.hub.remove(s) }
 
-// tailHub fans applied events out to subscriptions.
+// tailHub fans applied events out to subscriptions. A replica's FSM
+// goroutine only queues what it applied (one copy of the events, whatever
+// the subscriptions); the hub's dispatcher goroutine runs the filters and
+// fills the subscriptions' buffers, so neither many subscriptions nor slow
+// readers hold up applies (BenchmarkNodeIngestTails).
 type tailHub struct {
 	shards uint32
+	// mu guards the subscription set; each subscription's own state is
+	// under its mu, so a filter that is slow holds up no one but the
+	// dispatcher.
 	mu     sync.RWMutex
 	subs   map[*Subscription]struct{}
 	closed bool
+	// live counts subs: publish reads it without a lock.
+	live atomic.Int32
+	// fan is the dispatcher's snapshot of subs (only it uses it).
+	fan []*Subscription
+
+	// The dispatch queue, FIFO: what replicas published, and markers (a
+	// shard gone, events not queued, a flush) in their place in the order.
+	qmu      sync.Mutex
+	queue    []dispatch
+	queued   int  // events in queue, at most maxDispatchEvents
+	running  bool // the dispatcher started (at the first subscription)
+	wake     chan struct{}
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
+	// overflow counts events not queued: the queue was full.
+	overflow atomic.Uint64
+}
+
+// dispatch is one item of the hub's queue: an apply's events (a copy the
+// hub owns) and entry spans, or one of the markers.
+type dispatch struct {
+	shard  uint32
+	events []correlate.Event
+	spans  []EntrySpan
+	// dropped events of shard, up to entry lastIndex, were not queued.
+	dropped   uint64
+	lastIndex uint64
+	gone      string        // the shard is gone for every subscription, for this reason
+	flushed   chan struct{} // closed when everything queued before it is dispatched
 }
 
 func newTailHub(shards uint32) *tailHub {
-	return &tailHub{shards: shards, subs: make(map[*Subscription]struct{})}
+	return &tailHub{shards: shards, subs: make(map[*Subscription]struct{}),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// enqueue adds d to the dispatch queue and wakes the dispatcher. Applies'
+// events beyond maxDispatchEvents become a dropped marker (merged with a
+// trailing one of the same shard), so the queue stays bounded and the
+// subscriptions still learn, in order, that they missed events.
+func (h *tailHub) enqueue(d dispatch) {
+	h.qmu.Lock()
+	if n := len(d.events); n > 0 && h.queued+n > maxDispatchEvents {
+		h.overflow.Add(uint64(n))
+		last := len(d.spans) - 1
+		if k := len(h.queue) - 1; k >= 0 && h.queue[k].dropped > 0 && h.queue[k].shard == d.shard {
+			h.queue[k].dropped += uint64(n)
+			h.queue[k].lastIndex = d.spans[last].Index
+		} else {
+			h.queue = append(h.queue, dispatch{shard: d.shard, dropped: uint64(n), lastIndex: d.spans[last].Index})
+		}
+	} else {
+		h.queue = append(h.queue, d)
+		h.queued += len(d.events)
+	}
+	h.qmu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run is the dispatcher: it takes the queue's items in order and fans each
+// out, until the hub closes.
+func (h *tailHub) run() {
+	defer close(h.done)
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-h.wake:
+		}
+		for {
+			h.qmu.Lock()
+			if len(h.queue) == 0 {
+				h.qmu.Unlock()
+				break
+			}
+			d := h.queue[0]
+			h.queue[0] = dispatch{}
+			h.queue = h.queue[1:]
+			h.queued -= len(d.events)
+			h.qmu.Unlock()
+			h.fanOut(d)
+		}
+	}
+}
+
+// flush waits until everything queued before it has been dispatched (or
+// the hub closed).
+func (h *tailHub) flush() {
+	h.qmu.Lock()
+	running := h.running
+	h.qmu.Unlock()
+	if !running {
+		return
+	}
+	c := make(chan struct{})
+	h.enqueue(dispatch{flushed: c})
+	select {
+	case <-c:
+	case <-h.done:
+	}
+}
+
+// fanOut delivers one queue item to the subscriptions.
+func (h *tailHub) fanOut(d dispatch) {
+	switch {
+	case d.flushed != nil:
+		close(d.flushed)
+		return
+	case d.gone != "":
+		h.goneNow(d.shard, d.gone, nil)
+		return
+	}
+	h.mu.RLock()
+	h.fan = h.fan[:0]
+	for s := range h.subs {
+		h.fan = append(h.fan, s)
+	}
+	h.mu.RUnlock()
+	for _, s := range h.fan {
+		s.mu.Lock()
+		if s.closed || s.state[d.shard] != subWatching {
+			s.mu.Unlock()
+			continue
+		}
+		if d.dropped > 0 {
+			if d.lastIndex > s.start[d.shard] {
+				if s.lagged[d.shard] == 0 {
+					s.lagging.Add(1)
+				}
+				s.lagged[d.shard] += d.dropped
+			}
+		} else {
+			start := 0
+			for _, sp := range d.spans {
+				if sp.Index > s.start[d.shard] {
+					s.publishEntry(d.shard, sp.Index, d.events[start:sp.End])
+				}
+				start = sp.End
+			}
+		}
+		s.mu.Unlock()
+	}
+	clear(h.fan) // hold no subscription past its end
 }
 
 // Subscribe starts a subscription. Each shard is registered under its
@@ -246,7 +413,7 @@ func (h *tailHub) add(spec TailSpec, buffer int) (*Subscription, error) {
 	s := &Subscription{hub: h, match: spec.Match, buffer: buffer,
 		c:     make(chan TailItem, buffer+3*int(h.shards)),
 		state: make([]uint8, h.shards), resume: make([]bool, h.shards),
-		after: make([]TailPosition, h.shards), lagged: make([]uint64, h.shards)}
+		after: make([]TailPosition, h.shards), start: make([]uint64, h.shards), lagged: make([]uint64, h.shards)}
 	for shard, p := range spec.After {
 		s.resume[shard], s.after[shard] = true, p
 	}
@@ -260,21 +427,27 @@ func (h *tailHub) add(spec TailSpec, buffer int) (*Subscription, error) {
 		return nil, ErrTooManySubscribers
 	}
 	h.subs[s] = struct{}{}
+	h.live.Add(1)
 	h.mu.Unlock()
+	h.qmu.Lock()
+	if !h.running {
+		h.running = true
+		go h.run()
+	}
+	h.qmu.Unlock()
 	return s, nil
 }
 
 // watch starts delivering shard's entries after applied to s. It runs
 // under the replica's apply lock.
 func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if _, ok := h.subs[s]; !ok || s.state[shard] != subUnwatched {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || s.state[shard] != subUnwatched {
 		return
 	}
 	s.state[shard] = subWatching
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.start[shard] = applied
 	if p := s.after[shard]; s.resume[shard] && (applied > p.Index || (applied == p.Index && !p.Last)) {
 		// Entries after the resume position were applied before this
 		// subscription: the replica's log cannot be replayed to it.
@@ -284,23 +457,19 @@ func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
 	s.c <- TailItem{Kind: TailStart, Shard: shard, TailPosition: TailPosition{Index: applied}}
 }
 
-// publish offers one apply's events to every subscription without
-// blocking: it runs on the shard's FSM goroutine, under its apply lock.
+// publish queues one apply's events for the subscriptions: it runs on the
+// shard's FSM goroutine, under its apply lock, and costs one copy of the
+// events when anyone subscribes (nothing otherwise), whatever the
+// subscriptions and their readers do.
 func (h *tailHub) publish(shard uint32, events []correlate.Event, spans []EntrySpan) {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	for s := range h.subs {
-		if s.state[shard] != subWatching {
-			continue
-		}
-		s.mu.Lock()
-		start := 0
-		for _, sp := range spans {
-			s.publishEntry(shard, sp.Index, events[start:sp.End])
-			start = sp.End
-		}
-		s.mu.Unlock()
+	if len(spans) == 0 {
+		return
 	}
+	if h.live.Load() == 0 {
+		return
+	}
+	n := spans[len(spans)-1].End
+	h.enqueue(dispatch{shard: shard, events: slices.Clone(events[:n]), spans: slices.Clone(spans)})
 }
 
 // publishEntry delivers the matching events of one entry, each tagged with
@@ -350,22 +519,39 @@ func (s *Subscription) offer(shard uint32, index uint64, offset int, e *correlat
 }
 
 // gone tells subscriptions (only that one, or all when only is nil) that this
-// node has no replica of shard that applies entries any more. Events
-// dropped and not yet reported are reported first (in the room reserved
-// for them).
+// node has no replica of shard that applies entries any more. For all, it
+// is queued behind the events already published; for one (a shard it
+// never watched), it is told at once.
 func (h *tailHub) gone(shard uint32, reason string, only *Subscription) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	if only == nil {
+		h.qmu.Lock()
+		running := h.running
+		h.qmu.Unlock()
+		if running {
+			h.enqueue(dispatch{shard: shard, gone: reason})
+			return
+		}
+	}
+	h.goneNow(shard, reason, only)
+}
+
+// goneNow is gone, at once. Events dropped and not yet reported are
+// reported first (in the room reserved for them).
+func (h *tailHub) goneNow(shard uint32, reason string, only *Subscription) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
 	for s := range h.subs {
-		if (only != nil && s != only) || s.state[shard] == subGone {
+		if only != nil && s != only {
 			continue
 		}
-		s.state[shard] = subGone
 		s.mu.Lock()
-		if s.lagged[shard] > 0 {
-			s.sendLaggedLocked(shard)
+		if !s.closed && s.state[shard] != subGone {
+			s.state[shard] = subGone
+			if s.lagged[shard] > 0 {
+				s.sendLaggedLocked(shard)
+			}
+			s.c <- TailItem{Kind: TailGone, Shard: shard, Reason: reason}
 		}
-		s.c <- TailItem{Kind: TailGone, Shard: shard, Reason: reason}
 		s.mu.Unlock()
 	}
 }
@@ -376,19 +562,42 @@ func (h *tailHub) failed(shard uint32) { h.gone(shard, "replica failed", nil) }
 
 func (h *tailHub) remove(s *Subscription) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if _, ok := h.subs[s]; ok {
 		delete(h.subs, s)
-		s.once.Do(func() { close(s.c) })
+		h.live.Add(-1)
+	}
+	h.mu.Unlock()
+	s.end()
+}
+
+// end closes s's channel, once: Next returns what is queued, then ErrClosed.
+func (s *Subscription) end() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.c)
 	}
 }
 
 func (h *tailHub) close() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.closed = true
+	ended := make([]*Subscription, 0, len(h.subs))
 	for s := range h.subs {
 		delete(h.subs, s)
-		s.once.Do(func() { close(s.c) })
+		ended = append(ended, s)
+	}
+	h.live.Store(0)
+	h.mu.Unlock()
+	for _, s := range ended {
+		s.end()
+	}
+	h.stopOnce.Do(func() { close(h.stop) })
+	h.qmu.Lock()
+	running := h.running
+	h.qmu.Unlock()
+	if running {
+		<-h.done
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/elixirscope/scope/correlate"
@@ -32,6 +33,7 @@ func publishEntries(h *tailHub, shard uint32, entries ...entry) {
 		spans = append(spans, EntrySpan{Index: e.index, End: len(events)})
 	}
 	h.publish(shard, events, spans)
+	h.flush() // what the dispatcher does is then visible to the test
 }
 
 // drain reads every queued item of s (through Next, so lag reports are
@@ -89,7 +91,7 @@ func subscribe(t *testing.T, h *tailHub, spec TailSpec, applied map[uint32]uint6
 }
 
 func TestTailHubShardsAndMatch(t *testing.T) {
-	h := newTailHub(4)
+	h := newTestHub(t, 4)
 	match := func(e *correlate.Event) bool { return e.Function != "skip" }
 	s := subscribe(t, h, TailSpec{Shards: []uint32{1, 2}, Match: match}, map[uint32]uint64{1: 10, 2: 3})
 	publishEntries(h, 0, entry{11, []string{"a"}}) // not followed
@@ -133,7 +135,7 @@ func TestTailHubResume(t *testing.T) {
 			"gap 0 after=10 start=12\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newTailHub(1)
+			h := newTestHub(t, 1)
 			s := subscribe(t, h, TailSpec{Shards: []uint32{0}, After: map[uint32]TailPosition{0: tc.after}},
 				map[uint32]uint64{0: tc.applied})
 			// What the replica applies from here on: entries after its
@@ -160,7 +162,7 @@ func TestTailHubResume(t *testing.T) {
 // drops and before its next event, whether the publisher (next event) or
 // the reader (room in the buffer) places it.
 func TestTailHubSlowReader(t *testing.T) {
-	h := newTailHub(2)
+	h := newTestHub(t, 2)
 	s := subscribe(t, h, TailSpec{Shards: []uint32{0, 1}, Buffer: 4}, nil)
 	if got, want := drain(t, s), "start 0 @0\nstart 1 @0\n"; got != want {
 		t.Fatalf("got:\n%swant:\n%s", got, want)
@@ -218,12 +220,13 @@ event 1 w @2.0 last
 // shard; other shards go on; Close and a closed hub end the subscription
 // with ErrClosed.
 func TestTailHubGoneAndClose(t *testing.T) {
-	h := newTailHub(2)
+	h := newTestHub(t, 2)
 	s := subscribe(t, h, TailSpec{Shards: []uint32{0, 1}, Buffer: 2}, nil)
 	drain(t, s)
 	publishEntries(h, 0, entry{1, []string{"a", "b", "c"}})
 	h.gone(0, "replica dropped", nil)
 	h.gone(0, "replica dropped", nil) // once per shard
+	h.flush()
 	publishEntries(h, 0, entry{2, []string{"late"}})
 	want := "event 0 a @1.0\nevent 0 b @1.1\nlagged 0 dropped=1\ngone 0 replica dropped\n"
 	if got := drain(t, s); got != want {
@@ -260,7 +263,7 @@ func TestTailHubGoneAndClose(t *testing.T) {
 }
 
 func TestTailHubBounds(t *testing.T) {
-	h := newTailHub(2)
+	h := newTestHub(t, 2)
 	if _, err := h.add(TailSpec{After: map[uint32]TailPosition{2: {}}}, 2); !errors.Is(err, ErrNoShard) {
 		t.Fatalf("resume on shard 2 of 2: %v", err)
 	}
@@ -273,4 +276,90 @@ func TestTailHubBounds(t *testing.T) {
 		t.Fatalf("subscriber %d: %v", maxSubscribers+1, err)
 	}
 	h.close()
+}
+
+// newTestHub returns a hub that is closed when the test ends (its
+// dispatcher goroutine stops).
+func newTestHub(t *testing.T, shards uint32) *tailHub {
+	h := newTailHub(shards)
+	t.Cleanup(h.close)
+	return h
+}
+
+// TestTailHubDispatchIsolated: publishing never waits for a subscription.
+// A filter that blocks holds up the dispatcher only: applies keep being
+// published, those beyond the dispatch bound are counted as dropped for
+// every subscription watching the shard, in their place in the order, and
+// entries applied before a subscription watched a shard are not delivered
+// to it even if they were still queued.
+func TestTailHubDispatchIsolated(t *testing.T) {
+	h := newTestHub(t, 1)
+	release := make(chan struct{})
+	var blocked sync.Once
+	entered := make(chan struct{})
+	s := subscribe(t, h, TailSpec{Shards: []uint32{0}, Buffer: 1 << 17, Match: func(e *correlate.Event) bool {
+		if e.Function == "block" {
+			blocked.Do(func() { close(entered) })
+			<-release
+		}
+		return true
+	}}, nil)
+	if got := drain(t, s); got != "start 0 @0\n" {
+		t.Fatalf("got %q", got)
+	}
+	publish := func(index uint64, fns ...string) {
+		var events []correlate.Event
+		for _, fn := range fns {
+			events = append(events, correlate.Event{Origin: "o", PID: "p", Kind: correlate.KindCall, Module: "m", Function: fn})
+		}
+		h.publish(0, events, []EntrySpan{{Index: index, End: len(events)}})
+	}
+	publish(1, "block")
+	<-entered // the dispatcher is inside the filter, holding nothing up but itself
+	big := make([]string, maxDispatchEvents/2)
+	for i := range big {
+		big[i] = "x"
+	}
+	publish(2, big...)
+	publish(3, big...)
+	publish(4, big...) // beyond the bound: dropped
+	publish(5, "y")    // beyond it too, merged into the same report
+	if got := h.overflow.Load(); got != uint64(len(big)+1) {
+		t.Fatalf("overflow %d, want %d", got, len(big)+1)
+	}
+	// A subscription that starts now (applied index 5) must not receive
+	// the entries still queued.
+	late := subscribe(t, h, TailSpec{Shards: []uint32{0}}, map[uint32]uint64{0: 5})
+	close(release)
+	h.flush() // the queue drains: room again
+	publish(6, "z")
+	h.flush()
+
+	var events, lagged int
+	var order []string
+	for len(s.c) > 0 || s.lagging.Load() > 0 {
+		it, err := s.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch it.Kind {
+		case TailEvent:
+			events++
+			if it.Event.Function != "x" {
+				order = append(order, it.Event.Function)
+			}
+		case TailLagged:
+			lagged += int(it.Dropped)
+			order = append(order, "lagged")
+		}
+	}
+	if want := 1 + 2*len(big) + 1; events != want || lagged != len(big)+1 {
+		t.Fatalf("%d events and %d reported dropped; want %d and %d", events, lagged, want, len(big)+1)
+	}
+	if got, want := strings.Join(order, " "), "block lagged z"; got != want {
+		t.Fatalf("order %q, want %q", got, want)
+	}
+	if got := drain(t, late); got != "start 0 @5\nevent 0 z @6.0 last\n" {
+		t.Fatalf("late subscription got %q", got)
+	}
 }
