@@ -29,10 +29,10 @@ const (
 	TailEvent TailKind = iota
 	// TailLagged: Dropped matching events of Shard were dropped here
 	// because the subscription's buffer was full (or, when the node could
-	// not fan out applied events as fast as they came, events of the shard
-	// that were never examined: an upper bound on the matching ones). It follows every event
-	// of the shard delivered before the drops and precedes every later
-	// one; Next delivers it as soon as the buffer has room, without
+	// not fan out applied events as fast as they came, events of the
+	// shard that were never examined: an upper bound on the matching
+	// ones). It follows every event of the shard delivered before the
+	// drops and precedes every later one; Next delivers it as soon as the buffer has room, without
 	// waiting for the shard's next event.
 	TailLagged
 	// TailStart: the shard's subscription started; Index is the replica's
@@ -242,19 +242,31 @@ func newTailHub(shards uint32) *tailHub {
 }
 
 // enqueue adds d to the dispatch queue and wakes the dispatcher. Applies'
-// events beyond maxDispatchEvents become a dropped marker (merged with a
-// trailing one of the same shard), so the queue stays bounded and the
-// subscriptions still learn, in order, that they missed events.
+// events beyond maxDispatchEvents become a dropped marker, so the
+// subscriptions still learn, in order, that they missed events; a shard's
+// drops merge into its marker among the markers that end the queue, so
+// while the queue is full (a filter that never returns) it grows by at
+// most one marker per shard.
 func (h *tailHub) enqueue(d dispatch) {
 	h.qmu.Lock()
 	if n := len(d.events); n > 0 && h.queued+n > maxDispatchEvents {
 		h.overflow.Add(uint64(n))
-		last := len(d.spans) - 1
-		if k := len(h.queue) - 1; k >= 0 && h.queue[k].dropped > 0 && h.queue[k].shard == d.shard {
-			h.queue[k].dropped += uint64(n)
-			h.queue[k].lastIndex = d.spans[last].Index
-		} else {
-			h.queue = append(h.queue, dispatch{shard: d.shard, dropped: uint64(n), lastIndex: d.spans[last].Index})
+		last := d.spans[len(d.spans)-1].Index
+		merged := false
+		for k := len(h.queue) - 1; k >= 0; k-- {
+			q := &h.queue[k]
+			if q.events != nil || q.flushed != nil || (q.gone != "" && q.shard == d.shard) {
+				break
+			}
+			if q.dropped > 0 && q.shard == d.shard {
+				q.dropped += uint64(n)
+				q.lastIndex = last
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			h.queue = append(h.queue, dispatch{shard: d.shard, dropped: uint64(n), lastIndex: last})
 		}
 	} else {
 		h.queue = append(h.queue, d)
@@ -465,10 +477,10 @@ func (h *tailHub) publish(shard uint32, events []correlate.Event, spans []EntryS
 	if len(spans) == 0 {
 		return
 	}
-	if h.live.Load() == 0 {
+	n := spans[len(spans)-1].End
+	if n == 0 || h.live.Load() == 0 {
 		return
 	}
-	n := spans[len(spans)-1].End
 	h.enqueue(dispatch{shard: shard, events: slices.Clone(events[:n]), spans: slices.Clone(spans)})
 }
 

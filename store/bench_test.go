@@ -16,6 +16,13 @@ import (
 
 func benchStore(b *testing.B) (*Store, string) {
 	dir := b.TempDir()
+	s := openBenchStore(b, dir)
+	b.Cleanup(func() { _ = s.Close() })
+	return s, dir
+}
+
+// openBenchStore opens a store with the default options on disk in dir.
+func openBenchStore(b *testing.B, dir string) *Store {
 	o := DefaultOptions()
 	o.FS = vfs.Default
 	o.Logger = testOptions(nil).Logger
@@ -23,8 +30,7 @@ func benchStore(b *testing.B) (*Store, string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = s.Close() })
-	return s, dir
+	return s
 }
 
 // benchBatches pre-generates batches whose timestamps advance like a live
@@ -248,14 +254,7 @@ func BenchmarkRetentionCountCut(b *testing.B) {
 	const n = 20_000
 	for b.Loop() {
 		b.StopTimer()
-		dir := b.TempDir()
-		o := DefaultOptions()
-		o.FS = vfs.Default
-		o.Logger = testOptions(nil).Logger
-		s, err := Open(dir, o)
-		if err != nil {
-			b.Fatal(err)
-		}
+		s := openBenchStore(b, b.TempDir())
 		g := newGen(11, 64)
 		idx := uint64(0)
 		for start := 0; start < n; start += 1000 {
