@@ -194,9 +194,12 @@ type Cluster struct {
 	heldSince     time.Time
 
 	// balanceMu serializes leadership balancing: at most one transfer per
-	// round (lastTransfer is the round of the last one).
-	balanceMu    sync.Mutex
-	lastTransfer uint64
+	// round (lastTransfer is the round of the last one); transferFailed
+	// holds when a balancing transfer of a shard last failed (at most one
+	// entry per shard).
+	balanceMu      sync.Mutex
+	lastTransfer   uint64
+	transferFailed map[uint32]time.Time
 }
 
 // New wires n and members into a cluster. Call Start to begin.

@@ -12,6 +12,7 @@ type metrics struct {
 
 	additions, promotions, removals, movesDeferred prometheus.Counter
 	leaderTransfers, orphansDropped, lostVoters    prometheus.Counter
+	leaderTransferFailures                         prometheus.Counter
 	bootstrapDeclined                              prometheus.Counter
 	forwards, forwardFailures, forwardRetries      prometheus.Counter
 	rounds, stepsDeferred                          prometheus.Counter
@@ -28,12 +29,14 @@ func newMetrics(c *Cluster) *metrics {
 		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 	}
 	return &metrics{
-		c:                 c,
-		additions:         counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
-		promotions:        counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
-		removals:          counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
-		movesDeferred:     counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
-		leaderTransfers:   counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
+		c:               c,
+		additions:       counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
+		promotions:      counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
+		removals:        counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
+		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
+		leaderTransfers: counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
+		leaderTransferFailures: counter("scope_cluster_leader_transfer_failures_total",
+			"Leadership balancing transfers that failed (the target did not take over in time); the shard is then left alone for 5 s."),
 		orphansDropped:    counter("scope_cluster_orphans_dropped_total", "Replicas dropped here because their group's leader no longer names this node."),
 		bootstrapDeclined: counter("scope_cluster_bootstrap_declined_total", "Bootstraps this node declined because the cluster was already formed (it joined instead)."),
 		lostVoters:        counter("scope_cluster_lost_voters_replaced_total", "Voters removed from groups led here because their node came back without its data (then added back as new replicas)."),
@@ -75,7 +78,7 @@ func newMetrics(c *Cluster) *metrics {
 func (m *metrics) counters() []prometheus.Counter {
 	return []prometheus.Counter{m.additions, m.promotions, m.removals, m.movesDeferred, m.leaderTransfers, m.orphansDropped, m.forwards,
 		m.forwardFailures, m.forwardRetries, m.rounds, m.stepsDeferred, m.lostVoters, m.bootstrapDeclined,
-		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused, m.transfers, m.protocolRefused}
+		m.epochEvictions, m.staleRuns, m.resyncs, m.dropsRefused, m.transfers, m.protocolRefused, m.leaderTransferFailures}
 }
 
 // Describe implements prometheus.Collector.

@@ -135,6 +135,13 @@ func (c *Cluster) balance(r *node.Replica, round uint64) {
 	}
 }
 
+// transferBackoff is how long leadership balancing leaves a shard alone
+// after a transfer of it failed: while a transfer is under way its leader
+// refuses writes and LEADER reads, and a target that cannot take over (it
+// lags, or is slow to answer) would otherwise be tried again every round,
+// keeping the shard unavailable most of the time.
+const transferBackoff = 5 * time.Second
+
 // balanceLeadership hands r's leadership to a voter of its group that leads
 // at least two shards fewer than this node (by gossip), so that leaders,
 // which do the ingest work, spread over the cluster: a node that joins or
@@ -170,10 +177,20 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 	if target.ID == "" {
 		return false
 	}
-	if err := r.Raft().LeadershipTransferToServer(target.ID, target.Address).Error(); err != nil {
-		c.logger.Debug("leadership balance transfer", "shard", r.Shard(), "to", target.ID, "err", err)
+	if failed, ok := c.transferFailed[r.Shard()]; ok && time.Since(failed) < transferBackoff {
 		return false
 	}
+	if err := r.Raft().LeadershipTransferToServer(target.ID, target.Address).Error(); err != nil {
+		if c.transferFailed == nil {
+			c.transferFailed = make(map[uint32]time.Time)
+		}
+		c.transferFailed[r.Shard()] = time.Now()
+		c.metrics.leaderTransferFailures.Inc()
+		c.logger.Debug("leadership balance transfer failed; the shard is left alone for a while", "shard", r.Shard(),
+			"to", target.ID, "backoff", transferBackoff, "err", err)
+		return false
+	}
+	delete(c.transferFailed, r.Shard())
 	c.metrics.leaderTransfers.Inc()
 	c.logger.Info("leadership handed over to balance load", "shard", r.Shard(), "to", target.ID,
 		"led_here", mine, "led_there", fewest)
