@@ -339,7 +339,10 @@ func (s nodeService) Keyring(_ context.Context, req *connect.Request[nodev1.Keyr
 func (s nodeService) TransferLeadership(_ context.Context, req *connect.Request[nodev1.TransferLeadershipRequest]) (*connect.Response[nodev1.TransferLeadershipResponse], error) {
 	r := s.c.node.Replica(req.Msg.GetShard())
 	if r == nil || !r.IsLeader() {
-		return nil, connect.NewError(connect.CodeFailedPrecondition,
+		// The leadership moved between the forwarding node's lookup and
+		// this call: not-leader is UNAVAILABLE, asking again reaches the
+		// new leader.
+		return nil, connect.NewError(connect.CodeUnavailable,
 			fmt.Errorf("%w: shard %d: this node does not lead it", node.ErrNotLeader, req.Msg.GetShard()))
 	}
 	leader, err := s.c.transferLocal(r, req.Msg.GetTo())

@@ -327,4 +327,20 @@ func TestTransferLeadershipOnRequest(t *testing.T) {
 			t.Errorf("%v: %v, want %v", tc.req, err, tc.want)
 		}
 	}
+	// A node that does not lead the shard, asked by another (which found
+	// it the leader a moment before), answers UNAVAILABLE so that the
+	// caller asks again: it was FAILED_PRECONDITION, which the forwarding
+	// node passed on as final (this test failed so in CI).
+	for _, n := range c.Nodes {
+		r := n.Node.Replica(shard)
+		if r == nil || r.IsLeader() {
+			continue
+		}
+		client := nodev1connect.NewNodeServiceClient(http.DefaultClient, n.URL)
+		_, err := client.TransferLeadership(ctx, connect.NewRequest(&nodev1.TransferLeadershipRequest{Shard: shard, To: "nobody"}))
+		if code := connect.CodeOf(err); code != connect.CodeUnavailable && !(code == connect.CodeInvalidArgument && r.IsLeader()) {
+			t.Fatalf("%s, not the leader of shard %d, asked to transfer it: %v, want unavailable", n.Name, shard, err)
+		}
+		break
+	}
 }
