@@ -66,7 +66,7 @@ func (r ProtocolRange) writes(v uint8) uint8 {
 }
 
 // clusterProtocol returns the protocol version a cluster of these members
-// speaks, and the members that speak it. Only live members count (alive,
+// speaks. Only live members count (alive,
 // decodable, not leaving); among them, the members holding replicas decide
 // if there are any, since they are the cluster that already exists: the
 // version is the one the most of them read, the highest among equals. So a
