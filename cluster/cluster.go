@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -185,6 +186,11 @@ type Cluster struct {
 	protocol       uint8
 	protocolErr    error
 	protocolWarned map[string]ProtocolRange
+	// selfProtocol is this node's range (fixed: its gossip metadata's);
+	// writes the version its requests are written in, set by
+	// protocolRound and read on every node-to-node request.
+	selfProtocol ProtocolRange
+	writes       atomic.Uint32
 	// formedAtStart and heldSince decide Meta.Formed (formedNow):
 	// formedAtStart, the data directory held replicas when Start ran and
 	// they were not dropped as an old copy since; heldSince, when this node
@@ -238,6 +244,8 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		// cluster of thousands of shards from starting thousands of calls.
 		stepSlots: make(chan struct{}, min(int(cfg.Shards), maxConcurrentSteps)),
 	}
+	c.selfProtocol = members.Meta().Protocol
+	c.writes.Store(uint32(c.selfProtocol.writes(0)))
 	c.peers = newPeers(client, cfg.RPCTimeout, cfg.TLS, connect.WithInterceptors(protocolInterceptor{c}))
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.metrics = newMetrics(c)

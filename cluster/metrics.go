@@ -114,14 +114,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.foreignMembers, prometheus.GaugeValue, float64(foreign))
 	same := m.c.sameCluster(m.c.members.Members())
 	v := clusterProtocol(same)
-	mismatched := 0
-	for _, mem := range same {
-		if mem.State == MemberAlive && mem.MetaErr == nil && !speaksProtocol(mem, v) {
-			mismatched++
-		}
-	}
 	ch <- prometheus.MustNewConstMetric(m.protocol, prometheus.GaugeValue, float64(v))
-	ch <- prometheus.MustNewConstMetric(m.protocolMismatched, prometheus.GaugeValue, float64(mismatched))
+	ch <- prometheus.MustNewConstMetric(m.protocolMismatched, prometheus.GaugeValue, float64(len(protocolMismatched(same, v))))
 	ms := m.c.members.Stats()
 	for event, n := range map[string]uint64{"join": ms.Joins, "leave": ms.Leaves, "update": ms.Updates,
 		"meta_decode_error": ms.MetaDecodeErrors, "rejoin": ms.Rejoins, "rejoin_failure": ms.RejoinFailures,

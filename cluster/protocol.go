@@ -109,14 +109,24 @@ func clusterProtocol(members []Member) uint8 {
 // (0: no version known yet, so nobody is excluded).
 func speaksProtocol(m Member, v uint8) bool { return v == 0 || m.Meta.Protocol.Contains(v) }
 
-// protocolMismatch describes the live members whose range does not contain
-// v, for logs and errors: "n4 (2-3)", sorted by name.
-func protocolMismatch(members []Member, v uint8) string {
-	var out []string
+// protocolMismatched returns the live members (decodable, alive) whose
+// range does not contain v, in the order given.
+func protocolMismatched(members []Member, v uint8) []Member {
+	var out []Member
 	for _, m := range members {
 		if m.State == MemberAlive && m.MetaErr == nil && !speaksProtocol(m, v) {
-			out = append(out, fmt.Sprintf("%s (%s)", m.Name, m.Meta.Protocol))
+			out = append(out, m)
 		}
+	}
+	return out
+}
+
+// protocolMismatch describes protocolMismatched for logs and errors:
+// "n4 (2-3)", sorted by name.
+func protocolMismatch(members []Member, v uint8) string {
+	var out []string
+	for _, m := range protocolMismatched(members, v) {
+		out = append(out, fmt.Sprintf("%s (%s)", m.Name, m.Meta.Protocol))
 	}
 	slices.Sort(out)
 	return strings.Join(out, ", ")
@@ -142,7 +152,7 @@ func (c *Cluster) placeable(members []Member) []Member {
 func (c *Cluster) protocolRound() {
 	members := c.sameCluster(c.members.Members())
 	v := clusterProtocol(members)
-	self := c.members.Meta().Protocol
+	self := c.selfProtocol
 	var selfErr error
 	if v != 0 && !self.Contains(v) {
 		selfErr = fmt.Errorf("%w: this node reads and writes protocol %s, the cluster speaks %d (every member but %s): "+
@@ -151,6 +161,7 @@ func (c *Cluster) protocolRound() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.writes.Store(uint32(self.writes(v)))
 	if v != c.protocol {
 		if c.protocol != 0 && v != 0 {
 			c.logger.Info("the cluster's protocol version changed", "from", c.protocol, "to", v, "this_node_reads", self.String())
@@ -165,8 +176,8 @@ func (c *Cluster) protocolRound() {
 		c.protocolWarned = make(map[string]ProtocolRange)
 	}
 	seen := make(map[string]bool)
-	for _, m := range members {
-		if m.Name == c.cfg.Name || m.State != MemberAlive || m.MetaErr != nil || speaksProtocol(m, v) || selfErr != nil {
+	for _, m := range protocolMismatched(members, v) {
+		if m.Name == c.cfg.Name || selfErr != nil {
 			continue
 		}
 		seen[m.Name] = true
@@ -191,7 +202,7 @@ func (c *Cluster) protocolRound() {
 func (c *Cluster) Protocol() (cluster, writes uint8) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.protocol, c.members.Meta().Protocol.writes(c.protocol)
+	return c.protocol, uint8(c.writes.Load())
 }
 
 // ProtocolError says why this node cannot take part in the cluster (it
@@ -213,8 +224,8 @@ const ProtocolHeader = "Scope-Protocol"
 type protocolInterceptor struct{ c *Cluster }
 
 func (p protocolInterceptor) stamp(h http.Header) {
-	_, writes := p.c.Protocol()
-	h.Set(ProtocolHeader, strconv.Itoa(int(writes)))
+	// Read without a lock: this runs on every node-to-node request.
+	h.Set(ProtocolHeader, strconv.Itoa(int(p.c.writes.Load())))
 }
 
 func (p protocolInterceptor) check(h http.Header) error {
@@ -225,7 +236,7 @@ func (p protocolInterceptor) check(h http.Header) error {
 			v = 0 // no version: refused below, naming what was sent
 		}
 	}
-	self := p.c.members.Meta().Protocol
+	self := p.c.selfProtocol
 	if v >= 1 && self.Contains(uint8(v)) {
 		return nil
 	}
