@@ -393,7 +393,7 @@ func NewRaftTransport(stream raft.StreamLayer, timeout time.Duration, logger hcl
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return raftTransport{raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+	return &raftTransport{NetworkTransport: raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream:  stream,
 		MaxPool: 3,
 		Timeout: timeout,
@@ -404,11 +404,48 @@ func NewRaftTransport(stream raft.StreamLayer, timeout time.Duration, logger hcl
 // pipelineBuffer bounds the responses a drained pipeline holds for raft.
 const pipelineBuffer = 256
 
-// raftTransport is a NetworkTransport whose pipelines are drained.
-type raftTransport struct{ *raft.NetworkTransport }
+// raftTransport is a NetworkTransport whose pipelines are drained and whose
+// Close waits for the heartbeats being handled.
+type raftTransport struct {
+	*raft.NetworkTransport
+	// hb is held shared by each heartbeat raft handles on the transport's
+	// connection goroutine (NetworkTransport's fast path), and taken by
+	// Close: raft checks that it is running only as a heartbeat starts,
+	// so one that began before Shutdown could write the term to a log the
+	// node has closed since ("failed to save current term": a panic).
+	hb     sync.RWMutex
+	closed bool
+}
+
+// SetHeartbeatHandler implements raft.Transport: cb runs under hb, and not
+// at all once the transport is closed.
+func (t *raftTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
+	if cb == nil {
+		t.NetworkTransport.SetHeartbeatHandler(nil)
+		return
+	}
+	t.NetworkTransport.SetHeartbeatHandler(func(rpc raft.RPC) {
+		t.hb.RLock()
+		defer t.hb.RUnlock()
+		if t.closed {
+			rpc.Respond(nil, raft.ErrTransportShutdown)
+			return
+		}
+		cb(rpc)
+	})
+}
+
+// Close implements raft.WithClose: it waits for the heartbeats under way
+// and refuses later ones, then closes the transport.
+func (t *raftTransport) Close() error {
+	t.hb.Lock()
+	t.closed = true
+	t.hb.Unlock()
+	return t.NetworkTransport.Close()
+}
 
 // AppendEntriesPipeline implements raft.Transport.
-func (t raftTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+func (t *raftTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
 	p, err := t.NetworkTransport.AppendEntriesPipeline(id, target)
 	if err != nil {
 		return nil, err

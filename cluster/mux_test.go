@@ -192,3 +192,54 @@ func TestMuxCarriesRealRaftGroups(t *testing.T) {
 		}
 	}
 }
+
+// TestRaftTransportCloseWaitsForHeartbeats: raft handles a heartbeat on the
+// transport's connection goroutine and checks that it runs only as the
+// heartbeat starts; the node closes the raft log after closing the
+// transport, so Close must wait for a heartbeat under way (one that wrote
+// the term to the closed log panicked: "failed to save current term", seen
+// in a 5-run check of the cluster tests).
+func TestRaftTransportCloseWaitsForHeartbeats(t *testing.T) {
+	server, client := newTestMux(t), newTestMux(t)
+	ss, err := server.StreamLayer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := client.StreamLayer(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := NewRaftTransport(ss, time.Second, nil)
+	ct := NewRaftTransport(cs, time.Second, nil)
+	defer ct.(raft.WithClose).Close()
+	entered, release, handled := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	st.SetHeartbeatHandler(func(rpc raft.RPC) {
+		close(entered)
+		<-release
+		close(handled)
+		rpc.Respond(&raft.AppendEntriesResponse{Term: 1, Success: true}, nil)
+	})
+	go func() {
+		var resp raft.AppendEntriesResponse
+		_ = ct.AppendEntries("server", raft.ServerAddress(server.Addr().String()), &raft.AppendEntriesRequest{
+			RPCHeader: raft.RPCHeader{ID: []byte("client"), Addr: []byte("client")}, Term: 1}, &resp)
+	}()
+	<-entered
+	closed := make(chan struct{})
+	go func() {
+		_ = st.(raft.WithClose).Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a heartbeat was being handled")
+	case <-time.After(200 * time.Millisecond): // Close is waiting, as it must
+	}
+	close(release)
+	<-closed
+	select {
+	case <-handled:
+	default:
+		t.Fatal("Close returned before the heartbeat was handled")
+	}
+}
