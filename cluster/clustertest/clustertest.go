@@ -58,6 +58,7 @@ type Cluster struct {
 	t      testing.TB
 	opts   Options
 	root   string
+	logs   *logTail // shown when the test fails (logtail.go)
 	net    *network // link faults (faults.go)
 	stalls *stalls  // stalled NodeService (stall.go)
 	Nodes  []*Node
@@ -113,8 +114,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	case opts.StabilizationTime < 0:
 		opts.StabilizationTime = 0
 	}
-	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork(), stalls: newStalls()}
+	c := &Cluster{t: t, opts: opts, root: t.TempDir(), net: newNetwork(), stalls: newStalls(), logs: &logTail{}}
 	t.Cleanup(c.Close)
+	t.Cleanup(func() { c.logs.showIfFailed(t) }) // runs first: before the nodes stop
 	for i := range opts.Nodes {
 		c.Nodes = append(c.Nodes, c.startNode(fmt.Sprintf("%s%d", opts.NamePrefix, i+1), opts.Nodes, "", "", ""))
 	}
@@ -177,10 +179,11 @@ func listen(t testing.TB, addr string) net.Listener {
 }
 
 func (c *Cluster) logger(name string) *slog.Logger {
+	var w io.Writer = c.logs
 	if c.opts.Verbose || os.Getenv("SCOPE_TEST_LOG") == "1" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
+		w = io.MultiWriter(os.Stderr, c.logs)
 	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
 }
 
 // startNode starts (or restarts, with fixed addresses) one node.
