@@ -22,6 +22,7 @@ import (
 
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/ui"
 )
 
 // Authentication and authorization (docs/OPERATIONS.md, "Tokens and
@@ -320,6 +321,10 @@ const (
 func required(path string) (access, Role) {
 	switch {
 	case path == "/healthz" || path == "/readyz" || strings.HasPrefix(path, "/grpc.health.v1.Health/"):
+		return accessOpen, 0
+	case path == "/" || path == "/ui" || strings.HasPrefix(path, ui.Prefix):
+		// Static pages and scripts only: they hold no data, and read the
+		// API from the browser with the token a person gives them.
 		return accessOpen, 0
 	case strings.HasPrefix(path, "/grpc.reflection."):
 		return accessAny, 0

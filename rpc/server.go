@@ -8,6 +8,7 @@
 package rpc
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/elixirscope/scope/node"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/ui"
 )
 
 // Server is a node's public API.
@@ -95,7 +97,8 @@ func (s *Server) fail(procedure string, err error) error {
 const compressMinBytes = 1024
 
 // Handler returns the one mux serving the three scope.v1 services, gRPC
-// health, reflection (v1 and v1alpha), /metrics, /healthz and /readyz.
+// health, reflection (v1 and v1alpha), /metrics, /healthz, /readyz and the
+// web UI under /ui/.
 func (s *Server) Handler() http.Handler {
 	opts := []connect.HandlerOption{
 		connect.WithReadMaxBytes(s.cfg.MaxRequestBytes),
@@ -103,6 +106,11 @@ func (s *Server) Handler() http.Handler {
 		// Compress (when the client accepts gzip) only answers big enough
 		// for it to pay: small ones cost CPU and save nothing.
 		connect.WithCompressMinBytes(compressMinBytes),
+		// gzip at its fastest level: a large answer (a 10,000-frame call
+		// tree is ~9 MB of JSON) is compressed several times faster than at
+		// the default level, for output ~15% larger (docs/BENCHMARKS.md,
+		// Web UI).
+		connect.WithCompression("gzip", newGzipDecompressor, newFastGzipCompressor),
 	}
 	mux := http.NewServeMux()
 	mux.Handle(scopev1connect.NewIngestServiceHandler(ingestService{s}, opts...))
@@ -116,6 +124,13 @@ func (s *Server) Handler() http.Handler {
 	for _, m := range s.mounts {
 		mux.Handle(m.path, m.h)
 	}
+	// The web UI: static pages that read this API from the browser
+	// (ui/, docs/UI.md). The root sends a person who opens the node's
+	// address in a browser there.
+	mux.Handle(ui.Prefix, ui.Handler())
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, ui.Prefix, http.StatusFound)
+	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.node.Metrics().Registry(), promhttp.HandlerOpts{
 		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelError), MaxRequestsInFlight: 4}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -238,4 +253,11 @@ func (s *Server) nodeStats() *scopev1.NodeStats {
 		ns.StoreBytes = m.DiskSpaceUsage()
 	}
 	return ns
+}
+
+func newGzipDecompressor() connect.Decompressor { return new(gzip.Reader) }
+
+func newFastGzipCompressor() connect.Compressor {
+	w, _ := gzip.NewWriterLevel(nil, gzip.BestSpeed) // a valid level: no error
+	return w
 }
