@@ -459,10 +459,12 @@ func (f *shardFSM) withApplied(fn func(applied uint64, failed error)) {
 	fn(f.applied, f.failed)
 }
 
-// Snapshot implements raft.FSM. It runs on the FSM goroutine, so the store
-// snapshot it takes is exactly the state at the applied index. The store is
-// synced first: raft truncates its log after the snapshot, and the store's
-// own state must not then depend on unsynced writes.
+// Snapshot implements raft.FSM. It runs on the FSM goroutine. The store
+// is synced first: raft truncates its log after the snapshot, and the
+// store's own state must not then depend on unsynced writes. What it
+// returns is a marker of the applied index, not the shard's data: the
+// store is the durable state, and the span is read only if raft sends the
+// snapshot to a follower (snapshot.go).
 func (f *shardFSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -472,11 +474,7 @@ func (f *shardFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err := f.store.Sync(); err != nil {
 		return nil, fmt.Errorf("node: shard %d: sync before snapshot: %w", f.shard, err)
 	}
-	snap, err := f.store.SnapshotShard(f.shard)
-	if err != nil {
-		return nil, fmt.Errorf("node: shard %d: snapshot: %w", f.shard, err)
-	}
-	return &fsmSnapshot{snap: snap}, nil
+	return lazySnapshot{shard: f.shard, applied: f.applied}, nil
 }
 
 // Restore implements raft.FSM: it replaces the shard's span with the
@@ -530,15 +528,3 @@ func (p *progress) get() (applied uint64, failed error, changed <-chan struct{})
 	defer p.mu.Unlock()
 	return p.applied, p.failed, p.advanced
 }
-
-// fsmSnapshot streams a store snapshot of the shard span to raft.
-type fsmSnapshot struct{ snap *store.ShardSnapshot }
-
-func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.snap.Write(sink); err != nil {
-		return errors.Join(err, sink.Cancel())
-	}
-	return sink.Close()
-}
-
-func (s *fsmSnapshot) Release() { s.snap.Close() }

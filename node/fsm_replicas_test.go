@@ -69,6 +69,22 @@ func TestMalformedEntryAppliesOnEveryReplica(t *testing.T) {
 	}
 }
 
+// counter returns the value of the unlabelled counter name in n's registry
+// (0 when absent).
+func counter(t *testing.T, n *node.Node, name string) float64 {
+	t.Helper()
+	mfs, err := n.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
 // metricValue returns the value of the counter name{label=value} in n's
 // registry (0 when absent).
 func metricValue(t *testing.T, n *node.Node, name, label, value string) float64 {

@@ -26,6 +26,10 @@ type Metrics struct {
 	noticeRoutesDeferred prometheus.Counter
 	forwarded            prometheus.Counter
 	lifecycleWaits       prometheus.Counter
+	// snapshotsMaterialized and snapshotBytesMaterialized count the spans
+	// written out to send a snapshot to a follower (snapshot.go).
+	snapshotsMaterialized     prometheus.Counter
+	snapshotBytesMaterialized prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -59,6 +63,14 @@ func newMetrics() *Metrics {
 			Name: "scope_ingest_forwarded_events_total",
 			Help: "Events forwarded to the leader of their shard on another node.",
 		}),
+		snapshotsMaterialized: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_raft_snapshots_sent_total",
+			Help: "Raft snapshots this node's leaders sent to a follower too far behind for the log; each reads the shard's span (a snapshot taken to cut the log reads nothing).",
+		}),
+		snapshotBytesMaterialized: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_raft_snapshot_sent_bytes_total",
+			Help: "Bytes of the shard spans written out for raft snapshots sent to followers.",
+		}),
 		lifecycleWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_replica_lifecycle_waits_total",
 			Help: "Replica opens and drops that waited for another open or drop of the same shard to finish.",
@@ -67,6 +79,7 @@ func newMetrics() *Metrics {
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
 		m.noticesDelivered, m.noticeFailures, m.noticeRoutesDeferred, m.forwarded, m.lifecycleWaits,
+		m.snapshotsMaterialized, m.snapshotBytesMaterialized,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

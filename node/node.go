@@ -342,6 +342,10 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		OnApply:     n.onApply,
 		OnFail:      n.replicaFailed,
 		BeforeApply: n.cfg.BeforeApply,
+		OnMaterialize: func(_ uint32, bytes int64, _ time.Duration) {
+			n.metrics.snapshotsMaterialized.Inc()
+			n.metrics.snapshotBytesMaterialized.Add(float64(bytes))
+		},
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},

@@ -264,6 +264,16 @@ func TestSnapshotInstallsOnNewReplica(t *testing.T) {
 	if err := ra.Raft().Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
+	// The snapshot is a marker of the applied index, not the shard's data.
+	if size := newestSnapshotBytes(t, a.dir); size != 21 {
+		t.Fatalf("snapshot file of %d bytes, want the 21-byte marker", size)
+	}
+	// Applied after the snapshot: the span sent to b is read when b needs
+	// it, holds these too, and raft then sends b the entries after the
+	// snapshot's index, which b must skip, not apply twice.
+	for i := range 5 {
+		mustIngest(t, a.Node, node.Committed, call("app@h", fmt.Sprintf("<0.%d.2>", i), "m", "h", int64(300+i)))
+	}
 
 	b := openTestNode(t, "b", t.TempDir(), shards, tiny)
 	rb, err := b.OpenReplica(0)
@@ -288,6 +298,9 @@ func TestSnapshotInstallsOnNewReplica(t *testing.T) {
 	}
 	if da != db {
 		t.Fatalf("span digests differ after snapshot install: %x vs %x", da, db)
+	}
+	if sent := counter(t, a.Node, "scope_raft_snapshots_sent_total"); sent != 1 {
+		t.Errorf("scope_raft_snapshots_sent_total %v, want 1", sent)
 	}
 
 	// The call stack travelled with the snapshot: hand leadership to b and

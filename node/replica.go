@@ -77,6 +77,9 @@ type ReplicaConfig struct {
 	// BeforeApply, if set, is called on the FSM goroutine before each
 	// ApplyBatch (fault injection in tests; see Config.BeforeApply).
 	BeforeApply func(shard uint32)
+	// OnMaterialize, if set, is told each time the shard's span is written
+	// out for a snapshot raft sends to a follower (snapshot.go).
+	OnMaterialize func(shard uint32, bytes int64, took time.Duration)
 }
 
 // Replica is one shard's copy on this node: a hashicorp/raft group member
@@ -143,10 +146,18 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 		return nil, err
 	}
 	hlog := newHCLogger(cfg.Logger, fmt.Sprintf("raft.%d", cfg.Shard), hclog.Warn)
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog)
+	files, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "snapshots"), 2, hlog)
 	if err != nil {
 		_ = logs.Close()
 		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", cfg.Shard, err)
+	}
+	snaps, err := newLazySnapshotStore(filepath.Join(cfg.Dir, "snapshots"), fsm, files)
+	if err != nil {
+		_ = logs.Close()
+		return nil, fmt.Errorf("node: shard %d: snapshot store: %w", cfg.Shard, err)
+	}
+	if cfg.OnMaterialize != nil {
+		snaps.onMaterialize = func(bytes int64, took time.Duration) { cfg.OnMaterialize(cfg.Shard, bytes, took) }
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = cfg.NodeID

@@ -24,7 +24,8 @@ import (
 
 // TestClusterPageShowsAStoppedNode: the cluster page of a 3-node cluster
 // lists 3 alive members; once one is stopped it shows that member down and
-// the shards it held as affected, by itself (the page refreshes).
+// the shards it held as affected, by itself (the page refreshes). With two
+// stopped, a search answers without the shards and lists them.
 func TestClusterPageShowsAStoppedNode(t *testing.T) {
 	c := clustertest.Start(t, clustertest.Options{Nodes: 3, Shards: 4, Replicas: 3})
 	p := newPage(t)
@@ -46,6 +47,14 @@ func TestClusterPageShowsAStoppedNode(t *testing.T) {
 	}
 	p.noErrors("cluster with a node down")
 	p.screenshot("cluster-node-down")
+
+	// With a second node stopped no shard has a quorum: a search through
+	// the last node answers without them and says so.
+	c.Stop(c.Nodes[1])
+	p.open(c.Nodes[0].URL + "/ui/?origin=app%40host")
+	p.waitJS("the partial answer shown", `document.querySelector("#notices .partial") !== null &&
+		document.querySelector("#notices .partial").textContent.includes("4 shard(s) did not answer")`, 60*time.Second)
+	p.screenshot("search-partial")
 }
 
 // TestTokenAskedAndKeptForTheTab: when the node requires tokens, the UI

@@ -183,6 +183,32 @@ func (c *Cluster) groupNames(shard uint32, name string) (known, listed bool) {
 	return true, false
 }
 
+// describeGroup says who leads shard, its configuration and which live
+// nodes hold a replica of it: what a test waiting for a membership change
+// reports when the change does not come.
+func (c *Cluster) describeGroup(shard uint32) string {
+	var b strings.Builder
+	l := c.ShardLeader(shard)
+	if l == nil {
+		b.WriteString("no leader")
+	} else {
+		fmt.Fprintf(&b, "leader %s, configuration", l.Name)
+		if f := l.Node.Replica(shard).Raft().GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				fmt.Fprintf(&b, " %s:%v", s.ID, s.Suffrage)
+			}
+		}
+	}
+	b.WriteString("; replicas on")
+	for _, n := range c.Live() {
+		if r := n.Node.Replica(shard); r != nil {
+			applied, _, _ := r.Status()
+			fmt.Fprintf(&b, " %s(applied %d)", n.Name, applied)
+		}
+	}
+	return b.String()
+}
+
 // TestOrphanedReplicaIsDropped stops a node, lets a new node replace its
 // replica of a shard that placement then no longer gives it (the leader
 // removes the dead node without being able to tell it), and restarts it:
@@ -216,9 +242,11 @@ func TestOrphanedReplicaIsDropped(t *testing.T) {
 		return true
 	})
 	c.AddNode()
-	WaitFor(t, name+" removed from shard's group", 30*time.Second, func() bool {
-		known, listed := c.groupNames(shard, name)
-		return known && !listed
+	WaitForWhy(t, name+" removed from shard's group", 30*time.Second, func() string {
+		if known, listed := c.groupNames(shard, name); known && !listed {
+			return ""
+		}
+		return c.describeGroup(shard)
 	})
 	t.Logf("replaced after %v", time.Since(start))
 	var via *Node
