@@ -60,7 +60,7 @@ func TestLazySnapshotStoreOpensFullSnapshotsAsTheyAre(t *testing.T) {
 		}
 	}
 	for _, marker := range [][]byte{
-		appendLazyMarker(nil, 4, 100), // another shard's
+		appendLazyMarker(nil, 4, 100),                             // another shard's
 		append(append([]byte(lazyMagic), 9), make([]byte, 12)...), // a version this build does not read
 	} {
 		id := put(20, marker)
