@@ -353,3 +353,15 @@ func FormatBytes(n uint64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGT"[exp])
 }
+
+// ReleaseReserve removes the reserve file of the data directory dir, if it
+// has one, and reports whether it did. A start that must write a few bytes
+// before the node opens (the agent's identity file) on a disk with none
+// free releases it, as the disk guard would once the node is open.
+func ReleaseReserve(dir string) (bool, error) {
+	err := os.Remove(filepath.Join(dir, reserveFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil, err
+}

@@ -301,7 +301,24 @@ func (a *agent) openDataDir() error {
 	}
 	a.meta = m
 	// A directory from before node ids gets one now; every start counts.
-	if a.identity, err = cluster.OpenIdentity(cfg.dataDir); err != nil {
+	a.identity, err = cluster.OpenIdentity(cfg.dataDir)
+	if errors.Is(err, syscall.ENOSPC) {
+		// Not a byte free: the reserve file is there for this (the
+		// node's disk guard would release it too, once open).
+		released, rerr := node.ReleaseReserve(cfg.dataDir)
+		switch {
+		case released:
+			a.logger.Warn("disk full at start: released the reserve file to write the data directory's identity",
+				"data_dir", cfg.dataDir)
+			a.identity, err = cluster.OpenIdentity(cfg.dataDir)
+		case rerr == nil:
+			err = fmt.Errorf("%w: no reserve file left to release; free space on the volume (or grow it), then start again: %w",
+				node.ErrDiskFull, err)
+		default:
+			err = errors.Join(err, rerr)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("scope: -data-dir %s: %w", cfg.dataDir, err)
 	}
 	id := a.identity.Get()

@@ -196,12 +196,13 @@ func mountTmpfs(t *testing.T, size int) string {
 }
 
 // fill (re)writes path so that at most free MiB remain free on mnt (none
-// is written if less is free already).
+// is written if less is free already); free 0 fills the filesystem to its
+// last byte.
 func fill(t *testing.T, path, mnt string, free int) {
 	t.Helper()
 	_ = os.Remove(path)
 	n := freeMiB(t, mnt) - free
-	if n <= 0 {
+	if n <= 0 && free > 0 {
 		return
 	}
 	f, err := os.Create(path)
@@ -209,9 +210,21 @@ func fill(t *testing.T, path, mnt string, free int) {
 		t.Fatal(err)
 	}
 	mib := make([]byte, 1<<20)
-	for range n {
+	for range max(n, 0) {
 		if _, err := f.Write(mib); err != nil {
 			t.Fatal(err)
+		}
+	}
+	if free == 0 {
+		// What is left is under a MiB: fill it a page at a time.
+		page := mib[:4096]
+		for {
+			if _, err := f.Write(page); err != nil {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Fatal(err)
+				}
+				break
+			}
 		}
 	}
 	if err := f.Close(); err != nil {
