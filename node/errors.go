@@ -22,6 +22,12 @@ var (
 	// ErrFull: a shard's ring had no room for a submission (at once, or
 	// before the submitter's deadline). The error names the shard.
 	ErrFull = errors.New("node: ring buffer full")
+	// ErrOverloaded: a COMMITTED submission was refused at once because
+	// the shard's queue would most likely keep it past its deadline (see
+	// Pool.Submit). Errors that wrap it also wrap ErrFull: the events were
+	// refused, never stored, and may be sent again (after the wait the
+	// message names).
+	ErrOverloaded = errors.New("node: shard saturated")
 	// ErrDiskFull: the data directory's free space is below the node's
 	// minimum (DiskConfig.MinFree): new events are refused until space is
 	// freed. The error names the directory and the free space.

@@ -115,6 +115,7 @@ func (m *Metrics) ingested(shard uint32, n int) {
 // poolMetrics backs the writer pool's PoolMetrics with Prometheus.
 type poolMetrics struct {
 	eventsIn, refused, committed, failed *prometheus.CounterVec
+	shed                                 *prometheus.CounterVec
 	proposalErrors, retries              *prometheus.CounterVec
 	redirected                           *prometheus.CounterVec
 	restarts                             prometheus.Counter
@@ -133,6 +134,7 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 	p := &poolMetrics{
 		eventsIn:  perShard("scope_ring_events_in_total", "Events accepted into a shard's ring buffer."),
 		refused:   perShard("scope_ring_events_refused_total", "Events refused at submission: ring full, deadline, shard or pool closed."),
+		shed:      perShard("scope_ingest_events_shed_total", "COMMITTED events refused at once because the shard's queue would have kept them past their deadline (also in scope_ring_events_refused_total)."),
 		committed: perShard("scope_writer_events_committed_total", "Events whose proposal committed."),
 		failed:    perShard("scope_writer_events_failed_total", "Accepted events failed back to their submitters."),
 		proposalErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -176,7 +178,7 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18)})
 	p.scaling.WithLabelValues("up")
 	p.scaling.WithLabelValues("down")
-	reg.MustRegister(p.eventsIn, p.refused, p.committed, p.failed, p.proposalErrors, p.retries,
+	reg.MustRegister(p.eventsIn, p.refused, p.shed, p.committed, p.failed, p.proposalErrors, p.retries,
 		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog,
 		p.writersActive, p.writersBusy, p.scaling, p.shardMoves, p.acceptedToApplied)
 	return p
@@ -189,6 +191,9 @@ func (p *poolMetrics) EventsIn(shard uint32, n int) {
 }
 func (p *poolMetrics) EventsRefused(shard uint32, n int) {
 	p.refused.WithLabelValues(shardLabel(shard)).Add(float64(n))
+}
+func (p *poolMetrics) EventsShed(shard uint32, n int) {
+	p.shed.WithLabelValues(shardLabel(shard)).Add(float64(n))
 }
 func (p *poolMetrics) EventsCommitted(shard uint32, n int) {
 	p.committed.WithLabelValues(shardLabel(shard)).Add(float64(n))
@@ -234,7 +239,7 @@ func (p *poolMetrics) RingFill(shard uint32, used, _ int) {
 // redirect.
 func (p *poolMetrics) ShardAdded(shard uint32) {
 	l := shardLabel(shard)
-	for _, v := range []*prometheus.CounterVec{p.eventsIn, p.refused, p.committed, p.failed, p.retries} {
+	for _, v := range []*prometheus.CounterVec{p.eventsIn, p.refused, p.shed, p.committed, p.failed, p.retries} {
 		v.WithLabelValues(l)
 	}
 	for _, kind := range []string{"not_leader", "leadership_lost", "other"} {

@@ -127,7 +127,8 @@ func (p *Pool) startLocked() {
 
 // Submit hands events for shard to its ring, all or nothing: either every
 // event is in the ring and a Ticket is returned, or none is and the error
-// says why: ErrFull (naming the shard; with wait, also ctx's error),
+// says why: ErrFull (naming the shard; with wait, also ctx's error, or
+// ErrOverloaded: see admit),
 // ErrBatchTooLarge, ErrUnknownShard, ErrShardClosed or ErrPoolClosed.
 // Refusals are counted. With wait the call waits for room until ctx is
 // done; without, it refuses at once. The pool copies events; the caller may
@@ -155,9 +156,16 @@ func (p *Pool) Submit(ctx context.Context, shard uint32, events []correlate.Even
 				ErrFull, shard, len(events), b)
 		}
 	}
+	if wait {
+		if err := p.admit(ctx, sh, len(events)); err != nil {
+			p.m.EventsRefused(shard, len(events))
+			p.m.EventsShed(shard, len(events))
+			return nil, err
+		}
+	}
 	// Counted before the put: a writer may resolve the events before the
 	// put returns.
-	sh.outstanding.Add(int64(len(events)))
+	t.ahead = sh.outstanding.Add(int64(len(events))) - int64(len(events))
 	t.accepted = time.Now()
 	// The ring copies the items; the staging buffer is recycled (cleared, so
 	// that it keeps no event alive) instead of allocated per call.
@@ -359,4 +367,76 @@ func (p *Pool) Stats() PoolStats {
 	}
 	sort.Slice(st.Shards, func(i, j int) bool { return st.Shards[i].Shard < st.Shards[j].Shard })
 	return st
+}
+
+// Admission control (docs/DECISIONS.md D37). A submitter that waits for
+// its events to commit (COMMITTED) and whose deadline passes after they
+// were accepted learns nothing: the events may or may not be stored, and
+// it must send them again. So a submission that would most likely not
+// commit before its deadline is refused at once instead, while it is
+// definitely not stored: ErrOverloaded, with the wait to expect.
+//
+// The expected wait is the events queued ahead, this submission's
+// included, times the time the shard's queue has recently taken per event:
+// each resolved submission tells how long it waited for how many events
+// (those ahead of it and its own), so the estimate follows the shard's
+// real drain rate, raft's commit latency and the store's apply included,
+// and is not diluted by idle time.
+
+// A submission that found a short queue says more about the fixed cost of
+// a commit than about the time per event: only those that waited behind at
+// least half a pipeline (admissionSample) are averaged. The estimate is
+// used only for queues longer than a pipeline.
+
+// admissionSample is the queue, in events, a submission must have waited
+// behind for its wait to be averaged.
+func (p *Pool) admissionSample() int64 { return max(int64(p.cfg.BatchSize*p.cfg.MaxInflight/2), 1) }
+
+// perEventWeight is the weight of each new observation in the moving
+// average of the time per event.
+const perEventWeight = 0.2
+
+// perEventTime is a moving average, in ns per event, updated by a shard's
+// completion goroutine and read by submitters.
+type perEventTime struct{ ns atomic.Int64 }
+
+// observe records that a submission waited d behind and including events.
+func (p *perEventTime) observe(d time.Duration, events int64) {
+	if events <= 0 {
+		return
+	}
+	per := int64(d) / events
+	old := p.ns.Load()
+	if old == 0 {
+		p.ns.Store(max(per, 1))
+		return
+	}
+	p.ns.Store(max(old+int64(perEventWeight*float64(per-old)), 1))
+}
+
+func (p *perEventTime) get() time.Duration { return time.Duration(p.ns.Load()) }
+
+// admit refuses a waiting submission of n events when the shard's queue
+// holds more than its pipeline carries at once (BatchSize × MaxInflight:
+// below that nothing waits for long) and the expected wait is more than
+// half the time ctx has left. A submission without a deadline, and a
+// redirect, is always admitted.
+func (p *Pool) admit(ctx context.Context, sh *poolShard, n int) error {
+	deadline, ok := ctx.Deadline()
+	if !ok || p.cfg.noAdmission || IsRedirect(ctx) {
+		// A redirect carries events an old leader admitted (ACCEPTED ones
+		// were acknowledged): they wait for room, never shed.
+		return nil
+	}
+	queued := sh.outstanding.Load()
+	if queued <= int64(p.cfg.BatchSize*p.cfg.MaxInflight) {
+		return nil
+	}
+	wait, left := sh.perEvent.get()*time.Duration(queued+int64(n)), time.Until(deadline)
+	if wait <= left/2 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w: shard %d: %d events refused at once, not stored: %d events are queued ahead, about %v of work, "+
+		"more than half the %v left before the request's deadline; retry after %v",
+		ErrFull, ErrOverloaded, sh.id, n, queued, wait.Round(time.Millisecond), left.Round(time.Millisecond), wait.Round(time.Millisecond))
 }

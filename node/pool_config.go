@@ -74,6 +74,10 @@ type PoolConfig struct {
 	Retry RetryPolicy
 	// Logger receives writer panics; nil means slog.Default().
 	Logger *slog.Logger
+
+	// noAdmission turns admission control off (tests measuring what it
+	// changes).
+	noAdmission bool
 }
 
 // Limits enforced by Validate.

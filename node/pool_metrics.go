@@ -9,8 +9,12 @@ type PoolMetrics interface {
 	// EventsIn counts events accepted into a shard's ring.
 	EventsIn(shard uint32, n int)
 	// EventsRefused counts events refused at submission (ring full,
-	// deadline, shard or pool closed, batch too large).
+	// deadline, shard or pool closed, batch too large, shed).
 	EventsRefused(shard uint32, n int)
+	// EventsShed counts the refused events that admission control turned
+	// away because the shard's queue would have kept them past their
+	// deadline (ErrOverloaded); they are also in EventsRefused.
+	EventsShed(shard uint32, n int)
 	// EventsCommitted counts events whose proposal committed.
 	EventsCommitted(shard uint32, n int)
 	// EventsFailed counts events failed back to their submitters after
@@ -62,6 +66,7 @@ var _ PoolMetrics = NopPoolMetrics{}
 
 func (NopPoolMetrics) EventsIn(uint32, int)                    {}
 func (NopPoolMetrics) EventsRefused(uint32, int)               {}
+func (NopPoolMetrics) EventsShed(uint32, int)                  {}
 func (NopPoolMetrics) EventsCommitted(uint32, int)             {}
 func (NopPoolMetrics) EventsFailed(uint32, int)                {}
 func (NopPoolMetrics) Batch(uint32, int)                       {}

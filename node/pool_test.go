@@ -22,6 +22,7 @@ type countingMetrics struct {
 	in, refused, committed, failed, batches, errs, retries, restarts atomic.Int64
 	redirected                                                       atomic.Int64
 	ups, downs, moves, active, applied                               atomic.Int64
+	shed                                                             atomic.Int64
 }
 
 func (m *countingMetrics) WritersActive(n int) { m.active.Store(int64(n)) }
@@ -39,6 +40,7 @@ func (m *countingMetrics) AcceptedToApplied(uint32, time.Duration) { m.applied.A
 
 func (m *countingMetrics) EventsIn(_ uint32, n int)              { m.in.Add(int64(n)) }
 func (m *countingMetrics) EventsRefused(_ uint32, n int)         { m.refused.Add(int64(n)) }
+func (m *countingMetrics) EventsShed(_ uint32, n int)            { m.shed.Add(int64(n)) }
 func (m *countingMetrics) EventsCommitted(_ uint32, n int)       { m.committed.Add(int64(n)) }
 func (m *countingMetrics) EventsFailed(_ uint32, n int)          { m.failed.Add(int64(n)) }
 func (m *countingMetrics) Batch(uint32, int)                     { m.batches.Add(1) }

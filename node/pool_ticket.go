@@ -25,6 +25,7 @@ type Ticket struct {
 	// waits and retries it itself.
 	redirect  bool
 	accepted  time.Time // when Submit began putting the events in the ring (AcceptedToApplied)
+	ahead     int64     // events of the shard outstanding when it was submitted (admission control)
 	remaining atomic.Int64
 	dups      atomic.Int64 // events the shard had applied already (see Duplicates)
 	done      chan struct{}

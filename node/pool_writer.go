@@ -40,6 +40,9 @@ type poolShard struct {
 	// outstanding counts the events accepted into the ring and not yet
 	// resolved (see Pool.Outstanding).
 	outstanding atomic.Int64
+	// perEvent is a moving average of the time the shard's queue takes
+	// per event, from acceptance to apply (admission control: Pool.admit).
+	perEvent perEventTime
 
 	removing atomic.Bool
 	released chan struct{} // closed once w has let go of the shard
@@ -512,7 +515,11 @@ func (p *Pool) complete(sh *poolShard) {
 		case err == nil:
 			p.m.EventsCommitted(sh.id, n) // metrics first: a resolved ticket's events are counted
 			for _, r := range pr.runs {
-				p.m.AcceptedToApplied(sh.id, time.Since(r.t.accepted))
+				d := time.Since(r.t.accepted)
+				p.m.AcceptedToApplied(sh.id, d)
+				if queue := r.t.ahead + int64(r.t.n); queue >= p.admissionSample() {
+					sh.perEvent.observe(d, queue)
+				}
 			}
 			if dr, ok := pr.f.(DuplicateReporter); ok {
 				attributeDuplicates(pr.runs, dr.Duplicates())
