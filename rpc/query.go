@@ -249,13 +249,13 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if err != nil {
 		return nil, q.s.fail(proc, err)
 	}
-	root := l.e.RootID
-	if root.IsZero() {
+	rootID := l.e.RootID
+	if rootID.IsZero() {
 		return nil, q.s.fail(proc, invalid("event_id", id, "the event ("+l.e.Kind.String()+") belongs to no call tree"))
 	}
 	var tree *store.CallTree
 	failures := q.s.planner.each(ctx, []uint32{l.shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		tree, err = r.CallTree(ctx, shard, root, maxFrames)
+		tree, err = r.CallTree(ctx, shard, rootID, maxFrames)
 		return err
 	})
 	if len(failures) > 0 {
@@ -264,8 +264,36 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if err := q.s.overBudget("call tree", frameBytes(tree.Root), "ask for fewer frames (max_frames)"); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&scopev1.CallTreeResponse{Root: frameToProto(tree.Root, true), Truncated: tree.Truncated,
+	root := frameToProto(tree.Root, true)
+	if m.GetSummary() {
+		summarizeFrame(root, true)
+	}
+	return connect.NewResponse(&scopev1.CallTreeResponse{Root: root, Truncated: tree.Truncated,
 		Lag: lag.proto()}), nil
+}
+
+// summarizeFrame reduces the events of the tree under f to what
+// CallTreeRequest.summary keeps; the root's CALL keeps its process. The
+// recursion is bounded by max_frames.
+func summarizeFrame(f *scopev1.CallFrame, root bool) {
+	f.Call = summarizeEvent(f.GetCall(), root)
+	if f.End != nil {
+		f.End = summarizeEvent(f.End, false)
+	}
+	for _, c := range f.GetChildren() {
+		summarizeFrame(c, false)
+	}
+}
+
+func summarizeEvent(e *scopev1.Event, withProcess bool) *scopev1.Event {
+	out := &scopev1.Event{EventId: e.GetEventId(), Kind: e.GetKind(), TimestampNs: e.GetTimestampNs(),
+		Module: e.GetModule(), Function: e.GetFunction(), Arity: e.GetArity(), Payload: e.GetPayload(),
+		PayloadTruncated: e.GetPayloadTruncated(), PayloadSize: e.GetPayloadSize(), Reason: e.GetReason(),
+		DurationNs: e.GetDurationNs(), Outcome: e.GetOutcome(), Orphan: e.GetOrphan()}
+	if withProcess {
+		out.Origin, out.Pid = e.GetOrigin(), e.GetPid()
+	}
+	return out
 }
 
 // frameBytes is the MemSize of the events of the tree under f (bounded by

@@ -378,7 +378,9 @@
   async function pageTree(id, q) {
     const app = $app();
     app.replaceChildren(h("h1", {}, "Call tree"));
-    const req = { eventId: id, maxFrames: 100000 };
+    // summary: about half the bytes; the process is on the root's CALL
+    // only (a tree is one process's), and is copied to every frame here.
+    const req = { eventId: id, maxFrames: 100000, summary: true };
     if (q.get("origin") && q.get("pid")) { req.origin = q.get("origin"); req.pid = q.get("pid"); }
     const t0 = performance.now();
     const resp = await call("QueryService", "CallTree", req);
@@ -386,6 +388,13 @@
     showLag(resp);
     if (resp.truncated) notice("warn", "The tree has more frames than were read (100 000); the deepest ones are left out.");
     const root = resp.root;
+    const { origin, pid } = root.call;
+    const own = (f) => {
+      f.call.origin = origin; f.call.pid = pid;
+      if (f.end) { f.end.origin = origin; f.end.pid = pid; }
+      for (const c of f.children || []) own(c);
+    };
+    own(root);
     const count = countFrames(root);
     const call0 = root.call;
     app.append(h("p", {}, h("span", { class: "mono" }, `${call0.origin} ${call0.pid}`), " · ",

@@ -2018,8 +2018,16 @@ type CallTreeRequest struct {
 	Consistency Consistency `protobuf:"varint,3,opt,name=consistency,proto3,enum=scope.v1.Consistency" json:"consistency,omitempty"`
 	// Optional: the tree's process (origin and pid together); saves asking
 	// every shard for event_id.
-	Origin        string `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
-	Pid           string `protobuf:"bytes,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	Origin string `protobuf:"bytes,4,opt,name=origin,proto3" json:"origin,omitempty"`
+	Pid    string `protobuf:"bytes,5,opt,name=pid,proto3" json:"pid,omitempty"`
+	// Frames carry only what a view of the tree shows, for large trees (the
+	// answer is about half the size): each event's event_id, kind,
+	// timestamp_ns, module, function, arity, payload (with its truncation
+	// fields), reason, duration_ns, outcome and orphan. The process (origin,
+	// pid) is on the root's CALL only: a tree is one process's. Links,
+	// correlation_id, parent_id, root_id, call_id, seq, shard and attributes
+	// are left out; GetEvent has them.
+	Summary       bool `protobuf:"varint,6,opt,name=summary,proto3" json:"summary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2087,6 +2095,13 @@ func (x *CallTreeRequest) GetPid() string {
 		return x.Pid
 	}
 	return ""
+}
+
+func (x *CallTreeRequest) GetSummary() bool {
+	if x != nil {
+		return x.Summary
+	}
+	return false
 }
 
 type CallTreeResponse struct {
@@ -4924,14 +4939,15 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"nextCursor\x12%\n" +
 	"\x0emissing_shards\x18\x03 \x03(\rR\rmissingShards\x120\n" +
 	"\amissing\x18\x04 \x03(\v2\x16.scope.v1.MissingShardR\amissing\x12#\n" +
-	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xae\x01\n" +
+	"\x03lag\x18d \x01(\v2\x11.scope.v1.ReadLagR\x03lag\"\xc8\x01\n" +
 	"\x0fCallTreeRequest\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
 	"max_frames\x18\x02 \x01(\rR\tmaxFrames\x127\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x15.scope.v1.ConsistencyR\vconsistency\x12\x16\n" +
 	"\x06origin\x18\x04 \x01(\tR\x06origin\x12\x10\n" +
-	"\x03pid\x18\x05 \x01(\tR\x03pid\"~\n" +
+	"\x03pid\x18\x05 \x01(\tR\x03pid\x12\x18\n" +
+	"\asummary\x18\x06 \x01(\bR\asummary\"~\n" +
 	"\x10CallTreeResponse\x12'\n" +
 	"\x04root\x18\x01 \x01(\v2\x13.scope.v1.CallFrameR\x04root\x12\x1c\n" +
 	"\ttruncated\x18\x02 \x01(\bR\ttruncated\x12#\n" +
