@@ -49,7 +49,7 @@ func (c *Correlator) dedupAdd(id EventID, hint int) bool {
 	}
 	ch.ids = append(ch.ids, id)
 	d.next++
-	for d.next-d.head > uint64(c.cfg.DedupWindow) || d.ids.n > len(d.ids.slots)/2 {
+	for d.next-d.head > uint64(c.cfg.DedupWindow) || d.ids.full() {
 		c.dedupEvictOne()
 		c.cur.DedupEvictions++
 	}

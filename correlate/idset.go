@@ -7,28 +7,59 @@ import (
 )
 
 // idSet is the dedup window's membership table: open addressing with
-// linear probing and backward-shift deletion, sized once so the load factor
-// stays at or below 1/2. The window deletes one id for every id it adds;
-// Go's built-in map leaves a tombstone per delete and its probes degrade
-// under that pattern (measured: 23% of Apply's time), this table has no
-// tombstones.
+// linear probing and backward-shift deletion, its load factor kept at or
+// below 1/2. The window deletes one id for every id it adds; Go's built-in
+// map leaves a tombstone per delete and its probes degrade under that
+// pattern (measured: 23% of Apply's time), this table has no tombstones.
+//
+// It starts small and doubles as ids arrive, up to the size its bound
+// needs (limit ids at load 1/2): a shard that holds few ids — an idle one,
+// of thousands on a node — costs a few hundred bytes, not the megabytes
+// a full window takes.
 //
 // The hash is seeded randomly per correlator so that clients cannot choose
-// colliding ids. The seed only decides where ids sit in memory, never what
-// Apply returns, so determinism is unaffected.
+// colliding ids. The seed and the table's size only decide where ids sit
+// in memory, never what Apply returns, so determinism is unaffected.
 type idSet struct {
 	slots  []EventID // the zero id marks an empty slot (it is never added)
 	mask   uint64
 	n      int
+	limit  int    // the most ids it is sized to hold (full)
 	k0, k1 uint64 // hash seed
 }
 
+// idSetMinSlots is the size a table starts at.
+const idSetMinSlots = 16
+
+// newIDSet returns a table for up to maxLen ids: its limit is half the
+// smallest power of two at least 2 × maxLen, the size it may grow to.
 func newIDSet(maxLen int) idSet {
-	size := 16
+	size := idSetMinSlots
 	for size < 2*maxLen {
 		size *= 2
 	}
-	return idSet{slots: make([]EventID, size), mask: uint64(size - 1), k0: rand.Uint64(), k1: rand.Uint64()}
+	return idSet{slots: make([]EventID, idSetMinSlots), mask: idSetMinSlots - 1, limit: size / 2,
+		k0: rand.Uint64(), k1: rand.Uint64()}
+}
+
+// full reports whether the table holds more ids than its limit.
+func (s *idSet) full() bool { return s.n > s.limit }
+
+// grow doubles the table when one more id would take its load above 1/2,
+// while that keeps it within what limit needs.
+func (s *idSet) grow() {
+	if 2*(s.n+1) <= len(s.slots) || len(s.slots) >= 2*s.limit {
+		return
+	}
+	old := s.slots
+	s.slots = make([]EventID, 2*len(old))
+	s.mask = uint64(len(s.slots) - 1)
+	for _, id := range old {
+		if id != (EventID{}) {
+			i, _ := s.find(id)
+			s.slots[i] = id
+		}
+	}
 }
 
 // home hashes id to its home slot with one seeded 64×64→128-bit multiply
@@ -58,9 +89,11 @@ func (s *idSet) contains(id EventID) bool {
 	return ok
 }
 
-// add inserts id and reports whether it was absent, in one probe; the
-// caller keeps the count within the sizing bound.
+// add inserts id and reports whether it was absent, in one probe (after
+// growing the table, if it must); the caller keeps the count within
+// limit.
 func (s *idSet) add(id EventID) bool {
+	s.grow()
 	i, ok := s.find(id)
 	if !ok {
 		s.slots[i] = id
