@@ -43,7 +43,11 @@ type slot[T any] struct {
 // usable; construct with New or NewWithNotify.
 type Ring[T any] struct {
 	// Read-mostly fields, shared by everyone.
-	slots  []slot[T]
+	// slots is allocated by the first write (allocSlots): a ring nobody
+	// writes to — a follower's, an idle shard's — costs no slot memory.
+	// Once set it never changes.
+	slots  atomic.Pointer[[]slot[T]]
+	size   uint64 // number of slots
 	mask   uint64
 	notify atomic.Pointer[chan struct{}] // consumer wake-up tokens (capacity >= 1); SetNotify replaces it
 	_      [cacheLine]byte
@@ -97,7 +101,7 @@ func NewWithNotify[T any](capacity int, notify chan struct{}) (*Ring[T], error) 
 		return nil, fmt.Errorf("%w: notify channel must be buffered (capacity >= 1)", ErrCapacity)
 	}
 	r := &Ring[T]{
-		slots: make([]slot[T], capacity),
+		size:  uint64(capacity),
 		mask:  uint64(capacity - 1),
 		space: make(chan struct{}),
 	}
@@ -121,7 +125,7 @@ func (r *Ring[T]) SetNotify(notify chan struct{}) error {
 }
 
 // Cap returns the number of slots.
-func (r *Ring[T]) Cap() int { return len(r.slots) }
+func (r *Ring[T]) Cap() int { return int(r.size) }
 
 // Len returns the number of items claimed and not yet consumed (published or
 // about to be). It is a snapshot and may be stale by the time it returns.
@@ -137,7 +141,7 @@ func (r *Ring[T]) Stats() Stats {
 	h := r.head.Load()
 	return Stats{
 		Len:       int(h&^closedBit - t),
-		Cap:       len(r.slots),
+		Cap:       int(r.size),
 		Accepted:  h &^ closedBit,
 		Refused:   r.refused.Load(),
 		HighWater: r.highWater.Load(),
@@ -163,7 +167,7 @@ func (r *Ring[T]) Offer(items []T) int {
 // nil, ErrFull, ErrTooLarge or ErrClosed; on error every item is counted as
 // refused.
 func (r *Ring[T]) TryPutAll(items []T) error {
-	if len(items) > len(r.slots) {
+	if len(items) > int(r.size) {
 		r.refused.Add(uint64(len(items)))
 		return ErrTooLarge
 	}
@@ -196,7 +200,7 @@ func (r *Ring[T]) Put(ctx context.Context, items []T) (int, error) {
 // enough free space until ctx is done. It returns nil, ctx.Err(),
 // ErrTooLarge or ErrClosed; on error every item is counted as refused.
 func (r *Ring[T]) PutAll(ctx context.Context, items []T) error {
-	if len(items) > len(r.slots) {
+	if len(items) > int(r.size) {
 		r.refused.Add(uint64(len(items)))
 		return ErrTooLarge
 	}
@@ -252,7 +256,7 @@ func (r *Ring[T]) claim(n int, all bool) (uint64, int, error) {
 	if n == 0 {
 		return 0, 0, nil
 	}
-	size := uint64(len(r.slots))
+	size := r.size
 	want := uint64(n)
 	for {
 		t := r.tail.Load() // before head: guarantees h >= t
@@ -286,7 +290,7 @@ func (r *Ring[T]) claim(n int, all bool) (uint64, int, error) {
 // peak.
 func (r *Ring[T]) noteFill(claimedEnd uint64) {
 	fill := claimedEnd - r.tail.Load()
-	if fill > uint64(len(r.slots)) { // tail moved past our claim end: nothing to note
+	if fill > r.size { // tail moved past our claim end: nothing to note
 		return
 	}
 	for {
@@ -299,15 +303,32 @@ func (r *Ring[T]) noteFill(claimedEnd uint64) {
 
 // write publishes items at positions [pos, pos+len(items)).
 func (r *Ring[T]) write(pos uint64, items []T) {
+	slots := r.slots.Load()
+	if slots == nil {
+		slots = r.allocSlots()
+	}
 	for i := range items {
 		p := pos + uint64(i)
-		s := &r.slots[p&r.mask]
+		s := &(*slots)[p&r.mask]
 		s.val = items[i]
 		s.seq.Store(p + 1)
 	}
 	if r.armed.Load() != 0 && r.armed.Swap(0) != 0 {
 		r.signal()
 	}
+}
+
+// allocSlots allocates the slots once, for the first writer; the others
+// wait for it on mu and find them allocated.
+func (r *Ring[T]) allocSlots() *[]slot[T] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if sp := r.slots.Load(); sp != nil {
+		return sp
+	}
+	slots := make([]slot[T], r.size)
+	r.slots.Store(&slots)
+	return &slots
 }
 
 func (r *Ring[T]) signal() {
@@ -320,12 +341,16 @@ func (r *Ring[T]) signal() {
 // Read copies up to len(dst) published items into dst, in claim order, frees
 // their slots and returns how many it copied. It never blocks. Consumer only.
 func (r *Ring[T]) Read(dst []T) int {
+	slots := r.slots.Load()
+	if slots == nil {
+		return 0 // nothing was ever written
+	}
 	t := r.tail.Load()
 	var zero T
 	n := 0
 	for n < len(dst) {
 		p := t + uint64(n)
-		s := &r.slots[p&r.mask]
+		s := &(*slots)[p&r.mask]
 		if s.seq.Load() != p+1 {
 			break
 		}
@@ -351,8 +376,12 @@ func (r *Ring[T]) wakeProducers() {
 
 // readable reports whether the item at tail is published.
 func (r *Ring[T]) readable() bool {
+	slots := r.slots.Load()
+	if slots == nil {
+		return false
+	}
 	t := r.tail.Load()
-	return r.slots[t&r.mask].seq.Load() == t+1
+	return (*slots)[t&r.mask].seq.Load() == t+1
 }
 
 // Arm prepares the consumer to sleep on the notify channel. It returns true

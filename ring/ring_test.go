@@ -395,3 +395,32 @@ func TestSetNotify(t *testing.T) {
 	default:
 	}
 }
+
+// TestSlotsAllocatedOnFirstWrite: a ring nobody writes to holds no slots
+// (a follower's or an idle shard's ring costs no slot memory); the first
+// write allocates them, and reads before it find nothing.
+func TestSlotsAllocatedOnFirstWrite(t *testing.T) {
+	r, err := New[int](1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.slots.Load() != nil {
+		t.Fatal("a new ring allocated its slots")
+	}
+	dst := make([]int, 4)
+	if n := r.Read(dst); n != 0 || r.readable() {
+		t.Fatalf("read %d items from a ring never written", n)
+	}
+	if r.Cap() != 1024 {
+		t.Fatalf("Cap %d", r.Cap())
+	}
+	if err := r.TryPutAll([]int{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if sp := r.slots.Load(); sp == nil || len(*sp) != 1024 {
+		t.Fatal("the first write did not allocate the slots")
+	}
+	if n := r.Read(dst); n != 3 || dst[0] != 1 || dst[2] != 3 {
+		t.Fatalf("read %d items %v", n, dst[:n])
+	}
+}
