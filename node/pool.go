@@ -231,7 +231,6 @@ func (p *Pool) AddShard(shard uint32) error {
 	sh := &poolShard{
 		id:        shard,
 		ring:      r,
-		items:     make([]poolItem, 0, p.cfg.BatchSize),
 		dispatch:  make(chan *proposal, p.cfg.MaxInflight),
 		redirects: newRedirectQueue(),
 		inflight:  make(chan *proposal, p.cfg.MaxInflight),

@@ -250,6 +250,11 @@ func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res se
 		return res
 	}
 
+	if sh.items == nil && sh.ring.Len() > 0 {
+		// The staging buffer is allocated by the first events: a shard
+		// whose ring nobody writes to (a follower's) holds none.
+		sh.items = make([]poolItem, 0, p.cfg.BatchSize)
+	}
 	if n0 := len(sh.items); n0 < cap(sh.items) {
 		if n := sh.ring.Read(sh.items[n0:cap(sh.items)]); n > 0 {
 			sh.items = sh.items[:n0+n]
@@ -287,7 +292,7 @@ func (w *poolWriter) service(sh *poolShard, now time.Time, closing bool) (res se
 			res.busy = true
 		}
 	}
-	res.canTake = len(sh.items) < cap(sh.items)
+	res.canTake = sh.items == nil || len(sh.items) < cap(sh.items)
 	if closing && len(sh.items) == 0 && sh.ring.Drained() && sh.inflightN.Load() == 0 {
 		// inflightN before retries: a completer queues a retry before it
 		// decrements inflightN, so a zero count means the retry is visible.
@@ -376,6 +381,9 @@ func (w *poolWriter) failProposal(sh *poolShard, pr *proposal, err error) {
 // proposals are failed rather than retried.
 func (w *poolWriter) failAll(sh *poolShard, err error) {
 	w.failItems(sh, err)
+	if sh.items == nil {
+		sh.items = make([]poolItem, 0, w.p.cfg.BatchSize)
+	}
 	for {
 		n := sh.ring.Read(sh.items[:cap(sh.items)])
 		if n == 0 {
