@@ -1,7 +1,6 @@
 package ui_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
@@ -14,10 +13,10 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/chromedp/chromedp"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
+	"github.com/elixirscope/scope/rpc/rpctest"
 )
 
 // Browser tests drive Debian's Chromium (chromium-headless-shell or
@@ -211,25 +210,7 @@ func (p *page) screenshot(name string) {
 // loadFixture reads a JSONL trace captured from a real Erlang VM.
 func loadFixture(t testing.TB, name string) []*scopev1.Event {
 	t.Helper()
-	f, err := os.Open(filepath.Join("..", "correlate", "testdata", "erlang", name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	var evs []*scopev1.Event
-	for line := 1; sc.Scan(); line++ {
-		ev := new(scopev1.Event)
-		if err := protojson.Unmarshal(sc.Bytes(), ev); err != nil {
-			t.Fatalf("%s:%d: %v", name, line, err)
-		}
-		evs = append(evs, ev)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return evs
+	return rpctest.LoadJSONL(t, filepath.Join("..", "correlate", "testdata", "erlang", name))
 }
 
 // ingest stores evs COMMITTED, in batches, and returns their ids.

@@ -1,21 +1,19 @@
 package clustertest
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/elixirscope/scope/correlate"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/rpctest"
 )
 
 // loadErlangFixture reads a trace captured from a real Erlang VM by
@@ -24,24 +22,9 @@ import (
 // deduplicated instead of stored twice.
 func loadErlangFixture(t *testing.T, path string) []*scopev1.Event {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	var evs []*scopev1.Event
-	for line := 1; sc.Scan(); line++ {
-		ev := new(scopev1.Event)
-		if err := protojson.Unmarshal(sc.Bytes(), ev); err != nil {
-			t.Fatalf("%s:%d: %v", path, line, err)
-		}
-		ev.EventId = erlangEventID(ev.GetTimestampNs(), line)
-		evs = append(evs, ev)
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+	evs := rpctest.LoadJSONL(t, path)
+	for i, ev := range evs {
+		ev.EventId = erlangEventID(ev.GetTimestampNs(), i+1)
 	}
 	return evs
 }

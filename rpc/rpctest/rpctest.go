@@ -6,21 +6,25 @@
 package rpctest
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/internal/testwait"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
+	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
 
@@ -208,4 +212,30 @@ func (n *Node) Close(t testing.TB) {
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	testwait.For(t, what, timeout, cond)
+}
+
+// LoadJSONL reads events, one proto3 JSON Event per line (the format of
+// `scope ingest` and of the Erlang captures under correlate/testdata),
+// failing t on a line that does not decode.
+func LoadJSONL(t testing.TB, path string) []*scopev1.Event {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	var evs []*scopev1.Event
+	for line := 1; sc.Scan(); line++ {
+		ev := new(scopev1.Event)
+		if err := protojson.Unmarshal(sc.Bytes(), ev); err != nil {
+			t.Fatalf("%s:%d: %v", path, line, err)
+		}
+		evs = append(evs, ev)
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return evs
 }
