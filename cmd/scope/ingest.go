@@ -166,8 +166,9 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 }
 
 // Ingest requests that fail with UNAVAILABLE (no leader known for a shard,
-// a leadership changing hands: what the API tells clients to retry) are
-// sent again, the same request, after a growing pause. Every event has an
+// a leadership changing hands: what the API tells clients to retry), or
+// that a shard refused for backpressure (ingestRetryable), are sent again,
+// the same request, after a growing pause. Every event has an
 // id (the client's, or one the server derives from its content), so a
 // resend stores nothing twice: what an earlier attempt stored comes back
 // as duplicates.
@@ -194,7 +195,7 @@ func ingestRetrying(ctx context.Context, c ingester, req *scopev1.IngestRequest,
 		}
 		resp, err := c.Ingest(rctx, connect.NewRequest(req))
 		cancel()
-		if err == nil || connect.CodeOf(err) != connect.CodeUnavailable || attempt == ingestAttempts || ctx.Err() != nil {
+		if err == nil || !ingestRetryable(err) || attempt == ingestAttempts || ctx.Err() != nil {
 			return resp, attempt - 1, err
 		}
 		select {
@@ -204,6 +205,22 @@ func ingestRetrying(ctx context.Context, c ingester, req *scopev1.IngestRequest,
 		}
 		backoff = min(2*backoff, ingestMaxBackoff)
 	}
+}
+
+// ingestRetryable reports whether a failed Ingest is worth sending again:
+// UNAVAILABLE, and RESOURCE_EXHAUSTED from the shards (a full ingest
+// buffer, a part shed because its shard's queue would outlast the
+// deadline, a full disk: the answer carries the per-shard counts), but not
+// a RESOURCE_EXHAUSTED the request itself caused (larger than the size
+// limit: it carries no counts).
+func ingestRetryable(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable:
+		return true
+	case connect.CodeResourceExhausted:
+		return ingestDetail(err) != nil
+	}
+	return false
 }
 
 // ingestDetail returns the IngestResponse attached to an Ingest error.

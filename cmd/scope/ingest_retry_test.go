@@ -27,11 +27,20 @@ func (f *fakeIngester) Ingest(context.Context, *connect.Request[scopev1.IngestRe
 // A leadership changing hands answers UNAVAILABLE, which the API tells
 // clients to retry: `scope ingest` used to give up on the first one (the
 // cause of TestClusterFailover failing when balancing moved a leadership
-// right after the cluster formed). Other errors are not retried, and the
-// retries are bounded.
+// right after the cluster formed). So is a shard's backpressure
+// (RESOURCE_EXHAUSTED with the per-shard counts: a full buffer, a part
+// shed by admission control); other errors, a request too large among
+// them, are not, and the retries are bounded.
 func TestIngestRetriesUnavailable(t *testing.T) {
 	unavailable := connect.NewError(connect.CodeUnavailable, errors.New("shard 2: not the leader"))
 	invalid := connect.NewError(connect.CodeInvalidArgument, errors.New("events[0].pid: required"))
+	shed := connect.NewError(connect.CodeResourceExhausted, errors.New("shard 3: shard saturated: retry after 2s"))
+	detail, err := connect.NewErrorDetail(&scopev1.IngestResponse{Refused: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shed.AddDetail(detail)
+	tooLarge := connect.NewError(connect.CodeResourceExhausted, errors.New("request of 9 MB is larger than the maximum request size"))
 	for _, tc := range []struct {
 		name      string
 		errs      []error
@@ -41,6 +50,8 @@ func TestIngestRetriesUnavailable(t *testing.T) {
 		{"success", nil, 1, 0},
 		{"unavailable twice, then success", []error{unavailable, unavailable}, 3, 0},
 		{"invalid argument is not retried", []error{invalid}, 1, connect.CodeInvalidArgument},
+		{"a shard's backpressure is retried", []error{shed, shed}, 3, 0},
+		{"a request too large is not retried", []error{tooLarge}, 1, connect.CodeResourceExhausted},
 		{"unavailable for good: bounded", []error{unavailable, unavailable, unavailable, unavailable, unavailable, unavailable, unavailable},
 			ingestAttempts, connect.CodeUnavailable},
 	} {
