@@ -264,36 +264,25 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if err := q.s.overBudget("call tree", frameBytes(tree.Root), "ask for fewer frames (max_frames)"); err != nil {
 		return nil, err
 	}
-	root := frameToProto(tree.Root, true)
+	conv := EventToProto
 	if m.GetSummary() {
-		summarizeFrame(root, true)
+		conv = summaryEventToProto
+	}
+	root := frameToProto(tree.Root, true, conv)
+	if m.GetSummary() {
+		root.Call.Origin, root.Call.Pid = tree.Root.Call.Origin, tree.Root.Call.PID // a tree is one process's
 	}
 	return connect.NewResponse(&scopev1.CallTreeResponse{Root: root, Truncated: tree.Truncated,
 		Lag: lag.proto()}), nil
 }
 
-// summarizeFrame reduces the events of the tree under f to what
-// CallTreeRequest.summary keeps; the root's CALL keeps its process. The
-// recursion is bounded by max_frames.
-func summarizeFrame(f *scopev1.CallFrame, root bool) {
-	f.Call = summarizeEvent(f.GetCall(), root)
-	if f.End != nil {
-		f.End = summarizeEvent(f.End, false)
-	}
-	for _, c := range f.GetChildren() {
-		summarizeFrame(c, false)
-	}
-}
-
-func summarizeEvent(e *scopev1.Event, withProcess bool) *scopev1.Event {
-	out := &scopev1.Event{EventId: e.GetEventId(), Kind: e.GetKind(), TimestampNs: e.GetTimestampNs(),
-		Module: e.GetModule(), Function: e.GetFunction(), Arity: e.GetArity(), Payload: e.GetPayload(),
-		PayloadTruncated: e.GetPayloadTruncated(), PayloadSize: e.GetPayloadSize(), Reason: e.GetReason(),
-		DurationNs: e.GetDurationNs(), Outcome: e.GetOutcome(), Orphan: e.GetOrphan()}
-	if withProcess {
-		out.Origin, out.Pid = e.GetOrigin(), e.GetPid()
-	}
-	return out
+// summaryEventToProto converts only what CallTreeRequest.summary keeps of
+// an event (the caller adds the process to the root's CALL).
+func summaryEventToProto(e *correlate.Event) *scopev1.Event {
+	return &scopev1.Event{EventId: idString(e.ID), Kind: KindToProto(e.Kind), TimestampNs: e.TimestampNs,
+		Module: e.Module, Function: e.Function, Arity: e.Arity, Payload: e.Payload,
+		PayloadTruncated: e.PayloadTruncated, PayloadSize: e.PayloadSize, Reason: e.Reason,
+		DurationNs: e.DurationNs, Outcome: OutcomeToProto(e.Outcome), Orphan: e.Orphan}
 }
 
 // frameBytes is the MemSize of the events of the tree under f (bounded by
@@ -309,18 +298,18 @@ func frameBytes(f *store.Frame) int {
 	return n
 }
 
-// frameToProto converts a frame, with its children when deep. A tree is
-// bounded by max_frames, so the recursion is too.
-func frameToProto(f *store.Frame, deep bool) *scopev1.CallFrame {
-	out := &scopev1.CallFrame{Call: EventToProto(&f.Call), Outcome: OutcomeToProto(f.Outcome),
+// frameToProto converts a frame, its events with conv, with its children
+// when deep. A tree is bounded by max_frames, so the recursion is too.
+func frameToProto(f *store.Frame, deep bool, conv func(*correlate.Event) *scopev1.Event) *scopev1.CallFrame {
+	out := &scopev1.CallFrame{Call: conv(&f.Call), Outcome: OutcomeToProto(f.Outcome),
 		DurationNs: f.DurationNs, Open: f.Open(), AbandonReason: AbandonReasonToProto(f.AbandonReason)}
 	if f.End != nil {
-		out.End = EventToProto(f.End)
+		out.End = conv(f.End)
 	}
 	if deep && len(f.Children) > 0 {
 		out.Children = make([]*scopev1.CallFrame, len(f.Children))
 		for i, c := range f.Children {
-			out.Children[i] = frameToProto(c, true)
+			out.Children[i] = frameToProto(c, true, conv)
 		}
 	}
 	return out
@@ -352,7 +341,7 @@ func (q queryService) CallStackAt(ctx context.Context, req *connect.Request[scop
 	}
 	resp := &scopev1.CallStackAtResponse{Frames: make([]*scopev1.CallFrame, len(frames)), Lag: lag.proto()}
 	for i := range frames {
-		resp.Frames[i] = frameToProto(&frames[i], false)
+		resp.Frames[i] = frameToProto(&frames[i], false, EventToProto)
 	}
 	return connect.NewResponse(resp), nil
 }

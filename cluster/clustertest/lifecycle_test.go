@@ -15,6 +15,7 @@ import (
 
 	"github.com/elixirscope/scope/cluster"
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/node"
 	nodev1 "github.com/elixirscope/scope/rpc/gen/scope/node/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/node/v1/nodev1connect"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
@@ -189,11 +190,15 @@ func (c *Cluster) groupNames(shard uint32, name string) (known, listed bool) {
 func (c *Cluster) describeGroup(shard uint32) string {
 	var b strings.Builder
 	l := c.ShardLeader(shard)
-	if l == nil {
+	var r *node.Replica
+	if l != nil {
+		r = l.Node.Replica(shard) // nil if dropped since ShardLeader looked
+	}
+	if r == nil {
 		b.WriteString("no leader")
 	} else {
 		fmt.Fprintf(&b, "leader %s, configuration", l.Name)
-		if f := l.Node.Replica(shard).Raft().GetConfiguration(); f.Error() == nil {
+		if f := r.Raft().GetConfiguration(); f.Error() == nil {
 			for _, s := range f.Configuration().Servers {
 				fmt.Fprintf(&b, " %s:%v", s.ID, s.Suffrage)
 			}
