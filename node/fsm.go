@@ -89,6 +89,10 @@ type shardFSM struct {
 	// for mu: it is held for a whole ApplyBatch, store write included.
 	prog progress
 
+	// budget keeps the raft log within its size in bytes (logbudget.go);
+	// nil: no byte bound.
+	budget *logBudget
+
 	mu      sync.Mutex
 	corr    *correlate.Correlator
 	applied uint64
@@ -246,6 +250,9 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		f.failed = fmt.Errorf("%w: shard %d: closed while waiting for disk space", ErrClosed, f.shard)
 		f.prog.set(f.applied, f.failed)
 		return f.failAll(resp)
+	}
+	if f.budget != nil {
+		f.budget.applied(logs)
 	}
 	f.seg.reset()
 	for i, l := range logs {
@@ -474,6 +481,9 @@ func (f *shardFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err := f.store.Sync(); err != nil {
 		return nil, fmt.Errorf("node: shard %d: sync before snapshot: %w", f.shard, err)
 	}
+	if f.budget != nil {
+		f.budget.snapshotTaken()
+	}
 	return lazySnapshot{shard: f.shard, applied: f.applied}, nil
 }
 
@@ -487,6 +497,9 @@ func (f *shardFSM) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("node: shard %d: restore snapshot: %w", f.shard, err)
 	}
 	f.failed = nil
+	if f.budget != nil {
+		f.budget.snapshotTaken() // raft cuts the log to the snapshot it installed
+	}
 	return f.loadLocked()
 }
 

@@ -30,6 +30,9 @@ type Metrics struct {
 	// written out to send a snapshot to a follower (snapshot.go).
 	snapshotsMaterialized     prometheus.Counter
 	snapshotBytesMaterialized prometheus.Counter
+	// logBudgetSnapshots counts snapshots taken because a shard's raft
+	// log reached half of RaftTiming.LogBytes (logbudget.go).
+	logBudgetSnapshots prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -71,6 +74,10 @@ func newMetrics() *Metrics {
 			Name: "scope_raft_snapshot_sent_bytes_total",
 			Help: "Bytes of the shard spans written out for raft snapshots sent to followers.",
 		}),
+		logBudgetSnapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_raft_log_size_snapshots_total",
+			Help: "Raft snapshots taken because the entries a shard applied since its last snapshot held half of -raft-log-size (the others come every SnapshotThreshold entries or SnapshotInterval).",
+		}),
 		lifecycleWaits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_replica_lifecycle_waits_total",
 			Help: "Replica opens and drops that waited for another open or drop of the same shard to finish.",
@@ -79,7 +86,7 @@ func newMetrics() *Metrics {
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
 		m.noticesDelivered, m.noticeFailures, m.noticeRoutesDeferred, m.forwarded, m.lifecycleWaits,
-		m.snapshotsMaterialized, m.snapshotBytesMaterialized,
+		m.snapshotsMaterialized, m.snapshotBytesMaterialized, m.logBudgetSnapshots,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

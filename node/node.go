@@ -346,6 +346,7 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 			n.metrics.snapshotsMaterialized.Inc()
 			n.metrics.snapshotBytesMaterialized.Add(float64(bytes))
 		},
+		OnLogBudgetSnapshot: func(uint32) { n.metrics.logBudgetSnapshots.Inc() },
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},

@@ -31,7 +31,16 @@ type RaftTiming struct {
 	SnapshotThreshold  uint64
 	TrailingLogs       uint64
 	MaxAppendEntries   int
+	// LogBytes bounds each shard's raft log in bytes as well (0: entries
+	// only): a snapshot is taken when the entries applied since the last
+	// one hold half of it, and at most about half of it is kept after a
+	// snapshot (logbudget.go).
+	LogBytes uint64
 }
+
+// DefaultRaftLogBytes is the default bound of one shard's raft log
+// (RaftTiming.LogBytes, `scope agent -raft-log-size`).
+const DefaultRaftLogBytes = 128 << 20
 
 // DefaultRaftTiming returns the timing used by `scope agent`.
 func DefaultRaftTiming() RaftTiming {
@@ -44,6 +53,7 @@ func DefaultRaftTiming() RaftTiming {
 		SnapshotThreshold:  8192,
 		TrailingLogs:       10240,
 		MaxAppendEntries:   64,
+		LogBytes:           DefaultRaftLogBytes,
 	}
 }
 
@@ -80,6 +90,9 @@ type ReplicaConfig struct {
 	// OnMaterialize, if set, is told each time the shard's span is written
 	// out for a snapshot raft sends to a follower (snapshot.go).
 	OnMaterialize func(shard uint32, bytes int64, took time.Duration)
+	// OnLogBudgetSnapshot, if set, is told each time a snapshot is taken
+	// because the log reached Timing.LogBytes (logbudget.go).
+	OnLogBudgetSnapshot func(shard uint32)
 }
 
 // Replica is one shard's copy on this node: a hashicorp/raft group member
@@ -141,6 +154,13 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	if cfg.BeforeApply != nil {
 		fsm.beforeApply = func() { cfg.BeforeApply(cfg.Shard) }
 	}
+	if cfg.Timing.LogBytes > 0 {
+		var told func()
+		if cfg.OnLogBudgetSnapshot != nil {
+			told = func() { cfg.OnLogBudgetSnapshot(cfg.Shard) }
+		}
+		fsm.budget = newLogBudget(cfg.Shard, cfg.Timing, cfg.Logger, told)
+	}
 	logs, err := openReplicaLog(cfg)
 	if err != nil {
 		return nil, err
@@ -182,6 +202,9 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	}
 	if v, ok := logs.store.(*RaftLogShard); ok {
 		v.SetLeading(func() bool { return r.State() == raft.Leader })
+	}
+	if fsm.budget != nil {
+		fsm.budget.raft.Store(r)
 	}
 	return &Replica{shard: cfg.Shard, raft: r, fsm: fsm, logs: logs, trans: cfg.Transport, now: time.Now, stop: stop,
 		heartbeat: cfg.Timing.HeartbeatTimeout, opened: time.Now()}, nil
@@ -383,5 +406,8 @@ func (r *Replica) close() error {
 		err = c.Close()
 	}
 	err = errors.Join(shutdown.Error(), err)
+	if r.fsm.budget != nil {
+		r.fsm.budget.wait()
+	}
 	return errors.Join(err, r.logs.Close())
 }

@@ -140,6 +140,8 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		"size of the reserve file kept in the data directory, released when free space falls below half of -min-free-disk (0: none)")
 	fs.Var(byteSize{&c.node.Store.MemTableSize}, "memtable-size",
 		"the store's Pebble memtable (the raft log's is half): Pebble preallocates each WAL at 110% of it; -min-free-disk must be at least 3.15 times it")
+	fs.Var(byteSize{&c.node.Raft.LogBytes}, "raft-log-size",
+		"bound of each shard's raft log (0: counted in entries only): a snapshot is taken when half of it was appended since the last one, and about half is kept after it for followers that fall behind")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&c.pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the -http address (needs an admin token with -auth-tokens; without, anyone who reaches it can profile the process)")
@@ -246,6 +248,9 @@ func (c *agentConfig) finish() error {
 	}
 	if err := c.node.Store.Validate(); err != nil {
 		return usageError("-memtable-size %s: must be at least 1MiB and below 4GiB", byteSize{&c.node.Store.MemTableSize})
+	}
+	if b := c.node.Raft.LogBytes; b > 0 && b < 1<<20 {
+		return usageError("-raft-log-size %s: must be 0 (entries only) or at least 1MiB", byteSize{&c.node.Raft.LogBytes})
 	}
 	if d := c.node.Disk; d.MinFree == 0 && d.Reserve > 0 {
 		return usageError("-disk-reserve %s: needs -min-free-disk (the guard releases the reserve); pass -disk-reserve 0 with -min-free-disk 0",

@@ -108,6 +108,17 @@ func TestAgentFlags(t *testing.T) {
 		{name: "reserve without guard", args: []string{"-min-free-disk", "0"}, wantErr: "-disk-reserve 128MiB: needs -min-free-disk"},
 		{name: "min free below margin", args: []string{"-min-free-disk", "100MiB"}, wantErr: "-min-free-disk 100MiB: must be 0 or at least 201.6 MiB with -memtable-size 64MiB"},
 		{name: "memtable too small", args: []string{"-memtable-size", "4KiB"}, wantErr: "-memtable-size 4KiB"},
+		{name: "raft log size", args: []string{"-dev", "-raft-log-size", "16MiB"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Raft.LogBytes != 16<<20 {
+				t.Errorf("raft log bytes %d, want 16MiB", c.node.Raft.LogBytes)
+			}
+		}},
+		{name: "raft log size default and off", args: []string{"-dev", "-raft-log-size", "0"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Raft.LogBytes != 0 || node.DefaultRaftTiming().LogBytes != 128<<20 {
+				t.Errorf("raft log bytes %d (default %d)", c.node.Raft.LogBytes, node.DefaultRaftTiming().LogBytes)
+			}
+		}},
+		{name: "raft log size too small", args: []string{"-raft-log-size", "64KiB"}, wantErr: "-raft-log-size 64KiB: must be 0 (entries only) or at least 1MiB"},
 		{name: "stray argument", args: []string{"-dev", "extra"}, wantErr: "unexpected arguments"},
 		{name: "unknown flag", args: []string{"-gossipp", "x"}, wantErr: "flag provided but not defined"},
 
