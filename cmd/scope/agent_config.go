@@ -55,6 +55,7 @@ type agentConfig struct {
 	tokens     *rpc.TokenSet // read from authTokens at start
 	maxReqSize uint64        // -max-request-bytes
 	queryMem   uint64        // -query-memory
+	blockCache uint64        // -block-cache-size
 
 	tls tlsFlags // -tls-*, -insecure (agent_tls.go)
 
@@ -140,6 +141,9 @@ func parseAgentFlags(args []string, stderr io.Writer) (*agentConfig, *flag.FlagS
 		"size of the reserve file kept in the data directory, released when free space falls below half of -min-free-disk (0: none)")
 	fs.Var(byteSize{&c.node.Store.MemTableSize}, "memtable-size",
 		"the store's Pebble memtable (the raft log's is half): Pebble preallocates each WAL at 110% of it; -min-free-disk must be at least 3.15 times it")
+	c.blockCache = node.DefaultBlockCacheSize(1)
+	fs.Var(byteSize{&c.blockCache}, "block-cache-size",
+		"the store's Pebble block cache (default: a quarter of the memory, the cgroup limit if lower, at least 64MiB); queries on a store larger than it read blocks from the OS")
 	fs.Var(byteSize{&c.node.Raft.LogBytes}, "raft-log-size",
 		"bound of each shard's raft log (0: counted in entries only): a snapshot is taken when half of it was appended since the last one, and about half is kept after it for followers that fall behind")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -249,6 +253,10 @@ func (c *agentConfig) finish() error {
 	if err := c.node.Store.Validate(); err != nil {
 		return usageError("-memtable-size %s: must be at least 1MiB and below 4GiB", byteSize{&c.node.Store.MemTableSize})
 	}
+	if c.blockCache < 1<<20 || c.blockCache > 1<<40 {
+		return usageError("-block-cache-size %s: must be at least 1MiB and at most 1TiB", byteSize{&c.blockCache})
+	}
+	c.node.Store.CacheSize = int64(c.blockCache)
 	if b := c.node.Raft.LogBytes; b > 0 && b < 1<<20 {
 		return usageError("-raft-log-size %s: must be 0 (entries only) or at least 1MiB", byteSize{&c.node.Raft.LogBytes})
 	}

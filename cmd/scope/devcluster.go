@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/elixirscope/scope/node"
 )
 
 // `scope dev-cluster` runs n `scope agent` processes of this binary on
@@ -67,7 +69,9 @@ func (c devClusterConfig) plan() []*devNode {
 	for _, nd := range nodes {
 		nd.args = []string{"agent", "-name", nd.name, "-data-dir", nd.dataDir, "-http", nd.http, "-raft", nd.raft,
 			"-gossip", nd.gossip, "-gossip-profile", "local", "-bootstrap-expect", strconv.Itoa(c.n),
-			"-replicas", strconv.Itoa(c.replicas), "-shards", strconv.FormatUint(uint64(c.shards), 10), "-log-level", c.logLevel}
+			"-replicas", strconv.Itoa(c.replicas), "-shards", strconv.FormatUint(uint64(c.shards), 10), "-log-level", c.logLevel,
+			// n agents share the machine's memory.
+			"-block-cache-size", strconv.FormatUint(node.DefaultBlockCacheSize(c.n), 10)}
 		var peers []string
 		for _, p := range nodes {
 			if p != nd {

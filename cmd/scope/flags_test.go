@@ -118,6 +118,17 @@ func TestAgentFlags(t *testing.T) {
 				t.Errorf("raft log bytes %d (default %d)", c.node.Raft.LogBytes, node.DefaultRaftTiming().LogBytes)
 			}
 		}},
+		{name: "block cache default", args: []string{"-dev"}, check: func(t *testing.T, c *agentConfig) {
+			if want := int64(node.DefaultBlockCacheSize(1)); c.node.Store.CacheSize != want || want < 64<<20 {
+				t.Errorf("block cache %d, want %d (a quarter of memory, at least 64MiB)", c.node.Store.CacheSize, want)
+			}
+		}},
+		{name: "block cache size", args: []string{"-dev", "-block-cache-size", "1GiB"}, check: func(t *testing.T, c *agentConfig) {
+			if c.node.Store.CacheSize != 1<<30 {
+				t.Errorf("block cache %d, want 1GiB", c.node.Store.CacheSize)
+			}
+		}},
+		{name: "block cache too small", args: []string{"-block-cache-size", "512KiB"}, wantErr: "-block-cache-size 512KiB: must be at least 1MiB"},
 		{name: "raft log size too small", args: []string{"-raft-log-size", "64KiB"}, wantErr: "-raft-log-size 64KiB: must be 0 (entries only) or at least 1MiB"},
 		{name: "stray argument", args: []string{"-dev", "extra"}, wantErr: "unexpected arguments"},
 		{name: "unknown flag", args: []string{"-gossipp", "x"}, wantErr: "flag provided but not defined"},
