@@ -398,6 +398,8 @@ func (c *Cluster) bootstrap() (bool, error) {
 	if clusterID != 0 {
 		c.adoptClusterID(clusterID, "created at bootstrap")
 	}
+	mine := map[uint32][]raft.Server{}
+	var shards []uint32
 	for shard := range c.cfg.Shards {
 		want := Placement(shard, live, c.cfg.Replicas)
 		if !slices.Contains(want, c.cfg.Name) {
@@ -408,13 +410,21 @@ func (c *Cluster) bootstrap() (bool, error) {
 			id, addr := raftServer(byName[name])
 			servers = append(servers, raft.Server{ID: id, Address: addr})
 		}
+		mine[shard] = servers
+		shards = append(shards, shard)
+	}
+	err := node.EachShard(shards, func(shard uint32) error {
 		r, err := c.node.OpenReplica(shard)
 		if err != nil {
-			return false, err
+			return err
 		}
-		if err := r.Bootstrap(servers); err != nil {
-			return false, fmt.Errorf("cluster: bootstrap shard %d: %w", shard, err)
+		if err := r.Bootstrap(mine[shard]); err != nil {
+			return fmt.Errorf("cluster: bootstrap shard %d: %w", shard, err)
 		}
+		return nil
+	})
+	if err != nil {
+		return false, err
 	}
 	c.logger.Info("cluster bootstrapped", "members", live, "shards", c.cfg.Shards, "replicas", c.cfg.Replicas,
 		"cluster_id", FormatID(clusterID))

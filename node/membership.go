@@ -117,10 +117,12 @@ func (n *Node) OpenHosted() ([]uint32, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range shards {
-		if _, err := n.OpenReplica(s); err != nil {
-			return nil, err
-		}
+	err = EachShard(shards, func(s uint32) error {
+		_, err := n.OpenReplica(s)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return shards, nil
 }

@@ -187,7 +187,10 @@ type Node struct {
 	cancel context.CancelFunc
 	stop   chan struct{}
 	wg     sync.WaitGroup
-	tail   *tailHub
+	// opening counts OpenReplica calls past the closed check (Close waits
+	// for them).
+	opening sync.WaitGroup
+	tail    *tailHub
 }
 
 // Open opens the node's store, starts the writer pool and the background
@@ -300,17 +303,39 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 	if shard >= n.cfg.Shards {
 		return nil, fmt.Errorf("%w: shard %d of %d", ErrNoShard, shard, n.cfg.Shards)
 	}
+	// The lifecycle lock keeps other opens and drops of this shard out;
+	// n.mu is held only to look and to publish, so replicas of different
+	// shards open in parallel (EachShard). Close waits for the opens that
+	// got past this check.
 	unlock := n.lockLifecycle(shard)
 	defer unlock()
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if r, ok := n.replicas[shard]; ok {
 		n.noteOpen(r)
+		n.mu.Unlock()
 		return r, nil
 	}
+	n.opening.Add(1)
+	n.mu.Unlock()
+	defer n.opening.Done()
+	r, err := n.openReplica(shard)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	n.replicas[shard] = r
+	n.noteOpen(r)
+	n.mu.Unlock()
+	return r, nil
+}
+
+// openReplica opens shard's replica and adds the shard to the pool (with
+// the shard's lifecycle lock held, not n.mu).
+func (n *Node) openReplica(shard uint32) (*Replica, error) {
 	dir := n.replicaDir(shard)
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		// A new replica. The directory is what says a replica exists
@@ -361,8 +386,6 @@ func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
 		_ = r.Close()
 		return nil, err
 	}
-	n.replicas[shard] = r
-	n.noteOpen(r)
 	return r, nil
 }
 
@@ -396,13 +419,56 @@ func (n *Node) Replicas() []*Replica {
 // (a one-node cluster, `scope agent -dev`), or resumes them if they exist.
 func (n *Node) Bootstrap() error {
 	self := []raft.Server{{ID: raft.ServerID(n.cfg.ID), Address: raft.ServerAddress(n.cfg.RaftAddr)}}
-	for shard := range n.cfg.Shards {
+	all := make([]uint32, n.cfg.Shards)
+	for i := range all {
+		all[i] = uint32(i)
+	}
+	return EachShard(all, func(shard uint32) error {
 		r, err := n.OpenReplica(shard)
 		if err != nil {
 			return err
 		}
 		if err := r.Bootstrap(self); err != nil {
 			return fmt.Errorf("node: bootstrap shard %d: %w", shard, err)
+		}
+		return nil
+	})
+}
+
+// eachShardWorkers bounds EachShard's concurrency. Opening a replica is
+// mostly waiting for fsyncs (its log's deletion, raft's term and first
+// entry): run together, Pebble commits them with one fsync for many.
+const eachShardWorkers = 32
+
+// EachShard calls fn for every shard of shards, up to 32 at a time, and
+// returns the error of the lowest shard that failed (after every call
+// started has returned; no call starts after the first failure).
+func EachShard(shards []uint32, fn func(shard uint32) error) error {
+	errs := make([]error, len(shards))
+	var (
+		next   atomic.Int64
+		failed atomic.Bool
+		wg     sync.WaitGroup
+	)
+	for range min(eachShardWorkers, len(shards)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !failed.Load() {
+				i := int(next.Add(1) - 1)
+				if i >= len(shards) {
+					return
+				}
+				if errs[i] = fn(shards[i]); errs[i] != nil {
+					failed.Store(true)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -718,6 +784,7 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	n.closed = true
 	n.mu.Unlock()
+	n.opening.Wait() // an open under way publishes its replica: it is closed below
 
 	err := n.pool.Close(ctx)
 	n.cancel()

@@ -47,7 +47,7 @@ func DefaultRaftTiming() RaftTiming {
 	return RaftTiming{
 		HeartbeatTimeout:   1000 * time.Millisecond,
 		ElectionTimeout:    1000 * time.Millisecond,
-		LeaderLeaseTimeout: 500 * time.Millisecond,
+		LeaderLeaseTimeout: 1000 * time.Millisecond,
 		CommitTimeout:      20 * time.Millisecond,
 		SnapshotInterval:   2 * time.Minute,
 		SnapshotThreshold:  8192,
