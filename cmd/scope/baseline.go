@@ -59,7 +59,7 @@ func runBaseline(b *benchFlags, startNs int64, shards uint32) (*benchResult, err
 	quota := make([]int, b.concurrency)
 	for w := range gens {
 		if gens[w], err = newGenerator(genConfig{Seed: b.seed, Procs: b.procs / b.concurrency, Part: w,
-			Origins: 8, MaxDepth: 8, StartNs: startNs}); err != nil {
+			Origins: 8, MaxDepth: 8, StartNs: startNs, PayloadBytes: b.payload}); err != nil {
 			return nil, err
 		}
 		quota[w] = b.events / b.concurrency

@@ -17,6 +17,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/rpc"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
@@ -38,6 +40,7 @@ type benchFlags struct {
 	seed        uint64
 	baseline    bool
 	shards      uint
+	payload     int
 }
 
 // Bench bounds.
@@ -67,6 +70,7 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&b.seed, "seed", 1, "generator seed (same seed: same events)")
 	fs.BoolVar(&b.baseline, "baseline", false, "also run the same events through correlate+store.Apply on a temp dir (no RPC, no Raft)")
 	fs.UintVar(&b.shards, "baseline-shards", 16, "shards of the baseline store")
+	fs.IntVar(&b.payload, "payload-bytes", 0, "pad every event's payload to this many bytes (0: the generator's own, a few bytes)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -105,19 +109,24 @@ func (b *benchFlags) validate() (scopev1.Durability, error) {
 		return 0, usageError("-stream-len %d: must be in 1..65536", b.streamLen)
 	case b.shards < 1 || b.shards > 4096:
 		return 0, usageError("-baseline-shards %d: must be in 1..4096", b.shards)
+	case b.payload < 0 || b.payload > 1<<16:
+		return 0, usageError("-payload-bytes %d: must be in 0..65536 (a node keeps -payload-limit bytes, 4KiB by default)", b.payload)
 	}
 	return d, nil
 }
 
 // benchResult is one run's figures.
 type benchResult struct {
-	Name          string        `json:"name"`
-	Events        uint64        `json:"events"`
-	Accepted      uint64        `json:"accepted"`
-	Refused       uint64        `json:"refused"`
-	Errors        uint64        `json:"errors"`
-	Elapsed       time.Duration `json:"elapsed_ns"`
-	EventsPerSec  float64       `json:"events_per_sec"`
+	Name         string        `json:"name"`
+	Events       uint64        `json:"events"`
+	Accepted     uint64        `json:"accepted"`
+	Refused      uint64        `json:"refused"`
+	Errors       uint64        `json:"errors"`
+	Elapsed      time.Duration `json:"elapsed_ns"`
+	EventsPerSec float64       `json:"events_per_sec"`
+	// WireBytes is the protobuf size of every request sent (the agent
+	// run; the baseline sends nothing).
+	WireBytes     uint64        `json:"wire_bytes,omitempty"`
 	P50, P90, P99 time.Duration `json:"-"`
 	Max           time.Duration `json:"-"`
 	Latency       struct {
@@ -216,6 +225,14 @@ func (b *benchFlags) run(stdout, stderr io.Writer) (failed uint64, err error) {
 		fmt.Fprintf(stdout, "%-10s %10d %10d %8d %7d %9s %12.0f %9s %9s %9s %9s\n", r.Name, r.Events, r.Accepted,
 			r.Refused, r.Errors, r.Elapsed.Round(time.Millisecond), r.EventsPerSec, lat(r.P50), lat(r.P90), lat(r.P99), lat(r.Max))
 	}
+	if agent := results[0]; agent.Events > 0 {
+		payload := "the generator's payloads of a few bytes"
+		if b.payload > 0 {
+			payload = fmt.Sprintf("payloads padded to %d B", b.payload)
+		}
+		fmt.Fprintf(stdout, "shape: events of %.0f B each on the wire (protobuf, mean; %s), %d events per request, %s; %s\n",
+			float64(agent.WireBytes)/float64(agent.Events), payload, b.batch, requestShape(b), durabilityMeaning(d))
+	}
 	if res.Visibility != nil {
 		fmt.Fprintln(stdout, res.Visibility)
 	}
@@ -226,6 +243,22 @@ func (b *benchFlags) run(stdout, stderr io.Writer) (failed uint64, err error) {
 		fmt.Fprintf(stdout, "agent/baseline throughput: %.2f\n", res.EventsPerSec/results[1].EventsPerSec)
 	}
 	return res.Errors, nil
+}
+
+// requestShape says how requests travel.
+func requestShape(b *benchFlags) string {
+	if b.unary {
+		return "one unary Ingest call each"
+	}
+	return fmt.Sprintf("%d requests per IngestStream, acknowledged each", b.streamLen)
+}
+
+// durabilityMeaning says what an acknowledgement promised.
+func durabilityMeaning(d scopev1.Durability) string {
+	if d == scopev1.Durability_DURABILITY_ACCEPTED {
+		return "acknowledged when in the node's ring buffer (not yet durable)"
+	}
+	return "acknowledged once committed: in the fsynced raft log of a majority of the shard's replicas"
 }
 
 func rateText(r float64) string {
@@ -248,7 +281,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 	}
 	res := &benchResult{Name: "agent"}
 	lat := &latencies{rng: rand.New(rand.NewPCG(b.seed, 99))}
-	var sent, accepted, refused, errs atomic.Uint64
+	var sent, accepted, refused, errs, wire atomic.Uint64
 	var firstErr atomic.Pointer[string]
 	var wg sync.WaitGroup
 	perWorker := b.events / b.concurrency
@@ -282,7 +315,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 			quota += b.events % b.concurrency
 		}
 		g, err := newGenerator(genConfig{Seed: b.seed, Procs: b.procs / b.concurrency, Part: w, Origins: 8,
-			MaxDepth: 8, StartNs: startNs})
+			MaxDepth: 8, StartNs: startNs, PayloadBytes: b.payload})
 		if err != nil {
 			return nil, err
 		}
@@ -296,6 +329,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 			accepted.Add(wk.accepted)
 			refused.Add(wk.refused)
 			errs.Add(wk.errors)
+			wire.Add(wk.wireBytes)
 			if wk.firstErr != "" {
 				firstErr.CompareAndSwap(nil, &wk.firstErr)
 			}
@@ -308,6 +342,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 		res.Visibility = <-probed
 	}
 	res.Events, res.Accepted, res.Refused, res.Errors = sent.Load(), accepted.Load(), refused.Load(), errs.Load()
+	res.WireBytes = wire.Load()
 	if p := firstErr.Load(); p != nil {
 		res.FirstError = *p
 	}
@@ -330,6 +365,7 @@ type benchWorker struct {
 	progress *atomic.Uint64
 
 	sent, accepted, refused, errors uint64
+	wireBytes                       uint64 // protobuf bytes of the requests built
 	consecutive                     int
 	firstErr                        string
 }
@@ -349,7 +385,9 @@ func (w *benchWorker) run(ctx context.Context) {
 			k := min(n, w.b.batch)
 			n -= k
 			buf = w.g.next(buf[:0], k)
-			reqs = append(reqs, &scopev1.IngestRequest{Events: rpc.EventsToProto(buf), Durability: w.d})
+			req := &scopev1.IngestRequest{Events: rpc.EventsToProto(buf), Durability: w.d}
+			w.wireBytes += uint64(proto.Size(req))
+			reqs = append(reqs, req)
 		}
 		if w.b.unary {
 			w.unary(ctx, reqs[0])

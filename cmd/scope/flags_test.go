@@ -407,6 +407,7 @@ func TestClientCommandUsageErrors(t *testing.T) {
 		{[]string{"bench", "-procs", "3", "-concurrency", "2"}, "-procs 3"},
 		{[]string{"bench", "-batch", "0"}, "-batch 0"},
 		{[]string{"bench", "-durability", "x"}, `-durability "x"`},
+		{[]string{"bench", "-payload-bytes", "70000"}, "-payload-bytes 70000: must be in 0..65536"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(tc.args, &stdout, &stderr)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/oklog/ulid/v2"
 
@@ -28,6 +29,10 @@ type genConfig struct {
 	Origins  int   // distinct origins (application nodes) the processes spread over
 	MaxDepth int   // deepest call stack
 	StartNs  int64 // timestamp of the first event
+	// PayloadBytes, if positive, pads every event's payload to this many
+	// bytes (events of a stated size for comparisons; the generator's own
+	// payloads are a few bytes).
+	PayloadBytes int
 }
 
 // genProc is one traced process's state.
@@ -41,6 +46,9 @@ type genFrame struct {
 	module, function string
 	arity            uint32
 }
+
+// padding pads generated payloads (genConfig.PayloadBytes).
+var padding = strings.Repeat(" ", 1<<16)
 
 // generator produces events. It is not safe for concurrent use.
 type generator struct {
@@ -79,6 +87,8 @@ func newGenerator(cfg genConfig) (*generator, error) {
 		return nil, fmt.Errorf("generator: MaxDepth %d: need at least 1", cfg.MaxDepth)
 	case cfg.StartNs <= 0:
 		return nil, fmt.Errorf("generator: StartNs %d: must be positive", cfg.StartNs)
+	case cfg.PayloadBytes < 0:
+		return nil, fmt.Errorf("generator: PayloadBytes %d: must not be negative", cfg.PayloadBytes)
 	}
 	g := &generator{
 		cfg:     cfg,
@@ -120,6 +130,9 @@ func (g *generator) stamp(e correlate.Event, p *genProc) correlate.Event {
 	g.nowNs += 1 + g.rng.Int64N(20_000) // events every ~10 µs on average
 	e.TimestampNs = g.nowNs
 	e.ID = ulid.MustNew(uint64(g.nowNs/1e6), g)
+	if n := g.cfg.PayloadBytes; n > len(e.Payload) {
+		e.Payload += padding[:min(n-len(e.Payload), len(padding))]
+	}
 	if p != nil {
 		p.seq++
 		e.Seq = p.seq

@@ -119,3 +119,18 @@ func TestGeneratorConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestGeneratorPadsPayloads(t *testing.T) {
+	g, err := newGenerator(genConfig{Seed: 3, Procs: 10, Origins: 2, MaxDepth: 4, StartNs: 1, PayloadBytes: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range g.next(nil, 500) {
+		if len(e.Payload) != 200 {
+			t.Fatalf("event %d (%v): payload of %d bytes, want 200", i, e.Kind, len(e.Payload))
+		}
+	}
+	if _, err := newGenerator(genConfig{Procs: 2, Origins: 1, MaxDepth: 1, StartNs: 1, PayloadBytes: -1}); err == nil {
+		t.Error("negative PayloadBytes accepted")
+	}
+}
