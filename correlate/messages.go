@@ -356,6 +356,57 @@ func (c *Correlator) markOutbox(e *outEntry) {
 	}
 }
 
+// OutboxDests returns the destination shards of the undelivered notices,
+// ascending (without copying a notice).
+func (c *Correlator) OutboxDests() []uint32 {
+	var seen map[uint32]struct{}
+	var dests []uint32
+	for e := c.outbox.order.head; e != nil && len(dests) < int(c.cfg.Shards); e = e.lk.next {
+		if _, ok := seen[e.n.ToShard]; ok {
+			continue
+		}
+		if seen == nil {
+			seen = make(map[uint32]struct{})
+		}
+		seen[e.n.ToShard] = struct{}{}
+		dests = append(dests, e.n.ToShard)
+	}
+	slices.Sort(dests)
+	return dests
+}
+
+// OutboxHeads returns, for each destination shard of dests with
+// undelivered notices, the first perDest of them in outbox order: what one
+// delivery round sends. It copies only those, however long the outbox is
+// (Outbox copies every notice), and stops walking once every destination
+// asked for has perDest. The map and slices are the caller's.
+func (c *Correlator) OutboxHeads(perDest int, dests []uint32) map[uint32][]Notice {
+	if perDest < 1 || len(dests) == 0 || c.outbox.order.head == nil {
+		return nil
+	}
+	heads := make(map[uint32][]Notice, len(dests))
+	for _, d := range dests {
+		heads[d] = nil
+	}
+	full := 0
+	for e := c.outbox.order.head; e != nil && full < len(heads); e = e.lk.next {
+		h, ok := heads[e.n.ToShard]
+		if !ok || len(h) == perDest {
+			continue
+		}
+		if h = append(h, e.n); len(h) == perDest {
+			full++
+		}
+		heads[e.n.ToShard] = h
+	}
+	for d, h := range heads {
+		if len(h) == 0 {
+			delete(heads, d)
+		}
+	}
+	return heads
+}
+
 // Outbox returns the undelivered notices in outbox order, so that a new
 // leader can resume delivery. The slice is the caller's.
 func (c *Correlator) Outbox() []Notice {

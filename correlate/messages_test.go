@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,6 +387,59 @@ func TestEdgesSayWhoseSourceIsElsewhere(t *testing.T) {
 	for _, e := range res.Edges {
 		if other, ok := want[e.From]; !ok || e.Type != LinkDeliveredTo || e.FromOtherShard != other {
 			t.Errorf("edge %+v: want DELIVERED_TO with FromOtherShard %v", e, other)
+		}
+	}
+}
+
+// TestOutboxHeadsAreTheOutboxCut: OutboxHeads equals Outbox grouped by
+// destination and cut to perDest each, in outbox order, for outboxes of
+// many notices to a few destinations.
+func TestOutboxHeadsAreTheOutboxCut(t *testing.T) {
+	const shards = 4
+	c, err := New(DefaultConfig(0, shards))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, d := c.OutboxHeads(8, []uint32{0, 1, 2, 3}), c.OutboxDests(); h != nil || d != nil {
+		t.Fatalf("empty outbox: %v %v", h, d)
+	}
+	var events []Event
+	for i := range 500 {
+		events = append(events, Event{ID: testID(0, uint64(i+1)), Origin: "a@h", PID: "<0.1.0>", Kind: KindSend,
+			TimestampNs: int64(100 + i), PeerOrigin: "b@h", PeerPID: fmt.Sprintf("<0.%d.0>", i%37), MessageHash: uint64(i)})
+	}
+	c.Apply(Batch{LogTime: 1, Events: events})
+	out := c.Outbox()
+	if len(out) < 100 {
+		t.Fatalf("only %d notices in the outbox", len(out))
+	}
+	var dests []uint32
+	for _, n := range out {
+		if !slices.Contains(dests, n.ToShard) {
+			dests = append(dests, n.ToShard)
+		}
+	}
+	slices.Sort(dests)
+	if got := c.OutboxDests(); !slices.Equal(got, dests) {
+		t.Fatalf("OutboxDests %v, want %v", got, dests)
+	}
+	for _, perDest := range []int{1, 7, 64, 1000} {
+		for _, only := range [][]uint32{dests, dests[1:], {dests[0], 99}} {
+			want := map[uint32][]Notice{}
+			for _, n := range out {
+				if slices.Contains(only, n.ToShard) && len(want[n.ToShard]) < perDest {
+					want[n.ToShard] = append(want[n.ToShard], n)
+				}
+			}
+			got := c.OutboxHeads(perDest, only)
+			if len(got) != len(want) {
+				t.Fatalf("perDest %d of %v: %d destinations, want %d", perDest, only, len(got), len(want))
+			}
+			for d, w := range want {
+				if !slices.Equal(got[d], w) {
+					t.Fatalf("perDest %d, shard %d: %d notices, want %d (or another order)", perDest, d, len(got[d]), len(w))
+				}
+			}
 		}
 	}
 }

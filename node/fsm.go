@@ -510,6 +510,19 @@ func (f *shardFSM) Outbox() []correlate.Notice {
 	return f.corr.Outbox()
 }
 
+// OutboxDests and OutboxHeads: see correlate.Correlator.
+func (f *shardFSM) OutboxDests() []uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.corr.OutboxDests()
+}
+
+func (f *shardFSM) OutboxHeads(perDest int, dests []uint32) map[uint32][]correlate.Notice {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.corr.OutboxHeads(perDest, dests)
+}
+
 // Status returns the applied index, the counters so far and the failure.
 func (f *shardFSM) Status() (applied uint64, totals correlate.Counters, failed error) {
 	f.mu.Lock()

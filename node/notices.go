@@ -90,32 +90,32 @@ func (n *Node) noticeRound() {
 		if !src.IsLeader() {
 			continue
 		}
-		out := src.Outbox()
-		if len(out) == 0 {
-			continue
-		}
-		byDest := make(map[uint32][]correlate.Notice)
-		for _, nt := range out {
-			if len(byDest[nt.ToShard]) < n.cfg.NoticeBatch {
-				byDest[nt.ToShard] = append(byDest[nt.ToShard], nt)
-			}
-		}
-		dests := make([]uint32, 0, len(byDest))
-		for d := range byDest {
-			dests = append(dests, d)
-		}
-		sort.Slice(dests, func(i, j int) bool { return dests[i] < dests[j] })
-		for _, dest := range dests {
+		// Which destinations this round can start a worker for is decided
+		// first, and only their notices are copied, up to a batch each:
+		// copying the whole outbox under the shard's apply lock after every
+		// apply cost 8.6% of an agent's CPU under load, most of it notices
+		// whose route already had a worker (docs/bench/peers.md).
+		var dests []uint32
+		routeOf := map[uint32]string{}
+		for _, dest := range src.OutboxDests() {
 			route, err := n.noticeRoute(dest)
 			if err != nil {
 				n.metrics.noticeFailures.Inc()
 				n.logger.Debug("notice delivery: no route; will retry", "from", src.shard, "to", dest, "err", err)
 				continue
 			}
-			if w.pairs[noticePair{route, src.shard, dest}] {
-				continue
+			if w.routes[route] || w.pairs[noticePair{route, src.shard, dest}] {
+				continue // a worker on the route delivers it, or signals when done
 			}
-			jobs[route] = append(jobs[route], noticeJob{src: src, dest: dest, notices: byDest[dest]})
+			dests = append(dests, dest)
+			routeOf[dest] = route
+		}
+		byDest := src.OutboxHeads(n.cfg.NoticeBatch, dests)
+		for _, dest := range dests {
+			if notices := byDest[dest]; len(notices) > 0 {
+				route := routeOf[dest]
+				jobs[route] = append(jobs[route], noticeJob{src: src, dest: dest, notices: notices})
+			}
 		}
 	}
 	routes := make([]string, 0, len(jobs))

@@ -323,6 +323,15 @@ func (r *Replica) Propose(b *correlate.Batch, timeout time.Duration) raft.ApplyF
 // Outbox returns the notices this shard still has to deliver.
 func (r *Replica) Outbox() []correlate.Notice { return r.fsm.Outbox() }
 
+// OutboxDests returns the shards the outbox holds notices for, ascending.
+func (r *Replica) OutboxDests() []uint32 { return r.fsm.OutboxDests() }
+
+// OutboxHeads returns, for each shard of dests, the first perDest notices
+// still to deliver to it, in outbox order: one delivery round's worth.
+func (r *Replica) OutboxHeads(perDest int, dests []uint32) map[uint32][]correlate.Notice {
+	return r.fsm.OutboxHeads(perDest, dests)
+}
+
 // Status reports the replica's applied index, counters and failure. It
 // waits for an apply in progress; Progress does not.
 func (r *Replica) Status() (applied uint64, totals correlate.Counters, failed error) {
