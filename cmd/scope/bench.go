@@ -323,7 +323,8 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 		go func() {
 			defer wg.Done()
 			wk := benchWorker{b: b, c: c, d: d, g: g, quota: quota, lat: lat, start: start,
-				rate: b.rate / float64(b.concurrency), progress: &progress}
+				rate: b.rate / float64(b.concurrency), progress: &progress,
+				phase: float64(b.batch) * float64(w) / float64(b.concurrency)}
 			wk.run(ctx)
 			sent.Add(wk.sent)
 			accepted.Add(wk.accepted)
@@ -358,6 +359,11 @@ type benchWorker struct {
 	g     *generator
 	quota int
 	rate  float64
+	// phase spreads the paced workers' requests evenly over a request's
+	// period (worker w goes w/concurrency of a batch early): with a common
+	// schedule every worker would send at the same instant, a burst at
+	// full speed whatever the average rate.
+	phase float64
 	start time.Time
 	lat   *latencies
 	// progress counts the events acknowledged by every worker (the
@@ -403,7 +409,7 @@ func (w *benchWorker) pace(ctx context.Context, total uint64) {
 	if w.rate <= 0 {
 		return
 	}
-	due := w.start.Add(time.Duration(float64(total) / w.rate * float64(time.Second)))
+	due := paceDue(w.start, total, w.phase, w.rate)
 	if wait := time.Until(due); wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
@@ -412,6 +418,12 @@ func (w *benchWorker) pace(ctx context.Context, total uint64) {
 		case <-t.C:
 		}
 	}
+}
+
+// paceDue is when a worker paced at rate events/s, phase events early,
+// may have sent total events.
+func paceDue(start time.Time, total uint64, phase, rate float64) time.Time {
+	return start.Add(time.Duration((float64(total) - phase) / rate * float64(time.Second)))
 }
 
 func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err error, began time.Time) {

@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/elixirscope/scope/rpc/rpctest"
 )
@@ -44,5 +46,22 @@ func TestBenchStatesItsShape(t *testing.T) {
 				t.Errorf("%q: output lacks %q:\n%s", args, w, out.String())
 			}
 		}
+	}
+}
+
+// TestPacedWorkersAreSpread: paced workers send their batches at evenly
+// spread instants, not all at once (a burst at full speed whatever the
+// average rate).
+func TestPacedWorkersAreSpread(t *testing.T) {
+	start := time.Unix(1000, 0)
+	const batch, workers, rate = 500, 4, 1000.0 // per worker: a batch every 0.5 s
+	var dues []time.Duration
+	for w := range workers {
+		phase := float64(batch) * float64(w) / workers
+		dues = append(dues, paceDue(start, batch, phase, rate).Sub(start))
+	}
+	want := []time.Duration{500 * time.Millisecond, 375 * time.Millisecond, 250 * time.Millisecond, 125 * time.Millisecond}
+	if !slices.Equal(dues, want) {
+		t.Fatalf("first batches due at %v, want %v", dues, want)
 	}
 }
