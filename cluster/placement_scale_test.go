@@ -13,9 +13,6 @@ import (
 // must be within 6 standard deviations of its ideal (binomial) value; with
 // -v the table is logged.
 func TestPlacementAtScale(t *testing.T) {
-	if testing.Short() {
-		t.Skip("placement model: ~1 s")
-	}
 	const r = 3
 	within := func(what string, got, mean, p float64, n float64) {
 		t.Helper()
