@@ -238,10 +238,6 @@ func (p *Pool) AddShard(shard uint32) error {
 	}
 	sh.owner.Store(w)
 	p.m.ShardAdded(shard)
-	p.complWG.Add(3)
-	go p.dispatch(sh)
-	go p.complete(sh)
-	go p.redirector(sh)
 	w.mu.Lock()
 	w.shards = append(w.shards, sh)
 	w.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"runtime"
 	"testing"
 	"time"
 
@@ -666,5 +667,29 @@ func TestPoolBatchesUpToBatchSize(t *testing.T) {
 	case <-tickets[24].Done():
 		t.Fatal("a partial batch was proposed before FlushInterval")
 	default:
+	}
+}
+
+// TestIdleShardsStartNoGoroutines: a shard's dispatcher, completer and
+// redirector start with its first batch; a pool of 256 shards nobody
+// writes to runs only its writers (3 goroutines per shard before).
+func TestIdleShardsStartNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	cfg := testConfig(256)
+	pool := newTestPool(t, cfg, NewMemProposer(0, true), nil)
+	pool.Start()
+	idle := runtime.NumGoroutine() - before
+	if idle > cfg.Writers+4 {
+		t.Fatalf("%d goroutines for an idle pool of 256 shards (%d writers)", idle, cfg.Writers)
+	}
+	tk, err := pool.Submit(context.Background(), 7, events("p", 0, 5), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitTicket(t, tk); err != nil {
+		t.Fatal(err)
+	}
+	if busy := runtime.NumGoroutine() - before; busy != idle+3 {
+		t.Errorf("%d goroutines after one shard's first batch, want %d (its dispatcher, completer, redirector)", busy, idle+3)
 	}
 }

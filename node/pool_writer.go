@@ -19,6 +19,11 @@ import (
 type poolShard struct {
 	id   uint32
 	ring *ring.Ring[poolItem]
+	// chain starts the shard's dispatcher, completer and redirector, on
+	// the first batch handed over or when the shard is let go (startChain):
+	// a shard this node never writes (a follower's, an idle one) costs no
+	// goroutines.
+	chain sync.Once
 	// owner is the writer that drains the ring; moveTo, when set, the
 	// writer it is to be handed to (pool_scale.go). Only the owner touches
 	// the fields below marked so; a handoff happens in the owner's
@@ -356,7 +361,21 @@ func (w *poolWriter) proposeRetry(sh *poolShard, pr *proposal, now time.Time) {
 func (w *poolWriter) enqueue(sh *poolShard, pr *proposal) {
 	w.p.m.Batch(sh.id, len(pr.events))
 	sh.inflightN.Add(1)
+	w.p.startChain(sh)
 	sh.dispatch <- pr
+}
+
+// startChain starts sh's dispatcher, completer and redirector once. It is
+// called by the shard's writer only (before its first hand-over, and before
+// closing dispatch when the shard is let go, so that the chain's closes run
+// in order), so always before the pool waits for complWG.
+func (p *Pool) startChain(sh *poolShard) {
+	sh.chain.Do(func() {
+		p.complWG.Add(3)
+		go p.dispatch(sh)
+		go p.complete(sh)
+		go p.redirector(sh)
+	})
 }
 
 // failItems fails the staged batch.
@@ -417,6 +436,7 @@ func (w *poolWriter) release(sh *poolShard, err error) bool {
 		}
 	}
 	w.mu.Unlock()
+	w.p.startChain(sh)
 	close(sh.dispatch)
 	close(sh.released)
 	return true
@@ -429,6 +449,7 @@ func (w *poolWriter) finish() {
 	w.shards = nil
 	w.mu.Unlock()
 	for _, sh := range shards {
+		w.p.startChain(sh)
 		close(sh.dispatch)
 		close(sh.released)
 	}
