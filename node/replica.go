@@ -48,7 +48,7 @@ func DefaultRaftTiming() RaftTiming {
 		HeartbeatTimeout:   1000 * time.Millisecond,
 		ElectionTimeout:    1000 * time.Millisecond,
 		LeaderLeaseTimeout: 1000 * time.Millisecond,
-		CommitTimeout:      20 * time.Millisecond,
+		CommitTimeout:      100 * time.Millisecond,
 		SnapshotInterval:   2 * time.Minute,
 		SnapshotThreshold:  8192,
 		TrailingLogs:       10240,
