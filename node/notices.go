@@ -96,7 +96,7 @@ func (n *Node) noticeRound() {
 		// apply cost 8.6% of an agent's CPU under load, most of it notices
 		// whose route already had a worker (docs/bench/peers.md).
 		var dests []uint32
-		routeOf := map[uint32]string{}
+		var destRoutes []string // destRoutes[i] is dests[i]'s route
 		for _, dest := range src.OutboxDests() {
 			route, err := n.noticeRoute(dest)
 			if err != nil {
@@ -107,13 +107,15 @@ func (n *Node) noticeRound() {
 			if w.routes[route] || w.pairs[noticePair{route, src.shard, dest}] {
 				continue // a worker on the route delivers it, or signals when done
 			}
-			dests = append(dests, dest)
-			routeOf[dest] = route
+			dests, destRoutes = append(dests, dest), append(destRoutes, route)
+		}
+		if len(dests) == 0 {
+			continue
 		}
 		byDest := src.OutboxHeads(n.cfg.NoticeBatch, dests)
-		for _, dest := range dests {
+		for i, dest := range dests {
 			if notices := byDest[dest]; len(notices) > 0 {
-				route := routeOf[dest]
+				route := destRoutes[i]
 				jobs[route] = append(jobs[route], noticeJob{src: src, dest: dest, notices: notices})
 			}
 		}
