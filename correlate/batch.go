@@ -32,6 +32,15 @@ type Batch struct {
 	// rule allows. The correlator passes it through unchanged so that it is
 	// applied at the same point in the log on every replica.
 	Retention *Retention
+
+	// Resharding (docs/DECISIONS.md D39; split.go), applied before the
+	// rest of the batch. Split, when not 0, splits the shard into the
+	// layout of that many shards (its current count doubled). Adopt is a
+	// handoff chunk from the parent, for a split child. HandedOff lists
+	// the handoff chunks (by Handoff.Seq) the child has adopted.
+	Split     uint32
+	Adopt     *Adoption
+	HandedOff []uint64
 }
 
 // NoticeKind says what a notice announces.
@@ -115,6 +124,18 @@ type Result struct {
 	// eventually closed exactly once, by its event or here, unless it is
 	// still open on its process's tracked stack.
 	Closed []ClosedFrame
+
+	// Rerouted are the batch's events the shard did not apply because it
+	// does not own their process in its layout (it split), or owns nothing
+	// yet (a split child awaiting its handoff): the proposer sends them to
+	// their owner. As the batch held them, unnormalized.
+	Rerouted []Event
+	// NoticesRefused counts the batch's notices not applied because the
+	// shard awaits its handoff: the sender must deliver them again.
+	NoticesRefused int
+	// ReshardErr says why the batch's split or adoption was refused
+	// (ErrReshard); the state did not change for it.
+	ReshardErr error
 }
 
 // ClosedFrame records how a frame without a closing event of its own ended.

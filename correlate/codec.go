@@ -1,6 +1,7 @@
 package correlate
 
 import (
+	"bytes"
 	"fmt"
 	"slices"
 )
@@ -22,7 +23,13 @@ const (
 	eventFields  = 27 // version + 26 fields, in the order of appendEventFields
 	noticeFields = 10
 	batchFields  = 6
-	edgeFields   = 3
+	// A batch with resharding fields is encoded as version 2 with three
+	// more fields (Split, Adopt, HandedOff); every other batch stays
+	// version 1, byte for byte, so that builds which do not know version 2
+	// read everything but a reshard (docs/DECISIONS.md D39).
+	reshardCodecVersion = 2
+	reshardBatchFields  = 9
+	edgeFields          = 3
 )
 
 // AppendEvent appends the encoding of e (all fields, client-given and
@@ -238,8 +245,13 @@ func DecodeEdge(b []byte, e *Edge) error {
 // Acked and Retention. Index is not encoded: it is the Raft index of the
 // entry that carries these bytes.
 func AppendBatch(dst []byte, b *Batch) []byte {
-	dst = appendArrayHeader(dst, batchFields)
-	dst = append(dst, codecVersion)
+	if IsReshard(b) {
+		dst = appendArrayHeader(dst, reshardBatchFields)
+		dst = append(dst, reshardCodecVersion)
+	} else {
+		dst = appendArrayHeader(dst, batchFields)
+		dst = append(dst, codecVersion)
+	}
 	dst = appendInt(dst, b.LogTime)
 	dst = appendArrayHeader(dst, len(b.Events))
 	for i := range b.Events {
@@ -254,12 +266,35 @@ func AppendBatch(dst []byte, b *Batch) []byte {
 		dst = appendID(dst, id)
 	}
 	if b.Retention == nil {
-		return append(dst, mpNil)
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayHeader(dst, 2)
+		dst = appendInt(dst, b.Retention.BeforeNs)
+		dst = appendUint(dst, b.Retention.MaxEvents)
 	}
-	dst = appendArrayHeader(dst, 2)
-	dst = appendInt(dst, b.Retention.BeforeNs)
-	return appendUint(dst, b.Retention.MaxEvents)
+	if !IsReshard(b) {
+		return dst
+	}
+	dst = appendUint(dst, uint64(b.Split))
+	if a := b.Adopt; a == nil {
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayHeader(dst, 4)
+		dst = appendUint(dst, uint64(a.From))
+		dst = appendUint(dst, uint64(a.Chunk))
+		dst = appendUint(dst, uint64(a.Of))
+		dst = appendBin(dst, a.Records)
+	}
+	dst = appendArrayHeader(dst, len(b.HandedOff))
+	for _, seq := range b.HandedOff {
+		dst = appendUint(dst, seq)
+	}
+	return dst
 }
+
+// IsReshard reports whether b carries a resharding step (and is encoded as
+// batch version 2).
+func IsReshard(b *Batch) bool { return b.Split != 0 || b.Adopt != nil || len(b.HandedOff) > 0 }
 
 // DecodeBatch decodes a batch encoded by AppendBatch. All strings of all
 // events share one copy of data, and all links one slice, so a batch costs
@@ -268,11 +303,16 @@ func AppendBatch(dst []byte, b *Batch) []byte {
 func DecodeBatch(data []byte) (Batch, error) {
 	var b Batch
 	r := newReader(data, true)
-	if n := r.arrayLen(1); r.err == nil && n != batchFields {
-		r.fail("batch has %d fields, want %d", n, batchFields)
-	}
-	if v := r.uint(); r.err == nil && v != codecVersion {
-		return Batch{}, fmt.Errorf("%w: batch version %d, want %d", ErrVersion, v, codecVersion)
+	fields := r.arrayLen(1)
+	v := r.uint()
+	switch {
+	case r.err != nil:
+	case v != codecVersion && v != reshardCodecVersion:
+		return Batch{}, fmt.Errorf("%w: batch version %d, want %d or %d", ErrVersion, v, codecVersion, reshardCodecVersion)
+	case v == codecVersion && fields != batchFields:
+		r.fail("batch has %d fields, want %d", fields, batchFields)
+	case v == reshardCodecVersion && fields != reshardBatchFields:
+		r.fail("batch has %d fields, want %d", fields, reshardBatchFields)
 	}
 	b.LogTime = r.int()
 	// An encoded event is at least eventFields bytes, which bounds the count.
@@ -302,6 +342,25 @@ func DecodeBatch(data []byte) (Batch, error) {
 			r.fail("retention has %d fields, want 2", n)
 		}
 		b.Retention = &Retention{BeforeNs: r.int(), MaxEvents: r.uint()}
+	}
+	if v == reshardCodecVersion && r.err == nil {
+		b.Split = r.uint32()
+		if !r.isNil() {
+			if n := r.arrayLen(1); r.err == nil && n != 4 {
+				r.fail("adoption has %d fields, want 4", n)
+			}
+			b.Adopt = &Adoption{From: r.uint32(), Chunk: r.uint32(), Of: r.uint32()}
+			b.Adopt.Records = bytes.Clone(r.bin())
+		}
+		if n := r.arrayLen(1); n > 0 {
+			b.HandedOff = make([]uint64, n)
+			for i := 0; i < n && r.err == nil; i++ {
+				b.HandedOff[i] = r.uint()
+			}
+		}
+		if r.err == nil && !IsReshard(&b) {
+			r.fail("version 2 batch without a resharding step")
+		}
 	}
 	r.done()
 	if r.err != nil {

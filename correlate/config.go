@@ -10,8 +10,12 @@ import (
 // oldest entry goes first) and counted in Counters. TTLs are measured in
 // log time (Batch.LogTime), never against a local clock.
 type Config struct {
-	Shard  uint32 // the shard this correlator serves
-	Shards uint32 // the cluster's shard count (fixed at bootstrap)
+	Shard uint32 // the shard this correlator serves
+	// Shards is the cluster's shard count at bootstrap: the base of its
+	// layout (see Layout). A Shard at or above it is a split child: it
+	// applies nothing until it has adopted its parent's handoff, which
+	// carries the layout it then routes by.
+	Shards uint32
 	Limits Limits // per-event bounds, enforced again as a guard in Apply
 
 	MaxStackDepth int // open frames per process; deeper CALLs are counted, not pushed
@@ -77,8 +81,11 @@ func (c Config) Validate() error {
 	if c.Shards == 0 {
 		return fmt.Errorf("%w: Shards = 0, must be >= 1", ErrConfig)
 	}
-	if c.Shard >= c.Shards {
-		return fmt.Errorf("%w: Shard = %d, must be < Shards (%d)", ErrConfig, c.Shard, c.Shards)
+	if c.Shards > MaxLayoutShards {
+		return fmt.Errorf("%w: Shards = %d, must be <= %d", ErrConfig, c.Shards, MaxLayoutShards)
+	}
+	if most := MaxShardsFrom(c.Shards); c.Shard >= most {
+		return fmt.Errorf("%w: Shard = %d, must be < %d (Shards %d doubled up to MaxLayoutShards)", ErrConfig, c.Shard, most, c.Shards)
 	}
 	if err := c.Limits.Validate(); err != nil {
 		return err

@@ -26,6 +26,15 @@ type Correlator struct {
 	dedup  dedupWindow
 	totals Counters
 
+	// Resharding (split.go): the layout the shard routes by; for a split
+	// child, the handoff chunks adopted and expected, and the records of
+	// those adopted so far (until the last); for a parent, the chunks its
+	// child has not confirmed.
+	layout            Layout
+	adoptGot, adoptOf uint32
+	adopting          []StateRecord
+	handoffs          []*Handoff
+
 	// Not state: shared names, so long-lived frames do not each hold a
 	// copy (or pin the decoded batch buffer the name came from).
 	interned map[string]string
@@ -58,6 +67,23 @@ func New(cfg Config) (*Correlator, error) {
 	return c, nil
 }
 
+// reroute moves the events of processes this shard does not own (all of
+// them while it awaits its handoff) from evs to Result.Rerouted, keeping
+// the others in order, and returns those.
+func (c *Correlator) reroute(evs []Event, all bool) []Event {
+	keep := evs[:0]
+	for i := range evs {
+		if all || c.layout.ShardOf(evs[i].Origin, evs[i].PID) != c.cfg.Shard {
+			c.res.Rerouted = append(c.res.Rerouted, evs[i])
+			continue
+		}
+		keep = append(keep, evs[i])
+	}
+	c.cur.Rerouted += uint64(len(c.res.Rerouted))
+	clear(evs[len(keep):])
+	return keep
+}
+
 func (c *Correlator) reset() {
 	c.logTime, c.seq, c.nextProcNo = 0, 0, 0
 	c.procs = newProcTable()
@@ -68,6 +94,8 @@ func (c *Correlator) reset() {
 	c.outbox = outbox{byID: make(map[EventID]*outEntry)}
 	c.dedup = dedupWindow{ids: newIDSet(c.cfg.DedupWindow)}
 	c.totals = Counters{}
+	c.layout = Layout{Base: c.cfg.Shards, Shards: c.cfg.Shards}
+	c.adoptGot, c.adoptOf, c.adopting, c.handoffs = 0, 0, nil, nil
 	c.interned = make(map[string]string)
 	c.funcs = make(map[[2]string][2]string)
 	c.seqMax = make(map[Process]uint64)
@@ -98,11 +126,17 @@ func (c *Correlator) LogTime() int64 { return c.logTime }
 // Acked removals from the outbox; Notices in their order; Events sorted per
 // process by seq (when set), in that order.
 func (c *Correlator) Apply(b Batch) Result {
+	var resharded []StateRecord
+	var reshardErr error
+	if IsReshard(&b) {
+		resharded, reshardErr = c.reshardStep(&b)
+	}
 	c.epoch++
 	c.cur = Counters{}
-	c.res = Result{Index: b.Index, Retention: b.Retention}
+	c.res = Result{Index: b.Index, Retention: b.Retention, ReshardErr: reshardErr}
 	c.logTime = max(c.logTime, b.LogTime)
 	c.expire()
+	awaiting, split := c.awaiting(), c.layout.Shards != c.layout.Base
 
 	for _, id := range b.Acked {
 		if e := c.outbox.byID[id]; e != nil {
@@ -111,15 +145,30 @@ func (c *Correlator) Apply(b Batch) Result {
 	}
 	for i := range b.Notices {
 		n := b.Notices[i]
+		if awaiting {
+			c.res.NoticesRefused++ // the sender keeps it and delivers again
+			continue
+		}
 		if !c.dedupAdd(n.EventID, len(b.Notices)+len(b.Events)) {
 			c.cur.Duplicates++
 			continue
+		}
+		if split {
+			if owner := c.layout.ShardOf(n.Receiver.Origin, n.Receiver.PID); owner != c.cfg.Shard {
+				n.ToShard = owner // FromShard still names where the SEND is stored
+				c.addOutbox(n)
+				c.cur.NoticesForwarded++
+				continue
+			}
 		}
 		c.cur.NoticesApplied++
 		c.deliver(n, -1)
 	}
 
 	evs := b.Events
+	if awaiting || split {
+		evs = c.reroute(evs, awaiting)
+	}
 	c.orderBySeq(evs)
 	c.batch = evs
 	c.linkArena = make([]Link, 0, len(evs))
@@ -142,6 +191,9 @@ func (c *Correlator) Apply(b Batch) Result {
 
 	c.totals.Add(c.cur)            // before stateRecords: the meta record carries the totals
 	c.res.State = c.stateRecords() // sorts dirtyOut by seq: outbox order
+	if resharded != nil {
+		c.res.State = mergeRecords(resharded, c.res.State)
+	}
 	for _, e := range c.dirtyOut {
 		if e.born == c.epoch && !e.dead {
 			c.res.Outbox = append(c.res.Outbox, e.n)
@@ -438,7 +490,7 @@ func (c *Correlator) peer(e *Event) Process {
 // place when that is this shard, through the replicated outbox otherwise.
 func (c *Correlator) route(n Notice, idx int) {
 	n.FromShard = c.cfg.Shard
-	n.ToShard = ShardOf(n.Receiver.Origin, n.Receiver.PID, c.cfg.Shards)
+	n.ToShard = c.layout.ShardOf(n.Receiver.Origin, n.Receiver.PID)
 	if n.ToShard == c.cfg.Shard {
 		c.deliver(n, idx)
 		return

@@ -31,6 +31,13 @@ type Counters struct {
 	// refused CALLs, counted in StackOverflows.
 	AbandonedInactivity   uint64
 	AbandonedProcessBound uint64
+	// Resharding (docs/DECISIONS.md D39). Rerouted counts events not
+	// applied because the shard no longer owns their process, or does not
+	// yet (a split child awaiting its parent's handoff): the node sends
+	// them on to the owner. NoticesForwarded counts notices for a process
+	// the shard no longer owns, put in the outbox toward its owner.
+	Rerouted         uint64
+	NoticesForwarded uint64
 }
 
 // Add adds o to c.
@@ -57,4 +64,6 @@ func (c *Counters) Add(o Counters) {
 	c.SpawnsLinked += o.SpawnsLinked
 	c.AbandonedInactivity += o.AbandonedInactivity
 	c.AbandonedProcessBound += o.AbandonedProcessBound
+	c.Rerouted += o.Rerouted
+	c.NoticesForwarded += o.NoticesForwarded
 }

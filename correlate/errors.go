@@ -13,4 +13,7 @@ var (
 	// ErrVersion is returned when an encoding carries a format version this
 	// build does not understand.
 	ErrVersion = errors.New("correlate: unknown encoding version")
+	// ErrReshard wraps every refused split or handoff adoption
+	// (Result.ReshardErr).
+	ErrReshard = errors.New("correlate: resharding step refused")
 )

@@ -1,6 +1,7 @@
 package correlate
 
 import (
+	"bytes"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -60,8 +61,8 @@ func TestEveryFrameEndsOnce(t *testing.T) {
 	})
 }
 
-// A meta record written before the ABANDONED counters existed (20
-// counters) restores, with those counters at zero.
+// A meta record written before the ABANDONED and resharding counters
+// existed (20 counters) restores, with those counters at zero.
 func TestRestoreMetaWithoutAbandonedCounters(t *testing.T) {
 	c, _ := New(testConfig())
 	c.Apply(Batch{LogTime: 1, Events: []Event{{ID: testID(0, 1), Origin: "a", PID: "1", Kind: KindCall, Module: "M", Function: "f"}}})
@@ -71,12 +72,13 @@ func TestRestoreMetaWithoutAbandonedCounters(t *testing.T) {
 			continue
 		}
 		v := r.Value
-		// array16 header of 6+22 fields; the last two counters are zero,
-		// one byte each.
-		if v[0] != mpArray16 || v[1] != 0 || int(v[2]) != 6+len(counterFields(&Counters{})) || v[len(v)-1] != 0 || v[len(v)-2] != 0 {
+		// array16 header of 6+24 fields; the counters after the first 20
+		// are zero, one byte each.
+		later := len(counterFields(&Counters{})) - minMetaCounters
+		if v[0] != mpArray16 || v[1] != 0 || int(v[2]) != 6+len(counterFields(&Counters{})) || !bytes.Equal(v[len(v)-later:], make([]byte, later)) {
 			t.Fatalf("unexpected meta record % x", v)
 		}
-		old := append([]byte{mpArray16, 0, 6 + minMetaCounters}, v[3:len(v)-2]...)
+		old := append([]byte{mpArray16, 0, 6 + minMetaCounters}, v[3:len(v)-later]...)
 		snap[i] = StateRecord{Key: r.Key, Value: old}
 	}
 	d, _ := New(testConfig())

@@ -361,7 +361,7 @@ func (c *Correlator) markOutbox(e *outEntry) {
 func (c *Correlator) OutboxDests() []uint32 {
 	var seen map[uint32]struct{}
 	var dests []uint32
-	for e := c.outbox.order.head; e != nil && len(dests) < int(c.cfg.Shards); e = e.lk.next {
+	for e := c.outbox.order.head; e != nil && len(dests) < int(c.layout.Shards); e = e.lk.next {
 		if _, ok := seen[e.n.ToShard]; ok {
 			continue
 		}

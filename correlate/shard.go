@@ -1,18 +1,12 @@
 package correlate
 
-import "github.com/cespare/xxhash/v2"
-
 // ShardOf returns the shard that owns process (origin, pid) among shards
 // shards: jump_hash(xxhash64(origin + "\x00" + pid), shards), as fixed by
 // docs/ARCHITECTURE.md. shards must be at least 1. The result never changes for a
-// given input, on any machine, so it may be stored.
+// given input, on any machine, so it may be stored. It is the base layout
+// of Layout, which online resharding doubles.
 func ShardOf(origin, pid string, shards uint32) uint32 {
-	var d xxhash.Digest
-	d.Reset()
-	_, _ = d.WriteString(origin)
-	_, _ = d.WriteString("\x00")
-	_, _ = d.WriteString(pid)
-	return jumpHash(d.Sum64(), shards)
+	return jumpHash(processHash(origin, pid), shards)
 }
 
 // jumpHash is Lamping and Veach's jump consistent hash ("A Fast, Minimal

@@ -15,6 +15,8 @@ import (
 //
 //	M                 meta: [version, logTime, seq, nextProcNo, dedupHead, dedupNext, counters...]
 //	D<start>          dedup chunk: [logTime, ids as one bin of 16-byte ids]
+//	H<seq>            handoff chunk to a split child: [child, chunk, of, records] (split.go)
+//	L                 layout and adoption: [base, shards, adopted, of]; absent: base layout, nothing adopted
 //	O<seq>            outbox notice: [logTime, notice]
 //	P<no>             process: [origin, pid, tick, lastActive, first, overflow, frames (6 fields each)]
 //	R/S/W<seq>        pending receive / send notice / spawn notice: [logTime, notice]
@@ -37,7 +39,7 @@ func counterFields(c *Counters) []*uint64 {
 		&c.Matched, &c.NoticesApplied, &c.NoticesExpired, &c.ReceivesExpired, &c.StackOverflows,
 		&c.ProcessEvictions, &c.PendingEvictions, &c.DedupEvictions, &c.PayloadsTruncated,
 		&c.AttributesDropped, &c.Malformed, &c.ProcessesExpired, &c.OutboxDropped, &c.SpawnsLinked,
-		&c.AbandonedInactivity, &c.AbandonedProcessBound}
+		&c.AbandonedInactivity, &c.AbandonedProcessBound, &c.Rerouted, &c.NoticesForwarded}
 }
 
 // minMetaCounters is how many counters the oldest meta record this version
@@ -45,8 +47,11 @@ func counterFields(c *Counters) []*uint64 {
 // before the later ones existed restores with those at zero.
 const minMetaCounters = 20
 
-func (c *Correlator) appendMeta(b []byte) []byte {
-	fields := counterFields(&c.totals)
+func (c *Correlator) appendMeta(b []byte) []byte { return c.appendMetaOf(b, &c.totals) }
+
+// appendMetaOf appends the meta record with totals as its counters.
+func (c *Correlator) appendMetaOf(b []byte, totals *Counters) []byte {
+	fields := counterFields(totals)
 	b = appendArrayHeader(b, 6+len(fields))
 	b = appendUint(b, stateVersion)
 	b = appendInt(b, c.logTime)
@@ -114,8 +119,8 @@ type recs struct {
 
 func (r *recs) put(tag byte, num uint64, value func([]byte) []byte) {
 	start := len(r.buf)
-	if tag == tagMeta {
-		r.buf = append(r.buf, tagMeta)
+	if tag == tagMeta || tag == tagLayout {
+		r.buf = append(r.buf, tag)
 	} else {
 		r.buf = appendKey(r.buf, tag, num)
 	}
@@ -159,7 +164,9 @@ func (c *Correlator) stateRecords() []StateRecord {
 		r.put(tagDedup, ch.start, func(b []byte) []byte { return appendChunk(b, ch) })
 	}
 
-	r.put(tagMeta, 0, c.appendMeta)
+	if !c.awaiting() { // an awaiting child's meta is its handoff's (split.go)
+		r.put(tagMeta, 0, c.appendMeta)
+	}
 
 	slices.SortFunc(c.dirtyOut, func(a, b *outEntry) int { return cmp.Compare(a.seq, b.seq) })
 	for _, e := range c.dirtyOut {
@@ -201,8 +208,18 @@ func (c *Correlator) stateRecords() []StateRecord {
 // Result.State records ever returned, in order, to an empty key space.
 func (c *Correlator) Snapshot() []StateRecord {
 	var r recs
+	if c.awaiting() && c.adoptOf > 0 {
+		r.put(tagLayout, 0, c.appendLayout)
+		return mergeRecords(c.adopting, r.out)
+	}
 	for _, ch := range c.dedup.chunks {
 		r.put(tagDedup, ch.start, func(b []byte) []byte { return appendChunk(b, ch) })
+	}
+	for _, h := range c.handoffs {
+		r.put(tagHandoff, h.Seq, func(b []byte) []byte { return appendHandoff(b, h) })
+	}
+	if c.layout.Shards != c.layout.Base || c.adoptOf != 0 {
+		r.put(tagLayout, 0, c.appendLayout)
 	}
 	r.put(tagMeta, 0, c.appendMeta)
 	for e := c.outbox.order.head; e != nil; e = e.lk.next {
@@ -226,6 +243,20 @@ func (c *Correlator) Snapshot() []StateRecord {
 // Result.State). On error the correlator is left empty.
 func (c *Correlator) Restore(records []StateRecord) error {
 	c.reset()
+	if i := slices.IndexFunc(records, func(r StateRecord) bool { return len(r.Key) == 1 && r.Key[0] == tagLayout }); i >= 0 {
+		r := newReader(records[i].Value, false)
+		c.readLayout(&r)
+		if r.done(); r.err != nil {
+			c.reset()
+			return fmt.Errorf("state key %x: %w", records[i].Key, r.err)
+		}
+		if c.awaiting() {
+			// A split child part way through its handoff: its state is
+			// the chunks adopted so far, restored once all are in.
+			c.adopting = slices.Delete(slices.Clone(records), i, i+1)
+			return nil
+		}
+	}
 	if err := c.restore(records); err != nil {
 		c.reset()
 		return err
@@ -240,11 +271,12 @@ func (c *Correlator) restore(records []StateRecord) error {
 	sawMeta := false
 	for _, rec := range records {
 		k := rec.Key
-		if len(k) == 0 || (k[0] != tagMeta && len(k) != 9) || (k[0] == tagMeta && len(k) != 1) {
+		single := len(k) > 0 && (k[0] == tagMeta || k[0] == tagLayout)
+		if len(k) == 0 || (!single && len(k) != 9) || (single && len(k) != 1) {
 			return fmt.Errorf("%w: state key %x", ErrCorrupt, k)
 		}
 		var num uint64
-		if k[0] != tagMeta {
+		if !single {
 			num = binary.BigEndian.Uint64(k[1:])
 		}
 		r := newReader(rec.Value, false)
@@ -252,6 +284,10 @@ func (c *Correlator) restore(records []StateRecord) error {
 		case tagMeta:
 			sawMeta = true
 			c.readMeta(&r)
+		case tagLayout: // read first, above
+			r.off = len(r.buf)
+		case tagHandoff:
+			c.handoffs = append(c.handoffs, readHandoff(&r, num))
 		case tagDedup:
 			if n := r.arrayLen(1); r.err == nil && n != 2 {
 				r.fail("dedup chunk has %d fields", n)
@@ -307,6 +343,7 @@ func (c *Correlator) restore(records []StateRecord) error {
 			}
 		}
 	}
+	slices.SortFunc(c.handoffs, func(a, b *Handoff) int { return cmp.Compare(a.Seq, b.Seq) })
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.tick, b.tick) })
 	for _, p := range procs {
 		if c.procs.get(p.key.Origin, p.key.PID) != nil {

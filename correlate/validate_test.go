@@ -98,12 +98,16 @@ func TestNormalize(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	if err := DefaultConfig(3, 16).Validate(); err != nil {
-		t.Fatal(err)
+	for _, shard := range []uint32{3, 16, 31, 1 << 15, 1<<16 - 1} { // a base shard, split children
+		if err := DefaultConfig(shard, 16).Validate(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, edit := range []func(*Config){
 		func(c *Config) { c.Shards = 0 },
-		func(c *Config) { c.Shard = 16 },
+		func(c *Config) { c.Shard = 1 << 16 }, // beyond the most doublings
+		func(c *Config) { c.Shards = 3; c.Shard = 3 << 14 },
+		func(c *Config) { c.Shards = 1<<16 + 1 },
 		func(c *Config) { c.MaxPending = 0 },
 		func(c *Config) { c.NoticeTTL = -1 },
 		func(c *Config) { c.Limits.MaxPayloadBytes = 0 },
