@@ -24,18 +24,21 @@ func TestDroppedEvents(t *testing.T) {
 		return out
 	}
 	for _, tc := range []struct {
-		name string
-		ids  []correlate.EventID
-		kept []correlate.Event
-		want []int
+		name           string
+		ids            []correlate.EventID
+		kept, rerouted []correlate.Event
+		want, away     []int
 	}{
-		{"all kept", ids(1, 2, 3), evs(3, 1, 2), nil},
-		{"one applied before", ids(1, 2, 3), evs(1, 3), []int{1}},
-		{"none kept", ids(1, 2), nil, []int{0, 1}},
-		{"one id twice: the later is the duplicate", ids(1, 2, 1), evs(1, 2), []int{2}},
+		{"all kept", ids(1, 2, 3), evs(3, 1, 2), nil, nil, nil},
+		{"one applied before", ids(1, 2, 3), evs(1, 3), nil, []int{1}, nil},
+		{"none kept", ids(1, 2), nil, nil, []int{0, 1}, nil},
+		{"one id twice: the later is the duplicate", ids(1, 2, 1), evs(1, 2), nil, []int{2}, nil},
+		{"rerouted apart from duplicates", ids(1, 2, 3, 4), evs(4), evs(3, 1), []int{1}, []int{0, 2}},
+		{"all rerouted", ids(5, 6), nil, evs(5, 6), nil, []int{0, 1}},
 	} {
-		if got := droppedEvents(tc.ids, tc.kept); !slices.Equal(got, tc.want) {
-			t.Errorf("%s: dropped %v, want %v", tc.name, got, tc.want)
+		got, away := droppedEvents(tc.ids, tc.kept, tc.rerouted)
+		if !slices.Equal(got, tc.want) || !slices.Equal(away, tc.away) {
+			t.Errorf("%s: dropped %v rerouted %v, want %v and %v", tc.name, got, away, tc.want, tc.away)
 		}
 	}
 }

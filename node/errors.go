@@ -36,6 +36,10 @@ var (
 	// proposal failing with it is never retried here: the pool redirects
 	// it to the new leader (Redirector) or fails it back at once.
 	ErrNotLeader = errors.New("node: not the leader")
+	// ErrAwaitingHandoff: the shard is a split child that has not adopted
+	// its parent's handoff yet (docs/DECISIONS.md D39): it takes no events
+	// or notices until it has; a retry shortly after succeeds.
+	ErrAwaitingHandoff = errors.New("node: shard awaits its handoff from the shard it was split from")
 	// ErrShardClosed: the shard was removed from the pool; its pending
 	// events are failed back.
 	ErrShardClosed = errors.New("node: shard closed")
@@ -88,7 +92,7 @@ func Refused(err error) bool {
 }
 
 var refusals = []error{ErrFull, ErrDiskFull, ErrNotLeader, ErrNoShard, ErrClosed, ErrShardClosed, ErrPoolClosed,
-	ErrUnknownShard, ErrBatchTooLarge, ErrProposerPanic, ErrRejected}
+	ErrUnknownShard, ErrBatchTooLarge, ErrProposerPanic, ErrRejected, ErrAwaitingHandoff}
 
 // NotLeaderError says that this node's replica of a shard is not its
 // leader, and who is, if known. errors.Is(err, ErrNotLeader) holds.

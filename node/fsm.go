@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/raft"
 
@@ -15,11 +16,20 @@ import (
 
 // entryVersion is the first byte of every Raft command entry: the encoding
 // of the rest (a correlate batch). A replica stops at an entry of a version
-// it does not know rather than guessing (ErrEntryVersion).
-const entryVersion byte = 1
+// it does not know rather than guessing (ErrEntryVersion). A batch with a
+// resharding step (split, handoff) is entry version 2, so that a build
+// which does not know resharding stops at it instead of skipping it
+// (docs/DECISIONS.md D39); every other entry stays version 1.
+const (
+	entryVersion        byte = 1
+	reshardEntryVersion byte = 2
+)
 
 // encodeEntry encodes b as a Raft command entry.
 func encodeEntry(b *correlate.Batch) []byte {
+	if correlate.IsReshard(b) {
+		return correlate.AppendBatch([]byte{reshardEntryVersion}, b)
+	}
 	return correlate.AppendBatch([]byte{entryVersion}, b)
 }
 
@@ -28,12 +38,15 @@ func decodeEntry(data []byte) (correlate.Batch, error) {
 	if len(data) == 0 {
 		return correlate.Batch{}, fmt.Errorf("%w: empty", ErrBadEntry)
 	}
-	if data[0] != entryVersion {
-		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d", ErrEntryVersion, data[0], entryVersion)
+	if data[0] != entryVersion && data[0] != reshardEntryVersion {
+		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrEntryVersion, data[0], entryVersion, reshardEntryVersion)
 	}
 	b, err := correlate.DecodeBatch(data[1:])
 	if err != nil {
 		return b, fmt.Errorf("%w: %w", ErrBadEntry, err)
+	}
+	if correlate.IsReshard(&b) != (data[0] == reshardEntryVersion) {
+		return correlate.Batch{}, fmt.Errorf("%w: entry version %d does not match its batch", ErrBadEntry, data[0])
 	}
 	return b, nil
 }
@@ -46,7 +59,14 @@ type ApplyResult struct {
 	// shard did not store because it had applied their ids already (nil
 	// when every event was stored): the ingest response counts them.
 	Duplicates []int
-	Err        error // the entry could not be applied (and was skipped on every replica)
+	// Rerouted are the indexes, in the entry's events, of the events the
+	// shard did not apply because it does not own their process (it split,
+	// docs/DECISIONS.md D39): the proposer sends them to their owner.
+	Rerouted []int
+	// Err: the entry could not be applied (and was skipped on every
+	// replica), or its split, handoff or notices were refused (the same
+	// way on every replica).
+	Err error
 }
 
 // shardFSM is one shard's raft.BatchingFSM: committed entries go through
@@ -92,6 +112,12 @@ type shardFSM struct {
 	// budget keeps the raft log within its size in bytes (logbudget.go);
 	// nil: no byte bound.
 	budget *logBudget
+
+	// reshard publishes the correlator's resharding state to readers that
+	// must not wait for mu (admission); onReshard, if set, is called when
+	// it changed (on the FSM goroutine, with mu held; it must not block).
+	reshard   atomic.Pointer[correlate.ReshardState]
+	onReshard func(correlate.ReshardState)
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -207,7 +233,35 @@ func (f *shardFSM) loadLocked() error {
 	}
 	f.applied = applied
 	f.prog.set(f.applied, f.failed)
+	f.publishReshard()
 	return nil
+}
+
+// publishReshard publishes the correlator's resharding state if it changed.
+func (f *shardFSM) publishReshard() {
+	st := f.corr.Reshard()
+	if old := f.reshard.Load(); old != nil && *old == st {
+		return
+	}
+	f.reshard.Store(&st)
+	if f.onReshard != nil {
+		f.onReshard(st)
+	}
+}
+
+// Reshard returns the shard's resharding state as of its last apply.
+func (f *shardFSM) Reshard() correlate.ReshardState {
+	if st := f.reshard.Load(); st != nil {
+		return *st
+	}
+	return correlate.ReshardState{}
+}
+
+// Handoffs returns the handoff chunks the shard's child has not confirmed.
+func (f *shardFSM) Handoffs() []correlate.Handoff {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.corr.Handoffs()
 }
 
 // Apply implements raft.FSM for single entries.
@@ -285,9 +339,21 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		if err != nil {
 			return f.fail(resp, err)
 		}
+		reshard := correlate.IsReshard(&b)
 		res := f.corr.Apply(b)
 		res.Counters.Add(screened)
-		resp[i] = ApplyResult{Counters: res.Counters, Duplicates: droppedEvents(f.ids, res.Events)}
+		dups, rerouted := droppedEvents(f.ids, res.Events, res.Rerouted)
+		resp[i] = ApplyResult{Counters: res.Counters, Duplicates: dups, Rerouted: rerouted}
+		switch {
+		case res.ReshardErr != nil:
+			f.logger.Warn("resharding step refused", "shard", f.shard, "index", l.Index, "err", res.ReshardErr)
+			resp[i] = ApplyResult{Counters: res.Counters, Err: res.ReshardErr}
+		case res.NoticesRefused > 0:
+			resp[i] = ApplyResult{Counters: res.Counters, Err: fmt.Errorf("%w: shard %d: %d notices", ErrAwaitingHandoff, f.shard, res.NoticesRefused)}
+		}
+		if reshard {
+			f.publishReshard()
+		}
 		if res.Retention != nil || f.seg.refersTo(res.Events) {
 			// Write what precedes this entry on its own.
 			f.seg.res.Index = l.Index - 1
@@ -431,23 +497,36 @@ func (f *shardFSM) failAll(resp []any) []any {
 // when it kept them all. Ids are matched with multiplicity: of two events
 // with one id, the first is taken as the kept one (the correlator keeps the
 // first in its per-process seq order, which is entry order for equal events).
-func droppedEvents(ids []correlate.EventID, kept []correlate.Event) []int {
+//
+// The events the correlator rerouted (not its to keep: their process is
+// another shard's) are returned apart, as rerouted, matched the same way.
+func droppedEvents(ids []correlate.EventID, kept, rerouted []correlate.Event) (dups, rer []int) {
 	if len(kept) == len(ids) {
-		return nil
+		return nil, nil
 	}
 	left := make(map[correlate.EventID]int, len(kept)) // bounded by the entry
 	for i := range kept {
 		left[kept[i].ID]++
 	}
-	var out []int
-	for i, id := range ids {
-		if left[id] > 0 {
-			left[id]--
-			continue
+	var away map[correlate.EventID]int
+	if len(rerouted) > 0 {
+		away = make(map[correlate.EventID]int, len(rerouted))
+		for i := range rerouted {
+			away[rerouted[i].ID]++
 		}
-		out = append(out, i)
 	}
-	return out
+	for i, id := range ids {
+		switch {
+		case left[id] > 0:
+			left[id]--
+		case away[id] > 0:
+			away[id]--
+			rer = append(rer, i)
+		default:
+			dups = append(dups, i)
+		}
+	}
+	return dups, rer
 }
 
 // EntrySpan marks where one raft entry's events end in a merged Result:

@@ -102,7 +102,7 @@ func (n *Node) HostedShards() ([]uint32, error) {
 			continue
 		}
 		id, err := strconv.ParseUint(s, 10, 32)
-		if err != nil || uint32(id) >= n.cfg.Shards {
+		if err != nil || uint32(id) >= n.maxShards {
 			return nil, fmt.Errorf("%w: unexpected replica directory %q", ErrConfig, e.Name())
 		}
 		shards = append(shards, uint32(id))
@@ -155,7 +155,7 @@ func (n *Node) DropReplicaUnopened(shard uint32, r *Replica, seq uint64) (bool, 
 }
 
 func (n *Node) dropReplica(shard uint32, may func(*Replica) bool) (bool, error) {
-	if shard >= n.cfg.Shards {
+	if shard >= n.maxShards {
 		return false, nil
 	}
 	unlock := n.lockLifecycle(shard)

@@ -33,6 +33,9 @@ type Metrics struct {
 	// logBudgetSnapshots counts snapshots taken because a shard's raft
 	// log reached half of RaftTiming.LogBytes (logbudget.go).
 	logBudgetSnapshots prometheus.Counter
+	// handoffChunks counts handoff chunks a split shard led here gave its
+	// child and the child committed (docs/DECISIONS.md D39).
+	handoffChunks prometheus.Counter
 }
 
 func newMetrics() *Metrics {
@@ -74,6 +77,10 @@ func newMetrics() *Metrics {
 			Name: "scope_raft_snapshot_sent_bytes_total",
 			Help: "Bytes of the shard spans written out for raft snapshots sent to followers.",
 		}),
+		handoffChunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_reshard_handoff_chunks_total",
+			Help: "Handoff chunks a split shard led here delivered to its child, committed there and confirmed.",
+		}),
 		logBudgetSnapshots: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_raft_log_size_snapshots_total",
 			Help: "Raft snapshots taken because the entries a shard applied since its last snapshot held half of -raft-log-size (the others come every SnapshotThreshold entries or SnapshotInterval).",
@@ -86,7 +93,7 @@ func newMetrics() *Metrics {
 	m.pool = newPoolMetrics(m.reg)
 	m.reg.MustRegister(m.ingestedEvents, m.appliedEvents, m.correlator,
 		m.noticesDelivered, m.noticeFailures, m.noticeRoutesDeferred, m.forwarded, m.lifecycleWaits,
-		m.snapshotsMaterialized, m.snapshotBytesMaterialized, m.logBudgetSnapshots,
+		m.snapshotsMaterialized, m.snapshotBytesMaterialized, m.logBudgetSnapshots, m.handoffChunks,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -124,7 +131,7 @@ type poolMetrics struct {
 	eventsIn, refused, committed, failed *prometheus.CounterVec
 	shed                                 *prometheus.CounterVec
 	proposalErrors, retries              *prometheus.CounterVec
-	redirected                           *prometheus.CounterVec
+	redirected, rerouted                 *prometheus.CounterVec
 	restarts                             prometheus.Counter
 	batchSize, applyLatency              prometheus.Histogram
 	ringUsed, redirectBacklog            *prometheus.GaugeVec
@@ -152,6 +159,10 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 		redirected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "scope_writer_events_redirected_total",
 			Help: "Events whose proposal failed on a lost leadership, handed to the shard's new leader, by outcome (ok, refused, unknown).",
+		}, []string{"shard", "outcome"}),
+		rerouted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "scope_writer_events_rerouted_total",
+			Help: "Events a shard committed but did not apply because it split and their process is another shard's now, sent to that shard, by outcome (ok, refused, unknown).",
 		}, []string{"shard", "outcome"}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_writer_restarts_total", Help: "Writers restarted after a panic."}),
@@ -186,7 +197,7 @@ func newPoolMetrics(reg prometheus.Registerer) *poolMetrics {
 	p.scaling.WithLabelValues("up")
 	p.scaling.WithLabelValues("down")
 	reg.MustRegister(p.eventsIn, p.refused, p.shed, p.committed, p.failed, p.proposalErrors, p.retries,
-		p.redirected, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog,
+		p.redirected, p.rerouted, p.restarts, p.batchSize, p.applyLatency, p.ringUsed, p.redirectBacklog,
 		p.writersActive, p.writersBusy, p.scaling, p.shardMoves, p.acceptedToApplied)
 	return p
 }
@@ -225,14 +236,21 @@ func (p *poolMetrics) ProposalError(shard uint32, err error) {
 func (p *poolMetrics) Retry(shard uint32) { p.retries.WithLabelValues(shardLabel(shard)).Inc() }
 func (p *poolMetrics) WriterRestart(int)  { p.restarts.Inc() }
 func (p *poolMetrics) Redirected(shard uint32, n int, err error) {
-	outcome := "ok"
+	p.redirected.WithLabelValues(shardLabel(shard), outcomeLabel(err)).Add(float64(n))
+}
+func (p *poolMetrics) Rerouted(shard uint32, n int, err error) {
+	p.rerouted.WithLabelValues(shardLabel(shard), outcomeLabel(err)).Add(float64(n))
+}
+
+// outcomeLabel names an outcome: ok, refused (nothing stored) or unknown.
+func outcomeLabel(err error) string {
 	switch {
+	case err == nil:
+		return "ok"
 	case Refused(err):
-		outcome = "refused"
-	case err != nil:
-		outcome = "unknown"
+		return "refused"
 	}
-	p.redirected.WithLabelValues(shardLabel(shard), outcome).Add(float64(n))
+	return "unknown"
 }
 func (p *poolMetrics) RedirectBacklog(shard uint32, events int) {
 	p.redirectBacklog.WithLabelValues(shardLabel(shard)).Set(float64(events))
@@ -290,6 +308,7 @@ func (m *Metrics) applied(shard uint32, res *correlate.Result) {
 		{"attributes_dropped", c.AttributesDropped}, {"malformed", c.Malformed},
 		{"frame_abandoned_inactivity", c.AbandonedInactivity},
 		{"frame_abandoned_process_bound", c.AbandonedProcessBound},
+		{"rerouted", c.Rerouted}, {"notice_forwarded", c.NoticesForwarded},
 	} {
 		if kv.n > 0 {
 			m.correlator.WithLabelValues(kv.what).Add(float64(kv.n))

@@ -39,7 +39,9 @@ type Config struct {
 	RaftAddr string
 	// DataDir holds the store and one directory per shard replica.
 	DataDir string
-	// Shards is the cluster's fixed shard count S.
+	// Shards is the cluster's shard count at bootstrap: the base of its
+	// layout. Online resharding doubles the count (Node.Layout); shard ids
+	// then run up to MaxShardsFor(Shards).
 	Shards uint32
 	// Pool configures the ring buffers and writer pool.
 	Pool PoolConfig
@@ -191,6 +193,29 @@ type Node struct {
 	// for them).
 	opening sync.WaitGroup
 	tail    *tailHub
+
+	// layout is the newest layout this node knows (packed base<<32 |
+	// shards): what Ingest routes by. It only grows: a split replica
+	// applied here, or the cluster learned it from a peer (LearnLayout).
+	layout atomic.Uint64
+	// maxShards bounds shard ids: the base doubled as far as 4,096.
+	maxShards uint32
+	// handoffSignal wakes the handoff loop (reshard.go).
+	handoffSignal chan struct{}
+}
+
+// MaxNodeShards bounds a node's shard count, after any doubling.
+const MaxNodeShards = 4096
+
+// MaxShardsFor returns how many shards a cluster of base shards can grow
+// to: base doubled while it stays within MaxNodeShards (base itself above
+// half of it).
+func MaxShardsFor(base uint32) uint32 {
+	n := base
+	for n > 0 && 2*n <= MaxNodeShards {
+		n *= 2
+	}
+	return n
 }
 
 // Open opens the node's store, starts the writer pool and the background
@@ -232,7 +257,8 @@ func Open(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	lo := DefaultRaftLogOptions(cfg.Shards)
+	maxShards := MaxShardsFor(cfg.Shards)
+	lo := DefaultRaftLogOptions(maxShards)
 	lo.Logger = cfg.Logger
 	lo.MemTableSize = raftLogMemTable(cfg.Store.MemTableSize)
 	if disk.enabled() {
@@ -244,21 +270,24 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:          cfg,
-		logger:       cfg.Logger,
-		store:        st,
-		raftLog:      rl,
-		metrics:      metrics,
-		disk:         disk,
-		replicas:     make(map[uint32]*Replica),
-		lifecycle:    make([]sync.Mutex, cfg.Shards),
-		failing:      make([]atomic.Bool, cfg.Shards),
-		failSignal:   make(chan struct{}, 1),
-		outboxSignal: make(chan struct{}, 1),
-		stop:         make(chan struct{}),
-		tail:         newTailHub(cfg.Shards),
-		notices:      noticeWork{routes: make(map[string]bool), pairs: make(map[noticePair]bool)},
+		cfg:           cfg,
+		logger:        cfg.Logger,
+		store:         st,
+		raftLog:       rl,
+		metrics:       metrics,
+		disk:          disk,
+		replicas:      make(map[uint32]*Replica),
+		maxShards:     maxShards,
+		lifecycle:     make([]sync.Mutex, maxShards),
+		failing:       make([]atomic.Bool, maxShards),
+		failSignal:    make(chan struct{}, 1),
+		outboxSignal:  make(chan struct{}, 1),
+		handoffSignal: make(chan struct{}, 1),
+		stop:          make(chan struct{}),
+		tail:          newTailHub(maxShards),
+		notices:       noticeWork{routes: make(map[string]bool), pairs: make(map[noticePair]bool)},
 	}
+	n.layout.Store(packLayout(correlate.Layout{Base: cfg.Shards, Shards: cfg.Shards}))
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.pool, err = NewPool(cfg.Pool, n, n.metrics.pool)
 	if err != nil {
@@ -271,7 +300,8 @@ func Open(cfg Config) (*Node, error) {
 	n.metrics.watchTail(n.tail)
 	n.metrics.reg.MustRegister(newPebbleCollector(map[string]func() (*pebble.Metrics, uint64){
 		"store": st.PebbleMetrics, "raftlog": rl.PebbleMetrics}))
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.deliverHandoffs()
 	go n.deliverNotices()
 	go n.runRetention()
 	go n.retireFailed()
@@ -291,8 +321,43 @@ func (n *Node) Store() *store.Store { return n.store }
 // Metrics is the node's metrics registry.
 func (n *Node) Metrics() *Metrics { return n.metrics }
 
-// Shards is the cluster's shard count.
-func (n *Node) Shards() uint32 { return n.cfg.Shards }
+// Shards is the cluster's shard count in the newest layout this node
+// knows.
+func (n *Node) Shards() uint32 { return n.Layout().Shards }
+
+// BaseShards is the cluster's shard count at bootstrap.
+func (n *Node) BaseShards() uint32 { return n.cfg.Shards }
+
+// MaxShards bounds the shard ids this node accepts.
+func (n *Node) MaxShards() uint32 { return n.maxShards }
+
+// Layout is the newest layout this node knows: what Ingest routes by.
+func (n *Node) Layout() correlate.Layout { return unpackLayout(n.layout.Load()) }
+
+// LearnLayout makes l the node's layout if it is newer (more shards) than
+// the one it has, of the same base and within MaxShards, and reports
+// whether it did.
+func (n *Node) LearnLayout(l correlate.Layout) bool {
+	if l.Base != n.cfg.Shards || l.Validate() != nil || l.Shards > n.maxShards {
+		return false
+	}
+	for {
+		cur := n.layout.Load()
+		if unpackLayout(cur).Shards >= l.Shards {
+			return false
+		}
+		if n.layout.CompareAndSwap(cur, packLayout(l)) {
+			n.logger.Info("layout learned", "base", l.Base, "shards", l.Shards)
+			return true
+		}
+	}
+}
+
+func packLayout(l correlate.Layout) uint64 { return uint64(l.Base)<<32 | uint64(l.Shards) }
+
+func unpackLayout(v uint64) correlate.Layout {
+	return correlate.Layout{Base: uint32(v >> 32), Shards: uint32(v)}
+}
 
 // ID is the node's raft server id.
 func (n *Node) ID() string { return n.cfg.ID }
@@ -300,8 +365,8 @@ func (n *Node) ID() string { return n.cfg.ID }
 // OpenReplica opens this node's replica of shard and routes the shard's
 // writes to it.
 func (n *Node) OpenReplica(shard uint32) (*Replica, error) {
-	if shard >= n.cfg.Shards {
-		return nil, fmt.Errorf("%w: shard %d of %d", ErrNoShard, shard, n.cfg.Shards)
+	if shard >= n.maxShards {
+		return nil, fmt.Errorf("%w: shard %d: ids run below %d (%d shards doubled)", ErrNoShard, shard, n.maxShards, n.cfg.Shards)
 	}
 	// The lifecycle lock keeps other opens and drops of this shard out;
 	// n.mu is held only to look and to publish, so replicas of different
@@ -372,6 +437,7 @@ func (n *Node) openReplica(shard uint32) (*Replica, error) {
 			n.metrics.snapshotBytesMaterialized.Add(float64(bytes))
 		},
 		OnLogBudgetSnapshot: func(uint32) { n.metrics.logBudgetSnapshots.Inc() },
+		OnReshard:           n.reshardChanged,
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},
@@ -386,6 +452,7 @@ func (n *Node) openReplica(shard uint32) (*Replica, error) {
 		_ = r.Close()
 		return nil, err
 	}
+	n.reshardChanged(shard, r.Reshard()) // what its state on disk says
 	return r, nil
 }
 
@@ -546,6 +613,7 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 	byShard := make(map[uint32][]correlate.Event)
 	repeats := make(map[uint32]int)
 	seen := make(map[correlate.EventID]uint32, len(events)) // id → its shard; bounded by the request
+	layout := n.Layout()
 	for i := range events {
 		e := &events[i]
 		if e.ID.IsZero() {
@@ -557,7 +625,7 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 			continue
 		}
 		correlate.Normalize(e, n.cfg.Correlator.Limits)
-		e.Shard = correlate.ShardOf(e.Origin, e.PID, n.cfg.Shards)
+		e.Shard = layout.ShardOf(e.Origin, e.PID)
 		seen[e.ID] = e.Shard
 		byShard[e.Shard] = append(byShard[e.Shard], *e)
 	}
@@ -584,6 +652,13 @@ func (n *Node) Ingest(ctx context.Context, events []correlate.Event, d Durabilit
 		r := n.Replica(shard)
 		if r == nil || !(r.IsLeader() || n.pool.Outstanding(shard) > 0 && !isForwarded(ctx)) {
 			forwarded[i] = true
+			continue
+		}
+		// A split child takes nothing before its handoff is in (the
+		// parent's leader is delivering it): the part waits for it, within
+		// the request's deadline, and is refused if it is not in by then.
+		if err := r.AwaitHandoff(ctx); err != nil {
+			res.Shards[i].Err = err
 			continue
 		}
 		// A full disk refuses new events where they would be stored: on
@@ -698,18 +773,33 @@ func (n *Node) Redirect(ctx context.Context, shard uint32, events []correlate.Ev
 	defer cancel()
 	backoff := time.Millisecond
 	for {
-		if r := n.Replica(shard); r != nil && r.IsLeader() {
+		if r := n.Replica(shard); r != nil && r.IsLeader() && !r.Awaiting() {
 			f := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Events: events}, n.cfg.CommitTimeout)}
 			if dups, err = 0, f.Wait(); err == nil {
 				dups = len(f.Duplicates())
+				if idx := f.Rerouted(); len(idx) > 0 {
+					// The shard split before the entry: its given-away
+					// events go on to their owner.
+					away := make([]correlate.Event, len(idx))
+					for i, j := range idx {
+						away[i] = events[j]
+					}
+					d, rerr := n.Reroute(ctx, away, true)
+					if dups += d; rerr != nil {
+						return dups, fmt.Errorf("%w: %d of %d events stored, the rest rerouted: %w", ErrOutcomeUnknown, len(events)-len(away), len(events), rerr)
+					}
+				}
 			}
+		} else if r != nil && r.IsLeader() {
+			err = fmt.Errorf("%w: shard %d", ErrAwaitingHandoff, shard)
 		} else {
 			dups, err = n.forward(ctx, shard, events, Committed)
 		}
 		// Not taken, or taken maybe (the receiving leader lost the
-		// leadership in turn): same ids, so trying again is safe, and a
-		// retry counts the events a lost attempt stored as duplicates.
-		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrOutcomeUnknown)) || ctx.Err() != nil {
+		// leadership in turn), or the shard awaits its handoff: same ids,
+		// so trying again is safe, and a retry counts the events a lost
+		// attempt stored as duplicates.
+		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, ErrAwaitingHandoff)) || ctx.Err() != nil {
 			return dups, err
 		}
 		select { // leadership is moving: look again shortly
@@ -750,6 +840,12 @@ func (f raftFuture) Wait() error {
 func (f raftFuture) Duplicates() []int {
 	ar, _ := f.f.Response().(ApplyResult)
 	return ar.Duplicates
+}
+
+// Rerouted implements RerouteReporter: read once Wait returned nil.
+func (f raftFuture) Rerouted() []int {
+	ar, _ := f.f.Response().(ApplyResult)
+	return ar.Rerouted
 }
 
 type failedFuture struct{ err error }

@@ -244,6 +244,9 @@ func (n *Node) ProposeNotices(shard uint32, notices []correlate.Notice) error {
 		addr, id := r.Leader()
 		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
+	if r.Awaiting() {
+		return fmt.Errorf("%w: shard %d", ErrAwaitingHandoff, shard)
+	}
 	return raftFuture{f: r.Propose(&correlate.Batch{Notices: notices}, n.cfg.CommitTimeout)}.Wait()
 }
 

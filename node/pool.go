@@ -28,6 +28,7 @@ type Pool struct {
 	cfg      PoolConfig
 	prop     Proposer
 	redirect Redirector // prop, if it implements it; else nil
+	reroute  Rerouter   // prop, if it implements it; else nil
 	m        PoolMetrics
 	log      *slog.Logger
 
@@ -79,6 +80,7 @@ func NewPool(cfg PoolConfig, p Proposer, m PoolMetrics) (*Pool, error) {
 	pool := &Pool{cfg: cfg, prop: p, m: m, log: logger.With("component", "writer-pool"),
 		closed: make(chan struct{}), stopScale: make(chan struct{})}
 	pool.redirect, _ = p.(Redirector)
+	pool.reroute, _ = p.(Rerouter)
 	pool.ctx, pool.cancel = context.WithCancel(context.Background())
 	empty := map[uint32]*poolShard{}
 	pool.shards.Store(&empty)

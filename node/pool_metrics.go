@@ -33,6 +33,9 @@ type PoolMetrics interface {
 	// lost the shard's leadership and that were handed to the new leader;
 	// err is the redirect's outcome (nil: the new leader took them).
 	Redirected(shard uint32, n int, err error)
+	// Rerouted counts events the shard committed but gave away (it split)
+	// and that were sent to their owner; err is the outcome.
+	Rerouted(shard uint32, n int, err error)
 	// RedirectBacklog reports the events of a shard waiting to be
 	// redirected or being redirected.
 	RedirectBacklog(shard uint32, events int)
@@ -74,6 +77,7 @@ func (NopPoolMetrics) ApplyLatency(uint32, time.Duration)      {}
 func (NopPoolMetrics) ProposalError(uint32, error)             {}
 func (NopPoolMetrics) Retry(uint32)                            {}
 func (NopPoolMetrics) Redirected(uint32, int, error)           {}
+func (NopPoolMetrics) Rerouted(uint32, int, error)             {}
 func (NopPoolMetrics) RedirectBacklog(uint32, int)             {}
 func (NopPoolMetrics) WriterRestart(int)                       {}
 func (NopPoolMetrics) RingFill(uint32, int, int)               {}

@@ -149,6 +149,10 @@ func (p *Pool) redirector(sh *poolShard) {
 // sent (they would overtake it): they fail with the batch's cause, a
 // refusal after ErrNotLeader, an unknown outcome after ErrLeadershipLost.
 func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
+	if pr.cause == errRerouted {
+		p.rerouteBatch(sh, pr)
+		return
+	}
 	var failed error
 	off := 0
 	for _, k := range redirectParts(pr.runs) {
@@ -173,6 +177,78 @@ func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
 			err = redirectOutcome(pr.cause, rerr)
 			failed = err
 		}
+		if err != nil {
+			p.m.EventsFailed(sh.id, n)
+			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, n, err)
+		}
+		sh.resolve(runs, err)
+	}
+}
+
+// errRerouted is the cause of a batch of events a shard committed without
+// applying them: their processes belong to another shard since it split.
+var errRerouted = errors.New("node: the shard split: events rerouted to the shard that owns their process now")
+
+// splitRerouted takes the events at indexes rerouted (ascending) out of the
+// committed proposal pr: pr's runs keep the others (runs left empty are
+// dropped), and the returned proposal holds the rerouted events with runs
+// of the same tickets, in order; nil when rerouted is empty.
+func splitRerouted(pr *proposal, rerouted []int) *proposal {
+	if len(rerouted) == 0 {
+		return nil
+	}
+	away := &proposal{seq: pr.seq, at: pr.at}
+	keep := pr.runs[:0:0]
+	start := 0
+	for _, r := range pr.runs {
+		k := 0
+		for len(rerouted) > 0 && rerouted[0] < start+r.n {
+			away.events = append(away.events, pr.events[rerouted[0]])
+			rerouted = rerouted[1:]
+			k++
+		}
+		if k > 0 {
+			away.runs = append(away.runs, ticketRun{t: r.t, n: k})
+		}
+		if r.n > k {
+			keep = append(keep, ticketRun{t: r.t, n: r.n - k})
+		}
+		start += r.n
+	}
+	pr.runs = keep
+	return away
+}
+
+// rerouteBatch sends a batch of events its shard committed but gave away
+// (errRerouted) to their owners, in parts as redirectBatch does, and
+// resolves their tickets with the outcome. The shard stored none of them,
+// so a failure is the outcome Reroute reports.
+func (p *Pool) rerouteBatch(sh *poolShard, pr *proposal) {
+	var failed error
+	off := 0
+	for _, k := range redirectParts(pr.runs) {
+		runs := pr.runs[:k]
+		pr.runs = pr.runs[k:]
+		n := 0
+		for _, r := range runs {
+			n += r.n
+		}
+		events := pr.events[off : off+n]
+		off += n
+		var err error
+		if failed != nil {
+			err = fmt.Errorf("%w; not rerouted behind a failed part of its batch: %v", errRerouted, failed)
+		} else {
+			dups, rerr := p.reroute.Reroute(p.ctx, events, runs[0].t.wait)
+			if rerr == nil && len(runs) == 1 && dups > 0 {
+				runs[0].t.dups.Add(int64(min(dups, runs[0].n)))
+			}
+			if rerr != nil {
+				err = fmt.Errorf("%v: %w", errRerouted, rerr)
+			}
+			failed = err
+		}
+		p.m.Rerouted(sh.id, n, err)
 		if err != nil {
 			p.m.EventsFailed(sh.id, n)
 			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, n, err)

@@ -50,6 +50,7 @@ func (m *countingMetrics) ProposalError(uint32, error)           { m.errs.Add(1)
 func (m *countingMetrics) Retry(uint32)                          { m.retries.Add(1) }
 func (m *countingMetrics) WriterRestart(int)                     { m.restarts.Add(1) }
 func (m *countingMetrics) Redirected(_ uint32, n int, _ error)   { m.redirected.Add(int64(n)) }
+func (m *countingMetrics) Rerouted(uint32, int, error)           {}
 func (m *countingMetrics) RingFill(_ uint32, used, capacity int) {}
 func (m *countingMetrics) RedirectBacklog(uint32, int)           {}
 

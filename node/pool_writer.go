@@ -553,6 +553,15 @@ func (p *Pool) complete(sh *poolShard) {
 			if dr, ok := pr.f.(DuplicateReporter); ok {
 				attributeDuplicates(pr.runs, dr.Duplicates())
 			}
+			if rr, ok := pr.f.(RerouteReporter); ok && p.reroute != nil {
+				if away := splitRerouted(pr, rr.Rerouted()); away != nil {
+					// The shard split: the events of processes it gave away
+					// go to their owner, behind its redirects, in log order;
+					// their submitters wait for that outcome.
+					away.cause = errRerouted
+					p.m.RedirectBacklog(sh.id, sh.redirects.push(away))
+				}
+			}
 			sh.resolve(pr.runs, nil)
 		case !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrLeadershipLost) &&
 			pr.attempts < p.cfg.Retry.MaxAttempts &&

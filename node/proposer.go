@@ -51,6 +51,16 @@ type DuplicateReporter interface {
 	Duplicates() []int
 }
 
+// RerouteReporter is implemented by a ProposalFuture that knows, once Wait
+// returned nil, which of the proposal's events the shard did not apply
+// because their process belongs to another shard now (it split,
+// docs/DECISIONS.md D39): their indexes, ascending. The pool sends them on
+// through the Redirector's Reroute and resolves their tickets with that
+// outcome. The returned slice is owned by the caller.
+type RerouteReporter interface {
+	Rerouted() []int
+}
+
 // Redirector is optionally implemented by a Proposer (the node) that can
 // hand a batch to the shard's leader elsewhere. When a proposal fails with
 // ErrNotLeader or ErrLeadershipLost, the pool redirects the batch (same
@@ -70,6 +80,17 @@ type Redirector interface {
 	// that submitter waits for the commit, so that the count can be charged
 	// to its ticket exactly.
 	Redirect(ctx context.Context, shard uint32, events []correlate.Event, commit bool) (dups int, err error)
+}
+
+// Rerouter is optionally implemented by a Proposer (the node) whose shards
+// can split: the pool hands it the events a proposal's RerouteReporter
+// lists, in log order, on the shard's redirector, and resolves their
+// tickets with the outcome.
+type Rerouter interface {
+	// Reroute sends events a shard did not apply to the shards that own
+	// them now, and waits as Redirect does. Refused holds for an error
+	// when none of them was stored.
+	Reroute(ctx context.Context, events []correlate.Event, commit bool) (dups int, err error)
 }
 
 // ProposerFunc adapts a function to the Proposer interface.

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -90,6 +91,9 @@ type ReplicaConfig struct {
 	// OnMaterialize, if set, is told each time the shard's span is written
 	// out for a snapshot raft sends to a follower (snapshot.go).
 	OnMaterialize func(shard uint32, bytes int64, took time.Duration)
+	// OnReshard, if set, is told the shard's resharding state each time
+	// an apply changed it (on the FSM goroutine; it must not block).
+	OnReshard func(shard uint32, st correlate.ReshardState)
 	// OnLogBudgetSnapshot, if set, is told each time a snapshot is taken
 	// because the log reached Timing.LogBytes (logbudget.go).
 	OnLogBudgetSnapshot func(shard uint32)
@@ -143,6 +147,9 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	}
 	if cfg.OnApply != nil {
 		fsm.onApply = func(res *correlate.Result, spans []EntrySpan) { cfg.OnApply(cfg.Shard, res, spans) }
+	}
+	if cfg.OnReshard != nil {
+		fsm.onReshard = func(st correlate.ReshardState) { cfg.OnReshard(cfg.Shard, st) }
 	}
 	if cfg.OnFail != nil {
 		fsm.onFail = func() { cfg.OnFail(cfg.Shard) }
@@ -319,6 +326,36 @@ func (r *Replica) Propose(b *correlate.Batch, timeout time.Duration) raft.ApplyF
 	b.LogTime = r.now().UnixNano()
 	return r.raft.Apply(encodeEntry(b), timeout)
 }
+
+// Reshard returns the shard's layout and handoff progress as of its last
+// apply, without waiting for an apply in progress.
+func (r *Replica) Reshard() correlate.ReshardState { return r.fsm.Reshard() }
+
+// Awaiting says the shard is a split child that has not adopted its whole
+// handoff: it takes no events or notices yet (ErrAwaitingHandoff).
+func (r *Replica) Awaiting() bool { return r.fsm.Reshard().Awaiting }
+
+// AwaitHandoff waits until the shard is not a split child awaiting its
+// handoff, ctx ends (its error) or the replica stops (its failure).
+func (r *Replica) AwaitHandoff(ctx context.Context) error {
+	for {
+		_, failed, changed := r.fsm.prog.get() // before the check: no apply is missed
+		if !r.Awaiting() {
+			return nil
+		}
+		if failed != nil {
+			return failed
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: shard %d: %w", ErrAwaitingHandoff, r.shard, ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
+// Handoffs returns the handoff chunks this shard's child has not confirmed.
+func (r *Replica) Handoffs() []correlate.Handoff { return r.fsm.Handoffs() }
 
 // Outbox returns the notices this shard still has to deliver.
 func (r *Replica) Outbox() []correlate.Notice { return r.fsm.Outbox() }

@@ -389,7 +389,7 @@ func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 			return nil, fmt.Errorf("%w: tail shard %d of %d", ErrNoShard, shard, h.shards)
 		}
 	}
-	s, err := h.add(spec, buffer)
+	s, err := h.add(spec, buffer, len(shards))
 	if err != nil {
 		return nil, err
 	}
@@ -415,15 +415,16 @@ func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 	return s, nil
 }
 
-// add registers a subscription that watches no shard yet.
-func (h *tailHub) add(spec TailSpec, buffer int) (*Subscription, error) {
+// add registers a subscription that watches no shard yet (it will watch
+// watched shards: each may queue up to three markers beyond the buffer).
+func (h *tailHub) add(spec TailSpec, buffer, watched int) (*Subscription, error) {
 	for shard := range spec.After {
 		if shard >= h.shards {
 			return nil, fmt.Errorf("%w: tail resume shard %d of %d", ErrNoShard, shard, h.shards)
 		}
 	}
 	s := &Subscription{hub: h, match: spec.Match, buffer: buffer,
-		c:     make(chan TailItem, buffer+3*int(h.shards)),
+		c:     make(chan TailItem, buffer+3*max(watched, len(spec.After))),
 		state: make([]uint8, h.shards), resume: make([]bool, h.shards),
 		after: make([]TailPosition, h.shards), start: make([]uint64, h.shards), lagged: make([]uint64, h.shards)}
 	for shard, p := range spec.After {

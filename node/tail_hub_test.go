@@ -80,7 +80,7 @@ func subscribe(t *testing.T, h *tailHub, spec TailSpec, applied map[uint32]uint6
 	if buffer == 0 {
 		buffer = DefaultTailBuffer
 	}
-	s, err := h.add(spec, buffer)
+	s, err := h.add(spec, buffer, len(spec.Shards))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,22 +257,22 @@ func TestTailHubGoneAndClose(t *testing.T) {
 	if _, err := s2.Next(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Next after the hub closed: %v", err)
 	}
-	if _, err := h.add(TailSpec{}, 2); !errors.Is(err, ErrClosed) {
+	if _, err := h.add(TailSpec{}, 2, 1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("subscribe on a closed hub: %v", err)
 	}
 }
 
 func TestTailHubBounds(t *testing.T) {
 	h := newTestHub(t, 2)
-	if _, err := h.add(TailSpec{After: map[uint32]TailPosition{2: {}}}, 2); !errors.Is(err, ErrNoShard) {
+	if _, err := h.add(TailSpec{After: map[uint32]TailPosition{2: {}}}, 2, 1); !errors.Is(err, ErrNoShard) {
 		t.Fatalf("resume on shard 2 of 2: %v", err)
 	}
 	for range maxSubscribers {
-		if _, err := h.add(TailSpec{}, 2); err != nil {
+		if _, err := h.add(TailSpec{}, 2, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := h.add(TailSpec{}, 2); !errors.Is(err, ErrTooManySubscribers) {
+	if _, err := h.add(TailSpec{}, 2, 1); !errors.Is(err, ErrTooManySubscribers) {
 		t.Fatalf("subscriber %d: %v", maxSubscribers+1, err)
 	}
 	h.close()

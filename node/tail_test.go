@@ -94,8 +94,8 @@ func TestTailRealNode(t *testing.T) {
 	if it := nextItem(t, sub2); it.Kind != node.TailGone || it.Reason != "no replica on this node" {
 		t.Fatalf("unhosted shard: %+v", it)
 	}
-	if _, err := n.Subscribe(node.TailSpec{Shards: []uint32{shards}}); !errors.Is(err, node.ErrNoShard) {
-		t.Fatalf("shard %d of %d: %v", shards, shards, err)
+	if _, err := n.Subscribe(node.TailSpec{Shards: []uint32{n.MaxShards()}}); !errors.Is(err, node.ErrNoShard) {
+		t.Fatalf("shard %d beyond every doubling of %d: %v", n.MaxShards(), shards, err)
 	}
 	if _, err := n.Subscribe(node.TailSpec{Buffer: 1}); !errors.Is(err, node.ErrConfig) {
 		t.Fatalf("buffer 1: %v", err)

@@ -1,0 +1,215 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/elixirscope/scope/correlate"
+)
+
+// Online resharding on the node (docs/DECISIONS.md D39). The correlator
+// splits a shard at one entry of its log (correlate/split.go); the node:
+//   - proposes the split on the shard's leader (Split);
+//   - delivers the handoff chunks the split left in the parent's state to
+//     the child's leader, in order, and confirms each to the parent once the
+//     child committed it (the handoff loop below; Adopt on the child's side);
+//   - refuses events and notices for a child that has not adopted its whole
+//     handoff (ErrAwaitingHandoff: nothing is stored, a retry succeeds);
+//   - sends the events a split shard gave away to their owner (Reroute,
+//     called by the writer pool for RerouteReporter proposals);
+//   - routes ingest by the newest layout it knows (Layout), which only grows:
+//     learned from its own replicas' applies and from the cluster.
+
+// RemoteAdopter is implemented by a RemoteDelivery that can also hand a
+// split child its handoff chunks on another node.
+type RemoteAdopter interface {
+	// Adopt proposes chunk a to shard child on the node named to (what
+	// Route returned), which refuses it unless it leads child, and waits
+	// for the commit there.
+	Adopt(ctx context.Context, to string, child uint32, a correlate.Adoption) error
+}
+
+// handoffRetry is how often the handoff loop looks again at handoffs not
+// delivered (a child without a leader yet, an unreachable node).
+const handoffRetry = 200 * time.Millisecond
+
+// Split splits shard, which this node must lead, into the layout of to
+// shards (its current count doubled), at the next entry of its log, and
+// waits for the commit. It is idempotent: a shard already split to to
+// shards or more returns nil. The child shard's group must exist (empty,
+// awaiting its handoff) before the split, or the handoff waits for it.
+func (n *Node) Split(ctx context.Context, shard, to uint32) error {
+	r := n.Replica(shard)
+	if r == nil {
+		return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+	}
+	if st := r.Reshard(); st.Layout.Shards >= to {
+		return nil
+	}
+	if !r.IsLeader() {
+		addr, id := r.Leader()
+		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+	}
+	if to > n.maxShards {
+		return fmt.Errorf("%w: split of shard %d to %d shards: this node takes at most %d", ErrConfig, shard, to, n.maxShards)
+	}
+	timeout := n.cfg.CommitTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	err := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Split: to}, timeout)}.Wait()
+	if err != nil && r.Reshard().Layout.Shards >= to {
+		return nil // split by an earlier request meanwhile
+	}
+	return err
+}
+
+// Adopt proposes handoff chunk a to child, a split shard this node must
+// lead, and waits for the commit. A chunk the child adopted already
+// returns nil, so a parent that lost the confirmation can deliver again.
+func (n *Node) Adopt(ctx context.Context, child uint32, a correlate.Adoption) error {
+	r := n.Replica(child)
+	if r == nil {
+		return fmt.Errorf("%w: shard %d", ErrNoShard, child)
+	}
+	adopted := func() bool {
+		st := r.Reshard()
+		return !st.Awaiting || st.Adopted > a.Chunk
+	}
+	if adopted() {
+		return nil
+	}
+	if !r.IsLeader() {
+		addr, id := r.Leader()
+		return &NotLeaderError{Shard: child, LeaderID: string(id), LeaderAddr: string(addr)}
+	}
+	timeout := n.cfg.CommitTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	err := raftFuture{shard: child, f: r.Propose(&correlate.Batch{Adopt: &a}, timeout)}.Wait()
+	if err != nil && adopted() {
+		return nil
+	}
+	return err
+}
+
+// reshardChanged is every replica's OnReshard: the node routes by the
+// newest layout it has seen applied, and the handoff loop learns of new
+// chunks to deliver.
+func (n *Node) reshardChanged(_ uint32, st correlate.ReshardState) {
+	if !st.Awaiting {
+		n.LearnLayout(st.Layout)
+	}
+	if st.Handoffs > 0 {
+		select {
+		case n.handoffSignal <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// deliverHandoffs runs the handoff loop until the node closes.
+func (n *Node) deliverHandoffs() {
+	defer n.wg.Done()
+	retry := time.NewTicker(handoffRetry)
+	defer retry.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.handoffSignal:
+		case <-retry.C:
+		}
+		for _, r := range n.Replicas() {
+			if r.Reshard().Handoffs == 0 || !r.IsLeader() {
+				continue
+			}
+			if err := n.handOff(r); err != nil && n.ctx.Err() == nil {
+				n.logger.Debug("handoff not delivered yet", "shard", r.Shard(), "err", err)
+			}
+		}
+	}
+}
+
+// handOff delivers r's handoff chunks in order, each confirmed to r once
+// the child committed it, until none is left or one fails.
+func (n *Node) handOff(r *Replica) error {
+	for _, h := range r.Handoffs() {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.CommitTimeout)
+		err := n.adoptVia(ctx, h)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("handoff chunk %d of %d to shard %d: %w", h.Chunk, h.Of, h.Child, err)
+		}
+		err = raftFuture{shard: r.Shard(), f: r.Propose(&correlate.Batch{HandedOff: []uint64{h.Seq}}, n.cfg.CommitTimeout)}.Wait()
+		if err != nil {
+			return fmt.Errorf("confirming handoff chunk %d of %d: %w", h.Chunk, h.Of, err)
+		}
+		n.metrics.handoffChunks.Inc()
+	}
+	return nil
+}
+
+// adoptVia hands chunk h to its child's leader, here or on another node.
+func (n *Node) adoptVia(ctx context.Context, h correlate.Handoff) error {
+	parent, _ := correlate.Layout{Base: n.cfg.Shards}.Parent(h.Child)
+	a := correlate.Adoption{From: parent, Chunk: h.Chunk, Of: h.Of, Records: h.Records}
+	if r := n.Replica(h.Child); r != nil && r.IsLeader() {
+		return n.Adopt(ctx, h.Child, a)
+	}
+	n.mu.RLock()
+	remote := n.cfg.DeliverRemote
+	n.mu.RUnlock()
+	ra, ok := remote.(RemoteAdopter)
+	if !ok {
+		if r := n.Replica(h.Child); r != nil {
+			return n.Adopt(ctx, h.Child, a) // not the leader: says who is
+		}
+		return fmt.Errorf("%w: shard %d", ErrNoShard, h.Child)
+	}
+	to := remote.Route(h.Child)
+	if to == "" {
+		return fmt.Errorf("%w: shard %d: no leader known", ErrNotLeader, h.Child)
+	}
+	return ra.Adopt(ctx, to, h.Child, a)
+}
+
+// Reroute implements Redirector: it sends events a shard gave away to the
+// shards that own them in the node's layout, a part per shard, in order,
+// each as Redirect does (retrying while the owner awaits its handoff or
+// its leadership moves).
+func (n *Node) Reroute(ctx context.Context, events []correlate.Event, commit bool) (dups int, err error) {
+	layout := n.Layout()
+	byShard := map[uint32][]correlate.Event{}
+	var shards []uint32
+	for _, e := range events {
+		s := layout.ShardOf(e.Origin, e.PID)
+		if byShard[s] == nil {
+			shards = append(shards, s)
+		}
+		e.Shard = s
+		byShard[s] = append(byShard[s], e)
+	}
+	slices.Sort(shards)
+	var errs []error
+	for _, s := range shards {
+		d, err := n.Redirect(ctx, s, byShard[s], commit)
+		dups += d
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch {
+	case len(errs) == 0:
+		return dups, nil
+	case len(errs) == len(shards):
+		return dups, errors.Join(errs...) // a refusal if every part was refused
+	}
+	// Some parts stored, some not: the events' outcome as a whole is not
+	// one of nothing stored.
+	return dups, fmt.Errorf("%w: rerouted in %d parts, %d failed: %w", ErrOutcomeUnknown, len(shards), len(errs), errors.Join(errs...))
+}
