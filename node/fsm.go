@@ -1,6 +1,7 @@
 package node
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,10 +21,37 @@ import (
 // resharding step (split, handoff) is entry version 2, so that a build
 // which does not know resharding stops at it instead of skipping it
 // (docs/DECISIONS.md D39); every other entry stays version 1.
+//
+// Version 3 is a control entry: not a batch, nothing for the correlator,
+// an instruction every replica of the shard sees at the same point of its
+// log (controlEntry). It too came with resharding.
 const (
 	entryVersion        byte = 1
 	reshardEntryVersion byte = 2
+	controlEntryVersion byte = 3
 )
+
+// controlEntry is the JSON payload of a control entry.
+type controlEntry struct {
+	// PrepareSplit asks the voters it names to create the group of a
+	// split child, empty and awaiting its handoff, with exactly those
+	// voters (docs/DECISIONS.md D39): every voter reads the same list from
+	// the same entry, so the child's group starts from one configuration.
+	PrepareSplit *prepareSplit `json:"prepare_split,omitempty"`
+}
+
+type prepareSplit struct {
+	Child  uint32        `json:"child"`
+	Voters []raft.Server `json:"voters"`
+}
+
+func encodeControl(c controlEntry) []byte {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(fmt.Sprintf("node: encoding a control entry: %v", err)) // plain data: cannot fail
+	}
+	return append([]byte{controlEntryVersion}, b...)
+}
 
 // encodeEntry encodes b as a Raft command entry.
 func encodeEntry(b *correlate.Batch) []byte {
@@ -39,7 +67,7 @@ func decodeEntry(data []byte) (correlate.Batch, error) {
 		return correlate.Batch{}, fmt.Errorf("%w: empty", ErrBadEntry)
 	}
 	if data[0] != entryVersion && data[0] != reshardEntryVersion {
-		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrEntryVersion, data[0], entryVersion, reshardEntryVersion)
+		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d to %d", ErrEntryVersion, data[0], entryVersion, controlEntryVersion)
 	}
 	b, err := correlate.DecodeBatch(data[1:])
 	if err != nil {
@@ -118,6 +146,9 @@ type shardFSM struct {
 	// it changed (on the FSM goroutine, with mu held; it must not block).
 	reshard   atomic.Pointer[correlate.ReshardState]
 	onReshard func(correlate.ReshardState)
+	// onControl, if set, is called with every control entry applied (on
+	// the FSM goroutine, with mu held; it must not block).
+	onControl func(controlEntry)
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -315,6 +346,16 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 		f.seg.res.Index = l.Index
 		if l.Type != raft.LogCommand || weakSkipEntry() {
+			continue
+		}
+		if len(l.Data) > 0 && l.Data[0] == controlEntryVersion {
+			var c controlEntry
+			if err := json.Unmarshal(l.Data[1:], &c); err != nil {
+				f.logger.Error("skipping undecodable control entry", "shard", f.shard, "index", l.Index, "err", err)
+				resp[i] = ApplyResult{Err: fmt.Errorf("%w: control entry: %w", ErrBadEntry, err)}
+			} else if f.onControl != nil {
+				f.onControl(c)
+			}
 			continue
 		}
 		b, err := decodeEntry(l.Data)

@@ -438,6 +438,7 @@ func (n *Node) openReplica(shard uint32) (*Replica, error) {
 		},
 		OnLogBudgetSnapshot: func(uint32) { n.metrics.logBudgetSnapshots.Inc() },
 		OnReshard:           n.reshardChanged,
+		OnControl:           n.control,
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},
@@ -483,8 +484,12 @@ func (n *Node) Replicas() []*Replica {
 }
 
 // Bootstrap creates every shard's group with this node as its only voter
-// (a one-node cluster, `scope agent -dev`), or resumes them if they exist.
+// (a one-node cluster, `scope agent -dev`), or resumes them if they exist,
+// with the groups of shards split since (docs/DECISIONS.md D39).
 func (n *Node) Bootstrap() error {
+	if _, err := n.OpenHosted(); err != nil {
+		return err
+	}
 	self := []raft.Server{{ID: raft.ServerID(n.cfg.ID), Address: raft.ServerAddress(n.cfg.RaftAddr)}}
 	all := make([]uint32, n.cfg.Shards)
 	for i := range all {

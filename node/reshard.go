@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/elixirscope/scope/correlate"
 )
 
@@ -37,28 +39,55 @@ type RemoteAdopter interface {
 const handoffRetry = 200 * time.Millisecond
 
 // Split splits shard, which this node must lead, into the layout of to
-// shards (its current count doubled), at the next entry of its log, and
-// waits for the commit. It is idempotent: a shard already split to to
-// shards or more returns nil. The child shard's group must exist (empty,
-// awaiting its handoff) before the split, or the handoff waits for it.
+// shards (its current count doubled), and waits for the commit. First the
+// child's group: a control entry in the parent's log names its voters (the
+// parent's), and each of them creates it, empty and awaiting its handoff;
+// once it has a leader, the split itself, at the next entry of the log.
+// It is idempotent: a shard already split to to shards or more returns
+// nil, and a child group that exists is not created again.
 func (n *Node) Split(ctx context.Context, shard, to uint32) error {
 	r := n.Replica(shard)
 	if r == nil {
 		return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
 	}
-	if st := r.Reshard(); st.Layout.Shards >= to {
+	st := r.Reshard()
+	if st.Layout.Shards >= to {
 		return nil
 	}
 	if !r.IsLeader() {
 		addr, id := r.Leader()
 		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	if to > n.maxShards {
+	switch {
+	case to != 2*st.Layout.Shards:
+		return fmt.Errorf("%w: split of shard %d to %d shards: it has %d, a split doubles them", ErrConfig, shard, to, st.Layout.Shards)
+	case to > n.maxShards:
 		return fmt.Errorf("%w: split of shard %d to %d shards: this node takes at most %d", ErrConfig, shard, to, n.maxShards)
 	}
 	timeout := n.cfg.CommitTimeout
 	if d, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(d))
+	}
+	child := shard + st.Layout.Shards
+	if c := n.Replica(child); c == nil || !childLed(c) {
+		voters, err := r.Voters()
+		if err != nil {
+			return fmt.Errorf("node: shard %d: configuration: %w", shard, err)
+		}
+		if err := r.proposeControl(controlEntry{PrepareSplit: &prepareSplit{Child: child, Voters: voters}}, timeout); err != nil {
+			return fmt.Errorf("node: shard %d: preparing child %d: %w", shard, child, err)
+		}
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for c = n.Replica(child); c == nil || !childLed(c); c = n.Replica(child) {
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("node: shard %d: child %d has no leader yet: %w", shard, child, ctx.Err())
+			case <-n.stop:
+				return ErrClosed
+			case <-tick.C:
+			}
+		}
 	}
 	err := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Split: to}, timeout)}.Wait()
 	if err != nil && r.Reshard().Layout.Shards >= to {
@@ -95,6 +124,54 @@ func (n *Node) Adopt(ctx context.Context, child uint32, a correlate.Adoption) er
 		return nil
 	}
 	return err
+}
+
+// childLed says a child's group has a leader (so the split can proceed:
+// ingest and the handoff find it at once).
+func childLed(c *Replica) bool {
+	_, id := c.Leader()
+	return id != ""
+}
+
+// control is every replica's OnControl. A PrepareSplit naming this node
+// creates the child's group with the voters it names (in the background:
+// the FSM goroutine must not wait). Every voter that applies the entry does
+// the same, from the same list; a voter that never applies it (it caught
+// up from a snapshot past it) lacks the child's replica until the cluster
+// opens one there, which then catches up from the child's leader.
+func (n *Node) control(shard uint32, c controlEntry) {
+	p := c.PrepareSplit
+	if p == nil {
+		return
+	}
+	if parent, ok := (correlate.Layout{Base: n.cfg.Shards}).Parent(p.Child); !ok || parent != shard || p.Child >= n.maxShards {
+		n.logger.Error("ignoring a split preparation for a shard that is not this shard's child", "shard", shard, "child", p.Child)
+		return
+	}
+	if !slices.ContainsFunc(p.Voters, func(s raft.Server) bool { return string(s.ID) == n.cfg.ID }) {
+		return
+	}
+	n.mu.RLock()
+	closed := n.closed
+	if !closed {
+		n.wg.Add(1)
+	}
+	n.mu.RUnlock()
+	if closed {
+		return
+	}
+	go func() {
+		defer n.wg.Done()
+		r, err := n.OpenReplica(p.Child)
+		if err == nil {
+			err = r.Bootstrap(p.Voters)
+		}
+		if err != nil && !errors.Is(err, ErrClosed) {
+			n.logger.Error("creating a split child's group", "shard", shard, "child", p.Child, "err", err)
+			return
+		}
+		n.logger.Info("split child created", "shard", shard, "child", p.Child, "voters", len(p.Voters))
+	}()
 }
 
 // reshardChanged is every replica's OnReshard: the node routes by the

@@ -77,8 +77,12 @@ func openChildren(t *testing.T, tn *testNode, base uint32) {
 func TestSplitUnderIngest(t *testing.T) {
 	const base, clients = 4, 4
 	tn := bootstrapped(t, "n1", t.TempDir(), base)
+	// The children's groups exist and are led before the load starts, so
+	// that the splits land in the middle of it (Split creates them itself
+	// otherwise, through the parent's log, which takes an election:
+	// TestSplitCreatesTheChildGroup).
 	openChildren(t, tn, base)
-	evs, receives := reshardWorkload(48, 600)
+	evs, receives := reshardWorkload(48, 1000)
 
 	// Each client sends the events of its own processes, in order, 40 to a
 	// request, waiting for each acknowledgement: the clients' requests
@@ -86,6 +90,7 @@ func TestSplitUnderIngest(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var progress int
+	splitDone := make(chan struct{})
 	for k := range clients {
 		var mine []correlate.Event
 		for _, e := range evs {
@@ -99,6 +104,9 @@ func TestSplitUnderIngest(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < len(mine); i += 40 {
+				if i >= len(mine)*4/5 {
+					<-splitDone // the last fifth after the split: both sides of it are loaded
+				}
 				part := append([]correlate.Event(nil), mine[i:min(i+40, len(mine))]...)
 				res := tn.Ingest(context.Background(), part, node.Committed)
 				for _, s := range res.Shards {
@@ -112,18 +120,27 @@ func TestSplitUnderIngest(t *testing.T) {
 			}
 		}()
 	}
-	testwait.For(t, "a third sent", 20*time.Second, func() bool {
+	testwait.For(t, "a fifth sent", 20*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return progress >= len(evs)/3
+		return progress >= len(evs)/5
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	errs := make(chan error, base)
 	for parent := range uint32(base) {
-		if err := tn.Split(ctx, parent, 2*base); err != nil {
+		go func() { errs <- tn.Split(ctx, parent, 2*base) }()
+	}
+	for range base {
+		if err := <-errs; err != nil {
+			close(splitDone)
 			t.Fatal(err)
 		}
 	}
+	mu.Lock()
+	t.Logf("split done with %d of %d events sent", progress, len(evs))
+	mu.Unlock()
+	close(splitDone)
 	wg.Wait()
 	if t.Failed() {
 		return
@@ -290,5 +307,60 @@ func TestPoolReroutesWhatASplitGaveAway(t *testing.T) {
 	}
 	if _, err := tn.Store().Get(base, exit.ID); err != nil {
 		t.Fatalf("the redirected exit is not on the child: %v", err)
+	}
+}
+
+// Split creates the child's group itself, through the parent's log, with
+// the parent's voters; the moved process's open frame is closed on the
+// child; and a restart reopens the child and routes by the split layout.
+func TestSplitCreatesTheChildGroup(t *testing.T) {
+	const base = 2
+	dir := t.TempDir()
+	tn := bootstrapped(t, "n1", dir, base)
+	moved, kept := movedAndKept(base)
+	calls := mustIngest(t, tn.Node, node.Committed,
+		call(moved.Origin, moved.PID, "m", "f", 10), call(kept.Origin, kept.PID, "m", "f", 11)).IDs
+	if tn.Replica(base) != nil {
+		t.Fatal("child exists before the split")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := tn.Split(ctx, 0, 2*base); err != nil {
+		t.Fatal(err)
+	}
+	child := tn.Replica(base)
+	voters, err := child.Voters()
+	if err != nil || len(voters) != 1 || voters[0].ID != "n1" {
+		t.Fatalf("child voters %v, %v", voters, err)
+	}
+	if err := tn.Split(ctx, 0, 2*base); err != nil { // again: nothing to do
+		t.Fatal(err)
+	}
+	res := mustIngest(t, tn.Node, node.Committed, ret(moved.Origin, moved.PID, "m", "f", 20))
+	got, err := tn.Store().Get(base, res.IDs[0])
+	if err != nil || !hasLink(got, correlate.LinkCompletes, calls[0]) {
+		t.Fatalf("moved return on the child: %+v, %v", got.Links, err)
+	}
+
+	tn.close(t)
+	tn = openTestNode(t, "n1", dir, base, nil)
+	if err := tn.Bootstrap(); err != nil {
+		t.Fatal(err)
+	}
+	if tn.Replica(base) == nil || tn.Layout() != (correlate.Layout{Base: base, Shards: 2 * base}) {
+		t.Fatalf("after a restart: child %v, layout %+v", tn.Replica(base) != nil, tn.Layout())
+	}
+	testwait.For(t, "shards led after the restart", 10*time.Second, func() bool {
+		for s := range uint32(2 * base) {
+			if r := tn.Replica(s); r == nil || !r.IsLeader() {
+				return s == 3 // shard 1 did not split: no shard 3
+			}
+		}
+		return true
+	})
+	res = mustIngest(t, tn.Node, node.Committed, ret(kept.Origin, kept.PID, "m", "f", 21))
+	got, err = tn.Store().Get(0, res.IDs[0])
+	if err != nil || !hasLink(got, correlate.LinkCompletes, calls[1]) {
+		t.Fatalf("kept return on the parent after the restart: %+v, %v", got.Links, err)
 	}
 }
