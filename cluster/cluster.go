@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
+	"github.com/elixirscope/scope/correlate"
 	"github.com/elixirscope/scope/node"
 	"github.com/elixirscope/scope/rpc"
 )
@@ -170,10 +171,12 @@ type Cluster struct {
 	// stepSlots bounds the shard steps running at once (reconcile.go).
 	stepSlots chan struct{}
 
-	mu       sync.Mutex
-	closed   bool
-	draining bool
-	steps    map[uint32]bool // shards with a step running (reconcile.go)
+	// reshardMu lets one Reshard coordinate from this node at a time.
+	reshardMu sync.Mutex
+	mu        sync.Mutex
+	closed    bool
+	draining  bool
+	steps     map[uint32]bool // shards with a step running (reconcile.go)
 	// restored: the replicas reopened from the data directory at Start,
 	// dropped if it turns out to be an old copy (identity.go).
 	restored []restoredReplica
@@ -216,8 +219,8 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if n.Shards() != cfg.Shards {
-		return nil, fmt.Errorf("%w: node has %d shards, cluster config %d", ErrConfig, n.Shards(), cfg.Shards)
+	if n.BaseShards() != cfg.Shards {
+		return nil, fmt.Errorf("%w: node has %d shards, cluster config %d", ErrConfig, n.BaseShards(), cfg.Shards)
 	}
 	client := cfg.HTTPClient
 	if client == nil {
@@ -242,7 +245,8 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		steps:   make(map[uint32]bool),
 		// A step is short unless a peer is slow; the bound keeps a
 		// cluster of thousands of shards from starting thousands of calls.
-		stepSlots: make(chan struct{}, min(int(cfg.Shards), maxConcurrentSteps)),
+		// Not bounded by the shard count: resharding adds shards later.
+		stepSlots: make(chan struct{}, maxConcurrentSteps),
 	}
 	c.selfProtocol = members.Meta().Protocol
 	c.writes.Store(uint32(c.selfProtocol.writes(0)))
@@ -351,12 +355,15 @@ func (c *Cluster) publishLoop() {
 	var last []uint32
 	var lastStale []StaleRun
 	lastReady, lastFormed, lastHolds := false, false, false
+	lastShards := c.cfg.Shards
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-t.C:
 		}
+		c.learnLayout()
+		shards := c.node.Shards()
 		var led []uint32
 		ready := true
 		reps := c.node.Replicas()
@@ -371,16 +378,37 @@ func (c *Cluster) publishLoop() {
 			}
 		}
 		stale := c.staleRuns()
-		if slices.Equal(led, last) && ready == lastReady && formed == lastFormed && holds == lastHolds && slices.Equal(stale, lastStale) {
+		if slices.Equal(led, last) && ready == lastReady && formed == lastFormed && holds == lastHolds && slices.Equal(stale, lastStale) &&
+			shards == lastShards {
 			continue
 		}
 		if err := c.members.UpdateMeta(func(m *Meta) {
 			m.Led, m.Ready, m.Formed, m.HoldsReplicas, m.Stale = led, ready, formed, holds, stale
+			m.Shards, m.Base = shards, 0
+			if shards != c.cfg.Shards {
+				m.Base = c.cfg.Shards
+			}
 		}); err != nil {
 			c.logger.Warn("publish metadata", "err", err)
 			continue
 		}
-		last, lastReady, lastFormed, lastHolds, lastStale = led, ready, formed, holds, stale
+		last, lastReady, lastFormed, lastHolds, lastStale, lastShards = led, ready, formed, holds, stale, shards
+	}
+}
+
+// learnLayout has the node route by the newest layout a live member of
+// this cluster advertises (docs/DECISIONS.md D39): a member advertises a
+// layout once one of its replicas applied a split to it, or it learned it
+// the same way, so the count only grows.
+func (c *Cluster) learnLayout() {
+	most := c.node.Shards()
+	for _, m := range c.members.Members() {
+		if m.State == MemberAlive && m.MetaErr == nil && m.Meta.BaseShards() == c.cfg.Shards && !c.foreign(m) && m.Meta.Shards > most {
+			most = m.Meta.Shards
+		}
+	}
+	if most > c.node.Shards() {
+		c.node.LearnLayout(correlate.Layout{Base: c.cfg.Shards, Shards: most})
 	}
 }
 
@@ -450,7 +478,7 @@ func (c *Cluster) placementMembers() (names []string, byName map[string]Member) 
 	members := c.members.Members()
 	v := clusterProtocol(c.sameCluster(members))
 	for _, m := range members {
-		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != c.cfg.Shards || c.foreign(m) ||
+		if m.State != MemberAlive || m.MetaErr != nil || m.Meta.Leaving || m.Meta.BaseShards() != c.cfg.Shards || c.foreign(m) ||
 			!speaksProtocol(m, v) {
 			continue
 		}

@@ -330,7 +330,7 @@ func (c *Cluster) learnClusterID(alive []Member) {
 	}
 	var found uint64
 	for _, m := range alive {
-		if !m.Meta.Formed || m.Meta.ClusterID == 0 || m.Meta.Shards != c.cfg.Shards {
+		if !m.Meta.Formed || m.Meta.ClusterID == 0 || m.Meta.BaseShards() != c.cfg.Shards {
 			continue
 		}
 		if found != 0 && m.Meta.ClusterID != found {

@@ -26,6 +26,10 @@ func (i info) TransferLeadership(ctx context.Context, shard uint32, to string) (
 	return from, leader, nil
 }
 
+func (i info) Reshard(ctx context.Context, shards uint32) (uint32, int, error) {
+	return i.c.Reshard(ctx, shards)
+}
+
 func (i info) Keyring(ctx context.Context, op scopev1.KeyringOperation, key []byte) *scopev1.KeyringResponse {
 	return i.c.Keyring(ctx, op, key)
 }

@@ -100,6 +100,7 @@ func TestMembershipFormsAndGossipsMeta(t *testing.T) {
 			mem, _ := memberView(m, other.Name())
 			want := testMeta(other.Name())
 			want.Name, want.ReadsIdentity = other.Name(), true // every Membership reads identity sections
+			want.Protocol = BuildProtocol                      // what NewMembership advertises when unset
 			if mem.MetaErr != nil || !metaEqualIgnoringLed(mem.Meta, want) || mem.Addr != other.Addr() {
 				t.Fatalf("%s sees %+v, want meta %+v at %s", m.Name(), mem, want, other.Addr())
 			}

@@ -20,7 +20,12 @@ type Meta struct {
 	// (protocol.go). Decoded from a node older than protocol versions, it
 	// is 1-1, what such a node speaks; zero encodes no protocol section.
 	Protocol ProtocolRange
-	Shards   uint32 // the cluster's shard count S, as this node knows it
+	Shards   uint32 // the cluster's shard count S, as this node knows it (its newest layout)
+	// Base is the cluster's shard count at bootstrap, which online
+	// resharding doubled to Shards (docs/DECISIONS.md D39); 0 when it
+	// equals Shards (no section is sent then, and a node older than
+	// resharding sends none). BaseShards tells it either way.
+	Base uint32
 	// Led lists the shards this node currently leads, ascending, each
 	// below Shards. Decoded values are ascending and unique.
 	Led []uint32
@@ -62,6 +67,14 @@ type Meta struct {
 	legacy bool
 }
 
+// BaseShards is the cluster's shard count at bootstrap as m tells it.
+func (m Meta) BaseShards() uint32 {
+	if m.Base == 0 {
+		return m.Shards
+	}
+	return m.Base
+}
+
 // StaleRun names a member started from an old copy of its data directory:
 // its node id, and the highest epoch seen for that id (the member must
 // resynchronize and take a higher one, see identity.go).
@@ -99,6 +112,8 @@ const MaxStaleRuns = 4
 //	without a new format version:
 //	  tag 1, identity: the version 1 identity section
 //	  tag 2, protocol: Min, Max
+//	  tag 3, base: the shard count at bootstrap (only when Shards was
+//	         doubled from it, D39)
 //
 // Flag bit 7 says the sender reads identity sections. Readers of version 1
 // older than the section reject it as trailing bytes, so a node appends its
@@ -125,6 +140,7 @@ const (
 
 	metaSectionIdentity = 1
 	metaSectionProtocol = 2
+	metaSectionBase     = 3
 
 	metaFlagReady   = 1 << 0
 	metaFormShift   = 1
@@ -193,6 +209,9 @@ func (m Meta) Encode(limit int) ([]byte, error) {
 		}
 		if m.Protocol != (ProtocolRange{}) {
 			ident = appendSection(ident, metaSectionProtocol, []byte{m.Protocol.Min, m.Protocol.Max})
+		}
+		if m.Base != 0 && m.Base != m.Shards {
+			ident = appendSection(ident, metaSectionBase, binary.AppendUvarint(nil, uint64(m.Base)))
 		}
 	}
 	buf := []byte{format, 0}
@@ -475,6 +494,11 @@ func (d *metaDecoder) sections(m *Meta) {
 				if !m.Protocol.Valid() {
 					body.fail(fmt.Sprintf("protocol %d-%d: want 1 <= Min <= Max", b[0], b[1]))
 				}
+			}
+		case metaSectionBase:
+			m.Base = body.u32()
+			if body.err == nil && (m.Base == 0 || m.Base > m.Shards || m.Shards%m.Base != 0) {
+				body.fail(fmt.Sprintf("base %d of %d shards", m.Base, m.Shards))
 			}
 		default:
 			continue // a section from a newer node

@@ -54,8 +54,10 @@ func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev
 		return connect.NewResponse(&nodev1.ReplicaStatusResponse{}), nil
 	}
 	applied, failed := r.Progress()
+	st := r.Reshard()
 	resp := &nodev1.ReplicaStatusResponse{Exists: true, AppliedIndex: applied, Leader: r.IsLeader(),
-		Failed: failed != nil, CommitIndex: r.Raft().CommitIndex()}
+		Failed: failed != nil, CommitIndex: r.Raft().CommitIndex(),
+		LayoutShards: st.Layout.Shards, AwaitingHandoff: st.Awaiting, Handoffs: uint32(st.Handoffs)}
 	if f := r.Raft().GetConfiguration(); f.Error() == nil {
 		for _, s := range f.Configuration().Servers {
 			resp.Members = append(resp.Members, string(s.ID))
@@ -121,6 +123,29 @@ func (s nodeService) DeliverNotices(ctx context.Context, req *connect.Request[no
 		return nil, internalError(err)
 	}
 	return connect.NewResponse(&nodev1.DeliverNoticesResponse{}), nil
+}
+
+func (s nodeService) Split(ctx context.Context, req *connect.Request[nodev1.SplitRequest]) (*connect.Response[nodev1.SplitResponse], error) {
+	if req.Msg.GetPrepareOnly() {
+		if err := s.c.node.PrepareSplit(ctx, req.Msg.GetShard(), req.Msg.GetShards()); err != nil {
+			return nil, internalError(err)
+		}
+		return connect.NewResponse(&nodev1.SplitResponse{}), nil
+	}
+	split, err := s.c.node.Split(ctx, req.Msg.GetShard(), req.Msg.GetShards())
+	if err != nil {
+		return nil, internalError(err)
+	}
+	return connect.NewResponse(&nodev1.SplitResponse{Split: split}), nil
+}
+
+func (s nodeService) Adopt(ctx context.Context, req *connect.Request[nodev1.AdoptRequest]) (*connect.Response[nodev1.AdoptResponse], error) {
+	m := req.Msg
+	a := correlate.Adoption{From: m.GetFrom(), Chunk: m.GetChunk(), Of: m.GetOf(), Records: m.GetRecords()}
+	if err := s.c.node.Adopt(ctx, m.GetShard(), a); err != nil {
+		return nil, internalError(err)
+	}
+	return connect.NewResponse(&nodev1.AdoptResponse{}), nil
 }
 
 func (s nodeService) ShardRead(ctx context.Context, req *connect.Request[nodev1.ShardReadRequest]) (*connect.Response[nodev1.ShardReadResponse], error) {
@@ -380,7 +405,11 @@ func internalError(err error) *connect.Error {
 	case errors.Is(err, node.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		code = connect.CodeDeadlineExceeded
 	case errors.Is(err, node.ErrNotLeader), errors.Is(err, node.ErrNoShard), errors.Is(err, node.ErrClosed),
-		errors.Is(err, node.ErrReplicaFailed), errors.Is(err, node.ErrShardClosed), errors.Is(err, store.ErrClosed):
+		errors.Is(err, node.ErrReplicaFailed), errors.Is(err, node.ErrShardClosed), errors.Is(err, store.ErrClosed),
+		errors.Is(err, node.ErrAwaitingHandoff):
+		code = connect.CodeUnavailable
+	case errors.Is(err, node.ErrConfig):
+		code = connect.CodeInvalidArgument
 		code = connect.CodeUnavailable
 	}
 	return connect.NewError(code, err)

@@ -38,8 +38,15 @@ type ProtocolRange struct{ Min, Max uint8 }
 
 // BuildProtocol is this build's range: protocol 1 is raft command entry
 // version 1, shard snapshot stream version 2 and NodeService v1 with the
-// shard-read page and edges_many reads.
-var BuildProtocol = ProtocolRange{Min: 1, Max: 1}
+// shard-read page and edges_many reads. Protocol 2 adds online resharding
+// (docs/DECISIONS.md D39): raft entry versions 2 (a split, a handoff) and
+// 3 (control entries), NodeService.Split and Adopt, and the replica status
+// of a split; the cluster reshards only once it speaks 2.
+var BuildProtocol = ProtocolRange{Min: 1, Max: 2}
+
+// ReshardProtocol is the protocol version resharding needs every member to
+// read.
+const ReshardProtocol = 2
 
 // legacyProtocol is the range of a node that predates protocol versions
 // (its metadata has no protocol section): it speaks protocol 1.

@@ -76,7 +76,14 @@ const maxConcurrentSteps = 64
 // (scope_cluster_steps_deferred_total).
 func (c *Cluster) stepAll(round uint64) {
 	c.unformed.update(c.sameCluster(c.members.Members()), time.Now(), c.cfg.LostVoterGrace)
-	for _, r := range c.node.Replicas() {
+	reps := c.node.Replicas()
+	// Start each round at another replica, so that when the slots run out
+	// the same shards do not take them every round.
+	if len(reps) > 0 {
+		k := int(round % uint64(len(reps)))
+		reps = append(reps[k:], reps[:k]...)
+	}
+	for _, r := range reps {
 		if c.ctx.Err() != nil {
 			return
 		}

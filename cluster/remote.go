@@ -346,6 +346,22 @@ func (d noticeDelivery) Route(shard uint32) string {
 	return name
 }
 
+// Adopt implements node.RemoteAdopter: it proposes a handoff chunk to a
+// split child on the node named to, which refuses it unless it leads the
+// child, and waits for the commit there.
+func (d noticeDelivery) Adopt(ctx context.Context, to string, child uint32, a correlate.Adoption) error {
+	m, ok := d.c.member(to)
+	if !ok || m.State != MemberAlive {
+		return fmt.Errorf("%w: %q (shard %d's leader) is not alive", ErrUnknownPeer, to, child)
+	}
+	return d.c.peers.call(ctx, m.Meta.HTTPAddr, func(ctx context.Context, p *peer) error {
+		_, err := p.node.Adopt(ctx, connect.NewRequest(&nodev1.AdoptRequest{Shard: child, From: a.From, Chunk: a.Chunk, Of: a.Of, Records: a.Records}))
+		return err
+	})
+}
+
+var _ node.RemoteAdopter = noticeDelivery{}
+
 // Deliver delivers notices for shard to the node named to, which refuses
 // them unless it leads shard, and waits for the commit there, within ctx
 // and RPCTimeout.

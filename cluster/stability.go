@@ -49,7 +49,7 @@ func placementCandidates(members []Member, inGroup []string, shards uint32, stab
 
 // candidate applies the rules above to one member.
 func candidate(m Member, inGroup bool, shards uint32, stabilization time.Duration, now time.Time) bool {
-	if m.MetaErr != nil || m.Meta.Leaving || m.Meta.Shards != shards {
+	if m.MetaErr != nil || m.Meta.Leaving || m.Meta.BaseShards() != shards {
 		return false
 	}
 	settled := now.Sub(m.Since) >= stabilization

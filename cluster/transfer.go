@@ -31,8 +31,8 @@ var (
 // under way). A node that does not lead the shard forwards the call to the
 // leader.
 func (c *Cluster) TransferLeadership(ctx context.Context, shard uint32, to string) (from, leader string, err error) {
-	if shard >= c.cfg.Shards {
-		return "", "", fmt.Errorf("%w: shard %d: the cluster has %d shards", ErrConfig, shard, c.cfg.Shards)
+	if shard >= c.node.Shards() {
+		return "", "", fmt.Errorf("%w: shard %d: the cluster has %d shards", ErrConfig, shard, c.node.Shards())
 	}
 	if r := c.node.Replica(shard); r != nil && r.IsLeader() {
 		leader, err := c.transferLocal(r, to)

@@ -41,6 +41,26 @@ type Batch struct {
 	Split     uint32
 	Adopt     *Adoption
 	HandedOff []uint64
+	// Prepare, when set, records that the child of the next split is to be
+	// created (Result.Prepared), once: a later Prepare for the same split
+	// changes nothing, so the child's group is created from one list of
+	// voters whichever leader asks.
+	Prepare *Preparation
+}
+
+// Preparation asks for the child of the split to Shards shards. Voters is
+// opaque to the correlator: who creates the child's group (the node's
+// encoding).
+type Preparation struct {
+	Shards uint32
+	Voters []byte
+}
+
+// Prepared is the first Preparation of a split, as applied: the child shard
+// to create and who creates it.
+type Prepared struct {
+	Child  uint32
+	Voters []byte
 }
 
 // NoticeKind says what a notice announces.
@@ -133,6 +153,9 @@ type Result struct {
 	// NoticesRefused counts the batch's notices not applied because the
 	// shard awaits its handoff: the sender must deliver them again.
 	NoticesRefused int
+	// Prepared is set when the batch's Prepare was the first for its
+	// split: the child's group is to be created.
+	Prepared *Prepared
 	// ReshardErr says why the batch's split or adoption was refused
 	// (ErrReshard); the state did not change for it.
 	ReshardErr error

@@ -28,7 +28,7 @@ const (
 	// version 1, byte for byte, so that builds which do not know version 2
 	// read everything but a reshard (docs/DECISIONS.md D39).
 	reshardCodecVersion = 2
-	reshardBatchFields  = 9
+	reshardBatchFields  = 10
 	edgeFields          = 3
 )
 
@@ -289,12 +289,21 @@ func AppendBatch(dst []byte, b *Batch) []byte {
 	for _, seq := range b.HandedOff {
 		dst = appendUint(dst, seq)
 	}
+	if p := b.Prepare; p == nil {
+		dst = append(dst, mpNil)
+	} else {
+		dst = appendArrayHeader(dst, 2)
+		dst = appendUint(dst, uint64(p.Shards))
+		dst = appendBin(dst, p.Voters)
+	}
 	return dst
 }
 
 // IsReshard reports whether b carries a resharding step (and is encoded as
 // batch version 2).
-func IsReshard(b *Batch) bool { return b.Split != 0 || b.Adopt != nil || len(b.HandedOff) > 0 }
+func IsReshard(b *Batch) bool {
+	return b.Split != 0 || b.Adopt != nil || len(b.HandedOff) > 0 || b.Prepare != nil
+}
 
 // DecodeBatch decodes a batch encoded by AppendBatch. All strings of all
 // events share one copy of data, and all links one slice, so a batch costs
@@ -357,6 +366,13 @@ func DecodeBatch(data []byte) (Batch, error) {
 			for i := 0; i < n && r.err == nil; i++ {
 				b.HandedOff[i] = r.uint()
 			}
+		}
+		if !r.isNil() {
+			if n := r.arrayLen(1); r.err == nil && n != 2 {
+				r.fail("preparation has %d fields, want 2", n)
+			}
+			b.Prepare = &Preparation{Shards: r.uint32()}
+			b.Prepare.Voters = bytes.Clone(r.bin())
 		}
 		if r.err == nil && !IsReshard(&b) {
 			r.fail("version 2 batch without a resharding step")

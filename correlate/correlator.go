@@ -31,6 +31,7 @@ type Correlator struct {
 	// those adopted so far (until the last); for a parent, the chunks its
 	// child has not confirmed.
 	layout            Layout
+	prepared          uint32 // the split whose child was prepared (Batch.Prepare)
 	adoptGot, adoptOf uint32
 	adopting          []StateRecord
 	handoffs          []*Handoff
@@ -95,7 +96,7 @@ func (c *Correlator) reset() {
 	c.dedup = dedupWindow{ids: newIDSet(c.cfg.DedupWindow)}
 	c.totals = Counters{}
 	c.layout = Layout{Base: c.cfg.Shards, Shards: c.cfg.Shards}
-	c.adoptGot, c.adoptOf, c.adopting, c.handoffs = 0, 0, nil, nil
+	c.adoptGot, c.adoptOf, c.adopting, c.handoffs, c.prepared = 0, 0, nil, nil, 0
 	c.interned = make(map[string]string)
 	c.funcs = make(map[[2]string][2]string)
 	c.seqMax = make(map[Process]uint64)
@@ -128,12 +129,13 @@ func (c *Correlator) LogTime() int64 { return c.logTime }
 func (c *Correlator) Apply(b Batch) Result {
 	var resharded []StateRecord
 	var reshardErr error
+	c.res = Result{Index: b.Index, Retention: b.Retention}
 	if IsReshard(&b) {
 		resharded, reshardErr = c.reshardStep(&b)
 	}
 	c.epoch++
 	c.cur = Counters{}
-	c.res = Result{Index: b.Index, Retention: b.Retention, ReshardErr: reshardErr}
+	c.res.ReshardErr = reshardErr
 	c.logTime = max(c.logTime, b.LogTime)
 	c.expire()
 	awaiting, split := c.awaiting(), c.layout.Shards != c.layout.Base

@@ -49,10 +49,13 @@ type ReshardState struct {
 	// Handoffs counts the chunks this shard gave a child that the child has
 	// not confirmed (Batch.HandedOff).
 	Handoffs int
+	// Prepared is the shard count of the split whose child was prepared
+	// (Batch.Prepare), 0 if none was.
+	Prepared uint32
 }
 
 const (
-	tagLayout  = 'L' // layout and adoption progress: [base, shards, adopted, of]
+	tagLayout  = 'L' // layout, adoption progress, split prepared: [base, shards, adopted, of, prepared]
 	tagHandoff = 'H' // handoff chunk: [child, chunk, of, records]
 )
 
@@ -62,7 +65,7 @@ var handoffChunkBytes = 1 << 20
 
 // Reshard returns the shard's layout and handoff progress.
 func (c *Correlator) Reshard() ReshardState {
-	return ReshardState{Layout: c.layout, Awaiting: c.awaiting(), Adopted: c.adoptGot, Of: c.adoptOf, Handoffs: len(c.handoffs)}
+	return ReshardState{Layout: c.layout, Awaiting: c.awaiting(), Adopted: c.adoptGot, Of: c.adoptOf, Handoffs: len(c.handoffs), Prepared: c.prepared}
 }
 
 // Layout returns the layout the shard routes by.
@@ -85,27 +88,28 @@ func (c *Correlator) awaiting() bool {
 
 // layoutRecord is the L record of the current layout and adoption.
 func (c *Correlator) appendLayout(b []byte) []byte {
-	b = appendArrayHeader(b, 4)
+	b = appendArrayHeader(b, 5)
 	b = appendUint(b, uint64(c.layout.Base))
 	b = appendUint(b, uint64(c.layout.Shards))
 	b = appendUint(b, uint64(c.adoptGot))
-	return appendUint(b, uint64(c.adoptOf))
+	b = appendUint(b, uint64(c.adoptOf))
+	return appendUint(b, uint64(c.prepared))
 }
 
 func (c *Correlator) readLayout(r *reader) {
-	if n := r.arrayLen(1); r.err == nil && n != 4 {
-		r.fail("layout has %d fields, want 4", n)
+	if n := r.arrayLen(1); r.err == nil && n != 5 {
+		r.fail("layout has %d fields, want 5", n)
 	}
 	l := Layout{Base: r.uint32(), Shards: r.uint32()}
-	got, of := r.uint32(), r.uint32()
+	got, of, prepared := r.uint32(), r.uint32(), r.uint32()
 	if r.err != nil {
 		return
 	}
-	if err := l.Validate(); err != nil || l.Base != c.cfg.Shards || c.cfg.Shard >= l.Shards || got > of {
-		r.fail("layout %d of base %d (adopted %d of %d) for shard %d of base %d", l.Shards, l.Base, got, of, c.cfg.Shard, c.cfg.Shards)
+	if err := l.Validate(); err != nil || l.Base != c.cfg.Shards || c.cfg.Shard >= l.Shards || got > of || prepared > 2*l.Shards {
+		r.fail("layout %d of base %d (adopted %d of %d, prepared %d) for shard %d of base %d", l.Shards, l.Base, got, of, prepared, c.cfg.Shard, c.cfg.Shards)
 		return
 	}
-	c.layout, c.adoptGot, c.adoptOf = l, got, of
+	c.layout, c.adoptGot, c.adoptOf, c.prepared = l, got, of, prepared
 }
 
 func appendHandoff(b []byte, h *Handoff) []byte {
@@ -178,6 +182,10 @@ func (c *Correlator) reshardStep(b *Batch) ([]StateRecord, error) {
 			out = append(out, StateRecord{Key: appendKey(nil, tagHandoff, seq)})
 		}
 	}
+	if b.Prepare != nil {
+		recs, err := c.prepare(b.Prepare)
+		out, refused = mergeRecords(out, recs), err
+	}
 	if b.Split != 0 {
 		recs, err := c.split(b.Split)
 		out, refused = mergeRecords(out, recs), err
@@ -187,6 +195,26 @@ func (c *Correlator) reshardStep(b *Batch) ([]StateRecord, error) {
 		out, refused = mergeRecords(out, recs), cmp.Or(refused, err)
 	}
 	return out, refused
+}
+
+// prepare records the first preparation of the next split's child and
+// reports it (Result.Prepared); a later one for the same split changes
+// nothing.
+func (c *Correlator) prepare(p *Preparation) ([]StateRecord, error) {
+	next := c.layout.Doubled()
+	switch {
+	case p.Shards != next.Shards || next.Shards > MaxLayoutShards:
+		return nil, fmt.Errorf("%w: preparing shard %d's split to %d shards: the layout has %d", ErrReshard, c.cfg.Shard, p.Shards, c.layout.Shards)
+	case c.awaiting():
+		return nil, fmt.Errorf("%w: preparing shard %d's split: it has not adopted its own handoff", ErrReshard, c.cfg.Shard)
+	case c.prepared >= p.Shards:
+		return nil, nil // prepared by an earlier entry: its voters create the child
+	}
+	c.prepared = p.Shards
+	c.res.Prepared = &Prepared{Child: c.cfg.Shard + c.layout.Shards, Voters: bytes.Clone(p.Voters)}
+	var add recs
+	add.put(tagLayout, 0, c.appendLayout)
+	return add.out, nil
 }
 
 // split doubles the layout at this point of the log. A split asked for any

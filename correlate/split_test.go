@@ -341,11 +341,38 @@ func TestSplitStateIsPersistedExactly(t *testing.T) {
 	}
 }
 
+// The first preparation of a split is reported, once, whichever entry
+// repeats it, and persists across a restart.
+func TestPrepareIsReportedOnce(t *testing.T) {
+	c, _ := New(DefaultConfig(1, 4))
+	kv := map[string][]byte{}
+	res := c.Apply(Batch{Prepare: &Preparation{Shards: 8, Voters: []byte("a")}})
+	if res.ReshardErr != nil || res.Prepared == nil || res.Prepared.Child != 5 || string(res.Prepared.Voters) != "a" {
+		t.Fatalf("first preparation: %+v, %v", res.Prepared, res.ReshardErr)
+	}
+	persist(kv, res.State)
+	checkPersisted(t, kv, c)
+	d, _ := New(DefaultConfig(1, 4))
+	if err := d.Restore(kvRecords(kv)); err != nil {
+		t.Fatal(err)
+	}
+	if res := d.Apply(Batch{Prepare: &Preparation{Shards: 8, Voters: []byte("b")}}); res.ReshardErr != nil || res.Prepared != nil {
+		t.Fatalf("second preparation after a restart: %+v, %v", res.Prepared, res.ReshardErr)
+	}
+	if res := d.Apply(Batch{Prepare: &Preparation{Shards: 16}}); !errors.Is(res.ReshardErr, ErrReshard) {
+		t.Fatalf("preparing a split that is not the next: %v", res.ReshardErr)
+	}
+	if d.Reshard().Prepared != 8 {
+		t.Fatalf("state %+v", d.Reshard())
+	}
+}
+
 func TestReshardBatchCodec(t *testing.T) {
 	for _, b := range []Batch{
 		{LogTime: 5, Split: 32},
 		{LogTime: 6, Adopt: &Adoption{From: 3, Chunk: 1, Of: 4, Records: []byte{1, 2, 3}}},
 		{LogTime: 7, HandedOff: []uint64{9, 10}, Notices: []Notice{{Kind: NoticeSend, EventID: testID(1, 1)}}},
+		{LogTime: 8, Prepare: &Preparation{Shards: 8, Voters: []byte("n1,n2")}},
 	} {
 		enc := AppendBatch(nil, &b)
 		if enc[1] != reshardCodecVersion {

@@ -218,7 +218,7 @@ func (c *Correlator) Snapshot() []StateRecord {
 	for _, h := range c.handoffs {
 		r.put(tagHandoff, h.Seq, func(b []byte) []byte { return appendHandoff(b, h) })
 	}
-	if c.layout.Shards != c.layout.Base || c.adoptOf != 0 {
+	if c.layout.Shards != c.layout.Base || c.adoptOf != 0 || c.prepared != 0 {
 		r.put(tagLayout, 0, c.appendLayout)
 	}
 	r.put(tagMeta, 0, c.appendMeta)

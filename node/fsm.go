@@ -1,7 +1,6 @@
 package node
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,37 +20,10 @@ import (
 // resharding step (split, handoff) is entry version 2, so that a build
 // which does not know resharding stops at it instead of skipping it
 // (docs/DECISIONS.md D39); every other entry stays version 1.
-//
-// Version 3 is a control entry: not a batch, nothing for the correlator,
-// an instruction every replica of the shard sees at the same point of its
-// log (controlEntry). It too came with resharding.
 const (
 	entryVersion        byte = 1
 	reshardEntryVersion byte = 2
-	controlEntryVersion byte = 3
 )
-
-// controlEntry is the JSON payload of a control entry.
-type controlEntry struct {
-	// PrepareSplit asks the voters it names to create the group of a
-	// split child, empty and awaiting its handoff, with exactly those
-	// voters (docs/DECISIONS.md D39): every voter reads the same list from
-	// the same entry, so the child's group starts from one configuration.
-	PrepareSplit *prepareSplit `json:"prepare_split,omitempty"`
-}
-
-type prepareSplit struct {
-	Child  uint32        `json:"child"`
-	Voters []raft.Server `json:"voters"`
-}
-
-func encodeControl(c controlEntry) []byte {
-	b, err := json.Marshal(c)
-	if err != nil {
-		panic(fmt.Sprintf("node: encoding a control entry: %v", err)) // plain data: cannot fail
-	}
-	return append([]byte{controlEntryVersion}, b...)
-}
 
 // encodeEntry encodes b as a Raft command entry.
 func encodeEntry(b *correlate.Batch) []byte {
@@ -67,7 +39,7 @@ func decodeEntry(data []byte) (correlate.Batch, error) {
 		return correlate.Batch{}, fmt.Errorf("%w: empty", ErrBadEntry)
 	}
 	if data[0] != entryVersion && data[0] != reshardEntryVersion {
-		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d to %d", ErrEntryVersion, data[0], entryVersion, controlEntryVersion)
+		return correlate.Batch{}, fmt.Errorf("%w: version %d, this build reads %d and %d", ErrEntryVersion, data[0], entryVersion, reshardEntryVersion)
 	}
 	b, err := correlate.DecodeBatch(data[1:])
 	if err != nil {
@@ -91,6 +63,9 @@ type ApplyResult struct {
 	// shard did not apply because it does not own their process (it split,
 	// docs/DECISIONS.md D39): the proposer sends them to their owner.
 	Rerouted []int
+	// Prepared says the entry was the first preparation of its split: the
+	// child's group is being created with the voters it named.
+	Prepared bool
 	// Err: the entry could not be applied (and was skipped on every
 	// replica), or its split, handoff or notices were refused (the same
 	// way on every replica).
@@ -146,9 +121,10 @@ type shardFSM struct {
 	// it changed (on the FSM goroutine, with mu held; it must not block).
 	reshard   atomic.Pointer[correlate.ReshardState]
 	onReshard func(correlate.ReshardState)
-	// onControl, if set, is called with every control entry applied (on
-	// the FSM goroutine, with mu held; it must not block).
-	onControl func(controlEntry)
+	// onPrepared, if set, is called with every first preparation of a
+	// split the shard applies (on the FSM goroutine, with mu held; it must
+	// not block).
+	onPrepared func(correlate.Prepared)
 
 	mu      sync.Mutex
 	corr    *correlate.Correlator
@@ -348,16 +324,6 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		if l.Type != raft.LogCommand || weakSkipEntry() {
 			continue
 		}
-		if len(l.Data) > 0 && l.Data[0] == controlEntryVersion {
-			var c controlEntry
-			if err := json.Unmarshal(l.Data[1:], &c); err != nil {
-				f.logger.Error("skipping undecodable control entry", "shard", f.shard, "index", l.Index, "err", err)
-				resp[i] = ApplyResult{Err: fmt.Errorf("%w: control entry: %w", ErrBadEntry, err)}
-			} else if f.onControl != nil {
-				f.onControl(c)
-			}
-			continue
-		}
 		b, err := decodeEntry(l.Data)
 		if errors.Is(err, ErrEntryVersion) {
 			// A leader of a newer build wrote it: the replicas that read
@@ -394,6 +360,12 @@ func (f *shardFSM) ApplyBatch(logs []*raft.Log) []any {
 		}
 		if reshard {
 			f.publishReshard()
+			if res.Prepared != nil {
+				resp[i] = ApplyResult{Counters: res.Counters, Prepared: true}
+				if f.onPrepared != nil {
+					f.onPrepared(*res.Prepared)
+				}
+			}
 		}
 		if res.Retention != nil || f.seg.refersTo(res.Events) {
 			// Write what precedes this entry on its own.

@@ -490,7 +490,7 @@ func TestUnknownEntryVersionStopsTheReplica(t *testing.T) {
 	e.Kind = correlate.KindStateChange
 	g.add(raft.LogCommand, encodeEntry(&correlate.Batch{LogTime: g.logTime, Events: []correlate.Event{e}}))
 	g.add(raft.LogCommand, []byte{entryVersion, 0xff, 0xff, 0xff})
-	g.add(raft.LogCommand, []byte{controlEntryVersion + 1, 1, 2, 3})
+	g.add(raft.LogCommand, []byte{reshardEntryVersion + 1, 1, 2, 3})
 
 	f := openFSM(t, fsmTestConfig(64))
 	resp := f.ApplyBatch(g.log[:2])

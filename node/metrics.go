@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/elixirscope/scope/correlate"
+	"github.com/elixirscope/scope/store"
 )
 
 // Metrics holds a node's Prometheus metrics. Everything a bound refuses or
@@ -272,6 +273,7 @@ func (p *poolMetrics) ShardAdded(shard uint32) {
 	}
 	for _, outcome := range []string{"ok", "refused", "unknown"} {
 		p.redirected.WithLabelValues(l, outcome)
+		p.rerouted.WithLabelValues(l, outcome)
 	}
 	p.ringUsed.WithLabelValues(l)
 	p.redirectBacklog.WithLabelValues(l)
@@ -313,5 +315,24 @@ func (m *Metrics) applied(shard uint32, res *correlate.Result) {
 		if kv.n > 0 {
 			m.correlator.WithLabelValues(kv.what).Add(float64(kv.n))
 		}
+	}
+}
+
+// watchStore exports the store's own counters: records it chose not to
+// write (see store.Counters).
+func (m *Metrics) watchStore(st *store.Store) {
+	for _, c := range []struct {
+		name, help string
+		get        func(store.Counters) uint64
+	}{
+		{"scope_store_duplicates_total", "Events the store did not write because their id was stored already (behind the FSM's own screen).",
+			func(c store.Counters) uint64 { return c.Duplicates }},
+		{"scope_store_edges_dropped_total", "Link records dropped because neither of their events is stored on the shard (after a split: a link between two events the parent stored, docs/DECISIONS.md D39).",
+			func(c store.Counters) uint64 { return c.EdgesDropped }},
+		{"scope_store_frames_lost_total", "Frame-end records dropped because their CALL is not stored on the shard (deleted by retention, or stored by the parent before a split, D39).",
+			func(c store.Counters) uint64 { return c.FramesLost }},
+	} {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},
+			func() float64 { return float64(c.get(st.Counters())) }))
 	}
 }

@@ -300,6 +300,7 @@ func Open(cfg Config) (*Node, error) {
 	n.metrics.watchTail(n.tail)
 	n.metrics.reg.MustRegister(newPebbleCollector(map[string]func() (*pebble.Metrics, uint64){
 		"store": st.PebbleMetrics, "raftlog": rl.PebbleMetrics}))
+	n.metrics.watchStore(st)
 	n.wg.Add(4)
 	go n.deliverHandoffs()
 	go n.deliverNotices()
@@ -438,7 +439,7 @@ func (n *Node) openReplica(shard uint32) (*Replica, error) {
 		},
 		OnLogBudgetSnapshot: func(uint32) { n.metrics.logBudgetSnapshots.Inc() },
 		OnReshard:           n.reshardChanged,
-		OnControl:           n.control,
+		OnPrepared:          n.prepared,
 		WaitWritable: func(stop <-chan struct{}) bool {
 			return n.disk.waitWritable(stop)
 		},

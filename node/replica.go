@@ -94,9 +94,9 @@ type ReplicaConfig struct {
 	// OnReshard, if set, is told the shard's resharding state each time
 	// an apply changed it (on the FSM goroutine; it must not block).
 	OnReshard func(shard uint32, st correlate.ReshardState)
-	// OnControl, if set, is given every control entry the replica applies
-	// (on the FSM goroutine; it must not block).
-	OnControl func(shard uint32, c controlEntry)
+	// OnPrepared, if set, is given every first preparation of a split the
+	// replica applies (on the FSM goroutine; it must not block).
+	OnPrepared func(shard uint32, p correlate.Prepared)
 	// OnLogBudgetSnapshot, if set, is told each time a snapshot is taken
 	// because the log reached Timing.LogBytes (logbudget.go).
 	OnLogBudgetSnapshot func(shard uint32)
@@ -151,8 +151,8 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, error) {
 	if cfg.OnApply != nil {
 		fsm.onApply = func(res *correlate.Result, spans []EntrySpan) { cfg.OnApply(cfg.Shard, res, spans) }
 	}
-	if cfg.OnControl != nil {
-		fsm.onControl = func(c controlEntry) { cfg.OnControl(cfg.Shard, c) }
+	if cfg.OnPrepared != nil {
+		fsm.onPrepared = func(p correlate.Prepared) { cfg.OnPrepared(cfg.Shard, p) }
 	}
 	if cfg.OnReshard != nil {
 		fsm.onReshard = func(st correlate.ReshardState) { cfg.OnReshard(cfg.Shard, st) }
@@ -331,11 +331,6 @@ func (r *Replica) retire() (wasLeader bool, err error) {
 func (r *Replica) Propose(b *correlate.Batch, timeout time.Duration) raft.ApplyFuture {
 	b.LogTime = r.now().UnixNano()
 	return r.raft.Apply(encodeEntry(b), timeout)
-}
-
-// proposeControl proposes a control entry and waits for its commit.
-func (r *Replica) proposeControl(c controlEntry, timeout time.Duration) error {
-	return raftFuture{shard: r.shard, f: r.raft.Apply(encodeControl(c), timeout)}.Wait()
 }
 
 // Voters returns the voters of the group's latest configuration.

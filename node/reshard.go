@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -14,12 +15,15 @@ import (
 
 // Online resharding on the node (docs/DECISIONS.md D39). The correlator
 // splits a shard at one entry of its log (correlate/split.go); the node:
-//   - proposes the split on the shard's leader (Split);
+//   - creates the child's group through the parent's log, with the parent's
+//     voters (PrepareSplit, prepared), then proposes the split on the
+//     shard's leader (Split);
 //   - delivers the handoff chunks the split left in the parent's state to
 //     the child's leader, in order, and confirms each to the parent once the
 //     child committed it (the handoff loop below; Adopt on the child's side);
-//   - refuses events and notices for a child that has not adopted its whole
-//     handoff (ErrAwaitingHandoff: nothing is stored, a retry succeeds);
+//   - holds ingest for a child that has not adopted its whole handoff (it
+//     waits within the request's deadline) and refuses notices to it
+//     (ErrAwaitingHandoff: nothing is stored, a retry succeeds);
 //   - sends the events a split shard gave away to their owner (Reroute,
 //     called by the writer pool for RerouteReporter proposals);
 //   - routes ingest by the newest layout it knows (Layout), which only grows:
@@ -39,61 +43,103 @@ type RemoteAdopter interface {
 const handoffRetry = 200 * time.Millisecond
 
 // Split splits shard, which this node must lead, into the layout of to
-// shards (its current count doubled), and waits for the commit. First the
-// child's group: a control entry in the parent's log names its voters (the
-// parent's), and each of them creates it, empty and awaiting its handoff;
-// once it has a leader, the split itself, at the next entry of the log.
-// It is idempotent: a shard already split to to shards or more returns
-// nil, and a child group that exists is not created again.
-func (n *Node) Split(ctx context.Context, shard, to uint32) error {
-	r := n.Replica(shard)
-	if r == nil {
-		return fmt.Errorf("%w: shard %d", ErrNoShard, shard)
+// shards (its current count doubled), and waits for the commit: first
+// PrepareSplit, then the split itself, at the next entry of the log. It is
+// idempotent: a shard already split to to shards or more returns false and
+// nil; split says this call split the shard.
+func (n *Node) Split(ctx context.Context, shard, to uint32) (split bool, err error) {
+	r, done, err := n.splitting(shard, to)
+	if err != nil || done {
+		return false, err
+	}
+	if err := n.PrepareSplit(ctx, shard, to); err != nil {
+		return false, err
+	}
+	err = raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Split: to}, n.timeout(ctx))}.Wait()
+	if err != nil && r.Reshard().Layout.Shards >= to {
+		return false, nil // split by an earlier request meanwhile
+	}
+	return err == nil, err
+}
+
+// PrepareSplit creates the group of the child shard's split to to shards
+// will fill, and waits until it has a leader, unless it exists already:
+// an entry in the parent's log names its voters (the parent's), and each
+// of them creates it, empty and awaiting its handoff (only the first such
+// entry counts: see prepared). Until the split nothing routes to it, so a
+// reshard prepares every child before it splits any shard: once nodes
+// route by the new layout, every child is there to take its events.
+func (n *Node) PrepareSplit(ctx context.Context, shard, to uint32) error {
+	r, done, err := n.splitting(shard, to)
+	if err != nil || done {
+		return err
 	}
 	st := r.Reshard()
-	if st.Layout.Shards >= to {
-		return nil
-	}
-	if !r.IsLeader() {
-		addr, id := r.Leader()
-		return &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
-	}
-	switch {
-	case to != 2*st.Layout.Shards:
-		return fmt.Errorf("%w: split of shard %d to %d shards: it has %d, a split doubles them", ErrConfig, shard, to, st.Layout.Shards)
-	case to > n.maxShards:
-		return fmt.Errorf("%w: split of shard %d to %d shards: this node takes at most %d", ErrConfig, shard, to, n.maxShards)
-	}
-	timeout := n.cfg.CommitTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(d))
-	}
 	child := shard + st.Layout.Shards
-	if c := n.Replica(child); c == nil || !childLed(c) {
-		voters, err := r.Voters()
-		if err != nil {
-			return fmt.Errorf("node: shard %d: configuration: %w", shard, err)
-		}
-		if err := r.proposeControl(controlEntry{PrepareSplit: &prepareSplit{Child: child, Voters: voters}}, timeout); err != nil {
-			return fmt.Errorf("node: shard %d: preparing child %d: %w", shard, child, err)
-		}
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for c = n.Replica(child); c == nil || !childLed(c); c = n.Replica(child) {
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("node: shard %d: child %d has no leader yet: %w", shard, child, ctx.Err())
-			case <-n.stop:
-				return ErrClosed
-			case <-tick.C:
-			}
+	if c := n.Replica(child); st.Prepared >= to || c != nil && childLed(c) {
+		return nil // prepared by an earlier entry, whose voters created the child
+	}
+	voters, err := r.Voters()
+	if err != nil {
+		return fmt.Errorf("node: shard %d: configuration: %w", shard, err)
+	}
+	list, err := json.Marshal(voters)
+	if err != nil {
+		return err
+	}
+	f := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Prepare: &correlate.Preparation{Shards: to, Voters: list}}, n.timeout(ctx))}
+	if err := f.Wait(); err != nil {
+		return fmt.Errorf("node: shard %d: preparing child %d: %w", shard, child, err)
+	}
+	if ar, _ := f.f.Response().(ApplyResult); !ar.Prepared {
+		return nil // an earlier preparation's voters created the child
+	}
+	// This entry created the child's group, here among others: wait until
+	// it is led, so that ingest and the handoff find it at once.
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for c := n.Replica(child); c == nil || !childLed(c); c = n.Replica(child) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: shard %d: child %d has no leader yet: %w", ErrTimeout, shard, child, ctx.Err())
+		case <-n.stop:
+			return ErrClosed
+		case <-tick.C:
 		}
 	}
-	err := raftFuture{shard: shard, f: r.Propose(&correlate.Batch{Split: to}, timeout)}.Wait()
-	if err != nil && r.Reshard().Layout.Shards >= to {
-		return nil // split by an earlier request meanwhile
+	return nil
+}
+
+// splitting checks a split of shard to to shards on this node: the replica
+// (which must lead), or done when the shard was split that far already.
+func (n *Node) splitting(shard, to uint32) (r *Replica, done bool, err error) {
+	r = n.Replica(shard)
+	if r == nil {
+		return nil, false, fmt.Errorf("%w: shard %d", ErrNoShard, shard)
 	}
-	return err
+	st := r.Reshard()
+	switch {
+	case st.Layout.Shards >= to:
+		return r, true, nil
+	case !r.IsLeader():
+		addr, id := r.Leader()
+		return nil, false, &NotLeaderError{Shard: shard, LeaderID: string(id), LeaderAddr: string(addr)}
+	case to != 2*st.Layout.Shards:
+		return nil, false, fmt.Errorf("%w: split of shard %d to %d shards: it has %d, a split doubles them", ErrConfig, shard, to, st.Layout.Shards)
+	case to > n.maxShards:
+		return nil, false, fmt.Errorf("%w: split of shard %d to %d shards: this node takes at most %d", ErrConfig, shard, to, n.maxShards)
+	case st.Awaiting:
+		return nil, false, fmt.Errorf("%w: shard %d", ErrAwaitingHandoff, shard)
+	}
+	return r, false, nil
+}
+
+// timeout is the commit timeout, or less if ctx ends sooner.
+func (n *Node) timeout(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return min(n.cfg.CommitTimeout, time.Until(d))
+	}
+	return n.cfg.CommitTimeout
 }
 
 // Adopt proposes handoff chunk a to child, a split shard this node must
@@ -115,11 +161,7 @@ func (n *Node) Adopt(ctx context.Context, child uint32, a correlate.Adoption) er
 		addr, id := r.Leader()
 		return &NotLeaderError{Shard: child, LeaderID: string(id), LeaderAddr: string(addr)}
 	}
-	timeout := n.cfg.CommitTimeout
-	if d, ok := ctx.Deadline(); ok {
-		timeout = min(timeout, time.Until(d))
-	}
-	err := raftFuture{shard: child, f: r.Propose(&correlate.Batch{Adopt: &a}, timeout)}.Wait()
+	err := raftFuture{shard: child, f: r.Propose(&correlate.Batch{Adopt: &a}, n.timeout(ctx))}.Wait()
 	if err != nil && adopted() {
 		return nil
 	}
@@ -133,22 +175,23 @@ func childLed(c *Replica) bool {
 	return id != ""
 }
 
-// control is every replica's OnControl. A PrepareSplit naming this node
-// creates the child's group with the voters it names (in the background:
-// the FSM goroutine must not wait). Every voter that applies the entry does
-// the same, from the same list; a voter that never applies it (it caught
-// up from a snapshot past it) lacks the child's replica until the cluster
-// opens one there, which then catches up from the child's leader.
-func (n *Node) control(shard uint32, c controlEntry) {
-	p := c.PrepareSplit
-	if p == nil {
+// prepared is every replica's OnPrepared: the first preparation of a split
+// in the shard's log names the voters that create the child's group; this
+// node creates it (in the background: the FSM goroutine must not wait) if
+// it is one of them, with exactly that list. Every voter that applies the
+// entry does the same from the same list, and a later preparation of the
+// same split creates nothing (correlate), so the child's group starts from
+// one configuration whichever leader asked. A voter that never applies the
+// entry (it caught up from a snapshot past it) lacks the child's replica;
+// the group works with the others, and placement moves the child's
+// replicas like any shard's.
+func (n *Node) prepared(shard uint32, p correlate.Prepared) {
+	var voters []raft.Server
+	if err := json.Unmarshal(p.Voters, &voters); err != nil {
+		n.logger.Error("ignoring a split preparation with unreadable voters", "shard", shard, "child", p.Child, "err", err)
 		return
 	}
-	if parent, ok := (correlate.Layout{Base: n.cfg.Shards}).Parent(p.Child); !ok || parent != shard || p.Child >= n.maxShards {
-		n.logger.Error("ignoring a split preparation for a shard that is not this shard's child", "shard", shard, "child", p.Child)
-		return
-	}
-	if !slices.ContainsFunc(p.Voters, func(s raft.Server) bool { return string(s.ID) == n.cfg.ID }) {
+	if p.Child >= n.maxShards || !slices.ContainsFunc(voters, func(s raft.Server) bool { return string(s.ID) == n.cfg.ID }) {
 		return
 	}
 	n.mu.RLock()
@@ -164,13 +207,13 @@ func (n *Node) control(shard uint32, c controlEntry) {
 		defer n.wg.Done()
 		r, err := n.OpenReplica(p.Child)
 		if err == nil {
-			err = r.Bootstrap(p.Voters)
+			err = r.Bootstrap(voters)
 		}
 		if err != nil && !errors.Is(err, ErrClosed) {
 			n.logger.Error("creating a split child's group", "shard", shard, "child", p.Child, "err", err)
 			return
 		}
-		n.logger.Info("split child created", "shard", shard, "child", p.Child, "voters", len(p.Voters))
+		n.logger.Info("split child created", "shard", shard, "child", p.Child, "voters", len(voters))
 	}()
 }
 
@@ -289,4 +332,57 @@ func (n *Node) Reroute(ctx context.Context, events []correlate.Event, commit boo
 	// Some parts stored, some not: the events' outcome as a whole is not
 	// one of nothing stored.
 	return dups, fmt.Errorf("%w: rerouted in %d parts, %d failed: %w", ErrOutcomeUnknown, len(shards), len(errs), errors.Join(errs...))
+}
+
+// ValidReshard checks that shards is a layout count the cluster of base
+// shards, now at from, can grow to: from doubled one or more times (or from
+// itself: nothing to do), at most MaxShardsFor(base).
+func ValidReshard(base, from, shards uint32) error {
+	l := correlate.Layout{Base: base, Shards: shards}
+	switch {
+	case shards < from:
+		return fmt.Errorf("%w: shards %d: the cluster has %d; shards can only grow (doubling)", ErrConfig, shards, from)
+	case l.Validate() != nil:
+		return fmt.Errorf("%w: shards %d: must be the count doubled (%d, %d, %d, ...)", ErrConfig, shards, 2*from, 4*from, 8*from)
+	case shards > MaxShardsFor(base):
+		return fmt.Errorf("%w: shards %d: a cluster of %d shards grows to at most %d", ErrConfig, shards, base, MaxShardsFor(base))
+	}
+	return nil
+}
+
+// Reshard grows a one-node cluster (`scope agent -dev`, every shard here)
+// to shards shards: each doubling splits every shard and waits for every
+// child's handoff. It is idempotent and resumes an interrupted reshard. It
+// returns the count before and how many shards this call split.
+func (n *Node) Reshard(ctx context.Context, shards uint32) (from uint32, splits int, err error) {
+	from = n.Shards()
+	if err := ValidReshard(n.cfg.Shards, from, shards); err != nil {
+		return from, 0, err
+	}
+	for cur := n.cfg.Shards; cur < shards; cur *= 2 {
+		for parent := range cur {
+			if err := n.PrepareSplit(ctx, parent, 2*cur); err != nil {
+				return from, splits, fmt.Errorf("node: preparing the split of shard %d to %d shards: %w", parent, 2*cur, err)
+			}
+		}
+		for parent := range cur {
+			split, err := n.Split(ctx, parent, 2*cur)
+			if err != nil {
+				return from, splits, fmt.Errorf("node: split of shard %d to %d shards: %w", parent, 2*cur, err)
+			}
+			if split {
+				splits++
+			}
+		}
+		for child := cur; child < 2*cur; child++ {
+			r := n.Replica(child)
+			if r == nil {
+				return from, splits, fmt.Errorf("%w: shard %d", ErrNoShard, child)
+			}
+			if err := r.AwaitHandoff(ctx); err != nil {
+				return from, splits, err
+			}
+		}
+	}
+	return from, splits, nil
 }

@@ -129,7 +129,7 @@ func TestSplitUnderIngest(t *testing.T) {
 	defer cancel()
 	errs := make(chan error, base)
 	for parent := range uint32(base) {
-		go func() { errs <- tn.Split(ctx, parent, 2*base) }()
+		go func() { _, err := tn.Split(ctx, parent, 2*base); errs <- err }()
 	}
 	for range base {
 		if err := <-errs; err != nil {
@@ -261,7 +261,7 @@ func TestPoolReroutesWhatASplitGaveAway(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	splitDone := make(chan error, 1)
-	go func() { splitDone <- tn.Split(ctx, 0, 2*base) }()
+	go func() { _, err := tn.Split(ctx, 0, 2*base); splitDone <- err }()
 	testwait.For(t, "split appended", 10*time.Second, func() bool { return parent.LastIndex() > before })
 	returns := []correlate.Event{ret(moved.Origin, moved.PID, "m", "f", 20), ret(kept.Origin, kept.PID, "m", "f", 21)}
 	ingestDone := make(chan node.IngestResult, 1)
@@ -325,16 +325,16 @@ func TestSplitCreatesTheChildGroup(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := tn.Split(ctx, 0, 2*base); err != nil {
-		t.Fatal(err)
+	if split, err := tn.Split(ctx, 0, 2*base); err != nil || !split {
+		t.Fatal(split, err)
 	}
 	child := tn.Replica(base)
 	voters, err := child.Voters()
 	if err != nil || len(voters) != 1 || voters[0].ID != "n1" {
 		t.Fatalf("child voters %v, %v", voters, err)
 	}
-	if err := tn.Split(ctx, 0, 2*base); err != nil { // again: nothing to do
-		t.Fatal(err)
+	if split, err := tn.Split(ctx, 0, 2*base); err != nil || split { // again: nothing to do
+		t.Fatal(split, err)
 	}
 	res := mustIngest(t, tn.Node, node.Committed, ret(moved.Origin, moved.PID, "m", "f", 20))
 	got, err := tn.Store().Get(base, res.IDs[0])

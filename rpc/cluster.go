@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"connectrpc.com/connect"
 	"github.com/hashicorp/raft"
 
+	"github.com/elixirscope/scope/node"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 )
@@ -31,6 +33,10 @@ type ClusterInfo interface {
 	// TransferLeadership hands shard's leadership to the voter named to
 	// ("" for any); its errors are Connect errors.
 	TransferLeadership(ctx context.Context, shard uint32, to string) (from, leader string, err error)
+	// Reshard grows the cluster's shard count to shards (doublings), on
+	// every shard's leader, and waits for every new shard's handoff; its
+	// errors are Connect errors or wrap node.ErrConfig.
+	Reshard(ctx context.Context, shards uint32) (from uint32, splits int, err error)
 	// Name is this node's name.
 	Name() string
 	// ReplicationFactor is the desired number of replicas per shard (R).
@@ -206,6 +212,34 @@ func (c clusterService) Keyring(ctx context.Context, req *connect.Request[scopev
 		return nil, c.s.fail(proc, invalid("operation", op, "unknown: want LIST, INSTALL, USE or REMOVE"))
 	}
 	return connect.NewResponse(c.s.cluster.Keyring(ctx, op, key)), nil
+}
+
+func (c clusterService) Reshard(ctx context.Context, req *connect.Request[scopev1.ReshardRequest]) (*connect.Response[scopev1.ReshardResponse], error) {
+	const proc = scopev1connect.ClusterServiceReshardProcedure
+	shards := req.Msg.GetShards()
+	n := c.s.node
+	if err := node.ValidReshard(n.BaseShards(), n.Shards(), shards); err != nil {
+		return nil, c.s.fail(proc, invalid("shards", shards, strings.TrimPrefix(err.Error(), node.ErrConfig.Error()+": ")))
+	}
+	var from uint32
+	var splits int
+	var err error
+	if c.s.cluster == nil {
+		from, splits, err = n.Reshard(ctx, shards)
+	} else {
+		from, splits, err = c.s.cluster.Reshard(ctx, shards)
+	}
+	if errors.Is(err, node.ErrConfig) {
+		return nil, c.s.fail(proc, invalid("shards", shards, err.Error()))
+	}
+	if err != nil {
+		var ce *connect.Error
+		if errors.As(err, &ce) {
+			return nil, err
+		}
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("reshard to %d shards: %w (call again to resume)", shards, err))
+	}
+	return connect.NewResponse(&scopev1.ReshardResponse{From: from, Shards: n.Shards(), Splits: uint32(splits)}), nil
 }
 
 func (c clusterService) TransferLeadership(ctx context.Context, req *connect.Request[scopev1.TransferLeadershipRequest]) (*connect.Response[scopev1.TransferLeadershipResponse], error) {

@@ -103,10 +103,11 @@ func (f *filter) residual() func(*correlate.Event) bool {
 	return func(e *correlate.Event) bool { return e.Origin == origin }
 }
 
-// shards lists the shards that can hold matching events.
+// shards lists the shards that can hold matching events: every shard the
+// process has lived on, or every shard of the current layout.
 func (f *filter) shards(p *planner) []uint32 {
 	if f.proc != nil {
-		return []uint32{correlate.ShardOf(f.proc.Origin, f.proc.PID, p.shards)}
+		return p.history(*f.proc)
 	}
 	return p.allShards()
 }

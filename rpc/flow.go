@@ -3,6 +3,7 @@ package rpc
 import (
 	"context"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 
@@ -14,11 +15,11 @@ import (
 	"github.com/elixirscope/scope/store"
 )
 
-// MessageFlow merges the message flow pages of the two processes' shards
-// (store.MessageFlow's contract): SENDs of either process to the other,
-// their RECEIVEs, and sender-less RECEIVEs whose RECEIVED_FROM names one
-// of the returned SENDs. Each RECEIVE is paired with the SEND its
-// RECEIVED_FROM link names.
+// MessageFlow merges the message flow pages of every shard either process
+// has lived on (store.MessageFlow's contract): SENDs of either process to
+// the other, their RECEIVEs, and sender-less RECEIVEs whose RECEIVED_FROM
+// names one of the returned SENDs. Each RECEIVE is paired with the SEND
+// its RECEIVED_FROM link names.
 func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scopev1.MessageFlowRequest]) (*connect.Response[scopev1.MessageFlowResponse], error) {
 	const proc = scopev1connect.QueryServiceMessageFlowProcedure
 	m := req.Msg
@@ -47,9 +48,12 @@ func (q queryService) MessageFlow(ctx context.Context, req *connect.Request[scop
 	}
 	limit := clamp(m.GetLimit(), 100, q.s.cfg.MaxQueryLimit)
 
-	shards := []uint32{correlate.ShardOf(a.Origin, a.PID, q.s.planner.shards)}
-	if sb := correlate.ShardOf(b.Origin, b.PID, q.s.planner.shards); sb != shards[0] {
-		shards = append(shards, sb)
+	// Every shard either process has lived on, a's first.
+	shards := q.s.planner.history(a)
+	for _, sb := range q.s.planner.history(b) {
+		if !slices.Contains(shards, sb) {
+			shards = append(shards, sb)
+		}
 	}
 	var (
 		mu     sync.Mutex

@@ -85,7 +85,7 @@ func hedgeFixture(shards uint32, perShard int) *fakeShards {
 func hedgePlanner(res Resolver, shards uint32, delay time.Duration) *planner {
 	cfg := DefaultConfig()
 	cfg.HedgeDelay = delay
-	return &planner{res: res, shards: shards, cfg: &cfg, logger: cfg.Logger,
+	return &planner{res: res, layout: fixedLayout(shards), cfg: &cfg, logger: cfg.Logger,
 		hedges: prometheus.NewCounter(prometheus.CounterOpts{Name: "h"}), hedgeWins: prometheus.NewCounter(prometheus.CounterOpts{Name: "w"})}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"connectrpc.com/connect"
@@ -84,10 +86,8 @@ func (i ingestService) IngestStream(ctx context.Context, stream *connect.ClientS
 	}
 	finish := func() *scopev1.IngestResponse {
 		sum.Shards = sum.Shards[:0]
-		for s := range i.s.planner.shards {
-			if r, ok := byShard[s]; ok {
-				sum.Shards = append(sum.Shards, r)
-			}
+		for _, s := range slices.Sorted(maps.Keys(byShard)) {
+			sum.Shards = append(sum.Shards, byShard[s])
 		}
 		if sum.Durability == scopev1.Durability_DURABILITY_UNSPECIFIED {
 			sum.Durability = scopev1.Durability_DURABILITY_COMMITTED

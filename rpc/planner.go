@@ -26,8 +26,11 @@ import (
 // (bounded fan-out, per-shard deadline), gather, merge. It knows nothing
 // about where a shard lives; the Resolver does.
 type planner struct {
-	res    Resolver
-	shards uint32
+	res Resolver
+	// layout is the newest shard layout this node knows (node.Node.Layout).
+	// It only grows, and can change while the server runs (online
+	// resharding): every query reads it again.
+	layout func() correlate.Layout
 	cfg    *Config
 	logger *slog.Logger
 	// retries counts shard reads asked again for want of a leader.
@@ -52,13 +55,21 @@ type shardFailure struct {
 	err   error
 }
 
-// allShards lists 0..shards-1.
+// allShards lists every shard of the current layout, 0..Shards-1.
 func (p *planner) allShards() []uint32 {
-	out := make([]uint32, p.shards)
+	out := make([]uint32, p.layout().Shards)
 	for i := range out {
 		out[i] = uint32(i)
 	}
 	return out
+}
+
+// history lists the shards that may hold events of process proc, newest
+// first (correlate.Layout.History): its shard in the current layout and
+// in every layout before it, since a split does not move stored events.
+// Until the cluster reshards it is the process's one shard.
+func (p *planner) history(proc correlate.Process) []uint32 {
+	return p.layout().History(proc.Origin, proc.PID)
 }
 
 // each runs fn once per shard, at most MaxFanout at a time, each under its

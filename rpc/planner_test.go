@@ -19,6 +19,11 @@ import (
 	"github.com/elixirscope/scope/store"
 )
 
+// fixedLayout is a planner's layout of shards that never reshards.
+func fixedLayout(shards uint32) func() correlate.Layout {
+	return func() correlate.Layout { return correlate.Layout{Base: shards, Shards: shards} }
+}
+
 // fakeShards serves sorted in-memory events per shard and answers at most
 // scan events per call, like the store's MaxScan: pages may come back
 // partial (More with fewer than Limit events, even none).
@@ -134,7 +139,7 @@ func TestMergePagesAreExact(t *testing.T) {
 		for _, desc := range []bool{false, true} {
 			cfg := DefaultConfig()
 			cfg.MaxMergeRounds = 1 + rng.IntN(4)
-			p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger}
+			p := &planner{res: f, layout: fixedLayout(shards), cfg: &cfg, logger: cfg.Logger}
 			limit := 1 + rng.IntN(10)
 			q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: limit, Descending: desc}
 			if filtered {
@@ -197,7 +202,7 @@ func TestMergeFirstRoundShare(t *testing.T) {
 				all = append(all, e)
 			}
 			cfg := DefaultConfig()
-			p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger}
+			p := &planner{res: f, layout: fixedLayout(shards), cfg: &cfg, logger: cfg.Logger}
 			for _, desc := range []bool{false, true} {
 				want := slices.Clone(all)
 				if desc {
@@ -251,7 +256,7 @@ func TestMergeMemoryBudget(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.QueryMemory = budget
 	cuts := prometheus.NewCounter(prometheus.CounterOpts{Name: "cuts"})
-	p := &planner{res: f, shards: shards, cfg: &cfg, logger: cfg.Logger, memoryCuts: cuts}
+	p := &planner{res: f, layout: fixedLayout(shards), cfg: &cfg, logger: cfg.Logger, memoryCuts: cuts}
 	maxEvent := (&correlate.Event{Payload: string(make([]byte, maxPayload))}).MemSize()
 	for _, desc := range []bool{false, true} {
 		want := slices.Clone(all)
@@ -295,7 +300,7 @@ func TestMergeMissingShards(t *testing.T) {
 	f := &fakeShards{events: map[uint32][]correlate.Event{0: {{TimestampNs: 1, ID: correlate.EventID{1}}}},
 		scan: 100, down: map[uint32]bool{1: true}}
 	cfg := DefaultConfig()
-	p := &planner{res: f, shards: 2, cfg: &cfg, logger: cfg.Logger}
+	p := &planner{res: f, layout: fixedLayout(2), cfg: &cfg, logger: cfg.Logger}
 	q := store.Query{FromNs: math.MinInt64, ToNs: math.MaxInt64, Limit: 10}
 	_, err := p.merge(context.Background(), "test", mergeQuery{q: q, shards: p.allShards()})
 	var ce *connect.Error

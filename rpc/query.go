@@ -79,15 +79,16 @@ type located struct {
 	shard uint32
 }
 
-// find reads event id from the process's shard when hint is set, else from
-// every shard. NOT_FOUND only when every asked shard answered and none has
-// it (with a hint: none has it for that process); a shard that failed makes
-// the answer unknown (its error), unless the event was found elsewhere. An
-// id several shards have is ErrEventIDConflict (see lookup).
+// find reads event id from the process's shards when hint is set (every
+// shard it has lived on), else from every shard. NOT_FOUND only when every
+// asked shard answered and none has it (with a hint: none has it for that
+// process); a shard that failed makes the answer unknown (its error),
+// unless the event was found elsewhere. An id several shards have is
+// ErrEventIDConflict (see lookup).
 func (s *Server) find(ctx context.Context, procedure string, id correlate.EventID, hint *correlate.Process, c Consistency) (located, error) {
 	shards := s.planner.allShards()
 	if hint != nil {
-		shards = []uint32{correlate.ShardOf(hint.Origin, hint.PID, s.planner.shards)}
+		shards = s.planner.history(*hint)
 	}
 	found, failures := s.lookup(ctx, id, shards, c)
 	if found != nil && hint != nil && found.e.Process() != *hint {
@@ -253,11 +254,7 @@ func (q queryService) CallTree(ctx context.Context, req *connect.Request[scopev1
 	if rootID.IsZero() {
 		return nil, q.s.fail(proc, invalid("event_id", id, "the event ("+l.e.Kind.String()+") belongs to no call tree"))
 	}
-	var tree *store.CallTree
-	failures := q.s.planner.each(ctx, []uint32{l.shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		tree, err = r.CallTree(ctx, shard, rootID, maxFrames)
-		return err
-	})
+	tree, failures := q.s.callTree(ctx, l.e.Process(), rootID, l.shard, maxFrames, c)
 	if len(failures) > 0 {
 		return nil, q.s.fail(proc, failures[0].err)
 	}
@@ -330,14 +327,9 @@ func (q queryService) CallStackAt(ctx context.Context, req *connect.Request[scop
 		return nil, q.s.fail(proc, err)
 	}
 	ctx, lag := withLag(ctx)
-	var frames []store.Frame
-	shard := correlate.ShardOf(p.Origin, p.PID, q.s.planner.shards)
-	failures := q.s.planner.each(ctx, []uint32{shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		frames, err = r.CallStackAt(ctx, shard, p, m.GetAtNs())
-		return err
-	})
-	if len(failures) > 0 {
-		return nil, q.s.fail(proc, failures[0].err)
+	frames, err := q.s.callStackAt(ctx, p, m.GetAtNs(), c)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
 	}
 	resp := &scopev1.CallStackAtResponse{Frames: make([]*scopev1.CallFrame, len(frames)), Lag: lag.proto()}
 	for i := range frames {
@@ -361,17 +353,9 @@ func (q queryService) StateAt(ctx context.Context, req *connect.Request[scopev1.
 		return nil, q.s.fail(proc, err)
 	}
 	ctx, lag := withLag(ctx)
-	var (
-		e  correlate.Event
-		ok bool
-	)
-	shard := correlate.ShardOf(p.Origin, p.PID, q.s.planner.shards)
-	failures := q.s.planner.each(ctx, []uint32{shard}, c, func(ctx context.Context, r ShardReader, shard uint32) error {
-		e, ok, err = r.StateAt(ctx, shard, p, m.GetAtNs())
-		return err
-	})
-	if len(failures) > 0 {
-		return nil, q.s.fail(proc, failures[0].err)
+	e, ok, err := q.s.stateAt(ctx, p, m.GetAtNs(), c)
+	if err != nil {
+		return nil, q.s.fail(proc, err)
 	}
 	resp := &scopev1.StateAtResponse{Lag: lag.proto()}
 	if ok {

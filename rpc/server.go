@@ -75,7 +75,7 @@ func NewServer(n *node.Node, cfg Config) (*Server, error) {
 		reasonQueriesTotal, reasonQueriesPerCaller)
 	s.tailLimit = newLimiter("Tail streams", cfg.MaxTails, cfg.MaxTailsPerCaller, "-max-tails", "-max-tails-per-caller",
 		reasonTailsTotal, reasonTailsPerCaller)
-	s.planner = &planner{res: localResolver{n: n}, shards: n.Shards(), cfg: &s.cfg, logger: cfg.Logger,
+	s.planner = &planner{res: localResolver{n: n}, layout: n.Layout, cfg: &s.cfg, logger: cfg.Logger,
 		hedges: m.hedges, hedgeWins: m.hedgeWins, memoryCuts: m.memoryCuts}
 	return s, nil
 }

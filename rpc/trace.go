@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sort"
+	"sync"
 
 	"connectrpc.com/connect"
 
@@ -12,10 +13,6 @@ import (
 	"github.com/elixirscope/scope/rpc/gen/scope/v1/scopev1connect"
 	"github.com/elixirscope/scope/store"
 )
-
-// unknownShard is a neighbour whose shard cannot be derived from the event
-// that links to it: every shard is asked.
-const unknownShard = -1
 
 // edgeKey identifies a followed link.
 type edgeKey struct {
@@ -30,9 +27,11 @@ const linkFollows = correlate.LinkFollows
 
 // neighbour is an event one link away from a visited one.
 type neighbour struct {
-	id    correlate.EventID
-	shard int64 // unknownShard when not derivable
-	edge  edgeKey
+	id correlate.EventID
+	// shards that may hold it: every shard its process has lived on, or
+	// nil when its process cannot be derived (every shard is asked).
+	shards []uint32
+	edge   edgeKey
 	// read is the event when finding the neighbour already read it.
 	read *located
 }
@@ -177,11 +176,11 @@ func (w *traceWalk) walk(ctx context.Context, start *located) error {
 	return nil
 }
 
-// fetch reads a neighbour from its shard (or from every shard).
+// fetch reads a neighbour from its shards (or from every shard).
 func (w *traceWalk) fetch(ctx context.Context, n neighbour) (*located, error) {
 	shards := w.s.planner.allShards()
-	if n.shard != unknownShard {
-		shards = []uint32{uint32(n.shard)}
+	if n.shards != nil {
+		shards = n.shards
 	}
 	found, failures := w.s.lookup(ctx, n.id, shards, w.c)
 	if err := ctx.Err(); err != nil {
@@ -195,17 +194,17 @@ func (w *traceWalk) fetch(ctx context.Context, n neighbour) (*located, error) {
 // directions.
 func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, error) {
 	e := &l.e
-	same := int64(l.shard)
-	peer := int64(unknownShard)
+	same := w.s.planner.history(e.Process()) // its own process's shards
+	var peer []uint32                        // unknown: every shard
 	if e.PeerOrigin != "" && e.PeerPID != "" {
-		peer = int64(correlate.ShardOf(e.PeerOrigin, e.PeerPID, w.s.planner.shards))
+		peer = w.s.planner.history(e.Peer())
 	}
 	if w.fwd {
-		if err := w.s.peerLinks(ctx, l, w.c); err != nil {
+		if failures := w.s.addPeerLinks(ctx, []*correlate.Event{e}, w.c); len(failures) > 0 {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			w.failures = append(w.failures, shardFailure{shard: uint32(peer), err: err})
+			w.failures = append(w.failures, failures...)
 		}
 	}
 	var out []neighbour
@@ -216,22 +215,22 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 			if !w.back {
 				continue
 			}
-			n.shard = same
+			n.shards = same
 		case correlate.LinkReceivedFrom:
 			if !w.back {
 				continue
 			}
-			n.shard = peer // the sender, when the RECEIVE names it
+			n.shards = peer // the sender, when the RECEIVE names it
 		case correlate.LinkSpawnedBy:
 			if !w.back {
 				continue
 			}
-			n.shard = unknownShard
+			n.shards = nil
 		case correlate.LinkDeliveredTo, correlate.LinkSpawned:
 			if !w.fwd {
 				continue
 			}
-			n.shard = peer
+			n.shards = peer
 		default:
 			continue
 		}
@@ -253,7 +252,7 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 			if !back {
 				edge.from, edge.to = adj.e.ID, e.ID
 			}
-			out = append(out, neighbour{id: adj.e.ID, shard: same, edge: edge, read: adj})
+			out = append(out, neighbour{id: adj.e.ID, shards: same, edge: edge, read: adj})
 		}
 	}
 	if w.fwd && e.Kind == correlate.KindCall {
@@ -263,11 +262,11 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 		}
 		if frame != nil {
 			for _, ch := range frame.Children {
-				out = append(out, neighbour{id: ch.Call.ID, shard: same,
+				out = append(out, neighbour{id: ch.Call.ID, shards: same,
 					edge: edgeKey{from: ch.Call.ID, typ: correlate.LinkCalledFrom, to: e.ID}})
 			}
 			if frame.End != nil {
-				out = append(out, neighbour{id: frame.End.ID, shard: same,
+				out = append(out, neighbour{id: frame.End.ID, shards: same,
 					edge: edgeKey{from: frame.End.ID, typ: correlate.LinkCompletes, to: e.ID}})
 			}
 		}
@@ -276,15 +275,16 @@ func (w *traceWalk) neighbours(ctx context.Context, l *located) ([]neighbour, er
 }
 
 // adjacent returns the event before (back) or after l in its process's
-// order, nil when there is none or its shard could not answer (the
-// failure is recorded). A process lives on one shard, so this is one
-// one-event read there.
+// order, nil when there is none or a shard could not answer (the failure
+// is recorded): one one-event read on each shard the process has lived on
+// (one until the cluster reshards), the nearest answer kept.
 func (w *traceWalk) adjacent(ctx context.Context, l *located, back bool) (*located, error) {
 	p := correlate.Process{Origin: l.e.Origin, PID: l.e.PID}
 	after := posOf(&l.e)
-	q := store.Query{Process: &p, FromNs: math.MinInt64, ToNs: math.MaxInt64, Descending: back, Limit: 1, After: &after}
+	var mu sync.Mutex
 	var found *located
-	failures := w.s.planner.each(ctx, []uint32{l.shard}, w.c, func(ctx context.Context, r ShardReader, shard uint32) error {
+	failures := w.s.planner.each(ctx, w.s.planner.history(p), w.c, func(ctx context.Context, r ShardReader, shard uint32) error {
+		q := store.Query{Process: &p, FromNs: math.MinInt64, ToNs: math.MaxInt64, Descending: back, Limit: 1, After: &after}
 		// A page may come back empty with More (the store's scan limit):
 		// read on, within the shard's deadline.
 		for range w.s.cfg.MaxMergeRounds {
@@ -293,7 +293,11 @@ func (w *traceWalk) adjacent(ctx context.Context, l *located, back bool) (*locat
 				return err
 			}
 			if len(page.Events) > 0 {
-				found = &located{e: page.Events[0], shard: shard}
+				mu.Lock()
+				defer mu.Unlock()
+				if found == nil || posLess(posOf(&page.Events[0]), posOf(&found.e), back) {
+					found = &located{e: page.Events[0], shard: shard}
+				}
 				return nil
 			}
 			if !page.More {
@@ -321,12 +325,7 @@ func (w *traceWalk) frame(ctx context.Context, l *located) (*store.Frame, error)
 	}
 	frames, ok := w.trees[root]
 	if !ok {
-		var tree *store.CallTree
-		failures := w.s.planner.each(ctx, []uint32{l.shard}, w.c, func(ctx context.Context, r ShardReader, shard uint32) error {
-			var err error
-			tree, err = r.CallTree(ctx, shard, root, w.maxEvents)
-			return err
-		})
+		tree, failures := w.s.callTree(ctx, l.e.Process(), root, l.shard, w.maxEvents, w.c)
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}

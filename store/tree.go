@@ -111,21 +111,28 @@ func refused(e *correlate.Event) bool {
 	return e.ParentID == (correlate.EventID{}) && e.RootID != e.ID && e.RootID != (correlate.EventID{})
 }
 
+// CloseWith closes f with end, the RETURN or EXCEPTION that completes its
+// CALL, as CallTree does (a caller that merges the parts of a tree stored
+// on several shards closes frames the same way).
+func (f *Frame) CloseWith(end *correlate.Event) {
+	f.End, f.EndNs, f.ClosedBy = end, end.TimestampNs, end.ID
+	f.Outcome = end.Outcome
+	if f.Outcome == correlate.OutcomeUnspecified {
+		f.Outcome = correlate.OutcomeOK
+		if end.Kind == correlate.KindException {
+			f.Outcome = correlate.OutcomeException
+		}
+	}
+	f.DurationNs = end.DurationNs
+	if f.DurationNs == 0 {
+		f.DurationNs = end.TimestampNs - f.Call.TimestampNs
+	}
+}
+
 // close fills f's end from its end event or its frame record.
 func (v *view) closeFrame(f *Frame, end *correlate.Event) error {
 	if end != nil {
-		f.End, f.EndNs, f.ClosedBy = end, end.TimestampNs, end.ID
-		f.Outcome = end.Outcome
-		if f.Outcome == correlate.OutcomeUnspecified {
-			f.Outcome = correlate.OutcomeOK
-			if end.Kind == correlate.KindException {
-				f.Outcome = correlate.OutcomeException
-			}
-		}
-		f.DurationNs = end.DurationNs
-		if f.DurationNs == 0 {
-			f.DurationNs = end.TimestampNs - f.Call.TimestampNs
-		}
+		f.CloseWith(end)
 		return nil
 	}
 	fe, ok, err := v.frameEnd(&f.Call)

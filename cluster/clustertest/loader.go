@@ -25,6 +25,12 @@ type LoaderOptions struct {
 	PidsPerWorker int
 	// PairsPerRequest is the CALL+RETURN pairs per request (default 4).
 	PairsPerRequest int
+	// OpenFrames sends a process's CALL and its RETURN in different
+	// requests: each request has 2×PairsPerRequest processes, each closing
+	// its open frame or opening one, so frames stay open between requests
+	// (and across whatever happens between them: a leader change, a
+	// split). A RETURN whose CALL state was lost is then an orphan.
+	OpenFrames bool
 	// MaxEvents bounds the events the loader sends in all (default
 	// 20000); a worker stops sending once the bound is reached.
 	MaxEvents int
@@ -148,6 +154,7 @@ func (l *Loader) stopped() bool {
 func (l *Loader) work(w int) {
 	via := w % len(l.opts.Via)
 	var ts int64
+	open := make(map[string]bool) // OpenFrames: processes with a frame open
 	for i := 0; !l.stopped(); i++ {
 		n := 2 * l.opts.PairsPerRequest
 		l.mu.Lock()
@@ -159,7 +166,24 @@ func (l *Loader) work(w int) {
 		l.mu.Unlock()
 
 		events := make([]*scopev1.Event, 0, n)
+		for p := range 2 * l.opts.PairsPerRequest {
+			if !l.opts.OpenFrames {
+				break
+			}
+			pid := fmt.Sprintf("<%d.%d.0>", w, (i*2*l.opts.PairsPerRequest+p)%l.opts.PidsPerWorker)
+			kind := scopev1.Kind_KIND_CALL
+			if open[pid] {
+				kind = scopev1.Kind_KIND_RETURN
+			}
+			open[pid] = !open[pid]
+			ts++
+			events = append(events, &scopev1.Event{EventId: ulid.Make().String(), Origin: "load@host",
+				Pid: pid, Kind: kind, TimestampNs: ts, Module: "load", Function: "step", Arity: 1})
+		}
 		for p := range l.opts.PairsPerRequest {
+			if l.opts.OpenFrames {
+				break
+			}
 			pid := fmt.Sprintf("<%d.%d.0>", w, (i*l.opts.PairsPerRequest+p)%l.opts.PidsPerWorker)
 			for _, kind := range []scopev1.Kind{scopev1.Kind_KIND_CALL, scopev1.Kind_KIND_RETURN} {
 				ts++

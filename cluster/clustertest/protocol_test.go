@@ -52,14 +52,18 @@ func replicaStatus(n *Node, version string) error {
 // as any other and the cluster keeps speaking the version every replica
 // holder reads (docs/DECISIONS.md D34).
 func TestVersionNegotiation(t *testing.T) {
+	// The cluster speaks this build's newest version, cur; a node of a
+	// later release speaks cur+1 only.
+	cur := cluster.BuildProtocol.Max
+	vCur, vNext := fmt.Sprint(cur), fmt.Sprint(cur+1)
 	c := Start(t, Options{Nodes: 3})
 	n1 := c.Nodes[0]
-	newer := c.AddNodeSpeaking(cluster.ProtocolRange{Min: 2, Max: 2})
+	newer := c.AddNodeSpeaking(cluster.ProtocolRange{Min: cur + 1, Max: cur + 1})
 
 	WaitForWhy(t, "n1 lists "+newer.Name+" as excluded", 30*time.Second, func() string {
 		m, v := member(t, n1, newer.Name)
-		if m == nil || m.GetStatus() != scopev1.MemberStatus_MEMBER_STATUS_ALIVE || m.GetProtocolMin() != 2 ||
-			!strings.Contains(m.GetExcluded(), "protocol") || v != 1 {
+		if m == nil || m.GetStatus() != scopev1.MemberStatus_MEMBER_STATUS_ALIVE || m.GetProtocolMin() != uint32(cur+1) ||
+			!strings.Contains(m.GetExcluded(), "protocol") || v != uint32(cur) {
 			return fmt.Sprintf("member %v, cluster protocol %d", m, v)
 		}
 		return ""
@@ -73,7 +77,7 @@ func TestVersionNegotiation(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "protocol 2, the cluster speaks 1") {
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "protocol "+vNext+", the cluster speaks "+vCur) {
 		t.Fatalf("/readyz of %s: %d %q; want 503 naming both versions", newer.Name, resp.StatusCode, body)
 	}
 
@@ -85,8 +89,8 @@ func TestVersionNegotiation(t *testing.T) {
 		version string
 		refused bool
 	}{
-		{n1, "1", false}, {n1, "", false}, {n1, "2", true}, {n1, "x", true},
-		{newer, "2", false}, {newer, "1", true}, {newer, "", true},
+		{n1, vCur, false}, {n1, "1", false}, {n1, "", false}, {n1, vNext, true}, {n1, "x", true},
+		{newer, vNext, false}, {newer, vCur, true}, {newer, "", true},
 	} {
 		err := replicaStatus(tt.to, tt.version)
 		if refused := Code(err) == connect.CodeFailedPrecondition && strings.Contains(err.Error(), "protocol"); refused != tt.refused {
@@ -122,16 +126,16 @@ func TestVersionNegotiation(t *testing.T) {
 		t.Fatalf("%s holds %d replicas", newer.Name, len(reps))
 	}
 
-	// A node of the next release (it also speaks 1) is placed as usual;
-	// the cluster keeps speaking 1, which every holder reads.
-	next := c.AddNodeSpeaking(cluster.ProtocolRange{Min: 1, Max: 2})
+	// A node of the next release (it also speaks cur) is placed as usual;
+	// the cluster keeps speaking cur, which every holder reads.
+	next := c.AddNodeSpeaking(cluster.ProtocolRange{Min: cur, Max: cur + 1})
 	WaitFor(t, next.Name+" holds a replica", 60*time.Second, func() bool { return len(next.Node.Replicas()) > 0 })
 	m, v := member(t, n1, next.Name)
-	if m.GetExcluded() != "" || v != 1 || next.Cluster.ProtocolError() != nil {
-		t.Fatalf("%s: excluded %q, cluster protocol %d, its error %v; want included at 1", next.Name, m.GetExcluded(), v,
-			next.Cluster.ProtocolError())
+	if m.GetExcluded() != "" || v != uint32(cur) || next.Cluster.ProtocolError() != nil {
+		t.Fatalf("%s: excluded %q, cluster protocol %d, its error %v; want included at %d", next.Name, m.GetExcluded(), v,
+			next.Cluster.ProtocolError(), cur)
 	}
-	if cv, writes := next.Cluster.Protocol(); cv != 1 || writes != 1 {
-		t.Fatalf("%s: cluster protocol %d, writes %d; want 1, 1", next.Name, cv, writes)
+	if cv, writes := next.Cluster.Protocol(); cv != cur || writes != cur {
+		t.Fatalf("%s: cluster protocol %d, writes %d; want %d, %d", next.Name, cv, writes, cur, cur)
 	}
 }

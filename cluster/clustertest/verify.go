@@ -83,13 +83,23 @@ func (c *Cluster) ShardStates(shard uint32) ([]ShardState, error) {
 	return out, nil
 }
 
+// Shards is the cluster's shard count now: the newest layout a live node
+// routes by (the bootstrap count, doubled by each reshard).
+func (c *Cluster) Shards() uint32 {
+	most := c.opts.Shards
+	for _, n := range c.Live() {
+		most = max(most, n.Node.Shards())
+	}
+	return most
+}
+
 // WaitReplicasIdentical waits until every shard has exactly replicas live
 // replicas, all at the same applied index with equal span digests.
 func (c *Cluster) WaitReplicasIdentical(replicas int, timeout time.Duration) {
 	c.t.Helper()
 	var last string
 	deadline := time.Now().Add(timeout)
-	for s := range c.opts.Shards {
+	for s := range c.Shards() {
 		for {
 			states, err := c.ShardStates(s)
 			if err == nil && len(states) == replicas && identical(states) {
@@ -120,7 +130,7 @@ func (c *Cluster) WaitPlacement(names []string, timeout time.Duration) {
 	c.t.Helper()
 	names = slices.Sorted(slices.Values(names))
 	WaitForWhy(c.t, fmt.Sprintf("groups converge to the placement over %v", names), timeout, func() string {
-		for s := range c.opts.Shards {
+		for s := range c.Shards() {
 			leader := c.ShardLeader(s)
 			if leader == nil {
 				return fmt.Sprintf("shard %d has no leader", s)
@@ -184,7 +194,7 @@ func (c *Cluster) CheckLoad(n *Node, res LoadResult) int {
 	// A duplicate applied twice would overwrite its own keys and so be
 	// invisible to a scan; the per-shard event counts would still show it.
 	var counted uint64
-	for s := range c.opts.Shards {
+	for s := range c.Shards() {
 		states, err := c.ShardStates(s)
 		if err != nil || len(states) == 0 {
 			c.t.Fatalf("shard %d: no live replica to count (err %v)", s, err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -432,6 +433,43 @@ func runTransferLeadership(args []string, stdout, stderr io.Writer) int {
 				leader = "(electing)"
 			}
 			fmt.Fprintf(stdout, "shard %d: %s stepped down; leader now %s\n", *shard, m.GetFrom(), leader)
+			return nil
+		})
+	}()
+	if err != nil {
+		return reportError(stderr, fs, err)
+	}
+	return exitOK
+}
+
+func runReshard(args []string, stdout, stderr io.Writer) int {
+	var cf clientFlags
+	fs := newFlagSet("reshard", "", stderr)
+	cf.register(fs)
+	shards := fs.Uint("shards", 0, "the shard count wanted: the current count doubled once or more (required)")
+	if code, ok := parseFlags(fs, args); !ok {
+		return code
+	}
+	timeoutSet := false
+	fs.Visit(func(f *flag.Flag) { timeoutSet = timeoutSet || f.Name == "timeout" })
+	if !timeoutSet {
+		cf.timeout = 10 * time.Minute // a reshard waits for every split and handoff
+	}
+	err := func() error {
+		if fs.NArg() > 0 {
+			return usageError("unexpected arguments %q", fs.Args())
+		}
+		if *shards == 0 || *shards > 1<<16 {
+			return usageError("-shards: required, the current count doubled (e.g. 32 for 16)")
+		}
+		return unaryCall(&cf, stdout, func(ctx context.Context, c *api) (*scopev1.ReshardResponse, error) {
+			return msg(c.cluster.Reshard(ctx, connect.NewRequest(&scopev1.ReshardRequest{Shards: uint32(*shards)})))
+		}, func(m *scopev1.ReshardResponse) error {
+			if m.GetFrom() == m.GetShards() && m.GetSplits() == 0 {
+				fmt.Fprintf(stdout, "the cluster has %d shards already\n", m.GetShards())
+				return nil
+			}
+			fmt.Fprintf(stdout, "resharded from %d to %d shards (%d splits by this call)\n", m.GetFrom(), m.GetShards(), m.GetSplits())
 			return nil
 		})
 	}()

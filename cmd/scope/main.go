@@ -33,6 +33,7 @@ var commands = []command{
 	{"members", "cluster members: status, addresses, shards led", runMembers},
 	{"join", "make a node join a cluster through members' gossip addresses", runJoin},
 	{"leave", "drain a node (its replicas move away), then it leaves and stops", runLeave},
+	{"reshard", "grow the shard count online, doubling: -shards N (admin)", runReshard},
 	{"transfer-leadership", "hand a shard's leadership to another voter: -shard N [-to NODE] (admin)", runTransferLeadership},
 	{"cert", "create a cluster CA and node and client certificates (init, node, client)", runCert},
 	{"keyring", "gossip keys: 'keyring new' makes one; list, install, use, remove change every member's keyring (admin)", runKeyring},

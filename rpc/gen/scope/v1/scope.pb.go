@@ -4509,6 +4509,115 @@ func (x *TransferLeadershipRequest) GetTo() string {
 	return ""
 }
 
+type ReshardRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard count wanted: the current count doubled one or more times,
+	// at most 4096. Required. Equal to the current count: nothing to do.
+	Shards        uint32 `protobuf:"varint,1,opt,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReshardRequest) Reset() {
+	*x = ReshardRequest{}
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReshardRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReshardRequest) ProtoMessage() {}
+
+func (x *ReshardRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReshardRequest.ProtoReflect.Descriptor instead.
+func (*ReshardRequest) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ReshardRequest) GetShards() uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+type ReshardResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The shard count before the call and after it.
+	From   uint32 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
+	Shards uint32 `protobuf:"varint,2,opt,name=shards,proto3" json:"shards,omitempty"`
+	// Splits carried out by this call (a resumed reshard counts only the
+	// shards it split).
+	Splits        uint32 `protobuf:"varint,3,opt,name=splits,proto3" json:"splits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReshardResponse) Reset() {
+	*x = ReshardResponse{}
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReshardResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReshardResponse) ProtoMessage() {}
+
+func (x *ReshardResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReshardResponse.ProtoReflect.Descriptor instead.
+func (*ReshardResponse) Descriptor() ([]byte, []int) {
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ReshardResponse) GetFrom() uint32 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *ReshardResponse) GetShards() uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *ReshardResponse) GetSplits() uint32 {
+	if x != nil {
+		return x.Splits
+	}
+	return 0
+}
+
 type TransferLeadershipResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The node that led the shard and stepped down.
@@ -4522,7 +4631,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4534,7 +4643,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[48]
+	mi := &file_scope_v1_scope_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4547,7 +4656,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{48}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *TransferLeadershipResponse) GetFrom() string {
@@ -4577,7 +4686,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	mi := &file_scope_v1_scope_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4589,7 +4698,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[49]
+	mi := &file_scope_v1_scope_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4602,7 +4711,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{49}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *KeyringRequest) GetOperation() KeyringOperation {
@@ -4634,7 +4743,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	mi := &file_scope_v1_scope_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4646,7 +4755,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[50]
+	mi := &file_scope_v1_scope_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4659,7 +4768,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{50}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *KeyringResponse) GetNodes() []*NodeKeyring {
@@ -4698,7 +4807,7 @@ type NodeKeyring struct {
 
 func (x *NodeKeyring) Reset() {
 	*x = NodeKeyring{}
-	mi := &file_scope_v1_scope_proto_msgTypes[51]
+	mi := &file_scope_v1_scope_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4710,7 +4819,7 @@ func (x *NodeKeyring) String() string {
 func (*NodeKeyring) ProtoMessage() {}
 
 func (x *NodeKeyring) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[51]
+	mi := &file_scope_v1_scope_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4723,7 +4832,7 @@ func (x *NodeKeyring) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeKeyring.ProtoReflect.Descriptor instead.
 func (*NodeKeyring) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{51}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *NodeKeyring) GetNode() string {
@@ -4762,7 +4871,7 @@ type KeyringKey struct {
 
 func (x *KeyringKey) Reset() {
 	*x = KeyringKey{}
-	mi := &file_scope_v1_scope_proto_msgTypes[52]
+	mi := &file_scope_v1_scope_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4774,7 +4883,7 @@ func (x *KeyringKey) String() string {
 func (*KeyringKey) ProtoMessage() {}
 
 func (x *KeyringKey) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_v1_scope_proto_msgTypes[52]
+	mi := &file_scope_v1_scope_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4787,7 +4896,7 @@ func (x *KeyringKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringKey.ProtoReflect.Descriptor instead.
 func (*KeyringKey) Descriptor() ([]byte, []int) {
-	return file_scope_v1_scope_proto_rawDescGZIP(), []int{52}
+	return file_scope_v1_scope_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *KeyringKey) GetFingerprint() string {
@@ -5124,7 +5233,13 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\rLeaveResponse\"A\n" +
 	"\x19TransferLeadershipRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x0e\n" +
-	"\x02to\x18\x02 \x01(\tR\x02to\"H\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\"(\n" +
+	"\x0eReshardRequest\x12\x16\n" +
+	"\x06shards\x18\x01 \x01(\rR\x06shards\"U\n" +
+	"\x0fReshardResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\rR\x04from\x12\x16\n" +
+	"\x06shards\x18\x02 \x01(\rR\x06shards\x12\x16\n" +
+	"\x06splits\x18\x03 \x01(\rR\x06splits\"H\n" +
 	"\x1aTransferLeadershipResponse\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x16\n" +
 	"\x06leader\x18\x02 \x01(\tR\x06leader\"\\\n" +
@@ -5219,14 +5334,15 @@ const file_scope_v1_scope_proto_rawDesc = "" +
 	"\aStateAt\x12\x18.scope.v1.StateAtRequest\x1a\x19.scope.v1.StateAtResponse\"\x03\x90\x02\x01\x12=\n" +
 	"\x05Trace\x12\x16.scope.v1.TraceRequest\x1a\x17.scope.v1.TraceResponse\"\x03\x90\x02\x01\x127\n" +
 	"\x04Tail\x12\x15.scope.v1.TailRequest\x1a\x16.scope.v1.TailResponse0\x01\x12=\n" +
-	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\xa9\x03\n" +
+	"\x05Stats\x12\x16.scope.v1.StatsRequest\x1a\x17.scope.v1.StatsResponse\"\x03\x90\x02\x012\xe9\x03\n" +
 	"\x0eClusterService\x12C\n" +
 	"\aMembers\x12\x18.scope.v1.MembersRequest\x1a\x19.scope.v1.MembersResponse\"\x03\x90\x02\x01\x12@\n" +
 	"\x06Shards\x12\x17.scope.v1.ShardsRequest\x1a\x18.scope.v1.ShardsResponse\"\x03\x90\x02\x01\x125\n" +
 	"\x04Join\x12\x15.scope.v1.JoinRequest\x1a\x16.scope.v1.JoinResponse\x128\n" +
 	"\x05Leave\x12\x16.scope.v1.LeaveRequest\x1a\x17.scope.v1.LeaveResponse\x12>\n" +
 	"\aKeyring\x12\x18.scope.v1.KeyringRequest\x1a\x19.scope.v1.KeyringResponse\x12_\n" +
-	"\x12TransferLeadership\x12#.scope.v1.TransferLeadershipRequest\x1a$.scope.v1.TransferLeadershipResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
+	"\x12TransferLeadership\x12#.scope.v1.TransferLeadershipRequest\x1a$.scope.v1.TransferLeadershipResponse\x12>\n" +
+	"\aReshard\x12\x18.scope.v1.ReshardRequest\x1a\x19.scope.v1.ReshardResponseB7Z5github.com/elixirscope/scope/rpc/gen/scope/v1;scopev1b\x06proto3"
 
 var (
 	file_scope_v1_scope_proto_rawDescOnce sync.Once
@@ -5241,7 +5357,7 @@ func file_scope_v1_scope_proto_rawDescGZIP() []byte {
 }
 
 var file_scope_v1_scope_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_scope_v1_scope_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_scope_v1_scope_proto_goTypes = []any{
 	(Kind)(0),                          // 0: scope.v1.Kind
 	(Outcome)(0),                       // 1: scope.v1.Outcome
@@ -5301,16 +5417,18 @@ var file_scope_v1_scope_proto_goTypes = []any{
 	(*LeaveRequest)(nil),               // 55: scope.v1.LeaveRequest
 	(*LeaveResponse)(nil),              // 56: scope.v1.LeaveResponse
 	(*TransferLeadershipRequest)(nil),  // 57: scope.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 58: scope.v1.TransferLeadershipResponse
-	(*KeyringRequest)(nil),             // 59: scope.v1.KeyringRequest
-	(*KeyringResponse)(nil),            // 60: scope.v1.KeyringResponse
-	(*NodeKeyring)(nil),                // 61: scope.v1.NodeKeyring
-	(*KeyringKey)(nil),                 // 62: scope.v1.KeyringKey
-	nil,                                // 63: scope.v1.Event.AttributesEntry
+	(*ReshardRequest)(nil),             // 58: scope.v1.ReshardRequest
+	(*ReshardResponse)(nil),            // 59: scope.v1.ReshardResponse
+	(*TransferLeadershipResponse)(nil), // 60: scope.v1.TransferLeadershipResponse
+	(*KeyringRequest)(nil),             // 61: scope.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 62: scope.v1.KeyringResponse
+	(*NodeKeyring)(nil),                // 63: scope.v1.NodeKeyring
+	(*KeyringKey)(nil),                 // 64: scope.v1.KeyringKey
+	nil,                                // 65: scope.v1.Event.AttributesEntry
 }
 var file_scope_v1_scope_proto_depIdxs = []int32{
 	0,  // 0: scope.v1.Event.kind:type_name -> scope.v1.Kind
-	63, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
+	65, // 1: scope.v1.Event.attributes:type_name -> scope.v1.Event.AttributesEntry
 	11, // 2: scope.v1.Event.links:type_name -> scope.v1.Link
 	1,  // 3: scope.v1.Event.outcome:type_name -> scope.v1.Outcome
 	3,  // 4: scope.v1.Link.type:type_name -> scope.v1.LinkType
@@ -5375,8 +5493,8 @@ var file_scope_v1_scope_proto_depIdxs = []int32{
 	52, // 63: scope.v1.ShardInfo.replicas:type_name -> scope.v1.Replica
 	8,  // 64: scope.v1.Replica.suffrage:type_name -> scope.v1.Suffrage
 	9,  // 65: scope.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
-	61, // 66: scope.v1.KeyringResponse.nodes:type_name -> scope.v1.NodeKeyring
-	62, // 67: scope.v1.KeyringResponse.keys:type_name -> scope.v1.KeyringKey
+	63, // 66: scope.v1.KeyringResponse.nodes:type_name -> scope.v1.NodeKeyring
+	64, // 67: scope.v1.KeyringResponse.keys:type_name -> scope.v1.KeyringKey
 	17, // 68: scope.v1.IngestService.Ingest:input_type -> scope.v1.IngestRequest
 	17, // 69: scope.v1.IngestService.IngestStream:input_type -> scope.v1.IngestRequest
 	20, // 70: scope.v1.QueryService.GetEvent:input_type -> scope.v1.GetEventRequest
@@ -5392,27 +5510,29 @@ var file_scope_v1_scope_proto_depIdxs = []int32{
 	49, // 80: scope.v1.ClusterService.Shards:input_type -> scope.v1.ShardsRequest
 	53, // 81: scope.v1.ClusterService.Join:input_type -> scope.v1.JoinRequest
 	55, // 82: scope.v1.ClusterService.Leave:input_type -> scope.v1.LeaveRequest
-	59, // 83: scope.v1.ClusterService.Keyring:input_type -> scope.v1.KeyringRequest
+	61, // 83: scope.v1.ClusterService.Keyring:input_type -> scope.v1.KeyringRequest
 	57, // 84: scope.v1.ClusterService.TransferLeadership:input_type -> scope.v1.TransferLeadershipRequest
-	18, // 85: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
-	18, // 86: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
-	21, // 87: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
-	23, // 88: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
-	25, // 89: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
-	28, // 90: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
-	30, // 91: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
-	33, // 92: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
-	35, // 93: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
-	37, // 94: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
-	41, // 95: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
-	47, // 96: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
-	50, // 97: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
-	54, // 98: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
-	56, // 99: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
-	60, // 100: scope.v1.ClusterService.Keyring:output_type -> scope.v1.KeyringResponse
-	58, // 101: scope.v1.ClusterService.TransferLeadership:output_type -> scope.v1.TransferLeadershipResponse
-	85, // [85:102] is the sub-list for method output_type
-	68, // [68:85] is the sub-list for method input_type
+	58, // 85: scope.v1.ClusterService.Reshard:input_type -> scope.v1.ReshardRequest
+	18, // 86: scope.v1.IngestService.Ingest:output_type -> scope.v1.IngestResponse
+	18, // 87: scope.v1.IngestService.IngestStream:output_type -> scope.v1.IngestResponse
+	21, // 88: scope.v1.QueryService.GetEvent:output_type -> scope.v1.GetEventResponse
+	23, // 89: scope.v1.QueryService.Events:output_type -> scope.v1.EventsResponse
+	25, // 90: scope.v1.QueryService.CallTree:output_type -> scope.v1.CallTreeResponse
+	28, // 91: scope.v1.QueryService.CallStackAt:output_type -> scope.v1.CallStackAtResponse
+	30, // 92: scope.v1.QueryService.MessageFlow:output_type -> scope.v1.MessageFlowResponse
+	33, // 93: scope.v1.QueryService.StateAt:output_type -> scope.v1.StateAtResponse
+	35, // 94: scope.v1.QueryService.Trace:output_type -> scope.v1.TraceResponse
+	37, // 95: scope.v1.QueryService.Tail:output_type -> scope.v1.TailResponse
+	41, // 96: scope.v1.QueryService.Stats:output_type -> scope.v1.StatsResponse
+	47, // 97: scope.v1.ClusterService.Members:output_type -> scope.v1.MembersResponse
+	50, // 98: scope.v1.ClusterService.Shards:output_type -> scope.v1.ShardsResponse
+	54, // 99: scope.v1.ClusterService.Join:output_type -> scope.v1.JoinResponse
+	56, // 100: scope.v1.ClusterService.Leave:output_type -> scope.v1.LeaveResponse
+	62, // 101: scope.v1.ClusterService.Keyring:output_type -> scope.v1.KeyringResponse
+	60, // 102: scope.v1.ClusterService.TransferLeadership:output_type -> scope.v1.TransferLeadershipResponse
+	59, // 103: scope.v1.ClusterService.Reshard:output_type -> scope.v1.ReshardResponse
+	86, // [86:104] is the sub-list for method output_type
+	68, // [68:86] is the sub-list for method input_type
 	68, // [68:68] is the sub-list for extension type_name
 	68, // [68:68] is the sub-list for extension extendee
 	0,  // [0:68] is the sub-list for field type_name
@@ -5437,7 +5557,7 @@ func file_scope_v1_scope_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_v1_scope_proto_rawDesc), len(file_scope_v1_scope_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   54,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -32,6 +32,229 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type SplitRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The shard count after the split: the shard's count doubled.
+	Shards uint32 `protobuf:"varint,2,opt,name=shards,proto3" json:"shards,omitempty"`
+	// Only create the child's group and wait until it has a leader; do not
+	// split yet (a reshard prepares every child before it splits any shard).
+	PrepareOnly   bool `protobuf:"varint,3,opt,name=prepare_only,json=prepareOnly,proto3" json:"prepare_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitRequest) Reset() {
+	*x = SplitRequest{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitRequest) ProtoMessage() {}
+
+func (x *SplitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitRequest.ProtoReflect.Descriptor instead.
+func (*SplitRequest) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SplitRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *SplitRequest) GetShards() uint32 {
+	if x != nil {
+		return x.Shards
+	}
+	return 0
+}
+
+func (x *SplitRequest) GetPrepareOnly() bool {
+	if x != nil {
+		return x.PrepareOnly
+	}
+	return false
+}
+
+type SplitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// This call split the shard (false: it was split already).
+	Split         bool `protobuf:"varint,1,opt,name=split,proto3" json:"split,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SplitResponse) Reset() {
+	*x = SplitResponse{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SplitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SplitResponse) ProtoMessage() {}
+
+func (x *SplitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SplitResponse.ProtoReflect.Descriptor instead.
+func (*SplitResponse) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SplitResponse) GetSplit() bool {
+	if x != nil {
+		return x.Split
+	}
+	return false
+}
+
+type AdoptRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The child shard.
+	Shard uint32 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
+	// The shard it was split from.
+	From  uint32 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	Chunk uint32 `protobuf:"varint,3,opt,name=chunk,proto3" json:"chunk,omitempty"`
+	Of    uint32 `protobuf:"varint,4,opt,name=of,proto3" json:"of,omitempty"`
+	// The chunk's correlator state records, as the parent holds them.
+	Records       []byte `protobuf:"bytes,5,opt,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptRequest) Reset() {
+	*x = AdoptRequest{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptRequest) ProtoMessage() {}
+
+func (x *AdoptRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptRequest.ProtoReflect.Descriptor instead.
+func (*AdoptRequest) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AdoptRequest) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *AdoptRequest) GetFrom() uint32 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *AdoptRequest) GetChunk() uint32 {
+	if x != nil {
+		return x.Chunk
+	}
+	return 0
+}
+
+func (x *AdoptRequest) GetOf() uint32 {
+	if x != nil {
+		return x.Of
+	}
+	return 0
+}
+
+func (x *AdoptRequest) GetRecords() []byte {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+type AdoptResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptResponse) Reset() {
+	*x = AdoptResponse{}
+	mi := &file_scope_node_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptResponse) ProtoMessage() {}
+
+func (x *AdoptResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scope_node_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptResponse.ProtoReflect.Descriptor instead.
+func (*AdoptResponse) Descriptor() ([]byte, []int) {
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
 type OpenReplicaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -43,7 +266,7 @@ type OpenReplicaRequest struct {
 
 func (x *OpenReplicaRequest) Reset() {
 	*x = OpenReplicaRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[0]
+	mi := &file_scope_node_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -55,7 +278,7 @@ func (x *OpenReplicaRequest) String() string {
 func (*OpenReplicaRequest) ProtoMessage() {}
 
 func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[0]
+	mi := &file_scope_node_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -68,7 +291,7 @@ func (x *OpenReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaRequest.ProtoReflect.Descriptor instead.
 func (*OpenReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{0}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *OpenReplicaRequest) GetShard() uint32 {
@@ -94,7 +317,7 @@ type OpenReplicaResponse struct {
 
 func (x *OpenReplicaResponse) Reset() {
 	*x = OpenReplicaResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[1]
+	mi := &file_scope_node_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -106,7 +329,7 @@ func (x *OpenReplicaResponse) String() string {
 func (*OpenReplicaResponse) ProtoMessage() {}
 
 func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[1]
+	mi := &file_scope_node_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -119,7 +342,7 @@ func (x *OpenReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenReplicaResponse.ProtoReflect.Descriptor instead.
 func (*OpenReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{1}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *OpenReplicaResponse) GetAppliedIndex() uint64 {
@@ -138,7 +361,7 @@ type ReplicaStatusRequest struct {
 
 func (x *ReplicaStatusRequest) Reset() {
 	*x = ReplicaStatusRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[2]
+	mi := &file_scope_node_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -150,7 +373,7 @@ func (x *ReplicaStatusRequest) String() string {
 func (*ReplicaStatusRequest) ProtoMessage() {}
 
 func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[2]
+	mi := &file_scope_node_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -163,7 +386,7 @@ func (x *ReplicaStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusRequest.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ReplicaStatusRequest) GetShard() uint32 {
@@ -189,14 +412,20 @@ type ReplicaStatusResponse struct {
 	Members []string `protobuf:"bytes,6,rep,name=members,proto3" json:"members,omitempty"`
 	// The replica's raft commit index. A leader's latest configuration
 	// supersedes every configuration held in entries up to it.
-	CommitIndex   uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CommitIndex uint64 `protobuf:"varint,7,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	// Resharding: the shard count of the replica's layout, whether it is a
+	// split child still awaiting its handoff, and the handoff chunks it gave
+	// a child that the child has not confirmed.
+	LayoutShards    uint32 `protobuf:"varint,8,opt,name=layout_shards,json=layoutShards,proto3" json:"layout_shards,omitempty"`
+	AwaitingHandoff bool   `protobuf:"varint,9,opt,name=awaiting_handoff,json=awaitingHandoff,proto3" json:"awaiting_handoff,omitempty"`
+	Handoffs        uint32 `protobuf:"varint,10,opt,name=handoffs,proto3" json:"handoffs,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReplicaStatusResponse) Reset() {
 	*x = ReplicaStatusResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[3]
+	mi := &file_scope_node_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +437,7 @@ func (x *ReplicaStatusResponse) String() string {
 func (*ReplicaStatusResponse) ProtoMessage() {}
 
 func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[3]
+	mi := &file_scope_node_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +450,7 @@ func (x *ReplicaStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaStatusResponse.ProtoReflect.Descriptor instead.
 func (*ReplicaStatusResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplicaStatusResponse) GetExists() bool {
@@ -266,6 +495,27 @@ func (x *ReplicaStatusResponse) GetCommitIndex() uint64 {
 	return 0
 }
 
+func (x *ReplicaStatusResponse) GetLayoutShards() uint32 {
+	if x != nil {
+		return x.LayoutShards
+	}
+	return 0
+}
+
+func (x *ReplicaStatusResponse) GetAwaitingHandoff() bool {
+	if x != nil {
+		return x.AwaitingHandoff
+	}
+	return false
+}
+
+func (x *ReplicaStatusResponse) GetHandoffs() uint32 {
+	if x != nil {
+		return x.Handoffs
+	}
+	return 0
+}
+
 type DropReplicaRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Shard uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
@@ -282,7 +532,7 @@ type DropReplicaRequest struct {
 
 func (x *DropReplicaRequest) Reset() {
 	*x = DropReplicaRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[4]
+	mi := &file_scope_node_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -294,7 +544,7 @@ func (x *DropReplicaRequest) String() string {
 func (*DropReplicaRequest) ProtoMessage() {}
 
 func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[4]
+	mi := &file_scope_node_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -307,7 +557,7 @@ func (x *DropReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaRequest.ProtoReflect.Descriptor instead.
 func (*DropReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DropReplicaRequest) GetShard() uint32 {
@@ -332,7 +582,7 @@ type DropReplicaResponse struct {
 
 func (x *DropReplicaResponse) Reset() {
 	*x = DropReplicaResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[5]
+	mi := &file_scope_node_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +594,7 @@ func (x *DropReplicaResponse) String() string {
 func (*DropReplicaResponse) ProtoMessage() {}
 
 func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[5]
+	mi := &file_scope_node_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +607,7 @@ func (x *DropReplicaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropReplicaResponse.ProtoReflect.Descriptor instead.
 func (*DropReplicaResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 type DeliverNoticesRequest struct {
@@ -371,7 +621,7 @@ type DeliverNoticesRequest struct {
 
 func (x *DeliverNoticesRequest) Reset() {
 	*x = DeliverNoticesRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[6]
+	mi := &file_scope_node_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +633,7 @@ func (x *DeliverNoticesRequest) String() string {
 func (*DeliverNoticesRequest) ProtoMessage() {}
 
 func (x *DeliverNoticesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[6]
+	mi := &file_scope_node_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +646,7 @@ func (x *DeliverNoticesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverNoticesRequest.ProtoReflect.Descriptor instead.
 func (*DeliverNoticesRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeliverNoticesRequest) GetShard() uint32 {
@@ -421,7 +671,7 @@ type DeliverNoticesResponse struct {
 
 func (x *DeliverNoticesResponse) Reset() {
 	*x = DeliverNoticesResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[7]
+	mi := &file_scope_node_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +683,7 @@ func (x *DeliverNoticesResponse) String() string {
 func (*DeliverNoticesResponse) ProtoMessage() {}
 
 func (x *DeliverNoticesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[7]
+	mi := &file_scope_node_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +696,7 @@ func (x *DeliverNoticesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverNoticesResponse.ProtoReflect.Descriptor instead.
 func (*DeliverNoticesResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 type ShardReadRequest struct {
@@ -466,7 +716,7 @@ type ShardReadRequest struct {
 
 func (x *ShardReadRequest) Reset() {
 	*x = ShardReadRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[8]
+	mi := &file_scope_node_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -478,7 +728,7 @@ func (x *ShardReadRequest) String() string {
 func (*ShardReadRequest) ProtoMessage() {}
 
 func (x *ShardReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[8]
+	mi := &file_scope_node_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -491,7 +741,7 @@ func (x *ShardReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReadRequest.ProtoReflect.Descriptor instead.
 func (*ShardReadRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ShardReadRequest) GetShard() uint32 {
@@ -537,7 +787,7 @@ type ShardReadResponse struct {
 
 func (x *ShardReadResponse) Reset() {
 	*x = ShardReadResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[9]
+	mi := &file_scope_node_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +799,7 @@ func (x *ShardReadResponse) String() string {
 func (*ShardReadResponse) ProtoMessage() {}
 
 func (x *ShardReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[9]
+	mi := &file_scope_node_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +812,7 @@ func (x *ShardReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReadResponse.ProtoReflect.Descriptor instead.
 func (*ShardReadResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ShardReadResponse) GetResult() []byte {
@@ -607,7 +857,7 @@ type TailRequest struct {
 
 func (x *TailRequest) Reset() {
 	*x = TailRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[10]
+	mi := &file_scope_node_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +869,7 @@ func (x *TailRequest) String() string {
 func (*TailRequest) ProtoMessage() {}
 
 func (x *TailRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[10]
+	mi := &file_scope_node_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +882,7 @@ func (x *TailRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailRequest.ProtoReflect.Descriptor instead.
 func (*TailRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TailRequest) GetShards() []*TailShard {
@@ -676,7 +926,7 @@ type TailShard struct {
 
 func (x *TailShard) Reset() {
 	*x = TailShard{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[11]
+	mi := &file_scope_node_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +938,7 @@ func (x *TailShard) String() string {
 func (*TailShard) ProtoMessage() {}
 
 func (x *TailShard) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[11]
+	mi := &file_scope_node_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +951,7 @@ func (x *TailShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailShard.ProtoReflect.Descriptor instead.
 func (*TailShard) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TailShard) GetShard() uint32 {
@@ -756,7 +1006,7 @@ type TailResponse struct {
 
 func (x *TailResponse) Reset() {
 	*x = TailResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[12]
+	mi := &file_scope_node_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +1018,7 @@ func (x *TailResponse) String() string {
 func (*TailResponse) ProtoMessage() {}
 
 func (x *TailResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[12]
+	mi := &file_scope_node_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +1031,7 @@ func (x *TailResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailResponse.ProtoReflect.Descriptor instead.
 func (*TailResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TailResponse) GetShard() uint32 {
@@ -901,7 +1151,7 @@ type TailEvent struct {
 
 func (x *TailEvent) Reset() {
 	*x = TailEvent{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[13]
+	mi := &file_scope_node_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -913,7 +1163,7 @@ func (x *TailEvent) String() string {
 func (*TailEvent) ProtoMessage() {}
 
 func (x *TailEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[13]
+	mi := &file_scope_node_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -926,7 +1176,7 @@ func (x *TailEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailEvent.ProtoReflect.Descriptor instead.
 func (*TailEvent) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TailEvent) GetIndex() uint64 {
@@ -967,7 +1217,7 @@ type TailGap struct {
 
 func (x *TailGap) Reset() {
 	*x = TailGap{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[14]
+	mi := &file_scope_node_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1229,7 @@ func (x *TailGap) String() string {
 func (*TailGap) ProtoMessage() {}
 
 func (x *TailGap) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[14]
+	mi := &file_scope_node_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1242,7 @@ func (x *TailGap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailGap.ProtoReflect.Descriptor instead.
 func (*TailGap) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TailGap) GetAfterIndex() uint64 {
@@ -1018,7 +1268,7 @@ type TailGone struct {
 
 func (x *TailGone) Reset() {
 	*x = TailGone{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[15]
+	mi := &file_scope_node_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1280,7 @@ func (x *TailGone) String() string {
 func (*TailGone) ProtoMessage() {}
 
 func (x *TailGone) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[15]
+	mi := &file_scope_node_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1293,7 @@ func (x *TailGone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TailGone.ProtoReflect.Descriptor instead.
 func (*TailGone) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TailGone) GetReason() string {
@@ -1064,7 +1314,7 @@ type KeyringRequest struct {
 
 func (x *KeyringRequest) Reset() {
 	*x = KeyringRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[16]
+	mi := &file_scope_node_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1326,7 @@ func (x *KeyringRequest) String() string {
 func (*KeyringRequest) ProtoMessage() {}
 
 func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[16]
+	mi := &file_scope_node_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1339,7 @@ func (x *KeyringRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringRequest.ProtoReflect.Descriptor instead.
 func (*KeyringRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KeyringRequest) GetOperation() v1.KeyringOperation {
@@ -1116,7 +1366,7 @@ type KeyringResponse struct {
 
 func (x *KeyringResponse) Reset() {
 	*x = KeyringResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[17]
+	mi := &file_scope_node_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1378,7 @@ func (x *KeyringResponse) String() string {
 func (*KeyringResponse) ProtoMessage() {}
 
 func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[17]
+	mi := &file_scope_node_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1391,7 @@ func (x *KeyringResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyringResponse.ProtoReflect.Descriptor instead.
 func (*KeyringResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KeyringResponse) GetKeys() []string {
@@ -1162,7 +1412,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[18]
+	mi := &file_scope_node_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1424,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[18]
+	mi := &file_scope_node_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1437,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TransferLeadershipRequest) GetShard() uint32 {
@@ -1214,7 +1464,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_scope_node_v1_node_proto_msgTypes[19]
+	mi := &file_scope_node_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1476,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scope_node_v1_node_proto_msgTypes[19]
+	mi := &file_scope_node_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1489,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_scope_node_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TransferLeadershipResponse) GetLeader() string {
@@ -1253,21 +1503,38 @@ var File_scope_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\n" +
-	"\x18scope/node/v1/node.proto\x12\rscope.node.v1\x1a\x14scope/v1/scope.proto\"B\n" +
+	"\x18scope/node/v1/node.proto\x12\rscope.node.v1\x1a\x14scope/v1/scope.proto\"_\n" +
+	"\fSplitRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
+	"\x06shards\x18\x02 \x01(\rR\x06shards\x12!\n" +
+	"\fprepare_only\x18\x03 \x01(\bR\vprepareOnly\"%\n" +
+	"\rSplitResponse\x12\x14\n" +
+	"\x05split\x18\x01 \x01(\bR\x05split\"x\n" +
+	"\fAdoptRequest\x12\x14\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\rR\x04from\x12\x14\n" +
+	"\x05chunk\x18\x03 \x01(\rR\x05chunk\x12\x0e\n" +
+	"\x02of\x18\x04 \x01(\rR\x02of\x12\x18\n" +
+	"\arecords\x18\x05 \x01(\fR\arecords\"\x0f\n" +
+	"\rAdoptResponse\"B\n" +
 	"\x12OpenReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x16\n" +
 	"\x06shards\x18\x02 \x01(\rR\x06shards\":\n" +
 	"\x13OpenReplicaResponse\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\",\n" +
 	"\x14ReplicaStatusRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xc7\x01\n" +
+	"\x05shard\x18\x01 \x01(\rR\x05shard\"\xb3\x02\n" +
 	"\x15ReplicaStatusResponse\x12\x16\n" +
 	"\x06exists\x18\x01 \x01(\bR\x06exists\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x16\n" +
 	"\x06leader\x18\x03 \x01(\bR\x06leader\x12\x16\n" +
 	"\x06failed\x18\x04 \x01(\bR\x06failed\x12\x18\n" +
 	"\amembers\x18\x06 \x03(\tR\amembers\x12!\n" +
-	"\fcommit_index\x18\a \x01(\x04R\vcommitIndexJ\x04\b\x05\x10\x06\"I\n" +
+	"\fcommit_index\x18\a \x01(\x04R\vcommitIndex\x12#\n" +
+	"\rlayout_shards\x18\b \x01(\rR\flayoutShards\x12)\n" +
+	"\x10awaiting_handoff\x18\t \x01(\bR\x0fawaitingHandoff\x12\x1a\n" +
+	"\bhandoffs\x18\n" +
+	" \x01(\rR\bhandoffsJ\x04\b\x05\x10\x06\"I\n" +
 	"\x12DropReplicaRequest\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1d\n" +
 	"\n" +
@@ -1329,7 +1596,7 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\"4\n" +
 	"\x1aTransferLeadershipResponse\x12\x16\n" +
-	"\x06leader\x18\x01 \x01(\tR\x06leader2\xbc\x05\n" +
+	"\x06leader\x18\x01 \x01(\tR\x06leader2\xc4\x06\n" +
 	"\vNodeService\x12T\n" +
 	"\vOpenReplica\x12!.scope.node.v1.OpenReplicaRequest\x1a\".scope.node.v1.OpenReplicaResponse\x12Z\n" +
 	"\rReplicaStatus\x12#.scope.node.v1.ReplicaStatusRequest\x1a$.scope.node.v1.ReplicaStatusResponse\x12T\n" +
@@ -1338,7 +1605,9 @@ const file_scope_node_v1_node_proto_rawDesc = "" +
 	"\tShardRead\x12\x1f.scope.node.v1.ShardReadRequest\x1a .scope.node.v1.ShardReadResponse\x12A\n" +
 	"\x04Tail\x12\x1a.scope.node.v1.TailRequest\x1a\x1b.scope.node.v1.TailResponse0\x01\x12H\n" +
 	"\aKeyring\x12\x1d.scope.node.v1.KeyringRequest\x1a\x1e.scope.node.v1.KeyringResponse\x12i\n" +
-	"\x12TransferLeadership\x12(.scope.node.v1.TransferLeadershipRequest\x1a).scope.node.v1.TransferLeadershipResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
+	"\x12TransferLeadership\x12(.scope.node.v1.TransferLeadershipRequest\x1a).scope.node.v1.TransferLeadershipResponse\x12B\n" +
+	"\x05Split\x12\x1b.scope.node.v1.SplitRequest\x1a\x1c.scope.node.v1.SplitResponse\x12B\n" +
+	"\x05Adopt\x12\x1b.scope.node.v1.AdoptRequest\x1a\x1c.scope.node.v1.AdoptResponseB;Z9github.com/elixirscope/scope/rpc/gen/scope/node/v1;nodev1b\x06proto3"
 
 var (
 	file_scope_node_v1_node_proto_rawDescOnce sync.Once
@@ -1352,54 +1621,62 @@ func file_scope_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_scope_node_v1_node_proto_rawDescData
 }
 
-var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_scope_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_scope_node_v1_node_proto_goTypes = []any{
-	(*OpenReplicaRequest)(nil),         // 0: scope.node.v1.OpenReplicaRequest
-	(*OpenReplicaResponse)(nil),        // 1: scope.node.v1.OpenReplicaResponse
-	(*ReplicaStatusRequest)(nil),       // 2: scope.node.v1.ReplicaStatusRequest
-	(*ReplicaStatusResponse)(nil),      // 3: scope.node.v1.ReplicaStatusResponse
-	(*DropReplicaRequest)(nil),         // 4: scope.node.v1.DropReplicaRequest
-	(*DropReplicaResponse)(nil),        // 5: scope.node.v1.DropReplicaResponse
-	(*DeliverNoticesRequest)(nil),      // 6: scope.node.v1.DeliverNoticesRequest
-	(*DeliverNoticesResponse)(nil),     // 7: scope.node.v1.DeliverNoticesResponse
-	(*ShardReadRequest)(nil),           // 8: scope.node.v1.ShardReadRequest
-	(*ShardReadResponse)(nil),          // 9: scope.node.v1.ShardReadResponse
-	(*TailRequest)(nil),                // 10: scope.node.v1.TailRequest
-	(*TailShard)(nil),                  // 11: scope.node.v1.TailShard
-	(*TailResponse)(nil),               // 12: scope.node.v1.TailResponse
-	(*TailEvent)(nil),                  // 13: scope.node.v1.TailEvent
-	(*TailGap)(nil),                    // 14: scope.node.v1.TailGap
-	(*TailGone)(nil),                   // 15: scope.node.v1.TailGone
-	(*KeyringRequest)(nil),             // 16: scope.node.v1.KeyringRequest
-	(*KeyringResponse)(nil),            // 17: scope.node.v1.KeyringResponse
-	(*TransferLeadershipRequest)(nil),  // 18: scope.node.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 19: scope.node.v1.TransferLeadershipResponse
-	(v1.KeyringOperation)(0),           // 20: scope.v1.KeyringOperation
+	(*SplitRequest)(nil),               // 0: scope.node.v1.SplitRequest
+	(*SplitResponse)(nil),              // 1: scope.node.v1.SplitResponse
+	(*AdoptRequest)(nil),               // 2: scope.node.v1.AdoptRequest
+	(*AdoptResponse)(nil),              // 3: scope.node.v1.AdoptResponse
+	(*OpenReplicaRequest)(nil),         // 4: scope.node.v1.OpenReplicaRequest
+	(*OpenReplicaResponse)(nil),        // 5: scope.node.v1.OpenReplicaResponse
+	(*ReplicaStatusRequest)(nil),       // 6: scope.node.v1.ReplicaStatusRequest
+	(*ReplicaStatusResponse)(nil),      // 7: scope.node.v1.ReplicaStatusResponse
+	(*DropReplicaRequest)(nil),         // 8: scope.node.v1.DropReplicaRequest
+	(*DropReplicaResponse)(nil),        // 9: scope.node.v1.DropReplicaResponse
+	(*DeliverNoticesRequest)(nil),      // 10: scope.node.v1.DeliverNoticesRequest
+	(*DeliverNoticesResponse)(nil),     // 11: scope.node.v1.DeliverNoticesResponse
+	(*ShardReadRequest)(nil),           // 12: scope.node.v1.ShardReadRequest
+	(*ShardReadResponse)(nil),          // 13: scope.node.v1.ShardReadResponse
+	(*TailRequest)(nil),                // 14: scope.node.v1.TailRequest
+	(*TailShard)(nil),                  // 15: scope.node.v1.TailShard
+	(*TailResponse)(nil),               // 16: scope.node.v1.TailResponse
+	(*TailEvent)(nil),                  // 17: scope.node.v1.TailEvent
+	(*TailGap)(nil),                    // 18: scope.node.v1.TailGap
+	(*TailGone)(nil),                   // 19: scope.node.v1.TailGone
+	(*KeyringRequest)(nil),             // 20: scope.node.v1.KeyringRequest
+	(*KeyringResponse)(nil),            // 21: scope.node.v1.KeyringResponse
+	(*TransferLeadershipRequest)(nil),  // 22: scope.node.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 23: scope.node.v1.TransferLeadershipResponse
+	(v1.KeyringOperation)(0),           // 24: scope.v1.KeyringOperation
 }
 var file_scope_node_v1_node_proto_depIdxs = []int32{
-	11, // 0: scope.node.v1.TailRequest.shards:type_name -> scope.node.v1.TailShard
-	13, // 1: scope.node.v1.TailResponse.event:type_name -> scope.node.v1.TailEvent
-	14, // 2: scope.node.v1.TailResponse.gap:type_name -> scope.node.v1.TailGap
-	15, // 3: scope.node.v1.TailResponse.gone:type_name -> scope.node.v1.TailGone
-	20, // 4: scope.node.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
-	0,  // 5: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
-	2,  // 6: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
-	4,  // 7: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
-	6,  // 8: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
-	8,  // 9: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
-	10, // 10: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
-	16, // 11: scope.node.v1.NodeService.Keyring:input_type -> scope.node.v1.KeyringRequest
-	18, // 12: scope.node.v1.NodeService.TransferLeadership:input_type -> scope.node.v1.TransferLeadershipRequest
-	1,  // 13: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
-	3,  // 14: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
-	5,  // 15: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
-	7,  // 16: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
-	9,  // 17: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
-	12, // 18: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
-	17, // 19: scope.node.v1.NodeService.Keyring:output_type -> scope.node.v1.KeyringResponse
-	19, // 20: scope.node.v1.NodeService.TransferLeadership:output_type -> scope.node.v1.TransferLeadershipResponse
-	13, // [13:21] is the sub-list for method output_type
-	5,  // [5:13] is the sub-list for method input_type
+	15, // 0: scope.node.v1.TailRequest.shards:type_name -> scope.node.v1.TailShard
+	17, // 1: scope.node.v1.TailResponse.event:type_name -> scope.node.v1.TailEvent
+	18, // 2: scope.node.v1.TailResponse.gap:type_name -> scope.node.v1.TailGap
+	19, // 3: scope.node.v1.TailResponse.gone:type_name -> scope.node.v1.TailGone
+	24, // 4: scope.node.v1.KeyringRequest.operation:type_name -> scope.v1.KeyringOperation
+	4,  // 5: scope.node.v1.NodeService.OpenReplica:input_type -> scope.node.v1.OpenReplicaRequest
+	6,  // 6: scope.node.v1.NodeService.ReplicaStatus:input_type -> scope.node.v1.ReplicaStatusRequest
+	8,  // 7: scope.node.v1.NodeService.DropReplica:input_type -> scope.node.v1.DropReplicaRequest
+	10, // 8: scope.node.v1.NodeService.DeliverNotices:input_type -> scope.node.v1.DeliverNoticesRequest
+	12, // 9: scope.node.v1.NodeService.ShardRead:input_type -> scope.node.v1.ShardReadRequest
+	14, // 10: scope.node.v1.NodeService.Tail:input_type -> scope.node.v1.TailRequest
+	20, // 11: scope.node.v1.NodeService.Keyring:input_type -> scope.node.v1.KeyringRequest
+	22, // 12: scope.node.v1.NodeService.TransferLeadership:input_type -> scope.node.v1.TransferLeadershipRequest
+	0,  // 13: scope.node.v1.NodeService.Split:input_type -> scope.node.v1.SplitRequest
+	2,  // 14: scope.node.v1.NodeService.Adopt:input_type -> scope.node.v1.AdoptRequest
+	5,  // 15: scope.node.v1.NodeService.OpenReplica:output_type -> scope.node.v1.OpenReplicaResponse
+	7,  // 16: scope.node.v1.NodeService.ReplicaStatus:output_type -> scope.node.v1.ReplicaStatusResponse
+	9,  // 17: scope.node.v1.NodeService.DropReplica:output_type -> scope.node.v1.DropReplicaResponse
+	11, // 18: scope.node.v1.NodeService.DeliverNotices:output_type -> scope.node.v1.DeliverNoticesResponse
+	13, // 19: scope.node.v1.NodeService.ShardRead:output_type -> scope.node.v1.ShardReadResponse
+	16, // 20: scope.node.v1.NodeService.Tail:output_type -> scope.node.v1.TailResponse
+	21, // 21: scope.node.v1.NodeService.Keyring:output_type -> scope.node.v1.KeyringResponse
+	23, // 22: scope.node.v1.NodeService.TransferLeadership:output_type -> scope.node.v1.TransferLeadershipResponse
+	1,  // 23: scope.node.v1.NodeService.Split:output_type -> scope.node.v1.SplitResponse
+	3,  // 24: scope.node.v1.NodeService.Adopt:output_type -> scope.node.v1.AdoptResponse
+	15, // [15:25] is the sub-list for method output_type
+	5,  // [5:15] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1410,7 +1687,7 @@ func file_scope_node_v1_node_proto_init() {
 	if File_scope_node_v1_node_proto != nil {
 		return
 	}
-	file_scope_node_v1_node_proto_msgTypes[12].OneofWrappers = []any{
+	file_scope_node_v1_node_proto_msgTypes[16].OneofWrappers = []any{
 		(*TailResponse_Event)(nil),
 		(*TailResponse_Lagged)(nil),
 		(*TailResponse_Gap)(nil),
@@ -1423,7 +1700,7 @@ func file_scope_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scope_node_v1_node_proto_rawDesc), len(file_scope_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

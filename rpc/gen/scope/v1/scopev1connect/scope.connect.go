@@ -97,6 +97,8 @@ const (
 	// ClusterServiceTransferLeadershipProcedure is the fully-qualified name of the ClusterService's
 	// TransferLeadership RPC.
 	ClusterServiceTransferLeadershipProcedure = "/scope.v1.ClusterService/TransferLeadership"
+	// ClusterServiceReshardProcedure is the fully-qualified name of the ClusterService's Reshard RPC.
+	ClusterServiceReshardProcedure = "/scope.v1.ClusterService/Reshard"
 )
 
 // IngestServiceClient is a client for the scope.v1.IngestService service.
@@ -570,6 +572,15 @@ type ClusterServiceClient interface {
 	// takes the call; the shard's leader carries it out. It returns once the
 	// old leader has stepped down.
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Reshard grows the cluster's shard count online (admin): each doubling
+	// splits every shard in two, the new shard taking the processes the
+	// doubled layout gives it, with their open call stacks and waiting
+	// messages, through the shard's log; ingest and queries continue. Events
+	// stored before stay where they are and queries read both. Any node
+	// takes the call and coordinates it; it is idempotent (calling it again
+	// resumes an interrupted reshard) and returns once every split is
+	// committed and every new shard has adopted its handoff.
+	Reshard(context.Context, *connect.Request[v1.ReshardRequest]) (*connect.Response[v1.ReshardResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the scope.v1.ClusterService service. By default,
@@ -621,6 +632,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
 			connect.WithClientOptions(opts...),
 		),
+		reshard: connect.NewClient[v1.ReshardRequest, v1.ReshardResponse](
+			httpClient,
+			baseURL+ClusterServiceReshardProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Reshard")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -632,6 +649,7 @@ type clusterServiceClient struct {
 	leave              *connect.Client[v1.LeaveRequest, v1.LeaveResponse]
 	keyring            *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
+	reshard            *connect.Client[v1.ReshardRequest, v1.ReshardResponse]
 }
 
 // Members calls scope.v1.ClusterService.Members.
@@ -664,6 +682,11 @@ func (c *clusterServiceClient) TransferLeadership(ctx context.Context, req *conn
 	return c.transferLeadership.CallUnary(ctx, req)
 }
 
+// Reshard calls scope.v1.ClusterService.Reshard.
+func (c *clusterServiceClient) Reshard(ctx context.Context, req *connect.Request[v1.ReshardRequest]) (*connect.Response[v1.ReshardResponse], error) {
+	return c.reshard.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the scope.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Members lists the nodes the answering node knows through gossip.
@@ -687,6 +710,15 @@ type ClusterServiceHandler interface {
 	// takes the call; the shard's leader carries it out. It returns once the
 	// old leader has stepped down.
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Reshard grows the cluster's shard count online (admin): each doubling
+	// splits every shard in two, the new shard taking the processes the
+	// doubled layout gives it, with their open call stacks and waiting
+	// messages, through the shard's log; ingest and queries continue. Events
+	// stored before stay where they are and queries read both. Any node
+	// takes the call and coordinates it; it is idempotent (calling it again
+	// resumes an interrupted reshard) and returns once every split is
+	// committed and every new shard has adopted its handoff.
+	Reshard(context.Context, *connect.Request[v1.ReshardRequest]) (*connect.Response[v1.ReshardResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -734,6 +766,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("TransferLeadership")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceReshardHandler := connect.NewUnaryHandler(
+		ClusterServiceReshardProcedure,
+		svc.Reshard,
+		connect.WithSchema(clusterServiceMethods.ByName("Reshard")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceMembersProcedure:
@@ -748,6 +786,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceKeyringHandler.ServeHTTP(w, r)
 		case ClusterServiceTransferLeadershipProcedure:
 			clusterServiceTransferLeadershipHandler.ServeHTTP(w, r)
+		case ClusterServiceReshardProcedure:
+			clusterServiceReshardHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -779,4 +819,8 @@ func (UnimplementedClusterServiceHandler) Keyring(context.Context, *connect.Requ
 
 func (UnimplementedClusterServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.TransferLeadership is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Reshard(context.Context, *connect.Request[v1.ReshardRequest]) (*connect.Response[v1.ReshardResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.v1.ClusterService.Reshard is not implemented"))
 }

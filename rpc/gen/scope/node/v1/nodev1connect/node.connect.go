@@ -62,6 +62,10 @@ const (
 	// NodeServiceTransferLeadershipProcedure is the fully-qualified name of the NodeService's
 	// TransferLeadership RPC.
 	NodeServiceTransferLeadershipProcedure = "/scope.node.v1.NodeService/TransferLeadership"
+	// NodeServiceSplitProcedure is the fully-qualified name of the NodeService's Split RPC.
+	NodeServiceSplitProcedure = "/scope.node.v1.NodeService/Split"
+	// NodeServiceAdoptProcedure is the fully-qualified name of the NodeService's Adopt RPC.
+	NodeServiceAdoptProcedure = "/scope.node.v1.NodeService/Adopt"
 )
 
 // NodeServiceClient is a client for the scope.node.v1.NodeService service.
@@ -93,6 +97,14 @@ type NodeServiceClient interface {
 	// another voter (ClusterService.TransferLeadership on another node
 	// forwards here).
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Split splits a shard this node leads into the doubled layout: it
+	// creates the child's group through the shard's log, then splits the
+	// shard, and returns once the split is committed (ClusterService.Reshard
+	// calls it on every shard's leader).
+	Split(context.Context, *connect.Request[v1.SplitRequest]) (*connect.Response[v1.SplitResponse], error)
+	// Adopt proposes one handoff chunk of a split shard to its child, which
+	// this node leads, and returns once it is committed (or was already).
+	Adopt(context.Context, *connect.Request[v1.AdoptRequest]) (*connect.Response[v1.AdoptResponse], error)
 }
 
 // NewNodeServiceClient constructs a client for the scope.node.v1.NodeService service. By default,
@@ -154,6 +166,18 @@ func NewNodeServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(nodeServiceMethods.ByName("TransferLeadership")),
 			connect.WithClientOptions(opts...),
 		),
+		split: connect.NewClient[v1.SplitRequest, v1.SplitResponse](
+			httpClient,
+			baseURL+NodeServiceSplitProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("Split")),
+			connect.WithClientOptions(opts...),
+		),
+		adopt: connect.NewClient[v1.AdoptRequest, v1.AdoptResponse](
+			httpClient,
+			baseURL+NodeServiceAdoptProcedure,
+			connect.WithSchema(nodeServiceMethods.ByName("Adopt")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -167,6 +191,8 @@ type nodeServiceClient struct {
 	tail               *connect.Client[v1.TailRequest, v1.TailResponse]
 	keyring            *connect.Client[v1.KeyringRequest, v1.KeyringResponse]
 	transferLeadership *connect.Client[v1.TransferLeadershipRequest, v1.TransferLeadershipResponse]
+	split              *connect.Client[v1.SplitRequest, v1.SplitResponse]
+	adopt              *connect.Client[v1.AdoptRequest, v1.AdoptResponse]
 }
 
 // OpenReplica calls scope.node.v1.NodeService.OpenReplica.
@@ -209,6 +235,16 @@ func (c *nodeServiceClient) TransferLeadership(ctx context.Context, req *connect
 	return c.transferLeadership.CallUnary(ctx, req)
 }
 
+// Split calls scope.node.v1.NodeService.Split.
+func (c *nodeServiceClient) Split(ctx context.Context, req *connect.Request[v1.SplitRequest]) (*connect.Response[v1.SplitResponse], error) {
+	return c.split.CallUnary(ctx, req)
+}
+
+// Adopt calls scope.node.v1.NodeService.Adopt.
+func (c *nodeServiceClient) Adopt(ctx context.Context, req *connect.Request[v1.AdoptRequest]) (*connect.Response[v1.AdoptResponse], error) {
+	return c.adopt.CallUnary(ctx, req)
+}
+
 // NodeServiceHandler is an implementation of the scope.node.v1.NodeService service.
 type NodeServiceHandler interface {
 	// OpenReplica opens an empty replica of a shard on this node (or keeps
@@ -238,6 +274,14 @@ type NodeServiceHandler interface {
 	// another voter (ClusterService.TransferLeadership on another node
 	// forwards here).
 	TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error)
+	// Split splits a shard this node leads into the doubled layout: it
+	// creates the child's group through the shard's log, then splits the
+	// shard, and returns once the split is committed (ClusterService.Reshard
+	// calls it on every shard's leader).
+	Split(context.Context, *connect.Request[v1.SplitRequest]) (*connect.Response[v1.SplitResponse], error)
+	// Adopt proposes one handoff chunk of a split shard to its child, which
+	// this node leads, and returns once it is committed (or was already).
+	Adopt(context.Context, *connect.Request[v1.AdoptRequest]) (*connect.Response[v1.AdoptResponse], error)
 }
 
 // NewNodeServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -295,6 +339,18 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(nodeServiceMethods.ByName("TransferLeadership")),
 		connect.WithHandlerOptions(opts...),
 	)
+	nodeServiceSplitHandler := connect.NewUnaryHandler(
+		NodeServiceSplitProcedure,
+		svc.Split,
+		connect.WithSchema(nodeServiceMethods.ByName("Split")),
+		connect.WithHandlerOptions(opts...),
+	)
+	nodeServiceAdoptHandler := connect.NewUnaryHandler(
+		NodeServiceAdoptProcedure,
+		svc.Adopt,
+		connect.WithSchema(nodeServiceMethods.ByName("Adopt")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/scope.node.v1.NodeService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case NodeServiceOpenReplicaProcedure:
@@ -313,6 +369,10 @@ func NewNodeServiceHandler(svc NodeServiceHandler, opts ...connect.HandlerOption
 			nodeServiceKeyringHandler.ServeHTTP(w, r)
 		case NodeServiceTransferLeadershipProcedure:
 			nodeServiceTransferLeadershipHandler.ServeHTTP(w, r)
+		case NodeServiceSplitProcedure:
+			nodeServiceSplitHandler.ServeHTTP(w, r)
+		case NodeServiceAdoptProcedure:
+			nodeServiceAdoptHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -352,4 +412,12 @@ func (UnimplementedNodeServiceHandler) Keyring(context.Context, *connect.Request
 
 func (UnimplementedNodeServiceHandler) TransferLeadership(context.Context, *connect.Request[v1.TransferLeadershipRequest]) (*connect.Response[v1.TransferLeadershipResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.TransferLeadership is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) Split(context.Context, *connect.Request[v1.SplitRequest]) (*connect.Response[v1.SplitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Split is not implemented"))
+}
+
+func (UnimplementedNodeServiceHandler) Adopt(context.Context, *connect.Request[v1.AdoptRequest]) (*connect.Response[v1.AdoptResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("scope.node.v1.NodeService.Adopt is not implemented"))
 }
