@@ -7,6 +7,7 @@
 #
 #   make build && bash docs/bench/reshard.sh            # no join
 #   JOIN=1 bash docs/bench/reshard.sh                   # with a fourth node
+#   NORESHARD=1 bash docs/bench/reshard.sh              # the same load, no reshard (baseline)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=./bin/scope
@@ -25,9 +26,11 @@ if [ "${JOIN:-0}" = 1 ]; then
 	$BIN agent -name node4 -data-dir "$DIR/node4" -http 127.0.0.1:27100 -raft 127.0.0.1:27101 \
 		-gossip 127.0.0.1:27102 -gossip-profile local -join 127.0.0.1:27072 >"$DIR/node4.log" 2>&1 &
 fi
-start=$(date +%s.%N)
-$BIN reshard -addr 127.0.0.1:27080 -shards 64
-echo "reshard took $(echo "$(date +%s.%N) - $start" | bc) s (bench started 8 s before)"
+if [ "${NORESHARD:-0}" != 1 ]; then
+	start=$(date +%s.%N)
+	$BIN reshard -addr 127.0.0.1:27080 -shards 64
+	echo "reshard took $(echo "$(date +%s.%N) - $start" | bc) s (bench started 8 s before)"
+fi
 wait $bench || true
 grep -v '^shape' "$DIR/bench.out"
 sleep 2
