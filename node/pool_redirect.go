@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"github.com/elixirscope/scope/correlate"
 )
 
 // redirectQueue is a shard's batches waiting to be redirected to the
@@ -153,6 +155,25 @@ func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
 		p.rerouteBatch(sh, pr)
 		return
 	}
+	p.sendParts(sh, pr, func(events []correlate.Event, wait bool) (int, error) {
+		dups, rerr := p.redirect.Redirect(p.ctx, sh.id, events, wait)
+		p.m.Redirected(sh.id, len(events), rerr) // success is counted here
+		return dups, redirectOutcome(pr.cause, rerr)
+	}, func(events []correlate.Event, failed error) error {
+		err := fmt.Errorf("%w; not redirected behind a failed part of its batch: %v", pr.cause, failed)
+		p.m.Redirected(sh.id, len(events), err) // lost for ACCEPTED submitters: counted with the others
+		return err
+	})
+}
+
+// sendParts hands pr on in parts, in order (redirectParts), with send, and
+// resolves each part's tickets with its outcome; a part's duplicates are
+// charged to its ticket when it is one submitter's alone. Once a part
+// failed, the later ones are not sent (they would overtake it): their
+// outcome is behind's.
+func (p *Pool) sendParts(sh *poolShard, pr *proposal,
+	send func(events []correlate.Event, wait bool) (dups int, err error),
+	behind func(events []correlate.Event, failed error) error) {
 	var failed error
 	off := 0
 	for _, k := range redirectParts(pr.runs) {
@@ -166,15 +187,13 @@ func (p *Pool) redirectBatch(sh *poolShard, pr *proposal) {
 		off += n
 		var err error
 		if failed != nil {
-			err = fmt.Errorf("%w; not redirected behind a failed part of its batch: %v", pr.cause, failed)
-			p.m.Redirected(sh.id, n, err) // lost for ACCEPTED submitters: counted with the others
+			err = behind(events, failed)
 		} else {
-			dups, rerr := p.redirect.Redirect(p.ctx, sh.id, events, runs[0].t.wait)
-			p.m.Redirected(sh.id, n, rerr) // success is counted here
-			if rerr == nil && len(runs) == 1 && dups > 0 {
+			var dups int
+			dups, err = send(events, runs[0].t.wait)
+			if err == nil && len(runs) == 1 && dups > 0 {
 				runs[0].t.dups.Add(int64(min(dups, runs[0].n)))
 			}
-			err = redirectOutcome(pr.cause, rerr)
 			failed = err
 		}
 		if err != nil {
@@ -224,37 +243,18 @@ func splitRerouted(pr *proposal, rerouted []int) *proposal {
 // resolves their tickets with the outcome. The shard stored none of them,
 // so a failure is the outcome Reroute reports.
 func (p *Pool) rerouteBatch(sh *poolShard, pr *proposal) {
-	var failed error
-	off := 0
-	for _, k := range redirectParts(pr.runs) {
-		runs := pr.runs[:k]
-		pr.runs = pr.runs[k:]
-		n := 0
-		for _, r := range runs {
-			n += r.n
-		}
-		events := pr.events[off : off+n]
-		off += n
-		var err error
-		if failed != nil {
-			err = fmt.Errorf("%w; not rerouted behind a failed part of its batch: %v", errRerouted, failed)
-		} else {
-			dups, rerr := p.reroute.Reroute(p.ctx, events, runs[0].t.wait)
-			if rerr == nil && len(runs) == 1 && dups > 0 {
-				runs[0].t.dups.Add(int64(min(dups, runs[0].n)))
-			}
-			if rerr != nil {
-				err = fmt.Errorf("%v: %w", errRerouted, rerr)
-			}
-			failed = err
-		}
-		p.m.Rerouted(sh.id, n, err)
+	p.sendParts(sh, pr, func(events []correlate.Event, wait bool) (int, error) {
+		dups, err := p.reroute.Reroute(p.ctx, events, wait)
 		if err != nil {
-			p.m.EventsFailed(sh.id, n)
-			err = fmt.Errorf("node: shard %d: batch of %d events: %w", sh.id, n, err)
+			err = fmt.Errorf("%v: %w", errRerouted, err)
 		}
-		sh.resolve(runs, err)
-	}
+		p.m.Rerouted(sh.id, len(events), err)
+		return dups, err
+	}, func(events []correlate.Event, failed error) error {
+		err := fmt.Errorf("%w; not rerouted behind a failed part of its batch: %v", errRerouted, failed)
+		p.m.Rerouted(sh.id, len(events), err)
+		return err
+	})
 }
 
 // redirectParts splits runs into the parts redirectBatch sends, as the
