@@ -39,8 +39,8 @@ type ProtocolRange struct{ Min, Max uint8 }
 // BuildProtocol is this build's range: protocol 1 is raft command entry
 // version 1, shard snapshot stream version 2 and NodeService v1 with the
 // shard-read page and edges_many reads. Protocol 2 adds online resharding
-// (docs/DECISIONS.md D39): raft entry versions 2 (a split, a handoff) and
-// 3 (control entries), NodeService.Split and Adopt, and the replica status
+// (docs/DECISIONS.md D39): raft entry version 2 (a split's preparation,
+// the split, a handoff), NodeService.Split and Adopt, and the replica status
 // of a split; the cluster reshards only once it speaks 2.
 var BuildProtocol = ProtocolRange{Min: 1, Max: 2}
 
