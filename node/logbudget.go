@@ -39,8 +39,10 @@ type logBudget struct {
 	logger      *slog.Logger
 	onSnapshot  func() // a snapshot the budget asked for was taken
 
+	// since is the bytes of the entries applied since the last snapshot:
+	// written on the FSM goroutine, read by the snapshot request too.
+	since atomic.Uint64
 	// FSM goroutine only.
-	since    uint64  // bytes of the entries applied since the last snapshot
 	mean     float64 // moving average of an entry's bytes (0: none seen)
 	trailing uint64  // the TrailingLogs raft was last given
 
@@ -66,7 +68,7 @@ func (b *logBudget) applied(logs []*raft.Log) {
 	}
 	for _, l := range logs {
 		n := uint64(len(l.Data) + len(l.Extensions))
-		b.since += n
+		b.since.Add(n)
 		if b.mean == 0 {
 			b.mean = float64(n)
 		} else {
@@ -78,7 +80,7 @@ func (b *logBudget) applied(logs []*raft.Log) {
 		return
 	}
 	b.fitTrailing(r)
-	if b.since >= b.half && b.asking.CompareAndSwap(false, true) {
+	if b.since.Load() >= b.half && b.asking.CompareAndSwap(false, true) {
 		b.running.Add(1)
 		go b.askSnapshot(r)
 	}
@@ -107,20 +109,38 @@ func (b *logBudget) fitTrailing(r *raft.Raft) {
 
 // snapshotTaken is called by the FSM's Snapshot, whoever asked for it:
 // the log is cut to the snapshot's index (less the trailing entries).
-func (b *logBudget) snapshotTaken() { b.since = 0 }
+func (b *logBudget) snapshotTaken() { b.since.Store(0) }
 
+// maxSnapshotRounds bounds the snapshots one request takes in a row.
+const maxSnapshotRounds = 4
+
+// askSnapshot asks raft for a snapshot, and again while the entries applied
+// meanwhile hold half the budget already: applies that crossed it while
+// this request ran could not start another, and if no entry follows them,
+// nothing else would (found by TestRaftLogStaysWithinItsSize under load:
+// its log stayed above the bound after the last write).
 func (b *logBudget) askSnapshot(r *raft.Raft) {
 	defer b.running.Done()
-	defer b.asking.Store(false)
-	err := r.Snapshot().Error()
-	switch {
-	case err == nil:
-		if b.onSnapshot != nil {
-			b.onSnapshot()
+	for round := 0; ; round++ {
+		err := r.Snapshot().Error()
+		switch {
+		case err == nil:
+			if b.onSnapshot != nil {
+				b.onSnapshot()
+			}
+		case errors.Is(err, raft.ErrNothingNewToSnapshot):
+		case errors.Is(err, raft.ErrRaftShutdown):
+			b.asking.Store(false)
+			return
+		default:
+			b.logger.Warn("raft log budget: snapshot failed", "shard", b.shard, "err", err)
 		}
-	case errors.Is(err, raft.ErrNothingNewToSnapshot), errors.Is(err, raft.ErrRaftShutdown):
-	default:
-		b.logger.Warn("raft log budget: snapshot failed", "shard", b.shard, "err", err)
+		b.asking.Store(false)
+		// An apply that crossed half while asking was set started nothing:
+		// look once more, as that apply would have.
+		if round+1 >= maxSnapshotRounds || b.since.Load() < b.half || !b.asking.CompareAndSwap(false, true) {
+			return
+		}
 	}
 }
 
