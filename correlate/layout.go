@@ -39,9 +39,13 @@ func (l Layout) Validate() error {
 
 // MaxShardsFrom returns the largest shard count base can be doubled to
 // (base itself when doubling it passes MaxLayoutShards).
-func MaxShardsFrom(base uint32) uint32 {
+func MaxShardsFrom(base uint32) uint32 { return MaxShardsWithin(base, MaxLayoutShards) }
+
+// MaxShardsWithin returns base doubled as often as it stays within limit
+// (base itself when doubling it passes limit).
+func MaxShardsWithin(base, limit uint32) uint32 {
 	n := base
-	for n > 0 && 2*n <= MaxLayoutShards {
+	for n > 0 && 2*n <= limit {
 		n *= 2
 	}
 	return n

@@ -210,13 +210,7 @@ const MaxNodeShards = 4096
 // MaxShardsFor returns how many shards a cluster of base shards can grow
 // to: base doubled while it stays within MaxNodeShards (base itself above
 // half of it).
-func MaxShardsFor(base uint32) uint32 {
-	n := base
-	for n > 0 && 2*n <= MaxNodeShards {
-		n *= 2
-	}
-	return n
-}
+func MaxShardsFor(base uint32) uint32 { return correlate.MaxShardsWithin(base, MaxNodeShards) }
 
 // Open opens the node's store, starts the writer pool and the background
 // loops. It hosts no replicas until OpenReplica is called.
