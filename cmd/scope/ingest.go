@@ -165,62 +165,28 @@ func (f *ingestFlags) run(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// Ingest requests that fail with UNAVAILABLE (no leader known for a shard,
-// a leadership changing hands: what the API tells clients to retry), or
-// that a shard refused for backpressure (ingestRetryable), are sent again,
-// the same request, after a growing pause. Every event has an
-// id (the client's, or one the server derives from its content), so a
-// resend stores nothing twice: what an earlier attempt stored comes back
-// as duplicates.
-const (
-	ingestAttempts     = 6
-	ingestFirstBackoff = 100 * time.Millisecond
-	ingestMaxBackoff   = 2 * time.Second
-)
-
 // ingester is the one IngestService method `scope ingest` calls.
 type ingester interface {
 	Ingest(context.Context, *connect.Request[scopev1.IngestRequest]) (*connect.Response[scopev1.IngestResponse], error)
 }
 
 // ingestRetrying sends req, each attempt bounded by timeout (0: none),
-// retrying UNAVAILABLE; it returns the last attempt's answer and how many
+// resending what ingestRetryable allows up to ingestAttempts times in all
+// (resendRetryable); it returns the last attempt's answer and how many
 // retries it took.
 func ingestRetrying(ctx context.Context, c ingester, req *scopev1.IngestRequest, timeout time.Duration) (*connect.Response[scopev1.IngestResponse], int, error) {
-	backoff := ingestFirstBackoff
-	for attempt := 1; ; attempt++ {
+	var resp *connect.Response[scopev1.IngestResponse]
+	retries, err := resendRetryable(ctx, ingestAttempts, func() error {
 		rctx, cancel := ctx, context.CancelFunc(func() {})
 		if timeout > 0 {
 			rctx, cancel = context.WithTimeout(ctx, timeout)
 		}
-		resp, err := c.Ingest(rctx, connect.NewRequest(req))
-		cancel()
-		if err == nil || !ingestRetryable(err) || attempt == ingestAttempts || ctx.Err() != nil {
-			return resp, attempt - 1, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, attempt - 1, err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, ingestMaxBackoff)
-	}
-}
-
-// ingestRetryable reports whether a failed Ingest is worth sending again:
-// UNAVAILABLE, and RESOURCE_EXHAUSTED from the shards (a full ingest
-// buffer, a part shed because its shard's queue would outlast the
-// deadline, a full disk: the answer carries the per-shard counts), but not
-// a RESOURCE_EXHAUSTED the request itself caused (larger than the size
-// limit: it carries no counts).
-func ingestRetryable(err error) bool {
-	switch connect.CodeOf(err) {
-	case connect.CodeUnavailable:
-		return true
-	case connect.CodeResourceExhausted:
-		return ingestDetail(err) != nil
-	}
-	return false
+		defer cancel()
+		var err error
+		resp, err = c.Ingest(rctx, connect.NewRequest(req))
+		return err
+	})
+	return resp, retries, err
 }
 
 // ingestDetail returns the IngestResponse attached to an Ingest error.
