@@ -41,6 +41,7 @@ type benchFlags struct {
 	baseline    bool
 	shards      uint
 	payload     int
+	retry       bool
 }
 
 // Bench bounds.
@@ -48,6 +49,11 @@ const (
 	progressEvery      = 5 * time.Second
 	maxLatencySamples  = 1 << 20 // reservoir of per-batch latencies
 	maxConsecutiveErrs = 100     // a worker gives up after this many failures in a row
+	// benchResendAttempts bounds the sends of one request with -retry, the
+	// first included. With resendRetryable's pauses (at most 2 s) 20
+	// attempts span more than the 30 s -timeout, so the request's deadline
+	// ends the resends first unless -timeout is 0 or longer.
+	benchResendAttempts = 20
 )
 
 func runBench(args []string, stdout, stderr io.Writer) int {
@@ -71,6 +77,8 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&b.baseline, "baseline", false, "also run the same events through correlate+store.Apply on a temp dir (no RPC, no Raft)")
 	fs.UintVar(&b.shards, "baseline-shards", 16, "shards of the baseline store")
 	fs.IntVar(&b.payload, "payload-bytes", 0, "pad every event's payload to this many bytes (0: the generator's own, a few bytes)")
+	fs.BoolVar(&b.retry, "retry", true, "resend a request that fails with what `scope ingest` resends (UNAVAILABLE, a shard's backpressure), "+
+		"the same events, with growing pauses, until it succeeds or -timeout from its first send passes (false: count it failed at once)")
 	if code, ok := parseFlags(fs, args); !ok {
 		return code
 	}
@@ -136,6 +144,12 @@ type benchResult struct {
 		Max float64 `json:"max"`
 	} `json:"latency_ms"`
 	FirstError string `json:"first_error,omitempty"`
+	// With -retry: requests sent more than once, how many times they were
+	// sent again in all, and how many of them a resend got acknowledged
+	// (the rest count in Errors).
+	ResentRequests  uint64 `json:"resent_requests,omitempty"`
+	Resends         uint64 `json:"resends,omitempty"`
+	ResentSucceeded uint64 `json:"resent_succeeded,omitempty"`
 	// Visibility: the -visibility probe (benchvisible.go).
 	Visibility *visibility `json:"visibility,omitempty"`
 }
@@ -185,6 +199,7 @@ func (b *benchFlags) run(stdout, stderr io.Writer) (failed uint64, err error) {
 	if err != nil {
 		return 0, err
 	}
+	defer c.hc.CloseIdleConnections()
 	startNs := time.Now().UnixNano()
 	res, err := b.runRPC(c, d, startNs, stderr)
 	if err != nil {
@@ -232,6 +247,10 @@ func (b *benchFlags) run(stdout, stderr io.Writer) (failed uint64, err error) {
 		}
 		fmt.Fprintf(stdout, "shape: events of %.0f B each on the wire (protobuf, mean; %s), %d events per request, %s; %s\n",
 			float64(agent.WireBytes)/float64(agent.Events), payload, b.batch, requestShape(b), durabilityMeaning(d))
+	}
+	if res.ResentRequests > 0 {
+		fmt.Fprintf(stdout, "resent %d requests, %d resends in all (%d succeeded on a resend)\n",
+			res.ResentRequests, res.Resends, res.ResentSucceeded)
 	}
 	if res.Visibility != nil {
 		fmt.Fprintln(stdout, res.Visibility)
@@ -281,7 +300,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 	}
 	res := &benchResult{Name: "agent"}
 	lat := &latencies{rng: rand.New(rand.NewPCG(b.seed, 99))}
-	var sent, accepted, refused, errs, wire atomic.Uint64
+	var sent, accepted, refused, errs, wire, resent, resends, resentOK atomic.Uint64
 	var firstErr atomic.Pointer[string]
 	var wg sync.WaitGroup
 	perWorker := b.events / b.concurrency
@@ -331,6 +350,9 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 			refused.Add(wk.refused)
 			errs.Add(wk.errors)
 			wire.Add(wk.wireBytes)
+			resent.Add(wk.resent)
+			resends.Add(wk.resends)
+			resentOK.Add(wk.resentOK)
 			if wk.firstErr != "" {
 				firstErr.CompareAndSwap(nil, &wk.firstErr)
 			}
@@ -344,6 +366,7 @@ func (b *benchFlags) runRPC(c *api, d scopev1.Durability, startNs int64, stderr 
 	}
 	res.Events, res.Accepted, res.Refused, res.Errors = sent.Load(), accepted.Load(), refused.Load(), errs.Load()
 	res.WireBytes = wire.Load()
+	res.ResentRequests, res.Resends, res.ResentSucceeded = resent.Load(), resends.Load(), resentOK.Load()
 	if p := firstErr.Load(); p != nil {
 		res.FirstError = *p
 	}
@@ -372,6 +395,7 @@ type benchWorker struct {
 
 	sent, accepted, refused, errors uint64
 	wireBytes                       uint64 // protobuf bytes of the requests built
+	resent, resends, resentOK       uint64 // requests sent again, times, acknowledged on a resend
 	consecutive                     int
 	firstErr                        string
 }
@@ -426,8 +450,29 @@ func paceDue(start time.Time, total uint64, phase, rate float64) time.Time {
 	return start.Add(time.Duration((float64(total) - phase) / rate * float64(time.Second)))
 }
 
-func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err error, began time.Time) {
+// record counts one request (a unary call or a stream) of events events,
+// answered by resp or failed with err after resends resends. sendTimes
+// are when its batches were first sent: a resent request's latency counts
+// from its first send, as a client waiting for it would see it.
+func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err error, resends int, sendTimes []time.Time) {
 	w.sent += events
+	if resends > 0 {
+		w.resent++
+		w.resends += uint64(resends)
+		if err == nil {
+			w.resentOK++
+		}
+	}
+	// The last answer says what the request stored. Its duplicates, when it
+	// was resent, are events an earlier attempt stored (the generator
+	// repeats no id within a run): acknowledged, too.
+	acked := func(r *scopev1.IngestResponse) uint64 {
+		n := uint64(r.GetAccepted())
+		if resends > 0 {
+			n += uint64(r.GetDuplicates())
+		}
+		return n
+	}
 	if err != nil {
 		w.errors++
 		w.consecutive++
@@ -435,24 +480,40 @@ func (w *benchWorker) record(events uint64, resp *scopev1.IngestResponse, err er
 			w.firstErr = err.Error()
 		}
 		if ir := ingestDetail(err); ir != nil {
-			w.accepted += uint64(ir.GetAccepted())
+			w.accepted += acked(ir)
 			w.refused += uint64(ir.GetRefused())
 		}
 		return
 	}
 	w.consecutive = 0
-	w.accepted += uint64(resp.GetAccepted())
+	w.accepted += acked(resp)
 	w.refused += uint64(resp.GetRefused())
-	w.progress.Add(uint64(resp.GetAccepted()))
-	w.lat.add(time.Since(began))
+	w.progress.Add(acked(resp))
+	for _, t := range sendTimes {
+		w.lat.add(time.Since(t))
+	}
 }
 
-// requestContext bounds one request or stream by -timeout (0: none).
+// requestContext bounds one request or stream by -timeout (0: none),
+// resends included.
 func (w *benchWorker) requestContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	if w.b.timeout <= 0 {
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, w.b.timeout)
+}
+
+// resend calls send, and with -retry calls it again while resendRetryable
+// allows, within ctx (the request's deadline and the run's end). A worker
+// sends one request at a time, so resending delays only its own worker's
+// next request, as a slow answer does; that request then goes at once if
+// it is due (pace), and the other workers keep their schedules.
+func (w *benchWorker) resend(ctx context.Context, send func() error) (resends int, err error) {
+	attempts := 1
+	if w.b.retry {
+		attempts = benchResendAttempts
+	}
+	return resendRetryable(ctx, attempts, send)
 }
 
 func (w *benchWorker) unary(ctx context.Context, req *scopev1.IngestRequest) {
@@ -461,21 +522,27 @@ func (w *benchWorker) unary(ctx context.Context, req *scopev1.IngestRequest) {
 	began := time.Now()
 	rctx, cancel := w.requestContext(ctx)
 	defer cancel()
-	resp, err := w.c.ingest.Ingest(rctx, connect.NewRequest(req))
+	var resp *connect.Response[scopev1.IngestResponse]
+	resends, err := w.resend(rctx, func() error {
+		var err error
+		resp, err = w.c.ingest.Ingest(rctx, connect.NewRequest(req))
+		return err
+	})
 	if err != nil && ctx.Err() != nil {
 		return // -duration ended the run mid-request: neither sent nor an error
 	}
 	if err != nil {
-		w.record(n, nil, err, began)
+		w.record(n, nil, err, resends, nil)
 		return
 	}
-	w.record(n, resp.Msg, nil, began)
+	w.record(n, resp.Msg, nil, resends, []time.Time{began})
 }
 
-// stream sends reqs on one IngestStream. The summary that acknowledges
-// them comes when the stream closes, so each batch's latency is measured
-// from its own Send to that acknowledgement: an upper bound of its
-// ingest→ack time (the last batch's is exact).
+// stream sends reqs on one IngestStream, and again on a new one while
+// resend allows. The summary that acknowledges them comes when the stream
+// closes, so each batch's latency is measured from its own first Send to
+// that acknowledgement: an upper bound of its ingest→ack time (the last
+// batch's is exact when the stream was not resent).
 func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest) {
 	var n uint64
 	for _, r := range reqs {
@@ -483,14 +550,33 @@ func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest)
 	}
 	rctx, cancel := w.requestContext(ctx)
 	defer cancel()
-	s := w.c.ingest.IngestStream(rctx)
 	sendTimes := make([]time.Time, 0, len(reqs))
+	var resp *scopev1.IngestResponse
+	resends, err := w.resend(rctx, func() error {
+		var err error
+		resp, err = w.streamOnce(ctx, rctx, reqs, &sendTimes)
+		return err
+	})
+	if err != nil && ctx.Err() != nil {
+		return // -duration ended the run mid-stream: neither sent nor an error
+	}
+	w.record(n, resp, err, resends, sendTimes)
+}
+
+// streamOnce sends reqs on a new IngestStream bounded by rctx. A batch is
+// paced (on the run's ctx) and its time noted on its first send only: a
+// resend sends at once the batches an earlier attempt sent, which were
+// due already.
+func (w *benchWorker) streamOnce(ctx, rctx context.Context, reqs []*scopev1.IngestRequest, sendTimes *[]time.Time) (*scopev1.IngestResponse, error) {
+	s := w.c.ingest.IngestStream(rctx)
 	var sendErr error
 	total := w.sent
-	for _, r := range reqs {
+	for i, r := range reqs {
 		total += uint64(len(r.GetEvents()))
-		w.pace(ctx, total)
-		sendTimes = append(sendTimes, time.Now())
+		if i == len(*sendTimes) {
+			w.pace(ctx, total)
+			*sendTimes = append(*sendTimes, time.Now())
+		}
 		if sendErr = s.Send(r); sendErr != nil {
 			break // the server ended the stream: CloseAndReceive has its error
 		}
@@ -499,19 +585,8 @@ func (w *benchWorker) stream(ctx context.Context, reqs []*scopev1.IngestRequest)
 	if err == nil && sendErr != nil {
 		err = sendErr
 	}
-	if err != nil && ctx.Err() != nil {
-		return // -duration ended the run mid-stream: neither sent nor an error
-	}
 	if err != nil {
-		w.record(n, nil, err, time.Now())
-		return
+		return nil, err
 	}
-	w.sent += n
-	w.consecutive = 0
-	w.progress.Add(uint64(resp.Msg.GetAccepted()))
-	w.accepted += uint64(resp.Msg.GetAccepted())
-	w.refused += uint64(resp.Msg.GetRefused())
-	for _, t := range sendTimes {
-		w.lat.add(time.Since(t))
-	}
+	return resp.Msg, nil
 }
