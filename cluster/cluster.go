@@ -203,11 +203,11 @@ type Cluster struct {
 	heldSince     time.Time
 
 	// balanceMu serializes leadership balancing: at most one transfer per
-	// round (lastTransfer is the round of the last one); transferFailed
-	// holds when a balancing transfer of a shard last failed (at most one
-	// entry per shard).
+	// ReconcileInterval (lastTransfer is when the last one completed);
+	// transferFailed holds when a balancing transfer of a shard last failed
+	// (at most one entry per shard).
 	balanceMu      sync.Mutex
-	lastTransfer   uint64
+	lastTransfer   time.Time
 	transferFailed map[uint32]time.Time
 }
 

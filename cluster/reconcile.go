@@ -109,7 +109,7 @@ func (c *Cluster) stepAll(round uint64) {
 				return
 			}
 			if c.reconcileShard(c.ctx, r) {
-				c.balance(r, round)
+				c.balance(r)
 			}
 		}()
 	}
@@ -132,13 +132,23 @@ func (c *Cluster) releaseStep(shard uint32) {
 	delete(c.steps, shard)
 }
 
-// balance hands r's leadership over if no other shard did in this round:
-// balance slowly, never thrash.
-func (c *Cluster) balance(r *node.Replica, round uint64) {
-	c.balanceMu.Lock()
+// balance hands r's leadership over unless this node is handing one over
+// now or did within the last ReconcileInterval: balance slowly, never
+// thrash. Once per round would not be slow: every gossip update starts a
+// round, and leadership counts travel by gossip, so at scale rounds follow
+// one another and each node's transfers outran what gossip said of their
+// targets (the scale model, docs/bench/scale.md, measured 5 times the
+// transfers a balance needs at 100 nodes, and more after a join).
+func (c *Cluster) balance(r *node.Replica) {
+	if !c.balanceMu.TryLock() {
+		return // a transfer is under way on this node
+	}
 	defer c.balanceMu.Unlock()
-	if c.lastTransfer != round && c.balanceLeadership(r) {
-		c.lastTransfer = round
+	if time.Since(c.lastTransfer) < c.cfg.ReconcileInterval {
+		return
+	}
+	if c.balanceLeadership(r) {
+		c.lastTransfer = time.Now()
 	}
 }
 
@@ -168,19 +178,7 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 		return false
 	}
 	_, byName := c.placementMembers()
-	var target raft.Server
-	fewest := mine - 1 // a target must lead at least 2 fewer
-	for _, s := range cf.Configuration().Servers {
-		m, alive := byName[string(s.ID)]
-		// A node that holds no replica (just wiped, or not yet
-		// bootstrapped) cannot take a leadership.
-		if s.Suffrage != raft.Voter || !alive || m.Name == c.cfg.Name || !m.Meta.Ready || !m.Meta.HoldsReplicas || m.Meta.LedPartial {
-			continue
-		}
-		if led := len(m.Meta.Led); led < fewest {
-			fewest, target = led, s
-		}
-	}
+	target, fewest := leadershipTarget(c.cfg.Name, mine, cf.Configuration().Servers, byName)
 	if target.ID == "" {
 		return false
 	}
@@ -204,8 +202,154 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 	return true
 }
 
-// reconcileShard takes at most one step toward the shard's placement. It
-// reports whether the group already matched it (nothing to do).
+// leadershipTarget picks, among the voters of a group that self leads,
+// the one to hand leadership to: a live, ready voter holding replicas that
+// leads at least two shards fewer than self's mine (by gossip), the fewest
+// first. A zero ID: none. led is how many the target leads.
+//
+// Only a node that leads more than the mean of the members (by gossip,
+// its own count exact) hands a leadership over. Without that, when one
+// member leads few (it just joined), every other node hands it one each
+// round until gossip shows it leading many: it ends far above the mean and
+// hands them back, and leaderships churn through the cluster (the scale
+// model measured 30 times the transfers a join needs at 100 nodes,
+// docs/bench/scale.md). Above the mean, each node hands over at most its
+// excess.
+func leadershipTarget(self string, mine int, servers []raft.Server, byName map[string]Member) (target raft.Server, led int) {
+	sum, count := leadCounts(self, mine, byName)
+	if mine*count <= sum {
+		return raft.Server{}, 0 // at or below the mean
+	}
+	fewest := mine - 1 // a target must lead at least 2 fewer
+	for _, s := range servers {
+		m, alive := byName[string(s.ID)]
+		// A node that holds no replica (just wiped, or not yet
+		// bootstrapped) cannot take a leadership.
+		if s.Suffrage != raft.Voter || !alive || m.Name == self || !m.Meta.Ready || !m.Meta.HoldsReplicas || m.Meta.LedPartial {
+			continue
+		}
+		if n := len(m.Meta.Led); n < fewest {
+			fewest, target = n, s
+		}
+	}
+	return target, fewest
+}
+
+// leadCounts returns the shards led by the live members that hold
+// replicas, summed, and how many they are (self counted once, with mine):
+// their mean is sum/count.
+func leadCounts(self string, mine int, byName map[string]Member) (sum, count int) {
+	sum, count = mine, 1
+	for name, m := range byName {
+		if name == self || !m.Meta.HoldsReplicas {
+			continue
+		}
+		sum += len(m.Meta.Led)
+		count++
+	}
+	return sum, count
+}
+
+// stepKind is what one reconciliation step does to a group.
+type stepKind uint8
+
+const (
+	stepMatched      stepKind = iota // the group matches its placement
+	stepWait                         // nothing this round: a member the step needs is down
+	stepDropNonvoter                 // remove a non-voter that is no longer desired
+	stepPromote                      // promote a non-voter once it has caught up
+	stepAdd                          // add a desired member as a non-voter
+	stepHandOff                      // the leader itself must go: hand leadership over first
+	stepRemoveVoter                  // remove a voter that is no longer desired
+)
+
+// reconcileStep is the step a shard's leader plans: what, and on whom.
+type reconcileStep struct {
+	kind   stepKind
+	server raft.Server
+	name   string
+}
+
+// groupView is what a shard's leader knows when it plans a step: the
+// group's configuration and the placement over the members it sees.
+type groupView struct {
+	self       string        // the leader's name
+	servers    []raft.Server // the group's configuration
+	desired    []string      // Placement over the candidates
+	candidates int           // how many placement candidates there are
+	replicas   int           // the replication factor
+	// live holds the members alive now (placementMembers): calls reach them.
+	live map[string]Member
+	// alive reports whether gossip knows name and calls it alive.
+	alive func(name string) bool
+}
+
+// planNonvoterStep plans the first step of a round, on the group's first
+// non-voter (finishing a move beats starting one); ok is false when the
+// group has none.
+func planNonvoterStep(v groupView) (step reconcileStep, ok bool) {
+	for _, s := range v.servers {
+		if s.Suffrage == raft.Voter {
+			continue
+		}
+		name := string(s.ID)
+		step = reconcileStep{server: s, name: name}
+		switch _, live := v.live[name]; {
+		case !slices.Contains(v.desired, name):
+			step.kind = stepDropNonvoter
+		case !live:
+			step.kind = stepWait // down for less than the stabilization time
+		default:
+			step.kind = stepPromote
+		}
+		return step, true
+	}
+	return reconcileStep{}, false
+}
+
+// planVoterStep plans a step for a group of voters only: add the first
+// desired member that is missing, else remove a voter that is not desired
+// while enough voters remain, else nothing (stepMatched).
+func planVoterStep(v groupView) reconcileStep {
+	for _, name := range v.desired {
+		if slices.ContainsFunc(v.servers, func(s raft.Server) bool { return string(s.ID) == name }) {
+			continue
+		}
+		if _, live := v.live[name]; !live {
+			return reconcileStep{kind: stepWait, name: name} // died since the candidates were listed
+		}
+		return reconcileStep{kind: stepAdd, name: name}
+	}
+	voters := 0
+	for _, s := range v.servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	for _, s := range v.servers {
+		name := string(s.ID)
+		if s.Suffrage != raft.Voter || slices.Contains(v.desired, name) {
+			continue
+		}
+		after := voters - 1
+		need := v.replicas
+		if v.alive(name) {
+			need = min(v.replicas, v.candidates) // leaving or displaced: may shrink to the candidate count
+		}
+		if after < need || after < 1 {
+			continue
+		}
+		if name == v.self {
+			return reconcileStep{kind: stepHandOff, server: s, name: name}
+		}
+		return reconcileStep{kind: stepRemoveVoter, server: s, name: name}
+	}
+	return reconcileStep{kind: stepMatched}
+}
+
+// reconcileShard takes at most one step toward the shard's placement
+// (planNonvoterStep, then a lost voter's replacement, then
+// planVoterStep). It reports whether the group already matched it.
 func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 	shard := r.Shard()
 	cf := r.Raft().GetConfiguration()
@@ -225,110 +369,97 @@ func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 	if len(desired) == 0 {
 		return false
 	}
-
-	var voters, nonvoters []raft.Server
-	for _, s := range conf.Servers {
-		if s.Suffrage == raft.Voter {
-			voters = append(voters, s)
-		} else {
-			nonvoters = append(nonvoters, s)
-		}
+	v := groupView{
+		self: c.cfg.Name, servers: conf.Servers, desired: desired, candidates: len(candidates),
+		replicas: c.cfg.Replicas, live: byName,
+		alive: func(name string) bool {
+			m, known := c.member(name)
+			return known && m.State == MemberAlive
+		},
 	}
-	// 2 (first: finishing a move beats starting one). Promote or drop
-	// non-voters.
-	for _, s := range nonvoters {
-		name := string(s.ID)
-		if !slices.Contains(desired, name) {
-			c.removeServer(ctx, r, s, prevIndex, "non-voter no longer desired")
-			return false
+	if step, ok := planNonvoterStep(v); ok {
+		switch step.kind {
+		case stepDropNonvoter:
+			c.removeServer(ctx, r, step.server, prevIndex, "non-voter no longer desired")
+		case stepPromote:
+			c.promote(ctx, r, step.server, byName[step.name], prevIndex)
 		}
-		m, alive := byName[name]
-		if !alive {
-			return false // down for less than the stabilization time: wait
-		}
-		st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, shard)
-		if err != nil || !st.GetExists() {
-			return false // not reachable yet, or still opening: next round
-		}
-		applied, _, _ := r.Status()
-		if applied > st.GetAppliedIndex()+c.cfg.CatchUpLag {
-			return false // still catching up
-		}
-		if err := r.Raft().AddVoter(s.ID, s.Address, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
-			c.logger.Warn("promote replica", "shard", shard, "node", name, "err", err)
-			return false
-		}
-		c.metrics.promotions.Inc()
-		c.logger.Info("replica promoted to voter", "shard", shard, "node", name)
 		return false
 	}
 
-	// 2b. Replace a voter whose node lost its data (identity.go).
+	// Replace a voter whose node lost its data (identity.go).
+	var voters []raft.Server
+	for _, s := range conf.Servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, s)
+		}
+	}
 	if c.replaceLostVoter(ctx, r, voters, byName, prevIndex) {
 		return false
 	}
 
-	// 1. Add the first desired member that is missing.
-	for _, name := range desired {
-		if slices.ContainsFunc(conf.Servers, func(s raft.Server) bool { return string(s.ID) == name }) {
-			continue
+	step := planVoterStep(v)
+	switch step.kind {
+	case stepAdd:
+		c.addNonvoter(ctx, r, byName[step.name], prevIndex)
+	case stepHandOff:
+		// The new leader finishes the removal.
+		if err := r.Raft().LeadershipTransfer().Error(); err != nil {
+			c.logger.Warn("leadership transfer", "shard", shard, "err", err)
 		}
-		m, ok := byName[name]
-		if !ok {
-			return false // died since the candidates were listed
-		}
-		// The move slot is taken once the replica is open: a new member
-		// that does not answer holds no slot while its OpenReplica waits
-		// for the deadline, so moves to other members go on.
-		if err := c.peers.openReplica(ctx, m.Meta.HTTPAddr, shard, c.cfg.Shards); err != nil {
-			c.logger.Warn("open replica on new member", "shard", shard, "node", name, "err", err)
-			return false
-		}
-		select {
-		case c.moves <- struct{}{}:
-		default:
-			// The open replica waits for the next round (OpenReplica is
-			// idempotent); if no round adds it, it is dropped as an orphan.
-			c.metrics.movesDeferred.Inc()
-			return false // enough moves in flight on this node
-		}
-		defer func() { <-c.moves }()
-		id, addr := raftServer(m)
-		if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
-			c.logger.Warn("add non-voter", "shard", shard, "node", name, "err", err)
-			return false
-		}
-		c.metrics.additions.Inc()
-		c.logger.Info("replica added as non-voter", "shard", shard, "node", name)
-		return false
+	case stepRemoveVoter:
+		c.removeServer(ctx, r, step.server, prevIndex, "voter no longer desired")
 	}
+	return step.kind == stepMatched
+}
 
-	// 3. Remove a voter that is not desired, if enough voters remain.
-	for _, s := range voters {
-		name := string(s.ID)
-		if slices.Contains(desired, name) {
-			continue
-		}
-		after := len(voters) - 1
-		need := c.cfg.Replicas
-		if m, known := c.member(name); known && m.State == MemberAlive {
-			need = min(c.cfg.Replicas, len(candidates)) // leaving or displaced: may shrink to the candidate count
-		}
-		if after < need || after < 1 {
-			continue
-		}
-		if name == c.cfg.Name {
-			// The leader itself must go: hand leadership to a desired voter
-			// first; the new leader finishes the removal.
-			if err := r.Raft().LeadershipTransfer().Error(); err != nil {
-				c.logger.Warn("leadership transfer", "shard", shard, "err", err)
-			}
-			return false
-		}
-		c.removeServer(ctx, r, s, prevIndex, "voter no longer desired")
-		return false
+// promote makes non-voter s of r's group a voter once it has caught up
+// (applied index within CatchUpLag of the leader's).
+func (c *Cluster) promote(ctx context.Context, r *node.Replica, s raft.Server, m Member, prevIndex uint64) {
+	shard := r.Shard()
+	st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, shard)
+	if err != nil || !st.GetExists() {
+		return // not reachable yet, or still opening: next round
 	}
-	return true
+	applied, _, _ := r.Status()
+	if applied > st.GetAppliedIndex()+c.cfg.CatchUpLag {
+		return // still catching up
+	}
+	if err := r.Raft().AddVoter(s.ID, s.Address, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+		c.logger.Warn("promote replica", "shard", shard, "node", m.Name, "err", err)
+		return
+	}
+	c.metrics.promotions.Inc()
+	c.logger.Info("replica promoted to voter", "shard", shard, "node", m.Name)
+}
+
+// addNonvoter opens an empty replica of r's shard on m and adds it to the
+// group as a non-voter.
+func (c *Cluster) addNonvoter(ctx context.Context, r *node.Replica, m Member, prevIndex uint64) {
+	shard := r.Shard()
+	// The move slot is taken once the replica is open: a new member that
+	// does not answer holds no slot while its OpenReplica waits for the
+	// deadline, so moves to other members go on.
+	if err := c.peers.openReplica(ctx, m.Meta.HTTPAddr, shard, c.cfg.Shards); err != nil {
+		c.logger.Warn("open replica on new member", "shard", shard, "node", m.Name, "err", err)
+		return
+	}
+	select {
+	case c.moves <- struct{}{}:
+	default:
+		// The open replica waits for the next round (OpenReplica is
+		// idempotent); if no round adds it, it is dropped as an orphan.
+		c.metrics.movesDeferred.Inc()
+		return // enough moves in flight on this node
+	}
+	defer func() { <-c.moves }()
+	id, addr := raftServer(m)
+	if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+		c.logger.Warn("add non-voter", "shard", shard, "node", m.Name, "err", err)
+		return
+	}
+	c.metrics.additions.Inc()
+	c.logger.Info("replica added as non-voter", "shard", shard, "node", m.Name)
 }
 
 // removeServer removes s from r's group and, if it is reachable, tells it
