@@ -129,8 +129,13 @@ type shardFSM struct {
 	mu      sync.Mutex
 	corr    *correlate.Correlator
 	applied uint64
-	totals  correlate.Counters
-	failed  error // a store read or write failed: the replica must stop
+	// lastEvents is the index of the last entry that stored events, or,
+	// after a load from the store, the applied index (the store does not
+	// say which entries held events). A tail resumed at a position at or
+	// after it has missed no event (tail.go).
+	lastEvents uint64
+	totals     correlate.Counters
+	failed     error // a store read or write failed: the replica must stop
 
 	// seg is the write being built: entries correlated but not yet stored.
 	seg segment
@@ -238,7 +243,7 @@ func (f *shardFSM) loadLocked() error {
 	if err != nil {
 		return fmt.Errorf("node: shard %d: applied index: %w", f.shard, err)
 	}
-	f.applied = applied
+	f.applied, f.lastEvents = applied, applied
 	f.prog.set(f.applied, f.failed)
 	f.publishReshard()
 	return nil
@@ -400,6 +405,13 @@ func (f *shardFSM) write() error {
 		return err
 	}
 	f.applied = g.res.Index
+	start := 0
+	for _, sp := range g.spans {
+		if sp.End > start {
+			f.lastEvents = sp.Index
+		}
+		start = sp.End
+	}
 	f.prog.set(f.applied, nil)
 	f.totals.Add(g.res.Counters)
 	if f.onApply != nil {
@@ -549,13 +561,14 @@ type EntrySpan struct {
 	End   int
 }
 
-// withApplied runs fn with the applied index and the failure that stopped
-// applies (nil while the replica applies), excluding applies: an apply that
+// withApplied runs fn with the applied index, the index of the last entry
+// that stored events (lastEvents) and the failure that stopped applies
+// (nil while the replica applies), excluding applies: an apply that
 // follows sees whatever fn changed, one that precedes is in applied.
-func (f *shardFSM) withApplied(fn func(applied uint64, failed error)) {
+func (f *shardFSM) withApplied(fn func(applied, lastEvents uint64, failed error)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	fn(f.applied, f.failed)
+	fn(f.applied, f.lastEvents, f.failed)
 }
 
 // Snapshot implements raft.FSM. It runs on the FSM goroutine. The store

@@ -143,7 +143,7 @@ func (s *lazySnapshotStore) materialize(meta *raft.SnapshotMeta, at uint64) (*ra
 		applied uint64
 		err     error
 	)
-	s.fsm.withApplied(func(a uint64, failed error) {
+	s.fsm.withApplied(func(a, _ uint64, failed error) {
 		if failed != nil {
 			err = failed
 			return

@@ -399,12 +399,12 @@ func (n *Node) Subscribe(spec TailSpec) (*Subscription, error) {
 			h.gone(shard, "no replica on this node", s)
 			continue
 		}
-		r.fsm.withApplied(func(applied uint64, failed error) {
+		r.fsm.withApplied(func(applied, lastEvents uint64, failed error) {
 			if failed != nil {
 				h.gone(shard, "replica failed", s)
 				return
 			}
-			h.watch(s, shard, applied)
+			h.watch(s, shard, applied, lastEvents)
 		})
 		// DropReplica removes the replica from the node before telling the
 		// hub: if it was removed before the watch above, tell it now.
@@ -452,8 +452,10 @@ func (h *tailHub) add(spec TailSpec, buffer, watched int) (*Subscription, error)
 }
 
 // watch starts delivering shard's entries after applied to s. It runs
-// under the replica's apply lock.
-func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
+// under the replica's apply lock. A resumed shard has a gap only if an
+// entry after its position stored events (lastEvents): entries without
+// events (configuration changes, notices, handoffs) miss nothing.
+func (h *tailHub) watch(s *Subscription, shard uint32, applied, lastEvents uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || s.state[shard] != subUnwatched {
@@ -461,7 +463,7 @@ func (h *tailHub) watch(s *Subscription, shard uint32, applied uint64) {
 	}
 	s.state[shard] = subWatching
 	s.start[shard] = applied
-	if p := s.after[shard]; s.resume[shard] && (applied > p.Index || (applied == p.Index && !p.Last)) {
+	if p := s.after[shard]; s.resume[shard] && (lastEvents > p.Index || (lastEvents == p.Index && lastEvents > 0 && !p.Last)) {
 		// Entries after the resume position were applied before this
 		// subscription: the replica's log cannot be replayed to it.
 		s.c <- TailItem{Kind: TailGap, Shard: shard, TailPosition: TailPosition{Index: applied}, After: p.Index}

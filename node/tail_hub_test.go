@@ -85,7 +85,7 @@ func subscribe(t *testing.T, h *tailHub, spec TailSpec, applied map[uint32]uint6
 		t.Fatal(err)
 	}
 	for _, shard := range spec.Shards {
-		h.watch(s, shard, applied[shard])
+		h.watch(s, shard, applied[shard], applied[shard])
 	}
 	return s
 }
@@ -110,34 +110,46 @@ event 2 d @4.1 last
 }
 
 // TestTailHubResume covers where a resumed shard starts: mid-entry without
-// a duplicate or a hole, and a gap exactly when the replica applied past
-// the resume position before the subscription.
+// a duplicate or a hole, and a gap exactly when the replica applied
+// entries holding events past the resume position before the subscription.
 func TestTailHubResume(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		applied uint64
-		after   TailPosition
-		want    string
+		name       string
+		applied    uint64
+		after      TailPosition
+		want       string
+		lastEvents uint64 // the last entry that stored events
 	}{
 		{"mid entry", 9, TailPosition{Index: 10, Offset: 1},
-			"start 0 @9\nevent 0 c @10.2\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n"},
+			"start 0 @9\nevent 0 c @10.2\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n", 9},
 		{"first of entry", 9, TailPosition{Index: 10, Offset: 0},
-			"start 0 @9\nevent 0 b @10.1\nevent 0 c @10.2\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n"},
+			"start 0 @9\nevent 0 b @10.1\nevent 0 c @10.2\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n", 9},
 		{"last of entry", 9, TailPosition{Index: 10, Offset: 3, Last: true},
-			"start 0 @9\nevent 0 e @11.0 last\n"},
+			"start 0 @9\nevent 0 e @11.0 last\n", 9},
 		{"entries ahead of the replica", 8, TailPosition{Index: 10, Offset: 2},
-			"start 0 @8\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n"},
+			"start 0 @8\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n", 8},
 		{"applied the whole resumed entry", 10, TailPosition{Index: 10, Offset: 3, Last: true},
-			"start 0 @10\nevent 0 e @11.0 last\n"},
+			"start 0 @10\nevent 0 e @11.0 last\n", 10},
 		{"applied the rest of the entry", 10, TailPosition{Index: 10, Offset: 1},
-			"gap 0 after=10 start=10\nevent 0 e @11.0 last\n"},
+			"gap 0 after=10 start=10\nevent 0 e @11.0 last\n", 10},
 		{"applied later entries", 12, TailPosition{Index: 10, Offset: 3, Last: true},
-			"gap 0 after=10 start=12\n"},
+			"gap 0 after=10 start=12\n", 12},
+		{"applied later entries without events", 12, TailPosition{Index: 10, Offset: 3, Last: true},
+			"start 0 @12\n", 10},
+		{"applied later entries, the last with events", 12, TailPosition{Index: 10, Offset: 3, Last: true},
+			"gap 0 after=10 start=12\n", 11},
+		{"a new shard from its first entry, no events yet", 5, TailPosition{Index: 0, Last: true},
+			"start 0 @5\nevent 0 a @9.0\nevent 0 b @9.1\nevent 0 c @9.2\nevent 0 d @9.3 last\n" +
+				"event 0 a @10.0\nevent 0 b @10.1\nevent 0 c @10.2\nevent 0 d @10.3 last\nevent 0 e @11.0 last\n", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newTestHub(t, 1)
-			s := subscribe(t, h, TailSpec{Shards: []uint32{0}, After: map[uint32]TailPosition{0: tc.after}},
-				map[uint32]uint64{0: tc.applied})
+			spec := TailSpec{Shards: []uint32{0}, After: map[uint32]TailPosition{0: tc.after}}
+			s, err := h.add(spec, DefaultTailBuffer, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.watch(s, 0, tc.applied, tc.lastEvents)
 			// What the replica applies from here on: entries after its
 			// applied index (9: a b c d, 10: a b c d, 11: e).
 			all := []entry{{9, []string{"a", "b", "c", "d"}}, {10, []string{"a", "b", "c", "d"}}, {11, []string{"e"}}}

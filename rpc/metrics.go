@@ -12,19 +12,20 @@ import (
 // metrics are the RPC layer's Prometheus metrics, registered on the
 // node's registry.
 type metrics struct {
-	requests         *prometheus.CounterVec
-	latency          *prometheus.HistogramVec
-	eventsPerRequest prometheus.Histogram
-	tails            prometheus.Gauge
-	hedges           prometheus.Counter
-	hedgeWins        prometheus.Counter
-	tailSources      prometheus.Gauge
-	tailReplans      prometheus.Counter
-	tailDropped      prometheus.Counter
-	tailGaps         prometheus.Counter
-	eventIDConflicts prometheus.Counter
-	refusals         *prometheus.CounterVec
-	memoryCuts       prometheus.Counter
+	requests           *prometheus.CounterVec
+	latency            *prometheus.HistogramVec
+	eventsPerRequest   prometheus.Histogram
+	tails              prometheus.Gauge
+	hedges             prometheus.Counter
+	hedgeWins          prometheus.Counter
+	tailSources        prometheus.Gauge
+	tailReplans        prometheus.Counter
+	tailDropped        prometheus.Counter
+	tailGaps           prometheus.Counter
+	tailShardsFollowed prometheus.Counter
+	eventIDConflicts   prometheus.Counter
+	refusals           *prometheus.CounterVec
+	memoryCuts         prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -69,7 +70,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		}),
 		tailGaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_rpc_tail_gaps_total",
-			Help: "Tail shards resumed on a replica that had applied past the last sent event (reported as Lagged).",
+			Help: "Tail shards resumed on a replica that had stored events past the last sent event (reported as Lagged).",
+		}),
+		tailShardsFollowed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "scope_rpc_tail_shards_followed_total",
+			Help: "Shards a running Tail started following when they appeared (a reshard created them).",
 		}),
 		eventIDConflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "scope_rpc_event_id_conflicts_total",
@@ -121,6 +126,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	if err == nil {
 		m.tailGaps, err = register(reg, m.tailGaps)
+	}
+	if err == nil {
+		m.tailShardsFollowed, err = register(reg, m.tailShardsFollowed)
 	}
 	if err == nil {
 		m.eventIDConflicts, err = register(reg, m.eventIDConflicts)

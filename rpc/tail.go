@@ -35,6 +35,7 @@ func (q queryService) Tail(ctx context.Context, req *connect.Request[scopev1.Tai
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	t := newTailRun(ctx, q.s, m, f, c)
+	t.shardsNow = func() []uint32 { return f.shards(q.s.planner) }
 	defer t.stop()
 	if err := t.start(f.shards(q.s.planner)); err != nil {
 		return q.s.fail(proc, err)

@@ -37,6 +37,11 @@ import (
 //     whose source has not started (TailStart or TailGap) within
 //     Config.TailReplanTimeout of losing the last one ends the stream with
 //     UNAVAILABLE naming it.
+//   - Shards the filter can match that appear while the tail runs (a
+//     reshard created them, D39) are followed from their first entry: the
+//     source delivers every event the shard stored, or, if it had stored
+//     some before the tail found the shard (every tailReplanEvery), says
+//     so with a gap (Lagged, source_lost).
 
 // tailReplanEvery paces attempts to place a shard that lost its source.
 const tailReplanEvery = 100 * time.Millisecond
@@ -58,6 +63,9 @@ type tailRun struct {
 	nextID  uint64
 	sources map[uint64]*tailSource
 	shards  map[uint32]*shardTail
+	// shardsNow lists the shards the filter can match in the current
+	// layout; nil: the set is fixed at start.
+	shardsNow func() []uint32
 }
 
 type tailSource struct {
@@ -271,6 +279,7 @@ func (t *tailRun) run(send func(*scopev1.TailResponse) error) error {
 				return err
 			}
 		case now := <-tick.C:
+			t.follow(now)
 			for shard, sh := range t.shards {
 				if sh.source == 0 {
 					t.place(shard, true)
@@ -281,6 +290,23 @@ func (t *tailRun) run(send func(*scopev1.TailResponse) error) error {
 				}
 			}
 		}
+	}
+}
+
+// follow starts following the shards the filter can match that the tail
+// does not follow yet, from their first entry.
+func (t *tailRun) follow(now time.Time) {
+	if t.shardsNow == nil {
+		return
+	}
+	for _, shard := range t.shardsNow() {
+		if _, ok := t.shards[shard]; ok {
+			continue
+		}
+		t.shards[shard] = &shardTail{failed: make(map[string]bool), unplaced: now,
+			pos: node.TailPosition{Index: 0, Offset: math.MaxUint32, Last: true}, resume: true}
+		t.s.metrics.tailShardsFollowed.Inc()
+		t.place(shard, false)
 	}
 }
 
