@@ -137,8 +137,8 @@ func (c *Cluster) releaseStep(shard uint32) {
 // thrash. Once per round would not be slow: every gossip update starts a
 // round, and leadership counts travel by gossip, so at scale rounds follow
 // one another and each node's transfers outran what gossip said of their
-// targets (the scale model, docs/bench/scale.md, measured 5 times the
-// transfers a balance needs at 100 nodes, and more after a join).
+// targets (docs/DECISIONS.md D40: the scale model balanced a bootstrap of
+// 100 nodes with 30,187 transfers where 261 leaderships were in excess).
 func (c *Cluster) balance(r *node.Replica) {
 	if !c.balanceMu.TryLock() {
 		return // a transfer is under way on this node
@@ -211,10 +211,8 @@ func (c *Cluster) balanceLeadership(r *node.Replica) bool {
 // its own count exact) hands a leadership over. Without that, when one
 // member leads few (it just joined), every other node hands it one each
 // round until gossip shows it leading many: it ends far above the mean and
-// hands them back, and leaderships churn through the cluster (the scale
-// model measured 30 times the transfers a join needs at 100 nodes,
-// docs/bench/scale.md). Above the mean, each node hands over at most its
-// excess.
+// hands them back, and leaderships churn through the cluster (D40). Above
+// the mean, each node hands over at most its excess.
 func leadershipTarget(self string, mine int, servers []raft.Server, byName map[string]Member) (target raft.Server, led int) {
 	sum, count := leadCounts(self, mine, byName)
 	if mine*count <= sum {
