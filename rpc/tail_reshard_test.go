@@ -9,8 +9,8 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/elixirscope/scope/correlate"
-	"github.com/elixirscope/scope/rpc/rpctest"
 	scopev1 "github.com/elixirscope/scope/rpc/gen/scope/v1"
+	"github.com/elixirscope/scope/rpc/rpctest"
 )
 
 // TestTailFollowsShardsAReshardCreates: a tail started before a reshard
