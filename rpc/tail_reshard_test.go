@@ -37,7 +37,7 @@ func TestTailFollowsShardsAReshardCreates(t *testing.T) {
 
 	splitAll(t, n, base)
 	rpctest.WaitFor(t, "the tail follows the new shards", 10*time.Second, func() bool {
-		return counterValue(t, n, "scope_rpc_tail_shards_followed_total") == base
+		return metricValue(t, n, "scope_rpc_tail_shards_followed_total") == base
 	})
 
 	layout := n.Node.Layout()
@@ -63,21 +63,4 @@ func TestTailFollowsShardsAReshardCreates(t *testing.T) {
 	if len(want) > 0 {
 		t.Fatalf("%d events of moved processes never tailed: %v", len(want), stream.Err())
 	}
-}
-
-// counterValue reads a counter without labels from n's metrics registry.
-func counterValue(t *testing.T, n *rpctest.Node, name string) float64 {
-	t.Helper()
-	mfs, err := n.Node.Metrics().Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }
