@@ -177,6 +177,10 @@ type Cluster struct {
 	closed    bool
 	draining  bool
 	steps     map[uint32]bool // shards with a step running (reconcile.go)
+	// childChecked is, per split child led here, the term in which its
+	// voters were last found to hold its replica (replaceLostVoter); at
+	// most one entry per shard.
+	childChecked map[uint32]uint64
 	// restored: the replicas reopened from the data directory at Start,
 	// dropped if it turns out to be an old copy (identity.go).
 	restored []restoredReplica
@@ -235,14 +239,15 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		client = &c
 	}
 	c := &Cluster{
-		id:      cfg.Identity,
-		cfg:     cfg,
-		node:    n,
-		members: members,
-		logger:  cfg.Logger,
-		moves:   make(chan struct{}, cfg.MaxConcurrentMoves),
-		stop:    make(chan struct{}),
-		steps:   make(map[uint32]bool),
+		id:           cfg.Identity,
+		cfg:          cfg,
+		node:         n,
+		members:      members,
+		logger:       cfg.Logger,
+		moves:        make(chan struct{}, cfg.MaxConcurrentMoves),
+		stop:         make(chan struct{}),
+		steps:        make(map[uint32]bool),
+		childChecked: make(map[uint32]uint64),
 		// A step is short unless a peer is slow; the bound keeps a
 		// cluster of thousands of shards from starting thousands of calls.
 		// Not bounded by the shard count: resharding adds shards later.

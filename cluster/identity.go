@@ -118,22 +118,66 @@ func (u *unformedSince) lost(name string) bool {
 // replaceLostVoter removes from r's group the first voter (other than this
 // node) whose node lost its data, so that the next rounds add it back as a
 // new replica. It reports whether it removed one.
+//
+// A split child's group (D39) is also checked once per leadership term
+// after it adopted its handoff: a voter of the parent that caught up from
+// a snapshot past the preparation entry never created the child's
+// replica, and the group names it as a voter it does not have. Such a
+// voter, on a node that is formed and ready, is replaced the same way
+// (removing a voter is safe whatever it holds; it comes back as a new
+// replica that catches up).
 func (c *Cluster) replaceLostVoter(ctx context.Context, r *node.Replica, voters []raft.Server, byName map[string]Member, prevIndex uint64) bool {
+	term, checkChild := c.childCheckDue(r)
+	verified := true
 	for _, s := range voters {
 		name := string(s.ID)
+		if name == c.cfg.Name {
+			continue
+		}
 		m, alive := byName[name]
-		if name == c.cfg.Name || !alive || !c.unformed.lost(name) {
+		child := checkChild && alive && settled(m) && m.Meta.Ready
+		if checkChild && !child {
+			verified = false // down, starting or not ready: check it in a later round
+		}
+		lost := alive && c.unformed.lost(name)
+		if !lost && !child {
 			continue
 		}
 		st, err := c.peers.replicaStatus(ctx, m.Meta.HTTPAddr, r.Shard())
-		if err != nil || st.GetExists() {
-			continue // unreachable, or it holds the replica after all
+		if err != nil {
+			verified = false
+			continue // unreachable: next round
 		}
-		c.removeServer(ctx, r, s, prevIndex, "its node holds no replica of the group (data directory lost?): it is added back as a new replica")
+		if st.GetExists() {
+			continue // it holds the replica
+		}
+		why := "its node holds no replica of the group (data directory lost?): it is added back as a new replica"
+		if !lost {
+			why = "its node never created this split child's replica (it missed the preparation entry): it is added back as a new replica"
+		}
+		c.removeServer(ctx, r, s, prevIndex, why)
 		c.metrics.lostVoters.Inc()
 		return true
 	}
+	if checkChild && verified {
+		c.mu.Lock()
+		c.childChecked[r.Shard()] = term
+		c.mu.Unlock()
+	}
 	return false
+}
+
+// childCheckDue reports whether r's group is a split child that adopted
+// its handoff and whose voters this node has not checked in the current
+// term, and the term.
+func (c *Cluster) childCheckDue(r *node.Replica) (uint64, bool) {
+	if r.Shard() < c.cfg.Shards || r.Reshard().Awaiting {
+		return 0, false // a base shard, or a child still adopting
+	}
+	term := r.Raft().CurrentTerm()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return term, c.childChecked[r.Shard()] != term
 }
 
 // Node identity (docs/DECISIONS.md D27). Every data directory has a node

@@ -39,7 +39,7 @@ func newMetrics(c *Cluster) *metrics {
 			"Leadership balancing transfers that failed (the target did not take over in time); the shard is then left alone for 5 s."),
 		orphansDropped:    counter("scope_cluster_orphans_dropped_total", "Replicas dropped here because their group's leader no longer names this node."),
 		bootstrapDeclined: counter("scope_cluster_bootstrap_declined_total", "Bootstraps this node declined because the cluster was already formed (it joined instead)."),
-		lostVoters:        counter("scope_cluster_lost_voters_replaced_total", "Voters removed from groups led here because their node came back without its data (then added back as new replicas)."),
+		lostVoters:        counter("scope_cluster_lost_voters_replaced_total", "Voters removed from groups led here because their node holds no replica of the group (it came back without its data, or never created a split child's replica), then added back as new replicas."),
 		forwards:          counter("scope_cluster_forwards_total", "Ingest parts forwarded to shard leaders on other nodes."),
 		forwardFailures:   counter("scope_cluster_forward_failures_total", "Forwarded ingest parts that failed."),
 		forwardRetries:    counter("scope_cluster_forward_retries_total", "Forwards retried: no leader known, or the node asked was not the leader."),

@@ -183,8 +183,8 @@ func childLed(c *Replica) bool {
 // same split creates nothing (correlate), so the child's group starts from
 // one configuration whichever leader asked. A voter that never applies the
 // entry (it caught up from a snapshot past it) lacks the child's replica;
-// the group works with the others, and placement moves the child's
-// replicas like any shard's.
+// the group works with the others, and the child's leader replaces that
+// voter with a new replica (cluster.replaceLostVoter).
 func (n *Node) prepared(shard uint32, p correlate.Prepared) {
 	var voters []raft.Server
 	if err := json.Unmarshal(p.Voters, &voters); err != nil {
