@@ -70,11 +70,24 @@ const (
 	NoticeUnspecified NoticeKind = iota
 	NoticeSend                   // a SEND to a process owned by the destination shard
 	NoticeSpawn                  // a SPAWN of a process owned by the destination shard
+	// A record about an event the destination stored, made by a shard that
+	// split from it (or from a shard that did) for a process it took over
+	// (docs/DECISIONS.md D41). The destination stores it as its own.
+	NoticeEdge     // Edge: a link whose end on the destination is the process's
+	NoticeFrameEnd // Frame: how a frame whose CALL the destination stored ended
+	noticeKinds
 )
 
+// IsRecord reports whether notices of kind k carry a record for the
+// destination's store (NoticeEdge, NoticeFrameEnd) rather than announce an
+// event to a process's owner.
+func (k NoticeKind) IsRecord() bool { return k == NoticeEdge || k == NoticeFrameEnd }
+
 // Notice tells the shard that owns a receiver (or spawned child) that a SEND
-// (or SPAWN) was applied on another shard. It travels through the sender
-// shard's replicated outbox and is idempotent by EventID.
+// (or SPAWN) was applied on another shard, or (NoticeEdge, NoticeFrameEnd)
+// gives a shard a record about an event it stored. It travels through the
+// sender shard's replicated outbox and is idempotent by EventID: the SEND
+// or SPAWN, or for a record an id derived from it (recordID).
 type Notice struct {
 	Kind        NoticeKind
 	EventID     EventID // the SEND or SPAWN event
@@ -83,7 +96,12 @@ type Notice struct {
 	Sender      Process // SEND: sender; SPAWN: parent
 	Receiver    Process // SEND: receiver; SPAWN: child
 	MessageHash uint64  // SEND only
-	TimestampNs int64   // the SEND/SPAWN event's timestamp
+	TimestampNs int64   // the SEND/SPAWN event's timestamp; a record's: its end or 0
+	// The record of a NoticeEdge or NoticeFrameEnd (whose Sender and
+	// Receiver are zero); nil for the other kinds. Shared by copies of the
+	// notice: never modified.
+	Edge  *Edge
+	Frame *ClosedFrame
 }
 
 // Edge is a link stored as its own record: From --Type--> To. Links are kept

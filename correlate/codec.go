@@ -21,7 +21,7 @@ const (
 	codecVersion = 1
 
 	eventFields  = 27 // version + 26 fields, in the order of appendEventFields
-	noticeFields = 10
+	noticeFields = 10 // send and spawn notices; a record notice has one more, its record
 	batchFields  = 6
 	// A batch with resharding fields is encoded as version 2 with three
 	// more fields (Split, Adopt, HandedOff); every other batch stays
@@ -176,7 +176,11 @@ func decodeEvent(r *reader, e *Event, links *[]Link) {
 
 // AppendNotice appends the encoding of n to dst.
 func AppendNotice(dst []byte, n *Notice) []byte {
-	dst = appendArrayHeader(dst, noticeFields)
+	fields := noticeFields
+	if n.Kind.IsRecord() {
+		fields++
+	}
+	dst = appendArrayHeader(dst, fields)
 	dst = appendUint(dst, uint64(n.Kind))
 	dst = appendID(dst, n.EventID)
 	dst = appendUint(dst, uint64(n.FromShard))
@@ -187,6 +191,23 @@ func AppendNotice(dst []byte, n *Notice) []byte {
 	dst = appendString(dst, n.Receiver.PID)
 	dst = appendUint(dst, n.MessageHash)
 	dst = appendInt(dst, n.TimestampNs)
+	switch {
+	case n.Kind == NoticeEdge:
+		e := n.Edge
+		dst = appendArrayHeader(dst, 4)
+		dst = appendID(dst, e.From)
+		dst = appendUint(dst, uint64(e.Type))
+		dst = appendID(dst, e.To)
+		dst = appendBool(dst, e.FromOtherShard)
+	case n.Kind == NoticeFrameEnd:
+		f := n.Frame
+		dst = appendArrayHeader(dst, 5)
+		dst = appendID(dst, f.Call)
+		dst = appendUint(dst, uint64(f.Outcome))
+		dst = appendInt(dst, f.EndNs)
+		dst = appendID(dst, f.By)
+		dst = appendUint(dst, uint64(f.Reason))
+	}
 	return dst
 }
 
@@ -199,10 +220,15 @@ func DecodeNotice(b []byte, n *Notice) error {
 }
 
 func decodeNotice(r *reader, n *Notice) {
-	if c := r.arrayLen(1); r.err == nil && c != noticeFields {
-		r.fail("notice has %d fields, want %d", c, noticeFields)
-	}
+	fields := r.arrayLen(1)
 	n.Kind = NoticeKind(r.uint8())
+	want := noticeFields
+	if n.Kind.IsRecord() {
+		want++
+	}
+	if r.err == nil && fields != want {
+		r.fail("notice of kind %d has %d fields, want %d", n.Kind, fields, want)
+	}
 	n.EventID = r.id()
 	n.FromShard = r.uint32()
 	n.ToShard = r.uint32()
@@ -212,8 +238,34 @@ func decodeNotice(r *reader, n *Notice) {
 	n.Receiver.PID = r.string()
 	n.MessageHash = r.uint()
 	n.TimestampNs = r.int()
-	if r.err == nil && n.Kind != NoticeSend && n.Kind != NoticeSpawn {
-		r.fail("notice kind %d unknown", n.Kind)
+	n.Edge, n.Frame = nil, nil
+	switch n.Kind {
+	case NoticeSend, NoticeSpawn:
+	case NoticeEdge:
+		if c := r.arrayLen(1); r.err == nil && c != 4 {
+			r.fail("edge notice record has %d fields, want 4", c)
+		}
+		e := &Edge{From: r.id(), Type: LinkType(r.uint8()), To: r.id(), FromOtherShard: r.bool()}
+		if r.err == nil && !e.Type.Valid() {
+			r.fail("edge notice: link type %d unknown", e.Type)
+		}
+		n.Edge = e
+	case NoticeFrameEnd:
+		if c := r.arrayLen(1); r.err == nil && c != 5 {
+			r.fail("frame-end notice record has %d fields, want 5", c)
+		}
+		f := &ClosedFrame{Call: r.id(), Outcome: Outcome(r.uint8()), EndNs: r.int(), By: r.id(), Reason: AbandonReason(r.uint8())}
+		if r.err == nil && f.Outcome != OutcomeUnwound && f.Outcome != OutcomeProcessExit && f.Outcome != OutcomeAbandoned {
+			r.fail("frame-end notice: outcome %d is not a frame end", f.Outcome)
+		}
+		if r.err == nil && (f.Outcome == OutcomeAbandoned) != f.Reason.Valid() {
+			r.fail("frame-end notice: outcome %d with abandon reason %d", f.Outcome, f.Reason)
+		}
+		n.Frame = f
+	default:
+		if r.err == nil {
+			r.fail("notice kind %d unknown", n.Kind)
+		}
 	}
 }
 

@@ -201,6 +201,52 @@ func TestEdgeAndNoticeRoundTrip(t *testing.T) {
 	if err := DecodeNotice(AppendNotice(nil, &n), &gn); err != nil || gn != n {
 		t.Fatalf("notice: %+v %v", gn, err)
 	}
+
+	// Record notices carry their record; a record that is not one the
+	// correlator makes is refused.
+	for _, tc := range []struct {
+		n    Notice
+		fail string
+	}{
+		{n: Notice{Kind: NoticeEdge, EventID: testID(1, 5), FromShard: 5, ToShard: 1,
+			Edge: &Edge{From: testID(1, 2), Type: LinkDeliveredTo, To: testID(3, 4), FromOtherShard: true}}},
+		{n: Notice{Kind: NoticeFrameEnd, EventID: testID(1, 6), FromShard: 5, ToShard: 1, TimestampNs: 9,
+			Frame: &ClosedFrame{Call: testID(1, 2), Outcome: OutcomeProcessExit, EndNs: 9, By: testID(1, 3)}}},
+		{n: Notice{Kind: NoticeFrameEnd, EventID: testID(1, 7), Frame: &ClosedFrame{Call: testID(1, 2),
+			Outcome: OutcomeAbandoned, EndNs: -4, Reason: AbandonInactivity}}},
+		{n: Notice{Kind: NoticeFrameEnd, EventID: testID(1, 8), Frame: &ClosedFrame{Call: testID(1, 2), Outcome: OutcomeOK}},
+			fail: "not a frame end"},
+		{n: Notice{Kind: NoticeFrameEnd, EventID: testID(1, 8), Frame: &ClosedFrame{Call: testID(1, 2), Outcome: OutcomeUnwound,
+			Reason: AbandonDepthBound}}, fail: "abandon reason"},
+		{n: Notice{Kind: NoticeFrameEnd, EventID: testID(1, 8), Frame: &ClosedFrame{Call: testID(1, 2), Outcome: OutcomeAbandoned}},
+			fail: "abandon reason"},
+		{n: Notice{Kind: NoticeEdge, EventID: testID(1, 9), Edge: &Edge{From: testID(1, 2), To: testID(1, 3)}},
+			fail: "link type 0"},
+	} {
+		var got Notice
+		err := DecodeNotice(AppendNotice(nil, &tc.n), &got)
+		if tc.fail != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.fail) {
+				t.Errorf("%+v: got %v, want an error with %q", tc.n, err, tc.fail)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tc.n) {
+			t.Errorf("%+v: got %+v, %v", tc.n, got, err)
+		}
+	}
+	// A send notice with a record's extra field, and a record notice
+	// without it, are refused.
+	send := AppendNotice(nil, &n)
+	send[0]++ // the field count
+	if err := DecodeNotice(append(send, 0x90), &gn); err == nil {
+		t.Error("a spawn notice with 11 fields decoded")
+	}
+	edge := AppendNotice(nil, &Notice{Kind: NoticeSend})
+	edge[1] = byte(NoticeEdge) // the kind
+	if err := DecodeNotice(edge, &gn); err == nil {
+		t.Error("an edge notice with 10 fields decoded")
+	}
 }
 
 func FuzzDecodeEvent(f *testing.F) {
@@ -230,6 +276,10 @@ func FuzzDecodeBatch(f *testing.F) {
 	e.Payload = "p"
 	f.Add(AppendBatch(nil, &Batch{LogTime: 5, Events: []Event{e}, Acked: []EventID{testID(1, 1)},
 		Notices: []Notice{{Kind: NoticeSend, EventID: testID(2, 2)}}, Retention: &Retention{1, 2}}))
+	f.Add(AppendBatch(nil, &Batch{Notices: []Notice{
+		{Kind: NoticeEdge, EventID: testID(3, 3), Edge: &Edge{From: testID(1, 1), Type: LinkSpawned, To: testID(2, 2)}},
+		{Kind: NoticeFrameEnd, EventID: testID(4, 4), Frame: &ClosedFrame{Call: testID(1, 1), Outcome: OutcomeUnwound, By: testID(2, 2)}},
+	}}))
 	f.Add(AppendBatch(nil, &Batch{}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := DecodeBatch(data)

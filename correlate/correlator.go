@@ -2,6 +2,7 @@ package correlate
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"slices"
 	"strings"
 )
@@ -155,7 +156,7 @@ func (c *Correlator) Apply(b Batch) Result {
 			c.cur.Duplicates++
 			continue
 		}
-		if split {
+		if split && !n.Kind.IsRecord() { // a record is for the shard that stored its event
 			if owner := c.layout.ShardOf(n.Receiver.Origin, n.Receiver.PID); owner != c.cfg.Shard {
 				n.ToShard = owner // FromShard still names where the SEND is stored
 				c.addOutbox(n)
@@ -425,16 +426,48 @@ func (c *Correlator) addLink(e *Event, l Link) {
 	e.Links = c.linkArena[n : n+1 : n+1]
 }
 
-// link records From --t--> to. When the source event is in this batch
+// link records from --t--> to. When the source event is in this batch
 // (idx >= 0) the link goes on the event itself; otherwise it becomes an
 // edge record, so stored events are never rewritten. fromShard is the
-// shard the source event belongs to.
-func (c *Correlator) link(idx int, from EventID, fromShard uint32, t LinkType, to EventID) {
+// shard that stored the source event; home is the shard that stores the
+// record: the one that stored the link's end of this shard's process.
+// That is this shard, unless the event came before a split: then the
+// record is forwarded to the shard that stored it (docs/DECISIONS.md D41),
+// which stores it as it would have without the split.
+func (c *Correlator) link(idx int, from EventID, fromShard uint32, t LinkType, to EventID, home uint32) {
 	if idx >= 0 {
 		c.addLink(&c.batch[idx], Link{Type: t, Target: to})
 		return
 	}
-	c.res.Edges = append(c.res.Edges, Edge{From: from, Type: t, To: to, FromOtherShard: fromShard != c.cfg.Shard})
+	e := Edge{From: from, Type: t, To: to, FromOtherShard: fromShard != home}
+	if home == c.cfg.Shard {
+		c.res.Edges = append(c.res.Edges, e)
+		return
+	}
+	c.forward(Notice{Kind: NoticeEdge, EventID: recordID(NoticeEdge, from, t, to), ToShard: home, Edge: &e})
+}
+
+// forward puts a record notice (NoticeEdge, NoticeFrameEnd) for the shard
+// n.ToShard, which stored the event the record is about, in the outbox.
+func (c *Correlator) forward(n Notice) {
+	n.FromShard = c.cfg.Shard
+	c.addOutbox(n)
+	c.cur.RecordsForwarded++
+}
+
+// recordID is the id of the notice that forwards a record about event a
+// (and, for a link of type t, event b): a's time and 80 bits of a digest of
+// the record's identity. Every replica derives the same id, so the outbox
+// and the destination's dedup window hold the record once, as they hold a
+// SEND once; no event shares it (its random bits would have to equal the
+// digest).
+func recordID(k NoticeKind, a EventID, t LinkType, b EventID) EventID {
+	var buf [len("scope-record") + 1 + 16 + 1 + 16]byte
+	in := append(append(append(append(append(buf[:0], "scope-record"...), byte(k)), a[:]...), byte(t)), b[:]...)
+	sum := sha256.Sum256(in)
+	id := a
+	copy(id[6:], sum[:10])
+	return id
 }
 
 // idText returns id's 26-character text form. The bytes live in an

@@ -38,6 +38,10 @@ type Counters struct {
 	// the shard no longer owns, put in the outbox toward its owner.
 	Rerouted         uint64
 	NoticesForwarded uint64
+	// RecordsForwarded counts frame ends and links about events a shard
+	// this one split from stored, sent to that shard's outbox notices
+	// (NoticeEdge, NoticeFrameEnd; docs/DECISIONS.md D41).
+	RecordsForwarded uint64
 }
 
 // Add adds o to c.
@@ -66,4 +70,5 @@ func (c *Counters) Add(o Counters) {
 	c.AbandonedProcessBound += o.AbandonedProcessBound
 	c.Rerouted += o.Rerouted
 	c.NoticesForwarded += o.NoticesForwarded
+	c.RecordsForwarded += o.RecordsForwarded
 }

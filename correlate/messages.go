@@ -230,7 +230,9 @@ func (c *Correlator) deliver(n Notice, idx int) {
 	case NoticeSend:
 		k := msgKey{recv: n.Receiver, hash: n.MessageHash}
 		if r := c.matchReceive(k, &n); r != nil {
-			c.pair(n.EventID, n.FromShard, idx, r.n.EventID, r.idxIn(c.epoch))
+			// r.n.FromShard: where the RECEIVE is stored (this shard, or
+			// the one it split from if r came with the handoff).
+			c.pair(n.EventID, n.FromShard, idx, r.n.EventID, r.n.FromShard, r.idxIn(c.epoch))
 			c.removePending(&c.recvs, r)
 			return
 		}
@@ -241,10 +243,14 @@ func (c *Correlator) deliver(n Notice, idx int) {
 			if p.born == c.epoch {
 				firstIdx = p.firstIdx
 			}
-			c.linkSpawn(n, idx, p.first, firstIdx)
+			c.linkSpawn(n, idx, p.first, p.firstHome, firstIdx)
 			return
 		}
 		c.addPending(&c.spawns, c.owned(n), idx)
+	case NoticeEdge:
+		c.res.Edges = append(c.res.Edges, *n.Edge)
+	case NoticeFrameEnd:
+		c.res.Closed = append(c.res.Closed, *n.Frame)
 	default:
 		c.cur.Malformed++
 	}
@@ -271,7 +277,7 @@ func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	n := Notice{Kind: NoticeSend, EventID: e.ID, FromShard: c.cfg.Shard, ToShard: c.cfg.Shard,
 		Sender: e.Peer(), Receiver: p.key, MessageHash: e.MessageHash, TimestampNs: e.TimestampNs}
 	if s := c.matchSend(k, &n); s != nil {
-		c.pair(s.n.EventID, s.n.FromShard, s.idxIn(c.epoch), e.ID, idx)
+		c.pair(s.n.EventID, s.n.FromShard, s.idxIn(c.epoch), e.ID, c.cfg.Shard, idx)
 		c.removePending(&c.sends, s)
 		return
 	}
@@ -283,18 +289,19 @@ func (c *Correlator) receive(p *proc, e *Event, idx int) {
 	c.addPending(&c.recvs, n, idx)
 }
 
-// pair links a SEND (of shard sendShard) and the RECEIVE that consumed
-// it, both ways.
-func (c *Correlator) pair(send EventID, sendShard uint32, sendIdx int, recv EventID, recvIdx int) {
-	c.link(recvIdx, recv, c.cfg.Shard, LinkReceivedFrom, send)
-	c.link(sendIdx, send, sendShard, LinkDeliveredTo, recv)
+// pair links a SEND (stored on sendShard) and the RECEIVE that consumed
+// it (stored on recvShard), both ways.
+func (c *Correlator) pair(send EventID, sendShard uint32, sendIdx int, recv EventID, recvShard uint32, recvIdx int) {
+	c.link(recvIdx, recv, recvShard, LinkReceivedFrom, send, recvShard)
+	c.link(sendIdx, send, sendShard, LinkDeliveredTo, recv, recvShard)
 	c.cur.Matched++
 }
 
-// linkSpawn links a SPAWN and the child's event, both ways.
-func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childIdx int) {
-	c.link(childIdx, child, c.cfg.Shard, LinkSpawnedBy, n.EventID)
-	c.link(spawnIdx, n.EventID, n.FromShard, LinkSpawned, child)
+// linkSpawn links a SPAWN and the child's event (stored on childShard),
+// both ways.
+func (c *Correlator) linkSpawn(n Notice, spawnIdx int, child EventID, childShard uint32, childIdx int) {
+	c.link(childIdx, child, childShard, LinkSpawnedBy, n.EventID, childShard)
+	c.link(spawnIdx, n.EventID, n.FromShard, LinkSpawned, child, childShard)
 	c.cur.SpawnsLinked++
 }
 

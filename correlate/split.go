@@ -249,7 +249,7 @@ func (c *Correlator) split(shards uint32) ([]StateRecord, error) {
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
 	for _, p := range procs {
 		if moves(p.key) {
-			give.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
+			give.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p, child) })
 			moved[string(appendKey(nil, tagProc, p.no))] = true
 		}
 	}

@@ -3,6 +3,7 @@ package correlate
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 )
@@ -20,8 +21,9 @@ type reshardSim struct {
 	router   Layout        // what ingest routes by
 	newest   Layout        // the newest layout any shard has (the node's)
 	run      *erlRun
-	inFlight []flying // notices produced, not yet delivered
-	stats    struct{ rerouted, refusedNotices, chunks, forwarded int }
+	inFlight []flying           // notices produced, not yet delivered
+	storedOn map[EventID]uint32 // the shard that stored each event
+	stats    struct{ rerouted, refusedNotices, chunks, forwarded, records int }
 }
 
 type flying struct {
@@ -30,7 +32,8 @@ type flying struct {
 }
 
 func newReshardSim(t *testing.T, base uint32, most uint32) *reshardSim {
-	s := &reshardSim{t: t, base: base, cors: make([]*Correlator, most), router: Layout{base, base}, newest: Layout{base, base}, run: newErlRun()}
+	s := &reshardSim{t: t, base: base, cors: make([]*Correlator, most), router: Layout{base, base}, newest: Layout{base, base},
+		run: newErlRun(), storedOn: map[EventID]uint32{}}
 	for i := range base {
 		s.create(i)
 	}
@@ -56,8 +59,37 @@ func (s *reshardSim) apply(shard uint32, b Batch) Result {
 		s.inFlight = append(s.inFlight, flying{n, shard})
 	}
 	s.stats.forwarded += int(res.Counters.NoticesForwarded)
+	s.stats.records += int(res.Counters.RecordsForwarded)
+	s.checkRecordsStored(shard, &res)
 	s.run.add(s.t, res)
 	return res
+}
+
+// checkRecordsStored fails unless every record of res has an event stored
+// on shard to hang on, as the store requires (store.applier's locate): a
+// frame end its CALL, an edge its source or (from another shard) its
+// target. A record about an event stored before a split must have been
+// forwarded to the shard that stored it, not kept by the child.
+func (s *reshardSim) checkRecordsStored(shard uint32, res *Result) {
+	s.t.Helper()
+	for _, e := range res.Events {
+		s.storedOn[e.ID] = shard
+	}
+	stored := func(id EventID) bool {
+		on, ok := s.storedOn[id]
+		return ok && on == shard
+	}
+	for _, f := range res.Closed {
+		if !stored(f.Call) {
+			s.t.Fatalf("shard %d records the end of frame %s, whose CALL is stored on shard %d", shard, f.Call, s.storedOn[f.Call])
+		}
+	}
+	for _, e := range res.Edges {
+		if e.FromOtherShard == stored(e.From) || !stored(e.From) && !stored(e.To) {
+			s.t.Fatalf("shard %d records the link %s -%s-> %s (from another shard: %t), stored on shards %d and %d",
+				shard, e.From, e.Type, e.To, e.FromOtherShard, s.storedOn[e.From], s.storedOn[e.To])
+		}
+	}
 }
 
 // ingest applies evs on the shards the router sends them to, and sends
@@ -220,8 +252,8 @@ func runResharded(t *testing.T, evs []Event, base uint32, doublings int) (*erlRu
 			t.Fatalf("shard %d: %d notices left in the outbox", sh, n)
 		}
 	}
-	t.Logf("%d → %d shards: %d events rerouted, %d notices refused while awaiting, %d forwarded, %d handoff chunks",
-		base, base<<doublings, s.stats.rerouted, s.stats.refusedNotices, s.stats.forwarded, s.stats.chunks)
+	t.Logf("%d → %d shards: %d events rerouted, %d notices refused while awaiting, %d forwarded, %d records forwarded, %d handoff chunks",
+		base, base<<doublings, s.stats.rerouted, s.stats.refusedNotices, s.stats.forwarded, s.stats.records, s.stats.chunks)
 	return s.run, s
 }
 
@@ -389,5 +421,117 @@ func TestReshardBatchCodec(t *testing.T) {
 	plain := AppendBatch(nil, &Batch{LogTime: 1})
 	if plain[1] != codecVersion {
 		t.Fatal("a batch without a resharding step must stay version 1")
+	}
+}
+
+// pidOn returns a pid of origin o that the layout places on shard.
+func pidOn(t *testing.T, l Layout, o string, shard uint32, skip int) string {
+	t.Helper()
+	for i := range 10_000 {
+		pid := fmt.Sprintf("<0.%d.0>", i)
+		if l.ShardOf(o, pid) == shard {
+			if skip == 0 {
+				return pid
+			}
+			skip--
+		}
+	}
+	t.Fatalf("no pid on shard %d", shard)
+	return ""
+}
+
+// What a split child closes or links about its processes' events that the
+// parent stored goes to the parent, which stores it as its own: frames
+// ended by an EXIT and by the child dropping the process, a RECEIVE that
+// waited through the split for its SEND, and a SPAWN of a process whose
+// first event the parent stored. Before, the child kept these records,
+// and its store dropped them (it holds neither end).
+func TestSplitChildForwardsRecordsAboutTheParentsEvents(t *testing.T) {
+	s := newReshardSim(t, 1, 2)
+	split := Layout{1, 2}
+	const o = "node@host"
+	exits, waits, spawned, idle := pidOn(t, split, o, 1, 0), pidOn(t, split, o, 1, 1), pidOn(t, split, o, 1, 2), pidOn(t, split, o, 1, 3)
+	stays := pidOn(t, split, o, 0, 0)
+	ev := func(n uint64, kind Kind, pid string, f func(*Event)) Event {
+		e := Event{ID: testID(1, n), Origin: o, PID: pid, Kind: kind, TimestampNs: int64(n) * 1000, Seq: n, Module: "m", Function: "f"}
+		if f != nil {
+			f(&e)
+		}
+		return e
+	}
+	peer := func(pid string, hash uint64) func(*Event) {
+		return func(e *Event) { e.PeerOrigin, e.PeerPID, e.MessageHash, e.Module, e.Function = o, pid, hash, "", "" }
+	}
+	const (
+		call1, call2, recv, first, idleCall = 1, 2, 3, 4, 5
+		exit, send, spawn                   = 10, 11, 12
+	)
+	s.ingest([]Event{
+		ev(call1, KindCall, exits, nil),
+		ev(call2, KindCall, exits, nil),
+		ev(recv, KindReceive, waits, peer(stays, 7)),
+		ev(first, KindCall, spawned, nil),
+		ev(idleCall, KindCall, idle, nil),
+	}, 1000, s.router)
+	s.create(1)
+	s.split(0, 2, 2000)
+	for s.handoffsLeft() {
+		s.handoffStep(2000)
+	}
+	// The child's state, with where each event is stored, survives a restart.
+	child, err := New(DefaultConfig(1, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Restore(s.cors[1].Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if !recordsEqual(child.Snapshot(), s.cors[1].Snapshot()) {
+		t.Fatal("the child's state does not restore to itself")
+	}
+	s.cors[1] = child
+
+	s.ingest([]Event{
+		ev(exit, KindExit, exits, func(e *Event) { e.Module, e.Function = "", "" }),
+		// sent before the receive, its event arriving after the split
+		ev(send, KindSend, stays, func(e *Event) { peer(waits, 7)(e); e.TimestampNs = recv*1000 - 1 }),
+		ev(spawn, KindSpawn, stays, peer(spawned, 0)),
+	}, 3000, s.newest)
+	for i := 0; len(s.inFlight) > 0; i++ {
+		if i > 10 {
+			t.Fatal("notices never settle")
+		}
+		s.deliver(3000)
+	}
+	// The child drops its idle processes, closing their frames.
+	s.apply(1, Batch{LogTime: 3000 + int64(DefaultConfig(1, 1).ProcessTTL) + 1})
+	s.deliver(4000)
+
+	id := func(n uint64) EventID { return testID(1, n) }
+	for _, want := range []ClosedFrame{
+		{Call: id(call2), Outcome: OutcomeProcessExit, EndNs: exit * 1000, By: id(exit)},
+		{Call: id(call1), Outcome: OutcomeProcessExit, EndNs: exit * 1000, By: id(exit)},
+		{Call: id(first), Outcome: OutcomeAbandoned, EndNs: 3000 + int64(DefaultConfig(1, 1).ProcessTTL) + 1, Reason: AbandonInactivity},
+		{Call: id(idleCall), Outcome: OutcomeAbandoned, EndNs: 3000 + int64(DefaultConfig(1, 1).ProcessTTL) + 1, Reason: AbandonInactivity},
+	} {
+		if got, ok := s.run.closed[want.Call]; !ok || got != want {
+			t.Errorf("frame %s: closed %t as %+v, want %+v", want.Call, ok, got, want)
+		}
+	}
+	for _, want := range []struct {
+		from, to uint64
+		typ      LinkType
+	}{
+		{recv, send, LinkReceivedFrom}, {send, recv, LinkDeliveredTo},
+		{first, spawn, LinkSpawnedBy}, {spawn, first, LinkSpawned},
+	} {
+		if got := s.run.links[[2]EventID{id(want.from), id(want.to)}]; got != want.typ {
+			t.Errorf("link %d -> %d: %s, want %s", want.from, want.to, got, want.typ)
+		}
+	}
+	// checkRecordsStored (in apply) saw each record on the parent; all
+	// eight went there as notices.
+	if s.stats.records != 8 {
+		t.Errorf("%d records forwarded, want 8", s.stats.records)
 	}
 }

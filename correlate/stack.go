@@ -19,6 +19,7 @@ type proc struct {
 	lastActive int64   // log time of the last touch
 	first      EventID // the first event applied for this process
 	firstIdx   int     // first's index in the batch that created the process
+	firstHome  uint32  // the shard that stored first (this one, or the one it split from)
 	overflow   uint32  // CALLs beyond MaxStackDepth not yet closed
 	frames     []frame // open calls, bottom first
 	nextSame   *proc   // next process with the same key hash (procTable)
@@ -94,6 +95,7 @@ type frame struct {
 	module   string
 	function string
 	arity    uint32
+	home     uint32 // the shard that stored the CALL: this one, or one it split from (D41)
 	startNs  int64
 }
 
@@ -132,11 +134,12 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 		c.cur.ProcessEvictions++
 	}
 	p := &proc{
-		key:      Process{Origin: c.intern(e.Origin)},
-		no:       c.nextProcNo,
-		first:    e.ID,
-		firstIdx: idx,
-		born:     c.epoch,
+		key:       Process{Origin: c.intern(e.Origin)},
+		no:        c.nextProcNo,
+		first:     e.ID,
+		firstIdx:  idx,
+		firstHome: c.cfg.Shard,
+		born:      c.epoch,
 	}
 	p.setPID(e.PID)
 	c.nextProcNo++
@@ -145,7 +148,7 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 	// this, the child's first event.
 	if c.spawns.order.n > 0 {
 		if w := c.spawns.match(msgKey{recv: p.key}, Process{}); w != nil {
-			c.linkSpawn(w.n, w.idxIn(c.epoch), e.ID, idx)
+			c.linkSpawn(w.n, w.idxIn(c.epoch), e.ID, c.cfg.Shard, idx)
 			c.removePending(&c.spawns, w)
 		}
 	}
@@ -159,7 +162,7 @@ func (c *Correlator) newProc(e *Event, idx int) *proc {
 // every replica. Without this the store would show them open forever.
 func (c *Correlator) dropProc(p *proc, reason AbandonReason) {
 	for j := len(p.frames) - 1; j >= 0; j-- {
-		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeAbandoned,
+		c.closeFrame(&p.frames[j], ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeAbandoned,
 			EndNs: c.logTime, Reason: reason})
 	}
 	if reason == AbandonInactivity {
@@ -273,6 +276,7 @@ func (c *Correlator) call(p *proc, e *Event) {
 		module:   module,
 		function: function,
 		arity:    e.Arity,
+		home:     c.cfg.Shard,
 		startNs:  e.TimestampNs,
 	})
 }
@@ -325,7 +329,7 @@ func (c *Correlator) complete(p *proc, e *Event) {
 		outcome = OutcomeException
 	}
 	for j := len(p.frames) - 1; j > i; j-- {
-		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeUnwound,
+		c.closeFrame(&p.frames[j], ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeUnwound,
 			EndNs: e.TimestampNs, By: e.ID})
 		c.cur.Unwound++
 	}
@@ -353,10 +357,23 @@ func (c *Correlator) complete(p *proc, e *Event) {
 func (c *Correlator) exit(p *proc, e *Event) {
 	c.setParent(p, e)
 	for j := len(p.frames) - 1; j >= 0; j-- {
-		c.res.Closed = append(c.res.Closed, ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeProcessExit,
+		c.closeFrame(&p.frames[j], ClosedFrame{Call: p.frames[j].call, Outcome: OutcomeProcessExit,
 			EndNs: e.TimestampNs, By: e.ID})
 		c.cur.ExitClosed++
 	}
 	p.frames = nil
 	p.overflow = 0
+}
+
+// closeFrame records how frame f ended without an event of
+// its own. The record belongs with the frame's CALL: in this shard's
+// Result when the CALL is stored here, else forwarded to the shard that
+// stored it (a frame opened before a split, docs/DECISIONS.md D41).
+func (c *Correlator) closeFrame(f *frame, cf ClosedFrame) {
+	if f.home == c.cfg.Shard {
+		c.res.Closed = append(c.res.Closed, cf)
+		return
+	}
+	c.forward(Notice{Kind: NoticeFrameEnd, EventID: recordID(NoticeFrameEnd, cf.Call, 0, EventID{}), ToShard: f.home,
+		TimestampNs: cf.EndNs, Frame: &cf})
 }

@@ -39,7 +39,7 @@ func counterFields(c *Counters) []*uint64 {
 		&c.Matched, &c.NoticesApplied, &c.NoticesExpired, &c.ReceivesExpired, &c.StackOverflows,
 		&c.ProcessEvictions, &c.PendingEvictions, &c.DedupEvictions, &c.PayloadsTruncated,
 		&c.AttributesDropped, &c.Malformed, &c.ProcessesExpired, &c.OutboxDropped, &c.SpawnsLinked,
-		&c.AbandonedInactivity, &c.AbandonedProcessBound, &c.Rerouted, &c.NoticesForwarded}
+		&c.AbandonedInactivity, &c.AbandonedProcessBound, &c.Rerouted, &c.NoticesForwarded, &c.RecordsForwarded}
 }
 
 // minMetaCounters is how many counters the oldest meta record this version
@@ -89,8 +89,20 @@ func appendEntry(b []byte, logTime int64, n *Notice) []byte {
 	return AppendNotice(b, n)
 }
 
-func appendProc(b []byte, p *proc) []byte {
-	b = appendArrayHeader(b, 7)
+// appendProc appends p's record as the shard self keeps it. A process
+// whose first event and CALLs are all stored on self has 7 fields; one that
+// came from a split (some of them stored on the parent, docs/DECISIONS.md
+// D41) has two more: the shard of its first event and of each frame.
+func appendProc(b []byte, p *proc, self uint32) []byte {
+	homes := p.firstHome != self
+	for i := 0; i < len(p.frames) && !homes; i++ {
+		homes = p.frames[i].home != self
+	}
+	fields := 7
+	if homes {
+		fields = 9
+	}
+	b = appendArrayHeader(b, fields)
 	b = appendString(b, p.key.Origin)
 	b = appendString(b, p.key.PID)
 	b = appendUint(b, p.tick)
@@ -106,6 +118,13 @@ func appendProc(b []byte, p *proc) []byte {
 		b = appendString(b, f.function)
 		b = appendUint(b, uint64(f.arity))
 		b = appendInt(b, f.startNs)
+	}
+	if homes {
+		b = appendUint(b, uint64(p.firstHome))
+		b = appendArrayHeader(b, len(p.frames))
+		for i := range p.frames {
+			b = appendUint(b, uint64(p.frames[i].home))
+		}
 	}
 	return b
 }
@@ -183,7 +202,7 @@ func (c *Correlator) stateRecords() []StateRecord {
 		p := d.p
 		switch {
 		case !p.dead:
-			r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
+			r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p, c.cfg.Shard) })
 		case p.born != c.epoch:
 			r.del(tagProc, p.no)
 		}
@@ -228,7 +247,7 @@ func (c *Correlator) Snapshot() []StateRecord {
 	procs := c.procs.appendAll(make([]*proc, 0, c.procs.len()))
 	slices.SortFunc(procs, func(a, b *proc) int { return cmp.Compare(a.no, b.no) })
 	for _, p := range procs {
-		r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p) })
+		r.put(tagProc, p.no, func(b []byte) []byte { return appendProc(b, p, c.cfg.Shard) })
 	}
 	for _, t := range []*pendingTable{&c.recvs, &c.sends, &c.spawns} { // R < S < W
 		for p := t.order.head; p != nil; p = p.lk.next {
@@ -399,10 +418,11 @@ func readEntry(r *reader, n *Notice) (logTime int64) {
 }
 
 func (c *Correlator) readProc(r *reader, no uint64) *proc {
-	if n := r.arrayLen(1); r.err == nil && n != 7 {
-		r.fail("process has %d fields, want 7", n)
+	fields := r.arrayLen(1)
+	if r.err == nil && fields != 7 && fields != 9 {
+		r.fail("process has %d fields, want 7 or 9", fields)
 	}
-	p := &proc{no: no, firstIdx: -1}
+	p := &proc{no: no, firstIdx: -1, firstHome: c.cfg.Shard}
 	p.key.Origin = c.intern(r.string())
 	p.setPID(r.string())
 	p.tick = r.uint()
@@ -422,8 +442,29 @@ func (c *Correlator) readProc(r *reader, no uint64) *proc {
 			f.module = c.intern(r.string())
 			f.function = c.intern(r.string())
 			f.arity = r.uint32()
+			f.home = c.cfg.Shard
 			f.startNs = r.int()
 		}
 	}
+	if fields == 9 && r.err == nil {
+		p.firstHome = c.readHome(r)
+		if m := r.arrayLen(1); r.err == nil && m != len(p.frames) {
+			r.fail("process has %d frame homes for %d frames", m, len(p.frames))
+		}
+		for i := 0; i < len(p.frames) && r.err == nil; i++ {
+			p.frames[i].home = c.readHome(r)
+		}
+	}
 	return p
+}
+
+// readHome reads the shard that stored one of a process's events: this
+// one or one it split from, so one of the process's shards in the layout's
+// history.
+func (c *Correlator) readHome(r *reader) uint32 {
+	h := r.uint32()
+	if r.err == nil && h >= c.layout.Shards {
+		r.fail("home shard %d outside the layout of %d shards", h, c.layout.Shards)
+	}
+	return h
 }

@@ -311,6 +311,7 @@ func (m *Metrics) applied(shard uint32, res *correlate.Result) {
 		{"frame_abandoned_inactivity", c.AbandonedInactivity},
 		{"frame_abandoned_process_bound", c.AbandonedProcessBound},
 		{"rerouted", c.Rerouted}, {"notice_forwarded", c.NoticesForwarded},
+		{"record_forwarded", c.RecordsForwarded},
 	} {
 		if kv.n > 0 {
 			m.correlator.WithLabelValues(kv.what).Add(float64(kv.n))
@@ -327,9 +328,9 @@ func (m *Metrics) watchStore(st *store.Store) {
 	}{
 		{"scope_store_duplicates_total", "Events the store did not write because their id was stored already (behind the FSM's own screen).",
 			func(c store.Counters) uint64 { return c.Duplicates }},
-		{"scope_store_edges_dropped_total", "Link records dropped because neither of their events is stored on the shard (after a split: a link between two events the parent stored, docs/DECISIONS.md D39).",
+		{"scope_store_edges_dropped_total", "Link records dropped because neither of their events is stored on the shard (deleted by retention).",
 			func(c store.Counters) uint64 { return c.EdgesDropped }},
-		{"scope_store_frames_lost_total", "Frame-end records dropped because their CALL is not stored on the shard (deleted by retention, or stored by the parent before a split, D39).",
+		{"scope_store_frames_lost_total", "Frame-end records dropped because their CALL is not stored on the shard (deleted by retention).",
 			func(c store.Counters) uint64 { return c.FramesLost }},
 	} {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: c.name, Help: c.help},

@@ -23,12 +23,11 @@ import (
 // on each shard are combined into the one a single shard holding all of
 // the process's events would give.
 //
-// What no read can give back is what the split loses as it is written: a
-// frame whose CALL is on an older shard and that a newer one closed without
-// an event of its own (UNWOUND, PROCESS_EXIT, ABANDONED) has no frame
-// record anywhere (the newer shard's store drops it: it does not hold the
-// CALL), so CallTree shows it open and CallStackAt may list it (unless an
-// EXIT ends the walk first).
+// A frame whose CALL is on an older shard and that a newer one closed
+// without an event of its own (UNWOUND, PROCESS_EXIT, ABANDONED) has its
+// frame record on the CALL's shard: the newer shard sends it there
+// (docs/DECISIONS.md D41), so the reads below find it where the store on
+// one shard would.
 
 // callTree returns the call tree under root, a CALL of process p, of at
 // most maxFrames frames; at is the shard of an event of the tree. It is the

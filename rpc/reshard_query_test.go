@@ -25,20 +25,20 @@ import (
 // children of their own there, one of them unwound there), sends before
 // the split received after it (by moved processes and by one that stayed),
 // sends after it, a spawn before it whose child starts after it, state
-// changes on both sides, an exit.
-//
-// Not in it: what a split loses as it is written, which no query can give
-// back (rpc/history.go): a frame opened before the split and closed after
-// it without an event of its own (UNWOUND, PROCESS_EXIT), and a RECEIVE
-// applied before the split that pairs after it with a SEND of a third
-// shard.
+// changes on both sides, an exit. And what the child records about events
+// the parent stored, which it forwards to the parent (docs/DECISIONS.md
+// D41): frames opened before the split and closed after it without an
+// event of their own (UNWOUND, PROCESS_EXIT), a RECEIVE applied before the
+// split that pairs after it with a SEND whose event arrives late, and a
+// SPAWN, arriving late too, of a process whose first event is on the
+// parent.
 type reshardWorkload struct {
-	a, b, c, d, e  correlate.Process // a, c, e move to the child; b, d stay
-	before, after  []*scopev1.Event
-	receives       [2]uint64 // RECEIVEs paired after each part
-	spawns         [2]uint64 // spawns linked after each part
-	procs          []correlate.Process
-	firstNs, endNs int64
+	a, b, c, d, e, f correlate.Process // a, c, e, f move to the child; b, d stay
+	before, after    []*scopev1.Event
+	receives         [2]uint64 // RECEIVEs paired after each part
+	spawns           [2]uint64 // spawns linked after each part
+	procs            []correlate.Process
+	firstNs, endNs   int64
 }
 
 // processFor returns a process of origin "app@h", not in skip (then added
@@ -63,8 +63,8 @@ func newReshardWorkload(base uint32) *reshardWorkload {
 	skip := map[correlate.Process]bool{}
 	w.a, w.b = processFor(base, true, skip), processFor(base, false, skip)
 	w.c, w.d = processFor(base, true, skip), processFor(base, false, skip)
-	w.e = processFor(base, true, skip)
-	w.procs = []correlate.Process{w.a, w.b, w.c, w.d, w.e}
+	w.e, w.f = processFor(base, true, skip), processFor(base, true, skip)
+	w.procs = []correlate.Process{w.a, w.b, w.c, w.d, w.e, w.f}
 
 	ts, n := int64(1_000_000_000), 0
 	w.firstNs = ts + 1000
@@ -116,9 +116,13 @@ func newReshardWorkload(base uint32) *reshardWorkload {
 	ret(w.c, "init")
 	send(w.c, w.d, "m8") // received after the split, by a process that stayed
 	state(w.c, "%{c: 1}")
+	call(w.c, "held")
+	call(w.c, "held_inner") // unwound after the split
 	recv(w.d, "m4")
 	call(w.d, "serve")
 	state(w.d, "%{d: 1}")
+	waiting := add(w.f, scopev1.Kind_KIND_RECEIVE, func(e *scopev1.Event) { e.Payload = "m9" }) // f's first event; paired after the split
+	call(w.f, "wait")                                                                           // closed by f's exit after the split
 	w.receives[0], w.spawns[0] = 2, 0
 
 	part = &w.after
@@ -152,7 +156,17 @@ func newReshardWorkload(base uint32) *reshardWorkload {
 	ret(w.d, "serve")
 	ret(w.c, "work")
 	add(w.e, scopev1.Kind_KIND_EXIT, func(e *scopev1.Event) { e.Reason = "normal" }) // run and start end with it
-	w.receives[1], w.spawns[1] = 6, 1
+	ret(w.c, "held")                                                                 // held_inner is unwound
+	// Sent before f received it; the event arrives after the split.
+	add(w.d, scopev1.Kind_KIND_SEND, func(e *scopev1.Event) {
+		e.PeerOrigin, e.PeerPid, e.Payload, e.TimestampNs = w.f.Origin, w.f.PID, "m9", waiting.TimestampNs-1
+	})
+	// A SPAWN of f whose event arrives after f ran.
+	add(w.d, scopev1.Kind_KIND_SPAWN, func(e *scopev1.Event) {
+		e.PeerOrigin, e.PeerPid, e.TimestampNs = w.f.Origin, w.f.PID, waiting.TimestampNs-2
+	})
+	add(w.f, scopev1.Kind_KIND_EXIT, func(e *scopev1.Event) { e.Reason = "normal" }) // wait ends with it
+	w.receives[1], w.spawns[1] = 7, 2
 	w.endNs = ts + 1000
 	return w
 }
@@ -295,7 +309,7 @@ func TestQueriesAcrossReshardMatchUnsplit(t *testing.T) {
 		settle(t, n, w.receives[0]+w.receives[1], w.spawns[0]+w.spawns[1])
 	}
 	layout := split.Node.Layout()
-	for _, p := range []correlate.Process{w.a, w.c, w.e} {
+	for _, p := range []correlate.Process{w.a, w.c, w.e, w.f} {
 		if h := layout.History(p.Origin, p.PID); len(h) != 2 {
 			t.Fatalf("%s did not move: history %v", p, h)
 		}
@@ -424,6 +438,12 @@ func TestQueriesAcrossReshardMatchUnsplit(t *testing.T) {
 					msgOf(want), msgOf(got), werr, gerr)
 			}
 		}
+	}
+
+	// No store dropped a record for want of its event: the child
+	// forwarded what was about the parent's events.
+	if c := split.Node.Store().Counters(); c.FramesLost != 0 || c.EdgesDropped != 0 {
+		t.Errorf("after the reshard the store lost %d frame ends and dropped %d links", c.FramesLost, c.EdgesDropped)
 	}
 }
 

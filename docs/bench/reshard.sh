@@ -35,6 +35,6 @@ wait $bench || true
 grep -v '^shape' "$DIR/bench.out"
 sleep 2
 for p in 27070 27080 27090; do
-	curl -s "127.0.0.1:$p/metrics" | grep -E '^scope_correlator_total\{what="(orphan|rerouted|notice_forwarded)"|^scope_store_duplicates_total' | sed "s/^/:$p /"
+	curl -s "127.0.0.1:$p/metrics" | grep -E '^scope_correlator_total\{what="(orphan|rerouted|notice_forwarded|record_forwarded)"|^scope_store_(duplicates|frames_lost|edges_dropped)_total' | sed "s/^/:$p /"
 done
 $BIN stats -addr 127.0.0.1:27070 | head -1
