@@ -36,8 +36,12 @@ type Config struct {
 	// ReconcileInterval is how often each shard leader compares its group
 	// with the placement (membership changes also trigger a round).
 	ReconcileInterval time.Duration
-	// MaxConcurrentMoves bounds replica additions in flight on this node
-	// (each one streams a snapshot).
+	// MaxConcurrentMoves bounds the replicas this node, as their shards'
+	// leader, adds at once: from the addition of a non-voter until it is
+	// promoted or removed. Each receives a snapshot of its shard from this
+	// node, so this bounds the snapshots it streams at once. Non-voters a
+	// previous leader added count too; an addition waits while the bound is
+	// reached.
 	MaxConcurrentMoves int
 	// CatchUpLag is how far behind the leader's applied index a new
 	// non-voter may be when it is promoted to voter.
@@ -94,7 +98,7 @@ func DefaultConfig(name string) Config {
 		Shards:             16,
 		Replicas:           3,
 		ReconcileInterval:  2 * time.Second,
-		MaxConcurrentMoves: 2,
+		MaxConcurrentMoves: 4,
 		CatchUpLag:         1024,
 		RPCTimeout:         10 * time.Second,
 		OrphanGrace:        30 * time.Second,
@@ -150,7 +154,7 @@ type Cluster struct {
 	members *Membership
 	logger  *slog.Logger
 	peers   *peers
-	moves   chan struct{} // semaphore: MaxConcurrentMoves
+	moves   *moveTracker // replicas catching up from this node (MaxConcurrentMoves)
 	metrics *metrics
 	// unformed tracks members that advertise no replica (identity.go).
 	unformed unformedSince
@@ -244,7 +248,7 @@ func New(cfg Config, n *node.Node, members *Membership) (*Cluster, error) {
 		node:         n,
 		members:      members,
 		logger:       cfg.Logger,
-		moves:        make(chan struct{}, cfg.MaxConcurrentMoves),
+		moves:        newMoveTracker(cfg.MaxConcurrentMoves),
 		stop:         make(chan struct{}),
 		steps:        make(map[uint32]bool),
 		childChecked: make(map[uint32]uint64),

@@ -33,7 +33,7 @@ func newMetrics(c *Cluster) *metrics {
 		additions:       counter("scope_cluster_replica_additions_total", "Replicas added as non-voters by shards led here."),
 		promotions:      counter("scope_cluster_replica_promotions_total", "Non-voters promoted to voters by shards led here."),
 		removals:        counter("scope_cluster_replica_removals_total", "Replicas removed from groups led here."),
-		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves in flight."),
+		movesDeferred:   counter("scope_cluster_moves_deferred_total", "Replica additions deferred: MaxConcurrentMoves replicas catching up from this node."),
 		leaderTransfers: counter("scope_cluster_leader_transfers_total", "Leaderships handed to a less loaded voter to balance leaders."),
 		leaderTransferFailures: counter("scope_cluster_leader_transfer_failures_total",
 			"Leadership balancing transfers that failed (the target did not take over in time); the shard is then left alone for 5 s."),
@@ -71,7 +71,7 @@ func newMetrics(c *Cluster) *metrics {
 		members:       prometheus.NewDesc("scope_cluster_members", "Known members by state.", []string{"state"}, nil),
 		ledShards:     prometheus.NewDesc("scope_cluster_led_shards", "Shards this node leads.", nil, nil),
 		replicas:      prometheus.NewDesc("scope_cluster_replicas", "Shard replicas hosted on this node.", nil, nil),
-		movesInFlight: prometheus.NewDesc("scope_cluster_moves_in_flight", "Replica additions in flight on this node.", nil, nil),
+		movesInFlight: prometheus.NewDesc("scope_cluster_moves_in_flight", "Non-voters catching up in the groups this node leads (each receives a snapshot from it).", nil, nil),
 	}
 }
 
@@ -136,7 +136,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(m.ledShards, prometheus.GaugeValue, float64(led))
 	ch <- prometheus.MustNewConstMetric(m.replicas, prometheus.GaugeValue, float64(total))
-	ch <- prometheus.MustNewConstMetric(m.movesInFlight, prometheus.GaugeValue, float64(len(m.c.moves)))
+	ch <- prometheus.MustNewConstMetric(m.movesInFlight, prometheus.GaugeValue, float64(m.c.moves.inFlight()))
 	ch <- prometheus.MustNewConstMetric(m.peerCallsRefused, prometheus.CounterValue, float64(m.c.peers.refused.Load()))
 }
 

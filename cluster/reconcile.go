@@ -83,6 +83,10 @@ func (c *Cluster) stepAll(round uint64) {
 		k := int(round % uint64(len(reps)))
 		reps = append(reps[k:], reps[:k]...)
 	}
+	// Shards with a replica catching up go first: the step that promotes
+	// it ends a move, and other additions wait for that (moves.go). Behind
+	// the rotation, with hundreds of shards led, it could wait many rounds.
+	reps = c.moves.first(reps)
 	for _, r := range reps {
 		if c.ctx.Err() != nil {
 			return
@@ -355,6 +359,7 @@ func (c *Cluster) reconcileShard(ctx context.Context, r *node.Replica) bool {
 		return false
 	}
 	conf, prevIndex := cf.Configuration(), cf.Index()
+	c.moves.track(shard, conf)
 	var inGroup []string
 	for _, s := range conf.Servers {
 		inGroup = append(inGroup, string(s.ID))
@@ -427,6 +432,7 @@ func (c *Cluster) promote(ctx context.Context, r *node.Replica, s raft.Server, m
 		c.logger.Warn("promote replica", "shard", shard, "node", m.Name, "err", err)
 		return
 	}
+	c.moves.release(shard) // caught up: a move less in flight
 	c.metrics.promotions.Inc()
 	c.logger.Info("replica promoted to voter", "shard", shard, "node", m.Name)
 }
@@ -442,17 +448,15 @@ func (c *Cluster) addNonvoter(ctx context.Context, r *node.Replica, m Member, pr
 		c.logger.Warn("open replica on new member", "shard", shard, "node", m.Name, "err", err)
 		return
 	}
-	select {
-	case c.moves <- struct{}{}:
-	default:
+	if !c.moves.take(shard, c.leads) {
 		// The open replica waits for the next round (OpenReplica is
 		// idempotent); if no round adds it, it is dropped as an orphan.
 		c.metrics.movesDeferred.Inc()
-		return // enough moves in flight on this node
+		return // enough replicas catching up from this node
 	}
-	defer func() { <-c.moves }()
 	id, addr := raftServer(m)
 	if err := r.Raft().AddNonvoter(id, addr, prevIndex, c.cfg.RPCTimeout).Error(); err != nil {
+		c.moves.release(shard)
 		c.logger.Warn("add non-voter", "shard", shard, "node", m.Name, "err", err)
 		return
 	}

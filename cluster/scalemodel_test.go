@@ -31,7 +31,8 @@ import (
 // and when its view changes; a round starts a step for each replica it
 // leads that has none running, up to maxConcurrentSteps at once, and the
 // rest wait for a later round; an addition that finds MaxConcurrentMoves
-// additions committing on its node waits for a later round; a node hands
+// non-voters catching up in the groups its node leads (or being added)
+// waits for a later round; a node hands
 // over one leadership at a time, at most one per ReconcileInterval.
 
 // simParams are the model's inputs: the cluster's shape and configuration,
@@ -139,7 +140,7 @@ type simNode struct {
 	gossiped     simView       // what its gossip says of its shards led
 	roundQueued  bool
 	steps        int           // steps running
-	moves        int           // additions committing
+	moves        int           // additions committing (their non-voters not yet in the group)
 	recvFree     time.Duration // when its snapshot receiving is free
 	hosted       map[uint32]bool
 }
@@ -169,7 +170,7 @@ type simResult struct {
 	ledMin, ledMax int // leaders per live node at the end
 	ledMean        float64
 	stepsDeferred  int // steps that found no slot
-	movesDeferred  int // additions that found MaxConcurrentMoves committing
+	movesDeferred  int // additions that found MaxConcurrentMoves in flight
 	minUpVoters    int // fewest live voters any group had after a change (safety)
 	departed       int // replicas the member that left or was lost held
 
@@ -466,8 +467,17 @@ func (s *sim) round(n *simNode) {
 	if len(shards) > 0 {
 		k = int(n.round % uint64(len(shards)))
 	}
-	for i := range shards {
-		sh := shards[(k+i)%len(shards)]
+	// Groups with a non-voter catching up first, as stepAll puts them.
+	order := make([]uint32, 0, len(shards))
+	for _, moving := range []bool{true, false} {
+		for i := range shards {
+			sh := shards[(k+i)%len(shards)]
+			if slices.ContainsFunc(s.groups[sh].servers, func(sv raft.Server) bool { return sv.Suffrage == raft.Nonvoter }) == moving {
+				order = append(order, sh)
+			}
+		}
+	}
+	for _, sh := range order {
 		g := s.groups[sh]
 		if g.leader != n.name || g.stepping {
 			continue // a follower's step is an orphan check: not modelled
@@ -546,7 +556,7 @@ func (s *sim) step(n *simNode, g *simGroup, done func()) {
 				return
 			}
 			s.host(target, g.shard) // an open replica, not yet in the group
-			if n.moves >= s.p.moves {
+			if n.moves+s.catchingUp(n) >= s.p.moves {
 				s.res.movesDeferred++
 				done()
 				return
@@ -604,6 +614,21 @@ func (s *sim) balance(n *simNode, g *simGroup, done func()) {
 		n.transferring = false
 		done()
 	})
+}
+
+// catchingUp counts the non-voters of the groups n leads: the moves in
+// flight from n (cluster/moves.go counts them from the configurations its
+// steps read; the model counts them directly).
+func (s *sim) catchingUp(n *simNode) int {
+	count := 0
+	for sh := range n.ledSet {
+		for _, sv := range s.groups[sh].servers {
+			if sv.Suffrage == raft.Nonvoter {
+				count++
+			}
+		}
+	}
+	return count
 }
 
 func (s *sim) host(n *simNode, shard uint32) {
