@@ -197,6 +197,11 @@ type Cluster struct {
 	protocol       uint8
 	protocolErr    error
 	protocolWarned map[string]ProtocolRange
+	// shardCountErr says why this node takes no part for its shard count;
+	// shardCountWarned the count last logged per member with another
+	// (shardcount.go).
+	shardCountErr    error
+	shardCountWarned map[string]uint32
 	// selfProtocol is this node's range (fixed: its gossip metadata's);
 	// writes the version its requests are written in, set by
 	// protocolRound and read on every node-to-node request.
@@ -343,6 +348,7 @@ func (c *Cluster) run(changes <-chan struct{}, hosted bool) {
 		}
 		c.identityRound()
 		c.protocolRound()
+		c.shardCountRound()
 		if !bootstrapped {
 			done, err := c.bootstrap()
 			if err != nil {

@@ -10,6 +10,9 @@ var (
 	ErrUnknownPeer = errors.New("cluster: unknown peer")
 	ErrClosed      = errors.New("cluster: closed")
 	ErrPeerBusy    = errors.New("cluster: too many background calls in flight to peer")
+	// ErrShardCount: this node was started with another shard count than
+	// the cluster's (ShardCountError).
+	ErrShardCount = errors.New("cluster: shard count differs from the cluster's")
 
 	// Raft mux.
 	ErrMuxClosed       = errors.New("cluster: mux closed")

@@ -41,6 +41,8 @@ func (i info) Protocol() uint32 {
 
 func (i info) ProtocolError() error { return i.c.ProtocolError() }
 
+func (i info) ShardCountError() error { return i.c.ShardCountError() }
+
 func (i info) ShardLeader(shard uint32) string {
 	name, _, err := i.c.leaderOf(shard)
 	if err != nil {
@@ -72,6 +74,8 @@ func (i info) Members() []*scopev1.Member {
 				pm.Excluded = "member of another cluster"
 			case !speaksProtocol(m, v):
 				pm.Excluded = fmt.Sprintf("reads protocol %s, the cluster speaks %d", m.Meta.Protocol, v)
+			case m.Meta.BaseShards() != i.c.cfg.Shards:
+				pm.Excluded = fmt.Sprintf("started with %d shards, this node with %d", m.Meta.BaseShards(), i.c.cfg.Shards)
 			}
 		}
 		switch {

@@ -45,6 +45,9 @@ type ClusterInfo interface {
 	// unknown); ProtocolError says why this node cannot speak it, or nil.
 	Protocol() uint32
 	ProtocolError() error
+	// ShardCountError says why this node takes no part in the cluster
+	// because it was started with another shard count, or nil.
+	ShardCountError() error
 }
 
 // SetCluster installs the cluster layer's view of membership.

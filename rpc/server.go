@@ -198,6 +198,9 @@ func (s *Server) ready() error {
 		if err := s.cluster.ProtocolError(); err != nil {
 			return err
 		}
+		if err := s.cluster.ShardCountError(); err != nil {
+			return err
+		}
 		// Shards hosted elsewhere are served through their leaders.
 		for shard := range s.node.Shards() {
 			if s.node.Replica(shard) == nil && s.cluster.ShardLeader(shard) == "" {

@@ -65,6 +65,8 @@ type Cluster struct {
 	// protocols: the protocol range a node advertises, by name, where it
 	// is not this build's (AddNodeSpeaking); kept across restarts.
 	protocols map[string]cluster.ProtocolRange
+	// shardCounts overrides Options.Shards for some nodes (AddNodeWithShards).
+	shardCounts map[string]uint32
 }
 
 // Node is one running node of a test cluster.
@@ -145,6 +147,25 @@ func (c *Cluster) AddNodeSpeaking(r cluster.ProtocolRange) *Node {
 	return c.AddNode()
 }
 
+// AddNodeWithShards is AddNode for a node started with shards shards
+// instead of the cluster's: a misconfigured node.
+func (c *Cluster) AddNodeWithShards(shards uint32) *Node {
+	c.t.Helper()
+	if c.shardCounts == nil {
+		c.shardCounts = make(map[string]uint32)
+	}
+	c.shardCounts[fmt.Sprintf("%s%d", c.opts.NamePrefix, len(c.Nodes)+1)] = shards
+	return c.AddNode()
+}
+
+// shardsOf returns the shard count node name was started with.
+func (c *Cluster) shardsOf(name string) uint32 {
+	if s, ok := c.shardCounts[name]; ok {
+		return s
+	}
+	return c.opts.Shards
+}
+
 // seeds returns the gossip addresses of the live nodes.
 func (c *Cluster) seeds() []string {
 	var out []string
@@ -204,7 +225,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 
 	ncfg := node.DefaultConfig(name, dir)
 	ncfg.RaftAddr = n.raftAddr
-	ncfg.Shards = c.opts.Shards
+	ncfg.Shards = c.shardsOf(name)
 	ncfg.Logger = logger
 	ncfg.Store.Logger = logger
 	ncfg.BeforeApply = n.applyHold.wait
@@ -259,7 +280,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	}
 	id := n.Identity.Get()
 	n.Members, err = cluster.NewMembership(mcfg, cluster.Meta{Name: name, HTTPAddr: n.httpAddr,
-		RaftAddr: n.raftAddr, Version: "test", Shards: c.opts.Shards, Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0,
+		RaftAddr: n.raftAddr, Version: "test", Shards: c.shardsOf(name), Formed: len(hosted) > 0, HoldsReplicas: len(hosted) > 0,
 		NodeID: id.NodeID, ClusterID: id.ClusterID, Epoch: id.Epoch, Run: n.Identity.Run(), Protocol: c.protocols[name]})
 	if err != nil {
 		t.Fatal(err)
@@ -273,7 +294,7 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 
 	ccfg := cluster.DefaultConfig(name)
 	ccfg.RaftAddr = n.raftAddr
-	ccfg.Shards = c.opts.Shards
+	ccfg.Shards = c.shardsOf(name)
 	ccfg.Replicas = c.opts.Replicas
 	ccfg.BootstrapExpect = expect
 	ccfg.ReconcileInterval = 200 * time.Millisecond

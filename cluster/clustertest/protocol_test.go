@@ -139,3 +139,43 @@ func TestVersionNegotiation(t *testing.T) {
 		t.Fatalf("%s: cluster protocol %d, writes %d; want %d, %d", next.Name, cv, writes, cur, cur)
 	}
 }
+
+// TestNodeWithAnotherShardCountSaysSo: a node started with another shard
+// count than its cluster's holds no replica, and says why where an
+// operator looks: its /readyz (503, both counts and the fix) and log, and
+// the others' member lists (and logs).
+func TestNodeWithAnotherShardCountSaysSo(t *testing.T) {
+	c := Start(t, Options{Nodes: 3, Shards: 4})
+	odd := c.AddNodeWithShards(8)
+	WaitForWhy(t, "n1 lists "+odd.Name+" as excluded", 30*time.Second, func() string {
+		m, _ := member(t, c.Nodes[0], odd.Name)
+		if m == nil || m.GetStatus() != scopev1.MemberStatus_MEMBER_STATUS_ALIVE || m.GetExcluded() != "started with 8 shards, this node with 4" {
+			return fmt.Sprintf("member %v", m)
+		}
+		return ""
+	})
+	WaitFor(t, odd.Name+" knows it takes no part", 30*time.Second, func() bool {
+		return errors.Is(odd.Cluster.ShardCountError(), cluster.ErrShardCount)
+	})
+	resp, err := http.Get(odd.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "started with 8 shards, the cluster has 4") ||
+		!strings.Contains(string(body), "-shards 4") {
+		t.Fatalf("/readyz of %s: %d %q; want 503 naming both counts and the fix", odd.Name, resp.StatusCode, body)
+	}
+	for _, n := range c.Nodes[:3] {
+		if err := n.Cluster.ShardCountError(); err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+	}
+	// Placement never chose it: after many rounds it still holds nothing.
+	rounds := c.Nodes[0].Cluster.Stats().Rounds
+	WaitFor(t, "ten more rounds on n1", 30*time.Second, func() bool { return c.Nodes[0].Cluster.Stats().Rounds >= rounds+10 })
+	if hosted, err := odd.Node.HostedShards(); err != nil || len(hosted) != 0 {
+		t.Fatalf("%s hosts %v (%v)", odd.Name, hosted, err)
+	}
+}
