@@ -155,6 +155,10 @@ type Cluster struct {
 	logger  *slog.Logger
 	peers   *peers
 	moves   *moveTracker // replicas catching up from this node (MaxConcurrentMoves)
+	// hostedOpen is set once Start has reopened the replicas the data
+	// directory holds: until then ReplicaStatus cannot say a replica is
+	// missing (nodeservice.go).
+	hostedOpen atomic.Bool
 	metrics *metrics
 	// unformed tracks members that advertise no replica (identity.go).
 	unformed unformedSince
@@ -290,6 +294,7 @@ func (c *Cluster) Start() error {
 	if err != nil {
 		return err
 	}
+	c.hostedOpen.Store(true)
 	for _, s := range hosted {
 		if r := c.node.Replica(s); r != nil {
 			seq, _ := r.LastOpen()

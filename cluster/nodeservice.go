@@ -51,6 +51,14 @@ func (s nodeService) OpenReplica(_ context.Context, req *connect.Request[nodev1.
 func (s nodeService) ReplicaStatus(_ context.Context, req *connect.Request[nodev1.ReplicaStatusRequest]) (*connect.Response[nodev1.ReplicaStatusResponse], error) {
 	r := s.c.node.Replica(req.Msg.GetShard())
 	if r == nil {
+		if !s.c.hostedOpen.Load() {
+			// Starting: the HTTP server and gossip come up before the
+			// replicas on disk are reopened. "No replica" now could be
+			// false, and a leader that suspects this node of a lost disk
+			// would remove it from its groups on that word.
+			return nil, connect.NewError(connect.CodeUnavailable,
+				errors.New("cluster: this node is starting: the replicas in its data directory are not reopened yet"))
+		}
 		return connect.NewResponse(&nodev1.ReplicaStatusResponse{}), nil
 	}
 	applied, failed := r.Progress()

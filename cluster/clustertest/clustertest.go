@@ -67,6 +67,10 @@ type Cluster struct {
 	protocols map[string]cluster.ProtocolRange
 	// shardCounts overrides Options.Shards for some nodes (AddNodeWithShards).
 	shardCounts map[string]uint32
+	// beforeStart, when set, runs once, on the next node started, between
+	// its HTTP server and gossip coming up and its cluster layer's Start
+	// (which reopens the replicas on disk).
+	beforeStart func(*Node)
 }
 
 // Node is one running node of a test cluster.
@@ -330,11 +334,15 @@ func (c *Cluster) startNode(name string, expect int, httpAddr, raftAddr, gossipA
 	n.Server.Mount(c.stalls.wrap(name)(n.shardReads.wrap(n.Cluster.Handler())))
 	n.HTTP = n.Server.HTTPServer(n.httpAddr)
 	go func() { _ = n.HTTP.Serve(httpLn) }()
+	n.URL = "http://" + n.httpAddr
+	if hook := c.beforeStart; hook != nil {
+		c.beforeStart = nil
+		hook(n)
+	}
 	if err := n.Cluster.Start(); err != nil {
 		t.Fatal(err)
 	}
 
-	n.URL = "http://" + n.httpAddr
 	client := &http.Client{}
 	n.Ingest = scopev1connect.NewIngestServiceClient(client, n.URL)
 	n.Query = scopev1connect.NewQueryServiceClient(client, n.URL)

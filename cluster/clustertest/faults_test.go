@@ -463,3 +463,29 @@ func TestLeaderReadsFollowRaftWhileGossipLags(t *testing.T) {
 		t.Fatalf("read %v, want the event %s", evs, id)
 	}
 }
+
+// TestStartingNodeDoesNotDenyItsReplicas: a node restarting on its data
+// directory answers peers (HTTP, gossip) before it has reopened its
+// replicas. Asked then whether it holds one, it says it is starting, not
+// "no": a leader that suspects it of a lost disk (founders are suspect
+// for a while after formation) removed it from every group on that word
+// (CI: TestRestartRejoinsAndCatchesUp, all four groups of the restarted
+// node within 30 ms of its return).
+func TestStartingNodeDoesNotDenyItsReplicas(t *testing.T) {
+	c := Start(t, Options{Nodes: 3, Shards: 4, Replicas: 3})
+	down := c.Nodes[2]
+	c.Stop(down)
+	version := fmt.Sprint(cluster.BuildProtocol.Max)
+	answered := errors.New("not asked")
+	c.beforeStart = func(n *Node) { answered = replicaStatus(n, version) }
+	up := c.Restart(down)
+	if Code(answered) != connect.CodeUnavailable || !strings.Contains(answered.Error(), "starting") {
+		t.Fatalf("asked for its replica of shard 0 while starting, %s answered %v; want UNAVAILABLE (starting)", up.Name, answered)
+	}
+	if err := replicaStatus(up, version); err != nil {
+		t.Fatalf("asked once started: %v", err)
+	}
+	if up.Node.Replica(0) == nil {
+		t.Fatalf("%s did not reopen its replica of shard 0", up.Name)
+	}
+}

@@ -33,6 +33,18 @@ func member(t *testing.T, n *Node, name string) (*scopev1.Member, uint32) {
 	return nil, resp.Msg.GetProtocol()
 }
 
+// readyz returns n's /readyz status and body.
+func readyz(t *testing.T, n *Node) (int, string) {
+	t.Helper()
+	resp, err := http.Get(n.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 // replicaStatus calls n's NodeService as a node writing protocol version
 // (nothing: a node from before protocol versions).
 func replicaStatus(n *Node, version string) error {
@@ -71,14 +83,8 @@ func TestVersionNegotiation(t *testing.T) {
 	WaitFor(t, newer.Name+" knows it cannot take part", 30*time.Second, func() bool {
 		return errors.Is(newer.Cluster.ProtocolError(), cluster.ErrProtocol)
 	})
-	resp, err := http.Get(newer.URL + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "protocol "+vNext+", the cluster speaks "+vCur) {
-		t.Fatalf("/readyz of %s: %d %q; want 503 naming both versions", newer.Name, resp.StatusCode, body)
+	if code, body := readyz(t, newer); code != http.StatusServiceUnavailable || !strings.Contains(body, "protocol "+vNext+", the cluster speaks "+vCur) {
+		t.Fatalf("/readyz of %s: %d %q; want 503 naming both versions", newer.Name, code, body)
 	}
 
 	// Node-to-node requests in a version the receiver does not read are
@@ -102,7 +108,7 @@ func TestVersionNegotiation(t *testing.T) {
 	}
 	// The newer node's own reads go out in its version: refused, not
 	// misread. A query through it names the protocol.
-	_, err = newer.Query.Events(context.Background(), connect.NewRequest(&scopev1.EventsRequest{Limit: 1,
+	_, err := newer.Query.Events(context.Background(), connect.NewRequest(&scopev1.EventsRequest{Limit: 1,
 		Consistency: scopev1.Consistency_CONSISTENCY_LEADER}))
 	if Code(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "protocol version mismatch") {
 		t.Fatalf("query through %s: %v; want FAILED_PRECONDITION naming the protocol", newer.Name, err)
@@ -157,15 +163,9 @@ func TestNodeWithAnotherShardCountSaysSo(t *testing.T) {
 	WaitFor(t, odd.Name+" knows it takes no part", 30*time.Second, func() bool {
 		return errors.Is(odd.Cluster.ShardCountError(), cluster.ErrShardCount)
 	})
-	resp, err := http.Get(odd.URL + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "started with 8 shards, the cluster has 4") ||
-		!strings.Contains(string(body), "-shards 4") {
-		t.Fatalf("/readyz of %s: %d %q; want 503 naming both counts and the fix", odd.Name, resp.StatusCode, body)
+	if code, body := readyz(t, odd); code != http.StatusServiceUnavailable || !strings.Contains(body, "started with 8 shards, the cluster has 4") ||
+		!strings.Contains(body, "-shards 4") {
+		t.Fatalf("/readyz of %s: %d %q; want 503 naming both counts and the fix", odd.Name, code, body)
 	}
 	for _, n := range c.Nodes[:3] {
 		if err := n.Cluster.ShardCountError(); err != nil {
