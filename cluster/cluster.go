@@ -159,7 +159,7 @@ type Cluster struct {
 	// directory holds: until then ReplicaStatus cannot say a replica is
 	// missing (nodeservice.go).
 	hostedOpen atomic.Bool
-	metrics *metrics
+	metrics    *metrics
 	// unformed tracks members that advertise no replica (identity.go).
 	unformed unformedSince
 	// id is the data directory's identity; epochs the highest start seen
